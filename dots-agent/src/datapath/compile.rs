@@ -1,0 +1,639 @@
+//! Turns a [`MitigationSpec`] into the kernel's map entries (xdp-common layouts).
+//!
+//! Pure and I/O-free, so every rule of the contract is tested without BPF. The ACL becomes
+//! a tuple-space classifier: entries are grouped by their *shape* (address family, prefix
+//! lengths, which fields are exact, port masks); each shape is one tuple whose entries sit
+//! in one hash table keyed by the masked fields. The kernel probes one hash per tuple, so
+//! cost follows the number of shapes, not the number of entries. Fields that cannot be part
+//! of an exact key (port ranges that are not aligned blocks, TTL, length, DSCP, fragment and
+//! TCP-flag tests) are checked on the candidates that share a key, walked in priority order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use thiserror::Error;
+use xdp_common::{
+    acl_action, bit_op, flags, frag_bits, rate_unit, residual, tuple_fields, AclKey, AclRule,
+    AclTuple, AclValue, MitigationConfig, PortRange as KPortRange, RateSpec, SourceV4, SourceV6,
+    MAX_ACL_ENTRIES, MAX_CHAIN, MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
+};
+
+use super::spec::{
+    AclAction, AclEntry, BitMatch, BitOperator, MitigationSpec, PortRange, Rate, RateLimit,
+};
+
+/// A mitigation spec that the datapath cannot hold, with what to change.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("mitigation {0} has no target prefix: give at least one destination prefix")]
+    NoTargets(u64),
+    #[error("prefix {0} has host bits set: use {1}")]
+    HostBits(IpNet, IpNet),
+    #[error("target {0} is listed twice")]
+    DuplicateTarget(IpNet),
+    #[error("{0} port ranges in the scope; the datapath holds at most {1}: merge adjacent ranges")]
+    TooManyPortRanges(usize, usize),
+    #[error("port range {0}-{1} is reversed: lower must not exceed upper")]
+    ReversedPortRange(u16, u16),
+    #[error("{0} ACL entries; at most {1} fit")]
+    TooManyAclEntries(usize, u32),
+    #[error("ACL entry name {0:?} is used twice")]
+    DuplicateAclName(String),
+    #[error("ACL entry name must be 1 to 64 characters, got {0:?}")]
+    BadAclName(String),
+    #[error("ACL entry {0:?} mixes IPv4 and IPv6 prefixes")]
+    MixedFamilies(String),
+    #[error("ACL entry {0:?}: unknown {1} bit {2:?} (known: {3})")]
+    UnknownBit(String, &'static str, String, &'static str),
+    #[error("ACL entry {0:?}: range {1}..{2} is reversed")]
+    ReversedRange(String, u16, u16),
+    #[error("ACL entry {0:?}: ttl/dscp value {1} out of range")]
+    ValueOutOfRange(String, u16),
+    #[error(
+        "the ACL needs {0} distinct entry shapes (prefix lengths x exact fields); at most {1} \
+         fit: use fewer distinct prefix lengths or port masks"
+    )]
+    TooManyTuples(usize, usize),
+    #[error(
+        "ACL entries {0:?} share one exact-match key and differ only in ranges, TTL, length, \
+         DSCP, fragment or TCP flags; at most {1} may: make their prefixes or ports distinct"
+    )]
+    ChainTooLong(Vec<String>, u32),
+}
+
+/// The kernel's view of one mitigation generation.
+#[derive(Debug)]
+pub struct Compiled {
+    pub config: MitigationConfig,
+    /// Rule `i` goes to ACL_RULES slot `config.rule_base + i`.
+    pub rules: Vec<AclRule>,
+    pub keys: Vec<(AclKey, AclValue)>,
+    pub allow_v4: Vec<(u32, SourceV4)>,
+    pub drop_v4: Vec<(u32, SourceV4)>,
+    pub allow_v6: Vec<(u32, SourceV6)>,
+    pub drop_v6: Vec<(u32, SourceV6)>,
+}
+
+/// Checks a spec without compiling it (the same checks `compile` makes).
+pub fn validate(spec: &MitigationSpec) -> Result<(), SpecError> {
+    compile(spec, 0, 0).map(|_| ())
+}
+
+pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Compiled, SpecError> {
+    if spec.targets.is_empty() {
+        return Err(SpecError::NoTargets(spec.id));
+    }
+    let mut seen = HashSet::new();
+    for t in &spec.targets {
+        check_prefix(t)?;
+        if !seen.insert(*t) {
+            return Err(SpecError::DuplicateTarget(*t));
+        }
+    }
+
+    let mut config = MitigationConfig { id: spec.id, ruleset, rule_base, ..Default::default() };
+    if !spec.protocols.is_empty() {
+        config.flags |= flags::SCOPE_PROTOCOLS;
+        for &p in &spec.protocols {
+            config.proto_mask[(p >> 6) as usize] |= 1u64 << (p & 63);
+        }
+    }
+    if spec.ports.len() > MAX_SCOPE_PORT_RANGES {
+        return Err(SpecError::TooManyPortRanges(spec.ports.len(), MAX_SCOPE_PORT_RANGES));
+    }
+    for (i, r) in spec.ports.iter().enumerate() {
+        check_port_range(r)?;
+        config.port_ranges[i] = KPortRange { lo: r.lower, hi: r.upper() };
+    }
+    config.n_port_ranges = spec.ports.len() as u32;
+
+    let cm = &spec.countermeasures;
+    if cm.amplification {
+        config.flags |= flags::CM_AMPLIFICATION;
+    }
+    if cm.fragments {
+        config.flags |= flags::CM_FRAGMENTS;
+    }
+    if let Some(r) = cm.source_pps {
+        config.flags |= flags::CM_SOURCE_RATE;
+        config.source_rate = rate_spec(r, rate_unit::PACKETS);
+    }
+    if let Some(r) = cm.syn_pps {
+        config.flags |= flags::CM_SYN_RATE;
+        config.syn_rate = rate_spec(r, rate_unit::PACKETS);
+    }
+    if let Some(r) = cm.scope_bps {
+        config.flags |= flags::CM_SCOPE_CAP;
+        config.scope_rate = rate_spec(r, rate_unit::BYTES);
+    }
+
+    let mut out = Compiled {
+        config,
+        rules: Vec::new(),
+        keys: Vec::new(),
+        allow_v4: Vec::new(),
+        drop_v4: Vec::new(),
+        allow_v6: Vec::new(),
+        drop_v6: Vec::new(),
+    };
+    let rs = ruleset.to_be_bytes();
+    for (list, allow) in [(&spec.accept_list, true), (&spec.drop_list, false)] {
+        for p in list {
+            check_prefix(p)?;
+            match p {
+                IpNet::V4(n) => {
+                    let a = n.network().octets();
+                    let key = [rs[0], rs[1], rs[2], rs[3], a[0], a[1], a[2], a[3]];
+                    let v = (32 + n.prefix_len() as u32, key);
+                    if allow { out.allow_v4.push(v) } else { out.drop_v4.push(v) }
+                }
+                IpNet::V6(n) => {
+                    let mut key = [0u8; 20];
+                    key[..4].copy_from_slice(&rs);
+                    key[4..].copy_from_slice(&n.network().octets());
+                    let v = (32 + n.prefix_len() as u32, key);
+                    if allow { out.allow_v6.push(v) } else { out.drop_v6.push(v) }
+                }
+            }
+        }
+    }
+    for (present, flag) in [
+        (!out.allow_v4.is_empty(), flags::HAS_ALLOW_V4),
+        (!out.drop_v4.is_empty(), flags::HAS_DROP_V4),
+        (!out.allow_v6.is_empty(), flags::HAS_ALLOW_V6),
+        (!out.drop_v6.is_empty(), flags::HAS_DROP_V6),
+    ] {
+        if present {
+            out.config.flags |= flag;
+        }
+    }
+
+    compile_acl(&spec.acl, &mut out)?;
+    Ok(out)
+}
+
+fn rate_spec(r: Rate, unit: u32) -> RateSpec {
+    let floor = if unit == rate_unit::BYTES { 1514 } else { 1 };
+    let burst = r.burst.unwrap_or(r.rate / 10).max(floor);
+    RateSpec::new(r.rate, burst, unit)
+}
+
+fn check_prefix(p: &IpNet) -> Result<(), SpecError> {
+    if p.addr() != p.network() {
+        return Err(SpecError::HostBits(*p, p.trunc()));
+    }
+    Ok(())
+}
+
+fn check_port_range(r: &PortRange) -> Result<(), SpecError> {
+    if r.upper() < r.lower {
+        return Err(SpecError::ReversedPortRange(r.lower, r.upper()));
+    }
+    Ok(())
+}
+
+/// Raw network-order words of an address, as the kernel packs them.
+pub fn addr_words(a: IpAddr) -> [u32; 4] {
+    match a {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => octets_to_words(v6.octets()),
+    }
+}
+
+fn octets_to_words(o: [u8; 16]) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    for (i, word) in w.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+    }
+    w
+}
+
+/// The prefix mask in the same raw packing.
+pub fn mask_words(p: &IpNet) -> [u32; 4] {
+    match p {
+        IpNet::V4(n) => [u32::from_ne_bytes(n.netmask().octets()), 0, 0, 0],
+        IpNet::V6(n) => octets_to_words(n.netmask().octets()),
+    }
+}
+
+/// A port range as (value, mask) when it is an aligned power-of-two block (one exact key),
+/// otherwise None (checked as a residual range).
+fn port_block(r: &PortRange) -> Option<(u16, u16)> {
+    let size = r.upper() as u32 - r.lower as u32 + 1;
+    if size.is_power_of_two() && r.lower as u32 % size == 0 {
+        Some((r.lower, !((size - 1) as u16)))
+    } else {
+        None
+    }
+}
+
+const TCP_BITS: [(&str, u8); 8] = [
+    ("fin", 0x01), ("syn", 0x02), ("rst", 0x04), ("psh", 0x08),
+    ("ack", 0x10), ("urg", 0x20), ("ece", 0x40), ("cwr", 0x80),
+];
+const FRAG_BITS: [(&str, u8); 4] =
+    [("df", frag_bits::DF), ("isf", frag_bits::ISF), ("ff", frag_bits::FF), ("lf", frag_bits::LF)];
+
+fn bit_match(
+    entry: &str,
+    m: &BitMatch,
+    table: &[(&str, u8)],
+    what: &'static str,
+    known: &'static str,
+) -> Result<(u8, u8), SpecError> {
+    let mut bits = 0u8;
+    for b in &m.bits {
+        let lower = b.to_ascii_lowercase();
+        let Some((_, v)) = table.iter().find(|(n, _)| *n == lower) else {
+            return Err(SpecError::UnknownBit(entry.to_string(), what, b.clone(), known));
+        };
+        bits |= v;
+    }
+    let mut op = if m.operator == BitOperator::Any { bit_op::ANY } else { bit_op::MATCH };
+    if m.not {
+        op |= bit_op::NOT;
+    }
+    Ok((bits, op))
+}
+
+/// Stable 64-bit hash of an entry name (FNV-1a), so counters follow names across updates.
+pub fn name_hash(name: &str) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    name.hash(&mut h);
+    h.0
+}
+
+struct Fnv(u64);
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The shape of an entry (everything but the values): entries of one shape share a tuple.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Shape {
+    family: u8,
+    src_len: u8,
+    dst_len: u8,
+    fields: u8,
+    sport_mask: u16,
+    dport_mask: u16,
+}
+
+fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError> {
+    if entries.len() > MAX_ACL_ENTRIES as usize {
+        return Err(SpecError::TooManyAclEntries(entries.len(), MAX_ACL_ENTRIES));
+    }
+    let mut names = HashSet::new();
+    // Per entry: its shape, its key (tuple index filled in later) and its rule.
+    let mut shaped: Vec<(Shape, AclKey, AclRule)> = Vec::with_capacity(entries.len());
+    for (prio, e) in entries.iter().enumerate() {
+        if e.name.is_empty() || e.name.len() > 64 {
+            return Err(SpecError::BadAclName(e.name.clone()));
+        }
+        if !names.insert(e.name.as_str()) {
+            return Err(SpecError::DuplicateAclName(e.name.clone()));
+        }
+        shaped.push(compile_entry(prio as u32, e)?);
+    }
+
+    // Tuples, best (lowest) priority first: the kernel stops probing once no later tuple
+    // can beat the match in hand.
+    let mut first_prio: BTreeMap<Shape, u32> = BTreeMap::new();
+    for (prio, (shape, _, _)) in shaped.iter().enumerate() {
+        first_prio.entry(*shape).or_insert(prio as u32);
+    }
+    if first_prio.len() > MAX_TUPLES {
+        return Err(SpecError::TooManyTuples(first_prio.len(), MAX_TUPLES));
+    }
+    let mut order: Vec<(Shape, u32)> = first_prio.into_iter().collect();
+    order.sort_by_key(|(_, p)| *p);
+    for (i, (shape, min_prio)) in order.iter().enumerate() {
+        let src_mask = shape_mask(shape.family, shape.src_len);
+        let dst_mask = shape_mask(shape.family, shape.dst_len);
+        out.config.tuples[i] = AclTuple {
+            src_mask,
+            dst_mask,
+            min_priority: *min_prio,
+            sport_mask: shape.sport_mask,
+            dport_mask: shape.dport_mask,
+            fields: shape.fields,
+            family: shape.family,
+            _pad: 0,
+        };
+    }
+    out.config.n_tuples = order.len() as u32;
+
+    // Chains: entries with the same full key, in priority order.
+    let mut chains: BTreeMap<KeyOrd, Vec<u32>> = BTreeMap::new();
+    for (prio, (shape, key, rule)) in shaped.iter_mut().enumerate() {
+        key.tuple = order.iter().position(|(s, _)| s == shape).expect("shape was collected") as u8;
+        key.ruleset = out.config.ruleset;
+        chains.entry(KeyOrd(*key)).or_default().push(prio as u32);
+        out.rules.push(*rule);
+    }
+    for (key, members) in chains {
+        if members.len() > MAX_CHAIN as usize {
+            let names = members.iter().map(|&i| entries[i as usize].name.clone()).collect();
+            return Err(SpecError::ChainTooLong(names, MAX_CHAIN));
+        }
+        for w in members.windows(2) {
+            out.rules[w[0] as usize].next = out.config.rule_base + w[1];
+        }
+        out.keys.push((key.0, AclValue { rule: out.config.rule_base + members[0] }));
+    }
+    out.config.rule_count = entries.len() as u32;
+    Ok(())
+}
+
+/// Orders keys so chains are built deterministically.
+#[derive(PartialEq, Eq)]
+struct KeyOrd(AclKey);
+impl Ord for KeyOrd {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        let a = &self.0;
+        let b = &o.0;
+        (a.tuple, a.proto, a.icmp_type, a.icmp_code, a.sport, a.dport, a.src, a.dst)
+            .cmp(&(b.tuple, b.proto, b.icmp_type, b.icmp_code, b.sport, b.dport, b.src, b.dst))
+    }
+}
+impl PartialOrd for KeyOrd {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+fn shape_mask(family: u8, len: u8) -> [u32; 4] {
+    match family {
+        4 => mask_words(&IpNet::V4(ipnet::Ipv4Net::new(0.into(), len).expect("len <= 32"))),
+        6 => mask_words(&IpNet::V6(ipnet::Ipv6Net::new(0.into(), len).expect("len <= 128"))),
+        _ => [0; 4],
+    }
+}
+
+fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), SpecError> {
+    let m = &e.matches;
+    let name = e.name.as_str();
+    let family = match (m.source, m.destination) {
+        (Some(IpNet::V4(_)), Some(IpNet::V6(_))) | (Some(IpNet::V6(_)), Some(IpNet::V4(_))) => {
+            return Err(SpecError::MixedFamilies(name.to_string()))
+        }
+        (Some(IpNet::V4(_)), _) | (_, Some(IpNet::V4(_))) => 4,
+        (Some(IpNet::V6(_)), _) | (_, Some(IpNet::V6(_))) => 6,
+        _ => 0,
+    };
+    let mut shape = Shape { family, src_len: 0, dst_len: 0, fields: 0, sport_mask: 0, dport_mask: 0 };
+    let mut key = AclKey::default();
+    let mut rule = AclRule {
+        name_hash: name_hash(name),
+        priority: prio,
+        next: NO_RULE,
+        ..Default::default()
+    };
+    if let Some(p) = m.source {
+        check_prefix(&p)?;
+        shape.src_len = p.prefix_len();
+        key.src = addr_words(p.network());
+    }
+    if let Some(p) = m.destination {
+        check_prefix(&p)?;
+        shape.dst_len = p.prefix_len();
+        key.dst = addr_words(p.network());
+    }
+    if let Some(proto) = m.protocol {
+        shape.fields |= tuple_fields::PROTO;
+        key.proto = proto;
+    }
+    for (range, is_src) in [(m.source_port, true), (m.destination_port, false)] {
+        let Some(r) = range else { continue };
+        check_port_range(&r)?;
+        shape.fields |= tuple_fields::PORTS;
+        match port_block(&r) {
+            Some((value, mask)) => {
+                if is_src {
+                    shape.sport_mask = mask;
+                    key.sport = value;
+                } else {
+                    shape.dport_mask = mask;
+                    key.dport = value;
+                }
+            }
+            None if is_src => {
+                rule.checks |= residual::SPORT_RANGE;
+                (rule.sport_lo, rule.sport_hi) = (r.lower, r.upper());
+            }
+            None => {
+                rule.checks |= residual::DPORT_RANGE;
+                (rule.dport_lo, rule.dport_hi) = (r.lower, r.upper());
+            }
+        }
+    }
+    if let Some(t) = m.icmp_type {
+        shape.fields |= tuple_fields::ICMP_TYPE;
+        key.icmp_type = t;
+    }
+    if let Some(c) = m.icmp_code {
+        shape.fields |= tuple_fields::ICMP_CODE;
+        key.icmp_code = c;
+    }
+    if let Some(f) = &m.tcp_flags {
+        let (bits, op) = bit_match(name, f, &TCP_BITS, "tcp flag", "fin syn rst psh ack urg ece cwr")?;
+        rule.checks |= residual::TCP_FLAGS;
+        rule.tcp_flags = bits;
+        rule.tcp_flags_op = op;
+    }
+    if let Some(f) = &m.fragment {
+        let (bits, op) = bit_match(name, f, &FRAG_BITS, "fragment", "df isf ff lf")?;
+        rule.checks |= residual::FRAGMENT;
+        rule.frag_bits = bits;
+        rule.frag_op = op;
+    }
+    if let Some(r) = m.length {
+        if r.min > r.max {
+            return Err(SpecError::ReversedRange(name.to_string(), r.min, r.max));
+        }
+        rule.checks |= residual::LENGTH;
+        (rule.len_lo, rule.len_hi) = (r.min, r.max);
+    }
+    if let Some(r) = m.ttl {
+        if r.min > r.max {
+            return Err(SpecError::ReversedRange(name.to_string(), r.min, r.max));
+        }
+        if r.max > 255 {
+            return Err(SpecError::ValueOutOfRange(name.to_string(), r.max));
+        }
+        rule.checks |= residual::TTL;
+        (rule.ttl_lo, rule.ttl_hi) = (r.min as u8, r.max as u8);
+    }
+    if let Some(d) = m.dscp {
+        if d > 63 {
+            return Err(SpecError::ValueOutOfRange(name.to_string(), d as u16));
+        }
+        rule.checks |= residual::DSCP;
+        rule.dscp = d;
+    }
+    match &e.action {
+        AclAction::Accept => rule.action = acl_action::ACCEPT,
+        AclAction::Drop => rule.action = acl_action::DROP,
+        AclAction::RateLimit(RateLimit::BytesPerSecond(r)) => {
+            rule.action = acl_action::RATE_LIMIT;
+            rule.rate = rate_spec(*r, rate_unit::BYTES);
+        }
+        AclAction::RateLimit(RateLimit::PacketsPerSecond(r)) => {
+            rule.action = acl_action::RATE_LIMIT;
+            rule.rate = rate_spec(*r, rate_unit::PACKETS);
+        }
+    }
+    Ok((shape, key, rule))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::spec::{AclMatch, Countermeasures};
+
+    fn spec(acl: Vec<AclEntry>) -> MitigationSpec {
+        MitigationSpec {
+            id: 7,
+            targets: vec!["198.51.100.0/24".parse().unwrap()],
+            protocols: vec![],
+            ports: vec![],
+            accept_list: vec![],
+            drop_list: vec![],
+            acl,
+            countermeasures: Countermeasures::default(),
+        }
+    }
+
+    fn drop_src(name: &str, src: &str) -> AclEntry {
+        AclEntry {
+            name: name.into(),
+            matches: AclMatch { source: Some(src.parse().unwrap()), ..Default::default() },
+            action: AclAction::Drop,
+        }
+    }
+
+    #[test]
+    fn same_shape_entries_share_one_tuple() {
+        let acl = (0..1000).map(|i| drop_src(&format!("r{i}"), &format!("192.0.{}.{}/32", i / 256, i % 256))).collect();
+        let c = compile(&spec(acl), 14, 100).unwrap();
+        assert_eq!(c.config.n_tuples, 1);
+        assert_eq!(c.keys.len(), 1000);
+        assert_eq!(c.rules.len(), 1000);
+        assert!(c.keys.iter().all(|(k, v)| k.ruleset == 14 && v.rule >= 100 && v.rule < 1100));
+    }
+
+    #[test]
+    fn tuples_are_sorted_by_first_entry() {
+        let acl = vec![
+            drop_src("a", "192.0.2.0/24"),
+            drop_src("b", "192.0.2.1/32"),
+            drop_src("c", "192.0.2.128/25"),
+        ];
+        let c = compile(&spec(acl), 0, 0).unwrap();
+        let prios: Vec<u32> = c.config.tuples[..3].iter().map(|t| t.min_priority).collect();
+        assert_eq!(prios, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn shared_key_entries_chain_in_priority_order() {
+        let mk = |name: &str, lo: u16, hi: u16| AclEntry {
+            name: name.into(),
+            matches: AclMatch {
+                protocol: Some(17),
+                destination_port: Some(PortRange::new(lo, hi)),
+                ..Default::default()
+            },
+            action: AclAction::Drop,
+        };
+        let c = compile(&spec(vec![mk("x", 1000, 2000), mk("y", 3000, 4001)]), 0, 10).unwrap();
+        assert_eq!(c.keys.len(), 1);
+        assert_eq!(c.keys[0].1.rule, 10);
+        assert_eq!(c.rules[0].next, 11);
+        assert_eq!(c.rules[1].next, NO_RULE);
+        assert_eq!(c.rules[0].checks, residual::DPORT_RANGE);
+    }
+
+    #[test]
+    fn aligned_port_blocks_become_key_masks() {
+        assert_eq!(port_block(&PortRange::single(53)), Some((53, 0xffff)));
+        assert_eq!(port_block(&PortRange::new(1024, 2047)), Some((1024, 0xfc00)));
+        assert_eq!(port_block(&PortRange::new(0, 65535)), Some((0, 0)));
+        assert_eq!(port_block(&PortRange::new(1000, 2000)), None);
+    }
+
+    #[test]
+    fn too_long_chain_is_refused_with_names() {
+        let acl = (0..9)
+            .map(|i| AclEntry {
+                name: format!("t{i}"),
+                matches: AclMatch { ttl: Some(super::super::spec::ValueRange { min: i, max: i }), ..Default::default() },
+                action: AclAction::Drop,
+            })
+            .collect();
+        match compile(&spec(acl), 0, 0) {
+            Err(SpecError::ChainTooLong(names, 8)) => assert_eq!(names.len(), 9),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_a_reason() {
+        let mut s = spec(vec![]);
+        s.targets = vec!["198.51.100.7/24".parse().unwrap()];
+        assert_eq!(
+            compile(&s, 0, 0).unwrap_err().to_string(),
+            "prefix 198.51.100.7/24 has host bits set: use 198.51.100.0/24"
+        );
+        s.targets.clear();
+        assert!(matches!(compile(&s, 0, 0), Err(SpecError::NoTargets(7))));
+        let mixed = AclEntry {
+            name: "m".into(),
+            matches: AclMatch {
+                source: Some("192.0.2.0/24".parse().unwrap()),
+                destination: Some("2001:db8::/32".parse().unwrap()),
+                ..Default::default()
+            },
+            action: AclAction::Drop,
+        };
+        assert!(matches!(compile(&spec(vec![mixed]), 0, 0), Err(SpecError::MixedFamilies(_))));
+        let dup = vec![drop_src("a", "192.0.2.1/32"), drop_src("a", "192.0.2.2/32")];
+        assert!(matches!(compile(&spec(dup), 0, 0), Err(SpecError::DuplicateAclName(_))));
+        let bad_bit = AclEntry {
+            name: "f".into(),
+            matches: AclMatch {
+                tcp_flags: Some(BitMatch { bits: vec!["syn".into(), "bogus".into()], operator: BitOperator::Match, not: false }),
+                ..Default::default()
+            },
+            action: AclAction::Drop,
+        };
+        assert!(compile(&spec(vec![bad_bit]), 0, 0).unwrap_err().to_string().contains("\"bogus\""));
+    }
+
+    #[test]
+    fn too_many_shapes_is_refused() {
+        let acl = (0..17).map(|i| drop_src(&format!("s{i}"), &format!("192.0.0.0/{}", i + 8))).collect();
+        assert!(matches!(compile(&spec(acl), 0, 0), Err(SpecError::TooManyTuples(17, 16))));
+    }
+
+    #[test]
+    fn source_lists_are_keyed_by_ruleset() {
+        let mut s = spec(vec![]);
+        s.accept_list = vec!["192.0.2.0/24".parse().unwrap()];
+        s.drop_list = vec!["2001:db8:bad::/48".parse().unwrap()];
+        let c = compile(&s, 0x0102_0304, 0).unwrap();
+        assert_eq!(c.allow_v4, vec![(56, [1, 2, 3, 4, 192, 0, 2, 0])]);
+        assert_eq!(c.drop_v6[0].0, 80);
+        assert_eq!(&c.drop_v6[0].1[..6], &[1, 2, 3, 4, 0x20, 0x01]);
+        assert_eq!(c.config.flags & (flags::HAS_ALLOW_V4 | flags::HAS_DROP_V6), flags::HAS_ALLOW_V4 | flags::HAS_DROP_V6);
+    }
+}

@@ -1,0 +1,96 @@
+//! The datapath seam: the DOTS engine asks a [`Mitigator`] to install, replace and remove
+//! mitigations and to read their counters. [`XdpDatapath`] is the real one (the XDP program
+//! and its maps); [`MemoryMitigator`] keeps specs in memory for protocol tests. Nothing
+//! above this module knows about maps.
+
+pub mod compile;
+mod memory;
+pub mod spec;
+mod xdp;
+
+use thiserror::Error;
+use xdp_common::{Counter, DropReason, DROP_REASONS};
+
+pub use compile::SpecError;
+pub use memory::MemoryMitigator;
+pub use spec::*;
+pub use xdp::{
+    AttachMode, AttachOutcome, InterfaceCounters, LoadOptions, XdpDatapath,
+    DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
+};
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("target {prefix} already belongs to mitigation {owner}")]
+    TargetInUse { prefix: ipnet::IpNet, owner: u64 },
+    #[error("datapath full: {0}")]
+    Capacity(String),
+    #[error("{context}: {source}")]
+    Bpf {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl DatapathError {
+    pub(crate) fn bpf(context: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DatapathError::Bpf { context: context.into(), source: Box::new(e) }
+    }
+}
+
+/// Counters of one mitigation, summed across CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MitigationCounters {
+    pub in_scope: Counter,
+    pub passed: Counter,
+    pub accepted: Counter,
+    pub dropped: [Counter; DROP_REASONS],
+    /// One per ACL entry, in the spec's order.
+    pub acl: Vec<AclCounter>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AclCounter {
+    /// The entry name's hash (see `compile::name_hash`); names live with the spec's owner.
+    pub name_hash: u64,
+    pub matched: Counter,
+}
+
+impl MitigationCounters {
+    pub fn dropped(&self, reason: DropReason) -> Counter {
+        self.dropped[reason as usize]
+    }
+
+    pub fn dropped_total(&self) -> Counter {
+        let mut t = Counter::default();
+        self.dropped.iter().for_each(|c| t.add(c));
+        t
+    }
+
+    /// Drops caused by rate limits (ACL rate-limit, per-source, SYN, scope cap).
+    pub fn rate_limited(&self) -> Counter {
+        let mut t = Counter::default();
+        for r in DropReason::ALL.iter().filter(|r| r.is_rate_limit()) {
+            t.add(&self.dropped[*r as usize]);
+        }
+        t
+    }
+}
+
+/// What the DOTS engine needs from a datapath.
+pub trait Mitigator: Send {
+    /// Installs the mitigation with `spec.id`, or replaces it as one atomic change: a packet
+    /// sees either the whole old rule set or the whole new one.
+    fn install(&mut self, spec: &MitigationSpec) -> Result<(), DatapathError>;
+    /// Removes a mitigation and returns its final counters (None if it was not installed).
+    fn remove(&mut self, id: u64) -> Result<Option<MitigationCounters>, DatapathError>;
+    /// Current counters (None if not installed).
+    fn counters(&self, id: u64) -> Result<Option<MitigationCounters>, DatapathError>;
+    /// Ids of the installed mitigations.
+    fn installed(&self) -> Vec<u64>;
+}

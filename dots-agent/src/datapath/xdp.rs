@@ -1,0 +1,1008 @@
+//! The XDP datapath: loads the embedded xdp-filter object, attaches it, pins its maps and
+//! links under bpffs (so filtering goes on while the agent restarts), re-adopts pinned state,
+//! and turns [`MitigationSpec`]s into map entries.
+//!
+//! Atomic updates: each mitigation has a slot and two rule generations (parity bit of its
+//! `ruleset`). A replacement writes the new generation's ACL keys, rules and source lists
+//! beside the live ones, then flips the slot's `MITIGATIONS` entry (a hash update, which the
+//! kernel swaps in whole under RCU). Only after a grace period are the old generation's
+//! entries deleted, so a packet that read the old config still finds its complete old set.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader, Pod,
+};
+use ipnet::IpNet;
+use xdp_common::{
+    ipv6_top48, map_names as names, summary_index_v4, summary_index_v6, AclKey, AclRule,
+    AclValue, Bucket, Counter, InterfaceStats, MitigationConfig, MitigationStats, SourceV4,
+    SourceV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, IF_STATS_SLOTS, LAYOUT_VERSION,
+    MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
+    SUMMARY_BITS, SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS,
+};
+
+use super::{
+    compile::{self, Compiled},
+    AclCounter, DatapathError, MitigationCounters, MitigationSpec, Mitigator,
+};
+
+/// The XDP object built from ../xdp-filter by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DOTS_XDP_OBJECT"));
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dots-agent";
+
+/// UDP source ports of common reflection/amplification vectors: QOTD, chargen, DNS, TFTP,
+/// portmap, NTP, NetBIOS, SNMP, CLDAP, RIP, MS-SQL browser, SSDP, ARD, WS-Discovery, mDNS,
+/// memcached, DVR/IP-camera discovery.
+pub const DEFAULT_AMPLIFICATION_PORTS: &[u16] =
+    &[17, 19, 53, 69, 111, 123, 137, 161, 389, 520, 1434, 1900, 3283, 3702, 5353, 11211, 37810];
+
+/// How long after a flip the old generation stays intact: far longer than one XDP run.
+const GRACE: Duration = Duration::from_millis(2);
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+type R<T> = Result<T, DatapathError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode with a message.
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Debug)]
+pub struct AttachOutcome {
+    pub interface: String,
+    pub mode: &'static str,
+    /// Why native mode was not used in `auto`.
+    pub fallback: Option<String>,
+    /// The interface already had our link: its program was swapped atomically.
+    pub replaced: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// bpffs directory; maps and links are pinned under `<pin_root>/v<LAYOUT_VERSION>/`.
+    pub pin_root: PathBuf,
+    /// Map sizes to override (by map name), e.g. a smaller source table in tests.
+    pub max_entries: Vec<(&'static str, u32)>,
+}
+
+impl LoadOptions {
+    pub fn new(pin_root: impl Into<PathBuf>) -> Self {
+        LoadOptions { pin_root: pin_root.into(), max_entries: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub ifindex: u32,
+    pub stats: InterfaceStats,
+}
+
+struct Maps {
+    tgt_v4: LpmTrie<MapData, [u8; 4], TargetValue>,
+    tgt_v6: LpmTrie<MapData, [u8; 16], TargetValue>,
+    sum_v4: Array<MapData, u32>,
+    sum_v6: Array<MapData, u32>,
+    mitigations: HashMap<MapData, u32, MitigationConfig>,
+    mit_stats: PerCpuArray<MapData, MitigationStats>,
+    acl_keys: HashMap<MapData, AclKey, AclValue>,
+    acl_rules: Array<MapData, AclRule>,
+    acl_stats: PerCpuArray<MapData, Counter>,
+    acl_base: Array<MapData, Counter>,
+    acl_buckets: Array<MapData, Bucket>,
+    allow_v4: LpmTrie<MapData, SourceV4, u8>,
+    drop_v4: LpmTrie<MapData, SourceV4, u8>,
+    allow_v6: LpmTrie<MapData, SourceV6, u8>,
+    drop_v6: LpmTrie<MapData, SourceV6, u8>,
+    scope_buckets: Array<MapData, Bucket>,
+    amp_ports: Array<MapData, u64>,
+    if_stats: PerCpuArray<MapData, InterfaceStats>,
+}
+
+fn typed<M: TryFrom<Map, Error = aya::maps::MapError>>(name: &str, map: Map) -> R<M> {
+    M::try_from(map).map_err(|e| DatapathError::bpf(format!("map {name} has an unexpected type"), e))
+}
+
+impl Maps {
+    fn from_source(mut take: impl FnMut(&'static str) -> R<Map>) -> R<Maps> {
+        macro_rules! m {
+            ($n:expr) => {
+                typed($n, take($n)?)?
+            };
+        }
+        Ok(Maps {
+            tgt_v4: m!(names::TARGETS_V4),
+            tgt_v6: m!(names::TARGETS_V6),
+            sum_v4: m!(names::SUMMARY_V4),
+            sum_v6: m!(names::SUMMARY_V6),
+            mitigations: m!(names::MITIGATIONS),
+            mit_stats: m!(names::MITIGATION_STATS),
+            acl_keys: m!(names::ACL_KEYS),
+            acl_rules: m!(names::ACL_RULES),
+            acl_stats: m!(names::ACL_STATS),
+            acl_base: m!(names::ACL_BASE),
+            acl_buckets: m!(names::ACL_BUCKETS),
+            allow_v4: m!(names::SRC_ALLOW_V4),
+            drop_v4: m!(names::SRC_DROP_V4),
+            allow_v6: m!(names::SRC_ALLOW_V6),
+            drop_v6: m!(names::SRC_DROP_V6),
+            scope_buckets: m!(names::SCOPE_BUCKETS),
+            amp_ports: m!(names::AMP_PORTS),
+            if_stats: m!(names::IF_STATS),
+        })
+    }
+}
+
+/// Source-list keys of one generation, kept so they can be deleted without a map scan.
+#[derive(Default)]
+struct SourceKeys {
+    allow_v4: Vec<(u32, SourceV4)>,
+    drop_v4: Vec<(u32, SourceV4)>,
+    allow_v6: Vec<(u32, SourceV6)>,
+    drop_v6: Vec<(u32, SourceV6)>,
+}
+
+impl SourceKeys {
+    fn from_compiled(c: &mut Compiled) -> Self {
+        SourceKeys {
+            allow_v4: std::mem::take(&mut c.allow_v4),
+            drop_v4: std::mem::take(&mut c.drop_v4),
+            allow_v6: std::mem::take(&mut c.allow_v6),
+            drop_v6: std::mem::take(&mut c.drop_v6),
+        }
+    }
+    fn counts(&self) -> [usize; 4] {
+        [self.allow_v4.len(), self.drop_v4.len(), self.allow_v6.len(), self.drop_v6.len()]
+    }
+}
+
+/// What user space remembers of an installed mitigation (rebuilt from the maps on adopt).
+struct Installed {
+    config: MitigationConfig,
+    targets: Vec<IpNet>,
+    acl_keys: Vec<AclKey>,
+    sources: SourceKeys,
+    rule_names: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: StdHashMap<u64, Installed>,
+    target_owner: StdHashMap<IpNet, u64>,
+    slot_used: Vec<bool>,
+    rule_used: Vec<bool>,
+    /// References per summary slot, per family (index 0: IPv4, 1: IPv6).
+    summary_refs: [Vec<u32>; 2],
+    source_counts: [usize; 4],
+    targets_per_family: [usize; 2],
+}
+
+impl Index {
+    fn new() -> Self {
+        Index {
+            slot_used: vec![false; MAX_MITIGATIONS as usize],
+            rule_used: vec![false; ACL_RULE_SLOTS as usize],
+            summary_refs: [vec![0; SUMMARY_SLOTS as usize], vec![0; SUMMARY_SLOTS as usize]],
+            ..Default::default()
+        }
+    }
+
+    fn live_acl_entries(&self) -> usize {
+        self.by_id.values().map(|i| i.config.rule_count as usize).sum()
+    }
+
+    fn alloc_slot(&mut self) -> R<u32> {
+        let slot = self.slot_used.iter().position(|u| !u).ok_or_else(|| {
+            DatapathError::Capacity(format!("all {MAX_MITIGATIONS} mitigation slots are in use"))
+        })?;
+        self.slot_used[slot] = true;
+        Ok(slot as u32)
+    }
+
+    /// First fit of `n` contiguous rule slots.
+    fn alloc_rules(&mut self, n: u32) -> R<u32> {
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut run = 0u32;
+        for i in 0..ACL_RULE_SLOTS {
+            if self.rule_used[i as usize] {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run == n {
+                let base = i + 1 - n;
+                self.mark_rules(base, n, true);
+                return Ok(base);
+            }
+        }
+        Err(DatapathError::Capacity(format!("no run of {n} free ACL rule slots (of {ACL_RULE_SLOTS})")))
+    }
+
+    fn mark_rules(&mut self, base: u32, n: u32, used: bool) {
+        for i in base..base + n {
+            self.rule_used[i as usize] = used;
+        }
+    }
+}
+
+/// Summary slots touched by a target prefix (the kernel's fast-reject filter).
+fn summary_slots(p: &IpNet) -> Vec<u32> {
+    match p {
+        IpNet::V4(n) => {
+            let len = n.prefix_len() as u32;
+            let first = summary_index_v4(n.network().octets());
+            if len >= SUMMARY_BITS {
+                vec![first]
+            } else {
+                (first..first + (1u32 << (SUMMARY_BITS - len))).collect()
+            }
+        }
+        IpNet::V6(n) => {
+            let len = n.prefix_len() as u32;
+            let top = ipv6_top48(&n.network().octets());
+            if len >= SUMMARY_V6_PREFIX_BITS {
+                return vec![summary_index_v6(top)];
+            }
+            let spread = SUMMARY_V6_PREFIX_BITS - len;
+            if spread >= SUMMARY_BITS + 2 {
+                return (0..SUMMARY_SLOTS).collect(); // covers (nearly) every slot anyway
+            }
+            let mut set: HashSet<u32> =
+                (0..1u64 << spread).map(|k| summary_index_v6(top + k)).collect();
+            let mut v: Vec<u32> = set.drain().collect();
+            v.sort_unstable();
+            v
+        }
+    }
+}
+
+fn family_index(p: &IpNet) -> usize {
+    match p {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1,
+    }
+}
+
+pub struct XdpDatapath {
+    pin_dir: PathBuf,
+    maps: Maps,
+    index: Index,
+    nr_cpus: usize,
+    /// Present when this process loaded the program (needed to attach and for test runs).
+    ebpf: Option<Ebpf>,
+}
+
+impl XdpDatapath {
+    /// Loads the program and its maps, re-using maps already pinned under `pin_root`
+    /// (so installed mitigations survive an agent restart), and adopts their contents.
+    pub fn load(opts: &LoadOptions) -> R<Self> {
+        let pin_dir = prepare_pin_dir(&opts.pin_root)?;
+        let map_dir = pin_dir.join("maps");
+        fs::create_dir_all(&map_dir)
+            .map_err(|e| DatapathError::Setup(format!("creating {}: {e}", map_dir.display())))?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&map_dir);
+        for (name, n) in &opts.max_entries {
+            loader.map_max_entries(name, *n);
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DatapathError::bpf("loading the XDP object (are you root?)", e))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Setup(format!("program {PROGRAM_NAME} missing from object")))?
+            .try_into()
+            .map_err(|e| DatapathError::bpf("program type", e))?;
+        program.load().map_err(|e| DatapathError::bpf("verifying the XDP program", e))?;
+        let maps = Maps::from_source(|name| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))
+        })?;
+        let mut dp = XdpDatapath { pin_dir, maps, index: Index::new(), nr_cpus: cpus()?, ebpf: Some(ebpf) };
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    /// Opens the maps an attached datapath pinned, without loading a program (for the CLI
+    /// and for an agent that restarts while the program keeps filtering).
+    pub fn open_pinned(pin_root: &Path) -> R<Self> {
+        let pin_dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
+        let map_dir = pin_dir.join("maps");
+        if !map_dir.join(names::MITIGATIONS).exists() {
+            return Err(DatapathError::Setup(format!(
+                "no datapath is pinned at {}: attach one first with `dots-agent xdp attach --interface IFACE`",
+                pin_dir.display()
+            )));
+        }
+        let maps = Maps::from_source(|name| {
+            let data = MapData::from_pin(map_dir.join(name))
+                .map_err(|e| DatapathError::bpf(format!("opening pinned map {name}"), e))?;
+            Map::from_map_data(data).map_err(|e| DatapathError::bpf(format!("pinned map {name}"), e))
+        })?;
+        let mut dp = XdpDatapath { pin_dir, maps, index: Index::new(), nr_cpus: cpus()?, ebpf: None };
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn program(&self) -> Option<&Xdp> {
+        self.ebpf.as_ref()?.program(PROGRAM_NAME)?.try_into().ok()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Sets the UDP source ports dropped by the amplification countermeasure.
+    pub fn set_amplification_ports(&mut self, ports: &[u16]) -> R<()> {
+        let mut words = vec![0u64; AMP_PORT_WORDS as usize];
+        for &p in ports {
+            words[(p >> 6) as usize] |= 1u64 << (p & 63);
+        }
+        for (i, w) in words.into_iter().enumerate() {
+            self.maps.amp_ports.set(i as u32, w, 0).map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn amplification_ports(&self) -> R<Vec<u16>> {
+        let mut out = Vec::new();
+        for i in 0..AMP_PORT_WORDS {
+            let w = self.maps.amp_ports.get(&i, 0).map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
+            for b in 0..64 {
+                if w & (1u64 << b) != 0 {
+                    out.push((i * 64 + b) as u16);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attaches the program to an interface and pins the link (so it outlives this process).
+    /// If our link is already pinned for it, the program is swapped in atomically instead.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> R<AttachOutcome> {
+        if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('/') {
+            return Err(DatapathError::Setup(format!("{iface:?} is not a valid interface name")));
+        }
+        let ifindex = if_index(iface)?;
+        if self.ebpf.is_none() {
+            // Opened from pins: load the program now, re-using the pinned maps.
+            let fresh = XdpDatapath::load(&LoadOptions::new(self.pin_dir.parent().unwrap_or(Path::new("/"))))?;
+            self.ebpf = fresh.ebpf;
+        }
+        let links = self.pin_dir.join("links");
+        fs::create_dir_all(&links)
+            .map_err(|e| DatapathError::Setup(format!("creating {}: {e}", links.display())))?;
+        let link_path = links.join(iface);
+        let ebpf = self.ebpf.as_mut().expect("loaded above");
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .map_err(|e| DatapathError::bpf("program type", e))?;
+
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path)
+                .map_err(|e| DatapathError::bpf(format!("opening pinned link {}", link_path.display()), e))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| DatapathError::bpf("pinned link is not an XDP link", e))?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|e| DatapathError::bpf(format!("replacing the program on {iface}"), e))?;
+            drop(program.take_link(id)); // the pin keeps the link alive
+            return Ok(AttachOutcome { interface: iface.into(), mode: "existing", fallback: None, replaced: true });
+        }
+
+        let try_mode = |program: &mut Xdp, m: XdpMode| program.attach_to_if_index(ifindex, m);
+        let (id, used, fallback) = match mode {
+            AttachMode::Native => (try_mode(program, XdpMode::Driver).map_err(|e| attach_error(iface, "native", e))?, "native", None),
+            AttachMode::Skb => (try_mode(program, XdpMode::Skb).map_err(|e| attach_error(iface, "skb", e))?, "skb", None),
+            AttachMode::Auto => match try_mode(program, XdpMode::Driver) {
+                Ok(id) => (id, "native", None),
+                Err(native_err) => {
+                    let why = format!("native mode failed ({native_err}); using generic (skb) mode");
+                    let id = try_mode(program, XdpMode::Skb).map_err(|e| attach_error(iface, "skb", e))?;
+                    (id, "skb", Some(why))
+                }
+            },
+        };
+        let link = program.take_link(id).map_err(|e| DatapathError::bpf("taking the link", e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            DatapathError::bpf("the kernel attached without a bpf_link, which cannot be pinned", e)
+        })?;
+        fd_link
+            .pin(&link_path)
+            .map_err(|e| DatapathError::bpf(format!("pinning the link at {}", link_path.display()), e))?;
+        Ok(AttachOutcome { interface: iface.into(), mode: used, fallback, replaced: false })
+    }
+
+    /// Interfaces with a pinned link of ours.
+    pub fn attached(pin_root: &Path) -> Vec<String> {
+        let dir = pin_root.join(format!("v{LAYOUT_VERSION}")).join("links");
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Detaches from one interface (unpins its link). Returns false if it was not attached.
+    pub fn detach(pin_root: &Path, iface: &str) -> R<bool> {
+        let path = pin_root.join(format!("v{LAYOUT_VERSION}")).join("links").join(iface);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let link = PinnedLink::from_pin(&path)
+            .map_err(|e| DatapathError::bpf(format!("opening {}", path.display()), e))?;
+        let fd = link.unpin().map_err(|e| DatapathError::bpf(format!("unpinning {}", path.display()), e))?;
+        drop(fd); // last reference: the kernel detaches the program
+        Ok(true)
+    }
+
+    /// Removes the pinned maps (all mitigations) once no interface is attached.
+    pub fn purge(pin_root: &Path) -> R<()> {
+        let attached = Self::attached(pin_root);
+        if !attached.is_empty() {
+            return Err(DatapathError::Setup(format!(
+                "still attached to {}: detach those first",
+                attached.join(", ")
+            )));
+        }
+        let dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| DatapathError::Setup(format!("removing {}: {e}", dir.display())))?;
+        }
+        let _ = fs::remove_dir(pin_root);
+        Ok(())
+    }
+
+    /// Rebuilds the user-space index from the maps, and removes what a crash mid-update
+    /// left behind (entries of a generation that is not live).
+    fn adopt(&mut self) -> R<()> {
+        let mut index = Index::new();
+        let mut slot_to_id = StdHashMap::new();
+        let mut live_rulesets = HashSet::new();
+        let configs: Vec<(u32, MitigationConfig)> = self
+            .maps
+            .mitigations
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| DatapathError::bpf("reading MITIGATIONS", e))?;
+        for (slot, config) in configs {
+            index.slot_used[slot as usize] = true;
+            index.mark_rules(config.rule_base, config.rule_count, true);
+            slot_to_id.insert(slot, config.id);
+            live_rulesets.insert(config.ruleset);
+            let mut rule_names = Vec::with_capacity(config.rule_count as usize);
+            for i in 0..config.rule_count {
+                let r = self.maps.acl_rules.get(&(config.rule_base + i), 0).map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
+                rule_names.push(r.name_hash);
+            }
+            index.by_id.insert(
+                config.id,
+                Installed { config, targets: Vec::new(), acl_keys: Vec::new(), sources: SourceKeys::default(), rule_names },
+            );
+        }
+        let mut targets: Vec<(IpNet, u32)> = Vec::new();
+        for kv in self.maps.tgt_v4.iter() {
+            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TGT_V4", e))?;
+            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8).map_err(|e| DatapathError::bpf("TGT_V4 key", e))?;
+            targets.push((IpNet::V4(net), v.slot));
+        }
+        for kv in self.maps.tgt_v6.iter() {
+            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TGT_V6", e))?;
+            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8).map_err(|e| DatapathError::bpf("TGT_V6 key", e))?;
+            targets.push((IpNet::V6(net), v.slot));
+        }
+        for (net, slot) in targets {
+            match slot_to_id.get(&slot) {
+                Some(id) => {
+                    for s in summary_slots(&net) {
+                        index.summary_refs[family_index(&net)][s as usize] += 1;
+                    }
+                    index.targets_per_family[family_index(&net)] += 1;
+                    index.target_owner.insert(net, *id);
+                    index.by_id.get_mut(id).expect("from configs").targets.push(net);
+                }
+                None => self.remove_target(&net, &mut index, false)?, // orphan
+            }
+        }
+        // Summary slots must be set wherever a target needs them (repairs a torn update).
+        for fam in 0..2 {
+            for (s, refs) in index.summary_refs[fam].iter().enumerate() {
+                if *refs > 0 {
+                    let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+                    arr.set(s as u32, 1u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
+                }
+            }
+        }
+
+        let keys: Vec<AclKey> = self.maps.acl_keys.keys().collect::<Result<_, _>>().map_err(|e| DatapathError::bpf("reading ACL_KEYS", e))?;
+        for k in keys {
+            let owner = slot_to_id.get(&(k.ruleset >> 1)).filter(|_| live_rulesets.contains(&k.ruleset));
+            match owner {
+                Some(id) => index.by_id.get_mut(id).expect("live").acl_keys.push(k),
+                None => {
+                    let _ = self.maps.acl_keys.remove(&k);
+                }
+            }
+        }
+        macro_rules! adopt_sources {
+            ($map:ident, $field:ident, $count:expr) => {{
+                let entries: Vec<_> = self.maps.$map.keys().collect::<Result<_, _>>().map_err(|e| DatapathError::bpf(stringify!($map), e))?;
+                for k in entries {
+                    let data = k.data();
+                    let rs = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                    match slot_to_id.get(&(rs >> 1)).filter(|_| live_rulesets.contains(&rs)) {
+                        Some(id) => {
+                            index.by_id.get_mut(id).expect("live").sources.$field.push((k.prefix_len(), data));
+                            index.source_counts[$count] += 1;
+                        }
+                        None => {
+                            let _ = self.maps.$map.remove(&k);
+                        }
+                    }
+                }
+            }};
+        }
+        adopt_sources!(allow_v4, allow_v4, 0);
+        adopt_sources!(drop_v4, drop_v4, 1);
+        adopt_sources!(allow_v6, allow_v6, 2);
+        adopt_sources!(drop_v6, drop_v6, 3);
+        self.index = index;
+        Ok(())
+    }
+
+    fn zero_percpu<T: Pod + Default>(nr: usize, map: &mut PerCpuArray<MapData, T>, idx: u32, what: &str) -> R<()> {
+        let v = PerCpuValues::try_from(vec![T::default(); nr]).map_err(|e| DatapathError::bpf(what.to_string(), e))?;
+        map.set(idx, v, 0).map_err(|e| DatapathError::bpf(what.to_string(), e))
+    }
+
+    fn sum_percpu<T: Pod>(map: &PerCpuArray<MapData, T>, idx: u32, what: &str, mut add: impl FnMut(&T)) -> R<()> {
+        let values = map.get(&idx, 0).map_err(|e| DatapathError::bpf(what.to_string(), e))?;
+        values.iter().for_each(&mut add);
+        Ok(())
+    }
+
+    fn add_target(&mut self, net: &IpNet, slot: u32) -> R<()> {
+        let fam = family_index(net);
+        for s in summary_slots(net) {
+            let refs = &mut self.index.summary_refs[fam][s as usize];
+            *refs += 1;
+            if *refs == 1 {
+                let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+                arr.set(s, 1u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
+            }
+        }
+        let value = TargetValue { slot };
+        match net {
+            IpNet::V4(n) => self.maps.tgt_v4.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), value, 0),
+            IpNet::V6(n) => self.maps.tgt_v6.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), value, 0),
+        }
+        .map_err(|e| DatapathError::bpf(format!("inserting target {net}"), e))?;
+        self.index.targets_per_family[fam] += 1;
+        Ok(())
+    }
+
+    /// Removes a target from the trie, then releases its summary slots (`counted`: it was
+    /// accounted in `index`).
+    fn remove_target(&mut self, net: &IpNet, index: &mut Index, counted: bool) -> R<()> {
+        let _ = match net {
+            IpNet::V4(n) => self.maps.tgt_v4.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            IpNet::V6(n) => self.maps.tgt_v6.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+        };
+        if !counted {
+            return Ok(());
+        }
+        let fam = family_index(net);
+        index.targets_per_family[fam] -= 1;
+        for s in summary_slots(net) {
+            let refs = &mut index.summary_refs[fam][s as usize];
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+                arr.set(s, 0u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one generation's rules, keys and source lists (not yet live).
+    fn write_generation(&mut self, c: &Compiled, sources: &SourceKeys) -> R<()> {
+        let base = c.config.rule_base;
+        for (i, rule) in c.rules.iter().enumerate() {
+            let idx = base + i as u32;
+            self.maps.acl_rules.set(idx, rule, 0).map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
+            self.maps.acl_base.set(idx, Counter::default(), 0).map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+            self.maps.acl_buckets.set(idx, Bucket::default(), 0).map_err(|e| DatapathError::bpf("ACL_BUCKETS", e))?;
+            Self::zero_percpu(self.nr_cpus, &mut self.maps.acl_stats, idx, "ACL_STATS")?;
+        }
+        for (k, v) in &c.keys {
+            self.maps.acl_keys.insert(k, v, 0).map_err(|e| DatapathError::bpf("ACL_KEYS", e))?;
+        }
+        for (len, data) in &sources.allow_v4 {
+            self.maps.allow_v4.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_ALLOW_V4", e))?;
+        }
+        for (len, data) in &sources.drop_v4 {
+            self.maps.drop_v4.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_DROP_V4", e))?;
+        }
+        for (len, data) in &sources.allow_v6 {
+            self.maps.allow_v6.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_ALLOW_V6", e))?;
+        }
+        for (len, data) in &sources.drop_v6 {
+            self.maps.drop_v6.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_DROP_V6", e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a generation's keys and source lists (rule slots are freed by the caller).
+    fn delete_generation(&mut self, acl_keys: &[AclKey], s: &SourceKeys) {
+        for k in acl_keys {
+            let _ = self.maps.acl_keys.remove(k);
+        }
+        for (len, data) in &s.allow_v4 {
+            let _ = self.maps.allow_v4.remove(&Key::new(*len, *data));
+        }
+        for (len, data) in &s.drop_v4 {
+            let _ = self.maps.drop_v4.remove(&Key::new(*len, *data));
+        }
+        for (len, data) in &s.allow_v6 {
+            let _ = self.maps.allow_v6.remove(&Key::new(*len, *data));
+        }
+        for (len, data) in &s.drop_v6 {
+            let _ = self.maps.drop_v6.remove(&Key::new(*len, *data));
+        }
+    }
+
+    fn acl_total(&self, idx: u32) -> R<Counter> {
+        let mut total = self.maps.acl_base.get(&idx, 0).map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+        Self::sum_percpu(&self.maps.acl_stats, idx, "ACL_STATS", |c| total.add(c))?;
+        Ok(total)
+    }
+
+    /// Per-interface counters for the given ifindex (summed across CPUs).
+    pub fn interface_counters(&self, ifindex: u32) -> R<InterfaceCounters> {
+        let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
+        let mut s = InterfaceStats::default();
+        Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |v| {
+            s.rx.add(&v.rx);
+            s.parse_errors += v.parse_errors;
+            s.non_ip += v.non_ip;
+            s.to_target += v.to_target;
+            s.dropped += v.dropped;
+        })?;
+        Ok(InterfaceCounters { ifindex, stats: s })
+    }
+
+    /// Targets of an installed mitigation.
+    pub fn targets(&self, id: u64) -> Option<Vec<IpNet>> {
+        self.index.by_id.get(&id).map(|i| i.targets.clone())
+    }
+
+    /// Map occupancy: (what, used, capacity).
+    pub fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        vec![
+            ("mitigations", self.index.by_id.len(), MAX_MITIGATIONS as usize),
+            ("targets_v4", self.index.targets_per_family[0], MAX_TARGETS_PER_FAMILY as usize),
+            ("targets_v6", self.index.targets_per_family[1], MAX_TARGETS_PER_FAMILY as usize),
+            ("acl_entries", self.index.live_acl_entries(), MAX_ACL_ENTRIES as usize),
+            ("accept_list_v4", self.index.source_counts[0], MAX_SRC_PREFIXES as usize),
+            ("drop_list_v4", self.index.source_counts[1], MAX_SRC_PREFIXES as usize),
+            ("accept_list_v6", self.index.source_counts[2], MAX_SRC_PREFIXES as usize),
+            ("drop_list_v6", self.index.source_counts[3], MAX_SRC_PREFIXES as usize),
+        ]
+    }
+
+    fn check_capacity(&self, spec: &MitigationSpec, old: Option<&Installed>) -> R<()> {
+        let old_rules = old.map_or(0, |o| o.config.rule_count as usize);
+        let acl = self.index.live_acl_entries() - old_rules + spec.acl.len();
+        if acl > MAX_ACL_ENTRIES as usize {
+            return Err(DatapathError::Capacity(format!(
+                "{acl} ACL entries would be live; the datapath holds {MAX_ACL_ENTRIES}"
+            )));
+        }
+        let mut new_targets = [0usize; 2];
+        for t in &spec.targets {
+            if !old.is_some_and(|o| o.targets.contains(t)) {
+                new_targets[family_index(t)] += 1;
+            }
+        }
+        for fam in 0..2 {
+            if self.index.targets_per_family[fam] + new_targets[fam] > MAX_TARGETS_PER_FAMILY as usize {
+                return Err(DatapathError::Capacity(format!(
+                    "more than {MAX_TARGETS_PER_FAMILY} IPv{} target prefixes",
+                    if fam == 0 { 4 } else { 6 }
+                )));
+            }
+        }
+        // Both generations are briefly present during a replacement.
+        let mut counts = [0usize; 4];
+        for p in &spec.accept_list {
+            counts[family_index(p) * 2] += 1;
+        }
+        for p in &spec.drop_list {
+            counts[family_index(p) * 2 + 1] += 1;
+        }
+        let counts = [counts[0], counts[2], counts[1], counts[3]]; // allow4, drop4, allow6, drop6
+        for (i, what) in ["IPv4 accept-list", "IPv4 drop-list", "IPv6 accept-list", "IPv6 drop-list"].iter().enumerate() {
+            if self.index.source_counts[i] + counts[i] > MAX_SRC_PREFIXES as usize {
+                return Err(DatapathError::Capacity(format!("{what} would exceed {MAX_SRC_PREFIXES} prefixes")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mitigator for XdpDatapath {
+    fn install(&mut self, spec: &MitigationSpec) -> R<()> {
+        compile::validate(spec)?;
+        for t in &spec.targets {
+            if let Some(owner) = self.index.target_owner.get(t) {
+                if *owner != spec.id {
+                    return Err(DatapathError::TargetInUse { prefix: *t, owner: *owner });
+                }
+            }
+        }
+        let old = self.index.by_id.remove(&spec.id);
+        if let Err(e) = self.check_capacity(spec, old.as_ref()) {
+            if let Some(o) = old {
+                self.index.by_id.insert(spec.id, o);
+            }
+            return Err(e);
+        }
+        let (slot, parity) = match &old {
+            Some(o) => (o.config.slot(), (o.config.ruleset & 1) ^ 1),
+            None => match self.index.alloc_slot() {
+                Ok(s) => (s, 0),
+                Err(e) => return Err(e),
+            },
+        };
+        let result = self.install_generation(spec, slot, parity, old.as_ref());
+        match result {
+            Ok(installed) => {
+                if let Some(o) = old {
+                    self.retire(o, &installed)?;
+                }
+                for t in &installed.targets {
+                    self.index.target_owner.insert(*t, spec.id);
+                }
+                self.index.by_id.insert(spec.id, installed);
+                Ok(())
+            }
+            Err(e) => {
+                match old {
+                    Some(o) => {
+                        self.index.by_id.insert(spec.id, o);
+                    }
+                    None => self.index.slot_used[slot as usize] = false,
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> R<Option<MitigationCounters>> {
+        if !self.index.by_id.contains_key(&id) {
+            return Ok(None);
+        }
+        let targets = self.index.by_id[&id].targets.clone();
+        let mut index = std::mem::take(&mut self.index);
+        for t in &targets {
+            let r = self.remove_target(t, &mut index, true);
+            index.target_owner.remove(t);
+            if let Err(e) = r {
+                self.index = index;
+                return Err(e);
+            }
+        }
+        self.index = index;
+        std::thread::sleep(GRACE); // packets that found a target before removal finish
+        let counters = self.counters(id)?;
+        let inst = self.index.by_id.remove(&id).expect("checked above");
+        let slot = inst.config.slot();
+        let _ = self.maps.mitigations.remove(&slot);
+        self.delete_generation(&inst.acl_keys, &inst.sources);
+        for (i, c) in inst.sources.counts().iter().enumerate() {
+            self.index.source_counts[i] -= c;
+        }
+        self.index.mark_rules(inst.config.rule_base, inst.config.rule_count, false);
+        self.index.slot_used[slot as usize] = false;
+        Ok(counters)
+    }
+
+    fn counters(&self, id: u64) -> R<Option<MitigationCounters>> {
+        let Some(inst) = self.index.by_id.get(&id) else { return Ok(None) };
+        let mut out = MitigationCounters::default();
+        Self::sum_percpu(&self.maps.mit_stats, inst.config.slot(), "MIT_STATS", |s| {
+            out.in_scope.add(&s.in_scope);
+            out.passed.add(&s.passed);
+            out.accepted.add(&s.accepted);
+            for (o, d) in out.dropped.iter_mut().zip(s.dropped.iter()) {
+                o.add(d);
+            }
+        })?;
+        for (i, name_hash) in inst.rule_names.iter().enumerate() {
+            let matched = self.acl_total(inst.config.rule_base + i as u32)?;
+            out.acl.push(AclCounter { name_hash: *name_hash, matched });
+        }
+        Ok(Some(out))
+    }
+
+    fn installed(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.index.by_id.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+impl XdpDatapath {
+    /// Writes a complete new generation and makes it live; returns its bookkeeping.
+    fn install_generation(
+        &mut self,
+        spec: &MitigationSpec,
+        slot: u32,
+        parity: u32,
+        old: Option<&Installed>,
+    ) -> R<Installed> {
+        let ruleset = (slot << 1) | parity;
+        let rule_base = self.index.alloc_rules(spec.acl.len() as u32)?;
+        let mut compiled = match compile::compile(spec, ruleset, rule_base) {
+            Ok(c) => c,
+            Err(e) => {
+                self.index.mark_rules(rule_base, spec.acl.len() as u32, false);
+                return Err(e.into());
+            }
+        };
+        let sources = SourceKeys::from_compiled(&mut compiled);
+        let acl_keys: Vec<AclKey> = compiled.keys.iter().map(|(k, _)| *k).collect();
+        let undo = |dp: &mut XdpDatapath, e: DatapathError| {
+            dp.delete_generation(&acl_keys, &sources);
+            dp.index.mark_rules(rule_base, spec.acl.len() as u32, false);
+            e
+        };
+        if let Err(e) = self.write_generation(&compiled, &sources) {
+            return Err(undo(self, e));
+        }
+        if old.is_none() {
+            let r = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS")
+                .and_then(|_| self.maps.scope_buckets.set(slot, Bucket::default(), 0).map_err(|e| DatapathError::bpf("SCOPE_BUCKETS", e)));
+            if let Err(e) = r {
+                return Err(undo(self, e));
+            }
+        }
+        // The flip: from here on packets see the new generation.
+        if let Err(e) = self.maps.mitigations.insert(slot, compiled.config, 0) {
+            return Err(undo(self, DatapathError::bpf("MITIGATIONS", e)));
+        }
+        for t in &spec.targets {
+            if !old.is_some_and(|o| o.targets.contains(t)) {
+                self.add_target(t, slot)?;
+            }
+        }
+        for (i, c) in sources.counts().iter().enumerate() {
+            self.index.source_counts[i] += c;
+        }
+        Ok(Installed {
+            config: compiled.config,
+            targets: spec.targets.clone(),
+            acl_keys,
+            sources,
+            rule_names: compiled.rules.iter().map(|r| r.name_hash).collect(),
+        })
+    }
+
+    /// After a flip: drop targets the new spec no longer has, wait out packets still using
+    /// the old generation, carry ACL counters over by entry name, delete the old generation.
+    fn retire(&mut self, old: Installed, new: &Installed) -> R<()> {
+        let mut index = std::mem::take(&mut self.index);
+        for t in old.targets.iter().filter(|t| !new.targets.contains(t)) {
+            index.target_owner.remove(t);
+            if let Err(e) = self.remove_target(t, &mut index, true) {
+                self.index = index;
+                return Err(e);
+            }
+        }
+        self.index = index;
+        std::thread::sleep(GRACE);
+        let mut carried: StdHashMap<u64, Counter> = StdHashMap::new();
+        for (i, h) in old.rule_names.iter().enumerate() {
+            carried.insert(*h, self.acl_total(old.config.rule_base + i as u32)?);
+        }
+        for (i, h) in new.rule_names.iter().enumerate() {
+            if let Some(c) = carried.get(h) {
+                self.maps
+                    .acl_base
+                    .set(new.config.rule_base + i as u32, c, 0)
+                    .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+            }
+        }
+        self.delete_generation(&old.acl_keys, &old.sources);
+        for (i, c) in old.sources.counts().iter().enumerate() {
+            self.index.source_counts[i] -= c;
+        }
+        self.index.mark_rules(old.config.rule_base, old.config.rule_count, false);
+        Ok(())
+    }
+}
+
+fn cpus() -> R<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| DatapathError::bpf(format!("counting CPUs ({what})"), e))
+}
+
+fn if_index(iface: &str) -> R<u32> {
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| DatapathError::Setup(format!("{iface:?} is not a valid interface name")))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(DatapathError::Setup(format!("no interface named {iface:?} (see `ip link`)")));
+    }
+    Ok(idx)
+}
+
+fn attach_error(iface: &str, mode: &str, e: aya::programs::ProgramError) -> DatapathError {
+    let text = e.to_string();
+    let hint = if text.contains("Device or resource busy") || text.contains("EBUSY") {
+        format!("; {iface} already runs another XDP program: remove it first (ip link set dev {iface} xdp off)")
+    } else {
+        String::new()
+    };
+    DatapathError::Bpf { context: format!("attaching to {iface} in {mode} mode{hint}"), source: Box::new(e) }
+}
+
+/// Makes sure `pin_root` is on a bpffs (mounting /sys/fs/bpf if that is where it points and
+/// nothing is mounted there) and returns the layout-versioned directory under it.
+fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_root.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let ok = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } == 0;
+        if !ok {
+            return Err(DatapathError::Setup(format!(
+                "bpffs is not mounted at /sys/fs/bpf and mounting it failed ({}); run `mount -t bpf bpf /sys/fs/bpf` as root",
+                std::io::Error::last_os_error()
+            )));
+        }
+        tracing::info!("mounted bpffs at /sys/fs/bpf (it was not mounted)");
+    }
+    let dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
+    fs::create_dir_all(&dir).map_err(|e| DatapathError::Setup(format!("creating {}: {e}", dir.display())))?;
+    if !is_bpffs(&dir) {
+        return Err(DatapathError::Setup(format!(
+            "{} is not on a bpffs: pins need one (mount -t bpf bpf DIR)",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+

@@ -1,0 +1,7 @@
+//! dots-agent: a DOTS (DDoS Open Threat Signaling) agent that steers an XDP scrubber.
+//!
+//! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
+//! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
+
+pub mod datapath;
+pub mod packet;

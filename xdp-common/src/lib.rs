@@ -1,0 +1,547 @@
+//! The contract between the XDP program (`xdp-filter`) and user space (`dots-agent`).
+//!
+//! Every map name, key and value layout lives here once; both sides compile against it.
+//! Changing a layout means bumping [`LAYOUT_VERSION`]: pinned maps live under a directory
+//! named after it, so an agent never re-adopts maps of another layout.
+//!
+//! Addresses are kept as raw network-order bytes packed into `[u32; 4]` words (an IPv4
+//! address uses the first word, the rest are zero) so the kernel side can mask and compare
+//! them without byte swapping.
+#![no_std]
+
+pub const LAYOUT_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------
+// Capacities (the defaults the program is built with; see the README for the memory cost).
+// ---------------------------------------------------------------------------------------
+
+/// Mitigation slots (one per active mitigation on this box).
+pub const MAX_MITIGATIONS: u32 = 4096;
+/// Destination (target) prefixes per address family.
+pub const MAX_TARGETS_PER_FAMILY: u32 = 65_536;
+/// Source accept/drop-list prefixes, per list and family.
+pub const MAX_SRC_PREFIXES: u32 = 262_144;
+/// ACL entries live at once across all mitigations.
+pub const MAX_ACL_ENTRIES: u32 = 16_384;
+/// Rule slots: twice the entries, so a full rule set can be rebuilt beside the live one.
+pub const ACL_RULE_SLOTS: u32 = 2 * MAX_ACL_ENTRIES;
+/// Sources tracked by the per-source rate limits (LRU: the least recent are forgotten).
+pub const MAX_TRACKED_SOURCES: u32 = 1_048_576;
+/// Distinct ACL tuples (field/prefix-length shapes) per mitigation.
+pub const MAX_TUPLES: usize = 16;
+/// ACL entries that may share one exact-match key and differ only in residual fields.
+pub const MAX_CHAIN: u32 = 8;
+/// Destination port ranges narrowing a mitigation's scope.
+pub const MAX_SCOPE_PORT_RANGES: usize = 8;
+/// Per-interface counters are indexed by ifindex; larger ifindexes share slot 0.
+pub const IF_STATS_SLOTS: u32 = 4096;
+/// 65,536 ports as a bitmap of u64 words.
+pub const AMP_PORT_WORDS: u32 = 1024;
+
+/// The fast-reject summary of target prefixes has `1 << SUMMARY_BITS` slots per family.
+pub const SUMMARY_BITS: u32 = 20;
+pub const SUMMARY_SLOTS: u32 = 1 << SUMMARY_BITS;
+/// IPv6 summary slots are keyed by a hash of the first 48 bits of the destination.
+pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
+
+// ---------------------------------------------------------------------------------------
+// Map names (at most 15 characters: the kernel's object-name limit).
+// ---------------------------------------------------------------------------------------
+pub mod map_names {
+    pub const TARGETS_V4: &str = "TGT_V4";
+    pub const TARGETS_V6: &str = "TGT_V6";
+    pub const SUMMARY_V4: &str = "TGT_SUM_V4";
+    pub const SUMMARY_V6: &str = "TGT_SUM_V6";
+    pub const MITIGATIONS: &str = "MITIGATIONS";
+    pub const MITIGATION_STATS: &str = "MIT_STATS";
+    pub const ACL_KEYS: &str = "ACL_KEYS";
+    pub const ACL_RULES: &str = "ACL_RULES";
+    pub const ACL_STATS: &str = "ACL_STATS";
+    pub const ACL_BASE: &str = "ACL_BASE";
+    pub const ACL_BUCKETS: &str = "ACL_BUCKETS";
+    pub const SRC_ALLOW_V4: &str = "SRC_ALLOW_V4";
+    pub const SRC_DROP_V4: &str = "SRC_DROP_V4";
+    pub const SRC_ALLOW_V6: &str = "SRC_ALLOW_V6";
+    pub const SRC_DROP_V6: &str = "SRC_DROP_V6";
+    pub const SRC_RATE: &str = "SRC_RATE";
+    pub const SCOPE_BUCKETS: &str = "SCOPE_BUCKETS";
+    pub const AMP_PORTS: &str = "AMP_PORTS";
+    pub const IF_STATS: &str = "IF_STATS";
+
+    pub const ALL: [&str; 19] = [
+        TARGETS_V4, TARGETS_V6, SUMMARY_V4, SUMMARY_V6, MITIGATIONS, MITIGATION_STATS,
+        ACL_KEYS, ACL_RULES, ACL_STATS, ACL_BASE, ACL_BUCKETS, SRC_ALLOW_V4, SRC_DROP_V4,
+        SRC_ALLOW_V6, SRC_DROP_V6, SRC_RATE, SCOPE_BUCKETS, AMP_PORTS, IF_STATS,
+    ];
+}
+
+/// The program's name in the object file.
+pub const PROGRAM_NAME: &str = "xdp_filter";
+
+// ---------------------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&mut self, other: &Counter) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+/// Why a packet in a mitigation's scope was dropped. Index into [`MitigationStats::dropped`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// IP header fine but the transport header is cut short.
+    Malformed = 0,
+    /// Source in the mitigation's drop-list.
+    DropList = 1,
+    /// An ACL entry with action drop.
+    AclDrop = 2,
+    /// An ACL entry with action rate-limit, over its rate.
+    AclRateLimit = 3,
+    /// UDP from a well-known amplification source port.
+    AmplificationPort = 4,
+    /// Non-first IP fragment.
+    Fragment = 5,
+    /// Per-source packet rate over the limit.
+    SourceRate = 6,
+    /// Per-source TCP SYN rate over the limit.
+    SynRate = 7,
+    /// Scope-wide byte-rate cap exceeded.
+    ScopeCap = 8,
+}
+
+pub const DROP_REASONS: usize = 9;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::Malformed,
+        DropReason::DropList,
+        DropReason::AclDrop,
+        DropReason::AclRateLimit,
+        DropReason::AmplificationPort,
+        DropReason::Fragment,
+        DropReason::SourceRate,
+        DropReason::SynRate,
+        DropReason::ScopeCap,
+    ];
+
+    /// Stable snake_case label (used in CLI output and metrics).
+    pub const fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::DropList => "drop_list",
+            DropReason::AclDrop => "acl_drop",
+            DropReason::AclRateLimit => "acl_rate_limit",
+            DropReason::AmplificationPort => "amplification_port",
+            DropReason::Fragment => "fragment",
+            DropReason::SourceRate => "source_rate",
+            DropReason::SynRate => "syn_rate",
+            DropReason::ScopeCap => "scope_cap",
+        }
+    }
+
+    /// Drops caused by a rate limit rather than a match.
+    pub const fn is_rate_limit(self) -> bool {
+        matches!(
+            self,
+            DropReason::AclRateLimit
+                | DropReason::SourceRate
+                | DropReason::SynRate
+                | DropReason::ScopeCap
+        )
+    }
+}
+
+/// Per mitigation slot, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MitigationStats {
+    /// Packets to a target of the mitigation that matched its protocol/port scope.
+    pub in_scope: Counter,
+    /// In scope and let through (includes `accepted`).
+    pub passed: Counter,
+    /// Let through by the accept-list or an ACL accept (a subset of `passed`).
+    pub accepted: Counter,
+    pub dropped: [Counter; DROP_REASONS],
+}
+
+/// Per interface slot (ifindex), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceStats {
+    /// Every packet the program saw.
+    pub rx: Counter,
+    /// Packets whose link or IP header could not be parsed (passed on).
+    pub parse_errors: u64,
+    /// Packets that are not IPv4/IPv6 (ARP, LLDP, ...; passed on).
+    pub non_ip: u64,
+    /// Packets to a mitigated destination (any scope).
+    pub to_target: u64,
+    /// Packets dropped for any reason.
+    pub dropped: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Destination lookup
+// ---------------------------------------------------------------------------------------
+
+/// Value of the per-family target LPM tries: which mitigation slot covers the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetValue {
+    pub slot: u32,
+}
+
+/// Summary slot for an IPv4 destination: its top `SUMMARY_BITS` bits.
+#[inline(always)]
+pub fn summary_index_v4(addr: [u8; 4]) -> u32 {
+    u32::from_be_bytes(addr) >> (32 - SUMMARY_BITS)
+}
+
+/// Summary slot for an IPv6 destination: a multiplicative hash of its first 48 bits.
+#[inline(always)]
+pub fn summary_index_v6(top48: u64) -> u32 {
+    (top48.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SUMMARY_BITS)) as u32
+}
+
+/// The first 48 bits of an IPv6 address as an integer (input of [`summary_index_v6`]).
+#[inline(always)]
+pub fn ipv6_top48(addr: &[u8; 16]) -> u64 {
+    ((addr[0] as u64) << 40)
+        | ((addr[1] as u64) << 32)
+        | ((addr[2] as u64) << 24)
+        | ((addr[3] as u64) << 16)
+        | ((addr[4] as u64) << 8)
+        | (addr[5] as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Mitigation configuration
+// ---------------------------------------------------------------------------------------
+
+/// Built-in countermeasures and list presence, in [`MitigationConfig::flags`].
+pub mod flags {
+    pub const CM_AMPLIFICATION: u32 = 1 << 0;
+    pub const CM_FRAGMENTS: u32 = 1 << 1;
+    pub const CM_SOURCE_RATE: u32 = 1 << 2;
+    pub const CM_SYN_RATE: u32 = 1 << 3;
+    pub const CM_SCOPE_CAP: u32 = 1 << 4;
+    pub const HAS_ALLOW_V4: u32 = 1 << 8;
+    pub const HAS_DROP_V4: u32 = 1 << 9;
+    pub const HAS_ALLOW_V6: u32 = 1 << 10;
+    pub const HAS_DROP_V6: u32 = 1 << 11;
+    /// The scope lists protocols (otherwise any protocol is in scope).
+    pub const SCOPE_PROTOCOLS: u32 = 1 << 12;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// What a token bucket counts.
+pub mod rate_unit {
+    pub const PACKETS: u32 = 0;
+    pub const BYTES: u32 = 1;
+}
+
+/// A rate limit as a GCRA (virtual scheduling) bucket: each unit (packet or byte) advances
+/// the bucket's theoretical arrival time by `interval_fp >> 16` ns; a packet is admitted
+/// while that time runs at most `tolerance_ns` ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateSpec {
+    /// Nanoseconds per unit in 48.16 fixed point; `u64::MAX` admits nothing (rate 0).
+    pub interval_fp: u64,
+    /// How far ahead of now the bucket may run: burst x interval.
+    pub tolerance_ns: u64,
+    /// [`rate_unit`].
+    pub unit: u32,
+    pub _pad: u32,
+}
+
+pub const RATE_FP_SHIFT: u32 = 16;
+
+impl RateSpec {
+    /// `rate` units per second with a burst of `burst` units (at least one packet's worth).
+    pub fn new(rate: u64, burst: u64, unit: u32) -> RateSpec {
+        if rate == 0 {
+            return RateSpec { interval_fp: u64::MAX, tolerance_ns: 0, unit, _pad: 0 };
+        }
+        let interval_fp = ((1_000_000_000u128 << RATE_FP_SHIFT) / rate as u128).max(1) as u64;
+        let burst = burst.max(1) as u128;
+        let tolerance = (burst * interval_fp as u128) >> RATE_FP_SHIFT;
+        RateSpec {
+            interval_fp,
+            tolerance_ns: tolerance.min(u64::MAX as u128) as u64,
+            unit,
+            _pad: 0,
+        }
+    }
+}
+
+/// State of one bucket: the theoretical arrival time in ns (bpf_ktime_get_ns clock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub tat: u64,
+}
+
+/// One shape of ACL entry: which fields are matched exactly, with which masks. Entries of
+/// one tuple live in one hash table keyed by the masked packet fields (tuple-space search),
+/// so lookup cost grows with the number of tuples, never with the number of entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclTuple {
+    pub src_mask: [u32; 4],
+    pub dst_mask: [u32; 4],
+    /// Lowest (best) priority of any entry in this tuple: tuples are sorted by it, so the
+    /// probe loop stops once no later tuple can beat the match in hand.
+    pub min_priority: u32,
+    pub sport_mask: u16,
+    pub dport_mask: u16,
+    /// [`tuple_fields`].
+    pub fields: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: u16,
+}
+
+pub mod tuple_fields {
+    pub const PROTO: u8 = 1 << 0;
+    pub const ICMP_TYPE: u8 = 1 << 1;
+    pub const ICMP_CODE: u8 = 1 << 2;
+    /// Ports are part of the key: the packet must carry a transport header.
+    pub const PORTS: u8 = 1 << 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MitigationConfig {
+    /// The owner's identifier for this mitigation (opaque to the kernel).
+    pub id: u64,
+    /// `(slot << 1) | parity`: prefixes the keys of the live rule generation, so a new
+    /// generation can be built beside it and switched to with one map update.
+    pub ruleset: u32,
+    /// [`flags`].
+    pub flags: u32,
+    /// Rule slots `[rule_base, rule_base + rule_count)` in `ACL_RULES` used by this
+    /// generation (bookkeeping for user space; the kernel follows `AclValue::rule`).
+    pub rule_base: u32,
+    pub rule_count: u32,
+    /// Bitmap of in-scope IP protocols when `SCOPE_PROTOCOLS` is set.
+    pub proto_mask: [u64; 4],
+    pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
+    /// 0: any destination port.
+    pub n_port_ranges: u32,
+    pub n_tuples: u32,
+    pub source_rate: RateSpec,
+    pub syn_rate: RateSpec,
+    pub scope_rate: RateSpec,
+    pub tuples: [AclTuple; MAX_TUPLES],
+}
+
+impl Default for MitigationConfig {
+    fn default() -> Self {
+        MitigationConfig {
+            id: 0,
+            ruleset: 0,
+            flags: 0,
+            rule_base: 0,
+            rule_count: 0,
+            proto_mask: [0; 4],
+            port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
+            n_port_ranges: 0,
+            n_tuples: 0,
+            source_rate: RateSpec::default(),
+            syn_rate: RateSpec::default(),
+            scope_rate: RateSpec::default(),
+            tuples: [AclTuple::default(); MAX_TUPLES],
+        }
+    }
+}
+
+impl MitigationConfig {
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        self.ruleset >> 1
+    }
+}
+
+/// Key of the ACL hash: a tuple's masked view of a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclKey {
+    pub ruleset: u32,
+    pub tuple: u8,
+    pub proto: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclValue {
+    /// Head of the chain of rules (best priority first) sharing this key.
+    pub rule: u32,
+}
+
+pub const NO_RULE: u32 = u32::MAX;
+
+pub mod acl_action {
+    pub const ACCEPT: u8 = 0;
+    pub const DROP: u8 = 1;
+    /// Accept up to `AclRule::rate`, drop beyond.
+    pub const RATE_LIMIT: u8 = 2;
+}
+
+/// Checks made on a candidate rule after its key matched.
+pub mod residual {
+    pub const TTL: u16 = 1 << 0;
+    pub const LENGTH: u16 = 1 << 1;
+    pub const DSCP: u16 = 1 << 2;
+    pub const FRAGMENT: u16 = 1 << 3;
+    pub const SPORT_RANGE: u16 = 1 << 4;
+    pub const DPORT_RANGE: u16 = 1 << 5;
+    pub const TCP_FLAGS: u16 = 1 << 6;
+}
+
+/// Fragment facts about a packet, matched by the ACL fragment field.
+pub mod frag_bits {
+    /// IPv4 don't-fragment.
+    pub const DF: u8 = 1 << 0;
+    /// Is a fragment.
+    pub const ISF: u8 = 1 << 1;
+    /// First fragment.
+    pub const FF: u8 = 1 << 2;
+    /// Last fragment.
+    pub const LF: u8 = 1 << 3;
+}
+
+/// Bit operators of DOTS ACLs (fragment and TCP flags).
+pub mod bit_op {
+    /// (value & bits) == bits
+    pub const MATCH: u8 = 0;
+    /// (value & bits) != 0
+    pub const ANY: u8 = 1;
+    /// Negate the result.
+    pub const NOT: u8 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclRule {
+    /// Hash of the entry's name, so counters carry over when a rule set is rebuilt.
+    pub name_hash: u64,
+    pub rate: RateSpec,
+    /// Position in the mitigation's ordered entries: lower wins.
+    pub priority: u32,
+    /// Next rule with the same key, or [`NO_RULE`].
+    pub next: u32,
+    /// [`residual`].
+    pub checks: u16,
+    /// [`acl_action`].
+    pub action: u8,
+    pub dscp: u8,
+    pub ttl_lo: u8,
+    pub ttl_hi: u8,
+    pub frag_bits: u8,
+    pub frag_op: u8,
+    pub tcp_flags: u8,
+    pub tcp_flags_op: u8,
+    pub len_lo: u16,
+    pub len_hi: u16,
+    pub sport_lo: u16,
+    pub sport_hi: u16,
+    pub dport_lo: u16,
+    pub dport_hi: u16,
+    pub _pad: u16,
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-source state
+// ---------------------------------------------------------------------------------------
+
+pub mod source_kind {
+    pub const PACKETS: u32 = 0;
+    pub const SYN: u32 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub slot: u32,
+    /// [`source_kind`].
+    pub kind: u32,
+    pub addr: [u32; 4],
+}
+
+/// Key data of the source accept/drop-list tries: the ruleset (big-endian, so it is the
+/// leading bits of the prefix) followed by the address. Prefix length = 32 + source length.
+pub type SourceV4 = [u8; 8];
+pub type SourceV6 = [u8; 20];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain integers and arrays with no padding holes
+    // that the kernel would reject, and every bit pattern is valid.
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for MitigationStats {}
+    unsafe impl aya::Pod for InterfaceStats {}
+    unsafe impl aya::Pod for TargetValue {}
+    unsafe impl aya::Pod for MitigationConfig {}
+    unsafe impl aya::Pod for AclKey {}
+    unsafe impl aya::Pod for AclValue {}
+    unsafe impl aya::Pod for AclRule {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for SourceKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<AclKey>(), 44);
+        assert_eq!(size_of::<AclTuple>(), 44);
+        assert_eq!(size_of::<AclRule>(), 64);
+        assert_eq!(size_of::<SourceKey>(), 24);
+        assert_eq!(size_of::<MitigationStats>(), 16 * (3 + DROP_REASONS));
+    }
+
+    #[test]
+    fn rate_spec_admits_burst_units() {
+        let r = RateSpec::new(1000, 10, rate_unit::PACKETS);
+        assert_eq!(r.interval_fp >> RATE_FP_SHIFT, 1_000_000);
+        assert_eq!(r.tolerance_ns, 10_000_000);
+        assert_eq!(RateSpec::new(0, 10, rate_unit::PACKETS).interval_fp, u64::MAX);
+    }
+
+    #[test]
+    fn summary_index_uses_top_bits() {
+        assert_eq!(summary_index_v4([198, 51, 100, 7]), u32::from_be_bytes([198, 51, 100, 0]) >> 12);
+        let a = [0x20, 0x01, 0x0d, 0xb8, 0x64, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(ipv6_top48(&a), 0x2001_0db8_6401);
+        assert!(summary_index_v6(ipv6_top48(&a)) < SUMMARY_SLOTS);
+    }
+}
