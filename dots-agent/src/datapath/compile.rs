@@ -176,7 +176,7 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
 
 fn rate_spec(r: Rate, unit: u32) -> RateSpec {
     let floor = if unit == rate_unit::BYTES { 1514 } else { 1 };
-    let burst = r.burst.unwrap_or(r.rate / 10).max(floor);
+    let burst = r.burst.unwrap_or((r.rate / 10).max(floor));
     RateSpec::new(r.rate, burst, unit)
 }
 

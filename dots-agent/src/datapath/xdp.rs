@@ -709,8 +709,8 @@ impl XdpDatapath {
     }
 
     fn check_capacity(&self, spec: &MitigationSpec, old: Option<&Installed>) -> R<()> {
-        let old_rules = old.map_or(0, |o| o.config.rule_count as usize);
-        let acl = self.index.live_acl_entries() - old_rules + spec.acl.len();
+        // `old` is already out of the index: its entries do not count.
+        let acl = self.index.live_acl_entries() + spec.acl.len();
         if acl > MAX_ACL_ENTRIES as usize {
             return Err(DatapathError::Capacity(format!(
                 "{acl} ACL entries would be live; the datapath holds {MAX_ACL_ENTRIES}"
