@@ -2,6 +2,10 @@
 //!
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
+//! - [`traffic`]: AF_PACKET sender and counting receiver.
+//! - [`cli`]: the command line.
 
 pub mod datapath;
 pub mod packet;
+pub mod cli;
+pub mod traffic;

@@ -15,7 +15,7 @@ pub use compile::SpecError;
 pub use memory::MemoryMitigator;
 pub use spec::*;
 pub use xdp::{
-    AttachMode, AttachOutcome, InterfaceCounters, LoadOptions, XdpDatapath,
+    interface_index, AttachMode, AttachOutcome, InterfaceCounters, LoadOptions, XdpDatapath,
     DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
 };
 

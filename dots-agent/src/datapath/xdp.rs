@@ -944,6 +944,11 @@ fn cpus() -> R<usize> {
     aya::util::nr_cpus().map_err(|(what, e)| DatapathError::bpf(format!("counting CPUs ({what})"), e))
 }
 
+/// The ifindex of an interface in this network namespace, if it exists.
+pub fn interface_index(iface: &str) -> Option<u32> {
+    if_index(iface).ok()
+}
+
 fn if_index(iface: &str) -> R<u32> {
     let c = std::ffi::CString::new(iface)
         .map_err(|_| DatapathError::Setup(format!("{iface:?} is not a valid interface name")))?;

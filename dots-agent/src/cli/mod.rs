@@ -1,0 +1,3 @@
+//! The `dots-agent` command line.
+pub mod traffic;
+pub mod xdp;

@@ -1,0 +1,137 @@
+//! `dots-agent traffic ...`: send and count raw frames on an interface (labs and tests).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::packet::{PacketSpec, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::traffic::{count_received, send_paced, RawSocket};
+
+#[derive(Subcommand, Debug)]
+pub enum TrafficCommand {
+    /// Send frames out of an interface (sources spread over a prefix).
+    Send {
+        #[arg(short, long)]
+        interface: String,
+        /// Source address or prefix; a prefix sends from up to 4096 of its addresses in turn.
+        #[arg(long)]
+        src: IpNet,
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long, value_enum, default_value = "udp")]
+        proto: Proto,
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        #[arg(long, default_value_t = 80)]
+        dport: u16,
+        /// TCP flags, comma-separated (syn, ack, rst, fin).
+        #[arg(long, value_delimiter = ',', default_value = "syn")]
+        tcp_flags: Vec<String>,
+        #[arg(long, default_value_t = 18)]
+        payload: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Packets per second (0: as fast as possible).
+        #[arg(long, default_value_t = 10_000)]
+        pps: u64,
+        /// Give up after this many seconds even if not all were sent.
+        #[arg(long, default_value_t = 30)]
+        max_seconds: u64,
+        /// Destination MAC (default: broadcast).
+        #[arg(long, default_value = "ff:ff:ff:ff:ff:ff")]
+        dst_mac: String,
+    },
+    /// Count the IP frames arriving on an interface, per flow.
+    Count {
+        #[arg(short, long)]
+        interface: String,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Proto {
+    Udp,
+    Tcp,
+    Icmp,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("MAC address {s:?} must be six hex bytes separated by ':'");
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).with_context(|| format!("MAC address {s:?}: bad byte {p:?}"))?;
+    }
+    Ok(mac)
+}
+
+pub fn run(cmd: TrafficCommand) -> Result<()> {
+    match cmd {
+        TrafficCommand::Send {
+            interface, src, dst, proto, sport, dport, tcp_flags, payload, count, pps, max_seconds, dst_mac,
+        } => {
+            if src.addr().is_ipv4() != dst.is_ipv4() {
+                bail!("--src {src} and --dst {dst} are of different address families");
+            }
+            if payload > 1400 {
+                bail!("--payload {payload} is larger than 1400 bytes");
+            }
+            let mut flags = 0u8;
+            for f in &tcp_flags {
+                flags |= match f.as_str() {
+                    "syn" => TCP_SYN,
+                    "ack" => TCP_ACK,
+                    "rst" => TCP_RST,
+                    "fin" => TCP_FIN,
+                    other => bail!("unknown TCP flag {other:?} (use syn, ack, rst, fin)"),
+                };
+            }
+            let l4 = match proto {
+                Proto::Udp => L4::Udp { sport, dport },
+                Proto::Tcp => L4::Tcp { sport, dport, flags },
+                Proto::Icmp => L4::Icmp { kind: if dst.is_ipv4() { 8 } else { 128 }, code: 0 },
+            };
+            let mac = parse_mac(&dst_mac)?;
+            let frames: Vec<Vec<u8>> = src
+                .hosts()
+                .take(4096)
+                .map(|s| {
+                    let mut p = PacketSpec::new(s, dst, l4);
+                    p.payload_len = payload;
+                    p.dst_mac = mac;
+                    p.build()
+                })
+                .collect();
+            let sock = RawSocket::bind(&interface).with_context(|| format!("opening a raw socket on {interface}"))?;
+            let sent = send_paced(&sock, &frames, count, pps, Duration::from_secs(max_seconds))?;
+            println!("sent {sent} frames from {} source(s) on {interface}", frames.len().min(count as usize));
+            Ok(())
+        }
+        TrafficCommand::Count { interface, seconds, json } => {
+            if !(0.0..=3600.0).contains(&seconds) {
+                bail!("--seconds must be between 0 and 3600");
+            }
+            let sock = RawSocket::bind(&interface).with_context(|| format!("opening a raw socket on {interface}"))?;
+            let counts = count_received(&sock, Duration::from_secs_f64(seconds))?;
+            if json {
+                let v: Vec<_> = counts.iter().map(|(k, c)| serde_json::json!({"flow": k, "packets": c.packets, "bytes": c.bytes})).collect();
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}", "SOURCE", "DESTINATION", "PROTO", "SPORT", "DPORT", "PACKETS");
+                for (k, c) in &counts {
+                    println!("{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}", k.src, k.dst, k.proto, k.sport, k.dport, c.packets);
+                }
+            }
+            Ok(())
+        }
+    }
+}
