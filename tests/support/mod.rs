@@ -1,0 +1,89 @@
+//! Test hosts in network namespaces: each test makes its own (unique names), joins them
+//! with veth pairs, runs code inside them on dedicated threads, and removes them on drop,
+//! also when the test fails.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip (install iproute2)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace that is deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("dots-{tag}-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (network only).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns on this thread only (network namespaces are per thread).
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Two namespaces joined by a veth pair (`a_if` in `a`, `b_if` in `b`), both up.
+pub struct VethPair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+}
+
+impl VethPair {
+    pub fn new(tag: &str) -> VethPair {
+        let a = Netns::new(&format!("{tag}a"));
+        let b = Netns::new(&format!("{tag}b"));
+        let (a_if, b_if) = ("veth-a".to_string(), "veth-b".to_string());
+        ip(&["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name]);
+        a.ip(&["link", "set", &a_if, "up"]);
+        b.ip(&["link", "set", &b_if, "up"]);
+        VethPair { a, b, a_if, b_if }
+    }
+}
+
+/// A bpffs pin root of this test's own, removed on drop.
+pub struct PinRoot(pub std::path::PathBuf);
+
+impl PinRoot {
+    pub fn new(tag: &str) -> PinRoot {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        PinRoot(format!("/sys/fs/bpf/dots-{tag}-{}-{n}", std::process::id()).into())
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
