@@ -443,7 +443,7 @@ fn longest_target_prefix_decides_the_mitigation() {
     wide.targets = vec!["198.51.0.0/16".parse().unwrap()];
     let mut narrow = spec(2);
     narrow.targets = vec!["198.51.100.7/32".parse().unwrap()];
-    narrow.drop_list = vec!["0.0.0.0/0".parse().unwrap()];
+    narrow.acl = vec![entry("all", AclMatch::default(), AclAction::Drop)];
     lab.dp.install(&wide).unwrap();
     lab.dp.install(&narrow).unwrap();
     assert_eq!(lab.run(&udp("192.0.2.5", T4, 1, 2)), DROP);
@@ -525,7 +525,7 @@ fn short_and_long_target_prefixes_cover_what_they_should() {
     let mut lab = Lab::new();
     let mut s = spec(1);
     s.targets = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
-    s.drop_list = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    s.acl = vec![entry("all", AclMatch::default(), AclAction::Drop)];
     lab.dp.install(&s).unwrap();
     assert_eq!(lab.run(&udp("192.0.2.5", "10.200.1.1", 1, 2)), DROP);
     assert_eq!(lab.run(&udp("2001:db8:1::1", "2001:db8:ffff:1::9", 1, 2)), DROP);

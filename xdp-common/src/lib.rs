@@ -19,8 +19,10 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub const MAX_MITIGATIONS: u32 = 4096;
 /// Destination (target) prefixes per address family.
 pub const MAX_TARGETS_PER_FAMILY: u32 = 65_536;
-/// Source accept/drop-list prefixes, per list and family.
+/// Source accept/drop-list prefixes live at once (all lists, both families).
 pub const MAX_SRC_PREFIXES: u32 = 262_144;
+/// Mitigation configurations: two generations per slot.
+pub const CONFIG_SLOTS: u32 = 2 * MAX_MITIGATIONS;
 /// ACL entries live at once across all mitigations.
 pub const MAX_ACL_ENTRIES: u32 = 16_384;
 /// Rule slots: twice the entries, so a full rule set can be rebuilt beside the live one.
@@ -31,6 +33,10 @@ pub const MAX_TRACKED_SOURCES: u32 = 1_048_576;
 pub const MAX_TUPLES: usize = 16;
 /// ACL entries that may share one exact-match key and differ only in residual fields.
 pub const MAX_CHAIN: u32 = 8;
+/// Distinct prefix lengths probed per lookup: per source list, and per summary slot (the
+/// target lengths that share a /20 of IPv4 or a hashed /48 of IPv6). User space refuses
+/// rule sets that need more, so the kernel's probe loops stay short and verifiable.
+pub const MAX_PREFIX_LENGTHS: u32 = 16;
 /// Destination port ranges narrowing a mitigation's scope.
 pub const MAX_SCOPE_PORT_RANGES: usize = 8;
 /// Per-interface counters are indexed by ifindex; larger ifindexes share slot 0.
@@ -48,8 +54,8 @@ pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
 // Map names (at most 15 characters: the kernel's object-name limit).
 // ---------------------------------------------------------------------------------------
 pub mod map_names {
-    pub const TARGETS_V4: &str = "TGT_V4";
-    pub const TARGETS_V6: &str = "TGT_V6";
+    pub const TARGETS_V4: &str = "TARGETS_V4";
+    pub const TARGETS_V6: &str = "TARGETS_V6";
     pub const SUMMARY_V4: &str = "TGT_SUM_V4";
     pub const SUMMARY_V6: &str = "TGT_SUM_V6";
     pub const MITIGATIONS: &str = "MITIGATIONS";
@@ -59,19 +65,17 @@ pub mod map_names {
     pub const ACL_STATS: &str = "ACL_STATS";
     pub const ACL_BASE: &str = "ACL_BASE";
     pub const ACL_BUCKETS: &str = "ACL_BUCKETS";
-    pub const SRC_ALLOW_V4: &str = "SRC_ALLOW_V4";
-    pub const SRC_DROP_V4: &str = "SRC_DROP_V4";
-    pub const SRC_ALLOW_V6: &str = "SRC_ALLOW_V6";
-    pub const SRC_DROP_V6: &str = "SRC_DROP_V6";
+    pub const SOURCES_V4: &str = "SOURCES_V4";
+    pub const SOURCES_V6: &str = "SOURCES_V6";
     pub const SRC_RATE: &str = "SRC_RATE";
     pub const SCOPE_BUCKETS: &str = "SCOPE_BUCKETS";
     pub const AMP_PORTS: &str = "AMP_PORTS";
     pub const IF_STATS: &str = "IF_STATS";
 
-    pub const ALL: [&str; 19] = [
-        TARGETS_V4, TARGETS_V6, SUMMARY_V4, SUMMARY_V6, MITIGATIONS, MITIGATION_STATS,
-        ACL_KEYS, ACL_RULES, ACL_STATS, ACL_BASE, ACL_BUCKETS, SRC_ALLOW_V4, SRC_DROP_V4,
-        SRC_ALLOW_V6, SRC_DROP_V6, SRC_RATE, SCOPE_BUCKETS, AMP_PORTS, IF_STATS,
+    pub const ALL: [&str; 17] = [
+        TARGETS_V4, TARGETS_V6, SUMMARY_V4, SUMMARY_V6, MITIGATIONS, MITIGATION_STATS, ACL_KEYS,
+        ACL_RULES, ACL_STATS, ACL_BASE, ACL_BUCKETS, SOURCES_V4, SOURCES_V6, SRC_RATE,
+        SCOPE_BUCKETS, AMP_PORTS, IF_STATS,
     ];
 }
 
@@ -196,11 +200,75 @@ pub struct InterfaceStats {
 // Destination lookup
 // ---------------------------------------------------------------------------------------
 
-/// Value of the per-family target LPM tries: which mitigation slot covers the prefix.
+/// A prefix as a hash key: `tag` says whose prefix it is and how long, `addr` is the
+/// address masked to that length. Targets and source lists are hash tables of these, probed
+/// once per prefix length present (longest first): a hash lookup per length instead of an
+/// LPM-trie walk that grows with the table. Keys are per family and kept short because the
+/// kernel hashes every byte of a key on every lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixV4 {
+    pub tag: u32,
+    pub addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixV6 {
+    pub tag: u32,
+    pub addr: [u32; 4],
+}
+
+/// `ruleset << 10 | list << 8 | len`. Targets use ruleset 0 and list 0; source lists use
+/// their generation's ruleset, so every generation has lists of its own.
+#[inline(always)]
+pub const fn prefix_tag(ruleset: u32, list: u8, len: u8) -> u32 {
+    (ruleset << 10) | ((list as u32 & 3) << 8) | len as u32
+}
+
+/// (ruleset, list, len) of a tag.
+pub const fn split_tag(tag: u32) -> (u32, u8, u8) {
+    (tag >> 10, ((tag >> 8) & 3) as u8, tag as u8)
+}
+
+/// Source lists, in [`prefix_tag`] and [`MitigationConfig::source_lengths`].
+pub mod list {
+    pub const ACCEPT_V4: u8 = 0;
+    pub const DROP_V4: u8 = 1;
+    pub const ACCEPT_V6: u8 = 2;
+    pub const DROP_V6: u8 = 3;
+}
+
+/// Value of the target tables: the live configuration of the mitigation covering the prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetValue {
-    pub slot: u32,
+    /// Index into `MITIGATIONS` (`slot << 1 | parity`).
+    pub ruleset: u32,
+}
+
+/// Which prefix lengths are present: bit `len - 1` of the 128. Summary slots hold one per
+/// slot (the lengths of targets that cover any address mapping to the slot); a zero mask
+/// is the fast "not mitigated" answer.
+pub type LengthMask = [u64; 2];
+
+#[inline(always)]
+pub fn length_bit(len: u8) -> (usize, u64) {
+    let b = len as u32 - 1;
+    ((b >> 6) as usize, 1u64 << (b & 63))
+}
+
+/// The network-order mask of the first `len` bits of word `word` (0..4) of an address.
+#[inline(always)]
+pub const fn word_mask(len: u32, word: u32) -> u32 {
+    let start = word * 32;
+    if len <= start {
+        0
+    } else if len >= start + 32 {
+        u32::MAX
+    } else {
+        (u32::MAX << (32 - (len - start))).to_be()
+    }
 }
 
 /// Summary slot for an IPv4 destination: its top `SUMMARY_BITS` bits.
@@ -230,17 +298,13 @@ pub fn ipv6_top48(addr: &[u8; 16]) -> u64 {
 // Mitigation configuration
 // ---------------------------------------------------------------------------------------
 
-/// Built-in countermeasures and list presence, in [`MitigationConfig::flags`].
+/// Built-in countermeasures and scope options, in [`MitigationConfig::flags`].
 pub mod flags {
     pub const CM_AMPLIFICATION: u32 = 1 << 0;
     pub const CM_FRAGMENTS: u32 = 1 << 1;
     pub const CM_SOURCE_RATE: u32 = 1 << 2;
     pub const CM_SYN_RATE: u32 = 1 << 3;
     pub const CM_SCOPE_CAP: u32 = 1 << 4;
-    pub const HAS_ALLOW_V4: u32 = 1 << 8;
-    pub const HAS_DROP_V4: u32 = 1 << 9;
-    pub const HAS_ALLOW_V6: u32 = 1 << 10;
-    pub const HAS_DROP_V6: u32 = 1 << 11;
     /// The scope lists protocols (otherwise any protocol is in scope).
     pub const SCOPE_PROTOCOLS: u32 = 1 << 12;
 }
@@ -333,9 +397,13 @@ pub mod tuple_fields {
 pub struct MitigationConfig {
     /// The owner's identifier for this mitigation (opaque to the kernel).
     pub id: u64,
-    /// `(slot << 1) | parity`: prefixes the keys of the live rule generation, so a new
-    /// generation can be built beside it and switched to with one map update.
+    /// `(slot << 1) | parity`: this generation's index in `MITIGATIONS` and the prefix of
+    /// its ACL and source-list keys, so a new generation is built beside the live one and
+    /// switched to by repointing the targets.
     pub ruleset: u32,
+    /// Counts up with every replacement (tells the newer of two generations apart when an
+    /// agent re-adopts state it left mid-update).
+    pub generation: u32,
     /// [`flags`].
     pub flags: u32,
     /// Rule slots `[rule_base, rule_base + rule_count)` in `ACL_RULES` used by this
@@ -351,6 +419,8 @@ pub struct MitigationConfig {
     pub source_rate: RateSpec,
     pub syn_rate: RateSpec,
     pub scope_rate: RateSpec,
+    /// Prefix lengths present in each source list ([`list`]); zero: the list is empty.
+    pub source_lengths: [LengthMask; 4],
     pub tuples: [AclTuple; MAX_TUPLES],
 }
 
@@ -359,6 +429,7 @@ impl Default for MitigationConfig {
         MitigationConfig {
             id: 0,
             ruleset: 0,
+            generation: 0,
             flags: 0,
             rule_base: 0,
             rule_count: 0,
@@ -369,6 +440,7 @@ impl Default for MitigationConfig {
             source_rate: RateSpec::default(),
             syn_rate: RateSpec::default(),
             scope_rate: RateSpec::default(),
+            source_lengths: [[0; 2]; 4],
             tuples: [AclTuple::default(); MAX_TUPLES],
         }
     }
@@ -486,17 +558,13 @@ pub mod source_kind {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SourceKey {
+pub struct RateKey {
     pub slot: u32,
     /// [`source_kind`].
     pub kind: u32,
     pub addr: [u32; 4],
 }
 
-/// Key data of the source accept/drop-list tries: the ruleset (big-endian, so it is the
-/// leading bits of the prefix) followed by the address. Prefix length = 32 + source length.
-pub type SourceV4 = [u8; 8];
-pub type SourceV6 = [u8; 20];
 
 #[cfg(feature = "user")]
 mod pod {
@@ -512,7 +580,9 @@ mod pod {
     unsafe impl aya::Pod for AclValue {}
     unsafe impl aya::Pod for AclRule {}
     unsafe impl aya::Pod for Bucket {}
-    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for PrefixV4 {}
+    unsafe impl aya::Pod for PrefixV6 {}
 }
 
 #[cfg(test)]
@@ -525,7 +595,10 @@ mod tests {
         assert_eq!(size_of::<AclKey>(), 44);
         assert_eq!(size_of::<AclTuple>(), 44);
         assert_eq!(size_of::<AclRule>(), 64);
-        assert_eq!(size_of::<SourceKey>(), 24);
+        assert_eq!(size_of::<RateKey>(), 24);
+        assert_eq!(size_of::<PrefixV4>(), 8);
+        assert_eq!(size_of::<PrefixV6>(), 20);
+        assert_eq!(split_tag(prefix_tag(8191, 3, 128)), (8191, 3, 128));
         assert_eq!(size_of::<MitigationStats>(), 16 * (3 + DROP_REASONS));
     }
 
@@ -535,6 +608,18 @@ mod tests {
         assert_eq!(r.interval_fp >> RATE_FP_SHIFT, 1_000_000);
         assert_eq!(r.tolerance_ns, 10_000_000);
         assert_eq!(RateSpec::new(0, 10, rate_unit::PACKETS).interval_fp, u64::MAX);
+    }
+
+    #[test]
+    fn word_masks_cover_the_prefix() {
+        assert_eq!(word_mask(24, 0), u32::from_ne_bytes([255, 255, 255, 0]));
+        assert_eq!(word_mask(24, 1), 0);
+        assert_eq!(word_mask(32, 0), u32::MAX);
+        assert_eq!(word_mask(48, 1), u32::from_ne_bytes([255, 255, 0, 0]));
+        assert_eq!(word_mask(128, 3), u32::MAX);
+        assert_eq!(length_bit(1), (0, 1));
+        assert_eq!(length_bit(64), (0, 1 << 63));
+        assert_eq!(length_bit(128), (1, 1 << 63));
     }
 
     #[test]

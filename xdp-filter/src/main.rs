@@ -1,7 +1,8 @@
 //! xdp-filter: the dots-agent hot path.
 //!
 //! Per packet: parse; fast-reject destinations no mitigation can cover (one array read);
-//! find the mitigation covering the destination (LPM trie); narrow by its protocol/port
+//! find the mitigation covering the destination (one hash probe per target prefix length
+//! present in the destination's summary slot, longest first); narrow by its protocol/port
 //! scope; then accept-list, drop-list, ACL entries (tuple-space search), built-in
 //! countermeasures, pass. Everything is counted per CPU. Map layouts: `xdp-common`.
 #![no_std]
@@ -17,36 +18,39 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray,
-    },
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use xdp_common::{
-    acl_action, bit_op, flags, ipv6_top48, residual, source_kind, summary_index_v4,
-    summary_index_v6, tuple_fields, AclKey, AclRule, AclValue, Bucket, Counter, DropReason,
-    InterfaceStats, MitigationConfig, MitigationStats, SourceKey, SourceV4, SourceV6,
-    TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, IF_STATS_SLOTS, MAX_CHAIN, MAX_MITIGATIONS,
-    MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES,
-    MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
+    acl_action, bit_op, flags, list, prefix_tag, residual, source_kind, summary_index_v4, summary_index_v6,
+    tuple_fields, word_mask, AclKey, AclRule, AclValue, Bucket, Counter, DropReason,
+    InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4, PrefixV6, RateKey,
+    TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_CHAIN,
+    MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY,
+    MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
 };
 
 use parse::{Packet, ParseError, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
 
+/// Big, sparse hash maps allocate entries on demand rather than up front.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 #[map]
-static TGT_V4: LpmTrie<[u8; 4], TargetValue> = LpmTrie::pinned(MAX_TARGETS_PER_FAMILY, 0);
+static TARGETS_V4: HashMap<PrefixV4, TargetValue> =
+    HashMap::pinned(MAX_TARGETS_PER_FAMILY, BPF_F_NO_PREALLOC);
 #[map]
-static TGT_V6: LpmTrie<[u8; 16], TargetValue> = LpmTrie::pinned(MAX_TARGETS_PER_FAMILY, 0);
+static TARGETS_V6: HashMap<PrefixV6, TargetValue> =
+    HashMap::pinned(MAX_TARGETS_PER_FAMILY, BPF_F_NO_PREALLOC);
 #[map]
-static TGT_SUM_V4: Array<u32> = Array::pinned(SUMMARY_SLOTS, 0);
+static TGT_SUM_V4: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, 0);
 #[map]
-static TGT_SUM_V6: Array<u32> = Array::pinned(SUMMARY_SLOTS, 0);
+static TGT_SUM_V6: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, 0);
 #[map]
-static MITIGATIONS: HashMap<u32, MitigationConfig> = HashMap::pinned(MAX_MITIGATIONS, 0);
+static MITIGATIONS: Array<MitigationConfig> = Array::pinned(CONFIG_SLOTS, 0);
 #[map]
 static MIT_STATS: PerCpuArray<MitigationStats> = PerCpuArray::pinned(MAX_MITIGATIONS, 0);
 #[map]
-static ACL_KEYS: HashMap<AclKey, AclValue> = HashMap::pinned(ACL_RULE_SLOTS, 0);
+static ACL_KEYS: HashMap<AclKey, AclValue> = HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
 #[map]
 static ACL_RULES: Array<AclRule> = Array::pinned(ACL_RULE_SLOTS, 0);
 #[map]
@@ -56,26 +60,23 @@ static ACL_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(ACL_RULE_SLOTS, 0);
 static ACL_BASE: Array<Counter> = Array::pinned(ACL_RULE_SLOTS, 0);
 #[map]
 static ACL_BUCKETS: Array<Bucket> = Array::pinned(ACL_RULE_SLOTS, 0);
+/// Source accept/drop-lists of every mitigation generation (room for two generations).
 #[map]
-static SRC_ALLOW_V4: LpmTrie<SourceV4, u8> = LpmTrie::pinned(MAX_SRC_PREFIXES, 0);
+static SOURCES_V4: HashMap<PrefixV4, u8> = HashMap::pinned(2 * MAX_SRC_PREFIXES, BPF_F_NO_PREALLOC);
 #[map]
-static SRC_DROP_V4: LpmTrie<SourceV4, u8> = LpmTrie::pinned(MAX_SRC_PREFIXES, 0);
+static SOURCES_V6: HashMap<PrefixV6, u8> = HashMap::pinned(2 * MAX_SRC_PREFIXES, BPF_F_NO_PREALLOC);
 #[map]
-static SRC_ALLOW_V6: LpmTrie<SourceV6, u8> = LpmTrie::pinned(MAX_SRC_PREFIXES, 0);
-#[map]
-static SRC_DROP_V6: LpmTrie<SourceV6, u8> = LpmTrie::pinned(MAX_SRC_PREFIXES, 0);
-#[map]
-static SRC_RATE: LruHashMap<SourceKey, Bucket> = LruHashMap::pinned(MAX_TRACKED_SOURCES, 0);
+static SRC_RATE: LruHashMap<RateKey, Bucket> = LruHashMap::pinned(MAX_TRACKED_SOURCES, 0);
 #[map]
 static SCOPE_BUCKETS: Array<Bucket> = Array::pinned(MAX_MITIGATIONS, 0);
 #[map]
 static AMP_PORTS: Array<u64> = Array::pinned(AMP_PORT_WORDS, 0);
 #[map]
 static IF_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::pinned(IF_STATS_SLOTS, 0);
-/// The parsed packet. Kept in map memory rather than on the stack on purpose: the verifier
-/// does not track values stored there, so the many parse paths (VLAN, IPv4/IPv6, fragments,
-/// protocols) converge into one state before the ACL classifier, instead of each being
-/// verified through it separately (which exceeds the 1M-instruction budget).
+/// The parsed packet of a mitigated destination. Copied into map memory on purpose: the
+/// verifier does not track values stored there, so the many parse paths (VLAN, IPv4/IPv6,
+/// fragments, protocols) converge into one state before the lookups and the classifier,
+/// instead of each being verified through them separately (over the 1M-instruction budget).
 #[map]
 static PKT_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
@@ -93,64 +94,143 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
     ifs.rx.packets += 1;
     ifs.rx.bytes += len;
 
+    let l3 = match parse::locate(&ctx) {
+        Ok(l3) => l3,
+        Err(e) => return not_parsed(ifs, e),
+    };
+    // The fast path: one array read tells most unmitigated destinations apart.
+    let summary = match l3 {
+        parse::L3::V4(off) => match parse::ipv4_destination(&ctx, off) {
+            Ok(dst) => TGT_SUM_V4.get(summary_index_v4(dst.to_ne_bytes())),
+            Err(e) => return not_parsed(ifs, e),
+        },
+        parse::L3::V6(off) => match parse::ipv6_destination_top48(&ctx, off) {
+            Ok(top48) => TGT_SUM_V6.get(summary_index_v6(top48)),
+            Err(e) => return not_parsed(ifs, e),
+        },
+    };
+    let lengths = match summary {
+        Some(m) if m[0] | m[1] != 0 => *m,
+        _ => return xdp_action::XDP_PASS,
+    };
+
+    // A destination that may be mitigated: parse everything, into map memory.
     let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU scratch value, only this program run uses it.
-    match parse::parse(&ctx, unsafe { &mut *scratch }) {
-        Ok(()) => {}
-        Err(ParseError::NotIp) => {
-            ifs.non_ip += 1;
-            return xdp_action::XDP_PASS;
-        }
-        Err(ParseError::Invalid) => {
-            ifs.parse_errors += 1;
-            return xdp_action::XDP_PASS;
-        }
-    }
-    // A second lookup, so the compiler re-reads the fields instead of reusing what parse
-    // left in registers (see PKT_SCRATCH).
+    parse::parse(&ctx, l3, unsafe { &mut *scratch });
+    // A second lookup, so the compiler re-reads the fields from map memory instead of
+    // reusing registers (see PKT_SCRATCH).
     let Some(pkt) = PKT_SCRATCH.get(0) else {
         return xdp_action::XDP_PASS;
     };
-
-    let Some(slot) = find_target(pkt) else {
+    let Some(ruleset) = find_target(pkt, lengths) else {
         return xdp_action::XDP_PASS;
     };
     ifs.to_target += 1;
-    // SAFETY: hash values are replaced whole (RCU), never written in place.
-    let Some(cfg) = (unsafe { MITIGATIONS.get(&slot) }) else {
+    let Some(cfg) = MITIGATIONS.get(ruleset) else {
         return xdp_action::XDP_PASS;
     };
-    let verdict = mitigate(cfg, slot, pkt, len);
+    let verdict = mitigate(cfg, cfg.slot(), pkt, len);
     if verdict == xdp_action::XDP_DROP {
         ifs.dropped += 1;
     }
     verdict
 }
 
-/// The mitigation slot covering the destination, if any.
 #[inline(always)]
-fn find_target(pkt: &Packet) -> Option<u32> {
-    if pkt.family == 4 {
-        let dst = pkt.dst[0].to_ne_bytes();
-        if *TGT_SUM_V4.get(summary_index_v4(dst))? == 0 {
-            return None;
-        }
-        TGT_V4.get(Key::new(32, dst)).map(|v| v.slot)
+fn not_parsed(ifs: &mut InterfaceStats, e: ParseError) -> u32 {
+    match e {
+        ParseError::NotIp => ifs.non_ip += 1,
+        ParseError::Invalid => ifs.parse_errors += 1,
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Highest set bit of a non-zero word. BPF has no count-leading-zeros instruction; this is
+/// branch-free on purpose: a branchy version hands the verifier a different constant on
+/// each path, which it then walks through every later probe separately.
+#[inline(always)]
+fn highest_bit(mut x: u64) -> u32 {
+    // Smear the highest bit downwards, then count the ones.
+    x |= x >> 1;
+    x |= x >> 2;
+    x |= x >> 4;
+    x |= x >> 8;
+    x |= x >> 16;
+    x |= x >> 32;
+    x -= (x >> 1) & 0x5555_5555_5555_5555;
+    x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    ((x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32).wrapping_sub(1) & 63
+}
+
+/// Takes the longest length out of a mask.
+#[inline(always)]
+fn pop_longest(mask: &mut LengthMask) -> u8 {
+    if mask[1] != 0 {
+        let b = highest_bit(mask[1]);
+        mask[1] &= !(1u64 << b);
+        (b + 65) as u8
     } else {
-        let dst = words_to_bytes(&pkt.dst);
-        if *TGT_SUM_V6.get(summary_index_v6(ipv6_top48(&dst)))? == 0 {
-            return None;
-        }
-        TGT_V6.get(Key::new(128, dst)).map(|v| v.slot)
+        let b = highest_bit(mask[0]);
+        mask[0] &= !(1u64 << b);
+        (b + 1) as u8
     }
 }
 
+/// Network-order masks of every prefix length, read from .rodata. A table rather than
+/// computed: computing a mask branches per word, and the verifier would follow each of
+/// the 3^4 outcomes through every later probe.
+static PREFIX_MASKS: [[u32; 4]; 129] = {
+    let mut t = [[0u32; 4]; 129];
+    let mut len = 0;
+    while len < 129 {
+        let mut w = 0;
+        while w < 4 {
+            t[len][w] = word_mask(len as u32, w as u32);
+            w += 1;
+        }
+        len += 1;
+    }
+    t
+};
+
+/// Looks a prefix of `addr` up in the table of its family.
 #[inline(always)]
-fn words_to_bytes(w: &[u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
-    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+fn lookup_prefix<V>(
+    v4: &HashMap<PrefixV4, V>,
+    v6: &HashMap<PrefixV6, V>,
+    tag: u32,
+    family: u8,
+    len: u8,
+    addr: &[u32; 4],
+) -> Option<*const V> {
+    let m = PREFIX_MASKS.get(len as usize)?;
+    if family == 4 {
+        v4.get_ptr(&PrefixV4 { tag, addr: addr[0] & m[0] })
+    } else {
+        let key = PrefixV6 { tag, addr: [addr[0] & m[0], addr[1] & m[1], addr[2] & m[2], addr[3] & m[3]] };
+        v6.get_ptr(&key)
+    }
+}
+
+/// The ruleset of the mitigation whose target is the longest prefix covering the
+/// destination: one hash probe per candidate length, longest first.
+#[inline(always)]
+fn find_target(pkt: &Packet, mut lengths: LengthMask) -> Option<u32> {
+    for _ in 0..MAX_PREFIX_LENGTHS {
+        if lengths[0] | lengths[1] == 0 {
+            break;
+        }
+        let len = pop_longest(&mut lengths);
+        if let Some(v) = lookup_prefix(&TARGETS_V4, &TARGETS_V6, prefix_tag(0, 0, len), pkt.family, len, &pkt.dst) {
+            // SAFETY: hash values are replaced whole, never written in place.
+            return Some(unsafe { (*v).ruleset });
+        }
+    }
+    None
 }
 
 #[inline(always)]
@@ -229,10 +309,16 @@ fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict 
     if pkt.malformed {
         return Verdict::Drop(DropReason::Malformed);
     }
-    match source_lists(cfg, pkt) {
-        Some(true) => return Verdict::Accept,
-        Some(false) => return Verdict::Drop(DropReason::DropList),
-        None => {}
+    let (accept, drop) = if pkt.family == 4 {
+        (list::ACCEPT_V4, list::DROP_V4)
+    } else {
+        (list::ACCEPT_V6, list::DROP_V6)
+    };
+    if on_list(cfg, accept, pkt) {
+        return Verdict::Accept;
+    }
+    if on_list(cfg, drop, pkt) {
+        return Verdict::Drop(DropReason::DropList);
     }
     if cfg.n_tuples > 0 {
         if let Some(rule_idx) = classify(cfg, pkt) {
@@ -244,39 +330,25 @@ fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict 
     countermeasures(cfg, slot, pkt, len)
 }
 
-/// Some(true): accept-listed; Some(false): drop-listed; None: on neither list.
+/// Is the packet's source on one of the mitigation's lists? One hash probe per prefix
+/// length present in the list.
 #[inline(always)]
-fn source_lists(cfg: &MitigationConfig, pkt: &Packet) -> Option<bool> {
-    let rs = cfg.ruleset.to_be_bytes();
-    if pkt.family == 4 {
-        if cfg.flags & (flags::HAS_ALLOW_V4 | flags::HAS_DROP_V4) == 0 {
-            return None;
+fn on_list(cfg: &MitigationConfig, which: u8, pkt: &Packet) -> bool {
+    let Some(mask) = cfg.source_lengths.get(which as usize) else {
+        return false;
+    };
+    let mut lengths = *mask;
+    for _ in 0..MAX_PREFIX_LENGTHS {
+        if lengths[0] | lengths[1] == 0 {
+            break;
         }
-        let a = pkt.src[0].to_ne_bytes();
-        let key = Key::new(64, [rs[0], rs[1], rs[2], rs[3], a[0], a[1], a[2], a[3]]);
-        if cfg.flags & flags::HAS_ALLOW_V4 != 0 && SRC_ALLOW_V4.get(&key).is_some() {
-            return Some(true);
-        }
-        if cfg.flags & flags::HAS_DROP_V4 != 0 && SRC_DROP_V4.get(&key).is_some() {
-            return Some(false);
-        }
-    } else {
-        if cfg.flags & (flags::HAS_ALLOW_V6 | flags::HAS_DROP_V6) == 0 {
-            return None;
-        }
-        let a = words_to_bytes(&pkt.src);
-        let mut data = [0u8; 20];
-        data[..4].copy_from_slice(&rs);
-        data[4..].copy_from_slice(&a);
-        let key = Key::new(160, data);
-        if cfg.flags & flags::HAS_ALLOW_V6 != 0 && SRC_ALLOW_V6.get(&key).is_some() {
-            return Some(true);
-        }
-        if cfg.flags & flags::HAS_DROP_V6 != 0 && SRC_DROP_V6.get(&key).is_some() {
-            return Some(false);
+        let len = pop_longest(&mut lengths);
+        let tag = prefix_tag(cfg.ruleset, which, len);
+        if lookup_prefix(&SOURCES_V4, &SOURCES_V6, tag, pkt.family, len, &pkt.src).is_some() {
+            return true;
         }
     }
-    None
+    false
 }
 
 /// Tuple-space search: probe each tuple's hash with the packet masked to that tuple, walk

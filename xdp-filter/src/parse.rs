@@ -6,8 +6,6 @@
 //! cut-short transport header is returned with `malformed` set, so a mitigated target can
 //! drop it while unmitigated traffic passes untouched.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::XdpContext;
 use xdp_common::frag_bits;
 
@@ -40,9 +38,10 @@ pub enum ParseError {
     Invalid,
 }
 
-/// What the filter needs to know about a packet. Lives in a per-CPU scratch map (see
-/// main.rs), not on the stack.
+/// What the filter needs to know about a packet. Copied into a per-CPU scratch map for
+/// mitigated destinations (see main.rs).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// 4 or 6.
     pub family: u8,
@@ -70,72 +69,142 @@ pub struct Packet {
     pub dst: [u32; 4],
 }
 
+/// Resets every field. Volatile stores on purpose: LLVM otherwise merges the zeroing into
+/// a `memset` call, which the BPF backend leaves to a byte-at-a-time loop (this one line
+/// cost more than all the rest of the parse).
 #[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ()> {
+fn clear(p: &mut Packet) {
+    use core::ptr::write_volatile as w;
+    // SAFETY: plain stores into fields of a valid, exclusively borrowed value.
+    unsafe {
+        w(&mut p.family, 0);
+        w(&mut p.proto, 0);
+        w(&mut p.has_ports, false);
+        w(&mut p.has_icmp, false);
+        w(&mut p.malformed, false);
+        w(&mut p.later_fragment, false);
+        w(&mut p.frag, 0);
+        w(&mut p.ttl, 0);
+        w(&mut p.dscp, 0);
+        w(&mut p.tcp_flags, 0);
+        w(&mut p.icmp_type, 0);
+        w(&mut p.icmp_code, 0);
+        w(&mut p.sport, 0);
+        w(&mut p.dport, 0);
+        w(&mut p.ip_len, 0);
+        for i in 0..4 {
+            w(&mut p.src[i], 0);
+            w(&mut p.dst[i], 0);
+        }
+    }
+}
+
+/// Bounds-checks `size` bytes at `off` and returns a pointer to them.
+#[inline(always)]
+fn at(ctx: &XdpContext, off: usize, size: usize) -> Result<*const u8, ()> {
     let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    if start + off + size > ctx.data_end() {
         return Err(());
     }
-    // SAFETY: bounds-checked just above; packet memory has no alignment guarantee.
-    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    Ok((start + off) as *const u8)
+}
+
+// Field loads from a bounds-checked header pointer. Packet data has no alignment guarantee;
+// these are plain word loads, which the verifier accepts (no BPF_F_STRICT_ALIGNMENT) and the
+// x86-64/arm64 JITs execute unaligned. `read_unaligned` would compile to one load per byte.
+#[inline(always)]
+fn u8_at(p: *const u8, off: usize) -> u8 {
+    // SAFETY: inside the range checked by `at`.
+    unsafe { *p.add(off) }
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
+fn be16_at(p: *const u8, off: usize) -> u16 {
+    // SAFETY: inside the range checked by `at`; see above on alignment.
+    u16::from_be(unsafe { *(p.add(off) as *const u16) })
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, p: &mut Packet) -> Result<(), ParseError> {
-    let mut ethertype = be16(load::<[u8; 2]>(ctx, 12).map_err(|_| ParseError::Invalid)?);
+fn raw32_at(p: *const u8, off: usize) -> u32 {
+    // SAFETY: inside the range checked by `at`; see above on alignment.
+    unsafe { *(p.add(off) as *const u32) }
+}
+
+/// Where the IP header starts, after Ethernet and up to two VLAN tags.
+#[derive(Clone, Copy)]
+pub enum L3 {
+    V4(usize),
+    V6(usize),
+}
+
+#[inline(always)]
+pub fn locate(ctx: &XdpContext) -> Result<L3, ParseError> {
+    let eth = at(ctx, 0, ETH_HLEN).map_err(|_| ParseError::Invalid)?;
+    let mut ethertype = be16_at(eth, 12);
     let mut off = ETH_HLEN;
     // Up to two VLAN tags (802.1Q, or QinQ with an 802.1ad outer tag).
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = be16(load::<[u8; 2]>(ctx, off + 2).map_err(|_| ParseError::Invalid)?);
+            let tag = at(ctx, off, 4).map_err(|_| ParseError::Invalid)?;
+            ethertype = be16_at(tag, 2);
             off += 4;
         }
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, off, p),
-        ETH_P_IPV6 => parse_ipv6(ctx, off, p),
+        ETH_P_IP => Ok(L3::V4(off)),
+        ETH_P_IPV6 => Ok(L3::V6(off)),
         _ => Err(ParseError::NotIp),
     }
 }
 
+/// The fast path's view: the IPv4 destination (raw network order), after checking the
+/// header is a plausible IPv4 header.
 #[inline(always)]
-fn reset(p: &mut Packet, family: u8) {
-    p.family = family;
-    p.proto = 0;
-    p.has_ports = false;
-    p.has_icmp = false;
-    p.malformed = false;
-    p.later_fragment = false;
-    p.frag = 0;
-    p.ttl = 0;
-    p.dscp = 0;
-    p.tcp_flags = 0;
-    p.icmp_type = 0;
-    p.icmp_code = 0;
-    p.sport = 0;
-    p.dport = 0;
-    p.ip_len = 0;
-    p.src = [0; 4];
-    p.dst = [0; 4];
+pub fn ipv4_destination(ctx: &XdpContext, off: usize) -> Result<u32, ParseError> {
+    let h = at(ctx, off, 20).map_err(|_| ParseError::Invalid)?;
+    let vihl = u8_at(h, 0);
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(ParseError::Invalid);
+    }
+    Ok(raw32_at(h, 16))
+}
+
+/// The fast path's view: the first 48 bits of the IPv6 destination.
+#[inline(always)]
+pub fn ipv6_destination_top48(ctx: &XdpContext, off: usize) -> Result<u64, ParseError> {
+    let h = at(ctx, off, 40).map_err(|_| ParseError::Invalid)?;
+    if u8_at(h, 0) >> 4 != 6 {
+        return Err(ParseError::Invalid);
+    }
+    Ok(((u32::from_be(raw32_at(h, 24)) as u64) << 16) | be16_at(h, 28) as u64)
+}
+
+/// Parses everything the filter matches on into `p` (the fast path has checked the IP
+/// header already).
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, l3: L3, p: &mut Packet) {
+    clear(p);
+    let ok = match l3 {
+        L3::V4(off) => parse_ipv4(ctx, off, p),
+        L3::V6(off) => parse_ipv6(ctx, off, p),
+    };
+    if ok.is_err() {
+        p.malformed = true;
+    }
 }
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseError> {
-    let h = load::<[u8; 20]>(ctx, off).map_err(|_| ParseError::Invalid)?;
-    let ihl = (h[0] & 0x0f) as usize;
-    if h[0] >> 4 != 4 || ihl < 5 {
+    let h = at(ctx, off, 20).map_err(|_| ParseError::Invalid)?;
+    let vihl = u8_at(h, 0);
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
         return Err(ParseError::Invalid);
     }
-    reset(p, 4);
-    p.dscp = h[1] >> 2;
-    p.ip_len = be16([h[2], h[3]]);
-    let frag_field = be16([h[6], h[7]]);
+    p.family = 4;
+    p.dscp = u8_at(h, 1) >> 2;
+    p.ip_len = be16_at(h, 2);
+    let frag_field = be16_at(h, 6);
     let more_fragments = frag_field & 0x2000 != 0;
     let frag_offset = frag_field & 0x1fff;
     if frag_field & 0x4000 != 0 {
@@ -152,10 +221,10 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
             }
         }
     }
-    p.ttl = h[8];
-    p.proto = h[9];
-    p.src[0] = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-    p.dst[0] = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    p.ttl = u8_at(h, 8);
+    p.proto = u8_at(h, 9);
+    p.src[0] = raw32_at(h, 12);
+    p.dst[0] = raw32_at(h, 16);
     if !p.later_fragment {
         parse_l4(ctx, off + ihl * 4, p);
     }
@@ -164,50 +233,51 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseError> {
-    let h = load::<[u8; 40]>(ctx, off).map_err(|_| ParseError::Invalid)?;
-    if h[0] >> 4 != 6 {
+    let h = at(ctx, off, 40).map_err(|_| ParseError::Invalid)?;
+    let b0 = u8_at(h, 0);
+    if b0 >> 4 != 6 {
         return Err(ParseError::Invalid);
     }
-    reset(p, 6);
-    p.dscp = ((h[0] & 0x0f) << 2) | (h[1] >> 6);
-    p.ip_len = be16([h[4], h[5]]);
-    p.ttl = h[7];
+    p.family = 6;
+    p.dscp = ((b0 & 0x0f) << 2) | (u8_at(h, 1) >> 6);
+    p.ip_len = be16_at(h, 4);
+    p.ttl = u8_at(h, 7);
     for i in 0..4 {
-        p.src[i] = u32::from_ne_bytes([h[8 + 4 * i], h[9 + 4 * i], h[10 + 4 * i], h[11 + 4 * i]]);
-        p.dst[i] = u32::from_ne_bytes([h[24 + 4 * i], h[25 + 4 * i], h[26 + 4 * i], h[27 + 4 * i]]);
+        p.src[i] = raw32_at(h, 8 + 4 * i);
+        p.dst[i] = raw32_at(h, 24 + 4 * i);
     }
-    let mut next = h[6];
+    let mut next = u8_at(h, 6);
     let mut off = off + 40;
     let mut done = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let Ok(e) = load::<[u8; 2]>(ctx, off) else {
+                let Ok(e) = at(ctx, off, 2) else {
                     p.malformed = true;
                     done = true;
                     break;
                 };
-                next = e[0];
-                off += (e[1] as usize + 1) * 8;
+                next = u8_at(e, 0);
+                off += (u8_at(e, 1) as usize + 1) * 8;
             }
             IPV6_AH => {
-                let Ok(e) = load::<[u8; 2]>(ctx, off) else {
+                let Ok(e) = at(ctx, off, 2) else {
                     p.malformed = true;
                     done = true;
                     break;
                 };
-                next = e[0];
-                off += (e[1] as usize + 2) * 4;
+                next = u8_at(e, 0);
+                off += (u8_at(e, 1) as usize + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let Ok(e) = load::<[u8; 4]>(ctx, off) else {
+                let Ok(e) = at(ctx, off, 4) else {
                     p.malformed = true;
                     done = true;
                     break;
                 };
-                next = e[0];
+                next = u8_at(e, 0);
                 off += 8;
-                let field = be16([e[2], e[3]]);
+                let field = be16_at(e, 2);
                 let frag_offset = field >> 3;
                 let more_fragments = field & 1 != 0;
                 p.frag |= frag_bits::ISF;
@@ -239,27 +309,27 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Packet) {
     match p.proto {
-        IPPROTO_TCP => match load::<[u8; 20]>(ctx, off) {
+        IPPROTO_TCP => match at(ctx, off, 20) {
             Ok(t) => {
-                p.sport = be16([t[0], t[1]]);
-                p.dport = be16([t[2], t[3]]);
-                p.tcp_flags = t[13];
+                p.sport = be16_at(t, 0);
+                p.dport = be16_at(t, 2);
+                p.tcp_flags = u8_at(t, 13);
                 p.has_ports = true;
             }
             Err(()) => p.malformed = true,
         },
-        IPPROTO_UDP => match load::<[u8; 8]>(ctx, off) {
+        IPPROTO_UDP => match at(ctx, off, 8) {
             Ok(u) => {
-                p.sport = be16([u[0], u[1]]);
-                p.dport = be16([u[2], u[3]]);
+                p.sport = be16_at(u, 0);
+                p.dport = be16_at(u, 2);
                 p.has_ports = true;
             }
             Err(()) => p.malformed = true,
         },
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => match load::<[u8; 4]>(ctx, off) {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match at(ctx, off, 4) {
             Ok(i) => {
-                p.icmp_type = i[0];
-                p.icmp_code = i[1];
+                p.icmp_type = u8_at(i, 0);
+                p.icmp_code = u8_at(i, 1);
                 p.has_icmp = true;
             }
             Err(()) => p.malformed = true,

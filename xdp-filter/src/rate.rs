@@ -14,7 +14,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::maps::LruHashMap;
-use xdp_common::{rate_unit, Bucket, RateSpec, SourceKey, RATE_FP_SHIFT};
+use xdp_common::{rate_unit, Bucket, RateKey, RateSpec, RATE_FP_SHIFT};
 
 #[inline(always)]
 fn cost(spec: &RateSpec, len: u64) -> u64 {
@@ -48,7 +48,7 @@ pub fn admit(bucket: *mut Bucket, spec: &RateSpec, len: u64, now: u64) -> bool {
 /// Per-source bucket in an LRU map: a new source starts with a full burst.
 #[inline(always)]
 pub fn admit_source(
-    map: &LruHashMap<SourceKey, Bucket>,
+    map: &LruHashMap<RateKey, Bucket>,
     slot: u32,
     kind: u32,
     src: &[u32; 4],
@@ -59,7 +59,7 @@ pub fn admit_source(
     if spec.interval_fp == u64::MAX {
         return false;
     }
-    let key = SourceKey { slot, kind, addr: *src };
+    let key = RateKey { slot, kind, addr: *src };
     match map.get_ptr_mut(&key) {
         Some(b) => admit(b, spec, len, now),
         None => {

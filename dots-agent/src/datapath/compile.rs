@@ -15,9 +15,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
-    acl_action, bit_op, flags, frag_bits, rate_unit, residual, tuple_fields, AclKey, AclRule,
-    AclTuple, AclValue, MitigationConfig, PortRange as KPortRange, RateSpec, SourceV4, SourceV6,
-    MAX_ACL_ENTRIES, MAX_CHAIN, MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
+    acl_action, bit_op, flags, frag_bits, length_bit, list, rate_unit, residual, tuple_fields,
+    AclKey, AclRule, AclTuple, AclValue, MitigationConfig, PortRange as KPortRange, prefix_tag, PrefixV4, PrefixV6,
+    RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_TUPLES,
+    NO_RULE,
 };
 
 use super::spec::{
@@ -31,6 +32,10 @@ pub enum SpecError {
     NoTargets(u64),
     #[error("prefix {0} has host bits set: use {1}")]
     HostBits(IpNet, IpNet),
+    #[error("prefix {0} covers every address; list specific prefixes (or use an ACL entry without an address match)")]
+    ZeroLength(IpNet),
+    #[error("the {0} holds {1} distinct prefix lengths; at most {2} fit: aggregate or split prefixes to fewer lengths")]
+    TooManyLengths(&'static str, u32, u32),
     #[error("target {0} is listed twice")]
     DuplicateTarget(IpNet),
     #[error("{0} port ranges in the scope; the datapath holds at most {1}: merge adjacent ranges")]
@@ -70,10 +75,8 @@ pub struct Compiled {
     /// Rule `i` goes to ACL_RULES slot `config.rule_base + i`.
     pub rules: Vec<AclRule>,
     pub keys: Vec<(AclKey, AclValue)>,
-    pub allow_v4: Vec<(u32, SourceV4)>,
-    pub drop_v4: Vec<(u32, SourceV4)>,
-    pub allow_v6: Vec<(u32, SourceV6)>,
-    pub drop_v6: Vec<(u32, SourceV6)>,
+    /// Accept- and drop-list entries of this generation.
+    pub sources: Vec<PrefixEntry>,
 }
 
 /// Checks a spec without compiling it (the same checks `compile` makes).
@@ -88,6 +91,9 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
     let mut seen = HashSet::new();
     for t in &spec.targets {
         check_prefix(t)?;
+        if t.prefix_len() == 0 {
+            return Err(SpecError::ZeroLength(*t));
+        }
         if !seen.insert(*t) {
             return Err(SpecError::DuplicateTarget(*t));
         }
@@ -129,47 +135,37 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
         config.scope_rate = rate_spec(r, rate_unit::BYTES);
     }
 
-    let mut out = Compiled {
-        config,
-        rules: Vec::new(),
-        keys: Vec::new(),
-        allow_v4: Vec::new(),
-        drop_v4: Vec::new(),
-        allow_v6: Vec::new(),
-        drop_v6: Vec::new(),
-    };
-    let rs = ruleset.to_be_bytes();
-    for (list, allow) in [(&spec.accept_list, true), (&spec.drop_list, false)] {
-        for p in list {
+    let mut out = Compiled { config, rules: Vec::new(), keys: Vec::new(), sources: Vec::new() };
+    for (prefixes, accept) in [(&spec.accept_list, true), (&spec.drop_list, false)] {
+        for p in prefixes {
             check_prefix(p)?;
-            match p {
-                IpNet::V4(n) => {
-                    let a = n.network().octets();
-                    let key = [rs[0], rs[1], rs[2], rs[3], a[0], a[1], a[2], a[3]];
-                    let v = (32 + n.prefix_len() as u32, key);
-                    if allow { out.allow_v4.push(v) } else { out.drop_v4.push(v) }
-                }
-                IpNet::V6(n) => {
-                    let mut key = [0u8; 20];
-                    key[..4].copy_from_slice(&rs);
-                    key[4..].copy_from_slice(&n.network().octets());
-                    let v = (32 + n.prefix_len() as u32, key);
-                    if allow { out.allow_v6.push(v) } else { out.drop_v6.push(v) }
-                }
+            if p.prefix_len() == 0 {
+                return Err(SpecError::ZeroLength(*p));
             }
-        }
-    }
-    for (present, flag) in [
-        (!out.allow_v4.is_empty(), flags::HAS_ALLOW_V4),
-        (!out.drop_v4.is_empty(), flags::HAS_DROP_V4),
-        (!out.allow_v6.is_empty(), flags::HAS_ALLOW_V6),
-        (!out.drop_v6.is_empty(), flags::HAS_DROP_V6),
-    ] {
-        if present {
-            out.config.flags |= flag;
+            let which = match (p, accept) {
+                (IpNet::V4(_), true) => list::ACCEPT_V4,
+                (IpNet::V4(_), false) => list::DROP_V4,
+                (IpNet::V6(_), true) => list::ACCEPT_V6,
+                (IpNet::V6(_), false) => list::DROP_V6,
+            };
+            let (word, bit) = length_bit(p.prefix_len());
+            out.config.source_lengths[which as usize][word] |= bit;
+            out.sources.push(prefix_entry(ruleset, which, p));
         }
     }
 
+    for (which, name) in [
+        (list::ACCEPT_V4, "IPv4 accept-list"),
+        (list::DROP_V4, "IPv4 drop-list"),
+        (list::ACCEPT_V6, "IPv6 accept-list"),
+        (list::DROP_V6, "IPv6 drop-list"),
+    ] {
+        let m = out.config.source_lengths[which as usize];
+        let n = m[0].count_ones() + m[1].count_ones();
+        if n > MAX_PREFIX_LENGTHS {
+            return Err(SpecError::TooManyLengths(name, n, MAX_PREFIX_LENGTHS));
+        }
+    }
     compile_acl(&spec.acl, &mut out)?;
     Ok(out)
 }
@@ -192,6 +188,23 @@ fn check_port_range(r: &PortRange) -> Result<(), SpecError> {
         return Err(SpecError::ReversedPortRange(r.lower, r.upper()));
     }
     Ok(())
+}
+
+/// A prefix as a key of the per-family tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrefixEntry {
+    V4(PrefixV4),
+    V6(PrefixV6),
+}
+
+/// The table key of a prefix (targets use ruleset 0 and list 0).
+pub fn prefix_entry(ruleset: u32, list: u8, p: &IpNet) -> PrefixEntry {
+    let tag = prefix_tag(ruleset, list, p.prefix_len());
+    let addr = addr_words(p.network());
+    match p {
+        IpNet::V4(_) => PrefixEntry::V4(PrefixV4 { tag, addr: addr[0] }),
+        IpNet::V6(_) => PrefixEntry::V6(PrefixV6 { tag, addr }),
+    }
 }
 
 /// Raw network-order words of an address, as the kernel packs them.
@@ -626,14 +639,38 @@ mod tests {
     }
 
     #[test]
-    fn source_lists_are_keyed_by_ruleset() {
+    fn source_lists_are_keyed_by_ruleset_with_length_masks() {
         let mut s = spec(vec![]);
         s.accept_list = vec!["192.0.2.0/24".parse().unwrap()];
-        s.drop_list = vec!["2001:db8:bad::/48".parse().unwrap()];
-        let c = compile(&s, 0x0102_0304, 0).unwrap();
-        assert_eq!(c.allow_v4, vec![(56, [1, 2, 3, 4, 192, 0, 2, 0])]);
-        assert_eq!(c.drop_v6[0].0, 80);
-        assert_eq!(&c.drop_v6[0].1[..6], &[1, 2, 3, 4, 0x20, 0x01]);
-        assert_eq!(c.config.flags & (flags::HAS_ALLOW_V4 | flags::HAS_DROP_V6), flags::HAS_ALLOW_V4 | flags::HAS_DROP_V6);
+        s.drop_list = vec!["2001:db8:bad::/48".parse().unwrap(), "2001:db8::1/128".parse().unwrap()];
+        let c = compile(&s, 77, 0).unwrap();
+        assert_eq!(c.sources.len(), 3);
+        assert_eq!(
+            c.sources[0],
+            PrefixEntry::V4(PrefixV4 { tag: prefix_tag(77, list::ACCEPT_V4, 24), addr: u32::from_ne_bytes([192, 0, 2, 0]) })
+        );
+        assert_eq!(c.config.source_lengths[list::ACCEPT_V4 as usize], [1 << 23, 0]);
+        assert_eq!(c.config.source_lengths[list::DROP_V6 as usize], [1 << 47, 1 << 63]);
+        assert_eq!(c.config.source_lengths[list::DROP_V4 as usize], [0, 0]);
+    }
+
+    #[test]
+    fn too_many_list_lengths_are_refused() {
+        let mut s = spec(vec![]);
+        s.drop_list = (8..=25).map(|l| format!("10.0.0.0/{l}").parse().unwrap()).collect();
+        assert_eq!(
+            compile(&s, 0, 0).unwrap_err().to_string(),
+            "the IPv4 drop-list holds 18 distinct prefix lengths; at most 16 fit: aggregate or split prefixes to fewer lengths"
+        );
+    }
+
+    #[test]
+    fn zero_length_prefixes_are_refused() {
+        let mut s = spec(vec![]);
+        s.drop_list = vec!["0.0.0.0/0".parse().unwrap()];
+        assert!(matches!(compile(&s, 0, 0), Err(SpecError::ZeroLength(_))));
+        let mut s = spec(vec![]);
+        s.targets = vec!["::/0".parse().unwrap()];
+        assert!(matches!(compile(&s, 0, 0), Err(SpecError::ZeroLength(_))));
     }
 }

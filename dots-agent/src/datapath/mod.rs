@@ -6,6 +6,7 @@
 pub mod compile;
 mod memory;
 pub mod spec;
+pub mod testrun;
 mod xdp;
 
 use thiserror::Error;

@@ -2,11 +2,12 @@
 //! links under bpffs (so filtering goes on while the agent restarts), re-adopts pinned state,
 //! and turns [`MitigationSpec`]s into map entries.
 //!
-//! Atomic updates: each mitigation has a slot and two rule generations (parity bit of its
-//! `ruleset`). A replacement writes the new generation's ACL keys, rules and source lists
-//! beside the live ones, then flips the slot's `MITIGATIONS` entry (a hash update, which the
-//! kernel swaps in whole under RCU). Only after a grace period are the old generation's
-//! entries deleted, so a packet that read the old config still finds its complete old set.
+//! Atomic updates: each mitigation has a slot and two generations (the parity bit of its
+//! `ruleset`, which indexes `MITIGATIONS` and prefixes its ACL and source-list keys). A
+//! replacement writes the new generation's configuration, rules, keys and lists beside the
+//! live ones, then repoints each target's `TARGETS` entry at it (hash updates, which the
+//! kernel swaps in whole under RCU): a packet finds either the old or the new generation,
+//! complete. Only after a grace period are the old generation's entries deleted.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
@@ -16,21 +17,21 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader, Pod,
 };
 use ipnet::IpNet;
 use xdp_common::{
-    ipv6_top48, map_names as names, summary_index_v4, summary_index_v6, AclKey, AclRule,
-    AclValue, Bucket, Counter, InterfaceStats, MitigationConfig, MitigationStats, SourceV4,
-    SourceV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, IF_STATS_SLOTS, LAYOUT_VERSION,
-    MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
-    SUMMARY_BITS, SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS,
+    ipv6_top48, length_bit, map_names as names, split_tag, summary_index_v4, summary_index_v6, AclKey,
+    AclRule, AclValue, Bucket, Counter, InterfaceStats, LengthMask, MitigationConfig,
+    MitigationStats, PrefixV4, PrefixV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, IF_STATS_SLOTS,
+    LAYOUT_VERSION, MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SRC_PREFIXES,
+    MAX_TARGETS_PER_FAMILY, PROGRAM_NAME, SUMMARY_BITS, SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS,
 };
 
 use super::{
-    compile::{self, Compiled},
+    compile::{self, Compiled, PrefixEntry},
     AclCounter, DatapathError, MitigationCounters, MitigationSpec, Mitigator,
 };
 
@@ -92,21 +93,19 @@ pub struct InterfaceCounters {
 }
 
 struct Maps {
-    tgt_v4: LpmTrie<MapData, [u8; 4], TargetValue>,
-    tgt_v6: LpmTrie<MapData, [u8; 16], TargetValue>,
-    sum_v4: Array<MapData, u32>,
-    sum_v6: Array<MapData, u32>,
-    mitigations: HashMap<MapData, u32, MitigationConfig>,
+    targets_v4: HashMap<MapData, PrefixV4, TargetValue>,
+    targets_v6: HashMap<MapData, PrefixV6, TargetValue>,
+    sum_v4: Array<MapData, LengthMask>,
+    sum_v6: Array<MapData, LengthMask>,
+    mitigations: Array<MapData, MitigationConfig>,
     mit_stats: PerCpuArray<MapData, MitigationStats>,
     acl_keys: HashMap<MapData, AclKey, AclValue>,
     acl_rules: Array<MapData, AclRule>,
     acl_stats: PerCpuArray<MapData, Counter>,
     acl_base: Array<MapData, Counter>,
     acl_buckets: Array<MapData, Bucket>,
-    allow_v4: LpmTrie<MapData, SourceV4, u8>,
-    drop_v4: LpmTrie<MapData, SourceV4, u8>,
-    allow_v6: LpmTrie<MapData, SourceV6, u8>,
-    drop_v6: LpmTrie<MapData, SourceV6, u8>,
+    sources_v4: HashMap<MapData, PrefixV4, u8>,
+    sources_v6: HashMap<MapData, PrefixV6, u8>,
     scope_buckets: Array<MapData, Bucket>,
     amp_ports: Array<MapData, u64>,
     if_stats: PerCpuArray<MapData, InterfaceStats>,
@@ -117,6 +116,34 @@ fn typed<M: TryFrom<Map, Error = aya::maps::MapError>>(name: &str, map: Map) -> 
 }
 
 impl Maps {
+    fn insert_target(&mut self, k: PrefixEntry, v: TargetValue) -> Result<(), aya::maps::MapError> {
+        match k {
+            PrefixEntry::V4(k) => self.targets_v4.insert(k, v, 0),
+            PrefixEntry::V6(k) => self.targets_v6.insert(k, v, 0),
+        }
+    }
+
+    fn remove_target(&mut self, k: PrefixEntry) {
+        let _ = match k {
+            PrefixEntry::V4(k) => self.targets_v4.remove(&k),
+            PrefixEntry::V6(k) => self.targets_v6.remove(&k),
+        };
+    }
+
+    fn insert_source(&mut self, k: &PrefixEntry) -> Result<(), aya::maps::MapError> {
+        match k {
+            PrefixEntry::V4(k) => self.sources_v4.insert(k, 1, 0),
+            PrefixEntry::V6(k) => self.sources_v6.insert(k, 1, 0),
+        }
+    }
+
+    fn remove_source(&mut self, k: &PrefixEntry) {
+        let _ = match k {
+            PrefixEntry::V4(k) => self.sources_v4.remove(k),
+            PrefixEntry::V6(k) => self.sources_v6.remove(k),
+        };
+    }
+
     fn from_source(mut take: impl FnMut(&'static str) -> R<Map>) -> R<Maps> {
         macro_rules! m {
             ($n:expr) => {
@@ -124,8 +151,8 @@ impl Maps {
             };
         }
         Ok(Maps {
-            tgt_v4: m!(names::TARGETS_V4),
-            tgt_v6: m!(names::TARGETS_V6),
+            targets_v4: m!(names::TARGETS_V4),
+            targets_v6: m!(names::TARGETS_V6),
             sum_v4: m!(names::SUMMARY_V4),
             sum_v6: m!(names::SUMMARY_V6),
             mitigations: m!(names::MITIGATIONS),
@@ -135,10 +162,8 @@ impl Maps {
             acl_stats: m!(names::ACL_STATS),
             acl_base: m!(names::ACL_BASE),
             acl_buckets: m!(names::ACL_BUCKETS),
-            allow_v4: m!(names::SRC_ALLOW_V4),
-            drop_v4: m!(names::SRC_DROP_V4),
-            allow_v6: m!(names::SRC_ALLOW_V6),
-            drop_v6: m!(names::SRC_DROP_V6),
+            sources_v4: m!(names::SOURCES_V4),
+            sources_v6: m!(names::SOURCES_V6),
             scope_buckets: m!(names::SCOPE_BUCKETS),
             amp_ports: m!(names::AMP_PORTS),
             if_stats: m!(names::IF_STATS),
@@ -146,35 +171,13 @@ impl Maps {
     }
 }
 
-/// Source-list keys of one generation, kept so they can be deleted without a map scan.
-#[derive(Default)]
-struct SourceKeys {
-    allow_v4: Vec<(u32, SourceV4)>,
-    drop_v4: Vec<(u32, SourceV4)>,
-    allow_v6: Vec<(u32, SourceV6)>,
-    drop_v6: Vec<(u32, SourceV6)>,
-}
-
-impl SourceKeys {
-    fn from_compiled(c: &mut Compiled) -> Self {
-        SourceKeys {
-            allow_v4: std::mem::take(&mut c.allow_v4),
-            drop_v4: std::mem::take(&mut c.drop_v4),
-            allow_v6: std::mem::take(&mut c.allow_v6),
-            drop_v6: std::mem::take(&mut c.drop_v6),
-        }
-    }
-    fn counts(&self) -> [usize; 4] {
-        [self.allow_v4.len(), self.drop_v4.len(), self.allow_v6.len(), self.drop_v6.len()]
-    }
-}
-
 /// What user space remembers of an installed mitigation (rebuilt from the maps on adopt).
 struct Installed {
     config: MitigationConfig,
     targets: Vec<IpNet>,
+    /// Keys of this generation, so it can be deleted without scanning the maps.
     acl_keys: Vec<AclKey>,
-    sources: SourceKeys,
+    sources: Vec<PrefixEntry>,
     rule_names: Vec<u64>,
 }
 
@@ -184,9 +187,11 @@ struct Index {
     target_owner: StdHashMap<IpNet, u64>,
     slot_used: Vec<bool>,
     rule_used: Vec<bool>,
-    /// References per summary slot, per family (index 0: IPv4, 1: IPv6).
-    summary_refs: [Vec<u32>; 2],
-    source_counts: [usize; 4],
+    /// Targets per (family index, summary slot, prefix length): a length's bit is set in a
+    /// slot's mask while its count is positive.
+    summary_refs: StdHashMap<(usize, u32, u8), u32>,
+    summary_masks: [StdHashMap<u32, LengthMask>; 2],
+    sources_live: usize,
     targets_per_family: [usize; 2],
 }
 
@@ -195,7 +200,6 @@ impl Index {
         Index {
             slot_used: vec![false; MAX_MITIGATIONS as usize],
             rule_used: vec![false; ACL_RULE_SLOTS as usize],
-            summary_refs: [vec![0; SUMMARY_SLOTS as usize], vec![0; SUMMARY_SLOTS as usize]],
             ..Default::default()
         }
     }
@@ -344,6 +348,12 @@ impl XdpDatapath {
         self.ebpf.as_ref()?.program(PROGRAM_NAME)?.try_into().ok()
     }
 
+    /// The loaded program's fd (for [`super::testrun`]).
+    pub fn program_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.program()?.fd().ok()?.as_fd())
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -472,22 +482,32 @@ impl XdpDatapath {
     }
 
     /// Rebuilds the user-space index from the maps, and removes what a crash mid-update
-    /// left behind (entries of a generation that is not live).
+    /// left behind (entries of a generation no target points at).
     fn adopt(&mut self) -> R<()> {
         let mut index = Index::new();
-        let mut slot_to_id = StdHashMap::new();
-        let mut live_rulesets = HashSet::new();
-        let configs: Vec<(u32, MitigationConfig)> = self
-            .maps
-            .mitigations
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| DatapathError::bpf("reading MITIGATIONS", e))?;
-        for (slot, config) in configs {
-            index.slot_used[slot as usize] = true;
+        let mut targets: Vec<(PrefixEntry, TargetValue)> = Vec::new();
+        for kv in self.maps.targets_v4.iter() {
+            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TARGETS_V4", e))?;
+            targets.push((PrefixEntry::V4(k), v));
+        }
+        for kv in self.maps.targets_v6.iter() {
+            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TARGETS_V6", e))?;
+            targets.push((PrefixEntry::V6(k), v));
+        }
+        // Generations targets point at, newest per slot (an update interrupted half-way can
+        // leave a slot's targets split between two).
+        let mut configs: StdHashMap<u32, MitigationConfig> = StdHashMap::new();
+        for (_, v) in &targets {
+            let c = self.maps.mitigations.get(&v.ruleset, 0).map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
+            let slot = v.ruleset >> 1;
+            let newer = configs.get(&slot).is_none_or(|o| c.generation > o.generation);
+            if newer {
+                configs.insert(slot, c);
+            }
+        }
+        for (slot, config) in &configs {
+            index.slot_used[*slot as usize] = true;
             index.mark_rules(config.rule_base, config.rule_count, true);
-            slot_to_id.insert(slot, config.id);
-            live_rulesets.insert(config.ruleset);
             let mut rule_names = Vec::with_capacity(config.rule_count as usize);
             for i in 0..config.rule_count {
                 let r = self.maps.acl_rules.get(&(config.rule_base + i), 0).map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
@@ -495,75 +515,61 @@ impl XdpDatapath {
             }
             index.by_id.insert(
                 config.id,
-                Installed { config, targets: Vec::new(), acl_keys: Vec::new(), sources: SourceKeys::default(), rule_names },
+                Installed { config: *config, targets: Vec::new(), acl_keys: Vec::new(), sources: Vec::new(), rule_names },
             );
         }
-        let mut targets: Vec<(IpNet, u32)> = Vec::new();
-        for kv in self.maps.tgt_v4.iter() {
-            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TGT_V4", e))?;
-            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8).map_err(|e| DatapathError::bpf("TGT_V4 key", e))?;
-            targets.push((IpNet::V4(net), v.slot));
-        }
-        for kv in self.maps.tgt_v6.iter() {
-            let (k, v) = kv.map_err(|e| DatapathError::bpf("reading TGT_V6", e))?;
-            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8).map_err(|e| DatapathError::bpf("TGT_V6 key", e))?;
-            targets.push((IpNet::V6(net), v.slot));
-        }
-        for (net, slot) in targets {
-            match slot_to_id.get(&slot) {
-                Some(id) => {
-                    for s in summary_slots(&net) {
-                        index.summary_refs[family_index(&net)][s as usize] += 1;
-                    }
-                    index.targets_per_family[family_index(&net)] += 1;
-                    index.target_owner.insert(net, *id);
-                    index.by_id.get_mut(id).expect("from configs").targets.push(net);
-                }
-                None => self.remove_target(&net, &mut index, false)?, // orphan
+        let live: HashSet<u32> = configs.values().map(|c| c.ruleset).collect();
+        for (key, v) in targets {
+            let Some(net) = key_prefix(&key) else { continue };
+            let config = &configs[&(v.ruleset >> 1)];
+            if v.ruleset != config.ruleset {
+                // Finish the interrupted flip.
+                let value = TargetValue { ruleset: config.ruleset };
+                self.maps.insert_target(key, value).map_err(|e| DatapathError::bpf("targets", e))?;
             }
+            count_target(&mut index, &net, 1);
+            index.target_owner.insert(net, config.id);
+            index.by_id.get_mut(&config.id).expect("from configs").targets.push(net);
         }
-        // Summary slots must be set wherever a target needs them (repairs a torn update).
+        // Summaries must hold at least what the targets need (repairs a torn update). A bit
+        // left over by a crash costs unmitigated traffic to that slot one wasted probe and
+        // never changes a verdict; scanning 2 x 1M slots on every start would cost seconds.
         for fam in 0..2 {
-            for (s, refs) in index.summary_refs[fam].iter().enumerate() {
-                if *refs > 0 {
-                    let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
-                    arr.set(s as u32, 1u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
-                }
+            let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+            for (s, m) in &index.summary_masks[fam] {
+                arr.set(*s, *m, 0).map_err(|e| DatapathError::bpf("summary", e))?;
             }
         }
-
+        let slot_id: StdHashMap<u32, u64> = configs.values().map(|c| (c.ruleset, c.id)).collect();
         let keys: Vec<AclKey> = self.maps.acl_keys.keys().collect::<Result<_, _>>().map_err(|e| DatapathError::bpf("reading ACL_KEYS", e))?;
         for k in keys {
-            let owner = slot_to_id.get(&(k.ruleset >> 1)).filter(|_| live_rulesets.contains(&k.ruleset));
-            match owner {
+            match slot_id.get(&k.ruleset).filter(|_| live.contains(&k.ruleset)) {
                 Some(id) => index.by_id.get_mut(id).expect("live").acl_keys.push(k),
                 None => {
                     let _ = self.maps.acl_keys.remove(&k);
                 }
             }
         }
-        macro_rules! adopt_sources {
-            ($map:ident, $field:ident, $count:expr) => {{
-                let entries: Vec<_> = self.maps.$map.keys().collect::<Result<_, _>>().map_err(|e| DatapathError::bpf(stringify!($map), e))?;
-                for k in entries {
-                    let data = k.data();
-                    let rs = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-                    match slot_to_id.get(&(rs >> 1)).filter(|_| live_rulesets.contains(&rs)) {
-                        Some(id) => {
-                            index.by_id.get_mut(id).expect("live").sources.$field.push((k.prefix_len(), data));
-                            index.source_counts[$count] += 1;
-                        }
-                        None => {
-                            let _ = self.maps.$map.remove(&k);
-                        }
-                    }
-                }
-            }};
+        let mut sources: Vec<PrefixEntry> = Vec::new();
+        for k in self.maps.sources_v4.keys() {
+            sources.push(PrefixEntry::V4(k.map_err(|e| DatapathError::bpf("reading SOURCES_V4", e))?));
         }
-        adopt_sources!(allow_v4, allow_v4, 0);
-        adopt_sources!(drop_v4, drop_v4, 1);
-        adopt_sources!(allow_v6, allow_v6, 2);
-        adopt_sources!(drop_v6, drop_v6, 3);
+        for k in self.maps.sources_v6.keys() {
+            sources.push(PrefixEntry::V6(k.map_err(|e| DatapathError::bpf("reading SOURCES_V6", e))?));
+        }
+        for k in sources {
+            let ruleset = match k {
+                PrefixEntry::V4(p) => split_tag(p.tag).0,
+                PrefixEntry::V6(p) => split_tag(p.tag).0,
+            };
+            match slot_id.get(&ruleset).filter(|_| live.contains(&ruleset)) {
+                Some(id) => {
+                    index.by_id.get_mut(id).expect("live").sources.push(k);
+                    index.sources_live += 1;
+                }
+                None => self.maps.remove_source(&k),
+            }
+        }
         self.index = index;
         Ok(())
     }
@@ -579,51 +585,36 @@ impl XdpDatapath {
         Ok(())
     }
 
-    fn add_target(&mut self, net: &IpNet, slot: u32) -> R<()> {
-        let fam = family_index(net);
-        for s in summary_slots(net) {
-            let refs = &mut self.index.summary_refs[fam][s as usize];
-            *refs += 1;
-            if *refs == 1 {
-                let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
-                arr.set(s, 1u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
-            }
+    /// Points a target at a generation (adding it to the summaries first if it is new).
+    fn point_target(&mut self, net: &IpNet, ruleset: u32, is_new: bool) -> R<()> {
+        if is_new {
+            let changed = count_target(&mut self.index, net, 1);
+            self.write_summaries(family_index(net), &changed)?;
         }
-        let value = TargetValue { slot };
-        match net {
-            IpNet::V4(n) => self.maps.tgt_v4.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), value, 0),
-            IpNet::V6(n) => self.maps.tgt_v6.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), value, 0),
-        }
-        .map_err(|e| DatapathError::bpf(format!("inserting target {net}"), e))?;
-        self.index.targets_per_family[fam] += 1;
-        Ok(())
+        self.maps
+            .insert_target(compile::prefix_entry(0, 0, net), TargetValue { ruleset })
+            .map_err(|e| DatapathError::bpf(format!("inserting target {net}"), e))
     }
 
-    /// Removes a target from the trie, then releases its summary slots (`counted`: it was
-    /// accounted in `index`).
-    fn remove_target(&mut self, net: &IpNet, index: &mut Index, counted: bool) -> R<()> {
-        let _ = match net {
-            IpNet::V4(n) => self.maps.tgt_v4.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
-            IpNet::V6(n) => self.maps.tgt_v6.remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
-        };
-        if !counted {
-            return Ok(());
-        }
-        let fam = family_index(net);
-        index.targets_per_family[fam] -= 1;
-        for s in summary_slots(net) {
-            let refs = &mut index.summary_refs[fam][s as usize];
-            *refs = refs.saturating_sub(1);
-            if *refs == 0 {
-                let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
-                arr.set(s, 0u32, 0).map_err(|e| DatapathError::bpf("summary", e))?;
-            }
+    /// Removes a target, then releases its summary bits.
+    fn remove_target(&mut self, net: &IpNet) -> R<()> {
+        self.maps.remove_target(compile::prefix_entry(0, 0, net));
+        let changed = count_target(&mut self.index, net, -1);
+        self.write_summaries(family_index(net), &changed)
+    }
+
+    fn write_summaries(&mut self, fam: usize, slots: &[u32]) -> R<()> {
+        let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+        for s in slots {
+            let m = self.index.summary_masks[fam].get(s).copied().unwrap_or([0; 2]);
+            arr.set(*s, m, 0).map_err(|e| DatapathError::bpf("summary", e))?;
         }
         Ok(())
     }
 
-    /// Writes one generation's rules, keys and source lists (not yet live).
-    fn write_generation(&mut self, c: &Compiled, sources: &SourceKeys) -> R<()> {
+    /// Writes one generation's configuration, rules, keys and source lists. None of it is
+    /// live until targets point at `c.config.ruleset`.
+    fn write_generation(&mut self, c: &Compiled) -> R<()> {
         let base = c.config.rule_base;
         for (i, rule) in c.rules.iter().enumerate() {
             let idx = base + i as u32;
@@ -635,37 +626,22 @@ impl XdpDatapath {
         for (k, v) in &c.keys {
             self.maps.acl_keys.insert(k, v, 0).map_err(|e| DatapathError::bpf("ACL_KEYS", e))?;
         }
-        for (len, data) in &sources.allow_v4 {
-            self.maps.allow_v4.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_ALLOW_V4", e))?;
+        for k in &c.sources {
+            self.maps.insert_source(k).map_err(|e| DatapathError::bpf("source lists", e))?;
         }
-        for (len, data) in &sources.drop_v4 {
-            self.maps.drop_v4.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_DROP_V4", e))?;
-        }
-        for (len, data) in &sources.allow_v6 {
-            self.maps.allow_v6.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_ALLOW_V6", e))?;
-        }
-        for (len, data) in &sources.drop_v6 {
-            self.maps.drop_v6.insert(&Key::new(*len, *data), 1, 0).map_err(|e| DatapathError::bpf("SRC_DROP_V6", e))?;
-        }
-        Ok(())
+        self.maps
+            .mitigations
+            .set(c.config.ruleset, c.config, 0)
+            .map_err(|e| DatapathError::bpf("MITIGATIONS", e))
     }
 
     /// Deletes a generation's keys and source lists (rule slots are freed by the caller).
-    fn delete_generation(&mut self, acl_keys: &[AclKey], s: &SourceKeys) {
+    fn delete_generation(&mut self, acl_keys: &[AclKey], sources: &[PrefixEntry]) {
         for k in acl_keys {
             let _ = self.maps.acl_keys.remove(k);
         }
-        for (len, data) in &s.allow_v4 {
-            let _ = self.maps.allow_v4.remove(&Key::new(*len, *data));
-        }
-        for (len, data) in &s.drop_v4 {
-            let _ = self.maps.drop_v4.remove(&Key::new(*len, *data));
-        }
-        for (len, data) in &s.allow_v6 {
-            let _ = self.maps.allow_v6.remove(&Key::new(*len, *data));
-        }
-        for (len, data) in &s.drop_v6 {
-            let _ = self.maps.drop_v6.remove(&Key::new(*len, *data));
+        for k in sources {
+            self.maps.remove_source(k);
         }
     }
 
@@ -701,10 +677,7 @@ impl XdpDatapath {
             ("targets_v4", self.index.targets_per_family[0], MAX_TARGETS_PER_FAMILY as usize),
             ("targets_v6", self.index.targets_per_family[1], MAX_TARGETS_PER_FAMILY as usize),
             ("acl_entries", self.index.live_acl_entries(), MAX_ACL_ENTRIES as usize),
-            ("accept_list_v4", self.index.source_counts[0], MAX_SRC_PREFIXES as usize),
-            ("drop_list_v4", self.index.source_counts[1], MAX_SRC_PREFIXES as usize),
-            ("accept_list_v6", self.index.source_counts[2], MAX_SRC_PREFIXES as usize),
-            ("drop_list_v6", self.index.source_counts[3], MAX_SRC_PREFIXES as usize),
+            ("source_prefixes", self.index.sources_live, MAX_SRC_PREFIXES as usize),
         ]
     }
 
@@ -730,19 +703,31 @@ impl XdpDatapath {
                 )));
             }
         }
-        // Both generations are briefly present during a replacement.
-        let mut counts = [0usize; 4];
-        for p in &spec.accept_list {
-            counts[family_index(p) * 2] += 1;
-        }
-        for p in &spec.drop_list {
-            counts[family_index(p) * 2 + 1] += 1;
-        }
-        let counts = [counts[0], counts[2], counts[1], counts[3]]; // allow4, drop4, allow6, drop6
-        for (i, what) in ["IPv4 accept-list", "IPv4 drop-list", "IPv6 accept-list", "IPv6 drop-list"].iter().enumerate() {
-            if self.index.source_counts[i] + counts[i] > MAX_SRC_PREFIXES as usize {
-                return Err(DatapathError::Capacity(format!("{what} would exceed {MAX_SRC_PREFIXES} prefixes")));
+        // The kernel probes at most MAX_PREFIX_LENGTHS target lengths per summary slot.
+        let mut added: StdHashMap<(usize, u32), LengthMask> = StdHashMap::new();
+        for t in spec.targets.iter().filter(|t| !old.is_some_and(|o| o.targets.contains(t))) {
+            let fam = family_index(t);
+            let (word, bit) = length_bit(t.prefix_len());
+            for s in summary_slots(t) {
+                let m = added.entry((fam, s)).or_insert_with(|| self.index.summary_masks[fam].get(&s).copied().unwrap_or([0; 2]));
+                m[word] |= bit;
+                let n = m[0].count_ones() + m[1].count_ones();
+                if n > MAX_PREFIX_LENGTHS {
+                    return Err(DatapathError::Capacity(format!(
+                        "target {t}: more than {MAX_PREFIX_LENGTHS} distinct target prefix lengths would share one \
+                         lookup slot (IPv4 addresses share a slot per /{SUMMARY_BITS}, IPv6 per hashed /{SUMMARY_V6_PREFIX_BITS}); \
+                         use fewer distinct prefix lengths there"
+                    )));
+                }
             }
+        }
+        // The map has room for two generations; the limit is on the steady state.
+        let old_sources = old.map_or(0, |o| o.sources.len());
+        let sources = self.index.sources_live - old_sources + spec.accept_list.len() + spec.drop_list.len();
+        if sources > MAX_SRC_PREFIXES as usize {
+            return Err(DatapathError::Capacity(format!(
+                "{sources} accept/drop-list prefixes would be live; the datapath holds {MAX_SRC_PREFIXES}"
+            )));
         }
         Ok(())
     }
@@ -759,30 +744,30 @@ impl Mitigator for XdpDatapath {
             }
         }
         let old = self.index.by_id.remove(&spec.id);
-        if let Err(e) = self.check_capacity(spec, old.as_ref()) {
-            if let Some(o) = old {
-                self.index.by_id.insert(spec.id, o);
-            }
-            return Err(e);
-        }
-        let (slot, parity) = match &old {
-            Some(o) => (o.config.slot(), (o.config.ruleset & 1) ^ 1),
-            None => match self.index.alloc_slot() {
-                Ok(s) => (s, 0),
-                Err(e) => return Err(e),
-            },
-        };
-        let result = self.install_generation(spec, slot, parity, old.as_ref());
-        match result {
-            Ok(installed) => {
+        let prepared = self.check_capacity(spec, old.as_ref()).and_then(|()| match &old {
+            Some(o) => Ok((o.config.slot(), (o.config.ruleset & 1) ^ 1, o.config.generation.wrapping_add(1))),
+            None => self.index.alloc_slot().map(|s| (s, 0, 0)),
+        });
+        let (slot, parity, generation) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
                 if let Some(o) = old {
-                    self.retire(o, &installed)?;
+                    self.index.by_id.insert(spec.id, o);
                 }
+                return Err(e);
+            }
+        };
+        match self.install_generation(spec, slot, parity, generation, old.as_ref()) {
+            Ok(installed) => {
                 for t in &installed.targets {
                     self.index.target_owner.insert(*t, spec.id);
                 }
+                let retired = match old {
+                    Some(o) => self.retire(o, &installed),
+                    None => Ok(()),
+                };
                 self.index.by_id.insert(spec.id, installed);
-                Ok(())
+                retired
             }
             Err(e) => {
                 match old {
@@ -797,31 +782,21 @@ impl Mitigator for XdpDatapath {
     }
 
     fn remove(&mut self, id: u64) -> R<Option<MitigationCounters>> {
-        if !self.index.by_id.contains_key(&id) {
+        let Some(targets) = self.index.by_id.get(&id).map(|i| i.targets.clone()) else {
             return Ok(None);
-        }
-        let targets = self.index.by_id[&id].targets.clone();
-        let mut index = std::mem::take(&mut self.index);
+        };
         for t in &targets {
-            let r = self.remove_target(t, &mut index, true);
-            index.target_owner.remove(t);
-            if let Err(e) = r {
-                self.index = index;
-                return Err(e);
-            }
+            self.remove_target(t)?;
+            self.index.target_owner.remove(t);
         }
-        self.index = index;
-        std::thread::sleep(GRACE); // packets that found a target before removal finish
+        std::thread::sleep(GRACE); // packets that found a target before its removal finish
         let counters = self.counters(id)?;
         let inst = self.index.by_id.remove(&id).expect("checked above");
-        let slot = inst.config.slot();
-        let _ = self.maps.mitigations.remove(&slot);
         self.delete_generation(&inst.acl_keys, &inst.sources);
-        for (i, c) in inst.sources.counts().iter().enumerate() {
-            self.index.source_counts[i] -= c;
-        }
+        let _ = self.maps.mitigations.set(inst.config.ruleset, MitigationConfig::default(), 0);
+        self.index.sources_live -= inst.sources.len();
         self.index.mark_rules(inst.config.rule_base, inst.config.rule_count, false);
-        self.index.slot_used[slot as usize] = false;
+        self.index.slot_used[inst.config.slot() as usize] = false;
         Ok(counters)
     }
 
@@ -851,73 +826,64 @@ impl Mitigator for XdpDatapath {
 }
 
 impl XdpDatapath {
-    /// Writes a complete new generation and makes it live; returns its bookkeeping.
+    /// Writes a complete new generation and points the targets at it; returns its
+    /// bookkeeping. On failure nothing of the new generation is live.
     fn install_generation(
         &mut self,
         spec: &MitigationSpec,
         slot: u32,
         parity: u32,
+        generation: u32,
         old: Option<&Installed>,
     ) -> R<Installed> {
         let ruleset = (slot << 1) | parity;
-        let rule_base = self.index.alloc_rules(spec.acl.len() as u32)?;
+        let n_rules = spec.acl.len() as u32;
+        let rule_base = self.index.alloc_rules(n_rules)?;
         let mut compiled = match compile::compile(spec, ruleset, rule_base) {
             Ok(c) => c,
             Err(e) => {
-                self.index.mark_rules(rule_base, spec.acl.len() as u32, false);
+                self.index.mark_rules(rule_base, n_rules, false);
                 return Err(e.into());
             }
         };
-        let sources = SourceKeys::from_compiled(&mut compiled);
+        compiled.config.generation = generation;
+        let sources = std::mem::take(&mut compiled.sources);
         let acl_keys: Vec<AclKey> = compiled.keys.iter().map(|(k, _)| *k).collect();
-        let undo = |dp: &mut XdpDatapath, e: DatapathError| {
-            dp.delete_generation(&acl_keys, &sources);
-            dp.index.mark_rules(rule_base, spec.acl.len() as u32, false);
-            e
-        };
-        if let Err(e) = self.write_generation(&compiled, &sources) {
-            return Err(undo(self, e));
+        let mut written = self.write_generation(&Compiled { sources: sources.clone(), ..compiled });
+        if written.is_ok() && old.is_none() {
+            written = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS").and_then(|()| {
+                self.maps.scope_buckets.set(slot, Bucket::default(), 0).map_err(|e| DatapathError::bpf("SCOPE_BUCKETS", e))
+            });
         }
-        if old.is_none() {
-            let r = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS")
-                .and_then(|_| self.maps.scope_buckets.set(slot, Bucket::default(), 0).map_err(|e| DatapathError::bpf("SCOPE_BUCKETS", e)));
-            if let Err(e) = r {
-                return Err(undo(self, e));
-            }
+        if let Err(e) = written {
+            self.delete_generation(&acl_keys, &sources);
+            self.index.mark_rules(rule_base, n_rules, false);
+            return Err(e);
         }
-        // The flip: from here on packets see the new generation.
-        if let Err(e) = self.maps.mitigations.insert(slot, compiled.config, 0) {
-            return Err(undo(self, DatapathError::bpf("MITIGATIONS", e)));
-        }
+        // The switch: each target now leads to the new generation.
+        let config = self.maps.mitigations.get(&ruleset, 0).map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
         for t in &spec.targets {
-            if !old.is_some_and(|o| o.targets.contains(t)) {
-                self.add_target(t, slot)?;
-            }
+            let is_new = !old.is_some_and(|o| o.targets.contains(t));
+            self.point_target(t, ruleset, is_new)?;
         }
-        for (i, c) in sources.counts().iter().enumerate() {
-            self.index.source_counts[i] += c;
-        }
+        self.index.sources_live += sources.len();
         Ok(Installed {
-            config: compiled.config,
+            config,
             targets: spec.targets.clone(),
             acl_keys,
             sources,
-            rule_names: compiled.rules.iter().map(|r| r.name_hash).collect(),
+            rule_names: spec.acl.iter().map(|e| compile::name_hash(&e.name)).collect(),
         })
     }
 
-    /// After a flip: drop targets the new spec no longer has, wait out packets still using
-    /// the old generation, carry ACL counters over by entry name, delete the old generation.
+    /// After the switch: drop targets the new spec no longer has, wait out packets still
+    /// using the old generation, carry ACL counters over by entry name, delete the old
+    /// generation.
     fn retire(&mut self, old: Installed, new: &Installed) -> R<()> {
-        let mut index = std::mem::take(&mut self.index);
         for t in old.targets.iter().filter(|t| !new.targets.contains(t)) {
-            index.target_owner.remove(t);
-            if let Err(e) = self.remove_target(t, &mut index, true) {
-                self.index = index;
-                return Err(e);
-            }
+            self.index.target_owner.remove(t);
+            self.remove_target(t)?;
         }
-        self.index = index;
         std::thread::sleep(GRACE);
         let mut carried: StdHashMap<u64, Counter> = StdHashMap::new();
         for (i, h) in old.rule_names.iter().enumerate() {
@@ -932,11 +898,62 @@ impl XdpDatapath {
             }
         }
         self.delete_generation(&old.acl_keys, &old.sources);
-        for (i, c) in old.sources.counts().iter().enumerate() {
-            self.index.source_counts[i] -= c;
-        }
+        let _ = self.maps.mitigations.set(old.config.ruleset, MitigationConfig::default(), 0);
+        self.index.sources_live -= old.sources.len();
         self.index.mark_rules(old.config.rule_base, old.config.rule_count, false);
         Ok(())
+    }
+}
+
+/// Adds `delta` to the summary counts of a target; returns the slots whose mask changed.
+fn count_target(index: &mut Index, net: &IpNet, delta: i32) -> Vec<u32> {
+    let fam = family_index(net);
+    let len = net.prefix_len();
+    let (word, bit) = length_bit(len);
+    if delta > 0 {
+        index.targets_per_family[fam] += 1;
+    } else {
+        index.targets_per_family[fam] -= 1;
+    }
+    let mut changed = Vec::new();
+    for s in summary_slots(net) {
+        let refs = index.summary_refs.entry((fam, s, len)).or_insert(0);
+        let before = *refs;
+        *refs = (*refs as i64 + delta as i64).max(0) as u32;
+        let now = *refs;
+        if now == 0 {
+            index.summary_refs.remove(&(fam, s, len));
+        }
+        if (before == 0) != (now == 0) {
+            let mask = index.summary_masks[fam].entry(s).or_insert([0; 2]);
+            if now > 0 {
+                mask[word] |= bit;
+            } else {
+                mask[word] &= !bit;
+                if mask[0] | mask[1] == 0 {
+                    index.summary_masks[fam].remove(&s);
+                }
+            }
+            changed.push(s);
+        }
+    }
+    changed
+}
+
+/// The prefix a target key stands for.
+fn key_prefix(k: &PrefixEntry) -> Option<IpNet> {
+    match k {
+        PrefixEntry::V4(p) => {
+            let len = split_tag(p.tag).2;
+            ipnet::Ipv4Net::new(p.addr.to_ne_bytes().into(), len).ok().map(IpNet::V4)
+        }
+        PrefixEntry::V6(p) => {
+            let mut o = [0u8; 16];
+            for (i, w) in p.addr.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            ipnet::Ipv6Net::new(o.into(), split_tag(p.tag).2).ok().map(IpNet::V6)
+        }
     }
 }
 
