@@ -47,17 +47,30 @@ fn main() {
     cmd.env_clear()
         .current_dir(&ebpf_dir)
         .env("HOME", &home)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     if let Ok(cargo_home) = env::var("CARGO_HOME") {
         cmd.env("CARGO_HOME", cargo_home);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
     if !status.success() {
         panic!(
             "\n\nBuilding the XDP program failed (see the output above).\n\

@@ -23,7 +23,13 @@ struct Flow {
 }
 
 fn flow(srcs: &[&str], dst: &str, sport: u16, dport: u16, count: u64) -> Flow {
-    Flow { frames: srcs.iter().map(|s| PacketSpec::udp(s, dst, sport, dport).build()).collect(), count }
+    Flow {
+        frames: srcs
+            .iter()
+            .map(|s| PacketSpec::udp(s, dst, sport, dport).build())
+            .collect(),
+        count,
+    }
 }
 
 /// Sends the flows from namespace a while namespace b counts what arrives.
@@ -38,7 +44,8 @@ fn exchange(pair: &VethPair, flows: Vec<Flow>) -> BTreeMap<FlowKey, FlowCount> {
     let sender = pair.a.run(move || {
         let sock = RawSocket::bind(&a_if).expect("raw socket in a");
         for f in &flows {
-            let sent = send_paced(&sock, &f.frames, f.count, 20_000, Duration::from_secs(5)).expect("sending");
+            let sent = send_paced(&sock, &f.frames, f.count, 20_000, Duration::from_secs(5))
+                .expect("sending");
             assert_eq!(sent, f.count, "all frames went out");
         }
     });
@@ -47,7 +54,11 @@ fn exchange(pair: &VethPair, flows: Vec<Flow>) -> BTreeMap<FlowKey, FlowCount> {
 }
 
 fn arrived(counts: &BTreeMap<FlowKey, FlowCount>, sport: u16) -> u64 {
-    counts.iter().filter(|(k, _)| k.sport == sport).map(|(_, c)| c.packets).sum()
+    counts
+        .iter()
+        .filter(|(k, _)| k.sport == sport)
+        .map(|(_, c)| c.packets)
+        .sum()
 }
 
 #[test]
@@ -62,8 +73,11 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
             let mut o = LoadOptions::new(root);
             o.max_entries.push(("SRC_RATE", 65_536));
             let mut dp = XdpDatapath::load(&o).expect("loading");
-            dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS).expect("ports");
-            let out = dp.attach(&b_if, AttachMode::Native).expect("native XDP on veth");
+            dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)
+                .expect("ports");
+            let out = dp
+                .attach(&b_if, AttachMode::Native)
+                .expect("native XDP on veth");
             assert_eq!(out.mode, "native");
             dp
         })
@@ -72,17 +86,26 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
 
     let spec = MitigationSpec {
         id: 7,
-        targets: vec!["198.51.100.0/24".parse().unwrap(), "2001:db8:6401::/48".parse().unwrap()],
+        targets: vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:6401::/48".parse().unwrap(),
+        ],
         protocols: vec![],
         ports: vec![],
         accept_list: vec![],
         drop_list: vec![],
         acl: vec![AclEntry {
             name: "bad-net".into(),
-            matches: AclMatch { source: Some("192.0.2.128/25".parse().unwrap()), ..Default::default() },
+            matches: AclMatch {
+                source: Some("192.0.2.128/25".parse().unwrap()),
+                ..Default::default()
+            },
             action: AclAction::Drop,
         }],
-        countermeasures: Countermeasures { amplification: true, ..Default::default() },
+        countermeasures: Countermeasures {
+            amplification: true,
+            ..Default::default()
+        },
     };
     dp.install(&spec).expect("install");
 
@@ -91,17 +114,25 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
     let counts = exchange(
         &pair,
         vec![
-            flow(&attack_srcs, TARGET4, 123, 4444, 2000),        // NTP reflection
-            flow(&["2001:db8:a::1"], TARGET6, 19, 4444, 500),     // chargen over IPv6
-            flow(&["192.0.2.200"], TARGET4, 40001, 443, 300),     // ACL-dropped network
-            flow(&legit_srcs, TARGET4, 40000, 443, 1000),         // legitimate
-            flow(&["192.0.2.1"], "203.0.113.5", 123, 4444, 200),  // not a target: untouched
+            flow(&attack_srcs, TARGET4, 123, 4444, 2000), // NTP reflection
+            flow(&["2001:db8:a::1"], TARGET6, 19, 4444, 500), // chargen over IPv6
+            flow(&["192.0.2.200"], TARGET4, 40001, 443, 300), // ACL-dropped network
+            flow(&legit_srcs, TARGET4, 40000, 443, 1000), // legitimate
+            flow(&["192.0.2.1"], "203.0.113.5", 123, 4444, 200), // not a target: untouched
         ],
     );
-    assert_eq!(arrived(&counts, 123), 200, "only the untargeted NTP flow arrives");
+    assert_eq!(
+        arrived(&counts, 123),
+        200,
+        "only the untargeted NTP flow arrives"
+    );
     assert_eq!(arrived(&counts, 19), 0);
     assert_eq!(arrived(&counts, 40001), 0);
-    assert_eq!(arrived(&counts, 40000), 1000, "legitimate traffic all delivered");
+    assert_eq!(
+        arrived(&counts, 40000),
+        1000,
+        "legitimate traffic all delivered"
+    );
 
     let c = dp.counters(7).unwrap().unwrap();
     assert_eq!(c.dropped(DropReason::AmplificationPort).packets, 2500);
@@ -113,10 +144,17 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
         let b_if = pair.b_if.clone();
         move || dots_agent::datapath::interface_index(&b_if)
     });
-    let ifc = dp.interface_counters(ifindex.join().unwrap().expect("ifindex")).unwrap().stats;
+    let ifc = dp
+        .interface_counters(ifindex.join().unwrap().expect("ifindex"))
+        .unwrap()
+        .stats;
     assert_eq!(ifc.to_target, 3800);
     assert_eq!(ifc.dropped, 2800);
-    assert!(ifc.rx.packets >= 4000, "every frame crossed the program: {}", ifc.rx.packets);
+    assert!(
+        ifc.rx.packets >= 4000,
+        "every frame crossed the program: {}",
+        ifc.rx.packets
+    );
 
     // Withdraw: the attack flows again.
     let last = dp.remove(7).expect("remove").expect("was installed");

@@ -5,7 +5,7 @@
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`cli`]: the command line.
 
+pub mod cli;
 pub mod datapath;
 pub mod packet;
-pub mod cli;
 pub mod traffic;

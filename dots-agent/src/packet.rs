@@ -16,9 +16,19 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Udp { sport: u16, dport: u16 },
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Icmp { kind: u8, code: u8 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+    },
     /// Any other protocol number, with an opaque payload.
     Other(u8),
 }
@@ -75,7 +85,15 @@ impl PacketSpec {
     }
 
     pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Self {
-        Self::new(parse(src), parse(dst), L4::Tcp { sport, dport, flags })
+        Self::new(
+            parse(src),
+            parse(dst),
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     pub fn icmp(src: &str, dst: &str, kind: u8, code: u8) -> Self {
@@ -88,7 +106,8 @@ impl PacketSpec {
 }
 
 fn parse(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|_| panic!("bad address literal {s:?} in a packet spec"))
+    s.parse()
+        .unwrap_or_else(|_| panic!("bad address literal {s:?} in a packet spec"))
 }
 
 fn checksum_fold(mut sum: u32) -> u16 {
@@ -122,7 +141,11 @@ fn l4_bytes(spec: &PacketSpec) -> (u8, Vec<u8>) {
             h.extend_from_slice(&payload);
             (PROTO_UDP, h)
         }
-        L4::Tcp { sport, dport, flags } => {
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+        } => {
             let mut h = Vec::with_capacity(20 + payload.len());
             h.extend_from_slice(&sport.to_be_bytes());
             h.extend_from_slice(&dport.to_be_bytes());
@@ -138,7 +161,11 @@ fn l4_bytes(spec: &PacketSpec) -> (u8, Vec<u8>) {
         L4::Icmp { kind, code } => {
             let mut h = vec![kind, code, 0, 0, 0, 1, 0, 1];
             h.extend_from_slice(&payload);
-            let proto = if spec.src.is_ipv6() { PROTO_ICMPV6 } else { PROTO_ICMP };
+            let proto = if spec.src.is_ipv6() {
+                PROTO_ICMPV6
+            } else {
+                PROTO_ICMP
+            };
             (proto, h)
         }
         L4::Other(p) => (p, payload),
@@ -181,7 +208,11 @@ pub fn build(spec: &PacketSpec) -> Vec<u8> {
     f.extend_from_slice(&spec.src_mac);
     let ethertype: u16 = if spec.src.is_ipv6() { 0x86dd } else { 0x0800 };
     for (i, vid) in spec.vlans.iter().enumerate() {
-        let tpid: u16 = if i == 0 && spec.vlans.len() > 1 { 0x88a8 } else { 0x8100 };
+        let tpid: u16 = if i == 0 && spec.vlans.len() > 1 {
+            0x88a8
+        } else {
+            0x8100
+        };
         f.extend_from_slice(&tpid.to_be_bytes());
         f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
     }
@@ -282,7 +313,11 @@ mod tests {
         let f = PacketSpec::udp("192.0.2.1", "198.51.100.7", 123, 4444).build();
         assert_eq!(f.len(), 14 + 20 + 8 + 18);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
-        assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum verifies to zero");
+        assert_eq!(
+            checksum(&f[14..34]),
+            0,
+            "IPv4 header checksum verifies to zero"
+        );
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&f[26..34]);
         pseudo.extend_from_slice(&[0, 17, 0, 26]);

@@ -13,11 +13,14 @@ use serde::Serialize;
 const ETH_P_ALL: u16 = 0x0003;
 
 fn if_index(iface: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(iface).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| io::Error::other("interface name has a NUL byte"))?;
     // SAFETY: valid C string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(io::Error::other(format!("no interface named {iface:?} in this network namespace")));
+        return Err(io::Error::other(format!(
+            "no interface named {iface:?} in this network namespace"
+        )));
     }
     Ok(idx)
 }
@@ -32,7 +35,8 @@ impl RawSocket {
     pub fn bind(iface: &str) -> io::Result<RawSocket> {
         let ifindex = if_index(iface)?;
         // SAFETY: plain socket(2) call.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ALL.to_be()) as i32) };
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ALL.to_be()) as i32) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -79,7 +83,14 @@ impl RawSocket {
 
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: frame is a valid buffer.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -89,7 +100,13 @@ impl RawSocket {
 
 /// Sends `frames` round-robin, `count` frames in all, at most `pps` per second (0: as fast
 /// as the socket takes them). Returns how many were sent.
-pub fn send_paced(sock: &RawSocket, frames: &[Vec<u8>], count: u64, pps: u64, deadline: Duration) -> io::Result<u64> {
+pub fn send_paced(
+    sock: &RawSocket,
+    frames: &[Vec<u8>],
+    count: u64,
+    pps: u64,
+    deadline: Duration,
+) -> io::Result<u64> {
     if frames.is_empty() {
         return Ok(0);
     }
@@ -107,7 +124,10 @@ pub fn send_paced(sock: &RawSocket, frames: &[Vec<u8>], count: u64, pps: u64, de
         match sock.send(&frames[(sent % frames.len() as u64) as usize]) {
             Ok(()) => sent += 1,
             // The device queue is full: back off briefly and retry the same frame.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
                 std::thread::sleep(Duration::from_micros(200))
             }
             Err(e) => return Err(e),
@@ -153,25 +173,46 @@ pub fn flow_of(frame: &[u8]) -> Option<FlowKey> {
             let h = frame.get(off..off + 40)?;
             let s: [u8; 16] = h[8..24].try_into().ok()?;
             let d: [u8; 16] = h[24..40].try_into().ok()?;
-            (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), h[6], off + 40, false)
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                h[6],
+                off + 40,
+                false,
+            )
         }
         _ => return None,
     };
     let (sport, dport) = match (proto, later_fragment) {
         (6 | 17, false) => {
             let p = frame.get(l4..l4 + 4)?;
-            (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
         }
         _ => (0, 0),
     };
-    Some(FlowKey { src, dst, proto, sport, dport })
+    Some(FlowKey {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    })
 }
 
 /// Counts the IP frames received on the socket's interface for `duration`.
-pub fn count_received(sock: &RawSocket, duration: Duration) -> io::Result<BTreeMap<FlowKey, FlowCount>> {
+pub fn count_received(
+    sock: &RawSocket,
+    duration: Duration,
+) -> io::Result<BTreeMap<FlowKey, FlowCount>> {
     // A large buffer: a burst of small frames must not be lost before we read it.
     sock.set_opt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(16i32 << 20))?;
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
     sock.set_opt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
     let mut counts: BTreeMap<FlowKey, FlowCount> = BTreeMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -221,9 +262,15 @@ mod tests {
         assert_eq!((k.proto, k.sport, k.dport), (17, 123, 4444));
         let mut v = PacketSpec::tcp("2001:db8::1", "2001:db8::2", 1, 2, 2);
         v.vlans = vec![7];
-        assert_eq!(flow_of(&v.build()).unwrap().src, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            flow_of(&v.build()).unwrap().src,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         let mut later = PacketSpec::udp("192.0.2.1", "198.51.100.7", 123, 4444);
-        later.fragment = Some(Fragment { offset: 8, more: false });
+        later.fragment = Some(Fragment {
+            offset: 8,
+            more: false,
+        });
         assert_eq!(flow_of(&later.build()).unwrap().sport, 0);
         assert!(flow_of(&[0u8; 20]).is_none());
     }

@@ -21,7 +21,10 @@ const LO: u32 = 1;
 fn spec(id: u64) -> MitigationSpec {
     MitigationSpec {
         id,
-        targets: vec!["198.51.100.0/24".parse().unwrap(), "2001:db8:6401::/48".parse().unwrap()],
+        targets: vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:6401::/48".parse().unwrap(),
+        ],
         protocols: vec![],
         ports: vec![],
         accept_list: vec![],
@@ -32,7 +35,11 @@ fn spec(id: u64) -> MitigationSpec {
 }
 
 fn entry(name: &str, matches: AclMatch, action: AclAction) -> AclEntry {
-    AclEntry { name: name.into(), matches, action }
+    AclEntry {
+        name: name.into(),
+        matches,
+        action,
+    }
 }
 
 fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
@@ -41,7 +48,9 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
 
 fn lab_with(s: MitigationSpec) -> Lab {
     let mut lab = Lab::new();
-    lab.dp.install(&s).unwrap_or_else(|e| panic!("install: {e}"));
+    lab.dp
+        .install(&s)
+        .unwrap_or_else(|e| panic!("install: {e}"));
     lab
 }
 
@@ -49,7 +58,10 @@ fn lab_with(s: MitigationSpec) -> Lab {
 fn unmitigated_traffic_passes_and_is_counted_per_interface() {
     let lab = lab_with(spec(1));
     assert_eq!(lab.run(&udp("192.0.2.1", "203.0.113.9", 123, 80)), PASS);
-    assert_eq!(lab.run(&udp("2001:db8:1::1", "2001:db8:ffff::9", 123, 80)), PASS);
+    assert_eq!(
+        lab.run(&udp("2001:db8:1::1", "2001:db8:ffff::9", 123, 80)),
+        PASS
+    );
     let ifc = lab.dp.interface_counters(LO).unwrap().stats;
     assert_eq!(ifc.rx.packets, 2);
     assert_eq!(ifc.to_target, 0);
@@ -84,7 +96,11 @@ fn truncated_transport_header_to_a_target_is_dropped_as_malformed() {
     let cut = &tcp[..14 + 20 + 10];
     assert_eq!(lab.run(cut), DROP);
     let other = PacketSpec::tcp("192.0.2.1", "203.0.113.1", 1000, 80, TCP_SYN).build();
-    assert_eq!(lab.run(&other[..14 + 20 + 10]), PASS, "unmitigated traffic is never judged");
+    assert_eq!(
+        lab.run(&other[..14 + 20 + 10]),
+        PASS,
+        "unmitigated traffic is never judged"
+    );
     let c = lab.counters(1);
     assert_eq!(c.dropped(DropReason::Malformed).packets, 1);
     assert_eq!(c.dropped(DropReason::Malformed).bytes, 44);
@@ -113,7 +129,11 @@ fn scope_narrows_by_protocol_and_destination_port() {
     lab.dp.set_amplification_ports(&[123]).unwrap();
     assert_eq!(lab.run(&udp("192.0.2.1", T4, 123, 53)), DROP);
     assert_eq!(lab.run(&udp("192.0.2.1", T4, 123, 8050)), DROP);
-    assert_eq!(lab.run(&udp("192.0.2.1", T4, 123, 80)), PASS, "port out of scope");
+    assert_eq!(
+        lab.run(&udp("192.0.2.1", T4, 123, 80)),
+        PASS,
+        "port out of scope"
+    );
     let tcp = PacketSpec::tcp("192.0.2.1", T4, 123, 53, TCP_SYN).build();
     assert_eq!(lab.run(&tcp), PASS, "protocol out of scope");
     let c = lab.counters(1);
@@ -124,11 +144,21 @@ fn scope_narrows_by_protocol_and_destination_port() {
 #[test]
 fn drop_list_and_accept_list_ipv4_and_ipv6() {
     let mut s = spec(1);
-    s.drop_list = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:bad::/48".parse().unwrap()];
-    s.accept_list = vec!["192.0.2.10/32".parse().unwrap(), "2001:db8:bad::10/128".parse().unwrap()];
+    s.drop_list = vec![
+        "192.0.2.0/24".parse().unwrap(),
+        "2001:db8:bad::/48".parse().unwrap(),
+    ];
+    s.accept_list = vec![
+        "192.0.2.10/32".parse().unwrap(),
+        "2001:db8:bad::10/128".parse().unwrap(),
+    ];
     let lab = lab_with(s);
     assert_eq!(lab.run(&udp("192.0.2.1", T4, 1, 80)), DROP);
-    assert_eq!(lab.run(&udp("192.0.2.10", T4, 1, 80)), PASS, "accept-list is checked first");
+    assert_eq!(
+        lab.run(&udp("192.0.2.10", T4, 1, 80)),
+        PASS,
+        "accept-list is checked first"
+    );
     assert_eq!(lab.run(&udp("192.0.3.1", T4, 1, 80)), PASS);
     assert_eq!(lab.run(&udp("2001:db8:bad::1", T6, 1, 80)), DROP);
     assert_eq!(lab.run(&udp("2001:db8:bad::10", T6, 1, 80)), PASS);
@@ -156,25 +186,37 @@ fn check_match(name: &str, m: AclMatch, hit: Vec<u8>, miss: Vec<u8>) {
 fn acl_source_and_destination_prefixes() {
     check_match(
         "src4",
-        AclMatch { source: Some("192.0.2.0/25".parse().unwrap()), ..Default::default() },
+        AclMatch {
+            source: Some("192.0.2.0/25".parse().unwrap()),
+            ..Default::default()
+        },
         udp("192.0.2.5", T4, 1, 2),
         udp("192.0.2.200", T4, 1, 2),
     );
     check_match(
         "dst4",
-        AclMatch { destination: Some("198.51.100.0/29".parse().unwrap()), ..Default::default() },
+        AclMatch {
+            destination: Some("198.51.100.0/29".parse().unwrap()),
+            ..Default::default()
+        },
         udp("192.0.2.5", T4, 1, 2),
         udp("192.0.2.5", "198.51.100.9", 1, 2),
     );
     check_match(
         "src6",
-        AclMatch { source: Some("2001:db8:a::/64".parse().unwrap()), ..Default::default() },
+        AclMatch {
+            source: Some("2001:db8:a::/64".parse().unwrap()),
+            ..Default::default()
+        },
         udp("2001:db8:a::1", T6, 1, 2),
         udp("2001:db8:b::1", T6, 1, 2),
     );
     check_match(
         "dst6",
-        AclMatch { destination: Some("2001:db8:6401::7/128".parse().unwrap()), ..Default::default() },
+        AclMatch {
+            destination: Some("2001:db8:6401::7/128".parse().unwrap()),
+            ..Default::default()
+        },
         udp("2001:db8:a::1", T6, 1, 2),
         udp("2001:db8:a::1", "2001:db8:6401::8", 1, 2),
     );
@@ -184,31 +226,48 @@ fn acl_source_and_destination_prefixes() {
 fn acl_protocol_and_ports() {
     check_match(
         "proto",
-        AclMatch { protocol: Some(17), ..Default::default() },
+        AclMatch {
+            protocol: Some(17),
+            ..Default::default()
+        },
         udp("192.0.2.5", T4, 1, 2),
         PacketSpec::tcp("192.0.2.5", T4, 1, 2, TCP_ACK).build(),
     );
     check_match(
         "sport-exact",
-        AclMatch { protocol: Some(17), source_port: Some(PortRange::single(19)), ..Default::default() },
+        AclMatch {
+            protocol: Some(17),
+            source_port: Some(PortRange::single(19)),
+            ..Default::default()
+        },
         udp("192.0.2.5", T4, 19, 2),
         udp("192.0.2.5", T4, 20, 2),
     );
     check_match(
         "dport-block",
-        AclMatch { destination_port: Some(PortRange::new(1024, 2047)), ..Default::default() },
+        AclMatch {
+            destination_port: Some(PortRange::new(1024, 2047)),
+            ..Default::default()
+        },
         udp("192.0.2.5", T4, 1, 2047),
         udp("192.0.2.5", T4, 1, 2048),
     );
     check_match(
         "dport-range",
-        AclMatch { protocol: Some(6), destination_port: Some(PortRange::new(1000, 2000)), ..Default::default() },
+        AclMatch {
+            protocol: Some(6),
+            destination_port: Some(PortRange::new(1000, 2000)),
+            ..Default::default()
+        },
         PacketSpec::tcp("192.0.2.5", T4, 1, 1500, TCP_ACK).build(),
         PacketSpec::tcp("192.0.2.5", T4, 1, 2001, TCP_ACK).build(),
     );
     check_match(
         "sport-range-v6",
-        AclMatch { source_port: Some(PortRange::new(100, 200)), ..Default::default() },
+        AclMatch {
+            source_port: Some(PortRange::new(100, 200)),
+            ..Default::default()
+        },
         udp("2001:db8:a::1", T6, 150, 2),
         udp("2001:db8:a::1", T6, 99, 2),
     );
@@ -217,22 +276,35 @@ fn acl_protocol_and_ports() {
 #[test]
 fn acl_tcp_flags_operators() {
     let syn = |f| PacketSpec::tcp("192.0.2.5", T4, 1, 80, f).build();
-    let bits = |b: &[&str], operator, not| BitMatch { bits: b.iter().map(|s| s.to_string()).collect(), operator, not };
+    let bits = |b: &[&str], operator, not| BitMatch {
+        bits: b.iter().map(|s| s.to_string()).collect(),
+        operator,
+        not,
+    };
     check_match(
         "syn-only",
-        AclMatch { tcp_flags: Some(bits(&["syn"], BitOperator::Match, false)), ..Default::default() },
+        AclMatch {
+            tcp_flags: Some(bits(&["syn"], BitOperator::Match, false)),
+            ..Default::default()
+        },
         syn(TCP_SYN),
         syn(TCP_ACK),
     );
     check_match(
         "syn-or-rst",
-        AclMatch { tcp_flags: Some(bits(&["syn", "rst"], BitOperator::Any, false)), ..Default::default() },
+        AclMatch {
+            tcp_flags: Some(bits(&["syn", "rst"], BitOperator::Any, false)),
+            ..Default::default()
+        },
         syn(TCP_RST),
         syn(TCP_ACK),
     );
     check_match(
         "not-ack",
-        AclMatch { tcp_flags: Some(bits(&["ack"], BitOperator::Match, true)), ..Default::default() },
+        AclMatch {
+            tcp_flags: Some(bits(&["ack"], BitOperator::Match, true)),
+            ..Default::default()
+        },
         syn(TCP_SYN),
         syn(TCP_ACK | TCP_SYN),
     );
@@ -242,13 +314,21 @@ fn acl_tcp_flags_operators() {
 fn acl_icmp_type_and_code() {
     check_match(
         "echo",
-        AclMatch { icmp_type: Some(8), icmp_code: Some(0), ..Default::default() },
+        AclMatch {
+            icmp_type: Some(8),
+            icmp_code: Some(0),
+            ..Default::default()
+        },
         PacketSpec::icmp("192.0.2.5", T4, 8, 0).build(),
         PacketSpec::icmp("192.0.2.5", T4, 0, 0).build(),
     );
     check_match(
         "echo6",
-        AclMatch { protocol: Some(58), icmp_type: Some(128), ..Default::default() },
+        AclMatch {
+            protocol: Some(58),
+            icmp_type: Some(128),
+            ..Default::default()
+        },
         PacketSpec::icmp("2001:db8:a::1", T6, 128, 0).build(),
         PacketSpec::icmp("2001:db8:a::1", T6, 129, 0).build(),
     );
@@ -261,13 +341,49 @@ fn acl_fragment_length_ttl_dscp() {
         p.fragment = Some(Fragment { offset, more });
         p.build()
     };
-    let bits = |b: &str| BitMatch { bits: vec![b.into()], operator: BitOperator::Match, not: false };
-    check_match("isf", AclMatch { fragment: Some(bits("isf")), ..Default::default() }, frag(10, true), udp("192.0.2.5", T4, 1, 2));
-    check_match("ff", AclMatch { fragment: Some(bits("ff")), ..Default::default() }, frag(0, true), frag(10, true));
-    check_match("lf", AclMatch { fragment: Some(bits("lf")), ..Default::default() }, frag(10, false), frag(10, true));
+    let bits = |b: &str| BitMatch {
+        bits: vec![b.into()],
+        operator: BitOperator::Match,
+        not: false,
+    };
+    check_match(
+        "isf",
+        AclMatch {
+            fragment: Some(bits("isf")),
+            ..Default::default()
+        },
+        frag(10, true),
+        udp("192.0.2.5", T4, 1, 2),
+    );
+    check_match(
+        "ff",
+        AclMatch {
+            fragment: Some(bits("ff")),
+            ..Default::default()
+        },
+        frag(0, true),
+        frag(10, true),
+    );
+    check_match(
+        "lf",
+        AclMatch {
+            fragment: Some(bits("lf")),
+            ..Default::default()
+        },
+        frag(10, false),
+        frag(10, true),
+    );
     let mut df = PacketSpec::udp("192.0.2.5", T4, 1, 2);
     df.dont_fragment = true;
-    check_match("df", AclMatch { fragment: Some(bits("df")), ..Default::default() }, df.build(), udp("192.0.2.5", T4, 1, 2));
+    check_match(
+        "df",
+        AclMatch {
+            fragment: Some(bits("df")),
+            ..Default::default()
+        },
+        df.build(),
+        udp("192.0.2.5", T4, 1, 2),
+    );
 
     let sized = |n| {
         let mut p = PacketSpec::udp("192.0.2.5", T4, 1, 2);
@@ -276,7 +392,13 @@ fn acl_fragment_length_ttl_dscp() {
     };
     check_match(
         "length",
-        AclMatch { length: Some(ValueRange { min: 1000, max: 1500 }), ..Default::default() },
+        AclMatch {
+            length: Some(ValueRange {
+                min: 1000,
+                max: 1500,
+            }),
+            ..Default::default()
+        },
         sized(1200),
         sized(100),
     );
@@ -285,27 +407,77 @@ fn acl_fragment_length_ttl_dscp() {
         p.ttl = t;
         p.build()
     };
-    check_match("ttl", AclMatch { ttl: Some(ValueRange { min: 0, max: 2 }), ..Default::default() }, ttl(1), ttl(64));
+    check_match(
+        "ttl",
+        AclMatch {
+            ttl: Some(ValueRange { min: 0, max: 2 }),
+            ..Default::default()
+        },
+        ttl(1),
+        ttl(64),
+    );
     let dscp = |d| {
         let mut p = PacketSpec::udp("192.0.2.5", T4, 1, 2);
         p.dscp = d;
         p.build()
     };
-    check_match("dscp", AclMatch { dscp: Some(46), ..Default::default() }, dscp(46), dscp(0));
+    check_match(
+        "dscp",
+        AclMatch {
+            dscp: Some(46),
+            ..Default::default()
+        },
+        dscp(46),
+        dscp(0),
+    );
 }
 
 #[test]
 fn acl_first_matching_entry_wins_across_shapes() {
     let mut s = spec(1);
     s.acl = vec![
-        entry("allow-dns", AclMatch { protocol: Some(17), source_port: Some(PortRange::single(53)), ..Default::default() }, AclAction::Accept),
-        entry("drop-net", AclMatch { source: Some("192.0.2.0/24".parse().unwrap()), ..Default::default() }, AclAction::Drop),
-        entry("allow-host", AclMatch { source: Some("192.0.2.7/32".parse().unwrap()), ..Default::default() }, AclAction::Accept),
+        entry(
+            "allow-dns",
+            AclMatch {
+                protocol: Some(17),
+                source_port: Some(PortRange::single(53)),
+                ..Default::default()
+            },
+            AclAction::Accept,
+        ),
+        entry(
+            "drop-net",
+            AclMatch {
+                source: Some("192.0.2.0/24".parse().unwrap()),
+                ..Default::default()
+            },
+            AclAction::Drop,
+        ),
+        entry(
+            "allow-host",
+            AclMatch {
+                source: Some("192.0.2.7/32".parse().unwrap()),
+                ..Default::default()
+            },
+            AclAction::Accept,
+        ),
     ];
     let lab = lab_with(s);
-    assert_eq!(lab.run(&udp("192.0.2.9", T4, 53, 2)), PASS, "entry 0 wins over entry 1");
-    assert_eq!(lab.run(&udp("192.0.2.7", T4, 54, 2)), DROP, "entry 1 wins over entry 2");
-    assert_eq!(lab.run(&udp("192.0.3.7", T4, 54, 2)), PASS, "no entry: pass");
+    assert_eq!(
+        lab.run(&udp("192.0.2.9", T4, 53, 2)),
+        PASS,
+        "entry 0 wins over entry 1"
+    );
+    assert_eq!(
+        lab.run(&udp("192.0.2.7", T4, 54, 2)),
+        DROP,
+        "entry 1 wins over entry 2"
+    );
+    assert_eq!(
+        lab.run(&udp("192.0.3.7", T4, 54, 2)),
+        PASS,
+        "no entry: pass"
+    );
     let c = lab.counters(1);
     let hits: Vec<u64> = c.acl.iter().map(|a| a.matched.packets).collect();
     assert_eq!(hits, vec![1, 1, 0]);
@@ -315,8 +487,18 @@ fn acl_first_matching_entry_wins_across_shapes() {
 #[test]
 fn acl_rate_limit_accepts_up_to_the_rate() {
     let mut s = spec(1);
-    let limit = RateLimit::PacketsPerSecond(Rate { rate: 1, burst: Some(3) });
-    s.acl = vec![entry("dns", AclMatch { protocol: Some(17), ..Default::default() }, AclAction::RateLimit(limit))];
+    let limit = RateLimit::PacketsPerSecond(Rate {
+        rate: 1,
+        burst: Some(3),
+    });
+    s.acl = vec![entry(
+        "dns",
+        AclMatch {
+            protocol: Some(17),
+            ..Default::default()
+        },
+        AclAction::RateLimit(limit),
+    )];
     let lab = lab_with(s);
     let f = udp("192.0.2.5", T4, 1000, 53);
     let verdicts: Vec<u32> = (0..5).map(|_| lab.run(&f)).collect();
@@ -333,13 +515,27 @@ fn amplification_countermeasure_drops_udp_from_listed_ports() {
     let mut s = spec(1);
     s.countermeasures.amplification = true;
     let mut lab = lab_with(s);
-    lab.dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS).unwrap();
-    assert_eq!(lab.dp.amplification_ports().unwrap(), DEFAULT_AMPLIFICATION_PORTS.to_vec());
+    lab.dp
+        .set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)
+        .unwrap();
+    assert_eq!(
+        lab.dp.amplification_ports().unwrap(),
+        DEFAULT_AMPLIFICATION_PORTS.to_vec()
+    );
     assert_eq!(lab.run(&udp("192.0.2.5", T4, 123, 4444)), DROP);
     assert_eq!(lab.run(&udp("2001:db8:a::1", T6, 11211, 4444)), DROP);
     assert_eq!(lab.run(&udp("192.0.2.5", T4, 5000, 4444)), PASS);
-    assert_eq!(lab.run(&PacketSpec::tcp("192.0.2.5", T4, 123, 80, TCP_ACK).build()), PASS, "TCP is not reflection");
-    assert_eq!(lab.counters(1).dropped(DropReason::AmplificationPort).packets, 2);
+    assert_eq!(
+        lab.run(&PacketSpec::tcp("192.0.2.5", T4, 123, 80, TCP_ACK).build()),
+        PASS,
+        "TCP is not reflection"
+    );
+    assert_eq!(
+        lab.counters(1)
+            .dropped(DropReason::AmplificationPort)
+            .packets,
+        2
+    );
 }
 
 #[test]
@@ -349,10 +545,20 @@ fn fragment_countermeasure_drops_later_fragments_v4_and_v6() {
     let lab = lab_with(s);
     for (src, dst) in [("192.0.2.5", T4), ("2001:db8:a::1", T6)] {
         let mut first = PacketSpec::udp(src, dst, 1, 2);
-        first.fragment = Some(Fragment { offset: 0, more: true });
+        first.fragment = Some(Fragment {
+            offset: 0,
+            more: true,
+        });
         let mut later = first.clone();
-        later.fragment = Some(Fragment { offset: 100, more: false });
-        assert_eq!(lab.run(&first.build()), PASS, "{src}: first fragment carries ports");
+        later.fragment = Some(Fragment {
+            offset: 100,
+            more: false,
+        });
+        assert_eq!(
+            lab.run(&first.build()),
+            PASS,
+            "{src}: first fragment carries ports"
+        );
         assert_eq!(lab.run(&later.build()), DROP, "{src}: later fragment");
     }
     assert_eq!(lab.counters(1).dropped(DropReason::Fragment).packets, 2);
@@ -361,26 +567,41 @@ fn fragment_countermeasure_drops_later_fragments_v4_and_v6() {
 #[test]
 fn per_source_packet_rate_limit() {
     let mut s = spec(1);
-    s.countermeasures.source_pps = Some(Rate { rate: 1, burst: Some(2) });
+    s.countermeasures.source_pps = Some(Rate {
+        rate: 1,
+        burst: Some(2),
+    });
     let lab = lab_with(s);
     let a = udp("192.0.2.5", T4, 1, 2);
     let b = udp("192.0.2.6", T4, 1, 2);
     assert_eq!([lab.run(&a), lab.run(&a), lab.run(&a)], [PASS, PASS, DROP]);
     assert_eq!(lab.run(&b), PASS, "another source has its own bucket");
     let v6 = udp("2001:db8:a::1", T6, 1, 2);
-    assert_eq!([lab.run(&v6), lab.run(&v6), lab.run(&v6)], [PASS, PASS, DROP]);
+    assert_eq!(
+        [lab.run(&v6), lab.run(&v6), lab.run(&v6)],
+        [PASS, PASS, DROP]
+    );
     assert_eq!(lab.counters(1).dropped(DropReason::SourceRate).packets, 2);
 }
 
 #[test]
 fn syn_rate_limit_counts_only_syns() {
     let mut s = spec(1);
-    s.countermeasures.syn_pps = Some(Rate { rate: 1, burst: Some(2) });
+    s.countermeasures.syn_pps = Some(Rate {
+        rate: 1,
+        burst: Some(2),
+    });
     let lab = lab_with(s);
     let syn = PacketSpec::tcp("192.0.2.5", T4, 1000, 80, TCP_SYN).build();
     let ack = PacketSpec::tcp("192.0.2.5", T4, 1000, 80, TCP_ACK).build();
-    assert_eq!([lab.run(&syn), lab.run(&syn), lab.run(&syn)], [PASS, PASS, DROP]);
-    assert_eq!([lab.run(&ack), lab.run(&ack), lab.run(&ack)], [PASS, PASS, PASS]);
+    assert_eq!(
+        [lab.run(&syn), lab.run(&syn), lab.run(&syn)],
+        [PASS, PASS, DROP]
+    );
+    assert_eq!(
+        [lab.run(&ack), lab.run(&ack), lab.run(&ack)],
+        [PASS, PASS, PASS]
+    );
     assert_eq!(lab.counters(1).dropped(DropReason::SynRate).packets, 1);
 }
 
@@ -390,10 +611,21 @@ fn scope_wide_byte_cap() {
     let f = udp("192.0.2.5", T4, 1, 2);
     let len = f.len() as u64;
     // One byte per second with a burst of three frames.
-    s.countermeasures.scope_bps = Some(Rate { rate: 1, burst: Some(3 * len) });
+    s.countermeasures.scope_bps = Some(Rate {
+        rate: 1,
+        burst: Some(3 * len),
+    });
     let lab = lab_with(s);
     let other_src = udp("192.0.2.99", T4, 1, 2);
-    assert_eq!([lab.run(&f), lab.run(&other_src), lab.run(&f), lab.run(&other_src)], [PASS, PASS, PASS, DROP]);
+    assert_eq!(
+        [
+            lab.run(&f),
+            lab.run(&other_src),
+            lab.run(&f),
+            lab.run(&other_src)
+        ],
+        [PASS, PASS, PASS, DROP]
+    );
     let c = lab.counters(1);
     assert_eq!(c.dropped(DropReason::ScopeCap).packets, 1);
     assert_eq!(c.dropped(DropReason::ScopeCap).bytes, len);
@@ -402,7 +634,10 @@ fn scope_wide_byte_cap() {
 #[test]
 fn vlan_and_qinq_frames_are_filtered() {
     let mut s = spec(1);
-    s.drop_list = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:bad::/48".parse().unwrap()];
+    s.drop_list = vec![
+        "192.0.2.0/24".parse().unwrap(),
+        "2001:db8:bad::/48".parse().unwrap(),
+    ];
     let lab = lab_with(s);
     for tags in [vec![100], vec![100, 200]] {
         let mut p = PacketSpec::udp("192.0.2.5", T4, 1, 2);
@@ -417,7 +652,14 @@ fn vlan_and_qinq_frames_are_filtered() {
 #[test]
 fn ports_are_found_behind_ipv4_options_and_ipv6_extension_headers() {
     let mut s = spec(1);
-    s.acl = vec![entry("dns", AclMatch { destination_port: Some(PortRange::single(53)), ..Default::default() }, AclAction::Drop)];
+    s.acl = vec![entry(
+        "dns",
+        AclMatch {
+            destination_port: Some(PortRange::single(53)),
+            ..Default::default()
+        },
+        AclAction::Drop,
+    )];
     let lab = lab_with(s);
     let mut opt = PacketSpec::udp("192.0.2.5", T4, 1, 53);
     opt.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
@@ -426,14 +668,25 @@ fn ports_are_found_behind_ipv4_options_and_ipv6_extension_headers() {
     ext.ipv6_ext_headers = 3;
     assert_eq!(lab.run(&ext.build()), DROP);
     let mut frag_ext = ext.clone();
-    frag_ext.fragment = Some(Fragment { offset: 0, more: true });
-    assert_eq!(lab.run(&frag_ext.build()), DROP, "first fragment behind options");
+    frag_ext.fragment = Some(Fragment {
+        offset: 0,
+        more: true,
+    });
+    assert_eq!(
+        lab.run(&frag_ext.build()),
+        DROP,
+        "first fragment behind options"
+    );
     let mut too_many = ext.clone();
     too_many.ipv6_ext_headers = 9;
     assert_eq!(lab.run(&too_many.build()), DROP);
     let c = lab.counters(1);
     assert_eq!(c.dropped(DropReason::AclDrop).packets, 3);
-    assert_eq!(c.dropped(DropReason::Malformed).packets, 1, "an over-long extension chain is malformed");
+    assert_eq!(
+        c.dropped(DropReason::Malformed).packets,
+        1,
+        "an over-long extension chain is malformed"
+    );
 }
 
 #[test]
@@ -456,14 +709,24 @@ fn longest_target_prefix_decides_the_mitigation() {
 fn a_target_belongs_to_one_mitigation() {
     let mut lab = lab_with(spec(1));
     let err = lab.dp.install(&spec(2)).unwrap_err();
-    assert!(matches!(err, DatapathError::TargetInUse { owner: 1, .. }), "{err}");
+    assert!(
+        matches!(err, DatapathError::TargetInUse { owner: 1, .. }),
+        "{err}"
+    );
     assert_eq!(lab.dp.installed(), vec![1]);
 }
 
 #[test]
 fn replacement_is_whole_and_counters_follow_entry_names() {
     let mut s = spec(1);
-    let drop_net = entry("net", AclMatch { source: Some("192.0.2.0/24".parse().unwrap()), ..Default::default() }, AclAction::Drop);
+    let drop_net = entry(
+        "net",
+        AclMatch {
+            source: Some("192.0.2.0/24".parse().unwrap()),
+            ..Default::default()
+        },
+        AclAction::Drop,
+    );
     s.acl = vec![drop_net.clone()];
     let mut lab = lab_with(s.clone());
     let f = udp("192.0.2.5", T4, 1, 2);
@@ -472,17 +735,38 @@ fn replacement_is_whole_and_counters_follow_entry_names() {
 
     // New generation: an accept entry first, the old entry kept, one target swapped.
     s.acl = vec![
-        entry("host", AclMatch { source: Some("192.0.2.5/32".parse().unwrap()), ..Default::default() }, AclAction::Accept),
+        entry(
+            "host",
+            AclMatch {
+                source: Some("192.0.2.5/32".parse().unwrap()),
+                ..Default::default()
+            },
+            AclAction::Accept,
+        ),
         drop_net,
     ];
-    s.targets = vec!["198.51.100.0/24".parse().unwrap(), "203.0.113.0/24".parse().unwrap()];
+    s.targets = vec![
+        "198.51.100.0/24".parse().unwrap(),
+        "203.0.113.0/24".parse().unwrap(),
+    ];
     lab.dp.install(&s).unwrap();
     assert_eq!(lab.run(&f), PASS);
-    assert_eq!(lab.run(&udp("192.0.2.6", "203.0.113.1", 1, 2)), DROP, "new target is live");
-    assert_eq!(lab.run(&udp("2001:db8:a::1", T6, 1, 2)), PASS, "old target is gone");
+    assert_eq!(
+        lab.run(&udp("192.0.2.6", "203.0.113.1", 1, 2)),
+        DROP,
+        "new target is live"
+    );
+    assert_eq!(
+        lab.run(&udp("2001:db8:a::1", T6, 1, 2)),
+        PASS,
+        "old target is gone"
+    );
     let c = lab.counters(1);
     assert_eq!(c.acl[0].matched.packets, 1);
-    assert_eq!(c.acl[1].matched.packets, 3, "two hits carried over from the old generation");
+    assert_eq!(
+        c.acl[1].matched.packets, 3,
+        "two hits carried over from the old generation"
+    );
     assert_eq!(c.in_scope.packets, 4, "mitigation counters continue");
 
     let last = lab.dp.remove(1).unwrap().expect("was installed");
@@ -499,14 +783,29 @@ fn replacement_is_whole_and_counters_follow_entry_names() {
 fn pinned_state_is_re_adopted_by_a_new_process() {
     let mut s = spec(42);
     s.drop_list = vec!["192.0.2.0/24".parse().unwrap()];
-    s.acl = vec![entry("e", AclMatch { protocol: Some(6), ..Default::default() }, AclAction::Drop)];
+    s.acl = vec![entry(
+        "e",
+        AclMatch {
+            protocol: Some(6),
+            ..Default::default()
+        },
+        AclAction::Drop,
+    )];
     let lab = lab_with(s.clone());
     assert_eq!(lab.run(&udp("192.0.2.5", T4, 1, 2)), DROP);
 
     // The CLI's view: maps only, from the pins.
     let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
     assert_eq!(pinned.installed(), vec![42]);
-    assert_eq!(pinned.counters(42).unwrap().unwrap().dropped(DropReason::DropList).packets, 1);
+    assert_eq!(
+        pinned
+            .counters(42)
+            .unwrap()
+            .unwrap()
+            .dropped(DropReason::DropList)
+            .packets,
+        1
+    );
     assert_eq!(pinned.targets(42).unwrap().len(), 2);
 
     // A restarted agent: loads the program again onto the same pinned maps.
@@ -514,21 +813,34 @@ fn pinned_state_is_re_adopted_by_a_new_process() {
     assert_eq!(again.installed(), vec![42]);
     s.drop_list.clear();
     again.install(&s).unwrap();
-    assert_eq!(lab.run(&udp("192.0.2.5", T4, 1, 2)), PASS, "the first program sees the update");
+    assert_eq!(
+        lab.run(&udp("192.0.2.5", T4, 1, 2)),
+        PASS,
+        "the first program sees the update"
+    );
     assert_eq!(again.counters(42).unwrap().unwrap().in_scope.packets, 2);
     again.remove(42).unwrap();
-    assert!(XdpDatapath::open_pinned(&lab.root.0).unwrap().installed().is_empty());
+    assert!(XdpDatapath::open_pinned(&lab.root.0)
+        .unwrap()
+        .installed()
+        .is_empty());
 }
 
 #[test]
 fn short_and_long_target_prefixes_cover_what_they_should() {
     let mut lab = Lab::new();
     let mut s = spec(1);
-    s.targets = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    s.targets = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
     s.acl = vec![entry("all", AclMatch::default(), AclAction::Drop)];
     lab.dp.install(&s).unwrap();
     assert_eq!(lab.run(&udp("192.0.2.5", "10.200.1.1", 1, 2)), DROP);
-    assert_eq!(lab.run(&udp("2001:db8:1::1", "2001:db8:ffff:1::9", 1, 2)), DROP);
+    assert_eq!(
+        lab.run(&udp("2001:db8:1::1", "2001:db8:ffff:1::9", 1, 2)),
+        DROP
+    );
     assert_eq!(lab.run(&udp("192.0.2.5", "11.0.0.1", 1, 2)), PASS);
     assert_eq!(lab.run(&udp("2001:db8:1::1", "2001:db9::1", 1, 2)), PASS);
     lab.dp.remove(1).unwrap();
@@ -541,7 +853,14 @@ fn a_large_acl_uses_one_tuple_and_matches_its_last_entry() {
     s.acl = (0..16_000u32)
         .map(|i| {
             let src = format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255);
-            entry(&format!("r{i}"), AclMatch { source: Some(src.parse().unwrap()), ..Default::default() }, AclAction::Drop)
+            entry(
+                &format!("r{i}"),
+                AclMatch {
+                    source: Some(src.parse().unwrap()),
+                    ..Default::default()
+                },
+                AclAction::Drop,
+            )
         })
         .collect();
     let lab = lab_with(s);
@@ -553,9 +872,25 @@ fn a_large_acl_uses_one_tuple_and_matches_its_last_entry() {
 #[test]
 fn icmp_echo_to_target_with_l4_other_protocol_passes() {
     let mut s = spec(1);
-    s.acl = vec![entry("udp", AclMatch { protocol: Some(17), destination_port: Some(PortRange::single(53)), ..Default::default() }, AclAction::Drop)];
+    s.acl = vec![entry(
+        "udp",
+        AclMatch {
+            protocol: Some(17),
+            destination_port: Some(PortRange::single(53)),
+            ..Default::default()
+        },
+        AclAction::Drop,
+    )];
     let lab = lab_with(s);
-    let gre = PacketSpec::new("192.0.2.5".parse().unwrap(), T4.parse().unwrap(), L4::Other(47)).build();
+    let gre = PacketSpec::new(
+        "192.0.2.5".parse().unwrap(),
+        T4.parse().unwrap(),
+        L4::Other(47),
+    )
+    .build();
     assert_eq!(lab.run(&gre), PASS);
-    assert_eq!(lab.run(&PacketSpec::icmp("192.0.2.5", T4, 8, 0).build()), PASS);
+    assert_eq!(
+        lab.run(&PacketSpec::icmp("192.0.2.5", T4, 8, 0).build()),
+        PASS
+    );
 }

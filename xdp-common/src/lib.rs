@@ -73,9 +73,23 @@ pub mod map_names {
     pub const IF_STATS: &str = "IF_STATS";
 
     pub const ALL: [&str; 17] = [
-        TARGETS_V4, TARGETS_V6, SUMMARY_V4, SUMMARY_V6, MITIGATIONS, MITIGATION_STATS, ACL_KEYS,
-        ACL_RULES, ACL_STATS, ACL_BASE, ACL_BUCKETS, SOURCES_V4, SOURCES_V6, SRC_RATE,
-        SCOPE_BUCKETS, AMP_PORTS, IF_STATS,
+        TARGETS_V4,
+        TARGETS_V6,
+        SUMMARY_V4,
+        SUMMARY_V6,
+        MITIGATIONS,
+        MITIGATION_STATS,
+        ACL_KEYS,
+        ACL_RULES,
+        ACL_STATS,
+        ACL_BASE,
+        ACL_BUCKETS,
+        SOURCES_V4,
+        SOURCES_V6,
+        SRC_RATE,
+        SCOPE_BUCKETS,
+        AMP_PORTS,
+        IF_STATS,
     ];
 }
 
@@ -343,7 +357,12 @@ impl RateSpec {
     /// `rate` units per second with a burst of `burst` units (at least one packet's worth).
     pub fn new(rate: u64, burst: u64, unit: u32) -> RateSpec {
         if rate == 0 {
-            return RateSpec { interval_fp: u64::MAX, tolerance_ns: 0, unit, _pad: 0 };
+            return RateSpec {
+                interval_fp: u64::MAX,
+                tolerance_ns: 0,
+                unit,
+                _pad: 0,
+            };
         }
         let interval_fp = ((1_000_000_000u128 << RATE_FP_SHIFT) / rate as u128).max(1) as u64;
         let burst = burst.max(1) as u128;
@@ -565,7 +584,6 @@ pub struct RateKey {
     pub addr: [u32; 4],
 }
 
-
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -607,7 +625,10 @@ mod tests {
         let r = RateSpec::new(1000, 10, rate_unit::PACKETS);
         assert_eq!(r.interval_fp >> RATE_FP_SHIFT, 1_000_000);
         assert_eq!(r.tolerance_ns, 10_000_000);
-        assert_eq!(RateSpec::new(0, 10, rate_unit::PACKETS).interval_fp, u64::MAX);
+        assert_eq!(
+            RateSpec::new(0, 10, rate_unit::PACKETS).interval_fp,
+            u64::MAX
+        );
     }
 
     #[test]
@@ -624,8 +645,13 @@ mod tests {
 
     #[test]
     fn summary_index_uses_top_bits() {
-        assert_eq!(summary_index_v4([198, 51, 100, 7]), u32::from_be_bytes([198, 51, 100, 0]) >> 12);
-        let a = [0x20, 0x01, 0x0d, 0xb8, 0x64, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            summary_index_v4([198, 51, 100, 7]),
+            u32::from_be_bytes([198, 51, 100, 0]) >> 12
+        );
+        let a = [
+            0x20, 0x01, 0x0d, 0xb8, 0x64, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
         assert_eq!(ipv6_top48(&a), 0x2001_0db8_6401);
         assert!(summary_index_v6(ipv6_top48(&a)) < SUMMARY_SLOTS);
     }

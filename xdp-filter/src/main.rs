@@ -22,12 +22,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdp_common::{
-    acl_action, bit_op, flags, list, prefix_tag, residual, source_kind, summary_index_v4, summary_index_v6,
-    tuple_fields, word_mask, AclKey, AclRule, AclValue, Bucket, Counter, DropReason,
-    InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4, PrefixV6, RateKey,
-    TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_CHAIN,
-    MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY,
-    MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
+    acl_action, bit_op, flags, list, prefix_tag, residual, source_kind, summary_index_v4,
+    summary_index_v6, tuple_fields, word_mask, AclKey, AclRule, AclValue, Bucket, Counter,
+    DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4, PrefixV6,
+    RateKey, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_CHAIN,
+    MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES,
+    MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
 };
 
 use parse::{Packet, ParseError, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
@@ -209,9 +209,20 @@ fn lookup_prefix<V>(
 ) -> Option<*const V> {
     let m = PREFIX_MASKS.get(len as usize)?;
     if family == 4 {
-        v4.get_ptr(&PrefixV4 { tag, addr: addr[0] & m[0] })
+        v4.get_ptr(&PrefixV4 {
+            tag,
+            addr: addr[0] & m[0],
+        })
     } else {
-        let key = PrefixV6 { tag, addr: [addr[0] & m[0], addr[1] & m[1], addr[2] & m[2], addr[3] & m[3]] };
+        let key = PrefixV6 {
+            tag,
+            addr: [
+                addr[0] & m[0],
+                addr[1] & m[1],
+                addr[2] & m[2],
+                addr[3] & m[3],
+            ],
+        };
         v6.get_ptr(&key)
     }
 }
@@ -225,7 +236,14 @@ fn find_target(pkt: &Packet, mut lengths: LengthMask) -> Option<u32> {
             break;
         }
         let len = pop_longest(&mut lengths);
-        if let Some(v) = lookup_prefix(&TARGETS_V4, &TARGETS_V6, prefix_tag(0, 0, len), pkt.family, len, &pkt.dst) {
+        if let Some(v) = lookup_prefix(
+            &TARGETS_V4,
+            &TARGETS_V6,
+            prefix_tag(0, 0, len),
+            pkt.family,
+            len,
+            &pkt.dst,
+        ) {
             // SAFETY: hash values are replaced whole, never written in place.
             return Some(unsafe { (*v).ruleset });
         }
@@ -377,9 +395,21 @@ fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
         let key = AclKey {
             ruleset: cfg.ruleset,
             tuple: t as u8,
-            proto: if tp.fields & tuple_fields::PROTO != 0 { pkt.proto } else { 0 },
-            icmp_type: if tp.fields & tuple_fields::ICMP_TYPE != 0 { pkt.icmp_type } else { 0 },
-            icmp_code: if tp.fields & tuple_fields::ICMP_CODE != 0 { pkt.icmp_code } else { 0 },
+            proto: if tp.fields & tuple_fields::PROTO != 0 {
+                pkt.proto
+            } else {
+                0
+            },
+            icmp_type: if tp.fields & tuple_fields::ICMP_TYPE != 0 {
+                pkt.icmp_type
+            } else {
+                0
+            },
+            icmp_code: if tp.fields & tuple_fields::ICMP_CODE != 0 {
+                pkt.icmp_code
+            } else {
+                0
+            },
             sport: pkt.sport & tp.sport_mask,
             dport: pkt.dport & tp.dport_mask,
             src: [
@@ -427,7 +457,11 @@ fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
 
 #[inline(always)]
 fn bits_match(value: u8, bits: u8, op: u8) -> bool {
-    let hit = if op & bit_op::ANY != 0 { value & bits != 0 } else { value & bits == bits };
+    let hit = if op & bit_op::ANY != 0 {
+        value & bits != 0
+    } else {
+        value & bits == bits
+    };
     hit != (op & bit_op::NOT != 0)
 }
 
@@ -453,14 +487,19 @@ fn residual_match(rule: &AclRule, pkt: &Packet) -> bool {
         if !pkt.has_ports {
             return false;
         }
-        if c & residual::SPORT_RANGE != 0 && (pkt.sport < rule.sport_lo || pkt.sport > rule.sport_hi) {
+        if c & residual::SPORT_RANGE != 0
+            && (pkt.sport < rule.sport_lo || pkt.sport > rule.sport_hi)
+        {
             return false;
         }
-        if c & residual::DPORT_RANGE != 0 && (pkt.dport < rule.dport_lo || pkt.dport > rule.dport_hi) {
+        if c & residual::DPORT_RANGE != 0
+            && (pkt.dport < rule.dport_lo || pkt.dport > rule.dport_hi)
+        {
             return false;
         }
         if c & residual::TCP_FLAGS != 0
-            && (pkt.proto != IPPROTO_TCP || !bits_match(pkt.tcp_flags, rule.tcp_flags, rule.tcp_flags_op))
+            && (pkt.proto != IPPROTO_TCP
+                || !bits_match(pkt.tcp_flags, rule.tcp_flags, rule.tcp_flags_op))
         {
             return false;
         }
@@ -517,12 +556,28 @@ fn countermeasures(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) ->
         && pkt.proto == IPPROTO_TCP
         && pkt.has_ports
         && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        && !rate::admit_source(&SRC_RATE, slot, source_kind::SYN, &pkt.src, &cfg.syn_rate, len, t)
+        && !rate::admit_source(
+            &SRC_RATE,
+            slot,
+            source_kind::SYN,
+            &pkt.src,
+            &cfg.syn_rate,
+            len,
+            t,
+        )
     {
         return Verdict::Drop(DropReason::SynRate);
     }
     if f & flags::CM_SOURCE_RATE != 0
-        && !rate::admit_source(&SRC_RATE, slot, source_kind::PACKETS, &pkt.src, &cfg.source_rate, len, t)
+        && !rate::admit_source(
+            &SRC_RATE,
+            slot,
+            source_kind::PACKETS,
+            &pkt.src,
+            &cfg.source_rate,
+            len,
+            t,
+        )
     {
         return Verdict::Drop(DropReason::SourceRate);
     }

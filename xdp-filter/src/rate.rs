@@ -18,7 +18,11 @@ use xdp_common::{rate_unit, Bucket, RateKey, RateSpec, RATE_FP_SHIFT};
 
 #[inline(always)]
 fn cost(spec: &RateSpec, len: u64) -> u64 {
-    let units = if spec.unit == rate_unit::BYTES { len & 0xffff } else { 1 };
+    let units = if spec.unit == rate_unit::BYTES {
+        len & 0xffff
+    } else {
+        1
+    };
     // units <= 65535 and interval_fp <= 1e9 << 16 keep this inside u64.
     units.wrapping_mul(spec.interval_fp) >> RATE_FP_SHIFT
 }
@@ -59,14 +63,20 @@ pub fn admit_source(
     if spec.interval_fp == u64::MAX {
         return false;
     }
-    let key = RateKey { slot, kind, addr: *src };
+    let key = RateKey {
+        slot,
+        kind,
+        addr: *src,
+    };
     match map.get_ptr_mut(&key) {
         Some(b) => admit(b, spec, len, now),
         None => {
             if cost(spec, len) > spec.tolerance_ns {
                 return false;
             }
-            let fresh = Bucket { tat: now + cost(spec, len) };
+            let fresh = Bucket {
+                tat: now + cost(spec, len),
+            };
             // BPF_NOEXIST: if another CPU created it first, keep theirs.
             let _ = map.insert(&key, &fresh, 1);
             true

@@ -17,7 +17,7 @@ pub enum TrafficCommand {
         #[arg(short, long)]
         interface: String,
         /// Source address or prefix; a prefix sends from up to 4096 of its addresses in turn.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_source)]
         src: IpNet,
         #[arg(long)]
         dst: IpAddr,
@@ -50,6 +50,9 @@ pub enum TrafficCommand {
         interface: String,
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Sum arrivals by source prefix instead of per flow: NAME=PREFIX (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, IpNet)>,
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +65,20 @@ pub enum Proto {
     Icmp,
 }
 
+fn parse_source(s: &str) -> std::result::Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a prefix"))
+}
+
+fn parse_label(s: &str) -> std::result::Result<(String, IpNet), String> {
+    let (name, prefix) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PREFIX"))?;
+    let prefix = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((name.to_string(), prefix))
+}
+
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -69,7 +86,8 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
     }
     let mut mac = [0u8; 6];
     for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).with_context(|| format!("MAC address {s:?}: bad byte {p:?}"))?;
+        *m = u8::from_str_radix(p, 16)
+            .with_context(|| format!("MAC address {s:?}: bad byte {p:?}"))?;
     }
     Ok(mac)
 }
@@ -77,7 +95,18 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
 pub fn run(cmd: TrafficCommand) -> Result<()> {
     match cmd {
         TrafficCommand::Send {
-            interface, src, dst, proto, sport, dport, tcp_flags, payload, count, pps, max_seconds, dst_mac,
+            interface,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            tcp_flags,
+            payload,
+            count,
+            pps,
+            max_seconds,
+            dst_mac,
         } => {
             if src.addr().is_ipv4() != dst.is_ipv4() {
                 bail!("--src {src} and --dst {dst} are of different address families");
@@ -97,8 +126,15 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             }
             let l4 = match proto {
                 Proto::Udp => L4::Udp { sport, dport },
-                Proto::Tcp => L4::Tcp { sport, dport, flags },
-                Proto::Icmp => L4::Icmp { kind: if dst.is_ipv4() { 8 } else { 128 }, code: 0 },
+                Proto::Tcp => L4::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                },
+                Proto::Icmp => L4::Icmp {
+                    kind: if dst.is_ipv4() { 8 } else { 128 },
+                    code: 0,
+                },
             };
             let mac = parse_mac(&dst_mac)?;
             let frames: Vec<Vec<u8>> = src
@@ -111,24 +147,62 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
                     p.build()
                 })
                 .collect();
-            let sock = RawSocket::bind(&interface).with_context(|| format!("opening a raw socket on {interface}"))?;
+            let sock = RawSocket::bind(&interface)
+                .with_context(|| format!("opening a raw socket on {interface}"))?;
             let sent = send_paced(&sock, &frames, count, pps, Duration::from_secs(max_seconds))?;
-            println!("sent {sent} frames from {} source(s) on {interface}", frames.len().min(count as usize));
+            println!(
+                "sent {sent} frames from {} source(s) on {interface}",
+                frames.len().min(count as usize)
+            );
             Ok(())
         }
-        TrafficCommand::Count { interface, seconds, json } => {
+        TrafficCommand::Count {
+            interface,
+            seconds,
+            labels,
+            json,
+        } => {
             if !(0.0..=3600.0).contains(&seconds) {
                 bail!("--seconds must be between 0 and 3600");
             }
-            let sock = RawSocket::bind(&interface).with_context(|| format!("opening a raw socket on {interface}"))?;
+            let sock = RawSocket::bind(&interface)
+                .with_context(|| format!("opening a raw socket on {interface}"))?;
             let counts = count_received(&sock, Duration::from_secs_f64(seconds))?;
+            if !labels.is_empty() {
+                let mut sums: Vec<(String, u64)> =
+                    labels.iter().map(|(n, _)| (n.clone(), 0)).collect();
+                let mut other = 0u64;
+                for (k, c) in &counts {
+                    match labels.iter().position(|(_, p)| p.contains(&k.src)) {
+                        Some(i) => sums[i].1 += c.packets,
+                        None => other += c.packets,
+                    }
+                }
+                sums.push(("other".into(), other));
+                if json {
+                    let v: serde_json::Map<String, serde_json::Value> =
+                        sums.into_iter().map(|(n, c)| (n, c.into())).collect();
+                    println!("{}", serde_json::Value::Object(v));
+                } else {
+                    for (n, c) in sums {
+                        println!("{n} {c}");
+                    }
+                }
+                return Ok(());
+            }
             if json {
                 let v: Vec<_> = counts.iter().map(|(k, c)| serde_json::json!({"flow": k, "packets": c.packets, "bytes": c.bytes})).collect();
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!("{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}", "SOURCE", "DESTINATION", "PROTO", "SPORT", "DPORT", "PACKETS");
+                println!(
+                    "{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}",
+                    "SOURCE", "DESTINATION", "PROTO", "SPORT", "DPORT", "PACKETS"
+                );
                 for (k, c) in &counts {
-                    println!("{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}", k.src, k.dst, k.proto, k.sport, k.dport, c.packets);
+                    println!(
+                        "{:<40} {:<40} {:>5} {:>6} {:>6} {:>10}",
+                        k.src, k.dst, k.proto, k.sport, k.dport, c.packets
+                    );
                 }
             }
             Ok(())

@@ -115,7 +115,8 @@ struct MitigationFile {
 }
 
 pub fn read_mitigation_file(path: &Path) -> Result<Vec<MitigationSpec>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let specs = if is_json {
         match serde_json::from_str::<MitigationFile>(&text) {
@@ -142,13 +143,20 @@ pub fn read_mitigation_file(path: &Path) -> Result<Vec<MitigationSpec>> {
 
 pub fn run(cmd: XdpCommand) -> Result<()> {
     match cmd {
-        XdpCommand::Attach { interfaces, mode, amplification_ports, pins } => {
+        XdpCommand::Attach {
+            interfaces,
+            mode,
+            amplification_ports,
+            pins,
+        } => {
             let mut dp = XdpDatapath::open_pinned(&pins.pin_root)
                 .or_else(|_| XdpDatapath::load(&crate::datapath::LoadOptions::new(&pins.pin_root)))
                 .context("loading the XDP datapath")?;
             match amplification_ports {
                 Some(p) => dp.set_amplification_ports(&p)?,
-                None if dp.amplification_ports()?.is_empty() => dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)?,
+                None if dp.amplification_ports()?.is_empty() => {
+                    dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)?
+                }
                 None => {}
             }
             for iface in &interfaces {
@@ -165,8 +173,17 @@ pub fn run(cmd: XdpCommand) -> Result<()> {
             println!("maps and links pinned under {}", dp.pin_dir().display());
             Ok(())
         }
-        XdpCommand::Detach { interfaces, all, purge, pins } => {
-            let targets = if all { XdpDatapath::attached(&pins.pin_root) } else { interfaces };
+        XdpCommand::Detach {
+            interfaces,
+            all,
+            purge,
+            pins,
+        } => {
+            let targets = if all {
+                XdpDatapath::attached(&pins.pin_root)
+            } else {
+                interfaces
+            };
             if targets.is_empty() && !purge {
                 bail!("name interfaces with --interface, or use --all");
             }
@@ -184,7 +201,12 @@ pub fn run(cmd: XdpCommand) -> Result<()> {
             }
             Ok(())
         }
-        XdpCommand::Status { interval, watch, json, pins } => loop {
+        XdpCommand::Status {
+            interval,
+            watch,
+            json,
+            pins,
+        } => loop {
             let report = status(&pins, interval)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -206,7 +228,11 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
     match cmd {
         MitigationCommand::Check { file } => {
             let specs = read_mitigation_file(&file)?;
-            println!("{}: {} mitigation(s), all valid", file.display(), specs.len());
+            println!(
+                "{}: {} mitigation(s), all valid",
+                file.display(),
+                specs.len()
+            );
             Ok(())
         }
         MitigationCommand::Add { file, pins } => {
@@ -217,7 +243,8 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
             for s in &specs {
                 let replacing = dp.installed().contains(&s.id);
                 let t0 = Instant::now();
-                dp.install(s).with_context(|| format!("installing mitigation {}", s.id))?;
+                dp.install(s)
+                    .with_context(|| format!("installing mitigation {}", s.id))?;
                 let path = pins.spec_dir().join(format!("{}.json", s.id));
                 std::fs::write(&path, serde_json::to_vec_pretty(s)?)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -238,9 +265,14 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
                 Some(c) => {
                     let _ = std::fs::remove_file(pins.spec_dir().join(format!("{id}.json")));
                     let d = c.dropped_total();
-                    println!("mitigation {id}: removed ({} packets in scope, {} dropped)", c.in_scope.packets, d.packets);
+                    println!(
+                        "mitigation {id}: removed ({} packets in scope, {} dropped)",
+                        c.in_scope.packets, d.packets
+                    );
                 }
-                None => bail!("no mitigation {id} is installed (see `dots-agent xdp mitigation list`)"),
+                None => {
+                    bail!("no mitigation {id} is installed (see `dots-agent xdp mitigation list`)")
+                }
             }
             Ok(())
         }
@@ -249,10 +281,22 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
             let rows: Vec<(u64, Vec<String>)> = dp
                 .installed()
                 .into_iter()
-                .map(|id| (id, dp.targets(id).unwrap_or_default().iter().map(|t| t.to_string()).collect()))
+                .map(|id| {
+                    (
+                        id,
+                        dp.targets(id)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect(),
+                    )
+                })
                 .collect();
             if json {
-                let v: Vec<_> = rows.iter().map(|(id, t)| serde_json::json!({"id": id, "targets": t})).collect();
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(id, t)| serde_json::json!({"id": id, "targets": t}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if rows.is_empty() {
                 println!("no mitigations installed");
@@ -274,7 +318,10 @@ pub struct Count {
 
 impl From<Counter> for Count {
     fn from(c: Counter) -> Self {
-        Count { packets: c.packets, bytes: c.bytes }
+        Count {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
     }
 }
 
@@ -335,11 +382,19 @@ fn rate(a: Counter, b: Counter, secs: f64) -> Rate {
 fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
     let dp = XdpDatapath::open_pinned(&pins.pin_root)?;
     let names = XdpDatapath::attached(&pins.pin_root);
-    let ifindexes: Vec<Option<u32>> = names.iter().map(|n| crate::datapath::interface_index(n)).collect();
+    let ifindexes: Vec<Option<u32>> = names
+        .iter()
+        .map(|n| crate::datapath::interface_index(n))
+        .collect();
     let sample = |dp: &XdpDatapath| -> Result<(Vec<Counter>, BTreeMap<u64, MitigationCounters>)> {
         let ifs = ifindexes
             .iter()
-            .map(|i| Ok(i.map(|i| dp.interface_counters(i)).transpose()?.map(|c| c.stats.rx).unwrap_or_default()))
+            .map(|i| {
+                Ok(i.map(|i| dp.interface_counters(i))
+                    .transpose()?
+                    .map(|c| c.stats.rx)
+                    .unwrap_or_default())
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut ms = BTreeMap::new();
         for id in dp.installed() {
@@ -349,7 +404,11 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
         }
         Ok((ifs, ms))
     };
-    let first = if interval > 0.0 { Some(sample(&dp)?) } else { None };
+    let first = if interval > 0.0 {
+        Some(sample(&dp)?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     if interval > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(interval.min(60.0)));
@@ -389,15 +448,27 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             .map(|(i, a)| {
                 let name = spec
                     .as_ref()
-                    .and_then(|s| s.acl.iter().find(|e| compile::name_hash(&e.name) == a.name_hash))
+                    .and_then(|s| {
+                        s.acl
+                            .iter()
+                            .find(|e| compile::name_hash(&e.name) == a.name_hash)
+                    })
                     .map(|e| e.name.clone())
                     .unwrap_or_else(|| format!("#{i}"));
-                AclReport { name, matched: a.matched.into() }
+                AclReport {
+                    name,
+                    matched: a.matched.into(),
+                }
             })
             .collect();
         mitigations.push(MitigationReport {
             id: *id,
-            targets: dp.targets(*id).unwrap_or_default().iter().map(|t| t.to_string()).collect(),
+            targets: dp
+                .targets(*id)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             in_scope: c.in_scope.into(),
             passed: c.passed.into(),
             accepted: c.accepted.into(),
@@ -440,7 +511,14 @@ pub fn render(r: &StatusReport) -> String {
         let _ = writeln!(
             o,
             "\n{:<16} {:>7} {:>12} {:>9} {:>12} {:>12} {:>10} {:>10}",
-            "INTERFACE", "IFINDEX", "RX PKTS", "RX PPS", "TO TARGET", "DROPPED", "PARSE ERR", "NON-IP"
+            "INTERFACE",
+            "IFINDEX",
+            "RX PKTS",
+            "RX PPS",
+            "TO TARGET",
+            "DROPPED",
+            "PARSE ERR",
+            "NON-IP"
         );
         for i in &r.interfaces {
             let _ = writeln!(
@@ -468,17 +546,36 @@ pub fn render(r: &StatusReport) -> String {
             m.in_scope.packets, m.in_scope.bytes, m.passed.packets, m.dropped.packets, m.dropped.bytes, m.rate_limited.packets
         );
         if let (Some(d), Some(p)) = (&m.drop_rate, &m.pass_rate) {
-            let _ = writeln!(o, "  now: dropping {} pps ({}bit/s), passing {} pps", si(d.pps), si(d.bps), si(p.pps));
+            let _ = writeln!(
+                o,
+                "  now: dropping {} pps ({}bit/s), passing {} pps",
+                si(d.pps),
+                si(d.bps),
+                si(p.pps)
+            );
         }
         if !m.dropped_by_reason.is_empty() {
-            let reasons: Vec<String> = m.dropped_by_reason.iter().map(|(k, v)| format!("{k}={}", v.packets)).collect();
+            let reasons: Vec<String> = m
+                .dropped_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.packets))
+                .collect();
             let _ = writeln!(o, "  dropped by reason: {}", reasons.join("  "));
         }
         for a in &m.acl {
-            let _ = writeln!(o, "  acl {:<24} {:>12} pkts {:>14} B", a.name, a.matched.packets, a.matched.bytes);
+            let _ = writeln!(
+                o,
+                "  acl {:<24} {:>12} pkts {:>14} B",
+                a.name, a.matched.packets, a.matched.bytes
+            );
         }
     }
-    let busy: Vec<String> = r.occupancy.iter().filter(|(_, u, _)| *u > 0).map(|(n, u, c)| format!("{n} {u}/{c}")).collect();
+    let busy: Vec<String> = r
+        .occupancy
+        .iter()
+        .filter(|(_, u, _)| *u > 0)
+        .map(|(n, u, c)| format!("{n} {u}/{c}"))
+        .collect();
     if !busy.is_empty() {
         let _ = writeln!(o, "\nmap occupancy: {}", busy.join(", "));
     }

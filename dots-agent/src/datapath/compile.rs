@@ -15,10 +15,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
-    acl_action, bit_op, flags, frag_bits, length_bit, list, rate_unit, residual, tuple_fields,
-    AclKey, AclRule, AclTuple, AclValue, MitigationConfig, PortRange as KPortRange, prefix_tag, PrefixV4, PrefixV6,
-    RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_TUPLES,
-    NO_RULE,
+    acl_action, bit_op, flags, frag_bits, length_bit, list, prefix_tag, rate_unit, residual,
+    tuple_fields, AclKey, AclRule, AclTuple, AclValue, MitigationConfig, PortRange as KPortRange,
+    PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS,
+    MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
 };
 
 use super::spec::{
@@ -99,7 +99,12 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
         }
     }
 
-    let mut config = MitigationConfig { id: spec.id, ruleset, rule_base, ..Default::default() };
+    let mut config = MitigationConfig {
+        id: spec.id,
+        ruleset,
+        rule_base,
+        ..Default::default()
+    };
     if !spec.protocols.is_empty() {
         config.flags |= flags::SCOPE_PROTOCOLS;
         for &p in &spec.protocols {
@@ -107,11 +112,17 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
         }
     }
     if spec.ports.len() > MAX_SCOPE_PORT_RANGES {
-        return Err(SpecError::TooManyPortRanges(spec.ports.len(), MAX_SCOPE_PORT_RANGES));
+        return Err(SpecError::TooManyPortRanges(
+            spec.ports.len(),
+            MAX_SCOPE_PORT_RANGES,
+        ));
     }
     for (i, r) in spec.ports.iter().enumerate() {
         check_port_range(r)?;
-        config.port_ranges[i] = KPortRange { lo: r.lower, hi: r.upper() };
+        config.port_ranges[i] = KPortRange {
+            lo: r.lower,
+            hi: r.upper(),
+        };
     }
     config.n_port_ranges = spec.ports.len() as u32;
 
@@ -135,7 +146,12 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
         config.scope_rate = rate_spec(r, rate_unit::BYTES);
     }
 
-    let mut out = Compiled { config, rules: Vec::new(), keys: Vec::new(), sources: Vec::new() };
+    let mut out = Compiled {
+        config,
+        rules: Vec::new(),
+        keys: Vec::new(),
+        sources: Vec::new(),
+    };
     for (prefixes, accept) in [(&spec.accept_list, true), (&spec.drop_list, false)] {
         for p in prefixes {
             check_prefix(p)?;
@@ -243,11 +259,21 @@ fn port_block(r: &PortRange) -> Option<(u16, u16)> {
 }
 
 const TCP_BITS: [(&str, u8); 8] = [
-    ("fin", 0x01), ("syn", 0x02), ("rst", 0x04), ("psh", 0x08),
-    ("ack", 0x10), ("urg", 0x20), ("ece", 0x40), ("cwr", 0x80),
+    ("fin", 0x01),
+    ("syn", 0x02),
+    ("rst", 0x04),
+    ("psh", 0x08),
+    ("ack", 0x10),
+    ("urg", 0x20),
+    ("ece", 0x40),
+    ("cwr", 0x80),
 ];
-const FRAG_BITS: [(&str, u8); 4] =
-    [("df", frag_bits::DF), ("isf", frag_bits::ISF), ("ff", frag_bits::FF), ("lf", frag_bits::LF)];
+const FRAG_BITS: [(&str, u8); 4] = [
+    ("df", frag_bits::DF),
+    ("isf", frag_bits::ISF),
+    ("ff", frag_bits::FF),
+    ("lf", frag_bits::LF),
+];
 
 fn bit_match(
     entry: &str,
@@ -260,11 +286,20 @@ fn bit_match(
     for b in &m.bits {
         let lower = b.to_ascii_lowercase();
         let Some((_, v)) = table.iter().find(|(n, _)| *n == lower) else {
-            return Err(SpecError::UnknownBit(entry.to_string(), what, b.clone(), known));
+            return Err(SpecError::UnknownBit(
+                entry.to_string(),
+                what,
+                b.clone(),
+                known,
+            ));
         };
         bits |= v;
     }
-    let mut op = if m.operator == BitOperator::Any { bit_op::ANY } else { bit_op::MATCH };
+    let mut op = if m.operator == BitOperator::Any {
+        bit_op::ANY
+    } else {
+        bit_op::MATCH
+    };
     if m.not {
         op |= bit_op::NOT;
     }
@@ -349,20 +384,31 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
     // Chains: entries with the same full key, in priority order.
     let mut chains: BTreeMap<KeyOrd, Vec<u32>> = BTreeMap::new();
     for (prio, (shape, key, rule)) in shaped.iter_mut().enumerate() {
-        key.tuple = order.iter().position(|(s, _)| s == shape).expect("shape was collected") as u8;
+        key.tuple = order
+            .iter()
+            .position(|(s, _)| s == shape)
+            .expect("shape was collected") as u8;
         key.ruleset = out.config.ruleset;
         chains.entry(KeyOrd(*key)).or_default().push(prio as u32);
         out.rules.push(*rule);
     }
     for (key, members) in chains {
         if members.len() > MAX_CHAIN as usize {
-            let names = members.iter().map(|&i| entries[i as usize].name.clone()).collect();
+            let names = members
+                .iter()
+                .map(|&i| entries[i as usize].name.clone())
+                .collect();
             return Err(SpecError::ChainTooLong(names, MAX_CHAIN));
         }
         for w in members.windows(2) {
             out.rules[w[0] as usize].next = out.config.rule_base + w[1];
         }
-        out.keys.push((key.0, AclValue { rule: out.config.rule_base + members[0] }));
+        out.keys.push((
+            key.0,
+            AclValue {
+                rule: out.config.rule_base + members[0],
+            },
+        ));
     }
     out.config.rule_count = entries.len() as u32;
     Ok(())
@@ -375,8 +421,26 @@ impl Ord for KeyOrd {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         let a = &self.0;
         let b = &o.0;
-        (a.tuple, a.proto, a.icmp_type, a.icmp_code, a.sport, a.dport, a.src, a.dst)
-            .cmp(&(b.tuple, b.proto, b.icmp_type, b.icmp_code, b.sport, b.dport, b.src, b.dst))
+        (
+            a.tuple,
+            a.proto,
+            a.icmp_type,
+            a.icmp_code,
+            a.sport,
+            a.dport,
+            a.src,
+            a.dst,
+        )
+            .cmp(&(
+                b.tuple,
+                b.proto,
+                b.icmp_type,
+                b.icmp_code,
+                b.sport,
+                b.dport,
+                b.src,
+                b.dst,
+            ))
     }
 }
 impl PartialOrd for KeyOrd {
@@ -387,8 +451,12 @@ impl PartialOrd for KeyOrd {
 
 fn shape_mask(family: u8, len: u8) -> [u32; 4] {
     match family {
-        4 => mask_words(&IpNet::V4(ipnet::Ipv4Net::new(0.into(), len).expect("len <= 32"))),
-        6 => mask_words(&IpNet::V6(ipnet::Ipv6Net::new(0.into(), len).expect("len <= 128"))),
+        4 => mask_words(&IpNet::V4(
+            ipnet::Ipv4Net::new(0.into(), len).expect("len <= 32"),
+        )),
+        6 => mask_words(&IpNet::V6(
+            ipnet::Ipv6Net::new(0.into(), len).expect("len <= 128"),
+        )),
         _ => [0; 4],
     }
 }
@@ -404,7 +472,14 @@ fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), Sp
         (Some(IpNet::V6(_)), _) | (_, Some(IpNet::V6(_))) => 6,
         _ => 0,
     };
-    let mut shape = Shape { family, src_len: 0, dst_len: 0, fields: 0, sport_mask: 0, dport_mask: 0 };
+    let mut shape = Shape {
+        family,
+        src_len: 0,
+        dst_len: 0,
+        fields: 0,
+        sport_mask: 0,
+        dport_mask: 0,
+    };
     let mut key = AclKey::default();
     let mut rule = AclRule {
         name_hash: name_hash(name),
@@ -459,7 +534,13 @@ fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), Sp
         key.icmp_code = c;
     }
     if let Some(f) = &m.tcp_flags {
-        let (bits, op) = bit_match(name, f, &TCP_BITS, "tcp flag", "fin syn rst psh ack urg ece cwr")?;
+        let (bits, op) = bit_match(
+            name,
+            f,
+            &TCP_BITS,
+            "tcp flag",
+            "fin syn rst psh ack urg ece cwr",
+        )?;
         rule.checks |= residual::TCP_FLAGS;
         rule.tcp_flags = bits;
         rule.tcp_flags_op = op;
@@ -530,19 +611,32 @@ mod tests {
     fn drop_src(name: &str, src: &str) -> AclEntry {
         AclEntry {
             name: name.into(),
-            matches: AclMatch { source: Some(src.parse().unwrap()), ..Default::default() },
+            matches: AclMatch {
+                source: Some(src.parse().unwrap()),
+                ..Default::default()
+            },
             action: AclAction::Drop,
         }
     }
 
     #[test]
     fn same_shape_entries_share_one_tuple() {
-        let acl = (0..1000).map(|i| drop_src(&format!("r{i}"), &format!("192.0.{}.{}/32", i / 256, i % 256))).collect();
+        let acl = (0..1000)
+            .map(|i| {
+                drop_src(
+                    &format!("r{i}"),
+                    &format!("192.0.{}.{}/32", i / 256, i % 256),
+                )
+            })
+            .collect();
         let c = compile(&spec(acl), 14, 100).unwrap();
         assert_eq!(c.config.n_tuples, 1);
         assert_eq!(c.keys.len(), 1000);
         assert_eq!(c.rules.len(), 1000);
-        assert!(c.keys.iter().all(|(k, v)| k.ruleset == 14 && v.rule >= 100 && v.rule < 1100));
+        assert!(c
+            .keys
+            .iter()
+            .all(|(k, v)| k.ruleset == 14 && v.rule >= 100 && v.rule < 1100));
     }
 
     #[test]
@@ -553,7 +647,10 @@ mod tests {
             drop_src("c", "192.0.2.128/25"),
         ];
         let c = compile(&spec(acl), 0, 0).unwrap();
-        let prios: Vec<u32> = c.config.tuples[..3].iter().map(|t| t.min_priority).collect();
+        let prios: Vec<u32> = c.config.tuples[..3]
+            .iter()
+            .map(|t| t.min_priority)
+            .collect();
         assert_eq!(prios, vec![0, 1, 2]);
     }
 
@@ -579,7 +676,10 @@ mod tests {
     #[test]
     fn aligned_port_blocks_become_key_masks() {
         assert_eq!(port_block(&PortRange::single(53)), Some((53, 0xffff)));
-        assert_eq!(port_block(&PortRange::new(1024, 2047)), Some((1024, 0xfc00)));
+        assert_eq!(
+            port_block(&PortRange::new(1024, 2047)),
+            Some((1024, 0xfc00))
+        );
         assert_eq!(port_block(&PortRange::new(0, 65535)), Some((0, 0)));
         assert_eq!(port_block(&PortRange::new(1000, 2000)), None);
     }
@@ -589,7 +689,10 @@ mod tests {
         let acl = (0..9)
             .map(|i| AclEntry {
                 name: format!("t{i}"),
-                matches: AclMatch { ttl: Some(super::super::spec::ValueRange { min: i, max: i }), ..Default::default() },
+                matches: AclMatch {
+                    ttl: Some(super::super::spec::ValueRange { min: i, max: i }),
+                    ..Default::default()
+                },
                 action: AclAction::Drop,
             })
             .collect();
@@ -618,46 +721,78 @@ mod tests {
             },
             action: AclAction::Drop,
         };
-        assert!(matches!(compile(&spec(vec![mixed]), 0, 0), Err(SpecError::MixedFamilies(_))));
+        assert!(matches!(
+            compile(&spec(vec![mixed]), 0, 0),
+            Err(SpecError::MixedFamilies(_))
+        ));
         let dup = vec![drop_src("a", "192.0.2.1/32"), drop_src("a", "192.0.2.2/32")];
-        assert!(matches!(compile(&spec(dup), 0, 0), Err(SpecError::DuplicateAclName(_))));
+        assert!(matches!(
+            compile(&spec(dup), 0, 0),
+            Err(SpecError::DuplicateAclName(_))
+        ));
         let bad_bit = AclEntry {
             name: "f".into(),
             matches: AclMatch {
-                tcp_flags: Some(BitMatch { bits: vec!["syn".into(), "bogus".into()], operator: BitOperator::Match, not: false }),
+                tcp_flags: Some(BitMatch {
+                    bits: vec!["syn".into(), "bogus".into()],
+                    operator: BitOperator::Match,
+                    not: false,
+                }),
                 ..Default::default()
             },
             action: AclAction::Drop,
         };
-        assert!(compile(&spec(vec![bad_bit]), 0, 0).unwrap_err().to_string().contains("\"bogus\""));
+        assert!(compile(&spec(vec![bad_bit]), 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("\"bogus\""));
     }
 
     #[test]
     fn too_many_shapes_is_refused() {
-        let acl = (0..17).map(|i| drop_src(&format!("s{i}"), &format!("192.0.0.0/{}", i + 8))).collect();
-        assert!(matches!(compile(&spec(acl), 0, 0), Err(SpecError::TooManyTuples(17, 16))));
+        let acl = (0..17)
+            .map(|i| drop_src(&format!("s{i}"), &format!("192.0.0.0/{}", i + 8)))
+            .collect();
+        assert!(matches!(
+            compile(&spec(acl), 0, 0),
+            Err(SpecError::TooManyTuples(17, 16))
+        ));
     }
 
     #[test]
     fn source_lists_are_keyed_by_ruleset_with_length_masks() {
         let mut s = spec(vec![]);
         s.accept_list = vec!["192.0.2.0/24".parse().unwrap()];
-        s.drop_list = vec!["2001:db8:bad::/48".parse().unwrap(), "2001:db8::1/128".parse().unwrap()];
+        s.drop_list = vec![
+            "2001:db8:bad::/48".parse().unwrap(),
+            "2001:db8::1/128".parse().unwrap(),
+        ];
         let c = compile(&s, 77, 0).unwrap();
         assert_eq!(c.sources.len(), 3);
         assert_eq!(
             c.sources[0],
-            PrefixEntry::V4(PrefixV4 { tag: prefix_tag(77, list::ACCEPT_V4, 24), addr: u32::from_ne_bytes([192, 0, 2, 0]) })
+            PrefixEntry::V4(PrefixV4 {
+                tag: prefix_tag(77, list::ACCEPT_V4, 24),
+                addr: u32::from_ne_bytes([192, 0, 2, 0])
+            })
         );
-        assert_eq!(c.config.source_lengths[list::ACCEPT_V4 as usize], [1 << 23, 0]);
-        assert_eq!(c.config.source_lengths[list::DROP_V6 as usize], [1 << 47, 1 << 63]);
+        assert_eq!(
+            c.config.source_lengths[list::ACCEPT_V4 as usize],
+            [1 << 23, 0]
+        );
+        assert_eq!(
+            c.config.source_lengths[list::DROP_V6 as usize],
+            [1 << 47, 1 << 63]
+        );
         assert_eq!(c.config.source_lengths[list::DROP_V4 as usize], [0, 0]);
     }
 
     #[test]
     fn too_many_list_lengths_are_refused() {
         let mut s = spec(vec![]);
-        s.drop_list = (8..=25).map(|l| format!("10.0.0.0/{l}").parse().unwrap()).collect();
+        s.drop_list = (8..=25)
+            .map(|l| format!("10.0.0.0/{l}").parse().unwrap())
+            .collect();
         assert_eq!(
             compile(&s, 0, 0).unwrap_err().to_string(),
             "the IPv4 drop-list holds 18 distinct prefix lengths; at most 16 fit: aggregate or split prefixes to fewer lengths"

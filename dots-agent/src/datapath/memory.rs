@@ -39,15 +39,24 @@ impl Mitigator for MemoryMitigator {
                 continue;
             }
             if let Some(p) = spec.targets.iter().find(|t| other.targets.contains(t)) {
-                return Err(DatapathError::TargetInUse { prefix: *p, owner: *id });
+                return Err(DatapathError::TargetInUse {
+                    prefix: *p,
+                    owner: *id,
+                });
             }
         }
         let acl = spec
             .acl
             .iter()
-            .map(|e| AclCounter { name_hash: compile::name_hash(&e.name), ..Default::default() })
+            .map(|e| AclCounter {
+                name_hash: compile::name_hash(&e.name),
+                ..Default::default()
+            })
             .collect();
-        let counters = MitigationCounters { acl, ..Default::default() };
+        let counters = MitigationCounters {
+            acl,
+            ..Default::default()
+        };
         self.installed.insert(spec.id, (spec.clone(), counters));
         Ok(())
     }

@@ -39,8 +39,14 @@ pub enum DatapathError {
 }
 
 impl DatapathError {
-    pub(crate) fn bpf(context: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        DatapathError::Bpf { context: context.into(), source: Box::new(e) }
+    pub(crate) fn bpf(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DatapathError::Bpf {
+            context: context.into(),
+            source: Box::new(e),
+        }
     }
 }
 

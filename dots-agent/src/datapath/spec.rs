@@ -44,10 +44,16 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        PortRange { lower: port, upper: None }
+        PortRange {
+            lower: port,
+            upper: None,
+        }
     }
     pub fn new(lower: u16, upper: u16) -> Self {
-        PortRange { lower, upper: Some(upper) }
+        PortRange {
+            lower,
+            upper: Some(upper),
+        }
     }
     pub fn upper(&self) -> u16 {
         self.upper.unwrap_or(self.lower)

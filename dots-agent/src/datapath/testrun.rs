@@ -68,7 +68,11 @@ pub fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<Timing
     let wall = t0.elapsed();
     let return_value = u32::from_ne_bytes(attr[4..8].try_into().expect("4 bytes"));
     let kernel_ns = u32::from_ne_bytes(attr[36..40].try_into().expect("4 bytes"));
-    Ok(Timing { return_value, kernel_ns, wall_ns: wall.as_secs_f64() * 1e9 / repeat.max(1) as f64 })
+    Ok(Timing {
+        return_value,
+        kernel_ns,
+        wall_ns: wall.as_secs_f64() * 1e9 / repeat.max(1) as f64,
+    })
 }
 
 #[cfg(test)]

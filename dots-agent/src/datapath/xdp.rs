@@ -23,11 +23,12 @@ use aya::{
 };
 use ipnet::IpNet;
 use xdp_common::{
-    ipv6_top48, length_bit, map_names as names, split_tag, summary_index_v4, summary_index_v6, AclKey,
-    AclRule, AclValue, Bucket, Counter, InterfaceStats, LengthMask, MitigationConfig,
-    MitigationStats, PrefixV4, PrefixV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, IF_STATS_SLOTS,
-    LAYOUT_VERSION, MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SRC_PREFIXES,
-    MAX_TARGETS_PER_FAMILY, PROGRAM_NAME, SUMMARY_BITS, SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS,
+    ipv6_top48, length_bit, map_names as names, split_tag, summary_index_v4, summary_index_v6,
+    AclKey, AclRule, AclValue, Bucket, Counter, InterfaceStats, LengthMask, MitigationConfig,
+    MitigationStats, PrefixV4, PrefixV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS,
+    IF_STATS_SLOTS, LAYOUT_VERSION, MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS,
+    MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME, SUMMARY_BITS, SUMMARY_SLOTS,
+    SUMMARY_V6_PREFIX_BITS,
 };
 
 use super::{
@@ -43,8 +44,9 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dots-agent";
 /// UDP source ports of common reflection/amplification vectors: QOTD, chargen, DNS, TFTP,
 /// portmap, NTP, NetBIOS, SNMP, CLDAP, RIP, MS-SQL browser, SSDP, ARD, WS-Discovery, mDNS,
 /// memcached, DVR/IP-camera discovery.
-pub const DEFAULT_AMPLIFICATION_PORTS: &[u16] =
-    &[17, 19, 53, 69, 111, 123, 137, 161, 389, 520, 1434, 1900, 3283, 3702, 5353, 11211, 37810];
+pub const DEFAULT_AMPLIFICATION_PORTS: &[u16] = &[
+    17, 19, 53, 69, 111, 123, 137, 161, 389, 520, 1434, 1900, 3283, 3702, 5353, 11211, 37810,
+];
 
 /// How long after a flip the old generation stays intact: far longer than one XDP run.
 const GRACE: Duration = Duration::from_millis(2);
@@ -82,7 +84,10 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     pub fn new(pin_root: impl Into<PathBuf>) -> Self {
-        LoadOptions { pin_root: pin_root.into(), max_entries: Vec::new() }
+        LoadOptions {
+            pin_root: pin_root.into(),
+            max_entries: Vec::new(),
+        }
     }
 }
 
@@ -112,7 +117,8 @@ struct Maps {
 }
 
 fn typed<M: TryFrom<Map, Error = aya::maps::MapError>>(name: &str, map: Map) -> R<M> {
-    M::try_from(map).map_err(|e| DatapathError::bpf(format!("map {name} has an unexpected type"), e))
+    M::try_from(map)
+        .map_err(|e| DatapathError::bpf(format!("map {name} has an unexpected type"), e))
 }
 
 impl Maps {
@@ -205,7 +211,10 @@ impl Index {
     }
 
     fn live_acl_entries(&self) -> usize {
-        self.by_id.values().map(|i| i.config.rule_count as usize).sum()
+        self.by_id
+            .values()
+            .map(|i| i.config.rule_count as usize)
+            .sum()
     }
 
     fn alloc_slot(&mut self) -> R<u32> {
@@ -234,7 +243,9 @@ impl Index {
                 return Ok(base);
             }
         }
-        Err(DatapathError::Capacity(format!("no run of {n} free ACL rule slots (of {ACL_RULE_SLOTS})")))
+        Err(DatapathError::Capacity(format!(
+            "no run of {n} free ACL rule slots (of {ACL_RULE_SLOTS})"
+        )))
     }
 
     fn mark_rules(&mut self, base: u32, n: u32, used: bool) {
@@ -266,8 +277,9 @@ fn summary_slots(p: &IpNet) -> Vec<u32> {
             if spread >= SUMMARY_BITS + 2 {
                 return (0..SUMMARY_SLOTS).collect(); // covers (nearly) every slot anyway
             }
-            let mut set: HashSet<u32> =
-                (0..1u64 << spread).map(|k| summary_index_v6(top + k)).collect();
+            let mut set: HashSet<u32> = (0..1u64 << spread)
+                .map(|k| summary_index_v6(top + k))
+                .collect();
             let mut v: Vec<u32> = set.drain().collect();
             v.sort_unstable();
             v
@@ -309,15 +321,25 @@ impl XdpDatapath {
             .map_err(|e| DatapathError::bpf("loading the XDP object (are you root?)", e))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| DatapathError::Setup(format!("program {PROGRAM_NAME} missing from object")))?
+            .ok_or_else(|| {
+                DatapathError::Setup(format!("program {PROGRAM_NAME} missing from object"))
+            })?
             .try_into()
             .map_err(|e| DatapathError::bpf("program type", e))?;
-        program.load().map_err(|e| DatapathError::bpf("verifying the XDP program", e))?;
+        program
+            .load()
+            .map_err(|e| DatapathError::bpf("verifying the XDP program", e))?;
         let maps = Maps::from_source(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))
         })?;
-        let mut dp = XdpDatapath { pin_dir, maps, index: Index::new(), nr_cpus: cpus()?, ebpf: Some(ebpf) };
+        let mut dp = XdpDatapath {
+            pin_dir,
+            maps,
+            index: Index::new(),
+            nr_cpus: cpus()?,
+            ebpf: Some(ebpf),
+        };
         dp.adopt()?;
         Ok(dp)
     }
@@ -336,9 +358,16 @@ impl XdpDatapath {
         let maps = Maps::from_source(|name| {
             let data = MapData::from_pin(map_dir.join(name))
                 .map_err(|e| DatapathError::bpf(format!("opening pinned map {name}"), e))?;
-            Map::from_map_data(data).map_err(|e| DatapathError::bpf(format!("pinned map {name}"), e))
+            Map::from_map_data(data)
+                .map_err(|e| DatapathError::bpf(format!("pinned map {name}"), e))
         })?;
-        let mut dp = XdpDatapath { pin_dir, maps, index: Index::new(), nr_cpus: cpus()?, ebpf: None };
+        let mut dp = XdpDatapath {
+            pin_dir,
+            maps,
+            index: Index::new(),
+            nr_cpus: cpus()?,
+            ebpf: None,
+        };
         dp.adopt()?;
         Ok(dp)
     }
@@ -365,7 +394,10 @@ impl XdpDatapath {
             words[(p >> 6) as usize] |= 1u64 << (p & 63);
         }
         for (i, w) in words.into_iter().enumerate() {
-            self.maps.amp_ports.set(i as u32, w, 0).map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
+            self.maps
+                .amp_ports
+                .set(i as u32, w, 0)
+                .map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
         }
         Ok(())
     }
@@ -373,7 +405,11 @@ impl XdpDatapath {
     pub fn amplification_ports(&self) -> R<Vec<u16>> {
         let mut out = Vec::new();
         for i in 0..AMP_PORT_WORDS {
-            let w = self.maps.amp_ports.get(&i, 0).map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
+            let w = self
+                .maps
+                .amp_ports
+                .get(&i, 0)
+                .map_err(|e| DatapathError::bpf("AMP_PORTS", e))?;
             for b in 0..64 {
                 if w & (1u64 << b) != 0 {
                     out.push((i * 64 + b) as u16);
@@ -387,12 +423,16 @@ impl XdpDatapath {
     /// If our link is already pinned for it, the program is swapped in atomically instead.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> R<AttachOutcome> {
         if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('/') {
-            return Err(DatapathError::Setup(format!("{iface:?} is not a valid interface name")));
+            return Err(DatapathError::Setup(format!(
+                "{iface:?} is not a valid interface name"
+            )));
         }
         let ifindex = if_index(iface)?;
         if self.ebpf.is_none() {
             // Opened from pins: load the program now, re-using the pinned maps.
-            let fresh = XdpDatapath::load(&LoadOptions::new(self.pin_dir.parent().unwrap_or(Path::new("/"))))?;
+            let fresh = XdpDatapath::load(&LoadOptions::new(
+                self.pin_dir.parent().unwrap_or(Path::new("/")),
+            ))?;
             self.ebpf = fresh.ebpf;
         }
         let links = self.pin_dir.join("links");
@@ -407,45 +447,75 @@ impl XdpDatapath {
             .map_err(|e| DatapathError::bpf("program type", e))?;
 
         if link_path.exists() {
-            let pinned = PinnedLink::from_pin(&link_path)
-                .map_err(|e| DatapathError::bpf(format!("opening pinned link {}", link_path.display()), e))?;
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|e| {
+                DatapathError::bpf(format!("opening pinned link {}", link_path.display()), e)
+            })?;
             let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
                 .map_err(|e| DatapathError::bpf("pinned link is not an XDP link", e))?;
             let id = program
                 .attach_to_link(link)
                 .map_err(|e| DatapathError::bpf(format!("replacing the program on {iface}"), e))?;
             drop(program.take_link(id)); // the pin keeps the link alive
-            return Ok(AttachOutcome { interface: iface.into(), mode: "existing", fallback: None, replaced: true });
+            return Ok(AttachOutcome {
+                interface: iface.into(),
+                mode: "existing",
+                fallback: None,
+                replaced: true,
+            });
         }
 
         let try_mode = |program: &mut Xdp, m: XdpMode| program.attach_to_if_index(ifindex, m);
         let (id, used, fallback) = match mode {
-            AttachMode::Native => (try_mode(program, XdpMode::Driver).map_err(|e| attach_error(iface, "native", e))?, "native", None),
-            AttachMode::Skb => (try_mode(program, XdpMode::Skb).map_err(|e| attach_error(iface, "skb", e))?, "skb", None),
+            AttachMode::Native => (
+                try_mode(program, XdpMode::Driver).map_err(|e| attach_error(iface, "native", e))?,
+                "native",
+                None,
+            ),
+            AttachMode::Skb => (
+                try_mode(program, XdpMode::Skb).map_err(|e| attach_error(iface, "skb", e))?,
+                "skb",
+                None,
+            ),
             AttachMode::Auto => match try_mode(program, XdpMode::Driver) {
                 Ok(id) => (id, "native", None),
                 Err(native_err) => {
-                    let why = format!("native mode failed ({native_err}); using generic (skb) mode");
-                    let id = try_mode(program, XdpMode::Skb).map_err(|e| attach_error(iface, "skb", e))?;
+                    let why =
+                        format!("native mode failed ({native_err}); using generic (skb) mode");
+                    let id = try_mode(program, XdpMode::Skb)
+                        .map_err(|e| attach_error(iface, "skb", e))?;
                     (id, "skb", Some(why))
                 }
             },
         };
-        let link = program.take_link(id).map_err(|e| DatapathError::bpf("taking the link", e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| DatapathError::bpf("taking the link", e))?;
         let fd_link = FdLink::try_from(link).map_err(|e| {
-            DatapathError::bpf("the kernel attached without a bpf_link, which cannot be pinned", e)
+            DatapathError::bpf(
+                "the kernel attached without a bpf_link, which cannot be pinned",
+                e,
+            )
         })?;
-        fd_link
-            .pin(&link_path)
-            .map_err(|e| DatapathError::bpf(format!("pinning the link at {}", link_path.display()), e))?;
-        Ok(AttachOutcome { interface: iface.into(), mode: used, fallback, replaced: false })
+        fd_link.pin(&link_path).map_err(|e| {
+            DatapathError::bpf(format!("pinning the link at {}", link_path.display()), e)
+        })?;
+        Ok(AttachOutcome {
+            interface: iface.into(),
+            mode: used,
+            fallback,
+            replaced: false,
+        })
     }
 
     /// Interfaces with a pinned link of ours.
     pub fn attached(pin_root: &Path) -> Vec<String> {
         let dir = pin_root.join(format!("v{LAYOUT_VERSION}")).join("links");
         let mut v: Vec<String> = fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -453,13 +523,18 @@ impl XdpDatapath {
 
     /// Detaches from one interface (unpins its link). Returns false if it was not attached.
     pub fn detach(pin_root: &Path, iface: &str) -> R<bool> {
-        let path = pin_root.join(format!("v{LAYOUT_VERSION}")).join("links").join(iface);
+        let path = pin_root
+            .join(format!("v{LAYOUT_VERSION}"))
+            .join("links")
+            .join(iface);
         if !path.exists() {
             return Ok(false);
         }
         let link = PinnedLink::from_pin(&path)
             .map_err(|e| DatapathError::bpf(format!("opening {}", path.display()), e))?;
-        let fd = link.unpin().map_err(|e| DatapathError::bpf(format!("unpinning {}", path.display()), e))?;
+        let fd = link
+            .unpin()
+            .map_err(|e| DatapathError::bpf(format!("unpinning {}", path.display()), e))?;
         drop(fd); // last reference: the kernel detaches the program
         Ok(true)
     }
@@ -475,7 +550,8 @@ impl XdpDatapath {
         }
         let dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| DatapathError::Setup(format!("removing {}: {e}", dir.display())))?;
+            fs::remove_dir_all(&dir)
+                .map_err(|e| DatapathError::Setup(format!("removing {}: {e}", dir.display())))?;
         }
         let _ = fs::remove_dir(pin_root);
         Ok(())
@@ -498,9 +574,15 @@ impl XdpDatapath {
         // leave a slot's targets split between two).
         let mut configs: StdHashMap<u32, MitigationConfig> = StdHashMap::new();
         for (_, v) in &targets {
-            let c = self.maps.mitigations.get(&v.ruleset, 0).map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
+            let c = self
+                .maps
+                .mitigations
+                .get(&v.ruleset, 0)
+                .map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
             let slot = v.ruleset >> 1;
-            let newer = configs.get(&slot).is_none_or(|o| c.generation > o.generation);
+            let newer = configs
+                .get(&slot)
+                .is_none_or(|o| c.generation > o.generation);
             if newer {
                 configs.insert(slot, c);
             }
@@ -510,40 +592,74 @@ impl XdpDatapath {
             index.mark_rules(config.rule_base, config.rule_count, true);
             let mut rule_names = Vec::with_capacity(config.rule_count as usize);
             for i in 0..config.rule_count {
-                let r = self.maps.acl_rules.get(&(config.rule_base + i), 0).map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
+                let r = self
+                    .maps
+                    .acl_rules
+                    .get(&(config.rule_base + i), 0)
+                    .map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
                 rule_names.push(r.name_hash);
             }
             index.by_id.insert(
                 config.id,
-                Installed { config: *config, targets: Vec::new(), acl_keys: Vec::new(), sources: Vec::new(), rule_names },
+                Installed {
+                    config: *config,
+                    targets: Vec::new(),
+                    acl_keys: Vec::new(),
+                    sources: Vec::new(),
+                    rule_names,
+                },
             );
         }
         let live: HashSet<u32> = configs.values().map(|c| c.ruleset).collect();
         for (key, v) in targets {
-            let Some(net) = key_prefix(&key) else { continue };
+            let Some(net) = key_prefix(&key) else {
+                continue;
+            };
             let config = &configs[&(v.ruleset >> 1)];
             if v.ruleset != config.ruleset {
                 // Finish the interrupted flip.
-                let value = TargetValue { ruleset: config.ruleset };
-                self.maps.insert_target(key, value).map_err(|e| DatapathError::bpf("targets", e))?;
+                let value = TargetValue {
+                    ruleset: config.ruleset,
+                };
+                self.maps
+                    .insert_target(key, value)
+                    .map_err(|e| DatapathError::bpf("targets", e))?;
             }
             count_target(&mut index, &net, 1);
             index.target_owner.insert(net, config.id);
-            index.by_id.get_mut(&config.id).expect("from configs").targets.push(net);
+            index
+                .by_id
+                .get_mut(&config.id)
+                .expect("from configs")
+                .targets
+                .push(net);
         }
         // Summaries must hold at least what the targets need (repairs a torn update). A bit
         // left over by a crash costs unmitigated traffic to that slot one wasted probe and
         // never changes a verdict; scanning 2 x 1M slots on every start would cost seconds.
         for fam in 0..2 {
-            let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+            let arr = if fam == 0 {
+                &mut self.maps.sum_v4
+            } else {
+                &mut self.maps.sum_v6
+            };
             for (s, m) in &index.summary_masks[fam] {
-                arr.set(*s, *m, 0).map_err(|e| DatapathError::bpf("summary", e))?;
+                arr.set(*s, *m, 0)
+                    .map_err(|e| DatapathError::bpf("summary", e))?;
             }
         }
         let slot_id: StdHashMap<u32, u64> = configs.values().map(|c| (c.ruleset, c.id)).collect();
-        let keys: Vec<AclKey> = self.maps.acl_keys.keys().collect::<Result<_, _>>().map_err(|e| DatapathError::bpf("reading ACL_KEYS", e))?;
+        let keys: Vec<AclKey> = self
+            .maps
+            .acl_keys
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| DatapathError::bpf("reading ACL_KEYS", e))?;
         for k in keys {
-            match slot_id.get(&k.ruleset).filter(|_| live.contains(&k.ruleset)) {
+            match slot_id
+                .get(&k.ruleset)
+                .filter(|_| live.contains(&k.ruleset))
+            {
                 Some(id) => index.by_id.get_mut(id).expect("live").acl_keys.push(k),
                 None => {
                     let _ = self.maps.acl_keys.remove(&k);
@@ -552,10 +668,14 @@ impl XdpDatapath {
         }
         let mut sources: Vec<PrefixEntry> = Vec::new();
         for k in self.maps.sources_v4.keys() {
-            sources.push(PrefixEntry::V4(k.map_err(|e| DatapathError::bpf("reading SOURCES_V4", e))?));
+            sources.push(PrefixEntry::V4(
+                k.map_err(|e| DatapathError::bpf("reading SOURCES_V4", e))?,
+            ));
         }
         for k in self.maps.sources_v6.keys() {
-            sources.push(PrefixEntry::V6(k.map_err(|e| DatapathError::bpf("reading SOURCES_V6", e))?));
+            sources.push(PrefixEntry::V6(
+                k.map_err(|e| DatapathError::bpf("reading SOURCES_V6", e))?,
+            ));
         }
         for k in sources {
             let ruleset = match k {
@@ -574,13 +694,27 @@ impl XdpDatapath {
         Ok(())
     }
 
-    fn zero_percpu<T: Pod + Default>(nr: usize, map: &mut PerCpuArray<MapData, T>, idx: u32, what: &str) -> R<()> {
-        let v = PerCpuValues::try_from(vec![T::default(); nr]).map_err(|e| DatapathError::bpf(what.to_string(), e))?;
-        map.set(idx, v, 0).map_err(|e| DatapathError::bpf(what.to_string(), e))
+    fn zero_percpu<T: Pod + Default>(
+        nr: usize,
+        map: &mut PerCpuArray<MapData, T>,
+        idx: u32,
+        what: &str,
+    ) -> R<()> {
+        let v = PerCpuValues::try_from(vec![T::default(); nr])
+            .map_err(|e| DatapathError::bpf(what.to_string(), e))?;
+        map.set(idx, v, 0)
+            .map_err(|e| DatapathError::bpf(what.to_string(), e))
     }
 
-    fn sum_percpu<T: Pod>(map: &PerCpuArray<MapData, T>, idx: u32, what: &str, mut add: impl FnMut(&T)) -> R<()> {
-        let values = map.get(&idx, 0).map_err(|e| DatapathError::bpf(what.to_string(), e))?;
+    fn sum_percpu<T: Pod>(
+        map: &PerCpuArray<MapData, T>,
+        idx: u32,
+        what: &str,
+        mut add: impl FnMut(&T),
+    ) -> R<()> {
+        let values = map
+            .get(&idx, 0)
+            .map_err(|e| DatapathError::bpf(what.to_string(), e))?;
         values.iter().for_each(&mut add);
         Ok(())
     }
@@ -604,10 +738,18 @@ impl XdpDatapath {
     }
 
     fn write_summaries(&mut self, fam: usize, slots: &[u32]) -> R<()> {
-        let arr = if fam == 0 { &mut self.maps.sum_v4 } else { &mut self.maps.sum_v6 };
+        let arr = if fam == 0 {
+            &mut self.maps.sum_v4
+        } else {
+            &mut self.maps.sum_v6
+        };
         for s in slots {
-            let m = self.index.summary_masks[fam].get(s).copied().unwrap_or([0; 2]);
-            arr.set(*s, m, 0).map_err(|e| DatapathError::bpf("summary", e))?;
+            let m = self.index.summary_masks[fam]
+                .get(s)
+                .copied()
+                .unwrap_or([0; 2]);
+            arr.set(*s, m, 0)
+                .map_err(|e| DatapathError::bpf("summary", e))?;
         }
         Ok(())
     }
@@ -618,16 +760,30 @@ impl XdpDatapath {
         let base = c.config.rule_base;
         for (i, rule) in c.rules.iter().enumerate() {
             let idx = base + i as u32;
-            self.maps.acl_rules.set(idx, rule, 0).map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
-            self.maps.acl_base.set(idx, Counter::default(), 0).map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
-            self.maps.acl_buckets.set(idx, Bucket::default(), 0).map_err(|e| DatapathError::bpf("ACL_BUCKETS", e))?;
+            self.maps
+                .acl_rules
+                .set(idx, rule, 0)
+                .map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
+            self.maps
+                .acl_base
+                .set(idx, Counter::default(), 0)
+                .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+            self.maps
+                .acl_buckets
+                .set(idx, Bucket::default(), 0)
+                .map_err(|e| DatapathError::bpf("ACL_BUCKETS", e))?;
             Self::zero_percpu(self.nr_cpus, &mut self.maps.acl_stats, idx, "ACL_STATS")?;
         }
         for (k, v) in &c.keys {
-            self.maps.acl_keys.insert(k, v, 0).map_err(|e| DatapathError::bpf("ACL_KEYS", e))?;
+            self.maps
+                .acl_keys
+                .insert(k, v, 0)
+                .map_err(|e| DatapathError::bpf("ACL_KEYS", e))?;
         }
         for k in &c.sources {
-            self.maps.insert_source(k).map_err(|e| DatapathError::bpf("source lists", e))?;
+            self.maps
+                .insert_source(k)
+                .map_err(|e| DatapathError::bpf("source lists", e))?;
         }
         self.maps
             .mitigations
@@ -646,7 +802,11 @@ impl XdpDatapath {
     }
 
     fn acl_total(&self, idx: u32) -> R<Counter> {
-        let mut total = self.maps.acl_base.get(&idx, 0).map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+        let mut total = self
+            .maps
+            .acl_base
+            .get(&idx, 0)
+            .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
         Self::sum_percpu(&self.maps.acl_stats, idx, "ACL_STATS", |c| total.add(c))?;
         Ok(total)
     }
@@ -673,11 +833,31 @@ impl XdpDatapath {
     /// Map occupancy: (what, used, capacity).
     pub fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
         vec![
-            ("mitigations", self.index.by_id.len(), MAX_MITIGATIONS as usize),
-            ("targets_v4", self.index.targets_per_family[0], MAX_TARGETS_PER_FAMILY as usize),
-            ("targets_v6", self.index.targets_per_family[1], MAX_TARGETS_PER_FAMILY as usize),
-            ("acl_entries", self.index.live_acl_entries(), MAX_ACL_ENTRIES as usize),
-            ("source_prefixes", self.index.sources_live, MAX_SRC_PREFIXES as usize),
+            (
+                "mitigations",
+                self.index.by_id.len(),
+                MAX_MITIGATIONS as usize,
+            ),
+            (
+                "targets_v4",
+                self.index.targets_per_family[0],
+                MAX_TARGETS_PER_FAMILY as usize,
+            ),
+            (
+                "targets_v6",
+                self.index.targets_per_family[1],
+                MAX_TARGETS_PER_FAMILY as usize,
+            ),
+            (
+                "acl_entries",
+                self.index.live_acl_entries(),
+                MAX_ACL_ENTRIES as usize,
+            ),
+            (
+                "source_prefixes",
+                self.index.sources_live,
+                MAX_SRC_PREFIXES as usize,
+            ),
         ]
     }
 
@@ -696,7 +876,9 @@ impl XdpDatapath {
             }
         }
         for fam in 0..2 {
-            if self.index.targets_per_family[fam] + new_targets[fam] > MAX_TARGETS_PER_FAMILY as usize {
+            if self.index.targets_per_family[fam] + new_targets[fam]
+                > MAX_TARGETS_PER_FAMILY as usize
+            {
                 return Err(DatapathError::Capacity(format!(
                     "more than {MAX_TARGETS_PER_FAMILY} IPv{} target prefixes",
                     if fam == 0 { 4 } else { 6 }
@@ -705,11 +887,20 @@ impl XdpDatapath {
         }
         // The kernel probes at most MAX_PREFIX_LENGTHS target lengths per summary slot.
         let mut added: StdHashMap<(usize, u32), LengthMask> = StdHashMap::new();
-        for t in spec.targets.iter().filter(|t| !old.is_some_and(|o| o.targets.contains(t))) {
+        for t in spec
+            .targets
+            .iter()
+            .filter(|t| !old.is_some_and(|o| o.targets.contains(t)))
+        {
             let fam = family_index(t);
             let (word, bit) = length_bit(t.prefix_len());
             for s in summary_slots(t) {
-                let m = added.entry((fam, s)).or_insert_with(|| self.index.summary_masks[fam].get(&s).copied().unwrap_or([0; 2]));
+                let m = added.entry((fam, s)).or_insert_with(|| {
+                    self.index.summary_masks[fam]
+                        .get(&s)
+                        .copied()
+                        .unwrap_or([0; 2])
+                });
                 m[word] |= bit;
                 let n = m[0].count_ones() + m[1].count_ones();
                 if n > MAX_PREFIX_LENGTHS {
@@ -723,7 +914,8 @@ impl XdpDatapath {
         }
         // The map has room for two generations; the limit is on the steady state.
         let old_sources = old.map_or(0, |o| o.sources.len());
-        let sources = self.index.sources_live - old_sources + spec.accept_list.len() + spec.drop_list.len();
+        let sources =
+            self.index.sources_live - old_sources + spec.accept_list.len() + spec.drop_list.len();
         if sources > MAX_SRC_PREFIXES as usize {
             return Err(DatapathError::Capacity(format!(
                 "{sources} accept/drop-list prefixes would be live; the datapath holds {MAX_SRC_PREFIXES}"
@@ -739,15 +931,24 @@ impl Mitigator for XdpDatapath {
         for t in &spec.targets {
             if let Some(owner) = self.index.target_owner.get(t) {
                 if *owner != spec.id {
-                    return Err(DatapathError::TargetInUse { prefix: *t, owner: *owner });
+                    return Err(DatapathError::TargetInUse {
+                        prefix: *t,
+                        owner: *owner,
+                    });
                 }
             }
         }
         let old = self.index.by_id.remove(&spec.id);
-        let prepared = self.check_capacity(spec, old.as_ref()).and_then(|()| match &old {
-            Some(o) => Ok((o.config.slot(), (o.config.ruleset & 1) ^ 1, o.config.generation.wrapping_add(1))),
-            None => self.index.alloc_slot().map(|s| (s, 0, 0)),
-        });
+        let prepared = self
+            .check_capacity(spec, old.as_ref())
+            .and_then(|()| match &old {
+                Some(o) => Ok((
+                    o.config.slot(),
+                    (o.config.ruleset & 1) ^ 1,
+                    o.config.generation.wrapping_add(1),
+                )),
+                None => self.index.alloc_slot().map(|s| (s, 0, 0)),
+            });
         let (slot, parity, generation) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -793,15 +994,21 @@ impl Mitigator for XdpDatapath {
         let counters = self.counters(id)?;
         let inst = self.index.by_id.remove(&id).expect("checked above");
         self.delete_generation(&inst.acl_keys, &inst.sources);
-        let _ = self.maps.mitigations.set(inst.config.ruleset, MitigationConfig::default(), 0);
+        let _ = self
+            .maps
+            .mitigations
+            .set(inst.config.ruleset, MitigationConfig::default(), 0);
         self.index.sources_live -= inst.sources.len();
-        self.index.mark_rules(inst.config.rule_base, inst.config.rule_count, false);
+        self.index
+            .mark_rules(inst.config.rule_base, inst.config.rule_count, false);
         self.index.slot_used[inst.config.slot() as usize] = false;
         Ok(counters)
     }
 
     fn counters(&self, id: u64) -> R<Option<MitigationCounters>> {
-        let Some(inst) = self.index.by_id.get(&id) else { return Ok(None) };
+        let Some(inst) = self.index.by_id.get(&id) else {
+            return Ok(None);
+        };
         let mut out = MitigationCounters::default();
         Self::sum_percpu(&self.maps.mit_stats, inst.config.slot(), "MIT_STATS", |s| {
             out.in_scope.add(&s.in_scope);
@@ -813,7 +1020,10 @@ impl Mitigator for XdpDatapath {
         })?;
         for (i, name_hash) in inst.rule_names.iter().enumerate() {
             let matched = self.acl_total(inst.config.rule_base + i as u32)?;
-            out.acl.push(AclCounter { name_hash: *name_hash, matched });
+            out.acl.push(AclCounter {
+                name_hash: *name_hash,
+                matched,
+            });
         }
         Ok(Some(out))
     }
@@ -849,11 +1059,18 @@ impl XdpDatapath {
         compiled.config.generation = generation;
         let sources = std::mem::take(&mut compiled.sources);
         let acl_keys: Vec<AclKey> = compiled.keys.iter().map(|(k, _)| *k).collect();
-        let mut written = self.write_generation(&Compiled { sources: sources.clone(), ..compiled });
+        let mut written = self.write_generation(&Compiled {
+            sources: sources.clone(),
+            ..compiled
+        });
         if written.is_ok() && old.is_none() {
-            written = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS").and_then(|()| {
-                self.maps.scope_buckets.set(slot, Bucket::default(), 0).map_err(|e| DatapathError::bpf("SCOPE_BUCKETS", e))
-            });
+            written = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS")
+                .and_then(|()| {
+                    self.maps
+                        .scope_buckets
+                        .set(slot, Bucket::default(), 0)
+                        .map_err(|e| DatapathError::bpf("SCOPE_BUCKETS", e))
+                });
         }
         if let Err(e) = written {
             self.delete_generation(&acl_keys, &sources);
@@ -861,7 +1078,11 @@ impl XdpDatapath {
             return Err(e);
         }
         // The switch: each target now leads to the new generation.
-        let config = self.maps.mitigations.get(&ruleset, 0).map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
+        let config = self
+            .maps
+            .mitigations
+            .get(&ruleset, 0)
+            .map_err(|e| DatapathError::bpf("MITIGATIONS", e))?;
         for t in &spec.targets {
             let is_new = !old.is_some_and(|o| o.targets.contains(t));
             self.point_target(t, ruleset, is_new)?;
@@ -872,7 +1093,11 @@ impl XdpDatapath {
             targets: spec.targets.clone(),
             acl_keys,
             sources,
-            rule_names: spec.acl.iter().map(|e| compile::name_hash(&e.name)).collect(),
+            rule_names: spec
+                .acl
+                .iter()
+                .map(|e| compile::name_hash(&e.name))
+                .collect(),
         })
     }
 
@@ -898,9 +1123,13 @@ impl XdpDatapath {
             }
         }
         self.delete_generation(&old.acl_keys, &old.sources);
-        let _ = self.maps.mitigations.set(old.config.ruleset, MitigationConfig::default(), 0);
+        let _ = self
+            .maps
+            .mitigations
+            .set(old.config.ruleset, MitigationConfig::default(), 0);
         self.index.sources_live -= old.sources.len();
-        self.index.mark_rules(old.config.rule_base, old.config.rule_count, false);
+        self.index
+            .mark_rules(old.config.rule_base, old.config.rule_count, false);
         Ok(())
     }
 }
@@ -945,20 +1174,25 @@ fn key_prefix(k: &PrefixEntry) -> Option<IpNet> {
     match k {
         PrefixEntry::V4(p) => {
             let len = split_tag(p.tag).2;
-            ipnet::Ipv4Net::new(p.addr.to_ne_bytes().into(), len).ok().map(IpNet::V4)
+            ipnet::Ipv4Net::new(p.addr.to_ne_bytes().into(), len)
+                .ok()
+                .map(IpNet::V4)
         }
         PrefixEntry::V6(p) => {
             let mut o = [0u8; 16];
             for (i, w) in p.addr.iter().enumerate() {
                 o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
             }
-            ipnet::Ipv6Net::new(o.into(), split_tag(p.tag).2).ok().map(IpNet::V6)
+            ipnet::Ipv6Net::new(o.into(), split_tag(p.tag).2)
+                .ok()
+                .map(IpNet::V6)
         }
     }
 }
 
 fn cpus() -> R<usize> {
-    aya::util::nr_cpus().map_err(|(what, e)| DatapathError::bpf(format!("counting CPUs ({what})"), e))
+    aya::util::nr_cpus()
+        .map_err(|(what, e)| DatapathError::bpf(format!("counting CPUs ({what})"), e))
 }
 
 /// The ifindex of an interface in this network namespace, if it exists.
@@ -972,7 +1206,9 @@ fn if_index(iface: &str) -> R<u32> {
     // SAFETY: c is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(DatapathError::Setup(format!("no interface named {iface:?} (see `ip link`)")));
+        return Err(DatapathError::Setup(format!(
+            "no interface named {iface:?} (see `ip link`)"
+        )));
     }
     Ok(idx)
 }
@@ -984,7 +1220,10 @@ fn attach_error(iface: &str, mode: &str, e: aya::programs::ProgramError) -> Data
     } else {
         String::new()
     };
-    DatapathError::Bpf { context: format!("attaching to {iface} in {mode} mode{hint}"), source: Box::new(e) }
+    DatapathError::Bpf {
+        context: format!("attaching to {iface} in {mode} mode{hint}"),
+        source: Box::new(e),
+    }
 }
 
 /// Makes sure `pin_root` is on a bpffs (mounting /sys/fs/bpf if that is where it points and
@@ -1010,7 +1249,8 @@ fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
         tracing::info!("mounted bpffs at /sys/fs/bpf (it was not mounted)");
     }
     let dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
-    fs::create_dir_all(&dir).map_err(|e| DatapathError::Setup(format!("creating {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| DatapathError::Setup(format!("creating {}: {e}", dir.display())))?;
     if !is_bpffs(&dir) {
         return Err(DatapathError::Setup(format!(
             "{} is not on a bpffs: pins need one (mount -t bpf bpf DIR)",
@@ -1022,9 +1262,10 @@ fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
 
 fn is_bpffs(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-pointer.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
-

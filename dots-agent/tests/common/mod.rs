@@ -19,7 +19,10 @@ pub struct PinRoot(pub PathBuf);
 impl PinRoot {
     pub fn new(tag: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        PinRoot(PathBuf::from(format!("/sys/fs/bpf/dots-test-{tag}-{}-{n}", std::process::id())))
+        PinRoot(PathBuf::from(format!(
+            "/sys/fs/bpf/dots-test-{tag}-{}-{n}",
+            std::process::id()
+        )))
     }
     pub fn options(&self) -> LoadOptions {
         let mut o = LoadOptions::new(&self.0);
@@ -43,19 +46,27 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Lab {
         let root = PinRoot::new("pkt");
-        let dp = XdpDatapath::load(&root.options()).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
+        let dp = XdpDatapath::load(&root.options())
+            .unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
         Lab { dp, root }
     }
 
     /// Runs one frame through the program; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> u32 {
         let prog = self.dp.program().expect("loaded");
-        prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
     }
 
     pub fn counters(&self, id: u64) -> MitigationCounters {
-        self.dp.counters(id).expect("reading counters").expect("installed")
+        self.dp
+            .counters(id)
+            .expect("reading counters")
+            .expect("installed")
     }
 }

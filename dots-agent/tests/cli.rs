@@ -1,0 +1,153 @@
+//! The command line as a user meets it: clear errors for bad input, and a full
+//! attach / add / status / remove / detach cycle on an interface of a namespace it creates.
+
+use std::process::{Command, Output};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+        .args(args)
+        .output()
+        .expect("running dots-agent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_bad_mitigation_file_is_refused_with_the_reason() {
+    let (_d, path) = temp_file("m.toml", "id = 1\ntargets = [\"198.51.100.7/24\"]\n");
+    let o = agent(&["xdp", "mitigation", "check", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("has host bits set: use 198.51.100.0/24"),
+        "{}",
+        stderr(&o)
+    );
+
+    let (_d, path) = temp_file(
+        "m.toml",
+        "id = 1\ntargets = [\"198.51.100.0/24\"]\nbogus = 3\n",
+    );
+    let o = agent(&["xdp", "mitigation", "check", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bogus"), "{}", stderr(&o));
+
+    let o = agent(&["xdp", "mitigation", "check", "/nonexistent/m.toml"]);
+    assert!(
+        stderr(&o).contains("reading /nonexistent/m.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/lab-mitigation.toml"
+    );
+    let o = agent(&["xdp", "mitigation", "check", path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn commands_without_a_datapath_say_what_to_do() {
+    let o = agent(&[
+        "xdp",
+        "status",
+        "--pin-root",
+        "/sys/fs/bpf/dots-cli-none",
+        "--interval",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("dots-agent xdp attach"),
+        "{}",
+        stderr(&o)
+    );
+    let o = agent(&[
+        "traffic",
+        "send",
+        "--interface",
+        "no-such-if0",
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        "2001:db8::1",
+    ]);
+    assert!(
+        stderr(&o).contains("different address families"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attach_add_status_remove_detach_on_a_namespace_interface() {
+    let ns = format!("dots-cli-{}", std::process::id());
+    let pins = format!("/sys/fs/bpf/dots-cli-{}", std::process::id());
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap().to_string();
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(ns.clone(), pins.clone());
+    let run = |args: &[&str]| Command::new("ip").args(args).output().expect("ip");
+    assert!(run(&["netns", "add", &ns]).status.success());
+    assert!(
+        run(&["-n", &ns, "link", "add", "cli0", "type", "veth", "peer", "name", "cli1"])
+            .status
+            .success()
+    );
+    assert!(run(&["-n", &ns, "link", "set", "cli0", "up"])
+        .status
+        .success());
+    let in_ns = |args: &[&str]| -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(env!("CARGO_BIN_EXE_dots-agent"))
+            .args(args)
+            .args(["--pin-root", &pins, "--state-dir", &state])
+            .output()
+            .expect("nsenter")
+    };
+    let o = in_ns(&["xdp", "attach", "--interface", "cli0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cli0: attached in"));
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/lab-mitigation.toml"
+    );
+    let o = in_ns(&["xdp", "mitigation", "add", file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = in_ns(&["xdp", "status", "--interval", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    assert_eq!(v["interfaces"][0]["name"], "cli0");
+    assert_eq!(v["mitigations"][0]["id"], 1);
+    assert_eq!(v["mitigations"][0]["acl"][0]["name"], "udp-9999-flood");
+    let o = in_ns(&["xdp", "mitigation", "remove", "7"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no mitigation 7"),
+        "{}",
+        stderr(&o)
+    );
+    let o = in_ns(&["xdp", "mitigation", "remove", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = in_ns(&["xdp", "detach", "--all", "--purge"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!std::path::Path::new(&pins).exists());
+}
