@@ -85,15 +85,6 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
         .expect("attach thread");
 
     let spec = MitigationSpec {
-        id: 7,
-        targets: vec![
-            "198.51.100.0/24".parse().unwrap(),
-            "2001:db8:6401::/48".parse().unwrap(),
-        ],
-        protocols: vec![],
-        ports: vec![],
-        accept_list: vec![],
-        drop_list: vec![],
         acl: vec![AclEntry {
             name: "bad-net".into(),
             matches: AclMatch {
@@ -106,6 +97,13 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
             amplification: true,
             ..Default::default()
         },
+        ..MitigationSpec::new(
+            7,
+            vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "2001:db8:6401::/48".parse().unwrap(),
+            ],
+        )
     };
     dp.install(&spec).expect("install");
 

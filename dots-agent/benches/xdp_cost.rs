@@ -107,16 +107,7 @@ fn datapath(tag: &str) -> (XdpDatapath, std::path::PathBuf) {
 }
 
 fn mitigation(id: u64, targets: &[&str]) -> MitigationSpec {
-    MitigationSpec {
-        id,
-        targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
-        protocols: vec![],
-        ports: vec![],
-        accept_list: vec![],
-        drop_list: vec![],
-        acl: vec![],
-        countermeasures: Countermeasures::default(),
-    }
+    MitigationSpec::new(id, targets.iter().map(|t| t.parse().unwrap()).collect())
 }
 
 /// `n` "drop source /32" entries (one shape); the last matches 10.x.y.z for index n-1.

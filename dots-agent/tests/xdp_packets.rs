@@ -19,19 +19,13 @@ const T6: &str = "2001:db8:6401::7";
 const LO: u32 = 1;
 
 fn spec(id: u64) -> MitigationSpec {
-    MitigationSpec {
+    MitigationSpec::new(
         id,
-        targets: vec![
+        vec![
             "198.51.100.0/24".parse().unwrap(),
             "2001:db8:6401::/48".parse().unwrap(),
         ],
-        protocols: vec![],
-        ports: vec![],
-        accept_list: vec![],
-        drop_list: vec![],
-        acl: vec![],
-        countermeasures: Countermeasures::default(),
-    }
+    )
 }
 
 fn entry(name: &str, matches: AclMatch, action: AclAction) -> AclEntry {

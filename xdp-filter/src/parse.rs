@@ -250,51 +250,35 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
     let mut off = off + 40;
     let mut done = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let Ok(e) = at(ctx, off, 2) else {
-                    p.malformed = true;
-                    done = true;
-                    break;
-                };
-                next = u8_at(e, 0);
-                off += (u8_at(e, 1) as usize + 1) * 8;
-            }
-            IPV6_AH => {
-                let Ok(e) = at(ctx, off, 2) else {
-                    p.malformed = true;
-                    done = true;
-                    break;
-                };
-                next = u8_at(e, 0);
-                off += (u8_at(e, 1) as usize + 2) * 4;
-            }
+        if !matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT) {
+            done = true;
+            break;
+        }
+        // Every extension header is at least 8 bytes; its first 4 hold all we read.
+        let Ok(e) = at(ctx, off, 4) else {
+            p.malformed = true;
+            done = true;
+            break;
+        };
+        let header_len = match next {
+            IPV6_AH => (u8_at(e, 1) as usize + 2) * 4,
             IPV6_FRAGMENT => {
-                let Ok(e) = at(ctx, off, 4) else {
-                    p.malformed = true;
-                    done = true;
-                    break;
-                };
-                next = u8_at(e, 0);
-                off += 8;
                 let field = be16_at(e, 2);
-                let frag_offset = field >> 3;
-                let more_fragments = field & 1 != 0;
                 p.frag |= frag_bits::ISF;
-                if frag_offset == 0 {
+                if field >> 3 == 0 {
                     p.frag |= frag_bits::FF;
                 } else {
                     p.later_fragment = true;
-                    if !more_fragments {
+                    if field & 1 == 0 {
                         p.frag |= frag_bits::LF;
                     }
                 }
+                8
             }
-            _ => {
-                done = true;
-                break;
-            }
-        }
+            _ => (u8_at(e, 1) as usize + 1) * 8,
+        };
+        next = u8_at(e, 0);
+        off += header_len;
     }
     p.proto = next;
     if !done {

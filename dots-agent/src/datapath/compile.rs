@@ -597,14 +597,8 @@ mod tests {
 
     fn spec(acl: Vec<AclEntry>) -> MitigationSpec {
         MitigationSpec {
-            id: 7,
-            targets: vec!["198.51.100.0/24".parse().unwrap()],
-            protocols: vec![],
-            ports: vec![],
-            accept_list: vec![],
-            drop_list: vec![],
             acl,
-            countermeasures: Countermeasures::default(),
+            ..MitigationSpec::new(7, vec!["198.51.100.0/24".parse().unwrap()])
         }
     }
 

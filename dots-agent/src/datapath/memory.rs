@@ -73,3 +73,35 @@ impl Mitigator for MemoryMitigator {
         self.installed.keys().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::{AclAction, AclEntry, AclMatch};
+
+    #[test]
+    fn validates_and_owns_targets_like_the_xdp_datapath() {
+        let mut m = MemoryMitigator::new();
+        let mut a = MitigationSpec::new(1, vec!["198.51.100.0/24".parse().unwrap()]);
+        a.acl = vec![AclEntry {
+            name: "x".into(),
+            matches: AclMatch::default(),
+            action: AclAction::Drop,
+        }];
+        m.install(&a).unwrap();
+        assert_eq!(m.counters(1).unwrap().unwrap().acl.len(), 1);
+        let b = MitigationSpec::new(2, vec!["198.51.100.0/24".parse().unwrap()]);
+        assert!(matches!(
+            m.install(&b),
+            Err(DatapathError::TargetInUse { owner: 1, .. })
+        ));
+        let bad = MitigationSpec::new(3, vec!["198.51.100.1/24".parse().unwrap()]);
+        assert!(matches!(m.install(&bad), Err(DatapathError::Spec(_))));
+        a.targets.push("203.0.113.0/24".parse().unwrap());
+        m.install(&a).unwrap();
+        assert_eq!(m.spec(1).unwrap().targets.len(), 2);
+        assert_eq!(m.installed(), vec![1]);
+        assert!(m.remove(1).unwrap().is_some());
+        assert!(m.remove(1).unwrap().is_none());
+    }
+}

@@ -33,6 +33,22 @@ pub struct MitigationSpec {
     pub countermeasures: Countermeasures,
 }
 
+impl MitigationSpec {
+    /// A mitigation of these targets with no rules yet (everything else empty or off).
+    pub fn new(id: u64, targets: Vec<IpNet>) -> Self {
+        MitigationSpec {
+            id,
+            targets,
+            protocols: Vec::new(),
+            ports: Vec::new(),
+            accept_list: Vec::new(),
+            drop_list: Vec::new(),
+            acl: Vec::new(),
+            countermeasures: Countermeasures::default(),
+        }
+    }
+}
+
 /// An inclusive port range; `upper` absent means the single port `lower`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

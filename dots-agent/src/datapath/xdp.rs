@@ -993,14 +993,7 @@ impl Mitigator for XdpDatapath {
         std::thread::sleep(GRACE); // packets that found a target before its removal finish
         let counters = self.counters(id)?;
         let inst = self.index.by_id.remove(&id).expect("checked above");
-        self.delete_generation(&inst.acl_keys, &inst.sources);
-        let _ = self
-            .maps
-            .mitigations
-            .set(inst.config.ruleset, MitigationConfig::default(), 0);
-        self.index.sources_live -= inst.sources.len();
-        self.index
-            .mark_rules(inst.config.rule_base, inst.config.rule_count, false);
+        self.release_generation(&inst);
         self.index.slot_used[inst.config.slot() as usize] = false;
         Ok(counters)
     }
@@ -1122,15 +1115,21 @@ impl XdpDatapath {
                     .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
             }
         }
-        self.delete_generation(&old.acl_keys, &old.sources);
+        self.release_generation(&old);
+        Ok(())
+    }
+
+    /// Deletes everything of a generation that no target points at any more, and frees
+    /// its rule slots.
+    fn release_generation(&mut self, gen: &Installed) {
+        self.delete_generation(&gen.acl_keys, &gen.sources);
         let _ = self
             .maps
             .mitigations
-            .set(old.config.ruleset, MitigationConfig::default(), 0);
-        self.index.sources_live -= old.sources.len();
+            .set(gen.config.ruleset, MitigationConfig::default(), 0);
+        self.index.sources_live -= gen.sources.len();
         self.index
-            .mark_rules(old.config.rule_base, old.config.rule_count, false);
-        Ok(())
+            .mark_rules(gen.config.rule_base, gen.config.rule_count, false);
     }
 }
 
