@@ -2,7 +2,9 @@
 //! prints figures and ratios, it asserts nothing about time).
 //!
 //! Method: every program runs the same frame `REPEAT` times in one BPF_PROG_TEST_RUN call;
-//! each case is measured `ROUNDS` times and the median is reported. "ns" is the wall time of
+//! each case is measured `ROUNDS` times and the median is reported. A case compared with a
+//! reference is measured in alternation with it (case, reference, case, ...), and the ratio
+//! is taken from those paired medians, so drift of a shared machine cancels out. "ns" is the wall time of
 //! the syscall divided by the repeat count (sub-ns resolution; the syscall's fixed cost is
 //! spread over two million runs); "kernel" is the kernel's own per-run average (whole ns).
 //! Baselines measured in the same run: an empty XDP_PASS program (`r0 = 2; exit`) and the
@@ -18,8 +20,8 @@ use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::Xdp;
 use aya::EbpfLoader;
 use dots_agent::datapath::{
-    testrun, AclAction, AclEntry, AclMatch, Countermeasures, LoadOptions, MitigationSpec,
-    Mitigator, PortRange, XdpDatapath,
+    testrun, AclAction, AclEntry, AclMatch, LoadOptions, MitigationSpec, Mitigator, PortRange,
+    XdpDatapath,
 };
 use dots_agent::packet::PacketSpec;
 
@@ -35,59 +37,98 @@ struct Row {
     reference: Option<(String, f64)>,
 }
 
-fn measure(prog: BorrowedFd<'_>, frame: &[u8]) -> (f64, u32, u32) {
-    let _ = testrun::run(prog, frame, REPEAT / 10).expect("warm-up"); // caches, branch predictors
-    let mut walls = Vec::with_capacity(ROUNDS);
-    let mut kernels = Vec::with_capacity(ROUNDS);
-    let mut verdict = 0;
-    for _ in 0..ROUNDS {
-        let t = testrun::run(prog, frame, REPEAT).expect("BPF_PROG_TEST_RUN");
-        walls.push(t.wall_ns);
-        kernels.push(t.kernel_ns);
-        verdict = t.return_value;
+struct Sample {
+    ns: f64,
+    kernel: u32,
+    verdict: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Measures the programs in alternation, ROUNDS times each; medians per program.
+fn measure(progs: &[(BorrowedFd<'_>, &[u8])]) -> Vec<Sample> {
+    for (p, f) in progs {
+        let _ = testrun::run(*p, f, REPEAT / 10).expect("warm-up"); // caches, predictors
     }
-    walls.sort_by(|a, b| a.total_cmp(b));
-    kernels.sort_unstable();
-    (walls[ROUNDS / 2], kernels[ROUNDS / 2], verdict)
+    let mut walls = vec![Vec::new(); progs.len()];
+    let mut kernels = vec![Vec::new(); progs.len()];
+    let mut verdicts = vec![0; progs.len()];
+    for _ in 0..ROUNDS {
+        for (i, (p, f)) in progs.iter().enumerate() {
+            let t = testrun::run(*p, f, REPEAT).expect("BPF_PROG_TEST_RUN");
+            walls[i].push(t.wall_ns);
+            kernels[i].push(t.kernel_ns as f64);
+            verdicts[i] = t.return_value;
+        }
+    }
+    walls
+        .into_iter()
+        .zip(kernels)
+        .zip(verdicts)
+        .map(|((w, k), verdict)| Sample {
+            ns: median(w),
+            kernel: median(k) as u32,
+            verdict,
+        })
+        .collect()
 }
 
 struct Bench {
     rows: Vec<Row>,
 }
 
+/// Programs kept for re-measuring references in alternation with later cases.
+struct Reference<'a> {
+    name: String,
+    prog: BorrowedFd<'a>,
+    frame: Vec<u8>,
+}
+
 impl Bench {
+    /// Measures a case; with a reference (a row measured earlier), measures both in
+    /// alternation and takes the ratio from that pair.
     fn add(
         &mut self,
         case: &str,
         prog: BorrowedFd<'_>,
         frame: &[u8],
-        reference: Option<&str>,
+        reference: Option<&Reference<'_>>,
     ) -> f64 {
-        let (ns, kernel, verdict) = measure(prog, frame);
-        let reference = reference.map(|r| {
-            let base = self
-                .rows
-                .iter()
-                .find(|row| row.case == r)
-                .unwrap_or_else(|| panic!("no row {r}"))
-                .ns;
-            (r.to_string(), base)
-        });
+        let (sample, reference) = match reference {
+            Some(r) => {
+                let s = measure(&[(prog, frame), (r.prog, &r.frame)]);
+                let [mine, theirs] = <[Sample; 2]>::try_from(s).ok().expect("two samples");
+                (mine, Some((r.name.clone(), theirs.ns)))
+            }
+            None => (measure(&[(prog, frame)]).remove(0), None),
+        };
         self.rows.push(Row {
             case: case.into(),
-            ns,
-            kernel,
-            verdict,
+            ns: sample.ns,
+            kernel: sample.kernel,
+            verdict: sample.verdict,
             reference,
         });
-        ns
+        sample.ns
     }
 
-    fn get(&self, case: &str) -> f64 {
+    /// The ratio of a row to its reference, as measured in alternation.
+    fn ratio(&self, case: &str) -> f64 {
         self.rows
             .iter()
             .find(|r| r.case == case)
-            .map(|r| r.ns)
+            .and_then(|r| r.reference.as_ref().map(|(_, base)| r.ns / base))
+            .unwrap_or(f64::NAN)
+    }
+
+    fn delta(&self, case: &str) -> f64 {
+        self.rows
+            .iter()
+            .find(|r| r.case == case)
+            .and_then(|r| r.reference.as_ref().map(|(_, base)| r.ns - base))
             .unwrap_or(f64::NAN)
     }
 }
@@ -197,8 +238,13 @@ fn main() {
     let ntp = PacketSpec::udp("192.0.2.1", "198.51.100.7", 123, 4444).build();
     let from_listed = PacketSpec::udp("192.0.2.1", "198.51.100.7", 40000, 443).build();
 
-    let empty = testrun::load_trivial_xdp(2).expect("loading the empty program");
-    b.add("empty XDP_PASS program", empty.as_fd(), &legit, None);
+    let empty_fd = testrun::load_trivial_xdp(2).expect("loading the empty program");
+    b.add("empty XDP_PASS program", empty_fd.as_fd(), &legit, None);
+    let empty = |frame: &[u8]| Reference {
+        name: "empty XDP_PASS program".into(),
+        prog: empty_fd.as_fd(),
+        frame: frame.to_vec(),
+    };
 
     // --- Unmitigated fast path -----------------------------------------------------------
     let (mut dp, root) = datapath("fast");
@@ -206,7 +252,7 @@ fn main() {
         "ours, unmitigated, no targets",
         dp.program_fd().unwrap(),
         &unmitigated,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&unmitigated)),
     );
     let t4: Vec<String> = (0..65_536u32)
         .map(|i| format!("198.18.{}.{}/32", i >> 8, i & 255))
@@ -231,81 +277,104 @@ fn main() {
         (65_536, 65_536),
         "all targets installed"
     );
+    let fd = dp.program_fd().unwrap();
     b.add(
         "ours, unmitigated IPv4, 65,536+65,536 targets",
-        dp.program_fd().unwrap(),
+        fd,
         &unmitigated,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&unmitigated)),
     );
     b.add(
         "ours, unmitigated IPv6, 65,536+65,536 targets",
-        dp.program_fd().unwrap(),
+        fd,
         &unmitigated6,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&unmitigated6)),
     );
     let mitigated6 = PacketSpec::udp("2001:db8:1::20", "2001:db8:12:3400::9", 40000, 443).build();
     b.add(
         "ours, mitigated IPv6 target among 65,536 (pass)",
-        dp.program_fd().unwrap(),
+        fd,
         &mitigated6,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&mitigated6)),
     );
     let mitigated4 = PacketSpec::udp("192.0.2.20", "198.18.77.1", 40000, 443).build();
     b.add(
         "ours, mitigated IPv4 target among 65,536 (pass)",
-        dp.program_fd().unwrap(),
+        fd,
         &mitigated4,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&mitigated4)),
     );
     drop(dp);
     let _ = XdpDatapath::purge(&root);
 
-    // --- Mitigated target: ACL size ------------------------------------------------------
-    let (mut dp, root) = datapath("acl");
-    let mut m = mitigation(1, &["198.51.100.0/24"]);
-    dp.install(&m).unwrap();
+    // --- Mitigated target: ACL size (each size in a datapath of its own, so the sizes can
+    //     be measured in alternation with the 100-entry one) ------------------------------
+    let (mut dp0, root0) = datapath("acl0");
+    dp0.install(&mitigation(1, &["198.51.100.0/24"])).unwrap();
     b.add(
         "ours, mitigated, 0 ACL entries (pass)",
-        dp.program_fd().unwrap(),
+        dp0.program_fd().unwrap(),
         &legit,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&legit)),
     );
-    for n in [100u32, 1_000, 16_000] {
-        m.acl = acl_one_shape(n);
-        dp.install(&m).unwrap();
-        let hit = PacketSpec::udp(
-            &format!(
-                "10.{}.{}.{}",
-                (n - 1) >> 16,
-                ((n - 1) >> 8) & 255,
-                (n - 1) & 255
-            ),
-            "198.51.100.7",
-            40000,
-            443,
-        )
-        .build();
-        let reference = (n != 100).then_some("ours, 100 ACL entries, 1 shape (drop)");
-        b.add(
-            &format!("ours, {n} ACL entries, 1 shape (drop)"),
-            dp.program_fd().unwrap(),
-            &hit,
-            reference,
-        );
+    drop(dp0);
+    let _ = XdpDatapath::purge(&root0);
+    for (shapes, acl, frame_for) in [
+        (
+            "1 shape (drop)",
+            acl_one_shape as fn(u32) -> Vec<AclEntry>,
+            true,
+        ),
+        (
+            "8 shapes (miss)",
+            acl_eight_shapes as fn(u32) -> Vec<AclEntry>,
+            false,
+        ),
+    ] {
+        let frame = |n: u32| {
+            if frame_for {
+                let i = n - 1;
+                PacketSpec::udp(
+                    &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                    "198.51.100.7",
+                    40000,
+                    443,
+                )
+                .build()
+            } else {
+                legit.clone() // matches nothing: every tuple is probed (the worst case)
+            }
+        };
+        let (mut base, base_root) = datapath("acl100");
+        let mut m = mitigation(1, &["198.51.100.0/24"]);
+        m.acl = acl(100);
+        base.install(&m).unwrap();
+        let base_name = format!("ours, 100 ACL entries, {shapes}");
+        b.add(&base_name, base.program_fd().unwrap(), &frame(100), None);
+        for n in [1_000u32, 16_000] {
+            let (mut dp, r) = datapath("aclN");
+            m.acl = acl(n);
+            dp.install(&m).unwrap();
+            let reference = Reference {
+                name: base_name.clone(),
+                prog: base.program_fd().unwrap(),
+                frame: frame(100),
+            };
+            b.add(
+                &format!("ours, {n} ACL entries, {shapes}"),
+                dp.program_fd().unwrap(),
+                &frame(n),
+                Some(&reference),
+            );
+            drop(dp);
+            let _ = XdpDatapath::purge(&r);
+        }
+        drop(base);
+        let _ = XdpDatapath::purge(&base_root);
     }
-    for n in [100u32, 1_000, 16_000] {
-        m.acl = acl_eight_shapes(n);
-        dp.install(&m).unwrap();
-        // Matches nothing: every one of the 8 tuples is probed (the worst case).
-        let reference = (n != 100).then_some("ours, 100 ACL entries, 8 shapes (miss)");
-        b.add(
-            &format!("ours, {n} ACL entries, 8 shapes (miss)"),
-            dp.program_fd().unwrap(),
-            &legit,
-            reference,
-        );
-    }
-    m.acl.clear();
+
+    let (mut dp, root) = datapath("drop");
+    let mut m = mitigation(1, &["198.51.100.0/24"]);
     m.drop_list = (0..100_000u32)
         .map(|i| {
             format!("100.{}.{}.{}/32", (i >> 16) & 255, (i >> 8) & 255, i & 255)
@@ -319,13 +388,13 @@ fn main() {
         "ours, drop-list of 100,000 prefixes (drop)",
         dp.program_fd().unwrap(),
         &listed,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&listed)),
     );
     b.add(
         "ours, drop-list of 100,000 prefixes (miss)",
         dp.program_fd().unwrap(),
         &legit,
-        Some("empty XDP_PASS program"),
+        Some(&empty(&legit)),
     );
     drop(dp);
     let _ = XdpDatapath::purge(&root);
@@ -398,6 +467,11 @@ fn compare_with_xdp_filter(
         let p: &Xdp = peer.program("xdpfilt_alw_all").unwrap().try_into().unwrap();
         p.fd().unwrap().as_fd()
     };
+    let theirs = |name: &str, frame: &[u8]| Reference {
+        name: name.into(),
+        prog: peer_fd,
+        frame: frame.to_vec(),
+    };
     b.add(
         "xdp-filter: src-ip drop (10,000 entries)",
         peer_fd,
@@ -421,7 +495,10 @@ fn compare_with_xdp_filter(
         "ours: src-ip drop (10,000-entry drop-list)",
         ours,
         from_listed,
-        Some("xdp-filter: src-ip drop (10,000 entries)"),
+        Some(&theirs(
+            "xdp-filter: src-ip drop (10,000 entries)",
+            from_listed,
+        )),
     );
     // The NTP frame's source is not on the drop-list here: it reaches the countermeasure.
     let ntp_other = PacketSpec::udp("192.0.2.9", "198.51.100.7", 123, 4444).build();
@@ -429,19 +506,19 @@ fn compare_with_xdp_filter(
         "ours: udp src-port 123 drop (amplification)",
         ours,
         &ntp_other,
-        Some("xdp-filter: udp src-port 123 drop"),
+        Some(&theirs("xdp-filter: udp src-port 123 drop", ntp)),
     );
     b.add(
         "ours: no match, mitigated target (pass)",
         ours,
         legit,
-        Some("xdp-filter: no match (pass)"),
+        Some(&theirs("xdp-filter: no match (pass)", legit)),
     );
     b.add(
         "ours: unmitigated destination (pass)",
         ours,
         unmitigated,
-        Some("xdp-filter: no match (pass)"),
+        Some(&theirs("xdp-filter: no match (pass)", unmitigated)),
     );
     drop(dp);
     let _ = XdpDatapath::purge(&ours_root);
@@ -451,6 +528,9 @@ fn compare_with_xdp_filter(
 
 fn print_table(b: &Bench) {
     println!("\nXDP per-packet cost, BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, median");
+    println!(
+        "(a row with a reference was measured in alternation with it; its ratio is from that pair)"
+    );
     println!(
         "{:<52} {:>8} {:>7} {:>8}  {}",
         "case", "ns", "kernel", "verdict", "vs reference"
@@ -462,7 +542,11 @@ fn print_table(b: &Bench) {
             _ => "other",
         };
         let vs = match &r.reference {
-            Some((name, base)) => format!("{:.2}x, {:+.1} ns vs {name}", r.ns / base, r.ns - base),
+            Some((name, base)) => format!(
+                "{:.2}x, {:+.1} ns vs {name} ({base:.1})",
+                r.ns / base,
+                r.ns - base
+            ),
             None => String::new(),
         };
         println!(
@@ -470,41 +554,30 @@ fn print_table(b: &Bench) {
             r.case, r.ns, r.kernel, verdict, vs
         );
     }
-    let empty = b.get("empty XDP_PASS program");
     println!("\ntargets:");
     for case in [
         "ours, unmitigated IPv4, 65,536+65,536 targets",
         "ours, unmitigated IPv6, 65,536+65,536 targets",
     ] {
-        let d = b.get(case) - empty;
+        let d = b.delta(case);
         println!(
             "  {case}: {d:+.1} ns over empty (goal <= +15 ns): {}",
             verdict(d <= 15.0)
         );
     }
     for shapes in ["1 shape (drop)", "8 shapes (miss)"] {
-        let r = b.get(&format!("ours, 16000 ACL entries, {shapes}"))
-            / b.get(&format!("ours, 100 ACL entries, {shapes}"));
+        let r = b.ratio(&format!("ours, 16000 ACL entries, {shapes}"));
         println!(
             "  16,000 vs 100 ACL entries, {shapes}: {r:.2}x (goal <= 2x): {}",
             verdict(r <= 2.0)
         );
     }
-    for (ours, theirs) in [
-        (
-            "ours: src-ip drop (10,000-entry drop-list)",
-            "xdp-filter: src-ip drop (10,000 entries)",
-        ),
-        (
-            "ours: udp src-port 123 drop (amplification)",
-            "xdp-filter: udp src-port 123 drop",
-        ),
-        (
-            "ours: no match, mitigated target (pass)",
-            "xdp-filter: no match (pass)",
-        ),
+    for ours in [
+        "ours: src-ip drop (10,000-entry drop-list)",
+        "ours: udp src-port 123 drop (amplification)",
+        "ours: no match, mitigated target (pass)",
     ] {
-        let r = b.get(ours) / b.get(theirs);
+        let r = b.ratio(ours);
         if r.is_finite() {
             println!(
                 "  {ours} vs xdp-filter: {r:.2}x (goal <= 1.2x): {}",

@@ -9,7 +9,7 @@
 //! them without byte swapping.
 #![no_std]
 
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------
 // Capacities (the defaults the program is built with; see the README for the memory cost).
@@ -185,9 +185,9 @@ impl DropReason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MitigationStats {
-    /// Packets to a target of the mitigation that matched its protocol/port scope.
-    pub in_scope: Counter,
-    /// In scope and let through (includes `accepted`).
+    /// In scope (a target of the mitigation, matching its protocol/port scope) and let
+    /// through; includes `accepted`. In scope = passed + every dropped, so it is not
+    /// counted separately on the hot path.
     pub passed: Counter,
     /// Let through by the accept-list or an ACL accept (a subset of `passed`).
     pub accepted: Counter,
@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(size_of::<PrefixV4>(), 8);
         assert_eq!(size_of::<PrefixV6>(), 20);
         assert_eq!(split_tag(prefix_tag(8191, 3, 128)), (8191, 3, 128));
-        assert_eq!(size_of::<MitigationStats>(), 16 * (3 + DROP_REASONS));
+        assert_eq!(size_of::<MitigationStats>(), 16 * (2 + DROP_REASONS));
     }
 
     #[test]

@@ -289,7 +289,6 @@ fn mitigate(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> u32 {
     };
     // SAFETY: per-CPU value.
     let stats = unsafe { &mut *stats };
-    count(&mut stats.in_scope, len);
 
     match decide(cfg, slot, pkt, len) {
         Verdict::Pass => {

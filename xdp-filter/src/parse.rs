@@ -172,7 +172,8 @@ pub fn ipv4_destination(ctx: &XdpContext, off: usize) -> Result<u32, ParseError>
 /// The fast path's view: the first 48 bits of the IPv6 destination.
 #[inline(always)]
 pub fn ipv6_destination_top48(ctx: &XdpContext, off: usize) -> Result<u64, ParseError> {
-    let h = at(ctx, off, 40).map_err(|_| ParseError::Invalid)?;
+    // Up to the destination's first 48 bits; the full parse checks the rest of the header.
+    let h = at(ctx, off, 30).map_err(|_| ParseError::Invalid)?;
     if u8_at(h, 0) >> 4 != 6 {
         return Err(ParseError::Invalid);
     }

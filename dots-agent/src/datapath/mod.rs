@@ -53,6 +53,7 @@ impl DatapathError {
 /// Counters of one mitigation, summed across CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MitigationCounters {
+    /// Packets to a target of the mitigation within its scope (= passed + dropped).
     pub in_scope: Counter,
     pub passed: Counter,
     pub accepted: Counter,

@@ -1004,13 +1004,14 @@ impl Mitigator for XdpDatapath {
         };
         let mut out = MitigationCounters::default();
         Self::sum_percpu(&self.maps.mit_stats, inst.config.slot(), "MIT_STATS", |s| {
-            out.in_scope.add(&s.in_scope);
             out.passed.add(&s.passed);
             out.accepted.add(&s.accepted);
             for (o, d) in out.dropped.iter_mut().zip(s.dropped.iter()) {
                 o.add(d);
             }
         })?;
+        out.in_scope = out.passed;
+        out.dropped.iter().for_each(|d| out.in_scope.add(d));
         for (i, name_hash) in inst.rule_names.iter().enumerate() {
             let matched = self.acl_total(inst.config.rule_base + i as u32)?;
             out.acl.push(AclCounter {
