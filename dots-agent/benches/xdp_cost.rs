@@ -532,8 +532,8 @@ fn print_table(b: &Bench) {
         "(a row with a reference was measured in alternation with it; its ratio is from that pair)"
     );
     println!(
-        "{:<52} {:>8} {:>7} {:>8}  {}",
-        "case", "ns", "kernel", "verdict", "vs reference"
+        "{:<52} {:>8} {:>7} {:>8}  vs reference",
+        "case", "ns", "kernel", "verdict"
     );
     for r in &b.rows {
         let verdict = match r.verdict {

@@ -1,6 +1,7 @@
 //! dots-agent: a DOTS (DDoS Open Threat Signaling) agent that steers an XDP scrubber.
 //!
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
+//! - [`signal`]: the DOTS signal channel's I/O-free protocol core (CBOR, messages, paths).
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`cli`]: the command line.
@@ -8,4 +9,5 @@
 pub mod cli;
 pub mod datapath;
 pub mod packet;
+pub mod signal;
 pub mod traffic;

@@ -180,7 +180,7 @@ fn fill_l4_checksum(spec: &PacketSpec, proto: u8, l4: &mut [u8]) {
         L4::Other(_) => return,
     };
     let mut sum = sum_bytes(l4);
-    let needs_pseudo = !(proto == PROTO_ICMP);
+    let needs_pseudo = proto != PROTO_ICMP;
     if needs_pseudo {
         match (spec.src, spec.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {

@@ -238,7 +238,7 @@ pub fn count_received(
             }
             return Err(e);
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         if let Some(k) = flow_of(&buf[..n as usize]) {

@@ -6,9 +6,8 @@ mod common;
 
 use common::{Lab, DROP, PASS};
 use dots_agent::datapath::{
-    AclAction, AclEntry, AclMatch, BitMatch, BitOperator, Countermeasures, DatapathError,
-    MitigationSpec, Mitigator, PortRange, Rate, RateLimit, ValueRange, XdpDatapath,
-    DEFAULT_AMPLIFICATION_PORTS,
+    AclAction, AclEntry, AclMatch, BitMatch, BitOperator, DatapathError, MitigationSpec, Mitigator,
+    PortRange, Rate, RateLimit, ValueRange, XdpDatapath, DEFAULT_AMPLIFICATION_PORTS,
 };
 use dots_agent::packet::{Fragment, PacketSpec, L4, TCP_ACK, TCP_RST, TCP_SYN};
 use xdp_common::DropReason;

@@ -251,7 +251,7 @@ pub fn mask_words(p: &IpNet) -> [u32; 4] {
 /// otherwise None (checked as a residual range).
 fn port_block(r: &PortRange) -> Option<(u16, u16)> {
     let size = r.upper() as u32 - r.lower as u32 + 1;
-    if size.is_power_of_two() && r.lower as u32 % size == 0 {
+    if size.is_power_of_two() && (r.lower as u32).is_multiple_of(size) {
         Some((r.lower, !((size - 1) as u16)))
     } else {
         None
@@ -593,7 +593,7 @@ fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), Sp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::spec::{AclMatch, Countermeasures};
+    use crate::datapath::spec::AclMatch;
 
     fn spec(acl: Vec<AclEntry>) -> MitigationSpec {
         MitigationSpec {

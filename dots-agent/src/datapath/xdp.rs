@@ -875,10 +875,8 @@ impl XdpDatapath {
                 new_targets[family_index(t)] += 1;
             }
         }
-        for fam in 0..2 {
-            if self.index.targets_per_family[fam] + new_targets[fam]
-                > MAX_TARGETS_PER_FAMILY as usize
-            {
+        for (fam, added) in new_targets.iter().enumerate() {
+            if self.index.targets_per_family[fam] + added > MAX_TARGETS_PER_FAMILY as usize {
                 return Err(DatapathError::Capacity(format!(
                     "more than {MAX_TARGETS_PER_FAMILY} IPv{} target prefixes",
                     if fam == 0 { 4 } else { 6 }
