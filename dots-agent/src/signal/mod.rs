@@ -2,8 +2,10 @@
 //! comprehension rules, typed message bodies, and resource paths. Transports (DTLS, TLS with
 //! RFC 8323 framing) and the session/mitigation engine build on this.
 //!
-//! Status: message model and paths; the engine and transports are the rest of issue 3.
+//! Status: message model, paths and the mitigation engine; the CoAP handler, transports,
+//! session configuration and heartbeats, the store and the client are the rest of issue 3.
 
 pub mod cbor;
+pub mod engine;
 pub mod message;
 pub mod uri;

@@ -1,0 +1,712 @@
+//! The mitigation engine (RFC 9132 §4.4), free of I/O: authorisation of targets against a
+//! client's configured prefixes, create / refresh / modify / efficacy update, same-client
+//! and cross-client conflicts, lifetimes, withdrawal with the active-but-terminating period,
+//! requests armed for signal loss, and status with counters read from the datapath. Time is
+//! passed in (seconds), so every rule is tested without clocks or sockets.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::message::{Lifetime, MitigationStatus, Scope, Status};
+use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
+
+/// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
+pub const TERMINATING_DEFAULT: u64 = 120;
+pub const TERMINATING_MAX: u64 = 300;
+
+/// What a configured client may do (from server.toml).
+#[derive(Clone, Debug)]
+pub struct ClientPolicy {
+    pub name: String,
+    /// Targets must lie inside one of these.
+    pub prefixes: Vec<IpNet>,
+    /// Countermeasures applied to this client's mitigations.
+    pub countermeasures: Countermeasures,
+    /// Grant lifetime -1 (indefinite) when asked; otherwise grant `max_lifetime`.
+    pub allow_indefinite: bool,
+    pub max_lifetime: u32,
+}
+
+/// A refusal, as the CoAP layer will send it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 4.00 with a diagnostic.
+    BadRequest(String),
+    /// 4.03 with a diagnostic.
+    Forbidden(String),
+    /// 4.04.
+    NotFound(String),
+    /// 4.09 with conflict-information: cause, and the conflicting mid if it is the client's.
+    Conflict {
+        cause: u8,
+        mid: Option<u32>,
+        diagnostic: String,
+    },
+    /// 5.03 with a diagnostic (datapath full or failing).
+    Unavailable(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// 2.01
+    Created { granted: Lifetime },
+    /// 2.04
+    Changed,
+    /// An efficacy update for an unknown mid: discarded without a reply (RFC 9132 §4.4.3).
+    Discarded,
+}
+
+#[derive(Clone, Debug)]
+struct Mitigation {
+    scope: Scope,
+    status: Status,
+    /// Epoch seconds when it became active.
+    start: Option<u64>,
+    /// Epoch seconds when it expires (None: indefinite).
+    expires: Option<u64>,
+    /// Set while active-but-terminating after a withdrawal.
+    terminating_until: Option<u64>,
+    installed: bool,
+    datapath_id: u64,
+}
+
+pub struct Engine<M: Mitigator> {
+    mitigator: M,
+    policies: BTreeMap<String, ClientPolicy>,
+    /// cuid -> (client name, mid -> mitigation)
+    clients: BTreeMap<String, (String, BTreeMap<u32, Mitigation>)>,
+    next_id: u64,
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn scopes_overlap(a: &Scope, b: &Scope) -> bool {
+    a.target_prefix
+        .iter()
+        .any(|x| b.target_prefix.iter().any(|y| overlaps(x, y)))
+}
+
+impl<M: Mitigator> Engine<M> {
+    pub fn new(mitigator: M, policies: Vec<ClientPolicy>) -> Self {
+        Engine {
+            mitigator,
+            policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            clients: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn mitigator(&self) -> &M {
+        &self.mitigator
+    }
+
+    pub fn policy(&self, client: &str) -> Option<&ClientPolicy> {
+        self.policies.get(client)
+    }
+
+    /// PUT /mitigate/cuid/mid (`efficacy`: the request carried an empty If-Match).
+    pub fn put(
+        &mut self,
+        client: &str,
+        cuid: &str,
+        mid: u32,
+        scope: Scope,
+        efficacy: bool,
+        now: u64,
+    ) -> Result<PutOutcome, Refusal> {
+        let policy =
+            self.policies.get(client).cloned().ok_or_else(|| {
+                Refusal::Forbidden(format!("client {client:?} is not configured"))
+            })?;
+        if !scope.target_fqdn.is_empty()
+            || !scope.target_uri.is_empty()
+            || !scope.alias_name.is_empty()
+        {
+            return Err(Refusal::BadRequest(
+                "this server mitigates target-prefix scopes only (target-fqdn, target-uri and alias-name are not resolved)".into(),
+            ));
+        }
+        for p in &scope.target_prefix {
+            if !policy.prefixes.iter().any(|allowed| allowed.contains(p)) {
+                return Err(Refusal::Forbidden(format!(
+                    "target {p} is outside the prefixes of client {client}"
+                )));
+            }
+        }
+        if let Some((owner, _)) = self.clients.get(cuid) {
+            if owner != client {
+                return Err(Refusal::Conflict {
+                    cause: 3,
+                    mid: None,
+                    diagnostic: "cuid collision".into(),
+                });
+            }
+        }
+        let existing = self
+            .clients
+            .get(cuid)
+            .and_then(|(_, m)| m.get(&mid))
+            .cloned();
+        if efficacy {
+            let Some(old) = existing else {
+                return Ok(PutOutcome::Discarded);
+            };
+            if !same_except_lifetime(&old.scope, &scope) {
+                return Err(Refusal::BadRequest(
+                    "an efficacy update must repeat the mitigation's fields unchanged".into(),
+                ));
+            }
+            return self
+                .refresh(cuid, mid, scope.lifetime, &policy, now)
+                .map(|_| PutOutcome::Changed);
+        }
+        if let Some(old) = &existing {
+            if same_except_lifetime(&old.scope, &scope) {
+                return self
+                    .refresh(cuid, mid, scope.lifetime, &policy, now)
+                    .map(|_| PutOutcome::Changed);
+            }
+            return Err(Refusal::BadRequest(format!(
+                "mid {mid} exists with other fields; use a higher mid to change a mitigation"
+            )));
+        }
+        // Same client, overlapping scope, same trigger: the higher mid wins.
+        let mut superseded = Vec::new();
+        if let Some((_, mits)) = self.clients.get(cuid) {
+            for (other_mid, m) in mits {
+                if m.scope.trigger_mitigation == scope.trigger_mitigation
+                    && scopes_overlap(&m.scope, &scope)
+                    && m.terminating_until.is_none()
+                {
+                    if *other_mid > mid {
+                        return Err(Refusal::Conflict {
+                            cause: 1,
+                            mid: Some(*other_mid),
+                            diagnostic: format!(
+                                "mid {other_mid} of this client overlaps and is newer"
+                            ),
+                        });
+                    }
+                    superseded.push(*other_mid);
+                }
+            }
+        }
+        // Other clients' active mitigations on overlapping targets: refused (policy).
+        for (other_cuid, (_, mits)) in &self.clients {
+            if other_cuid == cuid {
+                continue;
+            }
+            if mits
+                .values()
+                .any(|m| m.installed && scopes_overlap(&m.scope, &scope))
+            {
+                return Err(Refusal::Conflict {
+                    cause: 1,
+                    mid: None,
+                    diagnostic: "another client's active mitigation overlaps these targets".into(),
+                });
+            }
+        }
+        let granted = grant(scope.lifetime, &policy);
+        let id = self.next_id;
+        self.next_id += 1;
+        // Remove what this request supersedes first (its targets may be the same prefixes);
+        // if the new one cannot be installed, the old ones are put back.
+        let mut removed = Vec::new();
+        for old_mid in &superseded {
+            if let Some(m) = self
+                .clients
+                .get(cuid)
+                .and_then(|(_, m)| m.get(old_mid))
+                .cloned()
+            {
+                self.remove(cuid, *old_mid);
+                removed.push((*old_mid, m));
+            }
+        }
+        let mut m = Mitigation {
+            scope: Scope {
+                lifetime: granted,
+                ..scope
+            },
+            status: Status::SignalLoss,
+            start: None,
+            expires: expiry(granted, now),
+            terminating_until: None,
+            installed: false,
+            datapath_id: id,
+        };
+        if m.scope.trigger_mitigation {
+            if let Err(refusal) = self.install(&mut m, &policy, now) {
+                for (old_mid, mut old) in removed {
+                    if old.installed {
+                        old.installed = false;
+                        let started = old.start.unwrap_or(now);
+                        let _ = self.install(&mut old, &policy, started);
+                    }
+                    self.clients
+                        .get_mut(cuid)
+                        .expect("had mitigations")
+                        .1
+                        .insert(old_mid, old);
+                }
+                return Err(refusal);
+            }
+        }
+        self.clients
+            .entry(cuid.to_string())
+            .or_insert_with(|| (client.to_string(), BTreeMap::new()))
+            .1
+            .insert(mid, m);
+        Ok(PutOutcome::Created { granted })
+    }
+
+    fn install(
+        &mut self,
+        m: &mut Mitigation,
+        policy: &ClientPolicy,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let spec = MitigationSpec {
+            protocols: m.scope.target_protocol.clone(),
+            ports: m
+                .scope
+                .target_port_range
+                .iter()
+                .map(|r| PortRange {
+                    lower: r.lower,
+                    upper: r.upper,
+                })
+                .collect(),
+            countermeasures: policy.countermeasures.clone(),
+            ..MitigationSpec::new(m.datapath_id, m.scope.target_prefix.clone())
+        };
+        self.mitigator.install(&spec).map_err(|e| match e {
+            DatapathError::Spec(s) => Refusal::BadRequest(s.to_string()),
+            DatapathError::TargetInUse { prefix, .. } => Refusal::Conflict {
+                cause: 1,
+                mid: None,
+                diagnostic: format!("target {prefix} is already mitigated"),
+            },
+            other => Refusal::Unavailable(other.to_string()),
+        })?;
+        m.installed = true;
+        m.status = Status::SuccessfullyMitigated;
+        m.start = Some(now);
+        Ok(())
+    }
+
+    fn refresh(
+        &mut self,
+        cuid: &str,
+        mid: u32,
+        asked: Lifetime,
+        policy: &ClientPolicy,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let m = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+            .expect("checked by caller");
+        let granted = grant(asked, policy);
+        m.scope.lifetime = granted;
+        m.expires = expiry(granted, now);
+        if m.terminating_until.is_some() {
+            // A renewed request during the terminating period makes it active again.
+            m.terminating_until = None;
+            m.status = if m.installed {
+                Status::SuccessfullyMitigated
+            } else {
+                Status::SignalLoss
+            };
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, cuid: &str, mid: u32) {
+        if let Some(m) = self.clients.get_mut(cuid).and_then(|(_, m)| m.remove(&mid)) {
+            if m.installed {
+                let _ = self.mitigator.remove(m.datapath_id);
+            }
+        }
+    }
+
+    /// DELETE /mitigate/cuid/mid: always succeeds (2.02); an active mitigation keeps
+    /// filtering for the active-but-terminating period.
+    pub fn delete(&mut self, cuid: &str, mid: u32, now: u64) {
+        let Some(m) = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+        else {
+            return;
+        };
+        if !m.installed {
+            self.remove(cuid, mid);
+            return;
+        }
+        m.status = Status::ClientWithdrawn;
+        m.terminating_until = Some(now + TERMINATING_DEFAULT.min(TERMINATING_MAX));
+    }
+
+    /// Expires lifetimes and terminating periods. Returns (cuid, mid) of what ended.
+    pub fn tick(&mut self, now: u64) -> Vec<(String, u32)> {
+        let mut ended = Vec::new();
+        for (cuid, (_, mits)) in &self.clients {
+            for (mid, m) in mits {
+                let expired = m.expires.is_some_and(|e| e <= now);
+                let terminated = m.terminating_until.is_some_and(|t| t <= now);
+                if expired || terminated {
+                    ended.push((cuid.clone(), *mid));
+                }
+            }
+        }
+        for (cuid, mid) in &ended {
+            self.remove(cuid, *mid);
+        }
+        ended
+    }
+
+    /// The client's session is lost: requests armed for signal loss become active.
+    pub fn session_lost(&mut self, cuid: &str, now: u64) -> Vec<u32> {
+        let Some((client, mits)) = self.clients.get(cuid) else {
+            return Vec::new();
+        };
+        let Some(policy) = self.policies.get(client).cloned() else {
+            return Vec::new();
+        };
+        let armed: Vec<u32> = mits
+            .iter()
+            .filter(|(_, m)| !m.scope.trigger_mitigation && !m.installed)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut activated = Vec::new();
+        for mid in armed {
+            let mut m = self.clients[cuid].1[&mid].clone();
+            if self.install(&mut m, &policy, now).is_ok() {
+                self.clients
+                    .get_mut(cuid)
+                    .expect("present")
+                    .1
+                    .insert(mid, m);
+                activated.push(mid);
+            }
+        }
+        activated
+    }
+
+    /// GET /mitigate/cuid[/mid]: status entries with remaining lifetimes and counters.
+    pub fn status(
+        &self,
+        cuid: &str,
+        mid: Option<u32>,
+        now: u64,
+    ) -> Result<Vec<MitigationStatus>, Refusal> {
+        let mits = self.clients.get(cuid).map(|(_, m)| m);
+        let selected: Vec<(u32, &Mitigation)> = match (mits, mid) {
+            (Some(m), Some(mid)) => m.get(&mid).map(|x| vec![(mid, x)]).unwrap_or_default(),
+            (Some(m), None) => m.iter().map(|(k, v)| (*k, v)).collect(),
+            (None, _) => Vec::new(),
+        };
+        if selected.is_empty() {
+            return Err(Refusal::NotFound(match mid {
+                Some(mid) => format!("no mitigation {mid}"),
+                None => "no mitigations".into(),
+            }));
+        }
+        Ok(selected
+            .into_iter()
+            .map(|(mid, m)| {
+                let counters = if m.installed {
+                    self.mitigator.counters(m.datapath_id).ok().flatten()
+                } else {
+                    None
+                };
+                let remaining = match m.expires {
+                    None => Lifetime::Indefinite,
+                    Some(e) => Lifetime::Seconds(e.saturating_sub(now).min(u32::MAX as u64) as u32),
+                };
+                MitigationStatus {
+                    mid,
+                    scope: Scope {
+                        lifetime: remaining,
+                        ..m.scope.clone()
+                    },
+                    mitigation_start: m.start,
+                    status: m.status,
+                    bytes_dropped: counters.as_ref().map(|c| c.dropped_total().bytes),
+                    bps_dropped: None,
+                    pkts_dropped: counters.as_ref().map(|c| c.dropped_total().packets),
+                    pps_dropped: None,
+                }
+            })
+            .collect())
+    }
+}
+
+fn same_except_lifetime(a: &Scope, b: &Scope) -> bool {
+    Scope {
+        lifetime: b.lifetime,
+        ..a.clone()
+    } == *b
+}
+
+fn grant(asked: Lifetime, policy: &ClientPolicy) -> Lifetime {
+    match asked {
+        Lifetime::Indefinite if policy.allow_indefinite => Lifetime::Indefinite,
+        Lifetime::Indefinite => Lifetime::Seconds(policy.max_lifetime),
+        Lifetime::Seconds(s) => Lifetime::Seconds(s.min(policy.max_lifetime)),
+    }
+}
+
+fn expiry(l: Lifetime, now: u64) -> Option<u64> {
+    match l {
+        Lifetime::Indefinite => None,
+        Lifetime::Seconds(s) => Some(now + s as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::{MemoryMitigator, MitigationCounters};
+    use xdp_common::Counter;
+
+    fn engine() -> Engine<MemoryMitigator> {
+        let policy = |name: &str, p: &str| ClientPolicy {
+            name: name.into(),
+            prefixes: vec![p.parse().unwrap()],
+            countermeasures: Countermeasures {
+                amplification: true,
+                ..Default::default()
+            },
+            allow_indefinite: false,
+            max_lifetime: 86_400,
+        };
+        Engine::new(
+            MemoryMitigator::new(),
+            vec![
+                policy("a", "198.51.100.0/24"),
+                policy("b", "203.0.113.0/24"),
+            ],
+        )
+    }
+
+    fn scope(p: &str, lifetime: u32) -> Scope {
+        Scope::new(vec![p.parse().unwrap()], Lifetime::Seconds(lifetime))
+    }
+
+    #[test]
+    fn create_installs_and_status_reports_counters() {
+        let mut e = engine();
+        assert_eq!(
+            e.put("a", "cu-a", 1, scope("198.51.100.7/32", 3600), false, 1000),
+            Ok(PutOutcome::Created {
+                granted: Lifetime::Seconds(3600)
+            })
+        );
+        let id = e.mitigator().installed()[0];
+        assert!(
+            e.mitigator()
+                .spec(id)
+                .unwrap()
+                .countermeasures
+                .amplification,
+            "policy countermeasures applied"
+        );
+        let mut c = MitigationCounters::default();
+        c.dropped[0] = Counter {
+            packets: 10,
+            bytes: 1000,
+        };
+        let mut e2 = e;
+        e2.mitigator.set_counters(id, c);
+        let st = e2.status("cu-a", Some(1), 1600).unwrap();
+        assert_eq!(st[0].status, Status::SuccessfullyMitigated);
+        assert_eq!(st[0].scope.lifetime, Lifetime::Seconds(3000));
+        assert_eq!(
+            (st[0].pkts_dropped, st[0].bytes_dropped),
+            (Some(10), Some(1000))
+        );
+        assert_eq!(st[0].mitigation_start, Some(1000));
+    }
+
+    #[test]
+    fn authorisation_and_unsupported_targets() {
+        let mut e = engine();
+        assert!(matches!(
+            e.put("a", "cu-a", 1, scope("203.0.113.1/32", 60), false, 0),
+            Err(Refusal::Forbidden(_))
+        ));
+        assert!(matches!(
+            e.put("zz", "cu-z", 1, scope("198.51.100.1/32", 60), false, 0),
+            Err(Refusal::Forbidden(_))
+        ));
+        let mut s = scope("198.51.100.1/32", 60);
+        s.target_fqdn = vec!["www.example.com".into()];
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn refresh_modify_and_same_client_conflicts() {
+        let mut e = engine();
+        e.put("a", "cu-a", 5, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        assert_eq!(
+            e.put("a", "cu-a", 5, scope("198.51.100.0/28", 600), false, 10),
+            Ok(PutOutcome::Changed)
+        );
+        assert_eq!(
+            e.status("cu-a", Some(5), 10).unwrap()[0].scope.lifetime,
+            Lifetime::Seconds(600)
+        );
+        assert!(matches!(
+            e.put("a", "cu-a", 5, scope("198.51.100.0/29", 60), false, 10),
+            Err(Refusal::BadRequest(_))
+        ));
+        // Lower mid overlapping: 4.09 naming the newer mid.
+        assert_eq!(
+            e.put("a", "cu-a", 4, scope("198.51.100.1/32", 60), false, 10),
+            Err(Refusal::Conflict {
+                cause: 1,
+                mid: Some(5),
+                diagnostic: "mid 5 of this client overlaps and is newer".into()
+            })
+        );
+        // Higher mid overlapping: replaces the lower one.
+        assert!(matches!(
+            e.put("a", "cu-a", 6, scope("198.51.100.0/28", 60), false, 10),
+            Ok(PutOutcome::Created { .. })
+        ));
+        assert!(matches!(
+            e.status("cu-a", Some(5), 10),
+            Err(Refusal::NotFound(_))
+        ));
+        assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    #[test]
+    fn efficacy_updates_and_other_clients() {
+        let mut e = engine();
+        assert_eq!(
+            e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), true, 0),
+            Ok(PutOutcome::Discarded)
+        );
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        assert_eq!(
+            e.put("a", "cu-a", 1, scope("198.51.100.0/28", 120), true, 5),
+            Ok(PutOutcome::Changed)
+        );
+        assert!(matches!(
+            e.put("a", "cu-a", 1, scope("198.51.100.0/29", 120), true, 5),
+            Err(Refusal::BadRequest(_))
+        ));
+        // Another client may not take over the cuid.
+        assert!(matches!(
+            e.put("b", "cu-a", 9, scope("203.0.113.0/28", 60), false, 5),
+            Err(Refusal::Conflict { cause: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn withdrawal_keeps_filtering_then_ends_and_lifetimes_expire() {
+        let mut e = engine();
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        e.put("a", "cu-a", 2, scope("198.51.100.64/28", 1000), false, 0)
+            .unwrap();
+        e.delete("cu-a", 2, 10);
+        assert_eq!(
+            e.status("cu-a", Some(2), 10).unwrap()[0].status,
+            Status::ClientWithdrawn
+        );
+        assert_eq!(
+            e.mitigator().installed().len(),
+            2,
+            "still filtering while terminating"
+        );
+        e.delete("cu-a", 99, 10); // unknown mid: still fine
+        assert_eq!(e.tick(59), vec![]);
+        assert_eq!(e.tick(60), vec![("cu-a".to_string(), 1)]);
+        assert_eq!(e.tick(130), vec![("cu-a".to_string(), 2)]);
+        assert!(e.mitigator().installed().is_empty());
+        assert!(matches!(
+            e.status("cu-a", None, 130),
+            Err(Refusal::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn armed_requests_activate_on_signal_loss_and_indefinite_is_capped() {
+        let mut e = engine();
+        let mut s = Scope::new(
+            vec!["198.51.100.0/24".parse().unwrap()],
+            Lifetime::Indefinite,
+        );
+        s.trigger_mitigation = false;
+        assert_eq!(
+            e.put("a", "cu-a", 1, s, false, 0),
+            Ok(PutOutcome::Created {
+                granted: Lifetime::Seconds(86_400)
+            })
+        );
+        assert_eq!(
+            e.status("cu-a", Some(1), 0).unwrap()[0].status,
+            Status::SignalLoss
+        );
+        assert!(e.mitigator().installed().is_empty());
+        assert_eq!(e.session_lost("cu-a", 50), vec![1]);
+        let st = &e.status("cu-a", Some(1), 50).unwrap()[0];
+        assert_eq!(
+            (st.status, st.mitigation_start),
+            (Status::SuccessfullyMitigated, Some(50))
+        );
+        assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_replacement_keeps_the_old_mitigation() {
+        let mut e = engine();
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        // 17 distinct port ranges: more than the datapath's scope holds.
+        let mut s = scope("198.51.100.0/28", 60);
+        s.target_port_range = (0..17).map(|p| PortRange::single(1000 + p)).collect();
+        assert!(matches!(
+            e.put("a", "cu-a", 2, s, false, 5),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert_eq!(
+            e.status("cu-a", Some(1), 5).unwrap()[0].status,
+            Status::SuccessfullyMitigated
+        );
+        assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    #[test]
+    fn other_clients_overlaps_conflict() {
+        let mut e = engine();
+        let mut wide = engine().policies.remove("a").unwrap();
+        wide.name = "c".into();
+        wide.prefixes = vec!["198.51.0.0/16".parse().unwrap()];
+        e.policies.insert("c".into(), wide);
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        assert!(matches!(
+            e.put("c", "cu-c", 1, scope("198.51.100.0/24", 60), false, 0),
+            Err(Refusal::Conflict {
+                cause: 1,
+                mid: None,
+                ..
+            })
+        ));
+    }
+}
