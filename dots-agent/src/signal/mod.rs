@@ -7,5 +7,6 @@
 
 pub mod cbor;
 pub mod engine;
+pub mod handler;
 pub mod message;
 pub mod uri;

@@ -1,0 +1,450 @@
+//! CoAP requests to engine calls and back (RFC 9132 §4.4, §4.7), still without I/O: the
+//! transports hand in a parsed request and the peer's identity, and send what comes back.
+
+use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, ResponseType};
+
+use super::cbor::{self, uint};
+use super::engine::{Engine, PutOutcome, Refusal};
+use super::message;
+use super::uri::{self, Resource};
+use crate::datapath::Mitigator;
+
+/// Who is asking, as the (D)TLS layer established it.
+pub struct Peer<'a> {
+    /// The configured client whose certificate this is; None: unknown certificate (4.01).
+    pub client: Option<&'a str>,
+    /// The cuid derived from the certificate (RFC 9132 §4.4.1.1).
+    pub cuid: &'a str,
+}
+
+/// What the handler wants the transport to do.
+pub enum Reply {
+    /// Send this response (the transport sets type and message id).
+    Response(Packet),
+    /// Send nothing (an efficacy update for an unknown mitigation).
+    Silence,
+    /// A heartbeat arrived (2.04 to send, and liveness to record).
+    Heartbeat {
+        response: Packet,
+        peer_hb_status: bool,
+    },
+}
+
+fn response(req: &Packet, code: ResponseType, payload: Vec<u8>, cbor_body: bool) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Response(code);
+    p.set_token(req.get_token().to_vec());
+    if cbor_body {
+        p.set_content_format(ContentFormat::ApplicationDotsCbor);
+    }
+    p.payload = payload;
+    p
+}
+
+fn diagnostic(req: &Packet, code: ResponseType, text: impl Into<String>) -> Packet {
+    response(req, code, text.into().into_bytes(), false)
+}
+
+fn refusal(req: &Packet, r: Refusal) -> Packet {
+    match r {
+        Refusal::BadRequest(t) => diagnostic(req, ResponseType::BadRequest, t),
+        Refusal::Forbidden(t) => diagnostic(req, ResponseType::Forbidden, t),
+        Refusal::NotFound(t) => diagnostic(req, ResponseType::NotFound, t),
+        Refusal::Unavailable(t) => diagnostic(req, ResponseType::ServiceUnavailable, t),
+        Refusal::Conflict { cause, mid, .. } => {
+            // conflict-information (17) inside the scope entry: status (18) only when
+            // another request is active, cause (19), and the conflicting mid in 21.
+            let mut info = Vec::new();
+            if cause != 3 {
+                info.push((18, uint(1)));
+            }
+            info.push((19, uint(cause as u64)));
+            if let Some(m) = mid {
+                info.push((21, cbor::map(vec![(5, uint(m as u64))])));
+            }
+            let body = cbor::map(vec![(
+                1,
+                cbor::map(vec![(
+                    2,
+                    ciborium::value::Value::Array(vec![cbor::map(vec![(17, cbor::map(info))])]),
+                )]),
+            )]);
+            response(req, ResponseType::Conflict, cbor::encode(&body), true)
+        }
+    }
+}
+
+fn path(req: &Packet) -> Vec<String> {
+    req.get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_dots_cbor(req: &Packet) -> bool {
+    matches!(
+        req.get_content_format(),
+        Some(ContentFormat::ApplicationDotsCbor)
+    )
+}
+
+/// Handles one request. Uri-Host and Uri-Port (sent by stock CoAP clients) are accepted and
+/// ignored.
+pub fn handle<M: Mitigator>(
+    engine: &mut Engine<M>,
+    peer: &Peer<'_>,
+    req: &Packet,
+    now: u64,
+) -> Reply {
+    let MessageClass::Request(method) = req.header.code else {
+        return Reply::Response(diagnostic(req, ResponseType::BadRequest, "not a request"));
+    };
+    let Some(client) = peer.client else {
+        return Reply::Response(diagnostic(
+            req,
+            ResponseType::Unauthorized,
+            "the certificate is valid but belongs to no configured DOTS client",
+        ));
+    };
+    let segments = path(req);
+    let segs: Vec<&str> = segments.iter().map(|s| s.as_str()).collect();
+    let resource = match uri::parse(&segs) {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => {
+            return Reply::Response(diagnostic(req, ResponseType::NotFound, e.to_string()))
+        }
+        Err(e) => return Reply::Response(diagnostic(req, ResponseType::BadRequest, e.to_string())),
+    };
+    let has_body = !req.payload.is_empty();
+    if has_body && !is_dots_cbor(req) {
+        return Reply::Response(diagnostic(
+            req,
+            ResponseType::UnsupportedContentFormat,
+            "the payload must be application/dots+cbor (Content-Format 271)",
+        ));
+    }
+    match (resource, method) {
+        (Resource::Mitigate { cuid, mid, .. }, m) => {
+            if cuid != peer.cuid {
+                return Reply::Response(diagnostic(
+                    req,
+                    ResponseType::Forbidden,
+                    "the cuid in the path is not this client's",
+                ));
+            }
+            match m {
+                RequestType::Put => {
+                    let Some(mid) = mid else {
+                        return Reply::Response(diagnostic(
+                            req,
+                            ResponseType::BadRequest,
+                            "mid is required in the path",
+                        ));
+                    };
+                    let scope = match message::decode_mitigation_request(&req.payload) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            return Reply::Response(diagnostic(
+                                req,
+                                ResponseType::BadRequest,
+                                e.to_string(),
+                            ))
+                        }
+                    };
+                    let efficacy = req
+                        .get_option(CoapOption::IfMatch)
+                        .is_some_and(|l| l.iter().any(|v| v.is_empty()));
+                    match engine.put(client, &cuid, mid, scope, efficacy, now) {
+                        Ok(PutOutcome::Created { granted }) => Reply::Response(response(
+                            req,
+                            ResponseType::Created,
+                            message::encode_created(mid, granted),
+                            true,
+                        )),
+                        Ok(PutOutcome::Changed) => {
+                            Reply::Response(response(req, ResponseType::Changed, Vec::new(), false))
+                        }
+                        Ok(PutOutcome::Discarded) => Reply::Silence,
+                        Err(r) => Reply::Response(refusal(req, r)),
+                    }
+                }
+                RequestType::Delete => {
+                    let Some(mid) = mid else {
+                        return Reply::Response(diagnostic(
+                            req,
+                            ResponseType::BadRequest,
+                            "mid is required in the path",
+                        ));
+                    };
+                    engine.delete(&cuid, mid, now);
+                    Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+                }
+                RequestType::Get => match engine.status(&cuid, mid, now) {
+                    Ok(st) => Reply::Response(response(
+                        req,
+                        ResponseType::Content,
+                        message::encode_status(&st),
+                        true,
+                    )),
+                    Err(r) => Reply::Response(refusal(req, r)),
+                },
+                _ => Reply::Response(diagnostic(
+                    req,
+                    ResponseType::MethodNotAllowed,
+                    "mitigate takes PUT, GET and DELETE",
+                )),
+            }
+        }
+        (Resource::Heartbeat, RequestType::Put) => match message::decode_heartbeat(&req.payload) {
+            Ok(status) => Reply::Heartbeat {
+                response: response(req, ResponseType::Changed, Vec::new(), false),
+                peer_hb_status: status,
+            },
+            Err(e) => Reply::Response(diagnostic(req, ResponseType::BadRequest, e.to_string())),
+        },
+        (Resource::Heartbeat, _) => Reply::Response(diagnostic(
+            req,
+            ResponseType::MethodNotAllowed,
+            "hb takes PUT",
+        )),
+        (Resource::Config { .. }, _)
+        | (Resource::TelemetrySetup { .. }, _)
+        | (Resource::Telemetry { .. }, _) => Reply::Response(diagnostic(
+            req,
+            ResponseType::NotImplemented,
+            "this resource is not served yet",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::signal::engine::ClientPolicy;
+
+    const FIG8: &[u8] = include_bytes!("../../tests/fixtures/rfc9132-fig8.cbor");
+    const CUID: &str = "dz6pHjaADkaFTbjr0JGBpw";
+
+    fn engine() -> Engine<MemoryMitigator> {
+        Engine::new(
+            MemoryMitigator::new(),
+            vec![ClientPolicy {
+                name: "client-a".into(),
+                prefixes: vec![
+                    "2001:db8:6401::/48".parse().unwrap(),
+                    "198.51.100.0/24".parse().unwrap(),
+                ],
+                countermeasures: Countermeasures::default(),
+                allow_indefinite: false,
+                max_lifetime: 86_400,
+            }],
+        )
+    }
+
+    fn request(method: RequestType, path: &[&str], body: &[u8]) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(method);
+        p.set_token(vec![1, 2, 3, 4]);
+        p.add_option(CoapOption::UriHost, b"dots.example".to_vec());
+        for s in path {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        if !body.is_empty() {
+            p.set_content_format(ContentFormat::ApplicationDotsCbor);
+            p.payload = body.to_vec();
+        }
+        p
+    }
+
+    fn code(r: &Reply) -> ResponseType {
+        match r {
+            Reply::Response(p) | Reply::Heartbeat { response: p, .. } => match p.header.code {
+                MessageClass::Response(c) => c,
+                _ => panic!("not a response"),
+            },
+            Reply::Silence => panic!("silence"),
+        }
+    }
+
+    const PEER: Peer<'static> = Peer {
+        client: Some("client-a"),
+        cuid: CUID,
+    };
+
+    #[test]
+    fn figure_8_request_creates_then_reads_then_withdraws() {
+        let mut e = engine();
+        let path = [
+            ".well-known",
+            "dots",
+            "mitigate",
+            &format!("cuid={CUID}"),
+            "mid=123",
+        ];
+        let path: Vec<&str> = path.iter().map(|s| s.as_ref()).collect();
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &path, FIG8), 100);
+        assert_eq!(code(&r), ResponseType::Created);
+        let Reply::Response(p) = r else { panic!() };
+        assert_eq!(p.get_token(), &[1, 2, 3, 4]);
+        assert_eq!(
+            p.payload,
+            message::encode_created(123, message::Lifetime::Seconds(3600))
+        );
+        assert_eq!(e.mitigator().installed().len(), 1);
+        let r = handle(&mut e, &PEER, &request(RequestType::Get, &path, &[]), 160);
+        assert_eq!(code(&r), ResponseType::Content);
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Delete, &path, &[]),
+            170,
+        );
+        assert_eq!(code(&r), ResponseType::Deleted);
+    }
+
+    #[test]
+    fn error_paths_have_the_rfc_codes() {
+        let mut e = engine();
+        let p = |mid: &str| {
+            vec![
+                ".well-known".to_string(),
+                "dots".into(),
+                "mitigate".into(),
+                format!("cuid={CUID}"),
+                mid.into(),
+            ]
+        };
+        let path = p("mid=1");
+        let path: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+        // Unknown certificate holder.
+        let stranger = Peer {
+            client: None,
+            cuid: "x",
+        };
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &stranger,
+                &request(RequestType::Put, &path, FIG8),
+                0
+            )),
+            ResponseType::Unauthorized
+        );
+        // Wrong content format.
+        let mut wrong = request(RequestType::Put, &path, FIG8);
+        wrong.clear_option(CoapOption::ContentFormat);
+        wrong.set_content_format(ContentFormat::ApplicationCBOR);
+        assert_eq!(
+            code(&handle(&mut e, &PEER, &wrong, 0)),
+            ResponseType::UnsupportedContentFormat
+        );
+        // Malformed body, with a diagnostic.
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Put, &path, &[0xa1, 0x01]),
+            0,
+        );
+        assert_eq!(code(&r), ResponseType::BadRequest);
+        // Another client's cuid.
+        let other = [
+            ".well-known",
+            "dots",
+            "mitigate",
+            "cuid=someoneelse",
+            "mid=1",
+        ];
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &other, FIG8),
+                0
+            )),
+            ResponseType::Forbidden
+        );
+        // No mid on PUT; unknown resource; GET with nothing there.
+        let nomid = [".well-known", "dots", "mitigate", &format!("cuid={CUID}")];
+        let nomid: Vec<&str> = nomid.iter().map(|s| s.as_ref()).collect();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &nomid, FIG8),
+                0
+            )),
+            ResponseType::BadRequest
+        );
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Get, &[".well-known", "dots", "nope"], &[]),
+                0
+            )),
+            ResponseType::NotFound
+        );
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Get, &nomid, &[]),
+                0
+            )),
+            ResponseType::NotFound
+        );
+        // Lower overlapping mid: 4.09 with conflict-information naming the newer mid.
+        let p2 = p("mid=2");
+        let p2: Vec<&str> = p2.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &p2, FIG8),
+                0
+            )),
+            ResponseType::Created
+        );
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &path, FIG8), 0);
+        assert_eq!(code(&r), ResponseType::Conflict);
+        let Reply::Response(pk) = r else { panic!() };
+        let v = cbor::parse(&pk.payload).unwrap();
+        assert!(
+            format!("{v:?}").contains("Integer(2)"),
+            "conflict names mid 2: {v:?}"
+        );
+        // Efficacy update for an unknown mid: silently discarded.
+        let p9 = p("mid=9");
+        let p9: Vec<&str> = p9.iter().map(|s| s.as_str()).collect();
+        let mut eff = request(RequestType::Put, &p9, FIG8);
+        eff.add_option(CoapOption::IfMatch, Vec::new());
+        assert!(matches!(handle(&mut e, &PEER, &eff, 0), Reply::Silence));
+    }
+
+    #[test]
+    fn heartbeats_are_acknowledged() {
+        let mut e = engine();
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(
+                RequestType::Put,
+                &[".well-known", "dots", "hb"],
+                &message::encode_heartbeat(false),
+            ),
+            0,
+        );
+        assert!(matches!(
+            r,
+            Reply::Heartbeat {
+                peer_hb_status: false,
+                ..
+            }
+        ));
+        assert_eq!(code(&r), ResponseType::Changed);
+    }
+}
