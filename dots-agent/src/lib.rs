@@ -2,6 +2,7 @@
 //!
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
 //! - [`signal`]: the DOTS signal channel's I/O-free protocol core (CBOR, messages, paths).
+//! - [`pki`]: lab CA and certificates, cuid derivation.
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`cli`]: the command line.
@@ -9,5 +10,6 @@
 pub mod cli;
 pub mod datapath;
 pub mod packet;
+pub mod pki;
 pub mod signal;
 pub mod traffic;

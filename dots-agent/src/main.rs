@@ -19,6 +19,9 @@ enum Command {
     /// Send and count raw frames on an interface (for labs and tests).
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
+    /// Certificates for a lab: a CA, a server and clients.
+    #[command(subcommand)]
+    Pki(cli::pki::PkiCommand),
 }
 
 fn main() {
@@ -38,5 +41,6 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Xdp(c) => cli::xdp::run(c),
         Command::Traffic(c) => cli::traffic::run(c),
+        Command::Pki(c) => cli::pki::run(c),
     }
 }

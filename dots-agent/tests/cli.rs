@@ -49,6 +49,39 @@ fn a_bad_mitigation_file_is_refused_with_the_reason() {
 }
 
 #[test]
+fn pki_init_writes_certificates_and_prints_cuids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("pki");
+    let o = agent(&[
+        "pki",
+        "init",
+        "--dir",
+        d.to_str().unwrap(),
+        "--server-name",
+        "dots.example",
+        "--server-ip",
+        "192.0.2.1",
+        "--client",
+        "client-a",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("client client-a: cuid "), "{out}");
+    assert!(d.join("server.key").exists() && d.join("client-a.pem").exists());
+    let o = agent(&[
+        "pki",
+        "init",
+        "--dir",
+        d.to_str().unwrap(),
+        "--server-name",
+        "x",
+        "--client",
+        "client-a",
+    ]);
+    assert!(stderr(&o).contains("already holds a CA"), "{}", stderr(&o));
+}
+
+#[test]
 fn the_shipped_example_is_valid() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

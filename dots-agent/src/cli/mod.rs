@@ -1,3 +1,4 @@
 //! The `dots-agent` command line.
+pub mod pki;
 pub mod traffic;
 pub mod xdp;
