@@ -5,11 +5,14 @@
 //! - [`pki`]: lab CA and certificates, cuid derivation.
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
+//! - [`server`], [`client`]: the signal channel's transports (TLS today).
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod client;
 pub mod datapath;
 pub mod packet;
 pub mod pki;
+pub mod server;
 pub mod signal;
 pub mod traffic;

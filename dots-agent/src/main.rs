@@ -22,6 +22,21 @@ enum Command {
     /// Certificates for a lab: a CA, a server and clients.
     #[command(subcommand)]
     Pki(cli::pki::PkiCommand),
+    /// Run the DOTS server (signal channel; XDP datapath per its config).
+    Server {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Talk to a DOTS server as a DOTS client.
+    Client {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Print the response as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: cli::signal::ClientCommand,
+    },
 }
 
 fn main() {
@@ -42,5 +57,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Xdp(c) => cli::xdp::run(c),
         Command::Traffic(c) => cli::traffic::run(c),
         Command::Pki(c) => cli::pki::run(c),
+        Command::Server { config } => cli::signal::run_server(config),
+        Command::Client {
+            config,
+            json,
+            command,
+        } => cli::signal::run_client(config, json, command),
     }
 }

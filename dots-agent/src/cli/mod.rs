@@ -1,4 +1,5 @@
 //! The `dots-agent` command line.
 pub mod pki;
+pub mod signal;
 pub mod traffic;
 pub mod xdp;

@@ -102,3 +102,18 @@ pub trait Mitigator: Send {
     /// Ids of the installed mitigations.
     fn installed(&self) -> Vec<u64>;
 }
+
+impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
+    fn install(&mut self, spec: &MitigationSpec) -> Result<(), DatapathError> {
+        (**self).install(spec)
+    }
+    fn remove(&mut self, id: u64) -> Result<Option<MitigationCounters>, DatapathError> {
+        (**self).remove(id)
+    }
+    fn counters(&self, id: u64) -> Result<Option<MitigationCounters>, DatapathError> {
+        (**self).counters(id)
+    }
+    fn installed(&self) -> Vec<u64> {
+        (**self).installed()
+    }
+}

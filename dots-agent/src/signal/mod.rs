@@ -6,6 +6,8 @@
 //! session configuration and heartbeats, the store and the client are the rest of issue 3.
 
 pub mod cbor;
+pub mod coap_tcp;
+pub mod diag;
 pub mod engine;
 pub mod handler;
 pub mod message;

@@ -1,0 +1,270 @@
+//! server.toml: what the DOTS server listens on, its certificates, its datapath and the
+//! clients it serves. Relative paths are taken from the config file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::datapath::{AttachMode, Countermeasures, Rate, DEFAULT_PIN_ROOT};
+use crate::signal::engine::ClientPolicy;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub signal: Signal,
+    pub tls: Tls,
+    #[serde(default)]
+    pub store: Store,
+    #[serde(default)]
+    pub datapath: Datapath,
+    #[serde(default, rename = "client")]
+    pub clients: Vec<Client>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signal {
+    /// Each address serves CoAP over TLS on TCP (and, once built, DTLS on UDP).
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            dir: "/var/lib/dots-agent".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datapath {
+    /// Interfaces to attach the XDP filter to; empty: run the control plane without XDP.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub xdp_mode: AttachMode,
+    #[serde(default = "default_pin_root")]
+    pub pin_root: PathBuf,
+    /// UDP source ports of the amplification countermeasure (default: the well-known set).
+    #[serde(default)]
+    pub amplification_ports: Option<Vec<u16>>,
+}
+
+fn default_mode() -> AttachMode {
+    AttachMode::Auto
+}
+
+fn default_pin_root() -> PathBuf {
+    DEFAULT_PIN_ROOT.into()
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath {
+            interfaces: Vec::new(),
+            xdp_mode: AttachMode::Auto,
+            pin_root: default_pin_root(),
+            amplification_ports: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Matched to the subject CN of the client's certificate.
+    pub name: String,
+    /// Targets this client may ask mitigation for.
+    pub prefixes: Vec<IpNet>,
+    /// The mitigation policy for this client (default: see [`default_countermeasures`]).
+    #[serde(default)]
+    pub countermeasures: Option<Countermeasures>,
+    #[serde(default)]
+    pub allow_indefinite: bool,
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime: u32,
+}
+
+fn default_max_lifetime() -> u32 {
+    86_400
+}
+
+/// What a scrubber operator expects by default: UDP from well-known amplification ports
+/// dropped, per-source packet and SYN limits on, no scope-wide cap (telemetry sets that).
+pub fn default_countermeasures() -> Countermeasures {
+    Countermeasures {
+        amplification: true,
+        fragments: false,
+        source_pps: Some(Rate {
+            rate: 10_000,
+            burst: Some(20_000),
+        }),
+        syn_pps: Some(Rate {
+            rate: 100,
+            burst: Some(200),
+        }),
+        scope_bps: None,
+    }
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut c: ServerConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid server config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.tls.ca,
+            &mut c.tls.cert,
+            &mut c.tls.key,
+            &mut c.store.dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        c.validate()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.signal.listen.is_empty() {
+            bail!("[signal] listen is empty: give at least one address, e.g. \"[::]:4646\"");
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.clients {
+            if !names.insert(&c.name) {
+                bail!("client {:?} is configured twice", c.name);
+            }
+            if c.prefixes.is_empty() {
+                bail!(
+                    "client {:?} has no prefixes: it could not ask for any mitigation",
+                    c.name
+                );
+            }
+            for p in &c.prefixes {
+                if p.addr() != p.network() {
+                    bail!(
+                        "client {:?}: prefix {p} has host bits set (use {})",
+                        c.name,
+                        p.trunc()
+                    );
+                }
+            }
+            if c.max_lifetime == 0 {
+                bail!("client {:?}: max_lifetime must be positive", c.name);
+            }
+        }
+        for (what, p) in [
+            ("ca", &self.tls.ca),
+            ("cert", &self.tls.cert),
+            ("key", &self.tls.key),
+        ] {
+            if !p.exists() {
+                bail!(
+                    "[tls] {what}: {} does not exist (dots-agent pki init makes a lab set)",
+                    p.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn policies(&self) -> Vec<ClientPolicy> {
+        self.clients
+            .iter()
+            .map(|c| ClientPolicy {
+                name: c.name.clone(),
+                prefixes: c.prefixes.clone(),
+                countermeasures: c
+                    .countermeasures
+                    .clone()
+                    .unwrap_or_else(default_countermeasures),
+                allow_indefinite: c.allow_indefinite,
+                max_lifetime: c.max_lifetime,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let p = dir.join("server.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"
+[signal]
+listen = ["[::]:4646"]
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "/var/lib/dots-agent"
+[datapath]
+interfaces = ["eth1"]
+xdp_mode = "auto"
+[[client]]
+name = "client-a"
+prefixes = ["203.0.113.0/24", "2001:db8:6401::/48"]
+"#;
+
+    #[test]
+    fn the_issue_example_loads_with_operator_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ServerConfig::load(&write(dir.path(), GOOD)).unwrap();
+        assert_eq!(c.tls.ca, dir.path().join("ca.pem"));
+        assert_eq!(c.datapath.interfaces, vec!["eth1"]);
+        let p = &c.policies()[0];
+        assert!(p.countermeasures.amplification && p.countermeasures.syn_pps.is_some());
+        assert!(p.countermeasures.scope_bps.is_none());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |t: &str| {
+            format!(
+                "{:#}",
+                ServerConfig::load(&write(dir.path(), t)).unwrap_err()
+            )
+        };
+        assert!(err(&GOOD.replace("203.0.113.0/24", "203.0.113.9/24")).contains("host bits"));
+        assert!(err(&GOOD.replace("xdp_mode", "xdp_mood")).contains("xdp_mood"));
+        assert!(err(&GOOD.replace("\"[::]:4646\"", "")).contains("listen is empty"));
+        assert!(err(&GOOD.replace("server.key\"", "missing.key\""))
+            .contains("missing.key does not exist"));
+        assert!(err(&format!(
+            "{GOOD}\n[[client]]\nname = \"client-a\"\nprefixes = [\"192.0.2.0/24\"]\n"
+        ))
+        .contains("twice"));
+    }
+}

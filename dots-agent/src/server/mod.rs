@@ -1,0 +1,98 @@
+//! `dots-agent server`: the DOTS server's I/O around the protocol core. Today: CoAP over TLS
+//! on TCP (RFC 8323) with mutual X.509 authentication; DTLS, Observe, session configuration,
+//! heartbeats and the store are the rest of the signal-channel issue.
+
+pub mod config;
+mod tls;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+
+pub use config::ServerConfig;
+pub use tls::{acceptor, serve_tls};
+
+use crate::datapath::{
+    LoadOptions, MemoryMitigator, Mitigator, XdpDatapath, DEFAULT_AMPLIFICATION_PORTS,
+};
+use crate::signal::engine::Engine;
+
+pub type SharedEngine = Arc<Mutex<Engine<Box<dyn Mitigator>>>>;
+
+/// Seconds since the epoch (the engine's clock).
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The datapath the config asks for: XDP on its interfaces, or none (control plane only).
+pub fn mitigator(config: &ServerConfig) -> Result<Box<dyn Mitigator>> {
+    let d = &config.datapath;
+    if d.interfaces.is_empty() {
+        tracing::warn!("no [datapath] interfaces: running the control plane without XDP");
+        return Ok(Box::new(MemoryMitigator::new()));
+    }
+    let mut dp =
+        XdpDatapath::load(&LoadOptions::new(&d.pin_root)).context("loading the XDP datapath")?;
+    dp.set_amplification_ports(
+        d.amplification_ports
+            .as_deref()
+            .unwrap_or(DEFAULT_AMPLIFICATION_PORTS),
+    )?;
+    for iface in &d.interfaces {
+        let out = dp.attach(iface, d.xdp_mode)?;
+        if let Some(why) = out.fallback {
+            tracing::warn!("{iface}: {why}");
+        }
+        tracing::info!("XDP filter on {iface} ({} mode)", out.mode);
+    }
+    Ok(Box::new(dp))
+}
+
+/// Expires lifetimes and terminating periods once a second.
+pub fn spawn_ticker(engine: SharedEngine) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            for (cuid, mid) in engine.lock().await.tick(now()) {
+                tracing::info!("mitigation {mid} of {cuid} ended");
+            }
+        }
+    })
+}
+
+/// Runs the server until interrupted.
+pub async fn run(config: ServerConfig) -> Result<()> {
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(
+        mitigator(&config)?,
+        config.policies(),
+    )));
+    let acceptor = Arc::new(acceptor(&config.tls)?);
+    spawn_ticker(engine.clone());
+    let mut tasks = Vec::new();
+    for addr in &config.signal.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (TCP)"))?;
+        tracing::info!("signal channel: CoAP over TLS on {addr}");
+        tasks.push(tokio::spawn(serve_tls(
+            listener,
+            acceptor.clone(),
+            engine.clone(),
+        )));
+    }
+    tracing::warn!("DTLS (CoAP over UDP) is not served yet; clients must use coaps+tcp");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down; XDP rules stay pinned and keep filtering");
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}

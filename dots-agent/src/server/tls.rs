@@ -1,0 +1,120 @@
+//! CoAP over TLS (RFC 8323) with mutual X.509 authentication: one task per connection,
+//! frames in, engine calls, frames out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_openssl::SslStream;
+
+use super::{now, SharedEngine};
+use crate::pki;
+use crate::signal::coap_tcp::{self, Frame};
+use crate::signal::handler::{self, Peer, Reply};
+
+/// A connection with nothing received for this long is closed.
+const IDLE: Duration = Duration::from_secs(600);
+
+pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_ca_file(&tls.ca)
+        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
+    b.set_certificate_chain_file(&tls.cert)
+        .with_context(|| format!("loading {}", tls.cert.display()))?;
+    b.set_private_key_file(&tls.key, SslFiletype::PEM)
+        .with_context(|| format!("loading {}", tls.key.display()))?;
+    b.check_private_key()
+        .context("the server key does not match its certificate")?;
+    // Mutual authentication: no client certificate from our CA, no session.
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    b.set_alpn_select_callback(|_, offered| {
+        openssl::ssl::select_next_proto(b"\x04coap", offered).ok_or(AlpnError::NOACK)
+    });
+    Ok(b.build())
+}
+
+pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, engine: SharedEngine) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(tcp, &acceptor, engine).await {
+                tracing::info!("{peer}: {e:#}");
+            }
+        });
+    }
+}
+
+async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine) -> Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let ssl = Ssl::new(acceptor.context())?;
+    let mut s = SslStream::new(ssl, tcp)?;
+    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept())
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake failed")?;
+    let cert = s
+        .ssl()
+        .peer_certificate()
+        .context("no client certificate")?;
+    let cn = pki::common_name(&cert).unwrap_or_default();
+    let cuid = pki::cuid(&cert)?;
+    let configured = engine.lock().await.policy(&cn).is_some();
+    let client = configured.then_some(cn.as_str());
+    tracing::info!(
+        "TLS session from client {cn:?} (cuid {cuid}){}",
+        if configured { "" } else { ": not configured" }
+    );
+    s.write_all(&coap_tcp::csm()).await?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(IDLE, s.read(&mut chunk))
+            .await
+            .context("idle timeout")??;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((frame, used)) = coap_tcp::decode(&buf)? {
+            buf.drain(..used);
+            match frame {
+                Frame::Signal {
+                    code: coap_tcp::PING,
+                    token,
+                    ..
+                } => s.write_all(&coap_tcp::pong(&token)).await?,
+                Frame::Signal {
+                    code: coap_tcp::RELEASE | coap_tcp::ABORT,
+                    ..
+                } => return Ok(()),
+                Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
+                Frame::Message(req) => {
+                    let peer = Peer {
+                        client,
+                        cuid: &cuid,
+                    };
+                    let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
+                    match reply {
+                        Reply::Response(p) | Reply::Heartbeat { response: p, .. } => {
+                            s.write_all(&coap_tcp::encode(&p)?).await?
+                        }
+                        Reply::Silence => {}
+                    }
+                }
+            }
+        }
+    }
+}
