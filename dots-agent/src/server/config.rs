@@ -29,6 +29,13 @@ pub struct ServerConfig {
 pub struct Signal {
     /// Each address serves CoAP over TLS on TCP (and, once built, DTLS on UDP).
     pub listen: Vec<SocketAddr>,
+    /// How long a withdrawn mitigation keeps filtering (RFC 9132 4.4.4: 120 s, at most 300).
+    #[serde(default = "default_terminating")]
+    pub terminating_seconds: u64,
+}
+
+fn default_terminating() -> u64 {
+    crate::signal::engine::TERMINATING_DEFAULT
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +155,12 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.signal.terminating_seconds > crate::signal::engine::TERMINATING_MAX {
+            bail!(
+                "[signal] terminating_seconds is at most {}",
+                crate::signal::engine::TERMINATING_MAX
+            );
+        }
         if self.signal.listen.is_empty() {
             bail!("[signal] listen is empty: give at least one address, e.g. \"[::]:4646\"");
         }

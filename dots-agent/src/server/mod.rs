@@ -66,12 +66,22 @@ pub fn spawn_ticker(engine: SharedEngine) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Runs the server until interrupted.
+/// Runs the server until interrupted (Ctrl-C / SIGINT).
 pub async fn run(config: ServerConfig) -> Result<()> {
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(
-        mitigator(&config)?,
-        config.policies(),
-    )));
+    run_until(config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run_until(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let engine = Engine::new(mitigator(&config)?, config.policies())
+        .with_terminating_period(config.signal.terminating_seconds);
+    let engine: SharedEngine = Arc::new(Mutex::new(engine));
     let acceptor = Arc::new(acceptor(&config.tls)?);
     spawn_ticker(engine.clone());
     let mut tasks = Vec::new();
@@ -87,9 +97,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         )));
     }
     tracing::warn!("DTLS (CoAP over UDP) is not served yet; clients must use coaps+tcp");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown.await;
     tracing::info!("shutting down; XDP rules stay pinned and keep filtering");
     for t in tasks {
         t.abort();

@@ -77,6 +77,7 @@ pub struct Engine<M: Mitigator> {
     /// cuid -> (client name, mid -> mitigation)
     clients: BTreeMap<String, (String, BTreeMap<u32, Mitigation>)>,
     next_id: u64,
+    terminating: u64,
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -96,7 +97,15 @@ impl<M: Mitigator> Engine<M> {
             policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
             clients: BTreeMap::new(),
             next_id: 1,
+            terminating: TERMINATING_DEFAULT,
         }
+    }
+
+    /// Sets the active-but-terminating period after a withdrawal (capped at the RFC's 300 s;
+    /// 0 removes the rules at the next tick).
+    pub fn with_terminating_period(mut self, seconds: u64) -> Self {
+        self.terminating = seconds.min(TERMINATING_MAX);
+        self
     }
 
     pub fn mitigator(&self) -> &M {
@@ -350,7 +359,7 @@ impl<M: Mitigator> Engine<M> {
             return;
         }
         m.status = Status::ClientWithdrawn;
-        m.terminating_until = Some(now + TERMINATING_DEFAULT.min(TERMINATING_MAX));
+        m.terminating_until = Some(now + self.terminating);
     }
 
     /// Expires lifetimes and terminating periods. Returns (cuid, mid) of what ended.

@@ -1,0 +1,237 @@
+//! End to end: a DOTS client in one namespace asks, over TLS, a DOTS server in another to
+//! mitigate; the server's XDP filter drops the attack on the veth between them; the status
+//! counts the drops; the withdrawal lets the attack through again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use coap_lite::RequestType;
+use dots_agent::client::{code_text, ClientConfig, ClientTls, Session};
+use dots_agent::packet::PacketSpec;
+use dots_agent::server::ServerConfig;
+use dots_agent::signal::message::{self, Lifetime, Scope};
+use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
+use dots_e2e::{PinRoot, VethPair};
+
+const SERVER_IP: &str = "192.0.2.2";
+
+fn server_config(dir: &Path, pins: &Path, iface: &str) -> ServerConfig {
+    let text = format!(
+        r#"
+[signal]
+listen = ["{SERVER_IP}:4646"]
+terminating_seconds = 0
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state"
+[datapath]
+interfaces = ["{iface}"]
+xdp_mode = "native"
+pin_root = "{}"
+[[client]]
+name = "client-a"
+prefixes = ["198.51.100.0/24", "2001:db8:6401::/48"]
+"#,
+        pins.display()
+    );
+    let path = dir.join("server.toml");
+    std::fs::write(&path, text).unwrap();
+    ServerConfig::load(&path).unwrap()
+}
+
+/// Runs `f` with a tokio runtime on a thread inside namespace `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &dots_e2e::Netns,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        f(&rt)
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn attack(pair: &VethPair, count: u64) -> BTreeMap<FlowKey, FlowCount> {
+    let b_if = pair.b_if.clone();
+    let receiver = pair.b.run(move || {
+        count_received(
+            &RawSocket::bind(&b_if).unwrap(),
+            Duration::from_millis(1500),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let a_if = pair.a_if.clone();
+    pair.a
+        .run(move || {
+            let frames = vec![PacketSpec::udp("192.0.2.77", "198.51.100.10", 123, 4444).build()];
+            send_paced(
+                &RawSocket::bind(&a_if).unwrap(),
+                &frames,
+                count,
+                20_000,
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+    receiver.join().unwrap()
+}
+
+fn arrived(c: &BTreeMap<FlowKey, FlowCount>) -> u64 {
+    c.iter()
+        .filter(|(k, _)| k.sport == 123)
+        .map(|(_, v)| v.packets)
+        .sum()
+}
+
+#[test]
+fn a_dots_request_over_tls_drives_the_xdp_filter() {
+    let pair = VethPair::new("sx");
+    pair.a
+        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
+    pair.b
+        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PinRoot::new("sigx");
+    dots_agent::pki::init(
+        dir.path(),
+        "dots.example",
+        &[SERVER_IP.parse().unwrap()],
+        &["client-a".into()],
+    )
+    .unwrap();
+    let cfg = server_config(dir.path(), &pins.0, &pair.b_if);
+
+    // The server, in namespace b, until told to stop.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = pair.b.run(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(dots_agent::server::run_until(cfg, async {
+            let _ = stop_rx.await;
+        }))
+    });
+
+    let client_cfg = move |dir: &Path| ClientConfig {
+        server: format!("{SERVER_IP}:4646"),
+        server_name: "dots.example".into(),
+        tls: ClientTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("client-a.pem"),
+            key: dir.join("client-a.key"),
+        },
+    };
+    let (d1, d2, d3) = (
+        dir.path().to_path_buf(),
+        dir.path().to_path_buf(),
+        dir.path().to_path_buf(),
+    );
+
+    // Before any request the attack gets through.
+    assert_eq!(arrived(&attack(&pair, 300)), 300);
+
+    let created = in_ns(&pair.a, move |rt| {
+        rt.block_on(async {
+            // The server may still be loading its XDP program: retry the connection briefly.
+            let mut session = None;
+            for _ in 0..50 {
+                match Session::connect(&client_cfg(&d1)).await {
+                    Ok(s) => {
+                        session = Some(s);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            let mut s = session.expect("connected to the server within 10 s");
+            let scope = Scope::new(
+                vec!["198.51.100.0/24".parse().unwrap()],
+                Lifetime::Seconds(600),
+            );
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            let r = s
+                .request(
+                    RequestType::Put,
+                    &path,
+                    Some(message::encode_mitigation_request(&scope)),
+                    false,
+                )
+                .await
+                .unwrap();
+            code_text(&r)
+        })
+    });
+    assert_eq!(created, "2.01");
+    assert_eq!(
+        arrived(&attack(&pair, 500)),
+        0,
+        "NTP reflection dropped by the amplification countermeasure"
+    );
+
+    let dropped = in_ns(&pair.a, move |rt| {
+        rt.block_on(async {
+            let mut s = Session::connect(&client_cfg(&d2)).await.unwrap();
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            let r = s
+                .request(RequestType::Get, &path, None, false)
+                .await
+                .unwrap();
+            let v = dots_agent::signal::diag::to_json(
+                &dots_agent::signal::cbor::parse(&r.payload).unwrap(),
+            );
+            v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
+        })
+    });
+    assert_eq!(
+        dropped,
+        Some(500),
+        "the status reports the XDP drop counter"
+    );
+
+    let withdrawn = in_ns(&pair.a, move |rt| {
+        rt.block_on(async {
+            let mut s = Session::connect(&client_cfg(&d3)).await.unwrap();
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            code_text(
+                &s.request(RequestType::Delete, &path, None, false)
+                    .await
+                    .unwrap(),
+            )
+        })
+    });
+    assert_eq!(withdrawn, "2.02");
+    std::thread::sleep(Duration::from_millis(2500)); // the ticker removes it (terminating 0 s)
+    assert_eq!(
+        arrived(&attack(&pair, 300)),
+        300,
+        "after the withdrawal the traffic flows again"
+    );
+
+    let _ = stop_tx.send(());
+    server.join().unwrap().unwrap();
+}
