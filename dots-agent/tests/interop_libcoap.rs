@@ -1,0 +1,148 @@
+//! Interoperability with an independent implementation: libcoap's coap-client-openssl
+//! (Debian libcoap3-bin) against our server over coaps+tcp, sending RFC 9132 Figure 8.
+//! libcoap exits 0 even on failure, so the response code is read from its -v 6 log.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use dots_agent::datapath::{MemoryMitigator, Mitigator};
+use dots_agent::server::{acceptor, config::Tls, serve_tls, SharedEngine};
+use dots_agent::signal::engine::{ClientPolicy, Engine};
+use tokio::sync::Mutex;
+
+const FIG8: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/rfc9132-fig8.cbor"
+);
+
+fn libcoap(dir: &Path, args: &[&str]) -> String {
+    let pki = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let out = Command::new("coap-client-openssl")
+        .args([
+            "-c",
+            &pki("client-a.pem"),
+            "-j",
+            &pki("client-a.key"),
+            "-C",
+            &pki("ca.pem"),
+            "-v",
+            "6",
+            "-B",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .expect("coap-client-openssl (Debian libcoap3-bin; scripts/setup.sh installs it)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The code of the response line libcoap logs, e.g. "2.01".
+fn code(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| {
+            l.contains("v:1 t:")
+                && !l.contains(" c:PUT")
+                && !l.contains(" c:GET")
+                && !l.contains(" c:DELETE")
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("c:"))
+                .map(String::from)
+        })
+        .find(|c| c.chars().next().is_some_and(|ch| ch.is_ascii_digit()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_client_speaks_to_our_server_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    dots_agent::pki::init(
+        &d,
+        "dots.example",
+        &["127.0.0.1".parse().unwrap()],
+        &["client-a".into()],
+    )
+    .unwrap();
+    let cert =
+        openssl::x509::X509::from_pem(&std::fs::read(d.join("client-a.pem")).unwrap()).unwrap();
+    let cuid = dots_agent::pki::cuid(&cert).unwrap();
+    let policy = ClientPolicy {
+        name: "client-a".into(),
+        prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
+        countermeasures: Default::default(),
+        allow_indefinite: false,
+        max_lifetime: 86_400,
+    };
+    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![policy])));
+    let tls = Tls {
+        ca: d.join("ca.pem"),
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve_tls(
+        listener,
+        Arc::new(acceptor(&tls).unwrap()),
+        engine.clone(),
+    ));
+
+    let base = format!("coaps+tcp://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}");
+    let run = |args: Vec<String>| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            libcoap(&d, &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        })
+    };
+    let put = run(vec![
+        "-m".into(),
+        "put".into(),
+        "-t".into(),
+        "271".into(),
+        "-f".into(),
+        FIG8.into(),
+        format!("{base}/mid=123"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code(&put).as_deref(), Some("2.01"), "{put}");
+    assert!(
+        put.contains("a101a10281a205187b0e190e10"),
+        "the created reply with mid 123 and lifetime 3600: {put}"
+    );
+    assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+
+    let get = run(vec!["-m".into(), "get".into(), base.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code(&get).as_deref(), Some("2.05"), "{get}");
+
+    let wrong = run(vec![
+        "-m".into(),
+        "put".into(),
+        "-t".into(),
+        "50".into(),
+        "-f".into(),
+        FIG8.into(),
+        format!("{base}/mid=124"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code(&wrong).as_deref(), Some("4.15"), "{wrong}");
+
+    let del = run(vec![
+        "-m".into(),
+        "delete".into(),
+        format!("{base}/mid=123"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code(&del).as_deref(), Some("2.02"), "{del}");
+}
