@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::message::{Lifetime, MitigationStatus, Scope, Status};
+use super::session_config::{self, ConfigError, SessionConfig};
 use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
@@ -45,6 +46,8 @@ pub enum Refusal {
     },
     /// 5.03 with a diagnostic (datapath full or failing).
     Unavailable(String),
+    /// 4.22: a session parameter outside the server's limits.
+    Unprocessable(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,8 @@ pub struct Engine<M: Mitigator> {
     clients: BTreeMap<String, (String, BTreeMap<u32, Mitigation>)>,
     next_id: u64,
     terminating: u64,
+    /// Session configuration per configured client (RFC 9132 §4.5).
+    configs: BTreeMap<String, SessionConfig>,
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -98,6 +103,7 @@ impl<M: Mitigator> Engine<M> {
             clients: BTreeMap::new(),
             next_id: 1,
             terminating: TERMINATING_DEFAULT,
+            configs: BTreeMap::new(),
         }
     }
 
@@ -454,6 +460,43 @@ impl<M: Mitigator> Engine<M> {
                 }
             })
             .collect())
+    }
+}
+
+impl<M: Mitigator> Engine<M> {
+    /// GET /config[/sid]: the client's configuration (defaults until it sets one).
+    pub fn config_get(&self, client: &str, sid: Option<u32>) -> Result<SessionConfig, Refusal> {
+        let current = self.configs.get(client).cloned().unwrap_or_default();
+        match sid {
+            Some(s) if current.sid != Some(s) => {
+                Err(Refusal::NotFound(format!("no session configuration {s}")))
+            }
+            _ => Ok(current),
+        }
+    }
+
+    /// PUT /config/sid: Ok(true) for a new sid (2.01), Ok(false) for the current one (2.04).
+    pub fn config_put(&mut self, client: &str, sid: u32, body: &[u8]) -> Result<bool, Refusal> {
+        let current = self.configs.get(client).cloned().unwrap_or_default();
+        if current.sid.is_some_and(|c| sid < c) {
+            return Err(Refusal::BadRequest(format!(
+                "sid {sid} is lower than the current {}: a new configuration needs a higher sid",
+                current.sid.unwrap_or(0)
+            )));
+        }
+        let mut next = session_config::decode_put(body, &current).map_err(|e| match e {
+            ConfigError::Bad(e) => Refusal::BadRequest(e.to_string()),
+            ConfigError::Unacceptable(t) => Refusal::Unprocessable(t),
+        })?;
+        let created = current.sid != Some(sid);
+        next.sid = Some(sid);
+        self.configs.insert(client.to_string(), next);
+        Ok(created)
+    }
+
+    /// DELETE /config[/sid]: back to the defaults.
+    pub fn config_delete(&mut self, client: &str) {
+        self.configs.remove(client);
     }
 }
 

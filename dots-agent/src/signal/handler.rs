@@ -6,6 +6,7 @@ use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, Re
 use super::cbor::{self, uint};
 use super::engine::{Engine, PutOutcome, Refusal};
 use super::message;
+use super::session_config;
 use super::uri::{self, Resource};
 use crate::datapath::Mitigator;
 
@@ -51,6 +52,7 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
         Refusal::Forbidden(t) => diagnostic(req, ResponseType::Forbidden, t),
         Refusal::NotFound(t) => diagnostic(req, ResponseType::NotFound, t),
         Refusal::Unavailable(t) => diagnostic(req, ResponseType::ServiceUnavailable, t),
+        Refusal::Unprocessable(t) => diagnostic(req, ResponseType::UnprocessableEntity, t),
         Refusal::Conflict { cause, mid, .. } => {
             // conflict-information (17) inside the scope entry: status (18) only when
             // another request is active, cause (19), and the conflicting mid in 21.
@@ -210,13 +212,47 @@ pub fn handle<M: Mitigator>(
             ResponseType::MethodNotAllowed,
             "hb takes PUT",
         )),
-        (Resource::Config { .. }, _)
-        | (Resource::TelemetrySetup { .. }, _)
-        | (Resource::Telemetry { .. }, _) => Reply::Response(diagnostic(
+        (Resource::Config { sid }, RequestType::Get) => match engine.config_get(client, sid) {
+            Ok(c) => Reply::Response(response(
+                req,
+                ResponseType::Content,
+                session_config::encode(&c),
+                true,
+            )),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
+        (Resource::Config { sid: Some(sid) }, RequestType::Put) => {
+            match engine.config_put(client, sid, &req.payload) {
+                Ok(true) => {
+                    Reply::Response(response(req, ResponseType::Created, Vec::new(), false))
+                }
+                Ok(false) => {
+                    Reply::Response(response(req, ResponseType::Changed, Vec::new(), false))
+                }
+                Err(r) => Reply::Response(refusal(req, r)),
+            }
+        }
+        (Resource::Config { sid: None }, RequestType::Put) => Reply::Response(diagnostic(
             req,
-            ResponseType::NotImplemented,
-            "this resource is not served yet",
+            ResponseType::BadRequest,
+            "sid is required in the path",
         )),
+        (Resource::Config { .. }, RequestType::Delete) => {
+            engine.config_delete(client);
+            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+        }
+        (Resource::Config { .. }, _) => Reply::Response(diagnostic(
+            req,
+            ResponseType::MethodNotAllowed,
+            "config takes GET, PUT and DELETE",
+        )),
+        (Resource::TelemetrySetup { .. }, _) | (Resource::Telemetry { .. }, _) => {
+            Reply::Response(diagnostic(
+                req,
+                ResponseType::NotImplemented,
+                "telemetry is not served yet",
+            ))
+        }
     }
 }
 
@@ -423,6 +459,99 @@ mod tests {
         let mut eff = request(RequestType::Put, &p9, FIG8);
         eff.add_option(CoapOption::IfMatch, Vec::new());
         assert!(matches!(handle(&mut e, &PEER, &eff, 0), Reply::Silence));
+    }
+
+    #[test]
+    fn session_configuration_put_get_delete() {
+        let mut e = engine();
+        let cfg = [".well-known", "dots", "config"];
+        let r = handle(&mut e, &PEER, &request(RequestType::Get, &cfg, &[]), 0);
+        assert_eq!(code(&r), ResponseType::Content);
+        let body = [
+            0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa1, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x18, 0x3c,
+        ];
+        let with_sid = |sid: &str| {
+            [
+                ".well-known".to_string(),
+                "dots".into(),
+                "config".into(),
+                format!("sid={sid}"),
+            ]
+        };
+        let p5 = with_sid("5");
+        let p5: Vec<&str> = p5.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &p5, &body),
+                0
+            )),
+            ResponseType::Created
+        );
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &p5, &body),
+                0
+            )),
+            ResponseType::Changed
+        );
+        assert_eq!(
+            e.config_get("client-a", Some(5))
+                .unwrap()
+                .mitigating
+                .heartbeat_interval(),
+            60
+        );
+        let p4 = with_sid("4");
+        let p4: Vec<&str> = p4.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &p4, &body),
+                0
+            )),
+            ResponseType::BadRequest
+        );
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Get, &p4, &[]),
+                0
+            )),
+            ResponseType::NotFound
+        );
+        let too_fast = [
+            0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa1, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x05,
+        ];
+        let p6 = with_sid("6");
+        let p6: Vec<&str> = p6.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Put, &p6, &too_fast),
+                0
+            )),
+            ResponseType::UnprocessableEntity
+        );
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Delete, &p5, &[]),
+                0
+            )),
+            ResponseType::Deleted
+        );
+        assert_eq!(
+            e.config_get("client-a", None).unwrap(),
+            session_config::SessionConfig::default()
+        );
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod diag;
 pub mod engine;
 pub mod handler;
 pub mod message;
+pub mod session_config;
 pub mod uri;
