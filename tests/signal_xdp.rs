@@ -1,6 +1,7 @@
 //! End to end: a DOTS client in one namespace asks, over TLS, a DOTS server in another to
 //! mitigate; the server's XDP filter drops the attack on the veth between them; the status
-//! counts the drops; the withdrawal lets the attack through again.
+//! counts the drops; the filter keeps dropping while the server is down; the restarted
+//! server knows the mitigation from its store; the withdrawal lets the attack through again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +17,7 @@ use dots_e2e::{PinRoot, VethPair};
 
 const SERVER_IP: &str = "192.0.2.2";
 
-fn server_config(dir: &Path, pins: &Path, iface: &str) -> ServerConfig {
+fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
     let text = format!(
         r#"
 [signal]
@@ -40,7 +41,41 @@ prefixes = ["198.51.100.0/24", "2001:db8:6401::/48"]
     );
     let path = dir.join("server.toml");
     std::fs::write(&path, text).unwrap();
-    ServerConfig::load(&path).unwrap()
+    path
+}
+
+/// Starts the server in namespace `ns`; it runs until the returned sender is used.
+fn start_server(
+    ns: &dots_e2e::Netns,
+    config: &Path,
+) -> (
+    std::thread::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let cfg = ServerConfig::load(config).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = ns.run(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(dots_agent::server::run_until(cfg, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    (handle, stop_tx)
+}
+
+/// Connects, retrying while the server is still starting (loading its XDP program).
+async fn connect(cfg: &ClientConfig) -> Session {
+    for _ in 0..50 {
+        if let Ok(s) = Session::connect(cfg).await {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no connection to the server within 10 s");
 }
 
 /// Runs `f` with a tokio runtime on a thread inside namespace `ns`.
@@ -110,20 +145,8 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
         &["client-a".into()],
     )
     .unwrap();
-    let cfg = server_config(dir.path(), &pins.0, &pair.b_if);
-
-    // The server, in namespace b, until told to stop.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = pair.b.run(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(dots_agent::server::run_until(cfg, async {
-            let _ = stop_rx.await;
-        }))
-    });
+    let config = server_config(dir.path(), &pins.0, &pair.b_if);
+    let (server, stop) = start_server(&pair.b, &config);
 
     let client_cfg = move |dir: &Path| ClientConfig {
         server: format!("{SERVER_IP}:4646"),
@@ -134,7 +157,8 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
             key: dir.join("client-a.key"),
         },
     };
-    let (d1, d2, d3) = (
+    let (d1, d2, d3, d4) = (
+        dir.path().to_path_buf(),
         dir.path().to_path_buf(),
         dir.path().to_path_buf(),
         dir.path().to_path_buf(),
@@ -145,18 +169,7 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
 
     let created = in_ns(&pair.a, move |rt| {
         rt.block_on(async {
-            // The server may still be loading its XDP program: retry the connection briefly.
-            let mut session = None;
-            for _ in 0..50 {
-                match Session::connect(&client_cfg(&d1)).await {
-                    Ok(s) => {
-                        session = Some(s);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-            let mut s = session.expect("connected to the server within 10 s");
+            let mut s = connect(&client_cfg(&d1)).await;
             let scope = Scope::new(
                 vec!["198.51.100.0/24".parse().unwrap()],
                 Lifetime::Seconds(600),
@@ -209,6 +222,39 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
         "the status reports the XDP drop counter"
     );
 
+    // The agent stops: the pinned filter goes on dropping.
+    let _ = stop.send(());
+    server.join().unwrap().unwrap();
+    assert_eq!(
+        arrived(&attack(&pair, 300)),
+        0,
+        "still filtering while the agent is down"
+    );
+    // It starts again and knows the mitigation (from its store); the counters went on.
+    let (server, stop) = start_server(&pair.b, &config);
+    let after_restart = in_ns(&pair.a, move |rt| {
+        rt.block_on(async {
+            let mut s = connect(&client_cfg(&d4)).await;
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            let r = s
+                .request(RequestType::Get, &path, None, false)
+                .await
+                .unwrap();
+            let v = dots_agent::signal::diag::to_json(
+                &dots_agent::signal::cbor::parse(&r.payload).unwrap(),
+            );
+            (
+                code_text(&r),
+                v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64(),
+            )
+        })
+    });
+    assert_eq!(after_restart, ("2.05".to_string(), Some(800)));
+
     let withdrawn = in_ns(&pair.a, move |rt| {
         rt.block_on(async {
             let mut s = Session::connect(&client_cfg(&d3)).await.unwrap();
@@ -232,6 +278,6 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
         "after the withdrawal the traffic flows again"
     );
 
-    let _ = stop_tx.send(());
+    let _ = stop.send(());
     server.join().unwrap().unwrap();
 }

@@ -6,6 +6,7 @@
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`server`], [`client`]: the signal channel's transports (TLS today).
+//! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -15,4 +16,5 @@ pub mod packet;
 pub mod pki;
 pub mod server;
 pub mod signal;
+pub mod store;
 pub mod traffic;

@@ -79,8 +79,14 @@ pub async fn run_until(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let engine = Engine::new(mitigator(&config)?, config.policies())
-        .with_terminating_period(config.signal.terminating_seconds);
+    let store = crate::store::Store::open(&config.store.dir)?;
+    let (engine, restored) = Engine::new(mitigator(&config)?, config.policies())
+        .with_terminating_period(config.signal.terminating_seconds)
+        .with_store(store, now())?;
+    tracing::info!(
+        "restored {restored} mitigation(s) from {}",
+        config.store.dir.display()
+    );
     let engine: SharedEngine = Arc::new(Mutex::new(engine));
     let acceptor = Arc::new(acceptor(&config.tls)?);
     spawn_ticker(engine.clone());

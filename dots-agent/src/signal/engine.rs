@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::message::{Lifetime, MitigationStatus, Scope, Status};
+use super::message::{AclActivation, ActivationType, Lifetime, MitigationStatus, Scope, Status};
 use super::session_config::{self, ConfigError, SessionConfig};
 use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
+use crate::store::Store;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
 pub const TERMINATING_DEFAULT: u64 = 120;
@@ -83,6 +84,102 @@ pub struct Engine<M: Mitigator> {
     terminating: u64,
     /// Session configuration per configured client (RFC 9132 §4.5).
     configs: BTreeMap<String, SessionConfig>,
+    /// Where accepted state is written as it changes (None: memory only).
+    store: Option<Store>,
+}
+
+/// A mitigation as the store keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    client: String,
+    targets: Vec<IpNet>,
+    ports: Vec<PortRange>,
+    protocols: Vec<u8>,
+    /// Granted lifetime in seconds, -1: indefinite.
+    lifetime: i64,
+    trigger_mitigation: bool,
+    acl_list: Vec<(String, u8)>,
+    status: u8,
+    start: Option<u64>,
+    expires: Option<u64>,
+    terminating_until: Option<u64>,
+    installed: bool,
+    datapath_id: u64,
+}
+
+fn status_from(n: u8) -> Status {
+    match n {
+        1 => Status::InProgress,
+        2 => Status::SuccessfullyMitigated,
+        3 => Status::Stopped,
+        4 => Status::ExceededCapability,
+        5 => Status::ClientWithdrawn,
+        6 => Status::Terminated,
+        7 => Status::Withdrawn,
+        _ => Status::SignalLoss,
+    }
+}
+
+impl Record {
+    fn of(client: &str, m: &Mitigation) -> Record {
+        Record {
+            client: client.to_string(),
+            targets: m.scope.target_prefix.clone(),
+            ports: m.scope.target_port_range.clone(),
+            protocols: m.scope.target_protocol.clone(),
+            lifetime: match m.scope.lifetime {
+                Lifetime::Indefinite => -1,
+                Lifetime::Seconds(s) => s as i64,
+            },
+            trigger_mitigation: m.scope.trigger_mitigation,
+            acl_list: m
+                .scope
+                .acl_list
+                .iter()
+                .map(|a| (a.acl_name.clone(), a.activation_type as u8))
+                .collect(),
+            status: m.status as u8,
+            start: m.start,
+            expires: m.expires,
+            terminating_until: m.terminating_until,
+            installed: m.installed,
+            datapath_id: m.datapath_id,
+        }
+    }
+
+    fn mitigation(self) -> (String, Mitigation) {
+        let lifetime = if self.lifetime < 0 {
+            Lifetime::Indefinite
+        } else {
+            Lifetime::Seconds(self.lifetime as u32)
+        };
+        let mut scope = Scope::new(self.targets, lifetime);
+        scope.target_port_range = self.ports;
+        scope.target_protocol = self.protocols;
+        scope.trigger_mitigation = self.trigger_mitigation;
+        scope.acl_list = self
+            .acl_list
+            .into_iter()
+            .map(|(acl_name, t)| AclActivation {
+                acl_name,
+                activation_type: match t {
+                    2 => ActivationType::Immediate,
+                    3 => ActivationType::Deactivate,
+                    _ => ActivationType::ActivateWhenMitigating,
+                },
+            })
+            .collect();
+        let m = Mitigation {
+            scope,
+            status: status_from(self.status),
+            start: self.start,
+            expires: self.expires,
+            terminating_until: self.terminating_until,
+            installed: self.installed,
+            datapath_id: self.datapath_id,
+        };
+        (self.client, m)
+    }
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -104,6 +201,74 @@ impl<M: Mitigator> Engine<M> {
             next_id: 1,
             terminating: TERMINATING_DEFAULT,
             configs: BTreeMap::new(),
+            store: None,
+        }
+    }
+
+    /// Writes accepted state to `store` from now on, and restores what it holds: session
+    /// configurations, and mitigations, whose rules are installed again (replacing what a
+    /// previous run left pinned in the datapath; rules no stored mitigation owns are
+    /// removed). Lifetimes kept counting while the agent was down: expired ones end at the
+    /// next tick. Returns how many mitigations were restored.
+    pub fn with_store(mut self, store: Store, now: u64) -> anyhow::Result<(Self, usize)> {
+        let records: Vec<(String, u32, Record)> = store.mitigations()?;
+        let configs: Vec<(String, SessionConfig)> = store.configs()?;
+        self.configs = configs.into_iter().collect();
+        let mut restored = 0;
+        for (cuid, mid, record) in records {
+            let (client, mut m) = record.mitigation();
+            self.next_id = self.next_id.max(m.datapath_id + 1);
+            if m.installed {
+                let Some(policy) = self.policies.get(&client).cloned() else {
+                    tracing::warn!("stored mitigation {mid} of {cuid}: client {client} is no longer configured; dropped");
+                    store.delete_mitigation(&cuid, mid)?;
+                    continue;
+                };
+                m.installed = false;
+                let (status, start) = (m.status, m.start);
+                if let Err(r) = self.install(&mut m, &policy, start.unwrap_or(now)) {
+                    tracing::error!(
+                        "stored mitigation {mid} of {cuid} could not be installed again: {r:?}"
+                    );
+                }
+                m.status = status;
+                m.start = start;
+            }
+            self.clients
+                .entry(cuid)
+                .or_insert_with(|| (client, BTreeMap::new()))
+                .1
+                .insert(mid, m);
+            restored += 1;
+        }
+        let owned: std::collections::HashSet<u64> = self
+            .clients
+            .values()
+            .flat_map(|(_, m)| m.values().filter(|x| x.installed).map(|x| x.datapath_id))
+            .collect();
+        for id in self.mitigator.installed() {
+            if !owned.contains(&id) {
+                tracing::info!("removing datapath mitigation {id}: no stored mitigation owns it");
+                let _ = self.mitigator.remove(id);
+            }
+        }
+        self.store = Some(store);
+        Ok((self, restored))
+    }
+
+    /// Writes one mitigation's current state to the store (or deletes it).
+    fn persist(&self, cuid: &str, mid: u32) {
+        let Some(store) = &self.store else { return };
+        let result = match self
+            .clients
+            .get(cuid)
+            .and_then(|(client, m)| m.get(&mid).map(|m| Record::of(client, m)))
+        {
+            Some(record) => store.put_mitigation(cuid, mid, &record),
+            None => store.delete_mitigation(cuid, mid),
+        };
+        if let Err(e) = result {
+            tracing::error!("store: mitigation {mid} of {cuid}: {e:#}");
         }
     }
 
@@ -267,6 +432,7 @@ impl<M: Mitigator> Engine<M> {
                         .expect("had mitigations")
                         .1
                         .insert(old_mid, old);
+                    self.persist(cuid, old_mid);
                 }
                 return Err(refusal);
             }
@@ -276,6 +442,7 @@ impl<M: Mitigator> Engine<M> {
             .or_insert_with(|| (client.to_string(), BTreeMap::new()))
             .1
             .insert(mid, m);
+        self.persist(cuid, mid);
         Ok(PutOutcome::Created { granted })
     }
 
@@ -339,6 +506,7 @@ impl<M: Mitigator> Engine<M> {
                 Status::SignalLoss
             };
         }
+        self.persist(cuid, mid);
         Ok(())
     }
 
@@ -347,6 +515,7 @@ impl<M: Mitigator> Engine<M> {
             if m.installed {
                 let _ = self.mitigator.remove(m.datapath_id);
             }
+            self.persist(cuid, mid);
         }
     }
 
@@ -366,6 +535,7 @@ impl<M: Mitigator> Engine<M> {
         }
         m.status = Status::ClientWithdrawn;
         m.terminating_until = Some(now + self.terminating);
+        self.persist(cuid, mid);
     }
 
     /// Expires lifetimes and terminating periods. Returns (cuid, mid) of what ended.
@@ -408,6 +578,7 @@ impl<M: Mitigator> Engine<M> {
                     .expect("present")
                     .1
                     .insert(mid, m);
+                self.persist(cuid, mid);
                 activated.push(mid);
             }
         }
@@ -490,6 +661,11 @@ impl<M: Mitigator> Engine<M> {
         })?;
         let created = current.sid != Some(sid);
         next.sid = Some(sid);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put_config(client, &next) {
+                tracing::error!("store: session configuration of {client}: {e:#}");
+            }
+        }
         self.configs.insert(client.to_string(), next);
         Ok(created)
     }
@@ -497,6 +673,11 @@ impl<M: Mitigator> Engine<M> {
     /// DELETE /config[/sid]: back to the defaults.
     pub fn config_delete(&mut self, client: &str) {
         self.configs.remove(client);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.delete_config(client) {
+                tracing::error!("store: session configuration of {client}: {e:#}");
+            }
+        }
     }
 }
 
@@ -741,6 +922,67 @@ mod tests {
             Status::SuccessfullyMitigated
         );
         assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    #[test]
+    fn accepted_state_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut e, n) = engine()
+            .with_store(Store::open(dir.path()).unwrap(), 0)
+            .unwrap();
+        assert_eq!(n, 0);
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 100), false, 0)
+            .unwrap();
+        e.put("a", "cu-a", 2, scope("198.51.100.64/28", 1000), false, 0)
+            .unwrap();
+        let mut armed = scope("198.51.100.128/28", 1000);
+        armed.trigger_mitigation = false;
+        e.put("a", "cu-a", 3, armed, false, 0).unwrap();
+        let body = [
+            0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa1, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x18, 0x3c,
+        ];
+        e.config_put("a", 7, &body).unwrap();
+        // The agent restarts 500 s later; the pinned datapath still holds an orphan rule.
+        let mut datapath = MemoryMitigator::new();
+        datapath
+            .install(&MitigationSpec::new(
+                999,
+                vec!["198.51.100.200/32".parse().unwrap()],
+            ))
+            .unwrap();
+        let fresh = Engine::new(datapath, e.policies.values().cloned().collect());
+        drop(e);
+        let (mut e, n) = fresh
+            .with_store(Store::open(dir.path()).unwrap(), 500)
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            e.mitigator().installed().len(),
+            2,
+            "two active rule sets back, the orphan gone"
+        );
+        assert_eq!(
+            e.config_get("a", Some(7))
+                .unwrap()
+                .mitigating
+                .heartbeat_interval(),
+            60
+        );
+        let st = e.status("cu-a", Some(2), 500).unwrap();
+        assert_eq!(
+            (st[0].scope.lifetime, st[0].mitigation_start),
+            (Lifetime::Seconds(500), Some(0))
+        );
+        assert_eq!(
+            e.status("cu-a", Some(3), 500).unwrap()[0].status,
+            Status::SignalLoss
+        );
+        // Mitigation 1 expired while the agent was down.
+        assert_eq!(e.tick(500), vec![("cu-a".to_string(), 1)]);
+        // New mitigations get datapath ids after the restored ones.
+        e.put("a", "cu-a", 4, scope("198.51.100.16/28", 100), false, 500)
+            .unwrap();
+        assert_eq!(e.mitigator().installed().len(), 2);
     }
 
     #[test]

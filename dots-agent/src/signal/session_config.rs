@@ -71,7 +71,7 @@ const PARAMS: [Param; 6] = [
 ];
 
 /// Current values of one set, by key (decimals in hundredths).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigSet(pub [(u64, u64); 6]);
 
 impl Default for ConfigSet {
@@ -101,7 +101,7 @@ impl ConfigSet {
 }
 
 /// A client's negotiated configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionConfig {
     pub sid: Option<u32>,
     pub mitigating: ConfigSet,

@@ -1,0 +1,176 @@
+//! The embedded store (SQLite under the configured state directory): accepted mitigations
+//! and session configurations, so both survive a restart of the agent. Rows hold JSON
+//! documents; the schema carries a version for later migrations.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection};
+use serde::{de::DeserializeOwned, Serialize};
+
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<dir>/dots-agent.sqlite`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let path = dir.join("dots-agent.sqlite");
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS mitigation (
+                 cuid TEXT NOT NULL, mid INTEGER NOT NULL, doc TEXT NOT NULL,
+                 PRIMARY KEY (cuid, mid));
+             CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+        )
+        .with_context(|| format!("creating the schema in {}", path.display()))?;
+        let version: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    params![SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => anyhow::bail!(
+                "{} has schema version {v}; this agent knows {SCHEMA_VERSION}",
+                path.display()
+            ),
+        }
+        Ok(Store { conn })
+    }
+
+    pub fn put_mitigation<T: Serialize>(&self, cuid: &str, mid: u32, doc: &T) -> Result<()> {
+        let json = serde_json::to_string(doc)?;
+        self.conn.execute(
+            "INSERT INTO mitigation (cuid, mid, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT (cuid, mid) DO UPDATE SET doc = excluded.doc",
+            params![cuid, mid, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_mitigation(&self, cuid: &str, mid: u32) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM mitigation WHERE cuid = ?1 AND mid = ?2",
+            params![cuid, mid],
+        )?;
+        Ok(())
+    }
+
+    /// Every stored mitigation; a row that no longer parses is reported and skipped.
+    pub fn mitigations<T: DeserializeOwned>(&self) -> Result<Vec<(String, u32, T)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cuid, mid, doc FROM mitigation ORDER BY cuid, mid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cuid, mid, doc) = row?;
+            match serde_json::from_str(&doc) {
+                Ok(d) => out.push((cuid, mid, d)),
+                Err(e) => {
+                    tracing::error!("stored mitigation {mid} of {cuid} is unreadable, skipped: {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_config<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
+        let json = serde_json::to_string(doc)?;
+        self.conn.execute(
+            "INSERT INTO session_config (client, doc) VALUES (?1, ?2)
+             ON CONFLICT (client) DO UPDATE SET doc = excluded.doc",
+            params![client, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_config(&self, client: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM session_config WHERE client = ?1",
+            params![client],
+        )?;
+        Ok(())
+    }
+
+    pub fn configs<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client, doc FROM session_config")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (client, doc) = row?;
+            match serde_json::from_str(&doc) {
+                Ok(d) => out.push((client, d)),
+                Err(e) => tracing::error!(
+                    "stored session configuration of {client} is unreadable, skipped: {e}"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_mitigation("cu", 1, &serde_json::json!({"a": 1}))
+                .unwrap();
+            s.put_mitigation("cu", 1, &serde_json::json!({"a": 2}))
+                .unwrap();
+            s.put_mitigation("cu", 2, &serde_json::json!({"a": 3}))
+                .unwrap();
+            s.delete_mitigation("cu", 2).unwrap();
+            s.put_config("client-a", &serde_json::json!({"sid": 5}))
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let m: Vec<(String, u32, serde_json::Value)> = s.mitigations().unwrap();
+        assert_eq!(m, vec![("cu".to_string(), 1, serde_json::json!({"a": 2}))]);
+        let c: Vec<(String, serde_json::Value)> = s.configs().unwrap();
+        assert_eq!(c[0].1["sid"], 5);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("dots-agent.sqlite")).unwrap();
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema'", [])
+            .unwrap();
+        drop(conn);
+        assert!(Store::open(dir.path())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("schema version 99"));
+    }
+}
