@@ -1,13 +1,16 @@
 //! Interoperability with an independent implementation: libcoap's coap-client-openssl
-//! (Debian libcoap3-bin) against our server over coaps+tcp, sending RFC 9132 Figure 8.
-//! libcoap exits 0 even on failure, so the response code is read from its -v 6 log.
+//! (Debian libcoap3-bin) against our server over coaps:// (DTLS) and coaps+tcp:// (TLS),
+//! sending RFC 9132 Figure 8. libcoap exits 0 even on failure, so the response code is read
+//! from its -v 6 log.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use dots_agent::datapath::{MemoryMitigator, Mitigator};
-use dots_agent::server::{acceptor, config::Tls, serve_tls, SharedEngine};
+use dots_agent::server::{
+    acceptor, config::Tls, dtls_context, serve_dtls, serve_tls, SharedEngine,
+};
 use dots_agent::signal::engine::{ClientPolicy, Engine};
 use tokio::sync::Mutex;
 
@@ -59,7 +62,7 @@ fn code(log: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn libcoap_client_speaks_to_our_server_over_tls() {
+async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     dots_agent::pki::init(
@@ -80,7 +83,9 @@ async fn libcoap_client_speaks_to_our_server_over_tls() {
         max_lifetime: 86_400,
     };
     let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![policy])));
+    let engine: SharedEngine = Arc::new(Mutex::new(
+        Engine::new(mitigator, vec![policy]).with_terminating_period(0),
+    ));
     let tls = Tls {
         ca: d.join("ca.pem"),
         cert: d.join("server.pem"),
@@ -93,56 +98,79 @@ async fn libcoap_client_speaks_to_our_server_over_tls() {
         Arc::new(acceptor(&tls).unwrap()),
         engine.clone(),
     ));
-
-    let base = format!("coaps+tcp://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}");
-    let run = |args: Vec<String>| {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || {
-            libcoap(&d, &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-        })
-    };
-    let put = run(vec![
-        "-m".into(),
-        "put".into(),
-        "-t".into(),
-        "271".into(),
-        "-f".into(),
-        FIG8.into(),
-        format!("{base}/mid=123"),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(code(&put).as_deref(), Some("2.01"), "{put}");
-    assert!(
-        put.contains("a101a10281a205187b0e190e10"),
-        "the created reply with mid 123 and lifetime 3600: {put}"
-    );
-    assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
-
-    let get = run(vec!["-m".into(), "get".into(), base.clone()])
+    let udp = tokio::net::UdpSocket::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    assert_eq!(code(&get).as_deref(), Some("2.05"), "{get}");
+    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
 
-    let wrong = run(vec![
-        "-m".into(),
-        "put".into(),
-        "-t".into(),
-        "50".into(),
-        "-f".into(),
-        FIG8.into(),
-        format!("{base}/mid=124"),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(code(&wrong).as_deref(), Some("4.15"), "{wrong}");
+    for (scheme, mid) in [("coaps", 100), ("coaps+tcp", 200)] {
+        let base = format!("{scheme}://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}");
+        let run = |args: Vec<String>| {
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || {
+                libcoap(&d, &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            })
+        };
+        let put = run(vec![
+            "-m".into(),
+            "put".into(),
+            "-t".into(),
+            "271".into(),
+            "-f".into(),
+            FIG8.into(),
+            format!("{base}/mid={mid}"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code(&put).as_deref(), Some("2.01"), "{scheme}: {put}");
+        let created = format!(
+            "a101a10281a205{}0e190e10",
+            if mid < 24 {
+                format!("{mid:02x}")
+            } else {
+                format!("18{mid:02x}")
+            }
+        );
+        assert!(
+            put.contains(&created),
+            "{scheme}: the created reply names mid {mid}: {put}"
+        );
+        if scheme == "coaps" {
+            assert!(
+                put.contains("t:ACK c:2.01"),
+                "over DTLS the response rides on the ACK: {put}"
+            );
+        }
+        assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
 
-    let del = run(vec![
-        "-m".into(),
-        "delete".into(),
-        format!("{base}/mid=123"),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(code(&del).as_deref(), Some("2.02"), "{del}");
+        let get = run(vec!["-m".into(), "get".into(), base.clone()])
+            .await
+            .unwrap();
+        assert_eq!(code(&get).as_deref(), Some("2.05"), "{scheme}: {get}");
+
+        let wrong = run(vec![
+            "-m".into(),
+            "put".into(),
+            "-t".into(),
+            "50".into(),
+            "-f".into(),
+            FIG8.into(),
+            format!("{base}/mid={}", mid + 1),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code(&wrong).as_deref(), Some("4.15"), "{scheme}: {wrong}");
+
+        let del = run(vec![
+            "-m".into(),
+            "delete".into(),
+            format!("{base}/mid={mid}"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code(&del).as_deref(), Some("2.02"), "{scheme}: {del}");
+        // Terminating period 0: the next tick ends it.
+        engine.lock().await.tick(u64::MAX / 2);
+        assert!(engine.lock().await.mitigator().installed().is_empty());
+    }
 }

@@ -1,8 +1,9 @@
-//! `dots-agent server`: the DOTS server's I/O around the protocol core. Today: CoAP over TLS
-//! on TCP (RFC 8323) with mutual X.509 authentication; DTLS, Observe, session configuration,
-//! heartbeats and the store are the rest of the signal-channel issue.
+//! `dots-agent server`: the DOTS server's I/O around the protocol core: CoAP over DTLS on UDP
+//! and over TLS on TCP (RFC 8323), both with mutual X.509 authentication, on each listen
+//! address; the engine; the store.
 
 pub mod config;
+mod dtls;
 mod tls;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use tokio::sync::Mutex;
 
 pub use config::ServerConfig;
+pub use dtls::{context as dtls_context, serve_dtls};
 pub use tls::{acceptor, serve_tls};
 
 use crate::datapath::{
@@ -102,7 +104,18 @@ pub async fn run_until(
             engine.clone(),
         )));
     }
-    tracing::warn!("DTLS (CoAP over UDP) is not served yet; clients must use coaps+tcp");
+    let dtls = dtls_context(&config.tls)?;
+    for addr in &config.signal.listen {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (UDP)"))?;
+        tracing::info!("signal channel: CoAP over DTLS on {addr}");
+        tasks.push(tokio::spawn(serve_dtls(
+            socket,
+            dtls.clone(),
+            engine.clone(),
+        )));
+    }
     shutdown.await;
     tracing::info!("shutting down; XDP rules stay pinned and keep filtering");
     for t in tasks {

@@ -1,0 +1,301 @@
+//! CoAP over DTLS 1.2 (RFC 9132 §7) on one UDP socket: a dispatcher keyed by peer address,
+//! one task per peer, each running OpenSSL's DTLS over an in-memory datagram transport.
+//!
+//! Cookie exchange is on: a ClientHello without a valid cookie (an HMAC of the peer's
+//! address under a per-process secret) only draws a HelloVerifyRequest, smaller than the
+//! hello, so a spoofed source gains no amplification. Half-open handshakes are bounded in
+//! number and time. A ClientHello from a peer with an established session replaces it (a
+//! client that restarted on the same address and port).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use coap_lite::{MessageType, Packet};
+use openssl::error::ErrorStack;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::{now, SharedEngine};
+use crate::pki;
+use crate::signal::handler::{self, Peer, Reply};
+
+/// Datagrams are kept under the IPv6 minimum path MTU (RFC 9132 §7.3).
+const MTU: u32 = 1200;
+/// Sessions (established or in handshake) served at once.
+const MAX_PEERS: usize = 20_000;
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_secs(600);
+
+/// One DTLS session's view of the socket: each read yields one received datagram, each
+/// write is one datagram to send.
+#[derive(Default)]
+struct Datagrams {
+    inbox: VecDeque<Vec<u8>>,
+    outbox: Vec<Vec<u8>>,
+}
+
+impl Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inbox.pop_front() {
+            Some(d) => {
+                let n = d.len().min(buf.len());
+                buf[..n].copy_from_slice(&d[..n]);
+                Ok(n)
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbox.push(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn peer_index() -> openssl::ex_data::Index<Ssl, SocketAddr> {
+    static INDEX: OnceLock<openssl::ex_data::Index<Ssl, SocketAddr>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("an OpenSSL ex_data index"))
+}
+
+fn cookie(secret: &[u8; 32], peer: &SocketAddr) -> Result<Vec<u8>, ErrorStack> {
+    let key = openssl::pkey::PKey::hmac(secret)?;
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+    signer.update(peer.to_string().as_bytes())?;
+    signer.sign_to_vec()
+}
+
+pub fn context(tls: &super::config::Tls) -> Result<SslContext> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls_server())?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+    b.set_ca_file(&tls.ca)
+        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
+    b.set_certificate_chain_file(&tls.cert)
+        .with_context(|| format!("loading {}", tls.cert.display()))?;
+    b.set_private_key_file(&tls.key, SslFiletype::PEM)
+        .with_context(|| format!("loading {}", tls.key.display()))?;
+    b.check_private_key()
+        .context("the server key does not match its certificate")?;
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);
+    let mut secret = [0u8; 32];
+    openssl::rand::rand_bytes(&mut secret)?;
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let peer = ssl
+            .ex_data(peer_index())
+            .copied()
+            .ok_or_else(ErrorStack::get)?;
+        let c = cookie(&secret, &peer)?;
+        let n = c.len().min(out.len());
+        out[..n].copy_from_slice(&c[..n]);
+        Ok(n)
+    });
+    b.set_cookie_verify_cb(move |ssl, offered| {
+        let Some(peer) = ssl.ex_data(peer_index()).copied() else {
+            return false;
+        };
+        cookie(&secret, &peer)
+            .map(|c| {
+                openssl::memcmp::eq(&c[..c.len().min(offered.len())], offered)
+                    && c.len() == offered.len()
+            })
+            .unwrap_or(false)
+    });
+    Ok(b.build())
+}
+
+type Peers = Arc<StdMutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// Is this datagram a DTLS ClientHello starting a new session (epoch 0, handshake type 1)?
+fn is_client_hello(d: &[u8]) -> bool {
+    d.len() > 13 && d[0] == 22 && d[3] == 0 && d[4] == 0 && d[13] == 1
+}
+
+pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine) {
+    let socket = Arc::new(socket);
+    let peers: Peers = Arc::new(StdMutex::new(HashMap::new()));
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("DTLS socket: {e}");
+                continue;
+            }
+        };
+        let datagram = buf[..n].to_vec();
+        let existing = peers.lock().expect("peers lock").get(&from).cloned();
+        let sender = match existing {
+            // A live session gets everything, new hellos included (during the handshake
+            // that is the hello with the cookie; afterwards the session ends itself and the
+            // client's retransmitted hello starts a new one).
+            Some(tx) if !tx.is_closed() => tx,
+            _ => {
+                if !is_client_hello(&datagram) {
+                    continue; // not a session we know, not a new one: drop
+                }
+                if peers.lock().expect("peers lock").len() >= MAX_PEERS {
+                    tracing::warn!(
+                        "DTLS: {MAX_PEERS} sessions in use, ignoring a hello from {from}"
+                    );
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(64);
+                peers.lock().expect("peers lock").insert(from, tx.clone());
+                let (socket, ctx, engine, peers) =
+                    (socket.clone(), ctx.clone(), engine.clone(), peers.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = session(from, rx, &socket, &ctx, engine).await {
+                        tracing::info!("DTLS {from}: {e:#}");
+                    }
+                    let mut map = peers.lock().expect("peers lock");
+                    if map.get(&from).is_some_and(|t| t.is_closed()) {
+                        map.remove(&from);
+                    }
+                });
+                tx
+            }
+        };
+        if sender.try_send(datagram).is_err() {
+            tracing::debug!("DTLS {from}: session queue full, datagram dropped");
+        }
+    }
+}
+
+async fn flush(socket: &UdpSocket, peer: SocketAddr, s: &mut SslStream<Datagrams>) {
+    for d in std::mem::take(&mut s.get_mut().outbox) {
+        let _ = socket.send_to(&d, peer).await;
+    }
+}
+
+fn handle_timeout(s: &mut SslStream<Datagrams>) {
+    // DTLSv1_handle_timeout is a macro over SSL_ctrl(DTLS_CTRL_HANDLE_TIMEOUT = 74).
+    // SAFETY: a valid SSL pointer and a control command taking no argument.
+    unsafe {
+        openssl_sys::SSL_ctrl(
+            foreign_types::ForeignTypeRef::as_ptr(s.ssl()),
+            74,
+            0,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+async fn session(
+    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    socket: &UdpSocket,
+    ctx: &SslContext,
+    engine: SharedEngine,
+) -> Result<()> {
+    let mut ssl = Ssl::new(ctx)?;
+    ssl.set_mtu(MTU)?;
+    ssl.set_ex_data(peer_index(), peer);
+    let mut s = SslStream::new(ssl, Datagrams::default())?;
+    let started = Instant::now();
+    // Handshake: feed datagrams, send flights, retransmit on timeouts.
+    loop {
+        match s.accept() {
+            Ok(()) => break,
+            Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
+            Err(e) => {
+                flush(socket, peer, &mut s).await;
+                return Err(anyhow::anyhow!("handshake: {e}"));
+            }
+        }
+        flush(socket, peer, &mut s).await;
+        let left = HANDSHAKE_TIME
+            .checked_sub(started.elapsed())
+            .context("handshake timed out")?;
+        match tokio::time::timeout(left.min(Duration::from_secs(1)), rx.recv()).await {
+            Ok(Some(d)) => s.get_mut().inbox.push_back(d),
+            Ok(None) => return Ok(()),
+            Err(_) => handle_timeout(&mut s),
+        }
+    }
+    flush(socket, peer, &mut s).await;
+    let cert = s
+        .ssl()
+        .peer_certificate()
+        .context("no client certificate")?;
+    let cn = pki::common_name(&cert).unwrap_or_default();
+    let cuid = pki::cuid(&cert)?;
+    let configured = engine.lock().await.policy(&cn).is_some();
+    let client = configured.then_some(cn.as_str());
+    tracing::info!(
+        "DTLS session from {peer}: client {cn:?} (cuid {cuid}){}",
+        if configured { "" } else { ": not configured" }
+    );
+    let mut message_id: u16 = openssl_rand_u16();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let d = match tokio::time::timeout(IDLE, rx.recv()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(_) => return Ok(()), // idle
+        };
+        if is_client_hello(&d) {
+            // The client restarted on the same address: let the dispatcher start afresh.
+            return Ok(());
+        }
+        s.get_mut().inbox.push_back(d);
+        loop {
+            match s.ssl_read(&mut buf) {
+                Ok(n) => {
+                    let Ok(req) = Packet::from_bytes(&buf[..n]) else {
+                        continue;
+                    };
+                    let peer_id = Peer {
+                        client,
+                        cuid: &cuid,
+                    };
+                    let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
+                    let mut resp = match reply {
+                        Reply::Response(p) | Reply::Heartbeat { response: p, .. } => p,
+                        Reply::Silence => continue,
+                    };
+                    if req.header.get_type() == MessageType::Confirmable {
+                        // Piggybacked on the acknowledgement.
+                        resp.header.set_type(MessageType::Acknowledgement);
+                        resp.header.message_id = req.header.message_id;
+                    } else {
+                        resp.header.set_type(MessageType::NonConfirmable);
+                        message_id = message_id.wrapping_add(1);
+                        resp.header.message_id = message_id;
+                    }
+                    if let Ok(bytes) = resp.to_bytes() {
+                        let _ = s.ssl_write(&bytes);
+                    }
+                }
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                    flush(socket, peer, &mut s).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    flush(socket, peer, &mut s).await;
+                    return Err(anyhow::anyhow!("DTLS: {e}"));
+                }
+            }
+        }
+        flush(socket, peer, &mut s).await;
+    }
+}
+
+fn openssl_rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    u16::from_ne_bytes(b)
+}
