@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session};
+use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
 use dots_agent::packet::PacketSpec;
 use dots_agent::server::ServerConfig;
 use dots_agent::signal::message::{self, Lifetime, Scope};
@@ -130,7 +130,16 @@ fn arrived(c: &BTreeMap<FlowKey, FlowCount>) -> u64 {
 }
 
 #[test]
+fn a_dots_request_over_dtls_drives_the_xdp_filter() {
+    scenario(TransportChoice::Dtls);
+}
+
+#[test]
 fn a_dots_request_over_tls_drives_the_xdp_filter() {
+    scenario(TransportChoice::Tls);
+}
+
+fn scenario(transport: TransportChoice) {
     let pair = VethPair::new("sx");
     pair.a
         .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
@@ -150,6 +159,7 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
 
     let client_cfg = move |dir: &Path| ClientConfig {
         server: format!("{SERVER_IP}:4646"),
+        transport,
         server_name: "dots.example".into(),
         tls: ClientTls {
             ca: dir.join("ca.pem"),

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod client;
 pub mod datapath;
+pub mod dtls_io;
 pub mod packet;
 pub mod pki;
 pub mod server;

@@ -2,41 +2,14 @@
 //! draws only a HelloVerifyRequest no larger than itself, so the server cannot be used as
 //! an amplifier.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use dots_agent::datapath::{MemoryMitigator, Mitigator};
+use dots_agent::dtls_io::Datagrams;
 use dots_agent::server::{config::Tls, dtls_context, serve_dtls, SharedEngine};
 use dots_agent::signal::engine::Engine;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
 use tokio::sync::Mutex;
-
-#[derive(Default)]
-struct Datagrams {
-    inbox: VecDeque<Vec<u8>>,
-    outbox: Vec<Vec<u8>>,
-}
-impl Read for Datagrams {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inbox.pop_front() {
-            Some(d) => {
-                buf[..d.len()].copy_from_slice(&d);
-                Ok(d.len())
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-impl Write for Datagrams {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.push(buf.to_vec());
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn a_hello_without_cookie_gets_a_smaller_hello_verify_request() {

@@ -1,19 +1,24 @@
-//! The DOTS client's signal channel over TLS (RFC 8323 framing): connect with the client
-//! certificate, exchange CSMs, send requests, read responses.
+//! The DOTS client's signal channel: DTLS (CoAP over UDP; requests sent NON and repeated
+//! until answered) or TLS (RFC 8323 framing), with the client certificate; `auto` tries
+//! DTLS first and falls back to TLS.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType};
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
+use openssl::ssl::{
+    ErrorCode, Ssl, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslOptions,
+    SslVerifyMode, SslVersion,
+};
 use openssl::x509::X509;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_openssl::SslStream;
 
+use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
 use crate::signal::coap_tcp::{self, Frame};
 
@@ -22,6 +27,9 @@ use crate::signal::coap_tcp::{self, Frame};
 pub struct ClientConfig {
     /// host:port of the DOTS server's signal channel.
     pub server: String,
+    /// dtls, tls, or auto (DTLS first, TLS if DTLS does not answer; the default).
+    #[serde(default)]
+    pub transport: TransportChoice,
     /// The name the server's certificate must carry.
     pub server_name: String,
     pub tls: ClientTls,
@@ -33,6 +41,15 @@ pub struct ClientTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    #[default]
+    Auto,
+    Dtls,
+    Tls,
 }
 
 impl ClientConfig {
@@ -51,44 +68,49 @@ impl ClientConfig {
     }
 }
 
+enum Link {
+    Tls {
+        stream: SslStream<TcpStream>,
+        buf: Vec<u8>,
+    },
+    Dtls {
+        socket: UdpSocket,
+        stream: openssl::ssl::SslStream<Datagrams>,
+        message_id: u16,
+    },
+}
+
 pub struct Session {
-    stream: SslStream<TcpStream>,
-    buf: Vec<u8>,
+    link: Link,
     next_token: u32,
     cuid: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): this often.
+const REPEAT: Duration = Duration::from_secs(2);
+const REPEATS: usize = 4;
 
 impl Session {
     pub async fn connect(cfg: &ClientConfig) -> Result<Session> {
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
-        b.set_ca_file(&cfg.tls.ca)
-            .with_context(|| format!("loading CA {}", cfg.tls.ca.display()))?;
-        b.set_certificate_chain_file(&cfg.tls.cert)
-            .with_context(|| format!("loading {}", cfg.tls.cert.display()))?;
-        b.set_private_key_file(&cfg.tls.key, SslFiletype::PEM)
-            .with_context(|| format!("loading {}", cfg.tls.key.display()))?;
-        b.set_verify(SslVerifyMode::PEER);
-        b.set_alpn_protos(b"\x04coap")?;
-        let connector = b.build();
-        let cert = X509::from_pem(&std::fs::read(&cfg.tls.cert)?)?;
+        let cert = X509::from_pem(
+            &std::fs::read(&cfg.tls.cert)
+                .with_context(|| format!("reading {}", cfg.tls.cert.display()))?,
+        )?;
         let cuid = pki::cuid(&cert)?;
-        let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&cfg.server))
-            .await
-            .with_context(|| format!("connecting to {} timed out", cfg.server))?
-            .with_context(|| format!("connecting to {}", cfg.server))?;
-        let _ = tcp.set_nodelay(true);
-        let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
-        let mut stream = SslStream::new(ssl, tcp)?;
-        tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).connect())
-            .await
-            .context("TLS handshake timed out")?
-            .context("TLS handshake failed (is the server's certificate from our CA and for server_name?)")?;
-        stream.write_all(&coap_tcp::csm()).await?;
+        let link = match cfg.transport {
+            TransportChoice::Tls => connect_tls(cfg).await?,
+            TransportChoice::Dtls => connect_dtls(cfg).await?,
+            TransportChoice::Auto => match connect_dtls(cfg).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::info!("DTLS failed ({e:#}); trying TLS");
+                    connect_tls(cfg).await?
+                }
+            },
+        };
         Ok(Session {
-            stream,
-            buf: Vec::new(),
+            link,
             next_token: 1,
             cuid,
         })
@@ -96,6 +118,14 @@ impl Session {
 
     pub fn cuid(&self) -> &str {
         &self.cuid
+    }
+
+    /// "dtls" or "tls".
+    pub fn transport(&self) -> &'static str {
+        match self.link {
+            Link::Tls { .. } => "tls",
+            Link::Dtls { .. } => "dtls",
+        }
     }
 
     /// Sends a request on `.well-known/dots/<path>` and waits for its response.
@@ -125,33 +155,197 @@ impl Session {
             p.set_content_format(ContentFormat::ApplicationDotsCbor);
             p.payload = b;
         }
-        self.stream.write_all(&coap_tcp::encode(&p)?).await?;
-        tokio::time::timeout(TIMEOUT, self.response(&token))
-            .await
-            .context("no response within 10 s")?
-    }
-
-    async fn response(&mut self, token: &[u8]) -> Result<Packet> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some((frame, used)) = coap_tcp::decode(&self.buf)? {
-                self.buf.drain(..used);
-                match frame {
-                    Frame::Message(p) if p.get_token() == token => return Ok(p),
-                    Frame::Signal {
-                        code: coap_tcp::PING,
-                        token: t,
-                        ..
-                    } => self.stream.write_all(&coap_tcp::pong(&t)).await?,
-                    _ => {}
+        match &mut self.link {
+            Link::Tls { stream, buf } => {
+                stream.write_all(&coap_tcp::encode(&p)?).await?;
+                tokio::time::timeout(TIMEOUT, tls_response(stream, buf, &token))
+                    .await
+                    .context("no response within 10 s")?
+            }
+            Link::Dtls {
+                socket,
+                stream,
+                message_id,
+            } => {
+                p.header.set_type(MessageType::NonConfirmable);
+                for _ in 0..REPEATS {
+                    *message_id = message_id.wrapping_add(1);
+                    p.header.message_id = *message_id;
+                    let bytes = p
+                        .to_bytes()
+                        .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
+                    stream.ssl_write(&bytes).context("DTLS write")?;
+                    send_all(socket, stream).await?;
+                    if let Ok(r) =
+                        tokio::time::timeout(REPEAT, dtls_response(socket, stream, &token)).await
+                    {
+                        return r;
+                    }
                 }
+                bail!("no response after {REPEATS} tries over DTLS")
             }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_ca_file(&cfg.tls.ca)
+        .with_context(|| format!("loading CA {}", cfg.tls.ca.display()))?;
+    b.set_certificate_chain_file(&cfg.tls.cert)
+        .with_context(|| format!("loading {}", cfg.tls.cert.display()))?;
+    b.set_private_key_file(&cfg.tls.key, SslFiletype::PEM)
+        .with_context(|| format!("loading {}", cfg.tls.key.display()))?;
+    b.set_verify(SslVerifyMode::PEER);
+    b.set_alpn_protos(b"\x04coap")?;
+    let connector = b.build();
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&cfg.server))
+        .await
+        .with_context(|| format!("connecting to {} timed out", cfg.server))?
+        .with_context(|| format!("connecting to {}", cfg.server))?;
+    let _ = tcp.set_nodelay(true);
+    let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
+    let mut stream = SslStream::new(ssl, tcp)?;
+    tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).connect())
+        .await
+        .context("TLS handshake timed out")?
+        .context(
+            "TLS handshake failed (is the server's certificate from our CA and for server_name?)",
+        )?;
+    stream.write_all(&coap_tcp::csm()).await?;
+    Ok(Link::Tls {
+        stream,
+        buf: Vec::new(),
+    })
+}
+
+async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls_client())?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+    b.set_ca_file(&cfg.tls.ca)
+        .with_context(|| format!("loading CA {}", cfg.tls.ca.display()))?;
+    b.set_certificate_chain_file(&cfg.tls.cert)
+        .with_context(|| format!("loading {}", cfg.tls.cert.display()))?;
+    b.set_private_key_file(&cfg.tls.key, SslFiletype::PEM)
+        .with_context(|| format!("loading {}", cfg.tls.key.display()))?;
+    b.set_verify(SslVerifyMode::PEER);
+    b.set_options(SslOptions::NO_QUERY_MTU);
+    let ctx = b.build();
+    let mut ssl = Ssl::new(&ctx)?;
+    ssl.set_mtu(1200)?;
+    ssl.set_hostname(&cfg.server_name)?;
+    ssl.param_mut().set_host(&cfg.server_name)?;
+    let addr = tokio::net::lookup_host(&cfg.server)
+        .await
+        .with_context(|| format!("resolving {}", cfg.server))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", cfg.server))?;
+    let socket = UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .await?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut stream = openssl::ssl::SslStream::new(ssl, Datagrams::default())?;
+    let started = std::time::Instant::now();
+    loop {
+        match stream.connect() {
+            Ok(()) => break,
+            Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
+            Err(e) => {
+                let _ = send_all(&socket, &mut stream).await;
+                bail!("DTLS handshake failed (is the server's certificate from our CA and for server_name?): {e}");
+            }
+        }
+        send_all(&socket, &mut stream).await?;
+        let left = TIMEOUT
+            .checked_sub(started.elapsed())
+            .context("DTLS handshake timed out")?;
+        let mut buf = vec![0u8; 65_535];
+        match tokio::time::timeout(left.min(Duration::from_secs(1)), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => stream.get_mut().inbox.push_back(buf[..n].to_vec()),
+            Ok(Err(e)) => bail!("DTLS: {e} (is the server listening on UDP?)"),
+            Err(_) => handle_timeout(&mut stream),
+        }
+    }
+    send_all(&socket, &mut stream).await?;
+    let message_id = {
+        let mut b = [0u8; 2];
+        openssl::rand::rand_bytes(&mut b)?;
+        u16::from_ne_bytes(b)
+    };
+    Ok(Link::Dtls {
+        socket,
+        stream,
+        message_id,
+    })
+}
+
+async fn send_all(
+    socket: &UdpSocket,
+    stream: &mut openssl::ssl::SslStream<Datagrams>,
+) -> Result<()> {
+    for d in std::mem::take(&mut stream.get_mut().outbox) {
+        socket.send(&d).await.context("sending a datagram")?;
+    }
+    Ok(())
+}
+
+async fn dtls_response(
+    socket: &UdpSocket,
+    stream: &mut openssl::ssl::SslStream<Datagrams>,
+    token: &[u8],
+) -> Result<Packet> {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let n = socket.recv(&mut buf).await?;
+        stream.get_mut().inbox.push_back(buf[..n].to_vec());
+        loop {
+            match stream.ssl_read(&mut buf) {
+                Ok(n) => {
+                    if let Ok(p) = Packet::from_bytes(&buf[..n]) {
+                        if p.get_token() == token
+                            && matches!(p.header.code, MessageClass::Response(_))
+                        {
+                            return Ok(p);
+                        }
+                    }
+                }
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) => bail!("DTLS: {e}"),
+            }
+        }
+    }
+}
+
+async fn tls_response(
+    stream: &mut SslStream<TcpStream>,
+    buf: &mut Vec<u8>,
+    token: &[u8],
+) -> Result<Packet> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some((frame, used)) = coap_tcp::decode(buf)? {
+            buf.drain(..used);
+            match frame {
+                Frame::Message(p) if p.get_token() == token => return Ok(p),
+                Frame::Signal {
+                    code: coap_tcp::PING,
+                    token: t,
+                    ..
+                } => stream.write_all(&coap_tcp::pong(&t)).await?,
+                _ => {}
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

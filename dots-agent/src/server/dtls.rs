@@ -7,8 +7,7 @@
 //! number and time. A ClientHello from a peer with an established session replaces it (a
 //! client that restarted on the same address and port).
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::{now, SharedEngine};
+use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -33,37 +33,6 @@ const MTU: u32 = 1200;
 const MAX_PEERS: usize = 20_000;
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(600);
-
-/// One DTLS session's view of the socket: each read yields one received datagram, each
-/// write is one datagram to send.
-#[derive(Default)]
-struct Datagrams {
-    inbox: VecDeque<Vec<u8>>,
-    outbox: Vec<Vec<u8>>,
-}
-
-impl Read for Datagrams {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inbox.pop_front() {
-            Some(d) => {
-                let n = d.len().min(buf.len());
-                buf[..n].copy_from_slice(&d[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl Write for Datagrams {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.push(buf.to_vec());
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fn peer_index() -> openssl::ex_data::Index<Ssl, SocketAddr> {
     static INDEX: OnceLock<openssl::ex_data::Index<Ssl, SocketAddr>> = OnceLock::new();
@@ -177,19 +146,6 @@ pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine
 async fn flush(socket: &UdpSocket, peer: SocketAddr, s: &mut SslStream<Datagrams>) {
     for d in std::mem::take(&mut s.get_mut().outbox) {
         let _ = socket.send_to(&d, peer).await;
-    }
-}
-
-fn handle_timeout(s: &mut SslStream<Datagrams>) {
-    // DTLSv1_handle_timeout is a macro over SSL_ctrl(DTLS_CTRL_HANDLE_TIMEOUT = 74).
-    // SAFETY: a valid SSL pointer and a control command taking no argument.
-    unsafe {
-        openssl_sys::SSL_ctrl(
-            foreign_types::ForeignTypeRef::as_ptr(s.ssl()),
-            74,
-            0,
-            std::ptr::null_mut(),
-        );
     }
 }
 

@@ -1,0 +1,227 @@
+//! The signal channel over real DTLS and TLS on loopback: our client against our server,
+//! with certificates from `pki::init`, the engine on an in-memory datapath.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use coap_lite::RequestType;
+use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::datapath::{MemoryMitigator, Mitigator};
+use dots_agent::server::{
+    acceptor, config::Tls, dtls_context, serve_dtls, serve_tls, SharedEngine,
+};
+use dots_agent::signal::engine::{ClientPolicy, Engine};
+use dots_agent::signal::message::{self, Lifetime, Scope};
+use tokio::sync::Mutex;
+
+/// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number).
+async fn start(dir: &Path) -> (String, SharedEngine) {
+    dots_agent::pki::init(
+        dir,
+        "dots.example",
+        &[],
+        &["client-a".into(), "client-b".into()],
+    )
+    .unwrap();
+    let policy = ClientPolicy {
+        name: "client-a".into(),
+        prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
+        countermeasures: Default::default(),
+        allow_indefinite: false,
+        max_lifetime: 86_400,
+    };
+    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![policy])));
+    let tls = Tls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_tls(
+        listener,
+        Arc::new(acceptor(&tls).unwrap()),
+        engine.clone(),
+    ));
+    let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
+    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
+    (addr.to_string(), engine)
+}
+
+fn client(dir: &Path, addr: &str, name: &str, transport: TransportChoice) -> ClientConfig {
+    ClientConfig {
+        server: addr.into(),
+        transport,
+        server_name: "dots.example".into(),
+        tls: ClientTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        },
+    }
+}
+
+fn mitigate_path(s: &Session, mid: u32) -> Vec<String> {
+    vec![
+        "mitigate".into(),
+        format!("cuid={}", s.cuid()),
+        format!("mid={mid}"),
+    ]
+}
+
+fn scope_json(payload: &[u8]) -> serde_json::Value {
+    let v = dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(payload).unwrap());
+    v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0].clone()
+}
+
+async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, engine) = start(dir.path()).await;
+    let mut s = Session::connect(&client(dir.path(), &addr, "client-a", transport))
+        .await
+        .unwrap();
+    assert_eq!(s.transport(), expect);
+    let fig8 = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rfc9132-fig8.cbor"
+    ))
+    .unwrap();
+    let r = s
+        .request(RequestType::Put, &mitigate_path(&s, 123), Some(fig8), false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(
+        r.payload,
+        message::encode_created(123, Lifetime::Seconds(3600))
+    );
+    assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+
+    let r = s
+        .request(RequestType::Get, &mitigate_path(&s, 123), None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.05");
+    assert_eq!(
+        (
+            scope_json(&r.payload)["mid"].as_u64(),
+            scope_json(&r.payload)["status"].as_u64()
+        ),
+        (Some(123), Some(2))
+    );
+
+    // Outside the client's prefixes: 4.03 with a diagnostic.
+    let outside = message::encode_mitigation_request(&Scope::new(
+        vec!["2001:db8:9999::/48".parse().unwrap()],
+        Lifetime::Seconds(60),
+    ));
+    let r = s
+        .request(
+            RequestType::Put,
+            &mitigate_path(&s, 124),
+            Some(outside),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "4.03");
+    assert!(String::from_utf8_lossy(&r.payload).contains("outside the prefixes"));
+
+    // Efficacy update (empty If-Match) refreshes the lifetime.
+    let refreshed = message::encode_mitigation_request(&{
+        let mut sc = message::decode_mitigation_request(
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/rfc9132-fig8.cbor"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        sc.lifetime = Lifetime::Seconds(7200);
+        sc
+    });
+    let r = s
+        .request(
+            RequestType::Put,
+            &mitigate_path(&s, 123),
+            Some(refreshed),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.04");
+
+    let r = s
+        .request(RequestType::Delete, &mitigate_path(&s, 123), None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.02");
+    let r = s
+        .request(RequestType::Get, &mitigate_path(&s, 123), None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        scope_json(&r.payload)["status"].as_u64(),
+        Some(5),
+        "active but terminating"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mitigate_status_withdraw_over_dtls() {
+    mitigate_status_withdraw(TransportChoice::Dtls, "dtls").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mitigate_status_withdraw_over_tls() {
+    mitigate_status_withdraw(TransportChoice::Tls, "tls").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_prefers_dtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _engine) = start(dir.path()).await;
+    let s = Session::connect(&client(
+        dir.path(),
+        &addr,
+        "client-a",
+        TransportChoice::Auto,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.transport(), "dtls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_are_checked_on_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _engine) = start(dir.path()).await;
+    let other = tempfile::tempdir().unwrap();
+    dots_agent::pki::init(other.path(), "dots.example", &[], &["client-a".into()]).unwrap();
+    for transport in [TransportChoice::Dtls, TransportChoice::Tls] {
+        // A valid certificate of a client the server does not serve: 4.01.
+        let mut b = Session::connect(&client(dir.path(), &addr, "client-b", transport))
+            .await
+            .unwrap();
+        let path = mitigate_path(&b, 1);
+        let r = b
+            .request(RequestType::Get, &path, None, false)
+            .await
+            .unwrap();
+        assert_eq!(code_text(&r), "4.01", "{transport:?}");
+        // A certificate from another CA: no session at all.
+        let mut foreign = client(other.path(), &addr, "client-a", transport);
+        foreign.tls.ca = dir.path().join("ca.pem");
+        let res = async {
+            let mut s = Session::connect(&foreign).await?;
+            let p = mitigate_path(&s, 1);
+            s.request(RequestType::Get, &p, None, false).await
+        }
+        .await;
+        assert!(
+            res.is_err(),
+            "{transport:?}: a foreign client certificate must not get a session"
+        );
+    }
+}
