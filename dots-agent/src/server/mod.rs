@@ -55,15 +55,17 @@ pub fn mitigator(config: &ServerConfig) -> Result<Box<dyn Mitigator>> {
     Ok(Box::new(dp))
 }
 
-/// Expires lifetimes and terminating periods once a second.
+/// Once a second: expires lifetimes and terminating periods, and detects lost sessions.
 pub fn spawn_ticker(engine: SharedEngine) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             every.tick().await;
-            for (cuid, mid) in engine.lock().await.tick(now()) {
+            let mut e = engine.lock().await;
+            for (cuid, mid) in e.tick(now()) {
                 tracing::info!("mitigation {mid} of {cuid} ended");
             }
+            e.detect_lost_sessions(now());
         }
     })
 }

@@ -84,6 +84,11 @@ pub struct Engine<M: Mitigator> {
     terminating: u64,
     /// Session configuration per configured client (RFC 9132 §4.5).
     configs: BTreeMap<String, SessionConfig>,
+    /// Last time anything arrived from a client (cuid -> (client name, epoch s)); any
+    /// traffic counts as a heartbeat (RFC 9132 §4.7).
+    last_seen: BTreeMap<String, (String, u64)>,
+    /// Sessions already declared lost (cleared when the client is heard again).
+    lost: std::collections::BTreeSet<String>,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
 }
@@ -201,6 +206,8 @@ impl<M: Mitigator> Engine<M> {
             next_id: 1,
             terminating: TERMINATING_DEFAULT,
             configs: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
+            lost: Default::default(),
             store: None,
         }
     }
@@ -554,6 +561,48 @@ impl<M: Mitigator> Engine<M> {
             self.remove(cuid, *mid);
         }
         ended
+    }
+
+    /// Records traffic from a client: its session is alive.
+    pub fn seen(&mut self, client: &str, cuid: &str, now: u64) {
+        self.last_seen
+            .insert(cuid.to_string(), (client.to_string(), now));
+        self.lost.remove(cuid);
+    }
+
+    /// Sessions silent for longer than the client's heartbeat interval times the missing
+    /// heartbeats allowed (its idle or mitigating configuration, as it has active
+    /// mitigations or not) are lost: their armed requests become active. Returns the cuids.
+    pub fn detect_lost_sessions(&mut self, now: u64) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (cuid, (client, seen)) in &self.last_seen {
+            if self.lost.contains(cuid) {
+                continue;
+            }
+            let config = self.configs.get(client).cloned().unwrap_or_default();
+            let mitigating = self
+                .clients
+                .get(cuid)
+                .is_some_and(|(_, m)| m.values().any(|x| x.installed));
+            let set = if mitigating {
+                &config.mitigating
+            } else {
+                &config.idle
+            };
+            let interval = set.heartbeat_interval();
+            if interval == 0 {
+                continue; // heartbeats switched off
+            }
+            if now.saturating_sub(*seen) > interval * set.missing_hb_allowed() {
+                lost.push(cuid.clone());
+            }
+        }
+        for cuid in &lost {
+            self.lost.insert(cuid.clone());
+            let activated = self.session_lost(cuid, now);
+            tracing::warn!("session of {cuid} lost; activated armed mitigations {activated:?}");
+        }
+        lost
     }
 
     /// The client's session is lost: requests armed for signal loss become active.
@@ -983,6 +1032,28 @@ mod tests {
         e.put("a", "cu-a", 4, scope("198.51.100.16/28", 100), false, 500)
             .unwrap();
         assert_eq!(e.mitigator().installed().len(), 2);
+    }
+
+    #[test]
+    fn a_silent_session_activates_armed_requests() {
+        let mut e = engine();
+        let mut armed = scope("198.51.100.0/24", 3600);
+        armed.trigger_mitigation = false;
+        e.put("a", "cu-a", 1, armed, false, 0).unwrap();
+        e.seen("a", "cu-a", 0);
+        // Defaults: 30 s x 15 missing heartbeats.
+        assert!(e.detect_lost_sessions(450).is_empty());
+        assert_eq!(e.detect_lost_sessions(451), vec!["cu-a".to_string()]);
+        assert_eq!(e.mitigator().installed().len(), 1, "armed request active");
+        assert!(e.detect_lost_sessions(1000).is_empty(), "declared once");
+        // A negotiated shorter window counts; traffic clears the loss.
+        e.seen("a", "cu-a", 1000);
+        let body = [
+            0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa2, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x0f, 0x18,
+            0x25, 0xa1, 0x18, 0x24, 0x03,
+        ];
+        e.config_put("a", 1, &body).unwrap(); // mitigating: 15 s x 3
+        assert_eq!(e.detect_lost_sessions(1046), vec!["cu-a".to_string()]);
     }
 
     #[test]

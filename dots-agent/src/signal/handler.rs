@@ -111,6 +111,8 @@ pub fn handle<M: Mitigator>(
             "the certificate is valid but belongs to no configured DOTS client",
         ));
     };
+    // Any traffic from the client keeps its session alive (RFC 9132 §4.7).
+    engine.seen(client, peer.cuid, now);
     let segments = path(req);
     let segs: Vec<&str> = segments.iter().map(|s| s.as_str()).collect();
     let resource = match uri::parse(&segs) {
