@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use coap_lite::{MessageType, Packet};
 use openssl::error::ErrorStack;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
-    SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslStream, SslVerifyMode, SslVersion,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -59,6 +59,8 @@ pub fn context(tls: &super::config::Tls) -> Result<SslContext> {
         .context("the server key does not match its certificate")?;
     b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
     b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);
+    // Idle sessions give their record buffers back (most sessions are idle most of the time).
+    b.set_mode(SslMode::RELEASE_BUFFERS);
     let mut secret = [0u8; 32];
     openssl::rand::rand_bytes(&mut secret)?;
     b.set_cookie_generate_cb(move |ssl, out| {
@@ -195,7 +197,6 @@ async fn session(
         if configured { "" } else { ": not configured" }
     );
     let mut message_id: u16 = openssl_rand_u16();
-    let mut buf = vec![0u8; 65_535];
     loop {
         let d = match tokio::time::timeout(IDLE, rx.recv()).await {
             Ok(Some(d)) => d,
@@ -207,6 +208,8 @@ async fn session(
             return Ok(());
         }
         s.get_mut().inbox.push_back(d);
+        // Allocated per datagram, not per session: an idle session holds no read buffer.
+        let mut buf = vec![0u8; 16_384];
         loop {
             match s.ssl_read(&mut buf) {
                 Ok(n) => {
