@@ -188,15 +188,21 @@ impl Session {
     }
 }
 
+/// Our certificate and key, and the CA the server's certificate must chain to.
+fn load_credentials(b: &mut SslContextBuilder, tls: &ClientTls) -> Result<()> {
+    b.set_ca_file(&tls.ca)
+        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
+    b.set_certificate_chain_file(&tls.cert)
+        .with_context(|| format!("loading {}", tls.cert.display()))?;
+    b.set_private_key_file(&tls.key, SslFiletype::PEM)
+        .with_context(|| format!("loading {}", tls.key.display()))?;
+    b.set_verify(SslVerifyMode::PEER);
+    Ok(())
+}
+
 async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    b.set_ca_file(&cfg.tls.ca)
-        .with_context(|| format!("loading CA {}", cfg.tls.ca.display()))?;
-    b.set_certificate_chain_file(&cfg.tls.cert)
-        .with_context(|| format!("loading {}", cfg.tls.cert.display()))?;
-    b.set_private_key_file(&cfg.tls.key, SslFiletype::PEM)
-        .with_context(|| format!("loading {}", cfg.tls.key.display()))?;
-    b.set_verify(SslVerifyMode::PEER);
+    load_credentials(&mut b, &cfg.tls)?;
     b.set_alpn_protos(b"\x04coap")?;
     let connector = b.build();
     let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&cfg.server))
@@ -222,13 +228,7 @@ async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
 async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
     let mut b = SslContextBuilder::new(SslMethod::dtls_client())?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
-    b.set_ca_file(&cfg.tls.ca)
-        .with_context(|| format!("loading CA {}", cfg.tls.ca.display()))?;
-    b.set_certificate_chain_file(&cfg.tls.cert)
-        .with_context(|| format!("loading {}", cfg.tls.cert.display()))?;
-    b.set_private_key_file(&cfg.tls.key, SslFiletype::PEM)
-        .with_context(|| format!("loading {}", cfg.tls.key.display()))?;
-    b.set_verify(SslVerifyMode::PEER);
+    load_credentials(&mut b, &cfg.tls)?;
     b.set_options(SslOptions::NO_QUERY_MTU);
     let ctx = b.build();
     let mut ssl = Ssl::new(&ctx)?;

@@ -16,15 +16,14 @@ use anyhow::{Context, Result};
 use coap_lite::{MessageType, Packet};
 use openssl::error::ErrorStack;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
-    SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
+    SslVersion,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{now, SharedEngine};
+use super::{now, Identity, SharedEngine};
 use crate::dtls_io::{handle_timeout, Datagrams};
-use crate::pki;
 use crate::signal::handler::{self, Peer, Reply};
 
 /// Datagrams are kept under the IPv6 minimum path MTU (RFC 9132 §7.3).
@@ -49,15 +48,7 @@ fn cookie(secret: &[u8; 32], peer: &SocketAddr) -> Result<Vec<u8>, ErrorStack> {
 pub fn context(tls: &super::config::Tls) -> Result<SslContext> {
     let mut b = SslContextBuilder::new(SslMethod::dtls_server())?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
-    b.set_ca_file(&tls.ca)
-        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
-    b.set_certificate_chain_file(&tls.cert)
-        .with_context(|| format!("loading {}", tls.cert.display()))?;
-    b.set_private_key_file(&tls.key, SslFiletype::PEM)
-        .with_context(|| format!("loading {}", tls.key.display()))?;
-    b.check_private_key()
-        .context("the server key does not match its certificate")?;
-    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    super::load_credentials(&mut b, tls)?;
     b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);
     // Idle sessions give their record buffers back (most sessions are idle most of the time).
     b.set_mode(SslMode::RELEASE_BUFFERS);
@@ -184,17 +175,17 @@ async fn session(
         }
     }
     flush(socket, peer, &mut s).await;
-    let cert = s
-        .ssl()
-        .peer_certificate()
-        .context("no client certificate")?;
-    let cn = pki::common_name(&cert).unwrap_or_default();
-    let cuid = pki::cuid(&cert)?;
-    let configured = engine.lock().await.policy(&cn).is_some();
-    let client = configured.then_some(cn.as_str());
+    let id = Identity::of(s.ssl(), &engine).await?;
+    let client = id.client();
     tracing::info!(
-        "DTLS session from {peer}: client {cn:?} (cuid {cuid}){}",
-        if configured { "" } else { ": not configured" }
+        "DTLS session from {peer}: client {:?} (cuid {}){}",
+        id.cn,
+        id.cuid,
+        if id.configured {
+            ""
+        } else {
+            ": not configured"
+        }
     );
     let mut message_id: u16 = openssl_rand_u16();
     loop {
@@ -218,7 +209,7 @@ async fn session(
                     };
                     let peer_id = Peer {
                         client,
-                        cuid: &cuid,
+                        cuid: &id.cuid,
                     };
                     let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
                     let mut resp = match reply {

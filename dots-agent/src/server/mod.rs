@@ -23,6 +23,52 @@ use crate::signal::engine::Engine;
 
 pub type SharedEngine = Arc<Mutex<Engine<Box<dyn Mitigator>>>>;
 
+/// Who a (D)TLS peer is: its certificate's CN, its cuid, and whether it is a configured
+/// client (a valid certificate of an unconfigured one gets 4.01 on every request).
+pub(crate) struct Identity {
+    pub cn: String,
+    pub cuid: String,
+    pub configured: bool,
+}
+
+impl Identity {
+    pub(crate) async fn of(ssl: &openssl::ssl::SslRef, engine: &SharedEngine) -> Result<Identity> {
+        let cert = ssl.peer_certificate().context("no client certificate")?;
+        let cn = crate::pki::common_name(&cert).unwrap_or_default();
+        let cuid = crate::pki::cuid(&cert)?;
+        let configured = engine.lock().await.policy(&cn).is_some();
+        Ok(Identity {
+            cn,
+            cuid,
+            configured,
+        })
+    }
+
+    pub(crate) fn client(&self) -> Option<&str> {
+        self.configured.then_some(self.cn.as_str())
+    }
+}
+
+/// Loads the CA that client certificates must chain to, and our certificate and key, and
+/// requires a client certificate (mutual authentication).
+pub(crate) fn load_credentials(
+    b: &mut openssl::ssl::SslContextBuilder,
+    tls: &config::Tls,
+) -> Result<()> {
+    b.set_ca_file(&tls.ca)
+        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
+    b.set_certificate_chain_file(&tls.cert)
+        .with_context(|| format!("loading {}", tls.cert.display()))?;
+    b.set_private_key_file(&tls.key, openssl::ssl::SslFiletype::PEM)
+        .with_context(|| format!("loading {}", tls.key.display()))?;
+    b.check_private_key()
+        .context("the server key does not match its certificate")?;
+    b.set_verify(
+        openssl::ssl::SslVerifyMode::PEER | openssl::ssl::SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+    );
+    Ok(())
+}
+
 /// Seconds since the epoch (the engine's clock).
 pub fn now() -> u64 {
     SystemTime::now()

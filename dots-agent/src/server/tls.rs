@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::{now, SharedEngine};
-use crate::pki;
+use super::{now, Identity, SharedEngine};
 use crate::signal::coap_tcp::{self, Frame};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -21,16 +20,7 @@ const IDLE: Duration = Duration::from_secs(600);
 
 pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_ca_file(&tls.ca)
-        .with_context(|| format!("loading CA {}", tls.ca.display()))?;
-    b.set_certificate_chain_file(&tls.cert)
-        .with_context(|| format!("loading {}", tls.cert.display()))?;
-    b.set_private_key_file(&tls.key, SslFiletype::PEM)
-        .with_context(|| format!("loading {}", tls.key.display()))?;
-    b.check_private_key()
-        .context("the server key does not match its certificate")?;
-    // Mutual authentication: no client certificate from our CA, no session.
-    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    super::load_credentials(&mut b, tls)?;
     b.set_alpn_select_callback(|_, offered| {
         openssl::ssl::select_next_proto(b"\x04coap", offered).ok_or(AlpnError::NOACK)
     });
@@ -65,17 +55,17 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
         .await
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let cert = s
-        .ssl()
-        .peer_certificate()
-        .context("no client certificate")?;
-    let cn = pki::common_name(&cert).unwrap_or_default();
-    let cuid = pki::cuid(&cert)?;
-    let configured = engine.lock().await.policy(&cn).is_some();
-    let client = configured.then_some(cn.as_str());
+    let id = Identity::of(s.ssl(), &engine).await?;
+    let client = id.client();
     tracing::info!(
-        "TLS session from client {cn:?} (cuid {cuid}){}",
-        if configured { "" } else { ": not configured" }
+        "TLS session from client {:?} (cuid {}){}",
+        id.cn,
+        id.cuid,
+        if id.configured {
+            ""
+        } else {
+            ": not configured"
+        }
     );
     s.write_all(&coap_tcp::csm()).await?;
     let mut buf = Vec::with_capacity(4096);
@@ -104,7 +94,7 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                 Frame::Message(req) => {
                     let peer = Peer {
                         client,
-                        cuid: &cuid,
+                        cuid: &id.cuid,
                     };
                     let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
                     match reply {
