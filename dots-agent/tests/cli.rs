@@ -184,3 +184,138 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!std::path::Path::new(&pins).exists());
 }
+
+#[test]
+fn server_and_client_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = d.to_str().unwrap();
+    let o = agent(&[
+        "pki",
+        "init",
+        "--dir",
+        pki,
+        "--server-name",
+        "dots.example",
+        "--server-ip",
+        "127.0.0.1",
+        "--client",
+        "client-a",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A port of our own for this run (loopback only).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.join("server.toml"),
+        format!(
+            "[signal]\nlisten = [\"127.0.0.1:{port}\"]\nterminating_seconds = 0\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"198.51.100.0/24\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("client.toml"),
+        format!("server = \"127.0.0.1:{port}\"\nserver_name = \"dots.example\"\n[tls]\nca = \"ca.pem\"\ncert = \"client-a.pem\"\nkey = \"client-a.key\"\n"),
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+            .args([
+                "server",
+                "--config",
+                d.join("server.toml").to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client_toml = d.join("client.toml");
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--config", client_toml.to_str().unwrap()];
+        all.extend_from_slice(args);
+        agent(&all)
+    };
+    // The server may take a moment to listen.
+    let mut created = None;
+    for _ in 0..50 {
+        let o = client(&[
+            "mitigate",
+            "--mid",
+            "1",
+            "--target",
+            "198.51.100.7/32",
+            "--port",
+            "80",
+            "--protocol",
+            "6",
+        ]);
+        if o.status.success() {
+            created = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let created = created.expect("the server answered within 10 s");
+    assert!(
+        String::from_utf8_lossy(&created.stdout).starts_with("2.01 "),
+        "{}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    let o = client(&["--json", "status", "--mid", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["code"], "2.05");
+    assert!(v["body"]
+        .as_str()
+        .unwrap()
+        .contains("\"target-prefix\":[\"198.51.100.7/32\"]"));
+    let o = client(&[
+        "efficacy",
+        "--mid",
+        "1",
+        "--target",
+        "198.51.100.7/32",
+        "--port",
+        "80",
+        "--protocol",
+        "6",
+        "--attack-status",
+        "mitigated",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("2.04"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = client(&["mitigate", "--mid", "2", "--target", "203.0.113.0/24"]);
+    assert_eq!(o.status.code(), Some(2), "refusals exit 2");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("4.03"));
+    let o = client(&["watch", "--mid", "1", "--seconds", "1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("2.05"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = client(&["withdraw", "--mid", "1"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("2.02"));
+    let o = client(&[
+        "mitigate",
+        "--mid",
+        "3",
+        "--target",
+        "198.51.100.7/32",
+        "--lifetime",
+        "0",
+    ]);
+    assert!(stderr(&o).contains("--lifetime 0"), "{}", stderr(&o));
+}

@@ -225,3 +225,55 @@ async fn identities_are_checked_on_both_transports() {
         );
     }
 }
+
+async fn observe_sees_the_withdrawal(transport: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _engine) = start(dir.path()).await;
+    let cfg = client(dir.path(), &addr, "client-a", transport);
+    let mut a = Session::connect(&cfg).await.unwrap();
+    let fig8 = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rfc9132-fig8.cbor"
+    ))
+    .unwrap();
+    let r = a
+        .request(RequestType::Put, &mitigate_path(&a, 7), Some(fig8), false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    let (first, token) = a.observe(&mitigate_path(&a, 7)).await.unwrap();
+    assert_eq!(code_text(&first), "2.05");
+    assert!(
+        first.get_observe_value().is_some(),
+        "the response confirms the registration"
+    );
+    // Another session of the same client withdraws: the observer is told, within seconds.
+    let mut b = Session::connect(&cfg).await.unwrap();
+    let r = b
+        .request(RequestType::Delete, &mitigate_path(&b, 7), None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.02");
+    let n = a
+        .notification(&token, std::time::Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a notification");
+    assert_eq!(code_text(&n), "2.05");
+    assert_eq!(
+        scope_json(&n.payload)["status"].as_u64(),
+        Some(5),
+        "dots-client-withdrawn-mitigation"
+    );
+    assert!(n.get_observe_value().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_over_dtls() {
+    observe_sees_the_withdrawal(TransportChoice::Dtls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_over_tls() {
+    observe_sees_the_withdrawal(TransportChoice::Tls).await;
+}

@@ -128,6 +128,32 @@ impl Session {
         }
     }
 
+    /// GET with Observe 0 on `.well-known/dots/<path>`: returns the first response and the
+    /// token that later notifications carry (see [`Session::notification`]).
+    pub async fn observe(&mut self, path: &[String]) -> Result<(Packet, Vec<u8>)> {
+        let token = self.next_token.to_be_bytes().to_vec();
+        let r = self
+            .send(RequestType::Get, path, None, false, Some(0))
+            .await?;
+        Ok((r, token))
+    }
+
+    /// The next notification for an observation, or None if none came within `wait`.
+    pub async fn notification(&mut self, token: &[u8], wait: Duration) -> Result<Option<Packet>> {
+        let r = match &mut self.link {
+            Link::Tls { stream, buf } => {
+                tokio::time::timeout(wait, tls_response(stream, buf, token)).await
+            }
+            Link::Dtls { socket, stream, .. } => {
+                tokio::time::timeout(wait, dtls_response(socket, stream, token)).await
+            }
+        };
+        match r {
+            Ok(p) => p.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Sends a request on `.well-known/dots/<path>` and waits for its response.
     pub async fn request(
         &mut self,
@@ -135,6 +161,17 @@ impl Session {
         path: &[String],
         body: Option<Vec<u8>>,
         efficacy: bool,
+    ) -> Result<Packet> {
+        self.send(method, path, body, efficacy, None).await
+    }
+
+    async fn send(
+        &mut self,
+        method: RequestType,
+        path: &[String],
+        body: Option<Vec<u8>>,
+        efficacy: bool,
+        observe: Option<u32>,
     ) -> Result<Packet> {
         let mut p = Packet::new();
         p.header.code = MessageClass::Request(method);
@@ -150,6 +187,9 @@ impl Session {
         }
         if efficacy {
             p.add_option(CoapOption::IfMatch, Vec::new());
+        }
+        if let Some(o) = observe {
+            p.set_observe_value(o);
         }
         if let Some(b) = body {
             p.set_content_format(ContentFormat::ApplicationDotsCbor);

@@ -22,7 +22,7 @@ use openssl::ssl::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{now, Identity, SharedEngine};
+use super::{now, Identity, Observations, SharedEngine};
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -188,55 +188,72 @@ async fn session(
         }
     );
     let mut message_id: u16 = openssl_rand_u16();
+    let mut observations = Observations::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_heard = Instant::now();
     loop {
-        let d = match tokio::time::timeout(IDLE, rx.recv()).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(()),
-            Err(_) => return Ok(()), // idle
-        };
-        if is_client_hello(&d) {
-            // The client restarted on the same address: let the dispatcher start afresh.
-            return Ok(());
-        }
-        s.get_mut().inbox.push_back(d);
-        // Allocated per datagram, not per session: an idle session holds no read buffer.
-        let mut buf = vec![0u8; 16_384];
-        loop {
-            match s.ssl_read(&mut buf) {
-                Ok(n) => {
-                    let Ok(req) = Packet::from_bytes(&buf[..n]) else {
-                        continue;
-                    };
-                    let peer_id = Peer {
-                        client,
-                        cuid: &id.cuid,
-                    };
-                    let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
-                    let mut resp = match reply {
-                        Reply::Response(p) | Reply::Heartbeat { response: p, .. } => p,
-                        Reply::Silence => continue,
-                    };
-                    if req.header.get_type() == MessageType::Confirmable {
-                        // Piggybacked on the acknowledgement.
-                        resp.header.set_type(MessageType::Acknowledgement);
-                        resp.header.message_id = req.header.message_id;
-                    } else {
-                        resp.header.set_type(MessageType::NonConfirmable);
-                        message_id = message_id.wrapping_add(1);
-                        resp.header.message_id = message_id;
-                    }
-                    if let Ok(bytes) = resp.to_bytes() {
-                        let _ = s.ssl_write(&bytes);
-                    }
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                    flush(socket, peer, &mut s).await;
+        tokio::select! {
+            d = rx.recv() => {
+                let Some(d) = d else { return Ok(()) };
+                last_heard = Instant::now();
+                if is_client_hello(&d) {
+                    // The client restarted on the same address: the dispatcher starts afresh.
                     return Ok(());
                 }
-                Err(e) => {
-                    flush(socket, peer, &mut s).await;
-                    return Err(anyhow::anyhow!("DTLS: {e}"));
+                s.get_mut().inbox.push_back(d);
+                // Allocated per datagram, not per session: an idle session holds no read buffer.
+                let mut buf = vec![0u8; 16_384];
+                loop {
+                    match s.ssl_read(&mut buf) {
+                        Ok(n) => {
+                            let Ok(req) = Packet::from_bytes(&buf[..n]) else { continue };
+                            let peer_id = Peer { client, cuid: &id.cuid };
+                            let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
+                            let mut resp = match reply {
+                                Reply::Response(p) | Reply::Heartbeat { response: p, .. } => p,
+                                Reply::Observe { response, observation, register } => {
+                                    observations.apply(observation, register, &engine).await;
+                                    response
+                                }
+                                Reply::Silence => continue,
+                            };
+                            if req.header.get_type() == MessageType::Confirmable {
+                                // Piggybacked on the acknowledgement.
+                                resp.header.set_type(MessageType::Acknowledgement);
+                                resp.header.message_id = req.header.message_id;
+                            } else {
+                                resp.header.set_type(MessageType::NonConfirmable);
+                                message_id = message_id.wrapping_add(1);
+                                resp.header.message_id = message_id;
+                            }
+                            if let Ok(bytes) = resp.to_bytes() {
+                                let _ = s.ssl_write(&bytes);
+                            }
+                        }
+                        Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                        Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                            flush(socket, peer, &mut s).await;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            flush(socket, peer, &mut s).await;
+                            return Err(anyhow::anyhow!("DTLS: {e}"));
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if last_heard.elapsed() > IDLE {
+                    return Ok(()); // nothing heard for long: the session is gone
+                }
+                // Notifications are NON (RFC 9132 §4.4.2.1).
+                for mut p in observations.due(&engine).await {
+                    p.header.set_type(MessageType::NonConfirmable);
+                    message_id = message_id.wrapping_add(1);
+                    p.header.message_id = message_id;
+                    if let Ok(bytes) = p.to_bytes() {
+                        let _ = s.ssl_write(&bytes);
+                    }
                 }
             }
         }

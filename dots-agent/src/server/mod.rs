@@ -49,6 +49,66 @@ impl Identity {
     }
 }
 
+/// How often an observed mitigation is re-sent even without a status change (its counters
+/// move while it is active).
+pub(crate) const PERIODIC_NOTIFY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A session's observations (RFC 7641) and what was last sent for each.
+#[derive(Default)]
+pub(crate) struct Observations {
+    list: Vec<(
+        crate::signal::handler::Observation,
+        Vec<(u32, u8)>,
+        std::time::Instant,
+    )>,
+    sequence: u32,
+}
+
+impl Observations {
+    pub(crate) async fn apply(
+        &mut self,
+        obs: crate::signal::handler::Observation,
+        register: bool,
+        engine: &SharedEngine,
+    ) {
+        self.list.retain(|(o, _, _)| o.token != obs.token);
+        if register {
+            let states = engine
+                .lock()
+                .await
+                .status(&obs.cuid, obs.mid, now())
+                .map(|st| st.iter().map(|m| (m.mid, m.status as u8)).collect())
+                .unwrap_or_default();
+            self.list.push((obs, states, std::time::Instant::now()));
+        }
+    }
+
+    /// Notifications due now (status changed, or the periodic one); ends observations
+    /// whose mitigation is gone, after telling the client.
+    pub(crate) async fn due(&mut self, engine: &SharedEngine) -> Vec<coap_lite::Packet> {
+        let e = engine.lock().await;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (i, (obs, last, sent)) in self.list.iter_mut().enumerate() {
+            let periodic = sent.elapsed() >= PERIODIC_NOTIFY;
+            self.sequence = self.sequence.wrapping_add(1);
+            if let Some((p, ended)) =
+                crate::signal::handler::notification(&*e, obs, last, periodic, self.sequence, now())
+            {
+                *sent = std::time::Instant::now();
+                out.push(p);
+                if ended {
+                    gone.push(i);
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.list.remove(i);
+        }
+        out
+    }
+}
+
 /// Loads the CA that client certificates must chain to, and our certificate and key, and
 /// requires a client certificate (mutual authentication).
 pub(crate) fn load_credentials(

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::{now, Identity, SharedEngine};
+use super::{now, Identity, Observations, SharedEngine};
 use crate::signal::coap_tcp::{self, Frame};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -70,39 +70,47 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
     s.write_all(&coap_tcp::csm()).await?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let mut observations = Observations::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_heard = std::time::Instant::now();
     loop {
-        let n = tokio::time::timeout(IDLE, s.read(&mut chunk))
-            .await
-            .context("idle timeout")??;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some((frame, used)) = coap_tcp::decode(&buf)? {
-            buf.drain(..used);
-            match frame {
-                Frame::Signal {
-                    code: coap_tcp::PING,
-                    token,
-                    ..
-                } => s.write_all(&coap_tcp::pong(&token)).await?,
-                Frame::Signal {
-                    code: coap_tcp::RELEASE | coap_tcp::ABORT,
-                    ..
-                } => return Ok(()),
-                Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
-                Frame::Message(req) => {
-                    let peer = Peer {
-                        client,
-                        cuid: &id.cuid,
-                    };
-                    let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
-                    match reply {
-                        Reply::Response(p) | Reply::Heartbeat { response: p, .. } => {
-                            s.write_all(&coap_tcp::encode(&p)?).await?
+        tokio::select! {
+            n = s.read(&mut chunk) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                last_heard = std::time::Instant::now();
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some((frame, used)) = coap_tcp::decode(&buf)? {
+                    buf.drain(..used);
+                    match frame {
+                        Frame::Signal { code: coap_tcp::PING, token, .. } => s.write_all(&coap_tcp::pong(&token)).await?,
+                        Frame::Signal { code: coap_tcp::RELEASE | coap_tcp::ABORT, .. } => return Ok(()),
+                        Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
+                        Frame::Message(req) => {
+                            let peer = Peer { client, cuid: &id.cuid };
+                            let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
+                            match reply {
+                                Reply::Response(p) | Reply::Heartbeat { response: p, .. } => {
+                                    s.write_all(&coap_tcp::encode(&p)?).await?
+                                }
+                                Reply::Observe { response, observation, register } => {
+                                    observations.apply(observation, register, &engine).await;
+                                    s.write_all(&coap_tcp::encode(&response)?).await?
+                                }
+                                Reply::Silence => {}
+                            }
                         }
-                        Reply::Silence => {}
                     }
+                }
+            }
+            _ = tick.tick() => {
+                if last_heard.elapsed() > IDLE {
+                    return Ok(()); // idle timeout
+                }
+                for p in observations.due(&engine).await {
+                    s.write_all(&coap_tcp::encode(&p)?).await?;
                 }
             }
         }

@@ -332,6 +332,12 @@ impl<M: Mitigator> Engine<M> {
                 });
             }
         }
+        if !efficacy && scope.attack_status.is_some() {
+            return Err(Refusal::BadRequest(
+                "attack-status (29) belongs in efficacy updates (a PUT with an empty If-Match)"
+                    .into(),
+            ));
+        }
         let existing = self
             .clients
             .get(cuid)
@@ -730,9 +736,11 @@ impl<M: Mitigator> Engine<M> {
     }
 }
 
+/// The same request but for lifetime (a refresh) and attack-status (an efficacy update).
 fn same_except_lifetime(a: &Scope, b: &Scope) -> bool {
     Scope {
         lifetime: b.lifetime,
+        attack_status: b.attack_status,
         ..a.clone()
     } == *b
 }
@@ -872,6 +880,23 @@ mod tests {
             Err(Refusal::NotFound(_))
         ));
         assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    #[test]
+    fn attack_status_rides_only_on_efficacy_updates() {
+        let mut e = engine();
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
+            .unwrap();
+        let mut s = scope("198.51.100.0/28", 60);
+        s.attack_status = Some(2);
+        assert_eq!(
+            e.put("a", "cu-a", 1, s.clone(), true, 5),
+            Ok(PutOutcome::Changed)
+        );
+        assert!(matches!(
+            e.put("a", "cu-a", 2, s, false, 5),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -29,6 +29,55 @@ pub enum Reply {
         response: Packet,
         peer_hb_status: bool,
     },
+    /// A GET with Observe 0 (register) or 1 (deregister): send the response and keep (or
+    /// drop) the observation in the session (RFC 7641, RFC 9132 §4.4.2.1).
+    Observe {
+        response: Packet,
+        observation: Observation,
+        register: bool,
+    },
+}
+
+/// What a session watches for a client: its mitigations (one, or all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub token: Vec<u8>,
+    pub cuid: String,
+    pub mid: Option<u32>,
+}
+
+/// A notification for an observation, or None if nothing changed and none is due. `last`
+/// is the (mid, status) list last sent; it is updated. A mitigation that is gone yields a
+/// final 4.04 (and the caller drops the observation).
+pub fn notification<M: Mitigator>(
+    engine: &Engine<M>,
+    obs: &Observation,
+    last: &mut Vec<(u32, u8)>,
+    periodic_due: bool,
+    sequence: u32,
+    now: u64,
+) -> Option<(Packet, bool)> {
+    let mut p = Packet::new();
+    p.set_token(obs.token.clone());
+    p.set_observe_value(sequence & 0x00ff_ffff);
+    match engine.status(&obs.cuid, obs.mid, now) {
+        Ok(st) => {
+            let now_states: Vec<(u32, u8)> = st.iter().map(|m| (m.mid, m.status as u8)).collect();
+            if now_states == *last && !periodic_due {
+                return None;
+            }
+            *last = now_states;
+            p.header.code = MessageClass::Response(ResponseType::Content);
+            p.set_content_format(ContentFormat::ApplicationDotsCbor);
+            p.payload = message::encode_status(&st);
+            Some((p, false))
+        }
+        Err(_) => {
+            p.header.code = MessageClass::Response(ResponseType::NotFound);
+            p.payload = b"the observed mitigation is gone".to_vec();
+            Some((p, true))
+        }
+    }
 }
 
 fn response(req: &Packet, code: ResponseType, payload: Vec<u8>, cbor_body: bool) -> Packet {
@@ -187,12 +236,31 @@ pub fn handle<M: Mitigator>(
                     Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
                 }
                 RequestType::Get => match engine.status(&cuid, mid, now) {
-                    Ok(st) => Reply::Response(response(
-                        req,
-                        ResponseType::Content,
-                        message::encode_status(&st),
-                        true,
-                    )),
+                    Ok(st) => {
+                        let mut resp = response(
+                            req,
+                            ResponseType::Content,
+                            message::encode_status(&st),
+                            true,
+                        );
+                        match req.get_observe_value() {
+                            Some(Ok(v)) if v == 0 || v == 1 => {
+                                if v == 0 {
+                                    resp.set_observe_value(0);
+                                }
+                                Reply::Observe {
+                                    response: resp,
+                                    observation: Observation {
+                                        token: req.get_token().to_vec(),
+                                        cuid,
+                                        mid,
+                                    },
+                                    register: v == 0,
+                                }
+                            }
+                            _ => Reply::Response(resp),
+                        }
+                    }
                     Err(r) => Reply::Response(refusal(req, r)),
                 },
                 _ => Reply::Response(diagnostic(
@@ -300,7 +368,9 @@ mod tests {
 
     fn code(r: &Reply) -> ResponseType {
         match r {
-            Reply::Response(p) | Reply::Heartbeat { response: p, .. } => match p.header.code {
+            Reply::Response(p)
+            | Reply::Heartbeat { response: p, .. }
+            | Reply::Observe { response: p, .. } => match p.header.code {
                 MessageClass::Response(c) => c,
                 _ => panic!("not a response"),
             },

@@ -54,6 +54,8 @@ pub struct Scope {
     pub lifetime: Lifetime,
     pub trigger_mitigation: bool,
     pub acl_list: Vec<AclActivation>,
+    /// attack-status (29), carried by efficacy updates: 1 under attack, 2 mitigated.
+    pub attack_status: Option<u8>,
 }
 
 impl Scope {
@@ -68,6 +70,7 @@ impl Scope {
             lifetime,
             trigger_mitigation: true,
             acl_list: Vec::new(),
+            attack_status: None,
         }
     }
 
@@ -231,6 +234,17 @@ fn decode_scope(v: Value) -> Result<Scope, CborError> {
     if let Some(v) = f.take(13) {
         s.alias_name = cbor::as_text_list(v, 13)?;
     }
+    if let Some(v) = f.take(29) {
+        match cbor::as_u64(v, 29)? {
+            n @ (1 | 2) => s.attack_status = Some(n as u8),
+            n => {
+                return Err(invalid(
+                    29,
+                    format!("{n} is not an attack status (1 under attack, 2 mitigated)"),
+                ))
+            }
+        }
+    }
     if let Some(v) = f.take(45) {
         s.trigger_mitigation = cbor::as_bool(v, 45)?;
     }
@@ -273,6 +287,9 @@ fn port(v: Value, key: u64) -> Result<u16, CborError> {
 pub fn encode_mitigation_request(s: &Scope) -> Vec<u8> {
     let mut e = s.target_entries();
     e.push((14, s.lifetime.to_cbor()));
+    if let Some(a) = s.attack_status {
+        e.push((29, uint(a as u64)));
+    }
     if !s.trigger_mitigation {
         e.push((45, Value::Bool(false)));
     }
