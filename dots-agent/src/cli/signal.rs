@@ -186,7 +186,7 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
 
 /// Prints a response as "code body" (or JSON); returns whether it was a success (2.xx).
 fn print_response(resp: &coap_lite::Packet, json: bool) -> bool {
-    let code = code_text(&resp);
+    let code = code_text(resp);
     let raw: u8 = resp.header.code.into();
     let ok = raw >> 5 == 2;
     let body_text = if resp.payload.is_empty() {

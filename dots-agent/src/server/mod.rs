@@ -54,13 +54,16 @@ impl Identity {
 pub(crate) const PERIODIC_NOTIFY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A session's observations (RFC 7641) and what was last sent for each.
+/// An observation, the (mid, status) list last sent for it, and when.
+type Watched = (
+    crate::signal::handler::Observation,
+    Vec<(u32, u8)>,
+    std::time::Instant,
+);
+
 #[derive(Default)]
 pub(crate) struct Observations {
-    list: Vec<(
-        crate::signal::handler::Observation,
-        Vec<(u32, u8)>,
-        std::time::Instant,
-    )>,
+    list: Vec<Watched>,
     sequence: u32,
 }
 
