@@ -16,6 +16,8 @@ use crate::store::Store;
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
 pub const TERMINATING_DEFAULT: u64 = 120;
 pub const TERMINATING_MAX: u64 = 300;
+/// Drop rates in status are averaged over at least this many seconds.
+pub const RATE_WINDOW: u64 = 10;
 
 /// What a configured client may do (from server.toml).
 #[derive(Clone, Debug)]
@@ -89,6 +91,11 @@ pub struct Engine<M: Mitigator> {
     last_seen: BTreeMap<String, (String, u64)>,
     /// Sessions already declared lost (cleared when the client is heard again).
     lost: std::collections::BTreeSet<String>,
+    /// Per datapath mitigation: the drop counter at a reading, its time, and the rate last
+    /// computed (status is read through &self, hence the lock).
+    rate_samples: std::sync::Mutex<
+        std::collections::HashMap<u64, (xdp_common::Counter, u64, Option<(u64, u64)>)>,
+    >,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
 }
@@ -208,6 +215,7 @@ impl<M: Mitigator> Engine<M> {
             configs: BTreeMap::new(),
             last_seen: BTreeMap::new(),
             lost: Default::default(),
+            rate_samples: Default::default(),
             store: None,
         }
     }
@@ -671,6 +679,8 @@ impl<M: Mitigator> Engine<M> {
                     None => Lifetime::Indefinite,
                     Some(e) => Lifetime::Seconds(e.saturating_sub(now).min(u32::MAX as u64) as u32),
                 };
+                let dropped = counters.as_ref().map(|c| c.dropped_total());
+                let rate = dropped.and_then(|d| self.drop_rate(m.datapath_id, d, now));
                 MitigationStatus {
                     mid,
                     scope: Scope {
@@ -679,10 +689,10 @@ impl<M: Mitigator> Engine<M> {
                     },
                     mitigation_start: m.start,
                     status: m.status,
-                    bytes_dropped: counters.as_ref().map(|c| c.dropped_total().bytes),
-                    bps_dropped: None,
-                    pkts_dropped: counters.as_ref().map(|c| c.dropped_total().packets),
-                    pps_dropped: None,
+                    bytes_dropped: dropped.map(|d| d.bytes),
+                    bps_dropped: rate.map(|r| r.0),
+                    pkts_dropped: dropped.map(|d| d.packets),
+                    pps_dropped: rate.map(|r| r.1),
                 }
             })
             .collect())
@@ -690,6 +700,23 @@ impl<M: Mitigator> Engine<M> {
 }
 
 impl<M: Mitigator> Engine<M> {
+    /// Drop rate (bit/s, packets/s) of a datapath mitigation since an earlier reading at
+    /// least RATE_WINDOW old (readings are taken as status is asked for, which Observe
+    /// and clients do regularly). None until two readings are far enough apart.
+    fn drop_rate(&self, id: u64, now_total: xdp_common::Counter, now: u64) -> Option<(u64, u64)> {
+        let mut samples = self.rate_samples.lock().expect("rate samples lock");
+        let entry = samples.entry(id).or_insert((now_total, now, None));
+        let (then_total, then, last) = *entry;
+        if now >= then + RATE_WINDOW {
+            let secs = now - then;
+            let bps = now_total.bytes.saturating_sub(then_total.bytes) * 8 / secs;
+            let pps = now_total.packets.saturating_sub(then_total.packets) / secs;
+            *entry = (now_total, now, Some((bps, pps)));
+            return Some((bps, pps));
+        }
+        last
+    }
+
     /// GET /config[/sid]: the client's configuration (defaults until it sets one).
     pub fn config_get(&self, client: &str, sid: Option<u32>) -> Result<SessionConfig, Refusal> {
         let current = self.configs.get(client).cloned().unwrap_or_default();
@@ -815,7 +842,39 @@ mod tests {
         };
         let mut e2 = e;
         e2.mitigator.set_counters(id, c);
+        assert_eq!(
+            e2.status("cu-a", Some(1), 1590).unwrap()[0].pps_dropped,
+            None,
+            "one reading: no rate yet"
+        );
+        let mut c2 = MitigationCounters::default();
+        c2.dropped[0] = Counter {
+            packets: 10,
+            bytes: 1000,
+        };
+        c2.dropped[1] = Counter {
+            packets: 0,
+            bytes: 0,
+        };
+        e2.mitigator.set_counters(id, c2);
         let st = e2.status("cu-a", Some(1), 1600).unwrap();
+        assert_eq!(
+            (st[0].pps_dropped, st[0].bps_dropped),
+            (Some(0), Some(0)),
+            "nothing new over 10 s"
+        );
+        let mut c3 = MitigationCounters::default();
+        c3.dropped[0] = Counter {
+            packets: 110,
+            bytes: 11_000,
+        };
+        e2.mitigator.set_counters(id, c3);
+        let later = e2.status("cu-a", Some(1), 1610).unwrap();
+        assert_eq!(
+            (later[0].pps_dropped, later[0].bps_dropped),
+            (Some(10), Some(8_000)),
+            "100 packets of 100 B in 10 s"
+        );
         assert_eq!(st[0].status, Status::SuccessfullyMitigated);
         assert_eq!(st[0].scope.lifetime, Lifetime::Seconds(3000));
         assert_eq!(

@@ -283,12 +283,12 @@ pub fn handle<M: Mitigator>(
             "hb takes PUT",
         )),
         (Resource::Config { sid }, RequestType::Get) => match engine.config_get(client, sid) {
-            Ok(c) => Reply::Response(response(
-                req,
-                ResponseType::Content,
-                session_config::encode(&c),
-                true,
-            )),
+            Ok(c) => {
+                let mut r = response(req, ResponseType::Content, session_config::encode(&c), true);
+                // The configuration holds until changed (RFC 9132 §4.5.3: 2^32-1, no expiry).
+                r.add_option(CoapOption::MaxAge, u32::MAX.to_be_bytes().to_vec());
+                Reply::Response(r)
+            }
             Err(r) => Reply::Response(refusal(req, r)),
         },
         (Resource::Config { sid: Some(sid) }, RequestType::Put) => {
@@ -539,6 +539,14 @@ mod tests {
         let cfg = [".well-known", "dots", "config"];
         let r = handle(&mut e, &PEER, &request(RequestType::Get, &cfg, &[]), 0);
         assert_eq!(code(&r), ResponseType::Content);
+        let Reply::Response(p) = &r else {
+            panic!("a response")
+        };
+        assert_eq!(
+            p.get_first_option(CoapOption::MaxAge),
+            Some(&vec![0xff, 0xff, 0xff, 0xff]),
+            "Max-Age: no expiry"
+        );
         let body = [
             0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa1, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x18, 0x3c,
         ];
