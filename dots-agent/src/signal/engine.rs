@@ -93,12 +93,13 @@ pub struct Engine<M: Mitigator> {
     lost: std::collections::BTreeSet<String>,
     /// Per datapath mitigation: the drop counter at a reading, its time, and the rate last
     /// computed (status is read through &self, hence the lock).
-    rate_samples: std::sync::Mutex<
-        std::collections::HashMap<u64, (xdp_common::Counter, u64, Option<(u64, u64)>)>,
-    >,
+    rate_samples: std::sync::Mutex<std::collections::HashMap<u64, RateSample>>,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
 }
+
+/// A drop-counter reading: the counter, its time, and the rate last computed from it.
+type RateSample = (xdp_common::Counter, u64, Option<(u64, u64)>);
 
 /// A mitigation as the store keeps it.
 #[derive(serde::Serialize, serde::Deserialize)]
