@@ -300,9 +300,50 @@ fn server_and_client_from_the_command_line() {
     let o = client(&["mitigate", "--mid", "2", "--target", "203.0.113.0/24"]);
     assert_eq!(o.status.code(), Some(2), "refusals exit 2");
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("4.03"));
-    let o = client(&["watch", "--mid", "1", "--seconds", "1"]);
+    // Watching for 3 s with a heartbeat after each quiet second.
+    let o = client(&[
+        "watch",
+        "--mid",
+        "1",
+        "--seconds",
+        "3",
+        "--heartbeat-every",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("2.05"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = client(&[
+        "config",
+        "set",
+        "--sid",
+        "1",
+        "--heartbeat-interval",
+        "60",
+        "--ack-timeout",
+        "2.5",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("2.01"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let o = client(&["config", "get"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("2.05")
+            && out.contains("\"current-value\":60")
+            && out.contains("\"current-value-decimal\":\"2.50\""),
+        "{out}"
+    );
+    let o = client(&["config", "set", "--sid", "2", "--heartbeat-interval", "5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("4.22"),
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use crate::client::{code_text, ClientConfig, Session};
 use crate::datapath::PortRange;
 use crate::signal::message::{self, Lifetime, Scope};
+use crate::signal::session_config;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
@@ -41,11 +43,52 @@ pub enum ClientCommand {
         /// Stop after this many seconds (0: until interrupted).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+        /// Send a heartbeat after this many quiet seconds (the RFC 9132 default is 30).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=240))]
+        heartbeat_every: u64,
     },
     /// Withdraw a mitigation (DELETE mitigate).
     Withdraw {
         #[arg(long)]
         mid: u32,
+    },
+    /// Session configuration (RFC 9132 §4.5): get, set or reset.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Show the limits and current values (or one configuration by sid).
+    Get {
+        #[arg(long)]
+        sid: Option<u32>,
+    },
+    /// Set parameters (a new, higher sid each time you change them).
+    Set {
+        #[arg(long)]
+        sid: u32,
+        /// Set the idle configuration instead of the mitigating one.
+        #[arg(long)]
+        idle: bool,
+        #[arg(long)]
+        heartbeat_interval: Option<u16>,
+        #[arg(long)]
+        missing_hb_allowed: Option<u16>,
+        #[arg(long)]
+        max_retransmit: Option<u16>,
+        /// Seconds, two decimals.
+        #[arg(long)]
+        ack_timeout: Option<f64>,
+        #[arg(long)]
+        ack_random_factor: Option<f64>,
+        #[arg(long)]
+        probing_rate: Option<u16>,
+    },
+    /// Back to the server's defaults.
+    Delete {
+        #[arg(long)]
+        sid: u32,
     },
 }
 
@@ -156,24 +199,21 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
                 (RequestType::Get, p, None, false)
             }
             ClientCommand::Withdraw { mid } => (RequestType::Delete, mitigate(*mid), None, false),
+            ClientCommand::Config(_) => (RequestType::Get, Vec::new(), None, false),
         };
-        if let ClientCommand::Watch { seconds, .. } = &cmd {
-            let (first, token) = s.observe(&path).await?;
-            print_response(&first, json);
-            let deadline = (*seconds > 0)
-                .then(|| std::time::Instant::now() + std::time::Duration::from_secs(*seconds));
-            loop {
-                let wait = match deadline {
-                    Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                        Some(w) => w,
-                        None => return Ok(()),
-                    },
-                    None => std::time::Duration::from_secs(3600),
-                };
-                if let Some(n) = s.notification(&token, wait).await? {
-                    print_response(&n, json);
-                }
-            }
+        if let ClientCommand::Watch {
+            seconds,
+            heartbeat_every,
+            ..
+        } = &cmd
+        {
+            drop(s);
+            let deadline = (*seconds > 0).then(|| Instant::now() + Duration::from_secs(*seconds));
+            let every = Duration::from_secs(*heartbeat_every);
+            return watch(&cfg, &path[2..], deadline, every, json).await;
+        }
+        if let ClientCommand::Config(c) = &cmd {
+            return session_config_command(&mut s, c, json).await;
         }
         let resp = s.request(method, &path, body, efficacy).await?;
         let ok = print_response(&resp, json);
@@ -182,6 +222,136 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
         }
         Ok(())
     })
+}
+
+/// Follows notifications until the deadline, keeping the session alive with heartbeats
+/// and reconnecting with exponential backoff (1 s doubling to 60 s) when it breaks.
+async fn watch(
+    cfg: &ClientConfig,
+    rest: &[String],
+    deadline: Option<Instant>,
+    every: Duration,
+    json: bool,
+) -> Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match watch_once(cfg, rest, deadline, every, json).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                    return Err(e);
+                }
+                eprintln!("watch: {e:#}; reconnecting in {} s", backoff.as_secs());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn watch_once(
+    cfg: &ClientConfig,
+    rest: &[String],
+    deadline: Option<Instant>,
+    every: Duration,
+    json: bool,
+) -> Result<()> {
+    let mut s = Session::connect(cfg).await?;
+    let mut path = vec!["mitigate".to_string(), format!("cuid={}", s.cuid())];
+    path.extend(rest.iter().cloned());
+    let (first, token) = s.observe(&path).await?;
+    print_response(&first, json);
+    let heartbeat = message::encode_heartbeat(true);
+    loop {
+        let wait = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(w) => w.min(every),
+                None => return Ok(()),
+            },
+            None => every,
+        };
+        match s.notification(&token, wait).await? {
+            Some(n) => {
+                print_response(&n, json);
+            }
+            // Quiet for a heartbeat interval: tell the server we are here.
+            None => {
+                let r = s
+                    .request(
+                        RequestType::Put,
+                        &["hb".to_string()],
+                        Some(heartbeat.clone()),
+                        false,
+                    )
+                    .await?;
+                let raw: u8 = r.header.code.into();
+                if raw >> 5 != 2 {
+                    bail!("heartbeat answered {}", code_text(&r));
+                }
+            }
+        }
+    }
+}
+
+async fn session_config_command(s: &mut Session, c: &ConfigCommand, json: bool) -> Result<()> {
+    let (method, sid, body) = match c {
+        ConfigCommand::Get { sid } => (RequestType::Get, *sid, None),
+        ConfigCommand::Delete { sid } => (RequestType::Delete, Some(*sid), None),
+        ConfigCommand::Set {
+            sid,
+            idle,
+            heartbeat_interval,
+            missing_hb_allowed,
+            max_retransmit,
+            ack_timeout,
+            ack_random_factor,
+            probing_rate,
+        } => {
+            let mut values = Vec::new();
+            if let Some(v) = heartbeat_interval {
+                values.push((33, *v as u64));
+            }
+            if let Some(v) = missing_hb_allowed {
+                values.push((37, *v as u64));
+            }
+            if let Some(v) = max_retransmit {
+                values.push((38, *v as u64));
+            }
+            if let Some(v) = ack_timeout {
+                values.push((39, hundredths(*v, "--ack-timeout")?));
+            }
+            if let Some(v) = ack_random_factor {
+                values.push((40, hundredths(*v, "--ack-random-factor")?));
+            }
+            if let Some(v) = probing_rate {
+                values.push((50, *v as u64));
+            }
+            if values.is_empty() {
+                bail!("name at least one parameter to set (e.g. --heartbeat-interval 60)");
+            }
+            (
+                RequestType::Put,
+                Some(*sid),
+                Some(session_config::encode_put(*idle, &values)),
+            )
+        }
+    };
+    let mut path = vec!["config".to_string()];
+    if let Some(sid) = sid {
+        path.push(format!("sid={sid}"));
+    }
+    let r = s.request(method, &path, body, false).await?;
+    if !print_response(&r, json) {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn hundredths(v: f64, what: &str) -> Result<u64> {
+    if !(0.0..=1_000_000.0).contains(&v) {
+        bail!("{what} {v} is out of range");
+    }
+    Ok((v * 100.0).round() as u64)
 }
 
 /// Prints a response as "code body" (or JSON); returns whether it was a success (2.xx).

@@ -82,6 +82,8 @@ enum Link {
 
 pub struct Session {
     link: Link,
+    /// Responses that arrived while another was awaited (notifications, late replies).
+    pending: std::collections::VecDeque<Packet>,
     next_token: u32,
     cuid: String,
 }
@@ -111,6 +113,7 @@ impl Session {
         };
         Ok(Session {
             link,
+            pending: Default::default(),
             next_token: 1,
             cuid,
         })
@@ -140,12 +143,20 @@ impl Session {
 
     /// The next notification for an observation, or None if none came within `wait`.
     pub async fn notification(&mut self, token: &[u8], wait: Duration) -> Result<Option<Packet>> {
+        if let Some(i) = self.pending.iter().position(|p| p.get_token() == token) {
+            return Ok(self.pending.remove(i));
+        }
         let r = match &mut self.link {
             Link::Tls { stream, buf } => {
-                tokio::time::timeout(wait, tls_response(stream, buf, token)).await
+                tokio::time::timeout(wait, tls_response(stream, buf, &mut self.pending, token))
+                    .await
             }
             Link::Dtls { socket, stream, .. } => {
-                tokio::time::timeout(wait, dtls_response(socket, stream, token)).await
+                tokio::time::timeout(
+                    wait,
+                    dtls_response(socket, stream, &mut self.pending, token),
+                )
+                .await
             }
         };
         match r {
@@ -198,9 +209,12 @@ impl Session {
         match &mut self.link {
             Link::Tls { stream, buf } => {
                 stream.write_all(&coap_tcp::encode(&p)?).await?;
-                tokio::time::timeout(TIMEOUT, tls_response(stream, buf, &token))
-                    .await
-                    .context("no response within 10 s")?
+                tokio::time::timeout(
+                    TIMEOUT,
+                    tls_response(stream, buf, &mut self.pending, &token),
+                )
+                .await
+                .context("no response within 10 s")?
             }
             Link::Dtls {
                 socket,
@@ -216,8 +230,11 @@ impl Session {
                         .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
                     stream.ssl_write(&bytes).context("DTLS write")?;
                     send_all(socket, stream).await?;
-                    if let Ok(r) =
-                        tokio::time::timeout(REPEAT, dtls_response(socket, stream, &token)).await
+                    if let Ok(r) = tokio::time::timeout(
+                        REPEAT,
+                        dtls_response(socket, stream, &mut self.pending, &token),
+                    )
+                    .await
                     {
                         return r;
                     }
@@ -335,9 +352,18 @@ async fn send_all(
     Ok(())
 }
 
+/// Keeps an unrelated response for later (bounded: the oldest go first).
+fn stash(pending: &mut std::collections::VecDeque<Packet>, p: Packet) {
+    if pending.len() >= 64 {
+        pending.pop_front();
+    }
+    pending.push_back(p);
+}
+
 async fn dtls_response(
     socket: &UdpSocket,
     stream: &mut openssl::ssl::SslStream<Datagrams>,
+    pending: &mut std::collections::VecDeque<Packet>,
     token: &[u8],
 ) -> Result<Packet> {
     let mut buf = vec![0u8; 65_535];
@@ -348,10 +374,11 @@ async fn dtls_response(
             match stream.ssl_read(&mut buf) {
                 Ok(n) => {
                     if let Ok(p) = Packet::from_bytes(&buf[..n]) {
-                        if p.get_token() == token
-                            && matches!(p.header.code, MessageClass::Response(_))
-                        {
-                            return Ok(p);
+                        if matches!(p.header.code, MessageClass::Response(_)) {
+                            if p.get_token() == token {
+                                return Ok(p);
+                            }
+                            stash(pending, p);
                         }
                     }
                 }
@@ -365,6 +392,7 @@ async fn dtls_response(
 async fn tls_response(
     stream: &mut SslStream<TcpStream>,
     buf: &mut Vec<u8>,
+    pending: &mut std::collections::VecDeque<Packet>,
     token: &[u8],
 ) -> Result<Packet> {
     let mut chunk = [0u8; 4096];
@@ -373,6 +401,9 @@ async fn tls_response(
             buf.drain(..used);
             match frame {
                 Frame::Message(p) if p.get_token() == token => return Ok(p),
+                Frame::Message(p) if matches!(p.header.code, MessageClass::Response(_)) => {
+                    stash(pending, p)
+                }
                 Frame::Signal {
                     code: coap_tcp::PING,
                     token: t,

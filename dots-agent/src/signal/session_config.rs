@@ -162,6 +162,23 @@ pub fn encode(c: &SessionConfig) -> Vec<u8> {
     )]))
 }
 
+/// A PUT body setting `values` ((key, value); decimals in hundredths) in the mitigating
+/// set, or in the idle set.
+pub fn encode_put(idle: bool, values: &[(u64, u64)]) -> Vec<u8> {
+    let entries = values
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = PARAMS.iter().find(|p| p.key == *k)?;
+            let kcur = if p.decimal { 43 } else { 36 };
+            Some((*k, cbor::map(vec![(kcur, value(p, *v))])))
+        })
+        .collect();
+    cbor::encode(&cbor::map(vec![(
+        30,
+        cbor::map(vec![(if idle { 44 } else { 32 }, cbor::map(entries))]),
+    )]))
+}
+
 fn apply_set(v: Value, target: &mut ConfigSet, which: &'static str) -> Result<(), ConfigError> {
     let mut f = Fields::new(v, which)?;
     let mut seen = 0;
@@ -285,6 +302,17 @@ mod tests {
             ),
             Err(ConfigError::Bad(_))
         ));
+    }
+
+    #[test]
+    fn encode_put_round_trips() {
+        let body = encode_put(true, &[(33, 60), (39, 250)]);
+        let c = decode_put(&body, &SessionConfig::default()).unwrap();
+        assert_eq!(
+            (c.idle.heartbeat_interval(), c.idle.get(39)),
+            (60, Some(250))
+        );
+        assert_eq!(c.mitigating, ConfigSet::default());
     }
 
     #[test]
