@@ -145,18 +145,10 @@ async fn memory_per_session(dir: &Path, sessions: usize) {
     let before = rss_kib(server.id());
     let started = Instant::now();
     let mut open = Vec::with_capacity(sessions);
-    let heartbeat = message::encode_heartbeat(true);
     for _ in 0..sessions {
         match Session::connect(&client(dir, &addr)).await {
             Ok(mut s) => {
-                let r = s
-                    .request(
-                        RequestType::Put,
-                        &["hb".to_string()],
-                        Some(heartbeat.clone()),
-                        false,
-                    )
-                    .await;
+                let r = s.heartbeat().await;
                 if r.is_ok() {
                     open.push(s);
                 }

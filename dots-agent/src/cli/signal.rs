@@ -7,7 +7,7 @@ use clap::Subcommand;
 use coap_lite::RequestType;
 use ipnet::IpNet;
 
-use crate::client::{code_text, ClientConfig, Session};
+use crate::client::{code_text, is_success, ClientConfig, Session};
 use crate::datapath::PortRange;
 use crate::signal::message::{self, Lifetime, Scope};
 use crate::signal::session_config;
@@ -261,7 +261,6 @@ async fn watch_once(
     path.extend(rest.iter().cloned());
     let (first, token) = s.observe(&path).await?;
     print_response(&first, json);
-    let heartbeat = message::encode_heartbeat(true);
     loop {
         let wait = match deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -276,16 +275,8 @@ async fn watch_once(
             }
             // Quiet for a heartbeat interval: tell the server we are here.
             None => {
-                let r = s
-                    .request(
-                        RequestType::Put,
-                        &["hb".to_string()],
-                        Some(heartbeat.clone()),
-                        false,
-                    )
-                    .await?;
-                let raw: u8 = r.header.code.into();
-                if raw >> 5 != 2 {
+                let r = s.heartbeat().await?;
+                if !is_success(&r) {
                     bail!("heartbeat answered {}", code_text(&r));
                 }
             }
@@ -357,8 +348,7 @@ fn hundredths(v: f64, what: &str) -> Result<u64> {
 /// Prints a response as "code body" (or JSON); returns whether it was a success (2.xx).
 fn print_response(resp: &coap_lite::Packet, json: bool) -> bool {
     let code = code_text(resp);
-    let raw: u8 = resp.header.code.into();
-    let ok = raw >> 5 == 2;
+    let ok = is_success(resp);
     let body_text = if resp.payload.is_empty() {
         String::new()
     } else if matches!(

@@ -165,6 +165,13 @@ impl Session {
         }
     }
 
+    /// PUT /hb with peer-hb-status true (RFC 9132 §4.7).
+    pub async fn heartbeat(&mut self) -> Result<Packet> {
+        let body = crate::signal::message::encode_heartbeat(true);
+        self.request(RequestType::Put, &["hb".to_string()], Some(body), false)
+            .await
+    }
+
     /// Sends a request on `.well-known/dots/<path>` and waits for its response.
     pub async fn request(
         &mut self,
@@ -418,6 +425,12 @@ async fn tls_response(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// A 2.xx response?
+pub fn is_success(p: &Packet) -> bool {
+    let raw: u8 = p.header.code.into();
+    raw >> 5 == 2
 }
 
 /// "2.01" style text of a response code.
