@@ -277,3 +277,43 @@ async fn observe_over_dtls() {
 async fn observe_over_tls() {
     observe_sees_the_withdrawal(TransportChoice::Tls).await;
 }
+
+async fn the_server_sends_heartbeats(transport: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _engine) = start(dir.path()).await;
+    let mut s = Session::connect(&client(dir.path(), &addr, "client-a", transport))
+        .await
+        .unwrap();
+    // The shortest interval the server accepts, for the idle set (no mitigation is active).
+    let body = dots_agent::signal::session_config::encode_put(true, &[(33, 15)]);
+    let r = s
+        .request(
+            RequestType::Put,
+            &["config".into(), "sid=1".into()],
+            Some(body),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    // Wait on a token that never comes, while the session answers what the server sends.
+    let none = s
+        .notification(b"none", std::time::Duration::from_secs(17))
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(
+        s.server_heartbeats() >= 1,
+        "{transport:?}: a server heartbeat within 17 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_heartbeats_over_dtls() {
+    the_server_sends_heartbeats(TransportChoice::Dtls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_heartbeats_over_tls() {
+    the_server_sends_heartbeats(TransportChoice::Tls).await;
+}

@@ -84,6 +84,8 @@ pub struct Session {
     link: Link,
     /// Responses that arrived while another was awaited (notifications, late replies).
     pending: std::collections::VecDeque<Packet>,
+    /// Heartbeats the server sent us (and we answered).
+    server_heartbeats: u32,
     next_token: u32,
     cuid: String,
 }
@@ -114,6 +116,7 @@ impl Session {
         Ok(Session {
             link,
             pending: Default::default(),
+            server_heartbeats: 0,
             next_token: 1,
             cuid,
         })
@@ -148,13 +151,28 @@ impl Session {
         }
         let r = match &mut self.link {
             Link::Tls { stream, buf } => {
-                tokio::time::timeout(wait, tls_response(stream, buf, &mut self.pending, token))
-                    .await
+                tokio::time::timeout(
+                    wait,
+                    tls_response(
+                        stream,
+                        buf,
+                        &mut self.pending,
+                        &mut self.server_heartbeats,
+                        token,
+                    ),
+                )
+                .await
             }
             Link::Dtls { socket, stream, .. } => {
                 tokio::time::timeout(
                     wait,
-                    dtls_response(socket, stream, &mut self.pending, token),
+                    dtls_response(
+                        socket,
+                        stream,
+                        &mut self.pending,
+                        &mut self.server_heartbeats,
+                        token,
+                    ),
                 )
                 .await
             }
@@ -163,6 +181,11 @@ impl Session {
             Ok(p) => p.map(Some),
             Err(_) => Ok(None),
         }
+    }
+
+    /// How many heartbeats the server has sent on this session (each answered with 2.04).
+    pub fn server_heartbeats(&self) -> u32 {
+        self.server_heartbeats
     }
 
     /// PUT /hb with peer-hb-status true (RFC 9132 §4.7).
@@ -218,7 +241,13 @@ impl Session {
                 stream.write_all(&coap_tcp::encode(&p)?).await?;
                 tokio::time::timeout(
                     TIMEOUT,
-                    tls_response(stream, buf, &mut self.pending, &token),
+                    tls_response(
+                        stream,
+                        buf,
+                        &mut self.pending,
+                        &mut self.server_heartbeats,
+                        &token,
+                    ),
                 )
                 .await
                 .context("no response within 10 s")?
@@ -239,7 +268,13 @@ impl Session {
                     send_all(socket, stream).await?;
                     if let Ok(r) = tokio::time::timeout(
                         REPEAT,
-                        dtls_response(socket, stream, &mut self.pending, &token),
+                        dtls_response(
+                            socket,
+                            stream,
+                            &mut self.pending,
+                            &mut self.server_heartbeats,
+                            &token,
+                        ),
                     )
                     .await
                     {
@@ -359,6 +394,34 @@ async fn send_all(
     Ok(())
 }
 
+/// Our answer to a request from the server: 2.04 to its heartbeats, 4.04 otherwise (a
+/// client serves no other resource).
+fn answer(req: &Packet, heartbeats: &mut u32) -> Packet {
+    let hb = req.get_option(CoapOption::UriPath).is_some_and(|l| {
+        l.iter()
+            .map(|s| s.as_slice())
+            .eq([b".well-known".as_slice(), b"dots", b"hb"])
+    });
+    let mut p = Packet::new();
+    p.set_token(req.get_token().to_vec());
+    p.header.code = MessageClass::Response(if hb {
+        coap_lite::ResponseType::Changed
+    } else {
+        coap_lite::ResponseType::NotFound
+    });
+    if hb {
+        *heartbeats += 1;
+    }
+    if req.header.get_type() == MessageType::Confirmable {
+        p.header.set_type(MessageType::Acknowledgement);
+        p.header.message_id = req.header.message_id;
+    } else {
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = req.header.message_id.wrapping_add(0x8000);
+    }
+    p
+}
+
 /// Keeps an unrelated response for later (bounded: the oldest go first).
 fn stash(pending: &mut std::collections::VecDeque<Packet>, p: Packet) {
     if pending.len() >= 64 {
@@ -371,6 +434,7 @@ async fn dtls_response(
     socket: &UdpSocket,
     stream: &mut openssl::ssl::SslStream<Datagrams>,
     pending: &mut std::collections::VecDeque<Packet>,
+    heartbeats: &mut u32,
     token: &[u8],
 ) -> Result<Packet> {
     let mut buf = vec![0u8; 65_535];
@@ -381,11 +445,16 @@ async fn dtls_response(
             match stream.ssl_read(&mut buf) {
                 Ok(n) => {
                     if let Ok(p) = Packet::from_bytes(&buf[..n]) {
-                        if matches!(p.header.code, MessageClass::Response(_)) {
-                            if p.get_token() == token {
-                                return Ok(p);
+                        match p.header.code {
+                            MessageClass::Response(_) if p.get_token() == token => return Ok(p),
+                            MessageClass::Response(_) => stash(pending, p),
+                            MessageClass::Request(_) => {
+                                if let Ok(bytes) = answer(&p, heartbeats).to_bytes() {
+                                    let _ = stream.ssl_write(&bytes);
+                                }
+                                send_all(socket, stream).await?;
                             }
-                            stash(pending, p);
+                            _ => {}
                         }
                     }
                 }
@@ -400,6 +469,7 @@ async fn tls_response(
     stream: &mut SslStream<TcpStream>,
     buf: &mut Vec<u8>,
     pending: &mut std::collections::VecDeque<Packet>,
+    heartbeats: &mut u32,
     token: &[u8],
 ) -> Result<Packet> {
     let mut chunk = [0u8; 4096];
@@ -410,6 +480,11 @@ async fn tls_response(
                 Frame::Message(p) if p.get_token() == token => return Ok(p),
                 Frame::Message(p) if matches!(p.header.code, MessageClass::Response(_)) => {
                     stash(pending, p)
+                }
+                Frame::Message(p) if matches!(p.header.code, MessageClass::Request(_)) => {
+                    stream
+                        .write_all(&coap_tcp::encode(&answer(&p, heartbeats))?)
+                        .await?
                 }
                 Frame::Signal {
                     code: coap_tcp::PING,

@@ -22,7 +22,7 @@ use openssl::ssl::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{now, Identity, Observations, SharedEngine};
+use super::{now, Heartbeats, Identity, Observations, SharedEngine};
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -189,6 +189,7 @@ async fn session(
     );
     let mut message_id: u16 = openssl_rand_u16();
     let mut observations = Observations::default();
+    let mut heartbeats = Heartbeats::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_heard = Instant::now();
     loop {
@@ -210,7 +211,11 @@ async fn session(
                             let peer_id = Peer { client, cuid: &id.cuid };
                             let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
                             let mut resp = match reply {
-                                Reply::Response(p) | Reply::Heartbeat { response: p, .. } => p,
+                                Reply::Heartbeat { response, .. } => {
+                                    heartbeats.client_heartbeat();
+                                    response
+                                }
+                                Reply::Response(p) => p,
                                 Reply::Observe { response, observation, register } => {
                                     observations.apply(observation, register, &engine).await;
                                     response
@@ -246,8 +251,10 @@ async fn session(
                 if last_heard.elapsed() > IDLE {
                     return Ok(()); // nothing heard for long: the session is gone
                 }
-                // Notifications are NON (RFC 9132 §4.4.2.1).
-                for mut p in observations.due(&engine).await {
+                // Notifications and heartbeats are NON (RFC 9132 §4.4.2.1, §4.7).
+                let mut out = observations.due(&engine).await;
+                out.extend(heartbeats.due(&engine, &id).await);
+                for mut p in out {
                     p.header.set_type(MessageType::NonConfirmable);
                     message_id = message_id.wrapping_add(1);
                     p.header.message_id = message_id;

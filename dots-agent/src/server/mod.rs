@@ -112,6 +112,50 @@ impl Observations {
     }
 }
 
+/// When to send the session's own heartbeats, and whether the client's arrive.
+pub(crate) struct Heartbeats {
+    sent: std::time::Instant,
+    client_seen: Option<std::time::Instant>,
+    counter: u32,
+}
+
+impl Heartbeats {
+    pub(crate) fn new() -> Self {
+        Heartbeats {
+            sent: std::time::Instant::now(),
+            client_seen: None,
+            counter: 0,
+        }
+    }
+
+    pub(crate) fn client_heartbeat(&mut self) {
+        self.client_seen = Some(std::time::Instant::now());
+    }
+
+    /// A PUT /hb to send now, if the client's heartbeat interval has passed since the last.
+    pub(crate) async fn due(
+        &mut self,
+        engine: &SharedEngine,
+        id: &Identity,
+    ) -> Option<coap_lite::Packet> {
+        let client = id.client()?;
+        let interval = engine.lock().await.heartbeat_interval(client, &id.cuid);
+        if interval == 0 || self.sent.elapsed() < std::time::Duration::from_secs(interval) {
+            return None;
+        }
+        self.sent = std::time::Instant::now();
+        self.counter = self.counter.wrapping_add(1);
+        let window = std::time::Duration::from_secs(2 * interval);
+        let theirs_arrive = self.client_seen.is_some_and(|t| t.elapsed() <= window);
+        let mut token = b"hb".to_vec();
+        token.extend_from_slice(&self.counter.to_be_bytes());
+        Some(crate::signal::handler::heartbeat_request(
+            token,
+            theirs_arrive,
+        ))
+    }
+}
+
 /// Loads the CA that client certificates must chain to, and our certificate and key, and
 /// requires a client certificate (mutual authentication).
 pub(crate) fn load_credentials(

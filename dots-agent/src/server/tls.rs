@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::{now, Identity, Observations, SharedEngine};
+use super::{now, Heartbeats, Identity, Observations, SharedEngine};
 use crate::signal::coap_tcp::{self, Frame};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -71,6 +71,7 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let mut observations = Observations::default();
+    let mut heartbeats = Heartbeats::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_heard = std::time::Instant::now();
     loop {
@@ -92,9 +93,11 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                             let peer = Peer { client, cuid: &id.cuid };
                             let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
                             match reply {
-                                Reply::Response(p) | Reply::Heartbeat { response: p, .. } => {
-                                    s.write_all(&coap_tcp::encode(&p)?).await?
+                                Reply::Heartbeat { response, .. } => {
+                                    heartbeats.client_heartbeat();
+                                    s.write_all(&coap_tcp::encode(&response)?).await?
                                 }
+                                Reply::Response(p) => s.write_all(&coap_tcp::encode(&p)?).await?,
                                 Reply::Observe { response, observation, register } => {
                                     observations.apply(observation, register, &engine).await;
                                     s.write_all(&coap_tcp::encode(&response)?).await?
@@ -109,7 +112,9 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                 if last_heard.elapsed() > IDLE {
                     return Ok(()); // idle timeout
                 }
-                for p in observations.due(&engine).await {
+                let mut out = observations.due(&engine).await;
+                out.extend(heartbeats.due(&engine, &id).await);
+                for p in out {
                     s.write_all(&coap_tcp::encode(&p)?).await?;
                 }
             }

@@ -578,6 +578,21 @@ impl<M: Mitigator> Engine<M> {
         ended
     }
 
+    /// The heartbeat interval in force for a client's session (0: heartbeats off): its
+    /// mitigating configuration while it has active mitigations, else its idle one.
+    pub fn heartbeat_interval(&self, client: &str, cuid: &str) -> u64 {
+        let config = self.configs.get(client).cloned().unwrap_or_default();
+        let mitigating = self
+            .clients
+            .get(cuid)
+            .is_some_and(|(_, m)| m.values().any(|x| x.installed));
+        if mitigating {
+            config.mitigating.heartbeat_interval()
+        } else {
+            config.idle.heartbeat_interval()
+        }
+    }
+
     /// Records traffic from a client: its session is alive.
     pub fn seen(&mut self, client: &str, cuid: &str, now: u64) {
         self.last_seen

@@ -38,6 +38,20 @@ pub enum Reply {
     },
 }
 
+/// A server-originated heartbeat (RFC 9132 §4.7): PUT /hb telling the client whether its
+/// own heartbeats reach us.
+pub fn heartbeat_request(token: Vec<u8>, peer_hb_status: bool) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Request(RequestType::Put);
+    p.set_token(token);
+    for s in [".well-known", "dots", "hb"] {
+        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+    }
+    p.set_content_format(ContentFormat::ApplicationDotsCbor);
+    p.payload = message::encode_heartbeat(peer_hb_status);
+    p
+}
+
 /// What a session watches for a client: its mitigations (one, or all).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
@@ -150,8 +164,18 @@ pub fn handle<M: Mitigator>(
     req: &Packet,
     now: u64,
 ) -> Reply {
-    let MessageClass::Request(method) = req.header.code else {
-        return Reply::Response(diagnostic(req, ResponseType::BadRequest, "not a request"));
+    let method = match req.header.code {
+        MessageClass::Request(m) => m,
+        // A client's answer to our heartbeat, or an empty ACK/RST: traffic, nothing to say.
+        MessageClass::Response(_) | MessageClass::Empty => {
+            if let Some(client) = peer.client {
+                engine.seen(client, peer.cuid, now);
+            }
+            return Reply::Silence;
+        }
+        MessageClass::Reserved(_) => {
+            return Reply::Response(diagnostic(req, ResponseType::BadRequest, "not a request"));
+        }
     };
     let Some(client) = peer.client else {
         return Reply::Response(diagnostic(
