@@ -94,6 +94,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): this often.
 const REPEAT: Duration = Duration::from_secs(2);
 const REPEATS: usize = 4;
+/// RFC 9132 defaults for CON: ACK_TIMEOUT 2 s, ACK_RANDOM_FACTOR 1.5, MAX_RETRANSMIT 3.
+const MAX_RETRANSMIT: usize = 3;
+
+/// The first retransmission timeout: ACK_TIMEOUT x a random factor in [1, 1.5].
+fn ack_timeout() -> Duration {
+    let mut b = [0u8; 1];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    Duration::from_millis(2000 + b[0] as u64 * 1000 / 255)
+}
 
 impl Session {
     pub async fn connect(cfg: &ClientConfig) -> Result<Session> {
@@ -251,6 +260,37 @@ impl Session {
                 )
                 .await
                 .context("no response within 10 s")?
+            }
+            Link::Dtls {
+                socket,
+                stream,
+                message_id,
+            } if path.first().is_some_and(|p| p == "config") => {
+                // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
+                // message id, the timeout doubling from ACK_TIMEOUT x a random factor.
+                p.header.set_type(MessageType::Confirmable);
+                *message_id = message_id.wrapping_add(1);
+                p.header.message_id = *message_id;
+                let bytes = p
+                    .to_bytes()
+                    .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
+                let mut timeout = ack_timeout();
+                for _ in 0..=MAX_RETRANSMIT {
+                    stream.ssl_write(&bytes).context("DTLS write")?;
+                    send_all(socket, stream).await?;
+                    let wait = dtls_response(
+                        socket,
+                        stream,
+                        &mut self.pending,
+                        &mut self.server_heartbeats,
+                        &token,
+                    );
+                    if let Ok(r) = tokio::time::timeout(timeout, wait).await {
+                        return r;
+                    }
+                    timeout *= 2;
+                }
+                bail!("no acknowledgement after {MAX_RETRANSMIT} retransmissions over DTLS")
             }
             Link::Dtls {
                 socket,

@@ -7,7 +7,7 @@
 //! number and time. A ClientHello from a peer with an established session replaces it (a
 //! client that restarted on the same address and port).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ const MTU: u32 = 1200;
 const MAX_PEERS: usize = 20_000;
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(600);
+/// Answers remembered per session for duplicate detection.
+const DEDUP: usize = 16;
 
 fn peer_index() -> openssl::ex_data::Index<Ssl, SocketAddr> {
     static INDEX: OnceLock<openssl::ex_data::Index<Ssl, SocketAddr>> = OnceLock::new();
@@ -190,6 +192,9 @@ async fn session(
     let mut message_id: u16 = openssl_rand_u16();
     let mut observations = Observations::default();
     let mut heartbeats = Heartbeats::new();
+    // Recent answers by request message id: a retransmitted request gets the same answer
+    // again instead of being processed twice (RFC 7252 §4.5).
+    let mut answered: VecDeque<(u16, Vec<u8>)> = VecDeque::with_capacity(DEDUP);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_heard = Instant::now();
     loop {
@@ -208,6 +213,13 @@ async fn session(
                     match s.ssl_read(&mut buf) {
                         Ok(n) => {
                             let Ok(req) = Packet::from_bytes(&buf[..n]) else { continue };
+                            let is_request = matches!(req.header.code, coap_lite::MessageClass::Request(_));
+                            if is_request {
+                                if let Some((_, again)) = answered.iter().find(|(m, _)| *m == req.header.message_id) {
+                                    let _ = s.ssl_write(again);
+                                    continue;
+                                }
+                            }
                             let peer_id = Peer { client, cuid: &id.cuid };
                             let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
                             let mut resp = match reply {
@@ -233,6 +245,10 @@ async fn session(
                             }
                             if let Ok(bytes) = resp.to_bytes() {
                                 let _ = s.ssl_write(&bytes);
+                                if answered.len() == DEDUP {
+                                    answered.pop_front();
+                                }
+                                answered.push_back((req.header.message_id, bytes));
                             }
                         }
                         Err(e) if e.code() == ErrorCode::WANT_READ => break,
