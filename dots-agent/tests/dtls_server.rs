@@ -3,27 +3,22 @@
 //! server cannot be used as an amplifier. Duplicate detection: a retransmitted request is
 //! answered again, not processed twice.
 
-use std::sync::Arc;
+mod common;
 
-use dots_agent::datapath::{MemoryMitigator, Mitigator};
 use dots_agent::dtls_io::Datagrams;
-use dots_agent::server::{config::Tls, dtls_context, serve_dtls, SharedEngine};
-use dots_agent::signal::engine::Engine;
+use dots_agent::server::{dtls_context, serve_dtls};
+use dots_agent::signal::engine;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
-use tokio::sync::Mutex;
+
+use common::signal;
 
 #[tokio::test]
 async fn a_hello_without_cookie_gets_a_smaller_hello_verify_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
-    let tls = Tls {
-        ca: d.join("ca.pem"),
-        cert: d.join("server.pem"),
-        key: d.join("server.key"),
-    };
-    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![])));
+    let tls = signal::server_tls(d);
+    let engine = signal::engine(vec![], engine::TERMINATING_DEFAULT);
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = udp.local_addr().unwrap();
     tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine));
@@ -66,26 +61,14 @@ async fn a_hello_without_cookie_gets_a_smaller_hello_verify_request() {
 #[tokio::test]
 async fn a_retransmitted_request_gets_the_same_answer() {
     use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
-    use dots_agent::signal::engine::ClientPolicy;
+
     use openssl::ssl::{ErrorCode, SslFiletype, SslOptions, SslVerifyMode};
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
-    let tls = Tls {
-        ca: d.join("ca.pem"),
-        cert: d.join("server.pem"),
-        key: d.join("server.key"),
-    };
-    let policy = ClientPolicy {
-        name: "client-a".into(),
-        prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
-        countermeasures: Default::default(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
-    };
-    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![policy])));
+    let tls = signal::server_tls(d);
+    let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = udp.local_addr().unwrap();
     tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine));

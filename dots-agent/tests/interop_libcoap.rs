@@ -3,16 +3,16 @@
 //! sending RFC 9132 Figure 8. libcoap exits 0 even on failure, so the response code is read
 //! from its -v 6 log.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use dots_agent::datapath::{MemoryMitigator, Mitigator};
-use dots_agent::server::{
-    acceptor, config::Tls, dtls_context, serve_dtls, serve_tls, SharedEngine,
-};
-use dots_agent::signal::engine::{ClientPolicy, Engine};
-use tokio::sync::Mutex;
+use dots_agent::datapath::Mitigator;
+use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls};
+
+use common::signal;
 
 const FIG8: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -75,22 +75,8 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
     let cert =
         openssl::x509::X509::from_pem(&std::fs::read(d.join("client-a.pem")).unwrap()).unwrap();
     let cuid = dots_agent::pki::cuid(&cert).unwrap();
-    let policy = ClientPolicy {
-        name: "client-a".into(),
-        prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
-        countermeasures: Default::default(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
-    };
-    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    let engine: SharedEngine = Arc::new(Mutex::new(
-        Engine::new(mitigator, vec![policy]).with_terminating_period(0),
-    ));
-    let tls = Tls {
-        ca: d.join("ca.pem"),
-        cert: d.join("server.pem"),
-        key: d.join("server.key"),
-    };
+    let engine = signal::engine(vec![signal::client_a()], 0);
+    let tls = signal::server_tls(&d);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(serve_tls(

@@ -1,18 +1,19 @@
 //! The signal channel over real DTLS and TLS on loopback: our client against our server,
 //! with certificates from `pki::init`, the engine on an in-memory datapath.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
-use dots_agent::datapath::{MemoryMitigator, Mitigator};
-use dots_agent::server::{
-    acceptor, config::Tls, dtls_context, serve_dtls, serve_tls, SharedEngine,
-};
-use dots_agent::signal::engine::{ClientPolicy, Engine};
+use dots_agent::datapath::Mitigator;
+use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls, SharedEngine};
+use dots_agent::signal::engine;
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use tokio::sync::Mutex;
+
+use common::signal;
 
 /// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number).
 async fn start(dir: &Path) -> (String, SharedEngine) {
@@ -23,20 +24,8 @@ async fn start(dir: &Path) -> (String, SharedEngine) {
         &["client-a".into(), "client-b".into()],
     )
     .unwrap();
-    let policy = ClientPolicy {
-        name: "client-a".into(),
-        prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
-        countermeasures: Default::default(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
-    };
-    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(mitigator, vec![policy])));
-    let tls = Tls {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-    };
+    let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
+    let tls = signal::server_tls(dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_tls(

@@ -1,6 +1,9 @@
 //! Shared by the BPF tests: a datapath loaded into its own bpffs pin directory (removed on
-//! drop, even when the test fails) and a way to run frames through it.
+//! drop, even when the test fails) and a way to run frames through it. `signal` holds the
+//! signal-channel tests' fixtures.
 #![allow(dead_code)]
+
+pub mod signal;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
