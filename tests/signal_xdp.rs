@@ -67,6 +67,35 @@ fn start_server(
     (handle, stop_tx)
 }
 
+/// Sends one request on mitigation 1 from namespace `ns` (connecting afresh, as a client
+/// that comes and goes would) and returns the response.
+fn ask(
+    ns: &dots_e2e::Netns,
+    cfg: &ClientConfig,
+    method: RequestType,
+    body: Option<Vec<u8>>,
+) -> coap_lite::Packet {
+    let cfg = cfg.clone();
+    in_ns(ns, move |rt| {
+        rt.block_on(async {
+            let mut s = connect(&cfg).await;
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            s.request(method, &path, body, false).await.unwrap()
+        })
+    })
+}
+
+/// pkts-dropped of the first scope in a status response.
+fn pkts_dropped(r: &coap_lite::Packet) -> Option<u64> {
+    let v =
+        dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(&r.payload).unwrap());
+    v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
+}
+
 /// Connects, retrying while the server is still starting (loading its XDP program).
 async fn connect(cfg: &ClientConfig) -> Session {
     for _ in 0..50 {
@@ -157,77 +186,36 @@ fn scenario(transport: TransportChoice) {
     let config = server_config(dir.path(), &pins.0, &pair.b_if);
     let (server, stop) = start_server(&pair.b, &config);
 
-    let client_cfg = move |dir: &Path| ClientConfig {
+    let client = ClientConfig {
         server: format!("{SERVER_IP}:4646"),
         transport,
         server_name: "dots.example".into(),
         tls: ClientTls {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("client-a.pem"),
-            key: dir.join("client-a.key"),
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("client-a.pem"),
+            key: dir.path().join("client-a.key"),
         },
     };
-    let (d1, d2, d3, d4) = (
-        dir.path().to_path_buf(),
-        dir.path().to_path_buf(),
-        dir.path().to_path_buf(),
-        dir.path().to_path_buf(),
-    );
 
     // Before any request the attack gets through.
     assert_eq!(arrived(&attack(&pair, 300)), 300);
 
-    let created = in_ns(&pair.a, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&client_cfg(&d1)).await;
-            let scope = Scope::new(
-                vec!["198.51.100.0/24".parse().unwrap()],
-                Lifetime::Seconds(600),
-            );
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            let r = s
-                .request(
-                    RequestType::Put,
-                    &path,
-                    Some(message::encode_mitigation_request(&scope)),
-                    false,
-                )
-                .await
-                .unwrap();
-            code_text(&r)
-        })
-    });
-    assert_eq!(created, "2.01");
+    let scope = Scope::new(
+        vec!["198.51.100.0/24".parse().unwrap()],
+        Lifetime::Seconds(600),
+    );
+    let body = message::encode_mitigation_request(&scope);
+    let created = ask(&pair.a, &client, RequestType::Put, Some(body));
+    assert_eq!(code_text(&created), "2.01");
     assert_eq!(
         arrived(&attack(&pair, 500)),
         0,
         "NTP reflection dropped by the amplification countermeasure"
     );
 
-    let dropped = in_ns(&pair.a, move |rt| {
-        rt.block_on(async {
-            let mut s = Session::connect(&client_cfg(&d2)).await.unwrap();
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            let r = s
-                .request(RequestType::Get, &path, None, false)
-                .await
-                .unwrap();
-            let v = dots_agent::signal::diag::to_json(
-                &dots_agent::signal::cbor::parse(&r.payload).unwrap(),
-            );
-            v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
-        })
-    });
+    let status = ask(&pair.a, &client, RequestType::Get, None);
     assert_eq!(
-        dropped,
+        pkts_dropped(&status),
         Some(500),
         "the status reports the XDP drop counter"
     );
@@ -242,44 +230,13 @@ fn scenario(transport: TransportChoice) {
     );
     // It starts again and knows the mitigation (from its store); the counters went on.
     let (server, stop) = start_server(&pair.b, &config);
-    let after_restart = in_ns(&pair.a, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&client_cfg(&d4)).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            let r = s
-                .request(RequestType::Get, &path, None, false)
-                .await
-                .unwrap();
-            let v = dots_agent::signal::diag::to_json(
-                &dots_agent::signal::cbor::parse(&r.payload).unwrap(),
-            );
-            (
-                code_text(&r),
-                v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64(),
-            )
-        })
-    });
-    assert_eq!(after_restart, ("2.05".to_string(), Some(800)));
+    let status = ask(&pair.a, &client, RequestType::Get, None);
+    assert_eq!(
+        (code_text(&status), pkts_dropped(&status)),
+        ("2.05".to_string(), Some(800))
+    );
 
-    let withdrawn = in_ns(&pair.a, move |rt| {
-        rt.block_on(async {
-            let mut s = Session::connect(&client_cfg(&d3)).await.unwrap();
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            code_text(
-                &s.request(RequestType::Delete, &path, None, false)
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
+    let withdrawn = code_text(&ask(&pair.a, &client, RequestType::Delete, None));
     assert_eq!(withdrawn, "2.02");
     std::thread::sleep(Duration::from_millis(2500)); // the ticker removes it (terminating 0 s)
     assert_eq!(

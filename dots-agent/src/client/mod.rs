@@ -22,7 +22,7 @@ use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
 use crate::signal::coap_tcp::{self, Frame};
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// host:port of the DOTS server's signal channel.
@@ -35,7 +35,7 @@ pub struct ClientConfig {
     pub tls: ClientTls,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTls {
     pub ca: PathBuf,
