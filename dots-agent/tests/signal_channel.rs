@@ -306,3 +306,93 @@ async fn the_server_sends_heartbeats_over_dtls() {
 async fn the_server_sends_heartbeats_over_tls() {
     the_server_sends_heartbeats(TransportChoice::Tls).await;
 }
+
+/// The client retransmits CON requests with the parameters negotiated for the session, and
+/// switches to the mitigating set while it has a mitigation (RFC 9132 §4.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_uses_the_negotiated_session_parameters() {
+    use dots_agent::signal::session_config;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _engine) = start(dir.path()).await;
+    let mut s = Session::connect(&client(
+        dir.path(),
+        &addr,
+        "client-a",
+        TransportChoice::Dtls,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        session_config::retransmission(s.parameters(), 0),
+        (std::time::Duration::from_secs(2), 3),
+        "RFC defaults before anything is negotiated"
+    );
+    let idle = session_config::encode_put(true, &[(38, 5), (39, 100)]);
+    let r = s
+        .request(
+            RequestType::Put,
+            &["config".into(), "sid=1".into()],
+            Some(idle),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    let mitigating = session_config::encode_put(false, &[(38, 2)]);
+    let r = s
+        .request(
+            RequestType::Put,
+            &["config".into(), "sid=2".into()],
+            Some(mitigating),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    // A fresh session learns them from the server with a GET.
+    let mut fresh = Session::connect(&client(
+        dir.path(),
+        &addr,
+        "client-a",
+        TransportChoice::Dtls,
+    ))
+    .await
+    .unwrap();
+    let r = fresh
+        .request(RequestType::Get, &["config".into()], None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.05");
+    for session in [&s, &fresh] {
+        assert_eq!(
+            session_config::retransmission(session.parameters(), 0),
+            (std::time::Duration::from_secs(1), 5),
+            "idle set"
+        );
+    }
+    let body = message::encode_mitigation_request(&Scope::new(
+        vec!["2001:db8:6401::/64".parse().unwrap()],
+        Lifetime::Seconds(60),
+    ));
+    let r = fresh
+        .request(
+            RequestType::Put,
+            &mitigate_path(&fresh, 1),
+            Some(body),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(
+        session_config::retransmission(fresh.parameters(), 0),
+        (std::time::Duration::from_secs(2), 2),
+        "mitigating set while a mitigation is active"
+    );
+    let r = fresh
+        .request(RequestType::Delete, &mitigate_path(&fresh, 1), None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.02");
+    assert_eq!(session_config::retransmission(fresh.parameters(), 0).1, 5);
+}

@@ -21,6 +21,7 @@ use tokio_openssl::SslStream;
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
 use crate::signal::coap_tcp::{self, Frame};
+use crate::signal::session_config::{self, ConfigSet, SessionConfig};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,20 +89,23 @@ pub struct Session {
     server_heartbeats: u32,
     next_token: u32,
     cuid: String,
+    /// The session configuration in force (RFC defaults until the server tells us).
+    config: SessionConfig,
+    /// Mitigations this session created and has not withdrawn: while any exist the
+    /// mitigating set applies, otherwise the idle one (RFC 9132 §4.5).
+    active: std::collections::BTreeSet<u32>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): this often.
 const REPEAT: Duration = Duration::from_secs(2);
 const REPEATS: usize = 4;
-/// RFC 9132 defaults for CON: ACK_TIMEOUT 2 s, ACK_RANDOM_FACTOR 1.5, MAX_RETRANSMIT 3.
-const MAX_RETRANSMIT: usize = 3;
 
-/// The first retransmission timeout: ACK_TIMEOUT x a random factor in [1, 1.5].
-fn ack_timeout() -> Duration {
+/// A random byte (for the retransmission timeout's random factor).
+fn random_byte() -> u8 {
     let mut b = [0u8; 1];
     let _ = openssl::rand::rand_bytes(&mut b);
-    Duration::from_millis(2000 + b[0] as u64 * 1000 / 255)
+    b[0]
 }
 
 impl Session {
@@ -128,7 +132,54 @@ impl Session {
             server_heartbeats: 0,
             next_token: 1,
             cuid,
+            config: SessionConfig::default(),
+            active: Default::default(),
         })
+    }
+
+    /// The session parameters in force now: the mitigating set while this session has
+    /// active mitigations, else the idle one.
+    pub fn parameters(&self) -> &ConfigSet {
+        if self.active.is_empty() {
+            &self.config.idle
+        } else {
+            &self.config.mitigating
+        }
+    }
+
+    /// Learns what a successful response means for the session's parameters: a GET /config
+    /// tells them, a PUT /config sets them, mitigations come and go.
+    fn learn(&mut self, method: RequestType, path: &[String], body: Option<&[u8]>, r: &Packet) {
+        if !is_success(r) {
+            return;
+        }
+        match (path.first().map(String::as_str), method) {
+            (Some("config"), RequestType::Get) => {
+                match session_config::decode_response(&r.payload) {
+                    Ok(c) => self.config = c,
+                    Err(e) => tracing::warn!("the server's session configuration: {e}"),
+                }
+            }
+            (Some("config"), RequestType::Put) => {
+                if let Some(Ok(c)) = body.map(|b| session_config::decode_put(b, &self.config)) {
+                    self.config = c;
+                }
+            }
+            (Some("config"), RequestType::Delete) => self.config = SessionConfig::default(),
+            (Some("mitigate"), m @ (RequestType::Put | RequestType::Delete)) => {
+                let mid = path
+                    .iter()
+                    .find_map(|s| s.strip_prefix("mid=")?.parse::<u32>().ok());
+                if let Some(mid) = mid {
+                    if m == RequestType::Put {
+                        self.active.insert(mid);
+                    } else {
+                        self.active.remove(&mid);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     pub fn cuid(&self) -> &str {
@@ -212,7 +263,10 @@ impl Session {
         body: Option<Vec<u8>>,
         efficacy: bool,
     ) -> Result<Packet> {
-        self.send(method, path, body, efficacy, None).await
+        let sent = body.clone();
+        let r = self.send(method, path, body, efficacy, None).await?;
+        self.learn(method, path, sent.as_deref(), &r);
+        Ok(r)
     }
 
     async fn send(
@@ -245,6 +299,8 @@ impl Session {
             p.set_content_format(ContentFormat::ApplicationDotsCbor);
             p.payload = b;
         }
+        let (first_timeout, max_retransmit) =
+            session_config::retransmission(self.parameters(), random_byte());
         match &mut self.link {
             Link::Tls { stream, buf } => {
                 stream.write_all(&coap_tcp::encode(&p)?).await?;
@@ -267,15 +323,16 @@ impl Session {
                 message_id,
             } if path.first().is_some_and(|p| p == "config") => {
                 // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
-                // message id, the timeout doubling from ACK_TIMEOUT x a random factor.
+                // message id, the timeout doubling from ACK_TIMEOUT x a random factor, as
+                // negotiated in the session configuration.
                 p.header.set_type(MessageType::Confirmable);
                 *message_id = message_id.wrapping_add(1);
                 p.header.message_id = *message_id;
                 let bytes = p
                     .to_bytes()
                     .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
-                let mut timeout = ack_timeout();
-                for _ in 0..=MAX_RETRANSMIT {
+                let mut timeout = first_timeout;
+                for _ in 0..=max_retransmit {
                     stream.ssl_write(&bytes).context("DTLS write")?;
                     send_all(socket, stream).await?;
                     let wait = dtls_response(
@@ -290,7 +347,7 @@ impl Session {
                     }
                     timeout *= 2;
                 }
-                bail!("no acknowledgement after {MAX_RETRANSMIT} retransmissions over DTLS")
+                bail!("no acknowledgement after {max_retransmit} retransmissions over DTLS")
             }
             Link::Dtls {
                 socket,

@@ -27,11 +27,18 @@ pub struct ServerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signal {
-    /// Each address serves CoAP over TLS on TCP (and, once built, DTLS on UDP).
+    /// Each address serves CoAP over DTLS on UDP and CoAP over TLS on TCP.
     pub listen: Vec<SocketAddr>,
     /// How long a withdrawn mitigation keeps filtering (RFC 9132 4.4.4: 120 s, at most 300).
     #[serde(default = "default_terminating")]
     pub terminating_seconds: u64,
+    /// Seconds without drops, after some, before a mitigation reports attack-stopped (3).
+    #[serde(default = "default_attack_quiet")]
+    pub attack_quiet_seconds: u64,
+}
+
+fn default_attack_quiet() -> u64 {
+    crate::signal::engine::ATTACK_QUIET_DEFAULT
 }
 
 fn default_terminating() -> u64 {
@@ -160,6 +167,9 @@ impl ServerConfig {
                 "[signal] terminating_seconds is at most {}",
                 crate::signal::engine::TERMINATING_MAX
             );
+        }
+        if self.signal.attack_quiet_seconds == 0 {
+            bail!("[signal] attack_quiet_seconds must be at least 1");
         }
         if self.signal.listen.is_empty() {
             bail!("[signal] listen is empty: give at least one address, e.g. \"[::]:4646\"");

@@ -53,11 +53,10 @@ impl Identity {
 /// move while it is active).
 pub(crate) const PERIODIC_NOTIFY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A session's observations (RFC 7641) and what was last sent for each.
-/// An observation, the (mid, status) list last sent for it, and when.
+/// An observation (RFC 7641), the fingerprint of what was last sent for it, and when.
 type Watched = (
     crate::signal::handler::Observation,
-    Vec<(u32, u8)>,
+    Vec<u8>,
     std::time::Instant,
 );
 
@@ -76,13 +75,9 @@ impl Observations {
     ) {
         self.list.retain(|(o, _, _)| o.token != obs.token);
         if register {
-            let states = engine
-                .lock()
-                .await
-                .status(&obs.cuid, obs.mid, now())
-                .map(|st| st.iter().map(|m| (m.mid, m.status as u8)).collect())
+            let sent = crate::signal::handler::fingerprint(&*engine.lock().await, &obs, now())
                 .unwrap_or_default();
-            self.list.push((obs, states, std::time::Instant::now()));
+            self.list.push((obs, sent, std::time::Instant::now()));
         }
     }
 
@@ -239,6 +234,7 @@ pub async fn run_until(
     let store = crate::store::Store::open(&config.store.dir)?;
     let (engine, restored) = Engine::new(mitigator(&config)?, config.policies())
         .with_terminating_period(config.signal.terminating_seconds)
+        .with_attack_quiet(config.signal.attack_quiet_seconds)
         .with_store(store, now())?;
     tracing::info!(
         "restored {restored} mitigation(s) from {}",

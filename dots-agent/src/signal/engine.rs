@@ -18,6 +18,17 @@ pub const TERMINATING_DEFAULT: u64 = 120;
 pub const TERMINATING_MAX: u64 = 300;
 /// Drop rates in status are averaged over at least this many seconds.
 pub const RATE_WINDOW: u64 = 10;
+/// An ended mitigation (status 6 or 7) stays visible this long, so that GET and observers
+/// learn how it ended, before it is forgotten.
+pub const ENDED_RETENTION: u64 = 60;
+/// Status 3 and 7 of a preconfigured request are announced for this long (one
+/// notification a second: "sent four times", RFC 9132 §4.4.1), then it is back to 8.
+pub const ANNOUNCE_SECONDS: u64 = 4;
+/// Default time without drops after which an active mitigation reports attack-stopped (3).
+pub const ATTACK_QUIET_DEFAULT: u64 = 60;
+/// How often the drop counters of active mitigations are read to tell whether the attack
+/// goes on.
+const ACTIVITY_CHECK: u64 = 2;
 
 /// What a configured client may do (from server.toml).
 #[derive(Clone, Debug)]
@@ -75,6 +86,37 @@ struct Mitigation {
     terminating_until: Option<u64>,
     installed: bool,
     datapath_id: u64,
+    /// When it ended (status 6 or 7); kept for ENDED_RETENTION, then forgotten.
+    ended_at: Option<u64>,
+    /// A preconfigured request announcing status 3 or 7 until then, then back to 8.
+    announce_until: Option<u64>,
+    /// Whether the attack goes on (not stored: a restart starts watching afresh).
+    activity: Activity,
+}
+
+/// The drop counter as last read, and when it last moved.
+#[derive(Clone, Debug, Default)]
+struct Activity {
+    checked_at: u64,
+    dropped_packets: u64,
+    last_drop_at: Option<u64>,
+}
+
+impl Mitigation {
+    /// Still in force or armed (not ended).
+    fn live(&self) -> bool {
+        self.ended_at.is_none()
+    }
+
+    /// Active, not withdrawn, and no drops for `quiet` seconds after some: attack-stopped.
+    fn quiet(&self, quiet: u64, now: u64) -> bool {
+        self.installed
+            && self.terminating_until.is_none()
+            && self
+                .activity
+                .last_drop_at
+                .is_some_and(|t| now.saturating_sub(t) >= quiet)
+    }
 }
 
 pub struct Engine<M: Mitigator> {
@@ -96,6 +138,8 @@ pub struct Engine<M: Mitigator> {
     rate_samples: std::sync::Mutex<std::collections::HashMap<u64, RateSample>>,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
+    /// Seconds without drops after which an active mitigation reports attack-stopped.
+    attack_quiet: u64,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -118,6 +162,10 @@ struct Record {
     terminating_until: Option<u64>,
     installed: bool,
     datapath_id: u64,
+    #[serde(default)]
+    ended_at: Option<u64>,
+    #[serde(default)]
+    announce_until: Option<u64>,
 }
 
 fn status_from(n: u8) -> Status {
@@ -157,6 +205,8 @@ impl Record {
             terminating_until: m.terminating_until,
             installed: m.installed,
             datapath_id: m.datapath_id,
+            ended_at: m.ended_at,
+            announce_until: m.announce_until,
         }
     }
 
@@ -190,6 +240,9 @@ impl Record {
             terminating_until: self.terminating_until,
             installed: self.installed,
             datapath_id: self.datapath_id,
+            ended_at: self.ended_at,
+            announce_until: self.announce_until,
+            activity: Activity::default(),
         };
         (self.client, m)
     }
@@ -218,7 +271,14 @@ impl<M: Mitigator> Engine<M> {
             lost: Default::default(),
             rate_samples: Default::default(),
             store: None,
+            attack_quiet: ATTACK_QUIET_DEFAULT,
         }
+    }
+
+    /// Sets how long an active mitigation must see no drops to report attack-stopped (3).
+    pub fn with_attack_quiet(mut self, seconds: u64) -> Self {
+        self.attack_quiet = seconds.max(1);
+        self
     }
 
     /// Writes accepted state to `store` from now on, and restores what it holds: session
@@ -242,12 +302,16 @@ impl<M: Mitigator> Engine<M> {
                 };
                 m.installed = false;
                 let (status, start) = (m.status, m.start);
-                if let Err(r) = self.install(&mut m, &policy, start.unwrap_or(now)) {
-                    tracing::error!(
-                        "stored mitigation {mid} of {cuid} could not be installed again: {r:?}"
-                    );
-                }
-                m.status = status;
+                m.status = match self.install(&mut m, &policy, start.unwrap_or(now)) {
+                    Ok(()) => status,
+                    Err(r) => {
+                        // Accepted but not enforceable: say so (status 4) rather than 2.
+                        tracing::error!(
+                            "stored mitigation {mid} of {cuid} could not be installed again: {r:?}"
+                        );
+                        Status::ExceededCapability
+                    }
+                };
                 m.start = start;
             }
             self.clients
@@ -351,6 +415,7 @@ impl<M: Mitigator> Engine<M> {
             .clients
             .get(cuid)
             .and_then(|(_, m)| m.get(&mid))
+            .filter(|m| m.live())
             .cloned();
         if efficacy {
             let Some(old) = existing else {
@@ -360,6 +425,10 @@ impl<M: Mitigator> Engine<M> {
                 return Err(Refusal::BadRequest(
                     "an efficacy update must repeat the mitigation's fields unchanged".into(),
                 ));
+            }
+            if scope.attack_status == Some(1) {
+                // The client still sees an attack: not attack-stopped, whatever we drop.
+                self.note_attack(cuid, mid, now);
             }
             return self
                 .refresh(cuid, mid, scope.lifetime, &policy, now)
@@ -375,12 +444,21 @@ impl<M: Mitigator> Engine<M> {
                 "mid {mid} exists with other fields; use a higher mid to change a mitigation"
             )));
         }
-        // Same client, overlapping scope, same trigger: the higher mid wins.
+        // Same client, overlapping scope, same trigger: the higher mid wins. A request with
+        // trigger-mitigation true deactivates an overlapping preconfigured one that signal
+        // loss made active (RFC 9132 §4.4.1: status 7, then 8).
         let mut superseded = Vec::new();
+        let mut deactivated = Vec::new();
         if let Some((_, mits)) = self.clients.get(cuid) {
             for (other_mid, m) in mits {
+                if !m.live() || !scopes_overlap(&m.scope, &scope) {
+                    continue;
+                }
+                if scope.trigger_mitigation && !m.scope.trigger_mitigation && m.installed {
+                    deactivated.push(*other_mid);
+                    continue;
+                }
                 if m.scope.trigger_mitigation == scope.trigger_mitigation
-                    && scopes_overlap(&m.scope, &scope)
                     && m.terminating_until.is_none()
                 {
                     if *other_mid > mid {
@@ -417,6 +495,9 @@ impl<M: Mitigator> Engine<M> {
         self.next_id += 1;
         // Remove what this request supersedes first (its targets may be the same prefixes);
         // if the new one cannot be installed, the old ones are put back.
+        for old_mid in &deactivated {
+            self.uninstall(cuid, *old_mid);
+        }
         let mut removed = Vec::new();
         for old_mid in &superseded {
             if let Some(m) = self
@@ -440,6 +521,9 @@ impl<M: Mitigator> Engine<M> {
             terminating_until: None,
             installed: false,
             datapath_id: id,
+            ended_at: None,
+            announce_until: None,
+            activity: Activity::default(),
         };
         if m.scope.trigger_mitigation {
             if let Err(refusal) = self.install(&mut m, &policy, now) {
@@ -456,8 +540,14 @@ impl<M: Mitigator> Engine<M> {
                         .insert(old_mid, old);
                     self.persist(cuid, old_mid);
                 }
+                for old_mid in &deactivated {
+                    self.reinstall(cuid, *old_mid, &policy, now);
+                }
                 return Err(refusal);
             }
+        }
+        for old_mid in &deactivated {
+            self.announce(cuid, *old_mid, Status::Withdrawn, now);
         }
         self.clients
             .entry(cuid.to_string())
@@ -500,7 +590,92 @@ impl<M: Mitigator> Engine<M> {
         m.installed = true;
         m.status = Status::SuccessfullyMitigated;
         m.start = Some(now);
+        m.activity = Activity {
+            checked_at: now,
+            ..Activity::default()
+        };
         Ok(())
+    }
+
+    /// Takes a mitigation's rules out of the datapath, keeping the request.
+    fn uninstall(&mut self, cuid: &str, mid: u32) {
+        let Some(m) = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+        else {
+            return;
+        };
+        if m.installed {
+            let _ = self.mitigator.remove(m.datapath_id);
+            m.installed = false;
+        }
+        self.persist(cuid, mid);
+    }
+
+    /// Puts back a mitigation taken out by `uninstall` (a refused request undone).
+    fn reinstall(&mut self, cuid: &str, mid: u32, policy: &ClientPolicy, now: u64) {
+        let Some(mut m) = self
+            .clients
+            .get(cuid)
+            .and_then(|(_, m)| m.get(&mid))
+            .cloned()
+        else {
+            return;
+        };
+        let start = m.start;
+        if self.install(&mut m, policy, now).is_ok() {
+            m.start = start;
+        }
+        self.clients
+            .get_mut(cuid)
+            .expect("present")
+            .1
+            .insert(mid, m);
+        self.persist(cuid, mid);
+    }
+
+    /// A preconfigured request, just taken out of the datapath, announces `status` (3 or
+    /// 7) for ANNOUNCE_SECONDS before it is armed again (8).
+    fn announce(&mut self, cuid: &str, mid: u32, status: Status, now: u64) {
+        if let Some(m) = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+        {
+            m.status = status;
+            m.start = None;
+            m.announce_until = Some(now + ANNOUNCE_SECONDS);
+            self.persist(cuid, mid);
+        }
+    }
+
+    /// Ends a mitigation with `status` (6 or 7): out of the datapath, visible for
+    /// ENDED_RETENTION more seconds.
+    fn end(&mut self, cuid: &str, mid: u32, status: Status, now: u64) {
+        self.uninstall(cuid, mid);
+        if let Some(m) = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+        {
+            m.status = status;
+            m.ended_at = Some(now);
+            m.terminating_until = None;
+            m.announce_until = None;
+            self.persist(cuid, mid);
+        }
+    }
+
+    /// The client reports an attack in progress: restart the quiet clock.
+    fn note_attack(&mut self, cuid: &str, mid: u32, now: u64) {
+        if let Some(m) = self
+            .clients
+            .get_mut(cuid)
+            .and_then(|(_, m)| m.get_mut(&mid))
+        {
+            m.activity.last_drop_at = Some(now);
+        }
     }
 
     fn refresh(
@@ -560,20 +735,89 @@ impl<M: Mitigator> Engine<M> {
         self.persist(cuid, mid);
     }
 
-    /// Expires lifetimes and terminating periods. Returns (cuid, mid) of what ended.
+    /// Runs the clock: expires lifetimes and terminating periods (status 6), forgets ended
+    /// mitigations after ENDED_RETENTION, re-arms preconfigured requests after their
+    /// announcement, and watches drop counters for the end of attacks (status 3; a
+    /// preconfigured request is then taken out and re-armed). Returns (cuid, mid) of what
+    /// ended now.
     pub fn tick(&mut self, now: u64) -> Vec<(String, u32)> {
-        let mut ended = Vec::new();
+        enum Due {
+            End,
+            Forget,
+            Rearm,
+            Check(u64),
+        }
+        let mut due = Vec::new();
         for (cuid, (_, mits)) in &self.clients {
             for (mid, m) in mits {
-                let expired = m.expires.is_some_and(|e| e <= now);
-                let terminated = m.terminating_until.is_some_and(|t| t <= now);
-                if expired || terminated {
-                    ended.push((cuid.clone(), *mid));
+                let what = if let Some(t) = m.ended_at {
+                    (now >= t + ENDED_RETENTION).then_some(Due::Forget)
+                } else if m.expires.is_some_and(|e| e <= now)
+                    || m.terminating_until.is_some_and(|t| t <= now)
+                {
+                    Some(Due::End)
+                } else if m.announce_until.is_some_and(|t| t <= now) {
+                    Some(Due::Rearm)
+                } else if m.installed && now >= m.activity.checked_at + ACTIVITY_CHECK {
+                    Some(Due::Check(m.datapath_id))
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    due.push((cuid.clone(), *mid, what));
                 }
             }
         }
-        for (cuid, mid) in &ended {
-            self.remove(cuid, *mid);
+        let mut ended = Vec::new();
+        for (cuid, mid, what) in due {
+            match what {
+                Due::End => {
+                    self.end(&cuid, mid, Status::Terminated, now);
+                    ended.push((cuid, mid));
+                }
+                Due::Forget => self.remove(&cuid, mid),
+                Due::Rearm => {
+                    if let Some(m) = self
+                        .clients
+                        .get_mut(&cuid)
+                        .and_then(|(_, m)| m.get_mut(&mid))
+                    {
+                        m.status = Status::SignalLoss;
+                        m.announce_until = None;
+                        self.persist(&cuid, mid);
+                    }
+                }
+                Due::Check(id) => {
+                    let dropped = self
+                        .mitigator
+                        .counters(id)
+                        .ok()
+                        .flatten()
+                        .map(|c| c.dropped_total().packets);
+                    let quiet = self.attack_quiet;
+                    let Some(m) = self
+                        .clients
+                        .get_mut(&cuid)
+                        .and_then(|(_, m)| m.get_mut(&mid))
+                    else {
+                        continue;
+                    };
+                    let a = &mut m.activity;
+                    if let Some(d) = dropped {
+                        if d != a.dropped_packets {
+                            a.dropped_packets = d;
+                            a.last_drop_at = Some(now);
+                        }
+                    }
+                    a.checked_at = now;
+                    if !m.scope.trigger_mitigation && m.quiet(quiet, now) {
+                        // Signal loss started it and the attack is over: nobody will
+                        // withdraw it, so the server does (3 announced, then 8).
+                        self.uninstall(&cuid, mid);
+                        self.announce(&cuid, mid, Status::Stopped, now);
+                    }
+                }
+            }
         }
         ended
     }
@@ -597,7 +841,25 @@ impl<M: Mitigator> Engine<M> {
     pub fn seen(&mut self, client: &str, cuid: &str, now: u64) {
         self.last_seen
             .insert(cuid.to_string(), (client.to_string(), now));
-        self.lost.remove(cuid);
+        if self.lost.remove(cuid) {
+            // Back: preconfigured requests that could not be enforced are armed again.
+            let failed: Vec<u32> = self.clients.get(cuid).map_or(Vec::new(), |(_, m)| {
+                m.iter()
+                    .filter(|(_, m)| m.status == Status::ExceededCapability && !m.installed)
+                    .map(|(k, _)| *k)
+                    .collect()
+            });
+            for mid in failed {
+                if let Some(m) = self
+                    .clients
+                    .get_mut(cuid)
+                    .and_then(|(_, m)| m.get_mut(&mid))
+                {
+                    m.status = Status::SignalLoss;
+                }
+                self.persist(cuid, mid);
+            }
+        }
     }
 
     /// Sessions silent for longer than the client's heartbeat interval times the missing
@@ -645,23 +907,56 @@ impl<M: Mitigator> Engine<M> {
         };
         let armed: Vec<u32> = mits
             .iter()
-            .filter(|(_, m)| !m.scope.trigger_mitigation && !m.installed)
+            .filter(|(_, m)| !m.scope.trigger_mitigation && !m.installed && m.live())
             .map(|(k, _)| *k)
             .collect();
         let mut activated = Vec::new();
         for mid in armed {
-            let mut m = self.clients[cuid].1[&mid].clone();
-            if self.install(&mut m, &policy, now).is_ok() {
-                self.clients
-                    .get_mut(cuid)
-                    .expect("present")
-                    .1
-                    .insert(mid, m);
-                self.persist(cuid, mid);
-                activated.push(mid);
+            // The client's active requests overlapping a preconfigured one are withdrawn
+            // at once (RFC 9132 §4.4.1: no active-but-terminating period).
+            let scope = self.clients[cuid].1[&mid].scope.clone();
+            let overlapping: Vec<u32> = self.clients[cuid]
+                .1
+                .iter()
+                .filter(|(_, m)| {
+                    m.scope.trigger_mitigation
+                        && m.live()
+                        && m.installed
+                        && scopes_overlap(&m.scope, &scope)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for other in overlapping {
+                self.end(cuid, other, Status::Withdrawn, now);
             }
+            let mut m = self.clients[cuid].1[&mid].clone();
+            m.announce_until = None;
+            match self.install(&mut m, &policy, now) {
+                Ok(()) => activated.push(mid),
+                Err(r) => {
+                    // Armed but beyond what this datapath can hold now: status 4.
+                    tracing::error!("preconfigured mitigation {mid} of {cuid}: {r:?}");
+                    m.status = Status::ExceededCapability;
+                }
+            }
+            self.clients
+                .get_mut(cuid)
+                .expect("present")
+                .1
+                .insert(mid, m);
+            self.persist(cuid, mid);
         }
         activated
+    }
+
+    /// Whether an observed mitigation (or any of the client's) is announcing a status
+    /// that must be sent repeatedly.
+    pub fn announcing(&self, cuid: &str, mid: Option<u32>, now: u64) -> bool {
+        self.clients.get(cuid).is_some_and(|(_, mits)| {
+            mits.iter().any(|(k, m)| {
+                mid.is_none_or(|x| x == *k) && m.announce_until.is_some_and(|t| t > now)
+            })
+        })
     }
 
     /// GET /mitigate/cuid[/mid]: status entries with remaining lifetimes and counters.
@@ -697,6 +992,13 @@ impl<M: Mitigator> Engine<M> {
                 };
                 let dropped = counters.as_ref().map(|c| c.dropped_total());
                 let rate = dropped.and_then(|d| self.drop_rate(m.datapath_id, d, now));
+                let status = if m.status == Status::SuccessfullyMitigated
+                    && m.quiet(self.attack_quiet, now)
+                {
+                    Status::Stopped
+                } else {
+                    m.status
+                };
                 MitigationStatus {
                     mid,
                     scope: Scope {
@@ -704,7 +1006,7 @@ impl<M: Mitigator> Engine<M> {
                         ..m.scope.clone()
                     },
                     mitigation_start: m.start,
-                    status: m.status,
+                    status,
                     bytes_dropped: dropped.map(|d| d.bytes),
                     bps_dropped: rate.map(|r| r.0),
                     pkts_dropped: dropped.map(|d| d.packets),
@@ -1018,12 +1320,129 @@ mod tests {
         e.delete("cu-a", 99, 10); // unknown mid: still fine
         assert_eq!(e.tick(59), vec![]);
         assert_eq!(e.tick(60), vec![("cu-a".to_string(), 1)]);
+        // An ended mitigation reports attack-mitigation-terminated for a while.
+        assert_eq!(
+            e.status("cu-a", Some(1), 61).unwrap()[0].status,
+            Status::Terminated
+        );
+        assert_eq!(e.mitigator().installed().len(), 1);
+        // At 130 mitigation 1 is forgotten (60 + ENDED_RETENTION) and 2 ends.
         assert_eq!(e.tick(130), vec![("cu-a".to_string(), 2)]);
         assert!(e.mitigator().installed().is_empty());
+        let st = e.status("cu-a", None, 130).unwrap();
+        assert_eq!(
+            st.iter().map(|m| (m.mid, m.status)).collect::<Vec<_>>(),
+            vec![(2, Status::Terminated)]
+        );
+        // An efficacy update cannot bring it back; a new request with its mid can.
+        assert_eq!(
+            e.put("a", "cu-a", 2, scope("198.51.100.64/28", 1000), true, 131),
+            Ok(PutOutcome::Discarded)
+        );
+        assert!(e.tick(190).is_empty());
         assert!(matches!(
-            e.status("cu-a", None, 130),
+            e.status("cu-a", None, 190),
             Err(Refusal::NotFound(_))
         ));
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 200)
+            .unwrap();
+        assert_eq!(e.mitigator().installed().len(), 1);
+    }
+
+    fn set_dropped(e: &mut Engine<MemoryMitigator>, cuid: &str, mid: u32, packets: u64) {
+        let id = e.clients[cuid].1[&mid].datapath_id;
+        let mut c = MitigationCounters::default();
+        c.dropped[0] = Counter {
+            packets,
+            bytes: packets * 100,
+        };
+        assert!(e.mitigator.set_counters(id, c));
+    }
+
+    fn status_of(e: &Engine<MemoryMitigator>, mid: u32, now: u64) -> Status {
+        e.status("cu-a", Some(mid), now).unwrap()[0].status
+    }
+
+    #[test]
+    fn attack_stopped_is_reported_after_a_quiet_period() {
+        let mut e = engine().with_attack_quiet(30);
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
+            .unwrap();
+        // No drops at all: nothing to say the attack stopped.
+        for t in 1..100 {
+            e.tick(t);
+        }
+        assert_eq!(status_of(&e, 1, 100), Status::SuccessfullyMitigated);
+        set_dropped(&mut e, "cu-a", 1, 500);
+        e.tick(100);
+        assert_eq!(status_of(&e, 1, 110), Status::SuccessfullyMitigated);
+        assert_eq!(status_of(&e, 1, 130), Status::Stopped, "30 s quiet");
+        // The attack resumes: mitigated again. The rules stayed in all along.
+        set_dropped(&mut e, "cu-a", 1, 900);
+        e.tick(131);
+        assert_eq!(status_of(&e, 1, 131), Status::SuccessfullyMitigated);
+        assert_eq!(e.mitigator().installed().len(), 1);
+        // The client saying it is still under attack also restarts the quiet clock.
+        let mut efficacy = scope("198.51.100.0/28", 3600);
+        efficacy.attack_status = Some(1);
+        e.put("a", "cu-a", 1, efficacy, true, 155).unwrap();
+        assert_eq!(status_of(&e, 1, 170), Status::SuccessfullyMitigated);
+        assert_eq!(status_of(&e, 1, 185), Status::Stopped);
+    }
+
+    #[test]
+    fn preconfigured_requests_announce_3_and_7_then_rearm() {
+        let mut e = engine().with_attack_quiet(30);
+        let mut armed = scope("198.51.100.0/24", 3600);
+        armed.trigger_mitigation = false;
+        e.put("a", "cu-a", 1, armed.clone(), false, 0).unwrap();
+        // An active request overlapping it is withdrawn by the server when the session is
+        // lost (status 7, no terminating period), and the armed one takes over.
+        e.put("a", "cu-a", 2, scope("198.51.100.0/28", 3600), false, 0)
+            .unwrap();
+        assert_eq!(e.session_lost("cu-a", 10), vec![1]);
+        assert_eq!(status_of(&e, 2, 10), Status::Withdrawn);
+        assert_eq!(status_of(&e, 1, 10), Status::SuccessfullyMitigated);
+        assert_eq!(e.mitigator().installed().len(), 1);
+        // The attack stops: the server takes it out, announces 3, then re-arms (8).
+        set_dropped(&mut e, "cu-a", 1, 100);
+        e.tick(12);
+        e.tick(42);
+        assert!(e.mitigator().installed().is_empty());
+        assert_eq!(status_of(&e, 1, 42), Status::Stopped);
+        assert!(e.announcing("cu-a", Some(1), 45));
+        assert!(!e.announcing("cu-a", Some(1), 46));
+        e.tick(46);
+        let st = &e.status("cu-a", Some(1), 46).unwrap()[0];
+        assert_eq!((st.status, st.mitigation_start), (Status::SignalLoss, None));
+        // Lost again: active again. Then the client is back and asks for mitigation of
+        // an overlapping scope itself: the preconfigured one is deactivated (7, then 8).
+        e.seen("a", "cu-a", 50);
+        e.lost.insert("cu-a".into());
+        assert_eq!(e.session_lost("cu-a", 60), vec![1]);
+        e.seen("a", "cu-a", 70);
+        e.put("a", "cu-a", 3, scope("198.51.100.0/25", 3600), false, 70)
+            .unwrap();
+        assert_eq!(status_of(&e, 1, 70), Status::Withdrawn);
+        assert_eq!(status_of(&e, 3, 70), Status::SuccessfullyMitigated);
+        assert_eq!(e.mitigator().installed().len(), 1);
+        e.tick(74);
+        assert_eq!(status_of(&e, 1, 74), Status::SignalLoss);
+    }
+
+    #[test]
+    fn a_preconfigured_request_the_datapath_cannot_hold_reports_4() {
+        let mut e = engine();
+        let mut armed = scope("198.51.100.0/28", 3600);
+        armed.trigger_mitigation = false;
+        // 17 distinct port ranges: more than the datapath's scope holds.
+        armed.target_port_range = (0..17).map(|p| PortRange::single(1000 + p)).collect();
+        e.put("a", "cu-a", 1, armed, false, 0).unwrap();
+        e.lost.insert("cu-a".into());
+        assert!(e.session_lost("cu-a", 5).is_empty());
+        assert_eq!(status_of(&e, 1, 5), Status::ExceededCapability);
+        e.seen("a", "cu-a", 9);
+        assert_eq!(status_of(&e, 1, 9), Status::SignalLoss, "re-armed");
     }
 
     #[test]

@@ -52,21 +52,52 @@ pub fn heartbeat_request(token: Vec<u8>, peer_hb_status: bool) -> Packet {
     p
 }
 
-/// What a session watches for a client: its mitigations (one, or all).
+/// What a session watches for a client: its mitigations (one, or all), or its session
+/// configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub token: Vec<u8>,
     pub cuid: String,
-    pub mid: Option<u32>,
+    /// The configured client (session configurations are kept per client).
+    pub client: String,
+    pub target: Watched,
 }
 
-/// A notification for an observation, or None if nothing changed and none is due. `last`
-/// is the (mid, status) list last sent; it is updated. A mitigation that is gone yields a
-/// final 4.04 (and the caller drops the observation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// One mitigation, or all of the client's (None).
+    Mitigation(Option<u32>),
+    Config,
+}
+
+/// What a notification compares with what it last sent: the (mid, status) list of
+/// mitigations, or the configuration's encoding. None: the observed mitigation is gone.
+pub fn fingerprint<M: Mitigator>(
+    engine: &Engine<M>,
+    obs: &Observation,
+    now: u64,
+) -> Option<Vec<u8>> {
+    match obs.target {
+        Watched::Mitigation(mid) => engine.status(&obs.cuid, mid, now).ok().map(|st| {
+            st.iter()
+                .flat_map(|m| m.mid.to_be_bytes().into_iter().chain([m.status as u8]))
+                .collect()
+        }),
+        Watched::Config => engine
+            .config_get(&obs.client, None)
+            .ok()
+            .map(|c| session_config::encode(&c)),
+    }
+}
+
+/// A notification for an observation, or None if nothing changed and none is due (every
+/// call while a status is being announced; configurations only on change). `last` is the
+/// fingerprint last sent; it is updated. A mitigation that is gone (forgotten after it
+/// ended) yields a final 4.04 (and the caller drops the observation).
 pub fn notification<M: Mitigator>(
     engine: &Engine<M>,
     obs: &Observation,
-    last: &mut Vec<(u32, u8)>,
+    last: &mut Vec<u8>,
     periodic_due: bool,
     sequence: u32,
     now: u64,
@@ -74,10 +105,26 @@ pub fn notification<M: Mitigator>(
     let mut p = Packet::new();
     p.set_token(obs.token.clone());
     p.set_observe_value(sequence & 0x00ff_ffff);
-    match engine.status(&obs.cuid, obs.mid, now) {
+    let mid = match obs.target {
+        Watched::Mitigation(mid) => mid,
+        Watched::Config => {
+            let current = fingerprint(engine, obs, now)?;
+            if current == *last {
+                return None;
+            }
+            p.header.code = MessageClass::Response(ResponseType::Content);
+            p.set_content_format(ContentFormat::ApplicationDotsCbor);
+            p.payload = current.clone();
+            p.add_option(CoapOption::MaxAge, u32::MAX.to_be_bytes().to_vec());
+            *last = current;
+            return Some((p, false));
+        }
+    };
+    match engine.status(&obs.cuid, mid, now) {
         Ok(st) => {
-            let now_states: Vec<(u32, u8)> = st.iter().map(|m| (m.mid, m.status as u8)).collect();
-            if now_states == *last && !periodic_due {
+            let now_states = fingerprint(engine, obs, now).unwrap_or_default();
+            let announcing = engine.announcing(&obs.cuid, mid, now);
+            if now_states == *last && !periodic_due && !announcing {
                 return None;
             }
             *last = now_states;
@@ -277,7 +324,8 @@ pub fn handle<M: Mitigator>(
                                     observation: Observation {
                                         token: req.get_token().to_vec(),
                                         cuid,
-                                        mid,
+                                        client: client.to_string(),
+                                        target: Watched::Mitigation(mid),
                                     },
                                     register: v == 0,
                                 }
@@ -311,7 +359,25 @@ pub fn handle<M: Mitigator>(
                 let mut r = response(req, ResponseType::Content, session_config::encode(&c), true);
                 // The configuration holds until changed (RFC 9132 §4.5.3: 2^32-1, no expiry).
                 r.add_option(CoapOption::MaxAge, u32::MAX.to_be_bytes().to_vec());
-                Reply::Response(r)
+                match req.get_observe_value() {
+                    // Observe on config: notified when it changes (RFC 9132 §4.5.3).
+                    Some(Ok(v)) if v == 0 || v == 1 => {
+                        if v == 0 {
+                            r.set_observe_value(0);
+                        }
+                        Reply::Observe {
+                            response: r,
+                            observation: Observation {
+                                token: req.get_token().to_vec(),
+                                cuid: peer.cuid.to_string(),
+                                client: client.to_string(),
+                                target: Watched::Config,
+                            },
+                            register: v == 0,
+                        }
+                    }
+                    _ => Reply::Response(r),
+                }
             }
             Err(r) => Reply::Response(refusal(req, r)),
         },
@@ -655,6 +721,98 @@ mod tests {
         assert_eq!(
             e.config_get("client-a", None).unwrap(),
             session_config::SessionConfig::default()
+        );
+    }
+
+    #[test]
+    fn observers_of_config_hear_of_changes_only() {
+        let mut e = engine();
+        let mut get = request(RequestType::Get, &[".well-known", "dots", "config"], &[]);
+        get.set_observe_value(0);
+        let Reply::Observe {
+            response,
+            observation,
+            register: true,
+        } = handle(&mut e, &PEER, &get, 0)
+        else {
+            panic!("an observation")
+        };
+        assert_eq!(response.get_observe_value(), Some(Ok(0)));
+        assert_eq!(observation.target, Watched::Config);
+        let mut last = fingerprint(&e, &observation, 0).unwrap();
+        assert!(notification(&e, &observation, &mut last, true, 1, 1).is_none());
+        let put = request(
+            RequestType::Put,
+            &[".well-known", "dots", "config", "sid=5"],
+            &session_config::encode_put(true, &[(33, 60)]),
+        );
+        assert_eq!(code(&handle(&mut e, &PEER, &put, 2)), ResponseType::Created);
+        let (n, end) = notification(&e, &observation, &mut last, false, 2, 3).expect("changed");
+        assert!(!end);
+        let c = session_config::decode_response(&n.payload).unwrap();
+        assert_eq!(c.idle.heartbeat_interval(), 60);
+        assert!(notification(&e, &observation, &mut last, false, 3, 4).is_none());
+    }
+
+    #[test]
+    fn a_deactivated_preconfigured_request_is_announced_four_times() {
+        let mut e = engine();
+        let mitigate = |mid: &str| {
+            [
+                ".well-known",
+                "dots",
+                "mitigate",
+                &format!("cuid={CUID}"),
+                mid,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+        };
+        let mut armed = message::Scope::new(
+            vec!["198.51.100.0/24".parse().unwrap()],
+            message::Lifetime::Seconds(3600),
+        );
+        armed.trigger_mitigation = false;
+        let path = mitigate("mid=1");
+        let path: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+        let body = message::encode_mitigation_request(&armed);
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &path, &body), 0);
+        assert_eq!(code(&r), ResponseType::Created);
+        assert_eq!(e.session_lost(CUID, 10), vec![1]);
+        let observation = Observation {
+            token: vec![9],
+            cuid: CUID.into(),
+            client: "client-a".into(),
+            target: Watched::Mitigation(Some(1)),
+        };
+        let mut last = fingerprint(&e, &observation, 10).unwrap();
+        // The client is back and asks for mitigation itself: mid 1 is deactivated.
+        let path2 = mitigate("mid=2");
+        let path2: Vec<&str> = path2.iter().map(|s| s.as_str()).collect();
+        let active = message::Scope::new(
+            vec!["198.51.100.0/26".parse().unwrap()],
+            message::Lifetime::Seconds(3600),
+        );
+        let body = message::encode_mitigation_request(&active);
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &path2, &body), 20);
+        assert_eq!(code(&r), ResponseType::Created);
+        let mut statuses = Vec::new();
+        for t in 20..30 {
+            e.tick(t);
+            if let Some((n, _)) = notification(&e, &observation, &mut last, false, t as u32, t) {
+                let v = cbor::parse(&n.payload).unwrap();
+                let j = super::super::diag::to_json(&v);
+                let st = j["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["status"]
+                    .as_u64()
+                    .unwrap();
+                statuses.push(st);
+            }
+        }
+        assert_eq!(
+            statuses,
+            vec![7, 7, 7, 7, 8],
+            "withdrawn four times, then armed"
         );
     }
 

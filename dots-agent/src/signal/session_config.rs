@@ -221,6 +221,52 @@ fn apply_set(v: Value, target: &mut ConfigSet, which: &'static str) -> Result<()
     Ok(())
 }
 
+/// The current values of a GET /config response (what a client must use); limits and
+/// unknown parameters are skipped.
+pub fn decode_response(body: &[u8]) -> Result<SessionConfig, CborError> {
+    let mut top = Fields::new(cbor::parse(body)?, "the response")?;
+    let mut sc = Fields::new(
+        top.require(30, "ietf-dots-signal-channel:signal-config (30)")?,
+        "signal-config",
+    )?;
+    let mut out = SessionConfig::default();
+    if let Some(sid) = sc.take(31) {
+        out.sid = Some(cbor::as_u32(sid, 31)?);
+    }
+    for (key, set) in [(32, &mut out.mitigating), (44, &mut out.idle)] {
+        let Some(v) = sc.take(key) else { continue };
+        let mut f = Fields::new(v, "a configuration set")?;
+        for p in &PARAMS {
+            let Some(container) = f.take(p.key) else {
+                continue;
+            };
+            let mut c = Fields::new(container, "a session parameter")?;
+            let current = if p.decimal {
+                c.take(43)
+                    .map(|v| cbor::as_decimal2(v, 43).map(|h| h.max(0) as u64))
+            } else {
+                c.take(36).map(|v| cbor::as_u64(v, 36))
+            };
+            if let Some(v) = current {
+                set.set(p.key, v?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CON retransmission parameters of a set (RFC 7252 §4.8, negotiated per RFC 9132 §4.5):
+/// the first timeout (ACK_TIMEOUT x a random factor in [1, ACK_RANDOM_FACTOR]) and how
+/// many retransmissions follow, each timeout doubling.
+pub fn retransmission(set: &ConfigSet, random: u8) -> (std::time::Duration, u32) {
+    let ack_timeout_ms = set.get(39).unwrap_or(200) * 10;
+    let factor_hundredths = set.get(40).unwrap_or(150).max(100);
+    let spread = ack_timeout_ms * (factor_hundredths - 100) / 100;
+    let first = ack_timeout_ms + spread * random as u64 / 255;
+    let max = set.get(38).unwrap_or(3) as u32;
+    (std::time::Duration::from_millis(first), max)
+}
+
 /// Applies a PUT body to a copy of `base` (the client's configuration so far).
 pub fn decode_put(body: &[u8], base: &SessionConfig) -> Result<SessionConfig, ConfigError> {
     let mut top = Fields::new(cbor::parse(body)?, "the request")?;
@@ -313,6 +359,23 @@ mod tests {
             (60, Some(250))
         );
         assert_eq!(c.mitigating, ConfigSet::default());
+    }
+
+    #[test]
+    fn a_client_reads_the_values_in_force_and_derives_retransmission() {
+        let mut c = SessionConfig::default();
+        c.idle.set(38, 5);
+        c.idle.set(39, 100);
+        c.idle.set(40, 200);
+        let back = decode_response(&encode(&c)).unwrap();
+        assert_eq!(back, SessionConfig { sid: None, ..c });
+        let (first, max) = retransmission(&back.idle, 0);
+        assert_eq!((first, max), (std::time::Duration::from_millis(1000), 5));
+        let (spread, _) = retransmission(&back.idle, 255);
+        assert_eq!(spread, std::time::Duration::from_millis(2000), "1 s x 2.00");
+        let defaults = retransmission(&back.mitigating, 255);
+        assert_eq!(defaults, (std::time::Duration::from_millis(3000), 3));
+        assert!(decode_response(b"\xa0").is_err());
     }
 
     #[test]
