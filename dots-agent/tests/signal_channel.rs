@@ -25,8 +25,13 @@ async fn start(dir: &Path) -> (String, SharedEngine) {
     )
     .unwrap();
     let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
+    serve(dir, "127.0.0.1:0", engine).await
+}
+
+/// Serves `engine` on `bind` with the certificates in `dir`.
+async fn serve(dir: &Path, bind: &str, engine: SharedEngine) -> (String, SharedEngine) {
     let tls = signal::server_tls(dir);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_tls(
         listener,
@@ -395,4 +400,67 @@ async fn the_client_uses_the_negotiated_session_parameters() {
         .unwrap();
     assert_eq!(code_text(&r), "2.02");
     assert_eq!(session_config::retransmission(fresh.parameters(), 0).1, 5);
+}
+
+/// A server being drained redirects its clients (RFC 9132 §4.6): the client follows to the
+/// alternate, its request lands there, and a redirect back is not followed (no loops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_redirect_once() {
+    use dots_agent::signal::message::Redirect;
+    let dir = tempfile::tempdir().unwrap();
+    let (alternate, alt_engine) = start(dir.path()).await;
+    let port = alternate.rsplit_once(':').unwrap().1;
+    // The drained server listens on another loopback address, same port.
+    let to_alternate = Redirect {
+        alt_server: "dots.example".into(),
+        alt_server_record: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let drained = std::sync::Arc::new(tokio::sync::Mutex::new(
+        engine::Engine::new(
+            Box::new(dots_agent::datapath::MemoryMitigator::new())
+                as Box<dyn dots_agent::datapath::Mitigator>,
+            vec![signal::client_a()],
+        )
+        .with_redirect(Some((to_alternate, 600))),
+    ));
+    let (home, _) = serve(dir.path(), &format!("127.0.0.2:{port}"), drained.clone()).await;
+    let mut s = Session::connect(&client(
+        dir.path(),
+        &home,
+        "client-a",
+        TransportChoice::Dtls,
+    ))
+    .await
+    .unwrap();
+    let body = message::encode_mitigation_request(&Scope::new(
+        vec!["2001:db8:6401::/64".parse().unwrap()],
+        Lifetime::Seconds(60),
+    ));
+    let r = s
+        .request(RequestType::Put, &mitigate_path(&s, 1), Some(body), false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01", "created at the alternate");
+    assert_eq!(s.server().0, alternate);
+    assert_eq!(alt_engine.lock().await.mitigator().installed().len(), 1);
+    assert!(drained.lock().await.status(s.cuid(), None, 0).is_err());
+    // The alternate now redirects back home: contacted a moment ago, so not followed.
+    alt_engine.lock().await.set_redirect(Some((
+        Redirect {
+            alt_server: "dots.example".into(),
+            alt_server_record: vec!["127.0.0.2".parse().unwrap()],
+        },
+        600,
+    )));
+    let r = s
+        .request(RequestType::Get, &mitigate_path(&s, 1), None, false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "5.03");
+    assert_eq!(s.server().0, alternate);
+    let back = message::decode_redirect(&r.payload).unwrap();
+    assert_eq!(
+        back.alt_server_record,
+        vec!["127.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+    );
 }

@@ -94,7 +94,18 @@ pub struct Session {
     /// Mitigations this session created and has not withdrawn: while any exist the
     /// mitigating set applies, otherwise the idle one (RFC 9132 §4.5).
     active: std::collections::BTreeSet<u32>,
+    /// The provisioned server, and the one in use (they differ after a redirect).
+    provisioned: ClientConfig,
+    current: ClientConfig,
+    /// When to go back to the provisioned server after a redirect (RFC 9132 §4.6).
+    redirected_until: Option<std::time::Instant>,
+    /// Servers contacted and when: a redirect to one contacted within REDIRECT_MEMORY is
+    /// ignored (no redirect loops).
+    contacted: Vec<(String, std::time::Instant)>,
 }
+
+/// RFC 9132 §4.6: redirects to a server contacted this recently are ignored.
+const REDIRECT_MEMORY: Duration = Duration::from_secs(300);
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): this often.
@@ -115,17 +126,7 @@ impl Session {
                 .with_context(|| format!("reading {}", cfg.tls.cert.display()))?,
         )?;
         let cuid = pki::cuid(&cert)?;
-        let link = match cfg.transport {
-            TransportChoice::Tls => connect_tls(cfg).await?,
-            TransportChoice::Dtls => connect_dtls(cfg).await?,
-            TransportChoice::Auto => match connect_dtls(cfg).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::info!("DTLS failed ({e:#}); trying TLS");
-                    connect_tls(cfg).await?
-                }
-            },
-        };
+        let link = connect_link(cfg).await?;
         Ok(Session {
             link,
             pending: Default::default(),
@@ -134,7 +135,93 @@ impl Session {
             cuid,
             config: SessionConfig::default(),
             active: Default::default(),
+            provisioned: cfg.clone(),
+            current: cfg.clone(),
+            redirected_until: None,
+            contacted: vec![(cfg.server.clone(), std::time::Instant::now())],
         })
+    }
+
+    /// The server this session talks to (host:port), and the name its certificate carries.
+    pub fn server(&self) -> (&str, &str) {
+        (&self.current.server, &self.current.server_name)
+    }
+
+    /// Moves the session to another server: a fresh link, nothing negotiated yet.
+    async fn move_to(&mut self, cfg: ClientConfig) -> Result<()> {
+        self.link = connect_link(&cfg).await?;
+        self.pending.clear();
+        self.config = SessionConfig::default();
+        self.active.clear();
+        let now = std::time::Instant::now();
+        self.contacted
+            .retain(|(_, t)| t.elapsed() < REDIRECT_MEMORY);
+        self.contacted.push((cfg.server.clone(), now));
+        self.current = cfg;
+        Ok(())
+    }
+
+    /// Follows a redirect (a 5.03 naming an alternate server, RFC 9132 §4.6) unless it
+    /// leads to a server contacted in the last five minutes. Returns whether it moved.
+    async fn follow_redirect(&mut self, r: &Packet) -> Result<bool> {
+        if r.header.code != MessageClass::Response(coap_lite::ResponseType::ServiceUnavailable) {
+            return Ok(false);
+        }
+        let Ok(to) = crate::signal::message::decode_redirect(&r.payload) else {
+            return Ok(false);
+        };
+        let port = self
+            .provisioned
+            .server
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(4646);
+        let server = match to.alt_server_record.first() {
+            Some(ip) => std::net::SocketAddr::new(*ip, port).to_string(),
+            None => format!("{}:{port}", to.alt_server),
+        };
+        if self
+            .contacted
+            .iter()
+            .any(|(s, t)| *s == server && t.elapsed() < REDIRECT_MEMORY)
+        {
+            tracing::warn!("ignoring a redirect to {server}: contacted in the last 5 minutes");
+            return Ok(false);
+        }
+        let max_age = r
+            .get_option(CoapOption::MaxAge)
+            .and_then(|v| v.front())
+            .map(|b| b.iter().fold(0u64, |acc, x| acc << 8 | *x as u64))
+            .unwrap_or(60);
+        tracing::info!(
+            "redirected to {} at {server} for {max_age} s",
+            to.alt_server
+        );
+        let cfg = ClientConfig {
+            server,
+            server_name: to.alt_server,
+            ..self.provisioned.clone()
+        };
+        self.move_to(cfg).await?;
+        self.redirected_until = (max_age < u32::MAX as u64)
+            .then(|| std::time::Instant::now() + Duration::from_secs(max_age));
+        Ok(true)
+    }
+
+    /// Back to the provisioned server once a redirect has expired, unless mitigations
+    /// are active (not in the middle of an attack).
+    async fn return_if_redirect_expired(&mut self) -> Result<()> {
+        if self
+            .redirected_until
+            .is_some_and(|t| std::time::Instant::now() >= t)
+            && self.active.is_empty()
+        {
+            self.redirected_until = None;
+            let home = self.provisioned.clone();
+            tracing::info!("redirect expired: back to {}", home.server);
+            self.move_to(home).await?;
+        }
+        Ok(())
     }
 
     /// The session parameters in force now: the mitigating set while this session has
@@ -197,10 +284,17 @@ impl Session {
     /// GET with Observe 0 on `.well-known/dots/<path>`: returns the first response and the
     /// token that later notifications carry (see [`Session::notification`]).
     pub async fn observe(&mut self, path: &[String]) -> Result<(Packet, Vec<u8>)> {
-        let token = self.next_token.to_be_bytes().to_vec();
-        let r = self
+        self.return_if_redirect_expired().await?;
+        let mut token = self.next_token.to_be_bytes().to_vec();
+        let mut r = self
             .send(RequestType::Get, path, None, false, Some(0))
             .await?;
+        if self.follow_redirect(&r).await? {
+            token = self.next_token.to_be_bytes().to_vec();
+            r = self
+                .send(RequestType::Get, path, None, false, Some(0))
+                .await?;
+        }
         Ok((r, token))
     }
 
@@ -263,8 +357,14 @@ impl Session {
         body: Option<Vec<u8>>,
         efficacy: bool,
     ) -> Result<Packet> {
+        self.return_if_redirect_expired().await?;
         let sent = body.clone();
-        let r = self.send(method, path, body, efficacy, None).await?;
+        let mut r = self.send(method, path, body, efficacy, None).await?;
+        if self.follow_redirect(&r).await? {
+            r = self
+                .send(method, path, sent.clone(), efficacy, None)
+                .await?;
+        }
         self.learn(method, path, sent.as_deref(), &r);
         Ok(r)
     }
@@ -394,6 +494,21 @@ fn load_credentials(b: &mut SslContextBuilder, tls: &ClientTls) -> Result<()> {
         .with_context(|| format!("loading {}", tls.key.display()))?;
     b.set_verify(SslVerifyMode::PEER);
     Ok(())
+}
+
+/// A (D)TLS link to the configured server, by the configured transport.
+async fn connect_link(cfg: &ClientConfig) -> Result<Link> {
+    Ok(match cfg.transport {
+        TransportChoice::Tls => connect_tls(cfg).await?,
+        TransportChoice::Dtls => connect_dtls(cfg).await?,
+        TransportChoice::Auto => match connect_dtls(cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!("DTLS failed ({e:#}); trying TLS");
+                connect_tls(cfg).await?
+            }
+        },
+    })
 }
 
 async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {

@@ -35,6 +35,38 @@ pub struct Signal {
     /// Seconds without drops, after some, before a mitigation reports attack-stopped (3).
     #[serde(default = "default_attack_quiet")]
     pub attack_quiet_seconds: u64,
+    /// Send every client to another server instead (RFC 9132 §4.6), e.g. for maintenance.
+    #[serde(default)]
+    pub redirect: Option<SignalRedirect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRedirect {
+    /// The alternate server's name (its certificate must carry it).
+    pub alt_server: String,
+    /// Its addresses, so that clients need not resolve the name.
+    #[serde(default)]
+    pub alt_server_record: Vec<std::net::IpAddr>,
+    /// How long clients should use it (Max-Age); default: until redirected again.
+    #[serde(default = "default_redirect_max_age")]
+    pub max_age: u32,
+}
+
+fn default_redirect_max_age() -> u32 {
+    u32::MAX
+}
+
+impl SignalRedirect {
+    pub fn message(&self) -> (crate::signal::message::Redirect, u32) {
+        (
+            crate::signal::message::Redirect {
+                alt_server: self.alt_server.clone(),
+                alt_server_record: self.alt_server_record.clone(),
+            },
+            self.max_age,
+        )
+    }
 }
 
 fn default_attack_quiet() -> u64 {
@@ -168,6 +200,11 @@ impl ServerConfig {
                 crate::signal::engine::TERMINATING_MAX
             );
         }
+        if let Some(r) = &self.signal.redirect {
+            if r.alt_server.trim().is_empty() {
+                bail!("[signal.redirect] alt_server is empty: give the alternate server's name");
+            }
+        }
         if self.signal.attack_quiet_seconds == 0 {
             bail!("[signal] attack_quiet_seconds must be at least 1");
         }
@@ -289,5 +326,30 @@ prefixes = ["203.0.113.0/24", "2001:db8:6401::/48"]
             "{GOOD}\n[[client]]\nname = \"client-a\"\nprefixes = [\"192.0.2.0/24\"]\n"
         ))
         .contains("twice"));
+        let redirect = |body: &str| {
+            GOOD.replace(
+                "[tls]",
+                &format!("attack_quiet_seconds = 30\n[signal.redirect]\n{body}\n[tls]"),
+            )
+        };
+        assert!(err(&redirect("alt_server = \"\"")).contains("alt_server is empty"));
+        assert!(
+            err(&redirect("alt_server = \"a\"\nalt_server_record = [\"x\"]"))
+                .contains("alt_server_record")
+        );
+        let c = ServerConfig::load(&write(
+            dir.path(),
+            &redirect("alt_server = \"dots2.example\"\nalt_server_record = [\"2001:db8::7\"]"),
+        ))
+        .unwrap();
+        let (to, max_age) = c.signal.redirect.unwrap().message();
+        assert_eq!(
+            (
+                to.alt_server.as_str(),
+                max_age,
+                c.signal.attack_quiet_seconds
+            ),
+            ("dots2.example", u32::MAX, 30)
+        );
     }
 }

@@ -235,6 +235,7 @@ pub async fn run_until(
     let (engine, restored) = Engine::new(mitigator(&config)?, config.policies())
         .with_terminating_period(config.signal.terminating_seconds)
         .with_attack_quiet(config.signal.attack_quiet_seconds)
+        .with_redirect(config.signal.redirect.as_ref().map(|r| r.message()))
         .with_store(store, now())?;
     tracing::info!(
         "restored {restored} mitigation(s) from {}",

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::message::{AclActivation, ActivationType, Lifetime, MitigationStatus, Scope, Status};
+use super::message::{
+    AclActivation, ActivationType, Lifetime, MitigationStatus, Redirect, Scope, Status,
+};
 use super::session_config::{self, ConfigError, SessionConfig};
 use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
 use crate::store::Store;
@@ -140,6 +142,8 @@ pub struct Engine<M: Mitigator> {
     store: Option<Store>,
     /// Seconds without drops after which an active mitigation reports attack-stopped.
     attack_quiet: u64,
+    /// Send every client elsewhere (RFC 9132 §4.6), for this many seconds (Max-Age).
+    redirect: Option<(Redirect, u32)>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -272,7 +276,24 @@ impl<M: Mitigator> Engine<M> {
             rate_samples: Default::default(),
             store: None,
             attack_quiet: ATTACK_QUIET_DEFAULT,
+            redirect: None,
         }
+    }
+
+    /// Answers every request with a redirect to another server (maintenance, load), which
+    /// clients should use for `max_age` seconds.
+    pub fn with_redirect(mut self, redirect: Option<(Redirect, u32)>) -> Self {
+        self.redirect = redirect;
+        self
+    }
+
+    /// Starts or stops redirecting clients (an operator's decision at run time).
+    pub fn set_redirect(&mut self, redirect: Option<(Redirect, u32)>) {
+        self.redirect = redirect;
+    }
+
+    pub fn redirect(&self) -> Option<&(Redirect, u32)> {
+        self.redirect.as_ref()
     }
 
     /// Sets how long an active mitigation must see no drops to report attack-stopped (3).

@@ -233,6 +233,18 @@ pub fn handle<M: Mitigator>(
     };
     // Any traffic from the client keeps its session alive (RFC 9132 §4.7).
     engine.seen(client, peer.cuid, now);
+    if let Some((to, max_age)) = engine.redirect() {
+        // Redirected signalling (RFC 9132 §4.6): 5.03 naming the alternate server, Max-Age
+        // how long to use it.
+        let mut r = response(
+            req,
+            ResponseType::ServiceUnavailable,
+            message::encode_redirect(to),
+            true,
+        );
+        r.add_option(CoapOption::MaxAge, max_age.to_be_bytes().to_vec());
+        return Reply::Response(r);
+    }
     let segments = path(req);
     let segs: Vec<&str> = segments.iter().map(|s| s.as_str()).collect();
     let resource = match uri::parse(&segs) {

@@ -412,9 +412,79 @@ pub fn decode_heartbeat(body: &[u8]) -> Result<bool, CborError> {
     Ok(status)
 }
 
+/// Where a server sends its clients instead (RFC 9132 §4.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// alt-server (47): the name the alternate's certificate carries.
+    pub alt_server: String,
+    /// alt-server-record (48): its addresses (the client skips name resolution).
+    pub alt_server_record: Vec<std::net::IpAddr>,
+}
+
+/// `{46: {47: name, 48: [addresses]}}`, the body of a redirecting 5.03.
+pub fn encode_redirect(r: &Redirect) -> Vec<u8> {
+    let mut inner = vec![(47, Value::Text(r.alt_server.clone()))];
+    if !r.alt_server_record.is_empty() {
+        inner.push((
+            48,
+            Value::Array(
+                r.alt_server_record
+                    .iter()
+                    .map(|a| Value::Text(a.to_string()))
+                    .collect(),
+            ),
+        ));
+    }
+    cbor::encode(&cbor::map(vec![(46, cbor::map(inner))]))
+}
+
+pub fn decode_redirect(body: &[u8]) -> Result<Redirect, CborError> {
+    let mut top = Fields::new(cbor::parse(body)?, "the redirect")?;
+    let r = top.require(46, "ietf-dots-signal-channel:redirected-signal (46)")?;
+    top.finish()?;
+    let mut r = Fields::new(r, "redirected-signal")?;
+    let alt_server = cbor::as_text(r.require(47, "alt-server (47)")?, 47)?;
+    let alt_server_record = match r.take(48) {
+        None => Vec::new(),
+        Some(v) => cbor::as_text_list(v, 48)?
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| CborError::Invalid {
+                    what: "alt-server-record (48)".into(),
+                    why: format!("{a:?} is not an IP address"),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    r.finish()?;
+    Ok(Redirect {
+        alt_server,
+        alt_server_record,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_round_trip_and_need_alt_server() {
+        let r = Redirect {
+            alt_server: "alt.example".into(),
+            alt_server_record: vec!["2001:db8::1".parse().unwrap(), "192.0.2.7".parse().unwrap()],
+        };
+        assert_eq!(decode_redirect(&encode_redirect(&r)), Ok(r));
+        let no_name = cbor::encode(&cbor::map(vec![(46, cbor::map(vec![]))]));
+        assert!(decode_redirect(&no_name).is_err());
+        let bad_address = cbor::encode(&cbor::map(vec![(
+            46,
+            cbor::map(vec![
+                (47, Value::Text("a".into())),
+                (48, Value::Array(vec![Value::Text("not-an-ip".into())])),
+            ]),
+        )]));
+        assert!(decode_redirect(&bad_address).is_err());
+    }
 
     const FIG8: &[u8] = include_bytes!("../../tests/fixtures/rfc9132-fig8.cbor");
 
