@@ -60,6 +60,13 @@ pub enum Refusal {
         mid: Option<u32>,
         diagnostic: String,
     },
+    /// 4.09: another client's active mitigation holds these targets; retry after
+    /// `retry_timer` seconds (its remaining lifetime; None: indefinite).
+    HeldByOther {
+        targets: Vec<IpNet>,
+        retry_timer: Option<u32>,
+        diagnostic: String,
+    },
     /// 5.03 with a diagnostic (datapath full or failing).
     Unavailable(String),
     /// 4.22: a session parameter outside the server's limits.
@@ -495,18 +502,27 @@ impl<M: Mitigator> Engine<M> {
                 }
             }
         }
-        // Other clients' active mitigations on overlapping targets: refused (policy).
+        // Other clients' active mitigations on overlapping targets: refused (policy), with
+        // the contested targets and when the other mitigation's lifetime runs out.
         for (other_cuid, (_, mits)) in &self.clients {
             if other_cuid == cuid {
                 continue;
             }
-            if mits
+            if let Some(other) = mits
                 .values()
-                .any(|m| m.installed && scopes_overlap(&m.scope, &scope))
+                .find(|m| m.installed && scopes_overlap(&m.scope, &scope))
             {
-                return Err(Refusal::Conflict {
-                    cause: 1,
-                    mid: None,
+                let targets = scope
+                    .target_prefix
+                    .iter()
+                    .filter(|p| other.scope.target_prefix.iter().any(|o| overlaps(p, o)))
+                    .cloned()
+                    .collect();
+                return Err(Refusal::HeldByOther {
+                    targets,
+                    retry_timer: other
+                        .expires
+                        .map(|e| e.saturating_sub(now).min(u32::MAX as u64) as u32),
                     diagnostic: "another client's active mitigation overlaps these targets".into(),
                 });
             }
@@ -1605,13 +1621,22 @@ mod tests {
         e.policies.insert("c".into(), wide);
         e.put("a", "cu-a", 1, scope("198.51.100.0/28", 60), false, 0)
             .unwrap();
-        assert!(matches!(
-            e.put("c", "cu-c", 1, scope("198.51.100.0/24", 60), false, 0),
-            Err(Refusal::Conflict {
-                cause: 1,
-                mid: None,
+        let mut two = scope("198.51.100.0/24", 60);
+        two.target_prefix.push("198.51.200.0/24".parse().unwrap());
+        match e.put("c", "cu-c", 1, two, false, 15) {
+            Err(Refusal::HeldByOther {
+                targets,
+                retry_timer,
                 ..
-            })
-        ));
+            }) => {
+                assert_eq!(targets, vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]);
+                assert_eq!(retry_timer, Some(45), "the other's remaining lifetime");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once it has ended, the targets are free.
+        e.tick(60);
+        e.put("c", "cu-c", 1, scope("198.51.100.0/24", 60), false, 61)
+            .unwrap();
     }
 }

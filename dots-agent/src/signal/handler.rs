@@ -162,6 +162,27 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
         Refusal::Forbidden(t) => diagnostic(req, ResponseType::Forbidden, t),
         Refusal::NotFound(t) => diagnostic(req, ResponseType::NotFound, t),
         Refusal::Unavailable(t) => diagnostic(req, ResponseType::ServiceUnavailable, t),
+        Refusal::HeldByOther {
+            targets,
+            retry_timer,
+            ..
+        } => {
+            // Another client's request is active (18 = 1) on overlapping targets (19 = 1):
+            // which of ours (21), and when to try again (20).
+            let mut info = vec![(18, uint(1)), (19, uint(1))];
+            if let Some(t) = retry_timer {
+                info.push((20, uint(t as u64)));
+            }
+            let prefixes = targets
+                .iter()
+                .map(|p| ciborium::value::Value::Text(p.to_string()))
+                .collect();
+            info.push((
+                21,
+                cbor::map(vec![(6, ciborium::value::Value::Array(prefixes))]),
+            ));
+            conflict_body(req, info)
+        }
         Refusal::Unprocessable(t) => diagnostic(req, ResponseType::UnprocessableEntity, t),
         Refusal::Conflict { cause, mid, .. } => {
             // conflict-information (17) inside the scope entry: status (18) only when
@@ -174,16 +195,22 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
             if let Some(m) = mid {
                 info.push((21, cbor::map(vec![(5, uint(m as u64))])));
             }
-            let body = cbor::map(vec![(
-                1,
-                cbor::map(vec![(
-                    2,
-                    ciborium::value::Value::Array(vec![cbor::map(vec![(17, cbor::map(info))])]),
-                )]),
-            )]);
-            response(req, ResponseType::Conflict, cbor::encode(&body), true)
+            conflict_body(req, info)
         }
     }
+}
+
+/// 4.09 with `{1: {2: [{17: conflict-information}]}}`: conflict-information sits in the
+/// scope entry, as the YANG module places it.
+fn conflict_body(req: &Packet, info: Vec<(u64, ciborium::value::Value)>) -> Packet {
+    let body = cbor::map(vec![(
+        1,
+        cbor::map(vec![(
+            2,
+            ciborium::value::Value::Array(vec![cbor::map(vec![(17, cbor::map(info))])]),
+        )]),
+    )]);
+    response(req, ResponseType::Conflict, cbor::encode(&body), true)
 }
 
 fn path(req: &Packet) -> Vec<String> {
