@@ -20,6 +20,8 @@ PACKAGES=(
   iproute2 iputils-ping openssl ethtool
   # peers for interop tests and benchmarks
   libcoap3-bin xdp-tools libxdp1 bpftool
+  # a real Prometheus server for the metrics end-to-end test
+  prometheus
 )
 
 log() { printf 'setup: %s\n' "$*"; }

@@ -3,16 +3,13 @@
 //! counts the drops; the filter keeps dropping while the server is down; the restarted
 //! server knows the mitigation from its store; the withdrawal lets the attack through again.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
-use dots_agent::packet::PacketSpec;
-use dots_agent::server::ServerConfig;
+use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
+use dots_e2e::dots::{arrived, attack, connect, in_ns, start_server};
 use dots_e2e::{PinRoot, VethPair};
 
 const SERVER_IP: &str = "192.0.2.2";
@@ -44,29 +41,6 @@ prefixes = ["198.51.100.0/24", "2001:db8:6401::/48"]
     path
 }
 
-/// Starts the server in namespace `ns`; it runs until the returned sender is used.
-fn start_server(
-    ns: &dots_e2e::Netns,
-    config: &Path,
-) -> (
-    std::thread::JoinHandle<anyhow::Result<()>>,
-    tokio::sync::oneshot::Sender<()>,
-) {
-    let cfg = ServerConfig::load(config).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = ns.run(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(dots_agent::server::run_until(cfg, async {
-            let _ = stop_rx.await;
-        }))
-    });
-    (handle, stop_tx)
-}
-
 /// Sends one request on mitigation 1 from namespace `ns` (connecting afresh, as a client
 /// that comes and goes would) and returns the response.
 fn ask(
@@ -94,68 +68,6 @@ fn pkts_dropped(r: &coap_lite::Packet) -> Option<u64> {
     let v =
         dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(&r.payload).unwrap());
     v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
-}
-
-/// Connects, retrying while the server is still starting (loading its XDP program).
-async fn connect(cfg: &ClientConfig) -> Session {
-    for _ in 0..50 {
-        if let Ok(s) = Session::connect(cfg).await {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("no connection to the server within 10 s");
-}
-
-/// Runs `f` with a tokio runtime on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(
-    ns: &dots_e2e::Netns,
-    f: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
-) -> T {
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        f(&rt)
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-fn attack(pair: &VethPair, count: u64) -> BTreeMap<FlowKey, FlowCount> {
-    let b_if = pair.b_if.clone();
-    let receiver = pair.b.run(move || {
-        count_received(
-            &RawSocket::bind(&b_if).unwrap(),
-            Duration::from_millis(1500),
-        )
-        .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let a_if = pair.a_if.clone();
-    pair.a
-        .run(move || {
-            let frames = vec![PacketSpec::udp("192.0.2.77", "198.51.100.10", 123, 4444).build()];
-            send_paced(
-                &RawSocket::bind(&a_if).unwrap(),
-                &frames,
-                count,
-                20_000,
-                Duration::from_secs(5),
-            )
-            .unwrap()
-        })
-        .join()
-        .unwrap();
-    receiver.join().unwrap()
-}
-
-fn arrived(c: &BTreeMap<FlowKey, FlowCount>) -> u64 {
-    c.iter()
-        .filter(|(k, _)| k.sport == 123)
-        .map(|(_, v)| v.packets)
-        .sum()
 }
 
 #[test]
@@ -198,7 +110,7 @@ fn scenario(transport: TransportChoice) {
     };
 
     // Before any request the attack gets through.
-    assert_eq!(arrived(&attack(&pair, 300)), 300);
+    assert_eq!(arrived(&attack(&pair, 300, 20_000)), 300);
 
     let scope = Scope::new(
         vec!["198.51.100.0/24".parse().unwrap()],
@@ -208,7 +120,7 @@ fn scenario(transport: TransportChoice) {
     let created = ask(&pair.a, &client, RequestType::Put, Some(body));
     assert_eq!(code_text(&created), "2.01");
     assert_eq!(
-        arrived(&attack(&pair, 500)),
+        arrived(&attack(&pair, 500, 20_000)),
         0,
         "NTP reflection dropped by the amplification countermeasure"
     );
@@ -224,7 +136,7 @@ fn scenario(transport: TransportChoice) {
     let _ = stop.send(());
     server.join().unwrap().unwrap();
     assert_eq!(
-        arrived(&attack(&pair, 300)),
+        arrived(&attack(&pair, 300, 20_000)),
         0,
         "still filtering while the agent is down"
     );
@@ -240,7 +152,7 @@ fn scenario(transport: TransportChoice) {
     assert_eq!(withdrawn, "2.02");
     std::thread::sleep(Duration::from_millis(2500)); // the ticker removes it (terminating 0 s)
     assert_eq!(
-        arrived(&attack(&pair, 300)),
+        arrived(&attack(&pair, 300, 20_000)),
         300,
         "after the withdrawal the traffic flows again"
     );

@@ -5,7 +5,8 @@
 //! - [`pki`]: lab CA and certificates, cuid derivation.
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
-//! - [`server`], [`client`]: the signal channel's transports (TLS today).
+//! - [`server`], [`client`]: the signal channel's transports (DTLS and TLS).
+//! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod datapath;
 pub mod dtls_io;
+pub mod metrics;
 pub mod packet;
 pub mod pki;
 pub mod server;

@@ -108,3 +108,103 @@ impl Drop for PinRoot {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A DOTS server and client in namespaces, and attack traffic across a veth pair.
+pub mod dots {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use dots_agent::client::{ClientConfig, Session};
+    use dots_agent::packet::PacketSpec;
+    use dots_agent::server::ServerConfig;
+    use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
+
+    use super::{Netns, VethPair};
+
+    /// Starts the server in namespace `ns`; it runs until the returned sender is used.
+    pub fn start_server(
+        ns: &Netns,
+        config: &Path,
+    ) -> (
+        std::thread::JoinHandle<anyhow::Result<()>>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let cfg = ServerConfig::load(config).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = ns.run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(dots_agent::server::run_until(cfg, async {
+                let _ = stop_rx.await;
+            }))
+        });
+        (handle, stop_tx)
+    }
+
+    /// Connects, retrying while the server is still starting (loading its XDP program).
+    pub async fn connect(cfg: &ClientConfig) -> Session {
+        for _ in 0..50 {
+            if let Ok(s) = Session::connect(cfg).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("no connection to the server within 10 s");
+    }
+
+    /// Runs `f` with a tokio runtime on a thread inside namespace `ns`.
+    pub fn in_ns<T: Send + 'static>(
+        ns: &Netns,
+        f: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+    ) -> T {
+        ns.run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            f(&rt)
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    pub fn attack(pair: &VethPair, count: u64, rate: u64) -> BTreeMap<FlowKey, FlowCount> {
+        let b_if = pair.b_if.clone();
+        let receiver = pair.b.run(move || {
+            count_received(
+                &RawSocket::bind(&b_if).unwrap(),
+                Duration::from_millis(1500),
+            )
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let a_if = pair.a_if.clone();
+        pair.a
+            .run(move || {
+                let frames =
+                    vec![PacketSpec::udp("192.0.2.77", "198.51.100.10", 123, 4444).build()];
+                send_paced(
+                    &RawSocket::bind(&a_if).unwrap(),
+                    &frames,
+                    count,
+                    rate,
+                    Duration::from_secs(5),
+                )
+                .unwrap()
+            })
+            .join()
+            .unwrap();
+        receiver.join().unwrap()
+    }
+
+    pub fn arrived(c: &BTreeMap<FlowKey, FlowCount>) -> u64 {
+        c.iter()
+            .filter(|(k, _)| k.sport == 123)
+            .map(|(_, v)| v.packets)
+            .sum()
+    }
+}

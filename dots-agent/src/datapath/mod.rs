@@ -101,6 +101,14 @@ pub trait Mitigator: Send {
     fn counters(&self, id: u64) -> Result<Option<MitigationCounters>, DatapathError>;
     /// Ids of the installed mitigations.
     fn installed(&self) -> Vec<u64>;
+    /// (map, entries in use, capacity) for what the datapath holds; empty if it has no maps.
+    fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        Vec::new()
+    }
+    /// Counters of each interface the filter is attached to.
+    fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
+        Vec::new()
+    }
 }
 
 impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
@@ -115,5 +123,11 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn installed(&self) -> Vec<u64> {
         (**self).installed()
+    }
+    fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        (**self).occupancy()
+    }
+    fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
+        (**self).interfaces()
     }
 }

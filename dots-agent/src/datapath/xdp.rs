@@ -1025,6 +1025,24 @@ impl Mitigator for XdpDatapath {
         v.sort_unstable();
         v
     }
+
+    fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        XdpDatapath::occupancy(self)
+    }
+
+    fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
+        let Some(pin_root) = self.pin_dir.parent() else {
+            return Vec::new();
+        };
+        XdpDatapath::attached(pin_root)
+            .into_iter()
+            .filter_map(|name| {
+                let ifindex = interface_index(&name)?;
+                let c = self.interface_counters(ifindex).ok()?;
+                Some((name, c.stats))
+            })
+            .collect()
+    }
 }
 
 impl XdpDatapath {

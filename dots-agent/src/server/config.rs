@@ -22,6 +22,33 @@ pub struct ServerConfig {
     pub datapath: Datapath,
     #[serde(default, rename = "client")]
     pub clients: Vec<Client>,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// Prometheus exposition (`GET /metrics`); off unless addresses are given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Mitigations with series of their own (those that dropped most); the rest are summed
+    /// per client under mid "other", so series stay bounded.
+    #[serde(default = "default_per_mitigation_limit")]
+    pub per_mitigation_limit: usize,
+}
+
+fn default_per_mitigation_limit() -> usize {
+    1000
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: Vec::new(),
+            per_mitigation_limit: default_per_mitigation_limit(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use coap_lite::{MessageType, Packet};
 use openssl::error::ErrorStack;
 use openssl::ssl::{
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::{now, Heartbeats, Identity, Observations, SharedEngine};
 use crate::dtls_io::{handle_timeout, Datagrams};
+use crate::metrics::SIGNAL;
 use crate::signal::handler::{self, Peer, Reply};
 
 /// Datagrams are kept under the IPv6 minimum path MTU (RFC 9132 §7.3).
@@ -163,13 +164,15 @@ async fn session(
             Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
             Err(e) => {
                 flush(socket, peer, &mut s).await;
+                SIGNAL.handshake_failed("dtls");
                 return Err(anyhow::anyhow!("handshake: {e}"));
             }
         }
         flush(socket, peer, &mut s).await;
-        let left = HANDSHAKE_TIME
-            .checked_sub(started.elapsed())
-            .context("handshake timed out")?;
+        let Some(left) = HANDSHAKE_TIME.checked_sub(started.elapsed()) else {
+            SIGNAL.handshake_failed("dtls");
+            anyhow::bail!("handshake timed out");
+        };
         match tokio::time::timeout(left.min(Duration::from_secs(1)), rx.recv()).await {
             Ok(Some(d)) => s.get_mut().inbox.push_back(d),
             Ok(None) => return Ok(()),
@@ -178,6 +181,7 @@ async fn session(
     }
     flush(socket, peer, &mut s).await;
     let id = Identity::of(s.ssl(), &engine).await?;
+    let _counted = SIGNAL.session("dtls");
     let client = id.client();
     tracing::info!(
         "DTLS session from {peer}: client {:?} (cuid {}){}",
@@ -221,7 +225,9 @@ async fn session(
                                 }
                             }
                             let peer_id = Peer { client, cuid: &id.cuid };
+                            let started = Instant::now();
                             let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
+                            SIGNAL.request(&req, &reply, started);
                             let mut resp = match reply {
                                 Reply::Heartbeat { response, .. } => {
                                     heartbeats.client_heartbeat();

@@ -138,6 +138,10 @@ impl Heartbeats {
         if interval == 0 || self.sent.elapsed() < std::time::Duration::from_secs(interval) {
             return None;
         }
+        // Nothing from the client since our last heartbeat, a whole interval ago: missed.
+        if self.client_seen.is_none_or(|t| t < self.sent) && self.counter > 0 {
+            crate::metrics::SIGNAL.heartbeats_missed.inc();
+        }
         self.sent = std::time::Instant::now();
         self.counter = self.counter.wrapping_add(1);
         let window = std::time::Duration::from_secs(2 * interval);
@@ -213,7 +217,10 @@ pub fn spawn_ticker(engine: SharedEngine) -> tokio::task::JoinHandle<()> {
             for (cuid, mid) in e.tick(now()) {
                 tracing::info!("mitigation {mid} of {cuid} ended");
             }
-            e.detect_lost_sessions(now());
+            let lost = e.detect_lost_sessions(now());
+            crate::metrics::SIGNAL
+                .sessions_lost
+                .inc_by(lost.len() as u64);
         }
     })
 }
@@ -245,6 +252,17 @@ pub async fn run_until(
     let acceptor = Arc::new(acceptor(&config.tls)?);
     spawn_ticker(engine.clone());
     let mut tasks = Vec::new();
+    for addr in &config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (metrics)"))?;
+        tracing::info!("Prometheus metrics on http://{addr}/metrics");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            engine.clone(),
+            config.metrics.per_mitigation_limit,
+        )));
+    }
     for addr in &config.signal.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
 use super::{now, Heartbeats, Identity, Observations, SharedEngine};
+use crate::metrics::SIGNAL;
 use crate::signal::coap_tcp::{self, Frame};
 use crate::signal::handler::{self, Peer, Reply};
 
@@ -51,11 +52,15 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
     let _ = tcp.set_nodelay(true);
     let ssl = Ssl::new(acceptor.context())?;
     let mut s = SslStream::new(ssl, tcp)?;
-    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept())
-        .await
+    let handshake = tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept()).await;
+    if !matches!(handshake, Ok(Ok(()))) {
+        SIGNAL.handshake_failed("tls");
+    }
+    handshake
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
     let id = Identity::of(s.ssl(), &engine).await?;
+    let _counted = SIGNAL.session("tls");
     let client = id.client();
     tracing::info!(
         "TLS session from client {:?} (cuid {}){}",
@@ -91,7 +96,9 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                         Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
                         Frame::Message(req) => {
                             let peer = Peer { client, cuid: &id.cuid };
+                            let started = std::time::Instant::now();
                             let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
+                            SIGNAL.request(&req, &reply, started);
                             match reply {
                                 Reply::Heartbeat { response, .. } => {
                                     heartbeats.client_heartbeat();

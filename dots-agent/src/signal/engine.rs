@@ -101,6 +101,20 @@ struct Mitigation {
     announce_until: Option<u64>,
     /// Whether the attack goes on (not stored: a restart starts watching afresh).
     activity: Activity,
+    /// Names of the ACL entries installed with it, in order (their counters come in this
+    /// order); set at each install.
+    acl_names: Vec<String>,
+}
+
+/// One mitigation as metrics see it.
+#[derive(Clone, Debug)]
+pub struct MitigationView {
+    pub client: String,
+    pub mid: u32,
+    pub status: Status,
+    /// None when it is not in the datapath (armed, ended).
+    pub counters: Option<crate::datapath::MitigationCounters>,
+    pub acl_names: Vec<String>,
 }
 
 /// The drop counter as last read, and when it last moved.
@@ -254,6 +268,7 @@ impl Record {
             ended_at: self.ended_at,
             announce_until: self.announce_until,
             activity: Activity::default(),
+            acl_names: Vec::new(),
         };
         (self.client, m)
     }
@@ -389,6 +404,11 @@ impl<M: Mitigator> Engine<M> {
 
     pub fn mitigator(&self) -> &M {
         &self.mitigator
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mitigator_mut(&mut self) -> &mut M {
+        &mut self.mitigator
     }
 
     pub fn policy(&self, client: &str) -> Option<&ClientPolicy> {
@@ -561,6 +581,7 @@ impl<M: Mitigator> Engine<M> {
             ended_at: None,
             announce_until: None,
             activity: Activity::default(),
+            acl_names: Vec::new(),
         };
         if m.scope.trigger_mitigation {
             if let Err(refusal) = self.install(&mut m, &policy, now) {
@@ -625,6 +646,7 @@ impl<M: Mitigator> Engine<M> {
             other => Refusal::Unavailable(other.to_string()),
         })?;
         m.installed = true;
+        m.acl_names = spec.acl.iter().map(|a| a.name.clone()).collect();
         m.status = Status::SuccessfullyMitigated;
         m.start = Some(now);
         m.activity = Activity {
@@ -986,6 +1008,36 @@ impl<M: Mitigator> Engine<M> {
         activated
     }
 
+    /// The status to report: attack-stopped (3) once an active one has gone quiet.
+    fn shown_status(&self, m: &Mitigation, now: u64) -> Status {
+        if m.status == Status::SuccessfullyMitigated && m.quiet(self.attack_quiet, now) {
+            Status::Stopped
+        } else {
+            m.status
+        }
+    }
+
+    /// Every mitigation with its status and datapath counters (for metrics).
+    pub fn views(&self, now: u64) -> Vec<MitigationView> {
+        let mut out = Vec::new();
+        for (client, mits) in self.clients.values() {
+            for (mid, m) in mits {
+                out.push(MitigationView {
+                    client: client.clone(),
+                    mid: *mid,
+                    status: self.shown_status(m, now),
+                    counters: if m.installed {
+                        self.mitigator.counters(m.datapath_id).ok().flatten()
+                    } else {
+                        None
+                    },
+                    acl_names: m.acl_names.clone(),
+                });
+            }
+        }
+        out
+    }
+
     /// Whether an observed mitigation (or any of the client's) is announcing a status
     /// that must be sent repeatedly.
     pub fn announcing(&self, cuid: &str, mid: Option<u32>, now: u64) -> bool {
@@ -1029,13 +1081,7 @@ impl<M: Mitigator> Engine<M> {
                 };
                 let dropped = counters.as_ref().map(|c| c.dropped_total());
                 let rate = dropped.and_then(|d| self.drop_rate(m.datapath_id, d, now));
-                let status = if m.status == Status::SuccessfullyMitigated
-                    && m.quiet(self.attack_quiet, now)
-                {
-                    Status::Stopped
-                } else {
-                    m.status
-                };
+                let status = self.shown_status(m, now);
                 MitigationStatus {
                     mid,
                     scope: Scope {

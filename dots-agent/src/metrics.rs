@@ -1,0 +1,576 @@
+//! Prometheus metrics. Two kinds: the signal channel's own counters (requests, latency,
+//! sessions, handshakes, heartbeats), kept process-wide; and the datapath's counters of the
+//! mitigations alive at scrape time, read then from the engine and the XDP maps, so a
+//! mitigation's series disappear with it and label cardinality follows what is live (capped
+//! by `per_mitigation_limit`: beyond it, a client's smaller mitigations are summed under
+//! `mid="other"`).
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use coap_lite::{MessageClass, Packet, RequestType};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use xdp_common::{Counter, DropReason};
+
+use crate::datapath::{MitigationCounters, Mitigator};
+use crate::signal::engine::{Engine, MitigationView};
+use crate::signal::handler::Reply;
+
+/// The signal channel's counters, registered once per process.
+pub struct SignalMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    sessions: IntGaugeVec,
+    handshake_failures: IntCounterVec,
+    pub heartbeats_missed: IntCounter,
+    pub sessions_lost: IntCounter,
+}
+
+pub static SIGNAL: LazyLock<SignalMetrics> = LazyLock::new(SignalMetrics::new);
+
+impl SignalMetrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "dots_signal_requests_total",
+                "Signal-channel requests handled, by operation and response code",
+            ),
+            &["operation", "code"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "dots_signal_request_duration_seconds",
+                "Time to handle a signal-channel request, datapath update included",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+            ]),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let sessions = IntGaugeVec::new(
+            Opts::new(
+                "dots_signal_sessions",
+                "Established signal-channel sessions",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "dots_signal_handshake_failures_total",
+                "DTLS/TLS handshakes that failed or timed out",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let heartbeats_missed = IntCounter::new(
+            "dots_signal_heartbeats_missed_total",
+            "Heartbeat intervals in which nothing arrived from a client",
+        )
+        .expect("valid metric");
+        let sessions_lost = IntCounter::new(
+            "dots_signal_sessions_lost_total",
+            "Client sessions declared lost (missing heartbeats)",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(sessions.clone()),
+            Box::new(handshake_failures.clone()),
+            Box::new(heartbeats_missed.clone()),
+            Box::new(sessions_lost.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        SignalMetrics {
+            registry,
+            requests,
+            latency,
+            sessions,
+            handshake_failures,
+            heartbeats_missed,
+            sessions_lost,
+        }
+    }
+
+    /// Counts a handled request: its operation, the response code, and the time taken.
+    pub fn request(&self, req: &Packet, reply: &Reply, started: Instant) {
+        let op = operation(req);
+        let code = match reply {
+            Reply::Response(p)
+            | Reply::Heartbeat { response: p, .. }
+            | Reply::Observe { response: p, .. } => code_label(p),
+            Reply::Silence => "none".to_string(),
+        };
+        self.requests.with_label_values(&[op, code.as_str()]).inc();
+        self.latency
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn handshake_failed(&self, transport: &str) {
+        self.handshake_failures
+            .with_label_values(&[transport])
+            .inc();
+    }
+
+    /// A session is established; the guard counts it until dropped.
+    pub fn session(&'static self, transport: &'static str) -> SessionGuard {
+        self.sessions.with_label_values(&[transport]).inc();
+        SessionGuard { transport }
+    }
+}
+
+/// Decrements the session gauge when the session ends, however it ends.
+pub struct SessionGuard {
+    transport: &'static str,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        SIGNAL.sessions.with_label_values(&[self.transport]).dec();
+    }
+}
+
+/// A bounded label for a request: resource and method (efficacy updates and Observe
+/// registrations apart).
+fn operation(req: &Packet) -> &'static str {
+    let resource = req
+        .get_option(coap_lite::CoapOption::UriPath)
+        .and_then(|l| l.iter().nth(2).cloned())
+        .unwrap_or_default();
+    let method = match req.header.code {
+        MessageClass::Request(m) => m,
+        _ => return "response",
+    };
+    let efficacy = req
+        .get_option(coap_lite::CoapOption::IfMatch)
+        .is_some_and(|l| l.iter().any(|v| v.is_empty()));
+    let observe = req.get_observe_value().is_some();
+    match (resource.as_slice(), method) {
+        (b"mitigate", RequestType::Put) if efficacy => "mitigate_efficacy",
+        (b"mitigate", RequestType::Put) => "mitigate_put",
+        (b"mitigate", RequestType::Get) if observe => "mitigate_observe",
+        (b"mitigate", RequestType::Get) => "mitigate_get",
+        (b"mitigate", RequestType::Delete) => "mitigate_delete",
+        (b"config", RequestType::Get) => "config_get",
+        (b"config", RequestType::Put) => "config_put",
+        (b"config", RequestType::Delete) => "config_delete",
+        (b"hb", _) => "heartbeat",
+        (b"tm-setup", _) => "telemetry_setup",
+        (b"tm", _) => "telemetry",
+        _ => "other",
+    }
+}
+
+fn code_label(p: &Packet) -> String {
+    match p.header.code {
+        MessageClass::Response(c) => {
+            let n = u8::from(MessageClass::Response(c));
+            format!("{}.{:02}", n >> 5, n & 0x1f)
+        }
+        _ => "none".into(),
+    }
+}
+
+/// Everything, in the Prometheus text format: the signal channel's counters and the
+/// datapath's, read now.
+pub fn render<M: Mitigator>(engine: &Engine<M>, now: u64, per_mitigation_limit: usize) -> String {
+    let mut families = SIGNAL.registry.gather();
+    families.extend(datapath_families(engine, now, per_mitigation_limit));
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding of valid families");
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The datapath's families, built afresh in a registry of their own at each scrape.
+fn datapath_families<M: Mitigator>(
+    engine: &Engine<M>,
+    now: u64,
+    limit: usize,
+) -> Vec<prometheus::proto::MetricFamily> {
+    let r = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        r.register(Box::new(c.clone()))
+            .expect("unique metric names");
+        c
+    };
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        r.register(Box::new(g.clone()))
+            .expect("unique metric names");
+        g
+    };
+    let m = ["client", "mid"];
+    let passed_p = counter(
+        "dots_mitigation_passed_packets_total",
+        "Packets in a mitigation's scope let through",
+        &m,
+    );
+    let passed_b = counter(
+        "dots_mitigation_passed_bytes_total",
+        "Bytes in a mitigation's scope let through",
+        &m,
+    );
+    let accepted_p = counter(
+        "dots_mitigation_accepted_packets_total",
+        "Packets let through by the accept-list or an ACL accept (part of passed)",
+        &m,
+    );
+    let dropped_p = counter(
+        "dots_mitigation_dropped_packets_total",
+        "Packets dropped, by reason",
+        &["client", "mid", "reason"],
+    );
+    let dropped_b = counter(
+        "dots_mitigation_dropped_bytes_total",
+        "Bytes dropped, by reason",
+        &["client", "mid", "reason"],
+    );
+    let limited_p = counter(
+        "dots_mitigation_rate_limited_packets_total",
+        "Packets dropped by a rate limit (ACL rate-limit, per-source, SYN, scope cap)",
+        &m,
+    );
+    let status = gauge(
+        "dots_mitigation_status",
+        "RFC 9132 mitigation status code (1-8)",
+        &m,
+    );
+    let acl_p = counter(
+        "dots_acl_entry_matched_packets_total",
+        "Packets that matched an ACL entry",
+        &["client", "mid", "acl"],
+    );
+    let acl_b = counter(
+        "dots_acl_entry_matched_bytes_total",
+        "Bytes that matched an ACL entry",
+        &["client", "mid", "acl"],
+    );
+    let by_status = gauge(
+        "dots_mitigations",
+        "Mitigations known to the server, by status",
+        &["status"],
+    );
+    let map_used = gauge(
+        "dots_datapath_map_entries",
+        "Entries in use in a datapath map",
+        &["map"],
+    );
+    let map_cap = gauge(
+        "dots_datapath_map_capacity",
+        "Capacity of a datapath map",
+        &["map"],
+    );
+    let if_rx_p = counter(
+        "dots_xdp_received_packets_total",
+        "Packets the XDP filter saw on an interface",
+        &["interface"],
+    );
+    let if_rx_b = counter(
+        "dots_xdp_received_bytes_total",
+        "Bytes the XDP filter saw on an interface",
+        &["interface"],
+    );
+    let if_dropped = counter(
+        "dots_xdp_dropped_packets_total",
+        "Packets the XDP filter dropped on an interface",
+        &["interface"],
+    );
+    let if_unparsed = counter(
+        "dots_xdp_parse_errors_total",
+        "Packets whose headers could not be parsed (passed on)",
+        &["interface"],
+    );
+
+    let views = engine.views(now);
+    for v in &views {
+        by_status
+            .with_label_values(&[&(v.status as u8).to_string()])
+            .inc();
+    }
+    for (client, mid, v) in limit_series(views, limit) {
+        let l = [client.as_str(), mid.as_str()];
+        if let Some(s) = v.status {
+            status.with_label_values(&l).set(s as i64);
+        }
+        let c = &v.counters;
+        passed_p.with_label_values(&l).inc_by(c.passed.packets);
+        passed_b.with_label_values(&l).inc_by(c.passed.bytes);
+        accepted_p.with_label_values(&l).inc_by(c.accepted.packets);
+        limited_p
+            .with_label_values(&l)
+            .inc_by(c.rate_limited().packets);
+        for reason in DropReason::ALL {
+            let d = c.dropped(reason);
+            let lr = [l[0], l[1], reason.label()];
+            dropped_p.with_label_values(&lr).inc_by(d.packets);
+            dropped_b.with_label_values(&lr).inc_by(d.bytes);
+        }
+        for (name, matched) in &v.acl {
+            let la = [l[0], l[1], name.as_str()];
+            acl_p.with_label_values(&la).inc_by(matched.packets);
+            acl_b.with_label_values(&la).inc_by(matched.bytes);
+        }
+    }
+    for (name, used, capacity) in engine.mitigator().occupancy() {
+        map_used.with_label_values(&[name]).set(used as i64);
+        map_cap.with_label_values(&[name]).set(capacity as i64);
+    }
+    for (name, s) in engine.mitigator().interfaces() {
+        if_rx_p.with_label_values(&[&name]).inc_by(s.rx.packets);
+        if_rx_b.with_label_values(&[&name]).inc_by(s.rx.bytes);
+        if_dropped.with_label_values(&[&name]).inc_by(s.dropped);
+        if_unparsed
+            .with_label_values(&[&name])
+            .inc_by(s.parse_errors);
+    }
+    r.gather()
+}
+
+/// What one (client, mid) series shows: status (None for a sum) and counters.
+#[derive(Default)]
+struct Series {
+    status: Option<crate::signal::message::Status>,
+    counters: MitigationCounters,
+    acl: Vec<(String, Counter)>,
+}
+
+/// Series per installed mitigation: the `limit` that dropped most keep their own; the
+/// rest are summed per client under mid "other" (their ACL entries are not itemised).
+fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String, Series)> {
+    let mut live: Vec<(MitigationView, MitigationCounters)> = views
+        .into_iter()
+        .filter_map(|v| {
+            let c = v.counters.clone()?;
+            Some((v, c))
+        })
+        .collect();
+    live.sort_by_key(|(v, c)| (std::cmp::Reverse(c.dropped_total().packets), v.mid));
+    let mut out: Vec<(String, String, Series)> = Vec::new();
+    let mut others: std::collections::BTreeMap<String, MitigationCounters> = Default::default();
+    for (i, (v, c)) in live.into_iter().enumerate() {
+        if i < limit {
+            let acl = v
+                .acl_names
+                .iter()
+                .zip(c.acl.iter())
+                .map(|(n, a)| (n.clone(), a.matched))
+                .collect();
+            out.push((
+                v.client,
+                v.mid.to_string(),
+                Series {
+                    status: Some(v.status),
+                    counters: c,
+                    acl,
+                },
+            ));
+        } else {
+            let sum = others.entry(v.client).or_default();
+            sum.passed.add(&c.passed);
+            sum.accepted.add(&c.accepted);
+            for (s, d) in sum.dropped.iter_mut().zip(c.dropped.iter()) {
+                s.add(d);
+            }
+        }
+    }
+    for (client, counters) in others {
+        out.push((
+            client,
+            "other".into(),
+            Series {
+                counters,
+                ..Series::default()
+            },
+        ));
+    }
+    out
+}
+
+/// Serves `GET /metrics` over HTTP/1.1 until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: crate::server::SharedEngine,
+    per_mitigation_limit: usize,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Response, StatusCode};
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("metrics accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let engine = engine.clone();
+                async move {
+                    let reply = |code: StatusCode, body: String| {
+                        Response::builder()
+                            .status(code)
+                            .header("content-type", "text/plain; charset=utf-8")
+                            .body(Full::new(Bytes::from(body)))
+                    };
+                    if req.uri().path() != "/metrics" {
+                        return reply(StatusCode::NOT_FOUND, "metrics are at /metrics\n".into());
+                    }
+                    if req.method() != Method::GET && req.method() != Method::HEAD {
+                        return reply(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "/metrics takes GET\n".into(),
+                        );
+                    }
+                    let text = render(
+                        &*engine.lock().await,
+                        crate::server::now(),
+                        per_mitigation_limit,
+                    );
+                    Response::builder()
+                        .header("content-type", prometheus::TEXT_FORMAT)
+                        .body(Full::new(Bytes::from(text)))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!("metrics {peer}: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::signal::engine::ClientPolicy;
+    use crate::signal::message::{Lifetime, Scope};
+
+    fn engine_with(n: u32) -> Engine<MemoryMitigator> {
+        let mut e = Engine::new(
+            MemoryMitigator::new(),
+            vec![ClientPolicy {
+                name: "client-a".into(),
+                prefixes: vec!["198.51.100.0/24".parse().unwrap()],
+                countermeasures: Countermeasures::default(),
+                allow_indefinite: false,
+                max_lifetime: 86_400,
+            }],
+        );
+        for mid in 1..=n {
+            let target = format!("198.51.100.{mid}/32").parse().unwrap();
+            e.put(
+                "client-a",
+                "cu-a",
+                mid,
+                Scope::new(vec![target], Lifetime::Seconds(600)),
+                false,
+                0,
+            )
+            .unwrap();
+        }
+        e
+    }
+
+    fn set_drops(e: &mut Engine<MemoryMitigator>, id: u64, reason: DropReason, packets: u64) {
+        let mut c = MitigationCounters::default();
+        c.dropped[reason as usize] = Counter {
+            packets,
+            bytes: packets * 60,
+        };
+        c.passed = Counter {
+            packets: 7,
+            bytes: 700,
+        };
+        assert!(e.mitigator_mut().set_counters(id, c));
+    }
+
+    #[test]
+    fn exposition_names_units_and_reasons() {
+        let mut e = engine_with(2);
+        let ids = e.mitigator().installed();
+        set_drops(&mut e, ids[0], DropReason::AmplificationPort, 1000);
+        set_drops(&mut e, ids[1], DropReason::SynRate, 5);
+        let text = render(&e, 1, 100);
+        for line in [
+            "dots_mitigation_dropped_packets_total{client=\"client-a\",mid=\"1\",reason=\"amplification_port\"} 1000",
+            "dots_mitigation_dropped_bytes_total{client=\"client-a\",mid=\"1\",reason=\"amplification_port\"} 60000",
+            "dots_mitigation_rate_limited_packets_total{client=\"client-a\",mid=\"2\"} 5",
+            "dots_mitigation_passed_packets_total{client=\"client-a\",mid=\"1\"} 7",
+            "dots_mitigation_status{client=\"client-a\",mid=\"1\"} 2",
+            "dots_mitigations{status=\"2\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        // A withdrawn-and-ended mitigation has no series left.
+        e.delete("cu-a", 1, 1);
+        e.tick(200);
+        let text = render(&e, 200, 100);
+        assert!(!text.contains("mid=\"1\",reason"), "{text}");
+        assert!(text.contains("dots_mitigations{status=\"6\"} 1"));
+    }
+
+    #[test]
+    fn cardinality_is_capped() {
+        let mut e = engine_with(50);
+        let ids = e.mitigator().installed();
+        for (i, id) in ids.iter().enumerate() {
+            set_drops(&mut e, *id, DropReason::DropList, 100 + i as u64);
+        }
+        let text = render(&e, 1, 10);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("dots_mitigation_passed_packets_total{"))
+            .count();
+        assert_eq!(series, 11, "10 mitigations and one sum");
+        // The sum carries the other 40: 40 x 7 packets passed.
+        assert!(text.contains(
+            "dots_mitigation_passed_packets_total{client=\"client-a\",mid=\"other\"} 280"
+        ));
+        // The ones kept are those that dropped most.
+        assert!(text.contains("mid=\"50\",reason=\"drop_list\"} 149"));
+    }
+
+    #[test]
+    fn requests_are_counted_by_operation_and_code() {
+        let mut req = Packet::new();
+        req.header.code = MessageClass::Request(RequestType::Put);
+        for s in [".well-known", "dots", "mitigate", "cuid=x", "mid=1"] {
+            req.add_option(coap_lite::CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        req.add_option(coap_lite::CoapOption::IfMatch, Vec::new());
+        let mut resp = Packet::new();
+        resp.header.code = MessageClass::Response(coap_lite::ResponseType::Changed);
+        let before = SIGNAL
+            .requests
+            .with_label_values(&["mitigate_efficacy", "2.04"])
+            .get();
+        SIGNAL.request(&req, &Reply::Response(resp), Instant::now());
+        assert_eq!(
+            SIGNAL
+                .requests
+                .with_label_values(&["mitigate_efficacy", "2.04"])
+                .get(),
+            before + 1
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! End to end: a real Prometheus server (Debian's `prometheus`) scrapes the agent's
+//! `/metrics` while an attack is dropped by the XDP filter on a veth pair; a query through
+//! Prometheus' HTTP API shows a non-zero drop rate for the mitigation, and the dropped
+//! packets Prometheus last scraped equal the pkts-dropped of the DOTS mitigation status.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coap_lite::RequestType;
+use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
+use dots_agent::signal::message::{self, Lifetime, Scope};
+use dots_e2e::dots::{attack, connect, in_ns, start_server};
+use dots_e2e::{Netns, PinRoot, VethPair};
+
+const SERVER_IP: &str = "192.0.2.2";
+const METRICS: &str = "127.0.0.1:9464";
+const PROMETHEUS: &str = "127.0.0.1:9090";
+
+/// Prometheus running inside a namespace, killed on drop.
+struct Prometheus(Child);
+
+impl Prometheus {
+    fn start(ns: &Netns, dir: &Path) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: dots-agent\n    static_configs:\n      - targets: ['{METRICS}']\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus (scripts/setup.sh installs Debian's package)");
+        Prometheus(child)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` from `addr` inside `ns` (HTTP/1.1, connection closed after the answer):
+/// the status code and the body, or None if nothing answers.
+fn http_get(ns: &Netns, addr: &'static str, path: String) -> Option<(u16, String)> {
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        // Prometheus answers queries with a content length; chunked bodies are not expected.
+        Some((code, body.to_string()))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The value of a PromQL instant query whose result is one sample (None: no sample).
+fn query(ns: &Netns, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (code, body) = http_get(ns, PROMETHEUS, format!("/api/v1/query?query={encoded}"))?;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("Prometheus answers JSON");
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Polls `f` every 500 ms for up to `limit`.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+#[test]
+fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
+    let pair = VethPair::new("pm");
+    pair.a
+        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
+    pair.b
+        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PinRoot::new("prom");
+    dots_agent::pki::init(
+        dir.path(),
+        "dots.example",
+        &[SERVER_IP.parse().unwrap()],
+        &["client-a".into()],
+    )
+    .unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[signal]
+listen = ["{SERVER_IP}:4646"]
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state"
+[datapath]
+interfaces = ["{}"]
+xdp_mode = "native"
+pin_root = "{}"
+[metrics]
+listen = ["{METRICS}"]
+[[client]]
+name = "client-a"
+prefixes = ["198.51.100.0/24"]
+"#,
+            pair.b_if,
+            pins.0.display()
+        ),
+    )
+    .unwrap();
+    let (server, stop) = start_server(&pair.b, &config);
+    let prometheus = Prometheus::start(&pair.b, dir.path());
+
+    let client = ClientConfig {
+        server: format!("{SERVER_IP}:4646"),
+        transport: TransportChoice::Dtls,
+        server_name: "dots.example".into(),
+        tls: ClientTls {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("client-a.pem"),
+            key: dir.path().join("client-a.key"),
+        },
+    };
+    let ask = |method: RequestType, body: Option<Vec<u8>>| {
+        let cfg = client.clone();
+        in_ns(&pair.a, move |rt| {
+            rt.block_on(async {
+                let mut s = connect(&cfg).await;
+                let path = vec![
+                    "mitigate".into(),
+                    format!("cuid={}", s.cuid()),
+                    "mid=1".into(),
+                ];
+                s.request(method, &path, body, false).await.unwrap()
+            })
+        })
+    };
+    let body = message::encode_mitigation_request(&Scope::new(
+        vec!["198.51.100.0/24".parse().unwrap()],
+        Lifetime::Seconds(600),
+    ));
+    assert_eq!(code_text(&ask(RequestType::Put, Some(body))), "2.01");
+
+    // Prometheus is up and has scraped the agent at least once.
+    wait_for(Duration::from_secs(30), || {
+        query(&pair.b, "up{job=\"dots-agent\"}").filter(|v| *v == 1.0)
+    })
+    .expect("Prometheus scrapes the agent within 30 s");
+
+    // NTP reflection at 5,000 packets/s for up to 5 s: dropped by the amplification
+    // countermeasure.
+    let arrived = dots_e2e::dots::arrived(&attack(&pair, 30_000, 5_000));
+    assert_eq!(arrived, 0, "the attack is dropped");
+    let rate = query(
+        &pair.b,
+        "sum(rate(dots_mitigation_dropped_packets_total{client=\"client-a\",mid=\"1\",reason=\"amplification_port\"}[10s]))",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        rate > 0.0,
+        "Prometheus shows a drop rate for the mitigation (got {rate})"
+    );
+
+    // After the attack, once Prometheus has scraped again, its total equals the status'.
+    let status = ask(RequestType::Get, None);
+    let v = dots_agent::signal::diag::to_json(
+        &dots_agent::signal::cbor::parse(&status.payload).unwrap(),
+    );
+    let dots_dropped = v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"]
+        .as_u64()
+        .expect("pkts-dropped in the status");
+    // The sender stops after 5 s however far it got; everything it sent was dropped.
+    assert!(dots_dropped >= 10_000, "pkts-dropped {dots_dropped}");
+    let scraped = wait_for(Duration::from_secs(10), || {
+        query(
+            &pair.b,
+            "sum(dots_mitigation_dropped_packets_total{client=\"client-a\",mid=\"1\"})",
+        )
+        .filter(|v| *v as u64 == dots_dropped)
+    });
+    assert_eq!(
+        scraped.map(|v| v as u64),
+        Some(dots_dropped),
+        "Prometheus' figure is the status' pkts-dropped"
+    );
+    println!("drop rate seen by Prometheus: {rate:.0} packets/s; dropped: {dots_dropped}");
+
+    drop(prometheus);
+    let _ = stop.send(());
+    server.join().unwrap().unwrap();
+}
