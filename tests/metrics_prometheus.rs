@@ -228,6 +228,53 @@ prefixes = ["198.51.100.0/24"]
     );
     println!("drop rate seen by Prometheus: {rate:.0} packets/s; dropped: {dots_dropped}");
 
+    // Every query of the Grafana dashboard is valid PromQL for this Prometheus and names
+    // metrics the agent exposes (ACL entries aside: this mitigation has none).
+    let (code, exposition) = http_get(&pair.b, METRICS, "/metrics".into()).expect("/metrics");
+    assert_eq!(code, 200);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../dashboards/dots-agent.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "10s");
+            let encoded: String = expr
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let (code, body) = http_get(
+                &pair.b,
+                PROMETHEUS,
+                format!("/api/v1/query?query={encoded}"),
+            )
+            .expect("Prometheus answers");
+            assert_eq!(code, 200, "{expr}: {body}");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("dots_") && !w.starts_with("dots_acl_entry_"))
+            {
+                assert!(
+                    exposition.contains(&format!("\n{name}")),
+                    "the dashboard uses {name}, which /metrics does not expose"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} dashboard queries");
+
     drop(prometheus);
     let _ = stop.send(());
     server.join().unwrap().unwrap();
