@@ -1,4 +1,5 @@
-//! CBOR bodies as JSON with the YANG names (RFC 9132 keys), for people and logs.
+//! CBOR bodies as JSON with the YANG names (RFC 9132 and RFC 9244 keys), for people and
+//! logs.
 
 use ciborium::value::Value;
 use serde_json::{Map, Value as Json};
@@ -45,7 +46,7 @@ pub fn to_json(v: &Value) -> Json {
                         let n = i128::from(*i);
                         u64::try_from(n)
                             .ok()
-                            .and_then(key_name)
+                            .and_then(|k| key_name(k).or_else(|| super::telemetry::key_name(k)))
                             .map(String::from)
                             .unwrap_or_else(|| n.to_string())
                     }

@@ -1,9 +1,7 @@
-//! The DOTS signal channel's protocol core (RFC 9132), free of I/O: CBOR encoding with the
-//! comprehension rules, typed message bodies, and resource paths. Transports (DTLS, TLS with
-//! RFC 8323 framing) and the session/mitigation engine build on this.
-//!
-//! Status: message model, paths and the mitigation engine; the CoAP handler, transports,
-//! session configuration and heartbeats, the store and the client are the rest of issue 3.
+//! The DOTS signal channel's protocol core (RFC 9132, RFC 9244 telemetry), free of I/O:
+//! CBOR encoding with the comprehension rules, typed message bodies, resource paths, the
+//! mitigation engine and the CoAP handler. The transports (`server`, `client`) and the
+//! store build on this.
 
 pub mod cbor;
 pub mod coap_tcp;
@@ -12,4 +10,5 @@ pub mod engine;
 pub mod handler;
 pub mod message;
 pub mod session_config;
+pub mod telemetry;
 pub mod uri;
