@@ -50,6 +50,11 @@ impl Store {
                 path.display()
             ),
         }
+        // Added after schema 1 shipped; a new table needs no migration.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+        )
+        .with_context(|| format!("creating the telemetry table in {}", path.display()))?;
         Ok(Store { conn })
     }
 
@@ -97,36 +102,62 @@ impl Store {
     }
 
     pub fn put_config<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
+        self.put_client_doc("session_config", client, doc)
+    }
+
+    pub fn delete_config(&self, client: &str) -> Result<()> {
+        self.delete_client_doc("session_config", client)
+    }
+
+    pub fn configs<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        self.client_docs("session_config")
+    }
+
+    /// A client's telemetry setup (RFC 9244 §7: kept across sessions and restarts).
+    pub fn put_telemetry<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
+        self.put_client_doc("telemetry_setup", client, doc)
+    }
+
+    pub fn delete_telemetry(&self, client: &str) -> Result<()> {
+        self.delete_client_doc("telemetry_setup", client)
+    }
+
+    pub fn telemetry<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        self.client_docs("telemetry_setup")
+    }
+
+    // One JSON document per client in `table` (a name from this file, never from input).
+    fn put_client_doc<T: Serialize>(&self, table: &str, client: &str, doc: &T) -> Result<()> {
         let json = serde_json::to_string(doc)?;
         self.conn.execute(
-            "INSERT INTO session_config (client, doc) VALUES (?1, ?2)
-             ON CONFLICT (client) DO UPDATE SET doc = excluded.doc",
+            &format!(
+                "INSERT INTO {table} (client, doc) VALUES (?1, ?2)
+                 ON CONFLICT (client) DO UPDATE SET doc = excluded.doc"
+            ),
             params![client, json],
         )?;
         Ok(())
     }
 
-    pub fn delete_config(&self, client: &str) -> Result<()> {
+    fn delete_client_doc(&self, table: &str, client: &str) -> Result<()> {
         self.conn.execute(
-            "DELETE FROM session_config WHERE client = ?1",
+            &format!("DELETE FROM {table} WHERE client = ?1"),
             params![client],
         )?;
         Ok(())
     }
 
-    pub fn configs<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+    fn client_docs<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<(String, T)>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT client, doc FROM session_config")?;
+            .prepare(&format!("SELECT client, doc FROM {table}"))?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (client, doc) = row?;
             match serde_json::from_str(&doc) {
                 Ok(d) => out.push((client, d)),
-                Err(e) => tracing::error!(
-                    "stored session configuration of {client} is unreadable, skipped: {e}"
-                ),
+                Err(e) => tracing::error!("stored {table} of {client} is unreadable, skipped: {e}"),
             }
         }
         Ok(out)
@@ -151,12 +182,22 @@ mod tests {
             s.delete_mitigation("cu", 2).unwrap();
             s.put_config("client-a", &serde_json::json!({"sid": 5}))
                 .unwrap();
+            s.put_telemetry("client-a", &serde_json::json!({"pipes": 1}))
+                .unwrap();
+            s.put_telemetry("client-b", &serde_json::json!({"pipes": 2}))
+                .unwrap();
+            s.delete_telemetry("client-b").unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let m: Vec<(String, u32, serde_json::Value)> = s.mitigations().unwrap();
         assert_eq!(m, vec![("cu".to_string(), 1, serde_json::json!({"a": 2}))]);
         let c: Vec<(String, serde_json::Value)> = s.configs().unwrap();
         assert_eq!(c[0].1["sid"], 5);
+        let t: Vec<(String, serde_json::Value)> = s.telemetry().unwrap();
+        assert_eq!(
+            t,
+            vec![("client-a".into(), serde_json::json!({"pipes": 1}))]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::message::{
     AclActivation, ActivationType, Lifetime, MitigationStatus, Redirect, Scope, Status,
 };
 use super::session_config::{self, ConfigError, SessionConfig};
+use super::telemetry::{self, TelemetryError, TelemetrySetup};
 use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
 use crate::store::Store;
 
@@ -165,6 +166,8 @@ pub struct Engine<M: Mitigator> {
     attack_quiet: u64,
     /// Send every client elsewhere (RFC 9132 §4.6), for this many seconds (Max-Age).
     redirect: Option<(Redirect, u32)>,
+    /// Telemetry setup per configured client (RFC 9244 §7).
+    telemetry: BTreeMap<String, TelemetrySetup>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -299,6 +302,7 @@ impl<M: Mitigator> Engine<M> {
             store: None,
             attack_quiet: ATTACK_QUIET_DEFAULT,
             redirect: None,
+            telemetry: BTreeMap::new(),
         }
     }
 
@@ -333,6 +337,8 @@ impl<M: Mitigator> Engine<M> {
         let records: Vec<(String, u32, Record)> = store.mitigations()?;
         let configs: Vec<(String, SessionConfig)> = store.configs()?;
         self.configs = configs.into_iter().collect();
+        let telemetry: Vec<(String, TelemetrySetup)> = store.telemetry()?;
+        self.telemetry = telemetry.into_iter().collect();
         let mut restored = 0;
         for (cuid, mid, record) in records {
             let (client, mut m) = record.mitigation();
@@ -633,7 +639,7 @@ impl<M: Mitigator> Engine<M> {
                     upper: r.upper,
                 })
                 .collect(),
-            countermeasures: policy.countermeasures.clone(),
+            countermeasures: self.countermeasures(policy),
             ..MitigationSpec::new(m.datapath_id, m.scope.target_prefix.clone())
         };
         self.mitigator.install(&spec).map_err(|e| match e {
@@ -654,6 +660,128 @@ impl<M: Mitigator> Engine<M> {
             ..Activity::default()
         };
         Ok(())
+    }
+
+    /// The client's countermeasures: its policy, with the scope-wide cap lowered to the
+    /// pipe capacity it told us (RFC 9244 §7.2), so cleaned traffic fits its link.
+    fn countermeasures(&self, policy: &ClientPolicy) -> Countermeasures {
+        let mut c = policy.countermeasures.clone();
+        let pipe = self
+            .telemetry
+            .get(&policy.name)
+            .and_then(|t| t.pipe_bytes_per_second());
+        if let Some(bps) = pipe {
+            if c.scope_bps.is_none_or(|r| r.rate > bps) {
+                c.scope_bps = Some(crate::datapath::Rate::new(bps));
+            }
+        }
+        c
+    }
+
+    /// Installs the client's active mitigations again (their countermeasures changed).
+    fn reinstall_client(&mut self, client: &str, now: u64) {
+        let Some(policy) = self.policies.get(client).cloned() else {
+            return;
+        };
+        let active: Vec<(String, u32)> = self
+            .clients
+            .iter()
+            .filter(|(_, (c, _))| c == client)
+            .flat_map(|(cuid, (_, mits))| {
+                mits.iter()
+                    .filter(|(_, m)| m.installed)
+                    .map(|(mid, _)| (cuid.clone(), *mid))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (cuid, mid) in active {
+            let mut m = self.clients[&cuid].1[&mid].clone();
+            let (status, start) = (m.status, m.start);
+            // Same datapath id: replaced atomically, counters kept.
+            match self.install(&mut m, &policy, now) {
+                Ok(()) => {
+                    m.status = status;
+                    m.start = start;
+                }
+                Err(r) => tracing::error!("mitigation {mid} of {cuid}: new policy refused: {r:?}"),
+            }
+            self.clients
+                .get_mut(&cuid)
+                .expect("present")
+                .1
+                .insert(mid, m);
+        }
+    }
+
+    /// GET /tm-setup/cuid[/tsid]: the server's limits and the client's setup.
+    pub fn tm_setup_get(&self, client: &str, tsid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+        let setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        if let Some(t) = tsid {
+            if !setup.has(t) {
+                return Err(Refusal::NotFound(format!("no telemetry setup {t}")));
+            }
+        }
+        Ok(setup.encode_get(tsid))
+    }
+
+    /// PUT /tm-setup/cuid/tsid: Ok(true) for a new tsid (2.01). A pipe capacity becomes the
+    /// scope-wide cap of the client's mitigations at once.
+    pub fn tm_setup_put(
+        &mut self,
+        client: &str,
+        tsid: u32,
+        body: &[u8],
+        now: u64,
+    ) -> Result<bool, Refusal> {
+        let item = telemetry::decode_setup_put(body).map_err(telemetry_refusal)?;
+        let pipes = matches!(item, telemetry::SetupItem::Pipes(_));
+        let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        let created = setup.put(tsid, item).map_err(telemetry_refusal)?;
+        self.set_telemetry(client, setup);
+        if pipes {
+            self.reinstall_client(client, now);
+        }
+        Ok(created)
+    }
+
+    /// DELETE /tm-setup/cuid[/tsid]: what that tsid set (or everything) is forgotten.
+    pub fn tm_setup_delete(&mut self, client: &str, tsid: Option<u32>, now: u64) {
+        let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        let had_pipes = !setup.pipes.is_empty();
+        match tsid {
+            Some(t) => setup.delete(t),
+            None => setup = TelemetrySetup::default(),
+        }
+        self.set_telemetry(client, setup);
+        if had_pipes {
+            self.reinstall_client(client, now);
+        }
+    }
+
+    /// The telemetry configuration in force for a client.
+    pub fn telemetry_config(&self, client: &str) -> telemetry::TelemetryConfig {
+        self.telemetry
+            .get(client)
+            .map(|t| t.current())
+            .unwrap_or_default()
+    }
+
+    fn set_telemetry(&mut self, client: &str, setup: TelemetrySetup) {
+        if let Some(store) = &self.store {
+            let r = if setup == TelemetrySetup::default() {
+                store.delete_telemetry(client)
+            } else {
+                store.put_telemetry(client, &setup)
+            };
+            if let Err(e) = r {
+                tracing::error!("store: telemetry setup of {client}: {e:#}");
+            }
+        }
+        if setup == TelemetrySetup::default() {
+            self.telemetry.remove(client);
+        } else {
+            self.telemetry.insert(client.to_string(), setup);
+        }
     }
 
     /// Takes a mitigation's rules out of the datapath, keeping the request.
@@ -1161,6 +1289,13 @@ impl<M: Mitigator> Engine<M> {
                 tracing::error!("store: session configuration of {client}: {e:#}");
             }
         }
+    }
+}
+
+fn telemetry_refusal(e: TelemetryError) -> Refusal {
+    match e {
+        TelemetryError::Bad(t) => Refusal::BadRequest(t),
+        TelemetryError::Unacceptable(t) => Refusal::Unprocessable(t),
     }
 }
 

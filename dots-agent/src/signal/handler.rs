@@ -445,13 +445,52 @@ pub fn handle<M: Mitigator>(
             ResponseType::MethodNotAllowed,
             "config takes GET, PUT and DELETE",
         )),
-        (Resource::TelemetrySetup { .. }, _) | (Resource::Telemetry { .. }, _) => {
+        (Resource::TelemetrySetup { cuid, .. }, _) | (Resource::Telemetry { cuid, .. }, _)
+            if cuid != peer.cuid =>
+        {
             Reply::Response(diagnostic(
                 req,
-                ResponseType::NotImplemented,
-                "telemetry is not served yet",
+                ResponseType::Forbidden,
+                "the cuid in the path is not this client's",
             ))
         }
+        (Resource::TelemetrySetup { tsid, .. }, RequestType::Get) => {
+            match engine.tm_setup_get(client, tsid) {
+                Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+                Err(r) => Reply::Response(refusal(req, r)),
+            }
+        }
+        (
+            Resource::TelemetrySetup {
+                tsid: Some(tsid), ..
+            },
+            RequestType::Put,
+        ) => match engine.tm_setup_put(client, tsid, &req.payload, now) {
+            Ok(true) => Reply::Response(response(req, ResponseType::Created, Vec::new(), false)),
+            Ok(false) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
+        (Resource::TelemetrySetup { tsid: None, .. }, RequestType::Put) => {
+            Reply::Response(diagnostic(
+                req,
+                ResponseType::BadRequest,
+                "tsid is required in the path",
+            ))
+        }
+        (Resource::TelemetrySetup { tsid, .. }, RequestType::Delete) => {
+            engine.tm_setup_delete(client, tsid, now);
+            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+        }
+        (Resource::TelemetrySetup { .. }, _) => Reply::Response(diagnostic(
+            req,
+            ResponseType::MethodNotAllowed,
+            "tm-setup takes GET, PUT and DELETE",
+        )),
+        (Resource::Telemetry { .. }, _) => Reply::Response(diagnostic(
+            req,
+            ResponseType::NotImplemented,
+            "pre-mitigation telemetry (tm) is not served yet",
+        )),
     }
 }
 
@@ -852,6 +891,99 @@ mod tests {
             statuses,
             vec![7, 7, 7, 7, 8],
             "withdrawn four times, then armed"
+        );
+    }
+
+    #[test]
+    fn a_pipe_capacity_from_telemetry_setup_caps_the_clients_mitigations() {
+        use ciborium::value::Value;
+        let mut e = engine();
+        let mitigate = [
+            ".well-known",
+            "dots",
+            "mitigate",
+            &format!("cuid={CUID}"),
+            "mid=1",
+        ];
+        let mitigate: Vec<&str> = mitigate.iter().map(|s| s.as_ref()).collect();
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Put, &mitigate, FIG8),
+            0,
+        );
+        assert_eq!(code(&r), ResponseType::Created);
+        let id = e.mitigator().installed()[0];
+        assert_eq!(
+            e.mitigator().spec(id).unwrap().countermeasures.scope_bps,
+            None
+        );
+        let cuid = format!("cuid={CUID}");
+        let setup =
+            |tsid: &'static str| vec![".well-known", "dots", "tm-setup", cuid.as_str(), tsid];
+        // 100 megabit/s (unit 8) on the client's uplink.
+        let pipe = cbor::encode(&cbor::map(vec![(
+            203,
+            cbor::map(vec![(
+                129,
+                Value::Array(vec![cbor::map(vec![(
+                    136,
+                    Value::Array(vec![cbor::map(vec![
+                        (137, Value::Text("uplink".into())),
+                        (134, uint(8)),
+                        (190, uint(100)),
+                    ])]),
+                )])]),
+            )]),
+        )]));
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Put, &setup("tsid=1"), &pipe),
+            1,
+        );
+        assert_eq!(code(&r), ResponseType::Created);
+        let cap = e.mitigator().spec(id).unwrap().countermeasures.scope_bps;
+        assert_eq!(
+            cap.map(|r| r.rate),
+            Some(12_500_000),
+            "100 Mbit/s in bytes/s"
+        );
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Get, &setup("tsid=1"), &[]),
+            2,
+        );
+        assert_eq!(code(&r), ResponseType::Content);
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Get, &setup("tsid=9"), &[]),
+            2,
+        );
+        assert_eq!(code(&r), ResponseType::NotFound);
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Put, &setup("tsid=2"), b"\xa0"),
+            3,
+        );
+        assert_eq!(code(&r), ResponseType::BadRequest);
+        let mut wrong = setup("tsid=3");
+        wrong[3] = "cuid=someone-else";
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &wrong, &pipe), 3);
+        assert_eq!(code(&r), ResponseType::Forbidden);
+        let r = handle(
+            &mut e,
+            &PEER,
+            &request(RequestType::Delete, &setup("tsid=1"), &[]),
+            4,
+        );
+        assert_eq!(code(&r), ResponseType::Deleted);
+        assert_eq!(
+            e.mitigator().spec(id).unwrap().countermeasures.scope_bps,
+            None
         );
     }
 
