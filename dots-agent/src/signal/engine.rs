@@ -168,6 +168,18 @@ pub struct Engine<M: Mitigator> {
     redirect: Option<(Redirect, u32)>,
     /// Telemetry setup per configured client (RFC 9244 §7).
     telemetry: BTreeMap<String, TelemetrySetup>,
+    /// Rates measured for mitigation-status telemetry, by datapath id (only for clients
+    /// that asked for server-originated telemetry; not stored).
+    measured: std::collections::HashMap<u64, Measured>,
+}
+
+/// Traffic to a mitigation's targets (in scope) and the dropped part, sampled at the
+/// client's measurement-sample period over its measurement interval.
+struct Measured {
+    total: telemetry::RateSeries,
+    attack: telemetry::RateSeries,
+    /// The last reading: time, in-scope and dropped counters.
+    last: (u64, xdp_common::Counter, xdp_common::Counter),
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -303,6 +315,7 @@ impl<M: Mitigator> Engine<M> {
             attack_quiet: ATTACK_QUIET_DEFAULT,
             redirect: None,
             telemetry: BTreeMap::new(),
+            measured: Default::default(),
         }
     }
 
@@ -784,6 +797,70 @@ impl<M: Mitigator> Engine<M> {
         }
     }
 
+    /// Samples traffic rates of the installed mitigations of clients that asked for
+    /// server-originated telemetry, at their measurement-sample period.
+    fn measure(&mut self, now: u64) {
+        let mut live = std::collections::HashSet::new();
+        for (client, mits) in self.clients.values() {
+            let Some(config) = self
+                .telemetry
+                .get(client)
+                .map(|t| t.current())
+                .filter(|c| c.server_originated)
+            else {
+                continue;
+            };
+            for m in mits.values().filter(|m| m.installed) {
+                live.insert(m.datapath_id);
+                let Ok(Some(c)) = self.mitigator.counters(m.datapath_id) else {
+                    continue;
+                };
+                let (in_scope, dropped) = (c.in_scope, c.dropped_total());
+                let entry = self
+                    .measured
+                    .entry(m.datapath_id)
+                    .or_insert_with(|| Measured {
+                        total: telemetry::RateSeries::new(config.samples()),
+                        attack: telemetry::RateSeries::new(config.samples()),
+                        last: (now, in_scope, dropped),
+                    });
+                let (then, t0, d0) = entry.last;
+                let elapsed = now.saturating_sub(then);
+                if elapsed < config.sample_seconds() {
+                    continue;
+                }
+                entry.total.capacity = config.samples();
+                entry.attack.capacity = config.samples();
+                entry.total.push(
+                    in_scope.packets.saturating_sub(t0.packets) / elapsed,
+                    in_scope.bytes.saturating_sub(t0.bytes) / elapsed,
+                );
+                entry.attack.push(
+                    dropped.packets.saturating_sub(d0.packets) / elapsed,
+                    dropped.bytes.saturating_sub(d0.bytes) / elapsed,
+                );
+                entry.last = (now, in_scope, dropped);
+            }
+        }
+        self.measured.retain(|id, _| live.contains(id));
+    }
+
+    /// Mitigation-status telemetry of an installed mitigation, if its client asked for it.
+    fn status_telemetry(&self, client: &str, m: &Mitigation) -> Option<telemetry::StatusTelemetry> {
+        let config = self.telemetry.get(client)?.current();
+        if !config.server_originated || !m.installed {
+            return None;
+        }
+        let measured = self.measured.get(&m.datapath_id)?;
+        let classes = config.classes();
+        Some(telemetry::StatusTelemetry {
+            total: measured.total.traffic(&classes, &config.percentiles),
+            attack: measured.attack.traffic(&classes, &config.percentiles),
+            talkers: Vec::new(),
+            attack_start: m.activity.last_drop_at.and(m.start),
+        })
+    }
+
     /// Takes a mitigation's rules out of the datapath, keeping the request.
     fn uninstall(&mut self, cuid: &str, mid: u32) {
         let Some(m) = self
@@ -955,6 +1032,7 @@ impl<M: Mitigator> Engine<M> {
                 }
             }
         }
+        self.measure(now);
         let mut ended = Vec::new();
         for (cuid, mid, what) in due {
             match what {
@@ -1184,6 +1262,7 @@ impl<M: Mitigator> Engine<M> {
         now: u64,
     ) -> Result<Vec<MitigationStatus>, Refusal> {
         let mits = self.clients.get(cuid).map(|(_, m)| m);
+        let client = self.clients.get(cuid).map(|(c, _)| c.as_str());
         let selected: Vec<(u32, &Mitigation)> = match (mits, mid) {
             (Some(m), Some(mid)) => m.get(&mid).map(|x| vec![(mid, x)]).unwrap_or_default(),
             (Some(m), None) => m.iter().map(|(k, v)| (*k, v)).collect(),
@@ -1222,6 +1301,7 @@ impl<M: Mitigator> Engine<M> {
                     bps_dropped: rate.map(|r| r.0),
                     pkts_dropped: dropped.map(|d| d.packets),
                     pps_dropped: rate.map(|r| r.1),
+                    telemetry: client.and_then(|c| self.status_telemetry(c, m)),
                 }
             })
             .collect())
@@ -1579,6 +1659,86 @@ mod tests {
 
     fn status_of(e: &Engine<MemoryMitigator>, mid: u32, now: u64) -> Status {
         e.status("cu-a", Some(mid), now).unwrap()[0].status
+    }
+
+    #[test]
+    fn status_telemetry_reports_percentiles_of_measured_rates() {
+        use ciborium::value::Value;
+        let mut e = engine();
+        // Server-originated telemetry in packets/s only, median and 90th percentile.
+        let config = crate::signal::cbor::encode(&crate::signal::cbor::map(vec![(
+            203,
+            crate::signal::cbor::map(vec![(
+                129,
+                Value::Array(vec![crate::signal::cbor::map(vec![(
+                    175,
+                    crate::signal::cbor::map(vec![
+                        (130, crate::signal::cbor::decimal2(0)),
+                        (
+                            133,
+                            Value::Array(vec![crate::signal::cbor::map(vec![
+                                (134, crate::signal::cbor::uint(1)),
+                                (135, Value::Bool(true)),
+                            ])]),
+                        ),
+                        (179, Value::Bool(true)),
+                    ]),
+                )])]),
+            )]),
+        )]));
+        assert_eq!(e.tm_setup_put("a", 1, &config, 0), Ok(true));
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
+            .unwrap();
+        let id = e.clients["cu-a"].1[&1].datapath_id;
+        // Ten seconds: in scope 100, 200, ... 1000 packets/s; a tenth of it dropped.
+        let (mut total, mut dropped) = (0u64, 0u64);
+        e.tick(0);
+        for t in 1..=10u64 {
+            total += 100 * t;
+            dropped += 10 * t;
+            let mut c = MitigationCounters::default();
+            c.in_scope = Counter {
+                packets: total,
+                bytes: total * 100,
+            };
+            c.dropped[0] = Counter {
+                packets: dropped,
+                bytes: dropped * 100,
+            };
+            e.mitigator.set_counters(id, c);
+            e.tick(t);
+        }
+        let st = e.status("cu-a", Some(1), 10).unwrap();
+        let t = st[0].telemetry.clone().expect("telemetry asked for");
+        let (unit, total) = t.total[0];
+        assert_eq!(unit.code(), 1, "packet-ps, three digits kept");
+        assert_eq!(
+            (total.low, total.mid, total.high, total.peak, total.current),
+            (None, Some(500), Some(900), Some(1000), Some(1000))
+        );
+        assert_eq!(t.attack[0].1.mid, Some(50));
+        assert_eq!(t.attack_start, Some(0));
+        // The encoded status carries them under the telemetry keys.
+        let body = crate::signal::message::encode_status(&st);
+        let j = crate::signal::diag::to_json(&crate::signal::cbor::parse(&body).unwrap());
+        let scope = &j["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+        assert_eq!(
+            scope["ietf-dots-telemetry:total-traffic"][0]["peak-g"],
+            1000
+        );
+        assert_eq!(
+            scope["ietf-dots-telemetry:total-attack-traffic"][0]["mid-percentile-g"],
+            50
+        );
+        // A client that did not ask gets none.
+        let mut other = engine();
+        other
+            .put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
+            .unwrap();
+        other.tick(5);
+        assert!(other.status("cu-a", Some(1), 5).unwrap()[0]
+            .telemetry
+            .is_none());
     }
 
     #[test]

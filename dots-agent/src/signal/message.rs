@@ -338,6 +338,8 @@ pub struct MitigationStatus {
     pub bps_dropped: Option<u64>,
     pub pkts_dropped: Option<u64>,
     pub pps_dropped: Option<u64>,
+    /// Mitigation-status telemetry (RFC 9244 §9.2), for clients that asked for it.
+    pub telemetry: Option<super::telemetry::StatusTelemetry>,
 }
 
 /// `{1: {2: [{5: mid, ...targets, 14: lifetime, 15?, 16, 25-28?}]}}`.
@@ -375,6 +377,9 @@ pub fn encode_status(entries: &[MitigationStatus]) -> Vec<u8> {
                     })
                     .collect();
                 e.push((53, Value::Array(list)));
+            }
+            if let Some(t) = &m.telemetry {
+                e.extend(t.entries());
             }
             cbor::map(e)
         })
@@ -613,6 +618,7 @@ mod tests {
             bps_dropped: Some(8_000),
             pkts_dropped: Some(1_000),
             pps_dropped: Some(10),
+            telemetry: None,
         };
         let v = cbor::parse(&encode_status(&[st])).unwrap();
         let text = format!("{v:?}");

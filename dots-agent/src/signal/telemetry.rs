@@ -264,6 +264,108 @@ impl Stats {
     }
 }
 
+/// Traffic in each enabled unit class (a list keyed by unit: 144, 145, 204, 205).
+pub type Traffic = Vec<(Unit, Stats)>;
+
+/// Per-second rates (packets, bytes) of one traffic aggregate, oldest first, at most
+/// `capacity` samples.
+#[derive(Clone, Debug, Default)]
+pub struct RateSeries {
+    pub samples: std::collections::VecDeque<(u64, u64)>,
+    pub capacity: usize,
+}
+
+impl RateSeries {
+    pub fn new(capacity: usize) -> Self {
+        RateSeries {
+            samples: Default::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn push(&mut self, packets_per_s: u64, bytes_per_s: u64) {
+        while self.samples.len() >= self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((packets_per_s, bytes_per_s));
+    }
+
+    /// Percentiles, peak and current in each class, each in its auto-scaled unit.
+    pub fn traffic(&self, classes: &[UnitClass], p: &PercentileSet) -> Traffic {
+        if self.samples.is_empty() {
+            return Vec::new();
+        }
+        classes
+            .iter()
+            .map(|class| {
+                let values: Vec<u64> = self.samples.iter().map(|(n, b)| class.of(*n, *b)).collect();
+                let s = stats(&values, p);
+                let unit = Unit::auto(*class, s.peak.unwrap_or(0));
+                (unit, s.scaled(unit))
+            })
+            .collect()
+    }
+}
+
+/// A source of attack traffic the datapath dropped, with its rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Talker {
+    pub source: IpNet,
+    pub attack: Traffic,
+}
+
+/// What a status reply adds for a client that asked for server-originated telemetry
+/// (RFC 9244 §9.2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusTelemetry {
+    /// All traffic to the targets in scope (204).
+    pub total: Traffic,
+    /// The part that was dropped (205).
+    pub attack: Traffic,
+    /// Top talkers among the dropped sources (in 207).
+    pub talkers: Vec<Talker>,
+    /// When the mitigation started seeing attack traffic (167).
+    pub attack_start: Option<u64>,
+}
+
+fn traffic_list(t: &Traffic) -> Value {
+    Value::Array(t.iter().map(|(u, s)| s.encode(*u)).collect())
+}
+
+impl StatusTelemetry {
+    /// The scope-entry keys: 204 total-traffic, 205 total-attack-traffic, 207
+    /// attack-detail (one entry; vendor-id 0 and attack-id 0: no vendor attack mapping is
+    /// published, RFC 9244 §8.1.6; severity unknown).
+    pub fn entries(&self) -> Vec<(u64, Value)> {
+        let mut e = Vec::new();
+        if !self.total.is_empty() {
+            e.push((204, traffic_list(&self.total)));
+        }
+        if !self.attack.is_empty() {
+            e.push((205, traffic_list(&self.attack)));
+        }
+        if !self.talkers.is_empty() {
+            let talkers = self
+                .talkers
+                .iter()
+                .map(|t| {
+                    cbor::map(vec![
+                        (185, Value::Text(t.source.to_string())),
+                        (144, traffic_list(&t.attack)),
+                    ])
+                })
+                .collect();
+            let mut detail = vec![(202, uint(0)), (164, uint(0)), (166, uint(5))];
+            if let Some(t) = self.attack_start {
+                detail.push((167, uint(t)));
+            }
+            detail.push((170, cbor::map(vec![(184, Value::Array(talkers))])));
+            e.push((207, Value::Array(vec![cbor::map(detail)])));
+        }
+        e
+    }
+}
+
 /// Measurement intervals (RFC 9244 §7.1.2), in seconds: 5 min, 10 min, 30 min, hour,
 /// day, week, month (30 days).
 pub fn interval_seconds(code: u8) -> Option<u64> {
