@@ -1696,10 +1696,12 @@ mod tests {
         for t in 1..=10u64 {
             total += 100 * t;
             dropped += 10 * t;
-            let mut c = MitigationCounters::default();
-            c.in_scope = Counter {
-                packets: total,
-                bytes: total * 100,
+            let mut c = MitigationCounters {
+                in_scope: Counter {
+                    packets: total,
+                    bytes: total * 100,
+                },
+                ..Default::default()
             };
             c.dropped[0] = Counter {
                 packets: dropped,
@@ -1721,13 +1723,13 @@ mod tests {
         // The encoded status carries them under the telemetry keys.
         let body = crate::signal::message::encode_status(&st);
         let j = crate::signal::diag::to_json(&crate::signal::cbor::parse(&body).unwrap());
-        let scope = &j["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+        let entry = &j["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
         assert_eq!(
-            scope["ietf-dots-telemetry:total-traffic"][0]["peak-g"],
+            entry["ietf-dots-telemetry:total-traffic"][0]["peak-g"],
             1000
         );
         assert_eq!(
-            scope["ietf-dots-telemetry:total-attack-traffic"][0]["mid-percentile-g"],
+            entry["ietf-dots-telemetry:total-attack-traffic"][0]["mid-percentile-g"],
             50
         );
         // A client that did not ask gets none.
