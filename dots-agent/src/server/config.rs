@@ -174,6 +174,9 @@ pub struct Client {
     pub allow_indefinite: bool,
     #[serde(default = "default_max_lifetime")]
     pub max_lifetime: u32,
+    /// Drop the top talkers this client reports in pre-mitigation telemetry (RFC 9244).
+    #[serde(default)]
+    pub drop_top_talkers: bool,
 }
 
 fn default_max_lifetime() -> u32 {
@@ -275,6 +278,15 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Clients whose reported top talkers are dropped.
+    pub fn talker_drop_clients(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .filter(|c| c.drop_top_talkers)
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     pub fn policies(&self) -> Vec<ClientPolicy> {

@@ -243,6 +243,7 @@ pub async fn run_until(
         .with_terminating_period(config.signal.terminating_seconds)
         .with_attack_quiet(config.signal.attack_quiet_seconds)
         .with_redirect(config.signal.redirect.as_ref().map(|r| r.message()))
+        .with_talker_drop(config.talker_drop_clients())
         .with_store(store, now())?;
     tracing::info!(
         "restored {restored} mitigation(s) from {}",

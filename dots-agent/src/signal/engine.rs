@@ -171,6 +171,11 @@ pub struct Engine<M: Mitigator> {
     /// Rates measured for mitigation-status telemetry, by datapath id (only for clients
     /// that asked for server-originated telemetry; not stored).
     measured: std::collections::HashMap<u64, Measured>,
+    /// Pre-mitigation telemetry per client, by tmid (RFC 9244 §8; not stored: it
+    /// describes the moment).
+    reports: BTreeMap<String, BTreeMap<u32, telemetry::PreMitigation>>,
+    /// Clients whose reported top talkers are dropped (server policy, off by default).
+    drop_talkers_of: std::collections::BTreeSet<String>,
 }
 
 /// Traffic to a mitigation's targets (in scope) and the dropped part, sampled at the
@@ -316,7 +321,16 @@ impl<M: Mitigator> Engine<M> {
             redirect: None,
             telemetry: BTreeMap::new(),
             measured: Default::default(),
+            reports: BTreeMap::new(),
+            drop_talkers_of: Default::default(),
         }
+    }
+
+    /// Drops the top talkers these clients report in pre-mitigation telemetry (sources
+    /// not marked spoofed), in their mitigations of overlapping targets.
+    pub fn with_talker_drop(mut self, clients: impl IntoIterator<Item = String>) -> Self {
+        self.drop_talkers_of = clients.into_iter().collect();
+        self
     }
 
     /// Answers every request with a redirect to another server (maintenance, load), which
@@ -653,6 +667,7 @@ impl<M: Mitigator> Engine<M> {
                 })
                 .collect(),
             countermeasures: self.countermeasures(policy),
+            drop_list: self.talkers_to_drop(&policy.name, &m.scope.target_prefix),
             ..MitigationSpec::new(m.datapath_id, m.scope.target_prefix.clone())
         };
         self.mitigator.install(&spec).map_err(|e| match e {
@@ -689,6 +704,109 @@ impl<M: Mitigator> Engine<M> {
             }
         }
         c
+    }
+
+    /// The sources a client reported as top talkers toward these targets, if the server's
+    /// policy drops them (spoofed ones are left out: their addresses are not the attackers').
+    fn talkers_to_drop(&self, client: &str, targets: &[IpNet]) -> Vec<IpNet> {
+        if !self.drop_talkers_of.contains(client) {
+            return Vec::new();
+        }
+        let mut out: Vec<IpNet> = self
+            .reports
+            .get(client)
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|r| {
+                r.targets
+                    .iter()
+                    .any(|t| targets.iter().any(|m| overlaps(t, m)))
+            })
+            .flat_map(|r| r.talkers.iter())
+            .filter(|t| t.spoofed != Some(true))
+            .map(|t| t.source)
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(telemetry::MAX_TALKERS);
+        out
+    }
+
+    /// PUT /tm/cuid/tmid: a client's pre-mitigation telemetry. A higher tmid supersedes
+    /// lower ones with overlapping targets; with the talker-drop policy, the client's
+    /// mitigations are updated at once.
+    pub fn tm_put(
+        &mut self,
+        client: &str,
+        tmid: u32,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let report = telemetry::decode_pre_mitigation(body).map_err(telemetry_refusal)?;
+        let policy = self
+            .policies
+            .get(client)
+            .ok_or_else(|| Refusal::Forbidden(format!("client {client:?} is not configured")))?;
+        if let Some(p) = report
+            .targets
+            .iter()
+            .find(|p| !policy.prefixes.iter().any(|a| a.contains(*p)))
+        {
+            return Err(Refusal::Forbidden(format!(
+                "target {p} is outside the prefixes of client {client}"
+            )));
+        }
+        let mine = self.reports.entry(client.to_string()).or_default();
+        let overlap = |a: &telemetry::PreMitigation| {
+            a.targets
+                .iter()
+                .any(|x| report.targets.iter().any(|y| overlaps(x, y)))
+        };
+        if let Some((newer, _)) = mine.iter().find(|(t, r)| **t > tmid && overlap(r)) {
+            return Err(Refusal::BadRequest(format!(
+                "tmid {tmid} is lower than {newer} for overlapping targets: use a higher tmid"
+            )));
+        }
+        mine.retain(|t, r| *t == tmid || !overlap(r));
+        mine.insert(tmid, report);
+        if self.drop_talkers_of.contains(client) {
+            self.reinstall_client(client, now);
+        }
+        Ok(())
+    }
+
+    /// GET /tm/cuid[/tmid]: the client's reports (for a client that lost its state).
+    pub fn tm_get(&self, client: &str, tmid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+        let reports: Vec<(u32, telemetry::PreMitigation)> = self
+            .reports
+            .get(client)
+            .into_iter()
+            .flat_map(|r| r.iter())
+            .filter(|(t, _)| tmid.is_none_or(|x| x == **t))
+            .map(|(t, r)| (*t, r.clone()))
+            .collect();
+        if reports.is_empty() {
+            return Err(Refusal::NotFound(match tmid {
+                Some(t) => format!("no telemetry {t}"),
+                None => "no telemetry".into(),
+            }));
+        }
+        Ok(telemetry::encode_pre_mitigation(&reports))
+    }
+
+    /// DELETE /tm/cuid[/tmid].
+    pub fn tm_delete(&mut self, client: &str, tmid: Option<u32>, now: u64) {
+        if let Some(r) = self.reports.get_mut(client) {
+            match tmid {
+                Some(t) => {
+                    r.remove(&t);
+                }
+                None => r.clear(),
+            }
+        }
+        if self.drop_talkers_of.contains(client) {
+            self.reinstall_client(client, now);
+        }
     }
 
     /// Installs the client's active mitigations again (their countermeasures changed).
@@ -1741,6 +1859,83 @@ mod tests {
         assert!(other.status("cu-a", Some(1), 5).unwrap()[0]
             .telemetry
             .is_none());
+    }
+
+    #[test]
+    fn reported_top_talkers_are_dropped_only_by_policy() {
+        use crate::signal::telemetry::{encode_pre_mitigation, PreMitigation, ReportedTalker};
+        let report_for = |target: &str, talkers: &[(&str, Option<bool>)]| {
+            let r = PreMitigation {
+                targets: vec![target.parse().unwrap()],
+                total: vec![],
+                attack: vec![],
+                talkers: talkers
+                    .iter()
+                    .map(|(s, spoofed)| ReportedTalker {
+                        source: s.parse().unwrap(),
+                        spoofed: *spoofed,
+                        attack: vec![],
+                    })
+                    .collect(),
+            };
+            // A PUT body is a GET body without the tmid (181).
+            let body = encode_pre_mitigation(&[(0, r)]);
+            let mut v = crate::signal::cbor::parse(&body).unwrap();
+            let ciborium::value::Value::Map(top) = &mut v else {
+                panic!()
+            };
+            let ciborium::value::Value::Map(tm) = &mut top[0].1 else {
+                panic!()
+            };
+            let ciborium::value::Value::Array(list) = &mut tm[0].1 else {
+                panic!()
+            };
+            let ciborium::value::Value::Map(e) = &mut list[0] else {
+                panic!()
+            };
+            e.retain(|(k, _)| *k != ciborium::value::Value::Integer(181.into()));
+            crate::signal::cbor::encode(&v)
+        };
+        let report = |talkers: &[(&str, Option<bool>)]| report_for("198.51.100.0/28", talkers);
+        for policy in [false, true] {
+            let mut e = engine();
+            if policy {
+                e = e.with_talker_drop(["a".to_string()]);
+            }
+            e.put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
+                .unwrap();
+            let id = e.clients["cu-a"].1[&1].datapath_id;
+            let body = report(&[
+                ("192.0.2.66/32", Some(false)),
+                ("192.0.2.67/32", Some(true)),
+            ]);
+            assert_eq!(e.tm_put("a", 2, &body, 1), Ok(()));
+            let drops = e.mitigator().spec(id).unwrap().drop_list.clone();
+            if policy {
+                assert_eq!(drops, vec!["192.0.2.66/32".parse::<IpNet>().unwrap()]);
+            } else {
+                assert!(drops.is_empty(), "off by default");
+            }
+            // A lower tmid for the same targets is stale; a higher one replaces it.
+            assert!(matches!(
+                e.tm_put("a", 1, &body, 2),
+                Err(Refusal::BadRequest(_))
+            ));
+            assert_eq!(
+                e.tm_put("a", 3, &report(&[("192.0.2.70/32", None)]), 3),
+                Ok(())
+            );
+            assert!(matches!(e.tm_get("a", Some(2)), Err(Refusal::NotFound(_))));
+            assert!(e.tm_get("a", Some(3)).is_ok());
+            e.tm_delete("a", None, 4);
+            assert!(e.mitigator().spec(id).unwrap().drop_list.is_empty());
+            // Targets outside the client's prefixes: 4.03.
+            let outside = report_for("203.0.113.0/28", &[("192.0.2.1/32", None)]);
+            assert!(matches!(
+                e.tm_put("a", 9, &outside, 5),
+                Err(Refusal::Forbidden(_))
+            ));
+        }
     }
 
     #[test]

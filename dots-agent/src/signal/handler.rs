@@ -486,10 +486,32 @@ pub fn handle<M: Mitigator>(
             ResponseType::MethodNotAllowed,
             "tm-setup takes GET, PUT and DELETE",
         )),
+        (
+            Resource::Telemetry {
+                tmid: Some(tmid), ..
+            },
+            RequestType::Put,
+        ) => match engine.tm_put(client, tmid, &req.payload, now) {
+            Ok(()) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
+        (Resource::Telemetry { tmid: None, .. }, RequestType::Put) => Reply::Response(diagnostic(
+            req,
+            ResponseType::BadRequest,
+            "tmid is required in the path",
+        )),
+        (Resource::Telemetry { tmid, .. }, RequestType::Get) => match engine.tm_get(client, tmid) {
+            Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
+        (Resource::Telemetry { tmid, .. }, RequestType::Delete) => {
+            engine.tm_delete(client, tmid, now);
+            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+        }
         (Resource::Telemetry { .. }, _) => Reply::Response(diagnostic(
             req,
-            ResponseType::NotImplemented,
-            "pre-mitigation telemetry (tm) is not served yet",
+            ResponseType::MethodNotAllowed,
+            "tm takes GET, PUT and DELETE",
         )),
     }
 }

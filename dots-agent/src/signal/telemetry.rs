@@ -366,6 +366,188 @@ impl StatusTelemetry {
     }
 }
 
+/// A talker a client reports (RFC 9244 §8.2): a source prefix, whether it is spoofed
+/// (None: unknown), and its attack traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedTalker {
+    pub source: IpNet,
+    pub spoofed: Option<bool>,
+    pub attack: Vec<(Unit, Stats)>,
+}
+
+/// Pre-or-ongoing-mitigation telemetry from a client (`/tm`, RFC 9244 §8): what it sees
+/// arriving at its targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreMitigation {
+    pub targets: Vec<IpNet>,
+    pub total: Vec<(Unit, Stats)>,
+    pub attack: Vec<(Unit, Stats)>,
+    pub talkers: Vec<ReportedTalker>,
+}
+
+fn traffic_of(v: Value, key: u64) -> Result<Vec<(Unit, Stats)>, TelemetryError> {
+    cbor::as_array(v, key)?
+        .into_iter()
+        .map(|e| Stats::decode(e).map_err(TelemetryError::from))
+        .collect()
+}
+
+/// At most this many talkers are kept per report.
+pub const MAX_TALKERS: usize = 64;
+
+fn decode_talkers(v: Value) -> Result<Vec<ReportedTalker>, TelemetryError> {
+    let mut out = Vec::new();
+    for detail in cbor::as_array(v, 162)? {
+        let mut d = Fields::new(detail, "attack-detail")?;
+        for k in [202, 164, 165, 166, 167, 168, 169, 210] {
+            d.take(k);
+        }
+        if let Some(tt) = d.take(170) {
+            let mut tt = Fields::new(tt, "top-talker")?;
+            if let Some(list) = tt.take(184) {
+                for t in cbor::as_array(list, 184)? {
+                    let mut f = Fields::new(t, "talker")?;
+                    let text = cbor::as_text(f.require(185, "source-prefix (185)")?, 185)?;
+                    let source = super::message::parse_target_prefix(&text)?;
+                    let spoofed = f.take(171).map(|v| cbor::as_bool(v, 171)).transpose()?;
+                    let attack = match f.take(144) {
+                        Some(v) => traffic_of(v, 144)?,
+                        None => Vec::new(),
+                    };
+                    for k in [187, 188, 173, 157] {
+                        f.take(k);
+                    }
+                    f.finish()?;
+                    out.push(ReportedTalker {
+                        source,
+                        spoofed,
+                        attack,
+                    });
+                }
+            }
+            tt.finish()?;
+        }
+        d.finish()?;
+    }
+    if out.len() > MAX_TALKERS {
+        return Err(bad(format!(
+            "{} talkers: this server takes at most {MAX_TALKERS}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// A PUT /tm body `{208: {138: [{189: target, 145?, 144?, 162?}]}}`: one entry, with a
+/// target prefix and at least one measurement.
+pub fn decode_pre_mitigation(body: &[u8]) -> Result<PreMitigation, TelemetryError> {
+    let mut top = Fields::new(cbor::parse(body)?, "the request")?;
+    let tm = top.require(208, "ietf-dots-telemetry:telemetry (208)")?;
+    top.finish()?;
+    let mut tm = Fields::new(tm, "telemetry")?;
+    let list = cbor::as_array(tm.require(138, "pre-or-ongoing-mitigation (138)")?, 138)?;
+    tm.finish()?;
+    let [entry] = <[Value; 1]>::try_from(list)
+        .map_err(|_| bad("pre-or-ongoing-mitigation (138) must hold exactly one entry"))?;
+    let mut e = Fields::new(entry, "pre-or-ongoing-mitigation")?;
+    if e.take(181).is_some() {
+        return Err(bad("tmid belongs in the path, not the body"));
+    }
+    let mut target = Fields::new(e.require(189, "target (189)")?, "target")?;
+    let targets = match target.take(6) {
+        Some(v) => prefixes(v)?,
+        None => Vec::new(),
+    };
+    for k in [7, 8, 10, 11, 12, 13, 186] {
+        if target.take(k).is_some() {
+            return Err(bad(
+                "this server takes telemetry targets as target-prefix (6) only",
+            ));
+        }
+    }
+    target.finish()?;
+    if targets.is_empty() {
+        return Err(bad("target (189) needs a target-prefix (6)"));
+    }
+    let total = e.take(145).map(|v| traffic_of(v, 145)).transpose()?;
+    let attack = e.take(144).map(|v| traffic_of(v, 144)).transpose()?;
+    let talkers = e.take(162).map(decode_talkers).transpose()?;
+    for k in [195, 196, 197, 198, 173, 199] {
+        e.take(k);
+    }
+    e.finish()?;
+    if total.is_none() && attack.is_none() && talkers.is_none() {
+        return Err(bad(
+            "give at least one of total-traffic (145), total-attack-traffic (144) and attack-detail (162)",
+        ));
+    }
+    Ok(PreMitigation {
+        targets,
+        total: total.unwrap_or_default(),
+        attack: attack.unwrap_or_default(),
+        talkers: talkers.unwrap_or_default(),
+    })
+}
+
+/// `{208: {138: [...]}}` with the given reports (GET tm/cuid[/tmid]).
+pub fn encode_pre_mitigation(reports: &[(u32, PreMitigation)]) -> Vec<u8> {
+    let entries = reports
+        .iter()
+        .map(|(tmid, r)| {
+            let mut e = vec![
+                (181, uint(*tmid as u64)),
+                (
+                    189,
+                    cbor::map(vec![(
+                        6,
+                        Value::Array(
+                            r.targets
+                                .iter()
+                                .map(|p| Value::Text(p.to_string()))
+                                .collect(),
+                        ),
+                    )]),
+                ),
+            ];
+            if !r.total.is_empty() {
+                e.push((145, traffic_list(&r.total)));
+            }
+            if !r.attack.is_empty() {
+                e.push((144, traffic_list(&r.attack)));
+            }
+            if !r.talkers.is_empty() {
+                let talkers = r
+                    .talkers
+                    .iter()
+                    .map(|t| {
+                        let mut m = vec![(185, Value::Text(t.source.to_string()))];
+                        if let Some(s) = t.spoofed {
+                            m.push((171, Value::Bool(s)));
+                        }
+                        if !t.attack.is_empty() {
+                            m.push((144, traffic_list(&t.attack)));
+                        }
+                        cbor::map(m)
+                    })
+                    .collect();
+                e.push((
+                    162,
+                    Value::Array(vec![cbor::map(vec![
+                        (202, uint(0)),
+                        (164, uint(0)),
+                        (170, cbor::map(vec![(184, Value::Array(talkers))])),
+                    ])]),
+                ));
+            }
+            cbor::map(e)
+        })
+        .collect();
+    cbor::encode(&cbor::map(vec![(
+        208,
+        cbor::map(vec![(138, Value::Array(entries))]),
+    )]))
+}
+
 /// Measurement intervals (RFC 9244 §7.1.2), in seconds: 5 min, 10 min, 30 min, hour,
 /// day, week, month (30 days).
 pub fn interval_seconds(code: u8) -> Option<u64> {
@@ -1127,6 +1309,64 @@ mod tests {
             j["ietf-dots-telemetry:telemetry-setup"]["max-config-values"]["measurement-interval"],
             MAX_INTERVAL as u64
         );
+    }
+
+    #[test]
+    fn pre_mitigation_reports_round_trip_and_are_checked() {
+        let report = PreMitigation {
+            targets: vec!["198.51.100.0/24".parse().unwrap()],
+            total: vec![(
+                Unit(8),
+                Stats {
+                    peak: Some(900),
+                    current: Some(800),
+                    ..Stats::default()
+                },
+            )],
+            attack: vec![],
+            talkers: vec![ReportedTalker {
+                source: "192.0.2.66/32".parse().unwrap(),
+                spoofed: Some(false),
+                attack: vec![(
+                    Unit(1),
+                    Stats {
+                        current: Some(5000),
+                        ..Stats::default()
+                    },
+                )],
+            }],
+        };
+        let body = encode_pre_mitigation(&[(3, report.clone())]);
+        // GET carries the tmid; a PUT body must not: strip it and decode.
+        let mut v = cbor::parse(&body).unwrap();
+        if let Value::Map(top) = &mut v {
+            if let Value::Map(tm) = &mut top[0].1 {
+                if let Value::Array(list) = &mut tm[0].1 {
+                    if let Value::Map(e) = &mut list[0] {
+                        e.retain(|(k, _)| *k != Value::Integer(181.into()));
+                    }
+                }
+            }
+        }
+        assert_eq!(decode_pre_mitigation(&cbor::encode(&v)), Ok(report));
+        assert!(decode_pre_mitigation(&body).is_err(), "tmid in the body");
+        let no_measure = cbor::encode(&cbor::map(vec![(
+            208,
+            cbor::map(vec![(
+                138,
+                Value::Array(vec![cbor::map(vec![(
+                    189,
+                    cbor::map(vec![(
+                        6,
+                        Value::Array(vec![Value::Text("198.51.100.0/24".into())]),
+                    )]),
+                )])]),
+            )]),
+        )]));
+        assert!(matches!(
+            decode_pre_mitigation(&no_measure),
+            Err(TelemetryError::Bad(t)) if t.contains("at least one")
+        ));
     }
 
     #[test]
