@@ -777,13 +777,13 @@ impl<M: Mitigator> Engine<M> {
 
     /// GET /tm/cuid[/tmid]: the client's reports (for a client that lost its state).
     pub fn tm_get(&self, client: &str, tmid: Option<u32>) -> Result<Vec<u8>, Refusal> {
-        let reports: Vec<(u32, telemetry::PreMitigation)> = self
+        let reports: Vec<(Option<u32>, telemetry::PreMitigation)> = self
             .reports
             .get(client)
             .into_iter()
             .flat_map(|r| r.iter())
             .filter(|(t, _)| tmid.is_none_or(|x| x == **t))
-            .map(|(t, r)| (*t, r.clone()))
+            .map(|(t, r)| (Some(*t), r.clone()))
             .collect();
         if reports.is_empty() {
             return Err(Refusal::NotFound(match tmid {
@@ -1878,23 +1878,7 @@ mod tests {
                     })
                     .collect(),
             };
-            // A PUT body is a GET body without the tmid (181).
-            let body = encode_pre_mitigation(&[(0, r)]);
-            let mut v = crate::signal::cbor::parse(&body).unwrap();
-            let ciborium::value::Value::Map(top) = &mut v else {
-                panic!()
-            };
-            let ciborium::value::Value::Map(tm) = &mut top[0].1 else {
-                panic!()
-            };
-            let ciborium::value::Value::Array(list) = &mut tm[0].1 else {
-                panic!()
-            };
-            let ciborium::value::Value::Map(e) = &mut list[0] else {
-                panic!()
-            };
-            e.retain(|(k, _)| *k != ciborium::value::Value::Integer(181.into()));
-            crate::signal::cbor::encode(&v)
+            encode_pre_mitigation(&[(None, r)])
         };
         let report = |talkers: &[(&str, Option<bool>)]| report_for("198.51.100.0/28", talkers);
         for policy in [false, true] {

@@ -489,26 +489,17 @@ pub fn decode_pre_mitigation(body: &[u8]) -> Result<PreMitigation, TelemetryErro
     })
 }
 
-/// `{208: {138: [...]}}` with the given reports (GET tm/cuid[/tmid]).
-pub fn encode_pre_mitigation(reports: &[(u32, PreMitigation)]) -> Vec<u8> {
+/// `{208: {138: [...]}}` with the given reports: with their tmids (GET tm/cuid[/tmid]),
+/// or one without (the body of a client's PUT).
+pub fn encode_pre_mitigation(reports: &[(Option<u32>, PreMitigation)]) -> Vec<u8> {
     let entries = reports
         .iter()
         .map(|(tmid, r)| {
-            let mut e = vec![
-                (181, uint(*tmid as u64)),
-                (
-                    189,
-                    cbor::map(vec![(
-                        6,
-                        Value::Array(
-                            r.targets
-                                .iter()
-                                .map(|p| Value::Text(p.to_string()))
-                                .collect(),
-                        ),
-                    )]),
-                ),
-            ];
+            let mut e = Vec::new();
+            if let Some(t) = tmid {
+                e.push((181, uint(*t as u64)));
+            }
+            e.push((189, cbor::map(vec![(6, prefix_list(&r.targets))])));
             if !r.total.is_empty() {
                 e.push((145, traffic_list(&r.total)));
             }
@@ -905,6 +896,43 @@ pub fn decode_setup_put(body: &[u8]) -> Result<SetupItem, TelemetryError> {
     }
 }
 
+fn prefix_list(p: &[IpNet]) -> Value {
+    Value::Array(p.iter().map(|p| Value::Text(p.to_string())).collect())
+}
+
+fn encode_pipe(p: &PipeCapacity) -> Value {
+    cbor::map(vec![
+        (137, Value::Text(p.link_id.clone())),
+        (134, uint(p.unit.code() as u64)),
+        (190, uint(p.capacity)),
+    ])
+}
+
+fn encode_baseline(b: &Baseline) -> Value {
+    let mut m = vec![(163, uint(b.id as u64))];
+    if !b.targets.is_empty() {
+        m.push((6, prefix_list(&b.targets)));
+    }
+    m.push((
+        139,
+        Value::Array(b.normal.iter().map(|(u, s)| s.encode(*u)).collect()),
+    ));
+    cbor::map(m)
+}
+
+/// The PUT /tm-setup body for one item (what a client sends).
+pub fn encode_setup_put(item: &SetupItem) -> Vec<u8> {
+    let content = match item {
+        SetupItem::Config(c) => (175, encode_config(c)),
+        SetupItem::Pipes(p) => (136, Value::Array(p.iter().map(encode_pipe).collect())),
+        SetupItem::Baselines(b) => (174, Value::Array(b.iter().map(encode_baseline).collect())),
+    };
+    cbor::encode(&cbor::map(vec![(
+        203,
+        cbor::map(vec![(129, Value::Array(vec![cbor::map(vec![content])]))]),
+    )]))
+}
+
 /// A client's telemetry setup: each item with the tsid that set it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetrySetup {
@@ -1035,13 +1063,7 @@ impl TelemetrySetup {
                     .pipes
                     .iter()
                     .filter(|(x, _)| *x == t)
-                    .map(|(_, p)| {
-                        cbor::map(vec![
-                            (137, Value::Text(p.link_id.clone())),
-                            (134, uint(p.unit.code() as u64)),
-                            (190, uint(p.capacity)),
-                        ])
-                    })
+                    .map(|(_, p)| encode_pipe(p))
                     .collect();
                 if !pipes.is_empty() {
                     e.push((136, Value::Array(pipes)));
@@ -1050,25 +1072,7 @@ impl TelemetrySetup {
                     .baselines
                     .iter()
                     .filter(|(x, _)| *x == t)
-                    .map(|(_, b)| {
-                        let mut m = vec![(163, uint(b.id as u64))];
-                        if !b.targets.is_empty() {
-                            m.push((
-                                6,
-                                Value::Array(
-                                    b.targets
-                                        .iter()
-                                        .map(|p| Value::Text(p.to_string()))
-                                        .collect(),
-                                ),
-                            ));
-                        }
-                        m.push((
-                            139,
-                            Value::Array(b.normal.iter().map(|(u, s)| s.encode(*u)).collect()),
-                        ));
-                        cbor::map(m)
-                    })
+                    .map(|(_, b)| encode_baseline(b))
                     .collect();
                 if !baselines.is_empty() {
                     e.push((174, Value::Array(baselines)));
@@ -1336,20 +1340,10 @@ mod tests {
                 )],
             }],
         };
-        let body = encode_pre_mitigation(&[(3, report.clone())]);
-        // GET carries the tmid; a PUT body must not: strip it and decode.
-        let mut v = cbor::parse(&body).unwrap();
-        if let Value::Map(top) = &mut v {
-            if let Value::Map(tm) = &mut top[0].1 {
-                if let Value::Array(list) = &mut tm[0].1 {
-                    if let Value::Map(e) = &mut list[0] {
-                        e.retain(|(k, _)| *k != Value::Integer(181.into()));
-                    }
-                }
-            }
-        }
-        assert_eq!(decode_pre_mitigation(&cbor::encode(&v)), Ok(report));
-        assert!(decode_pre_mitigation(&body).is_err(), "tmid in the body");
+        let put = encode_pre_mitigation(&[(None, report.clone())]);
+        assert_eq!(decode_pre_mitigation(&put), Ok(report.clone()));
+        let get = encode_pre_mitigation(&[(Some(3), report)]);
+        assert!(decode_pre_mitigation(&get).is_err(), "tmid in the body");
         let no_measure = cbor::encode(&cbor::map(vec![(
             208,
             cbor::map(vec![(
