@@ -7,6 +7,7 @@
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`server`], [`client`]: the signal channel's transports (DTLS and TLS).
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
+//! - [`measure`]: what a client measures on its interface for telemetry.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod datapath;
 pub mod dtls_io;
+pub mod measure;
 pub mod metrics;
 pub mod packet;
 pub mod pki;

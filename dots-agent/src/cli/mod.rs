@@ -1,5 +1,6 @@
 //! The `dots-agent` command line.
 pub mod pki;
 pub mod signal;
+pub mod telemetry;
 pub mod traffic;
 pub mod xdp;

@@ -55,6 +55,9 @@ pub enum ClientCommand {
     /// Session configuration (RFC 9132 §4.5): get, set or reset.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Telemetry (RFC 9244): setup, pipe capacity, baselines and reports measured here.
+    #[command(subcommand)]
+    Telemetry(super::telemetry::TelemetryCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,7 +202,9 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
                 (RequestType::Get, p, None, false)
             }
             ClientCommand::Withdraw { mid } => (RequestType::Delete, mitigate(*mid), None, false),
-            ClientCommand::Config(_) => (RequestType::Get, Vec::new(), None, false),
+            ClientCommand::Config(_) | ClientCommand::Telemetry(_) => {
+                (RequestType::Get, Vec::new(), None, false)
+            }
         };
         if let ClientCommand::Watch {
             seconds,
@@ -214,6 +219,13 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
         }
         if let ClientCommand::Config(c) = &cmd {
             return session_config_command(&mut s, c, json).await;
+        }
+        if let ClientCommand::Telemetry(t) = &cmd {
+            let r = super::telemetry::run(&mut s, t).await?;
+            if !print_response(&r, json) {
+                std::process::exit(2);
+            }
+            return Ok(());
         }
         let resp = s.request(method, &path, body, efficacy).await?;
         let ok = print_response(&resp, json);
