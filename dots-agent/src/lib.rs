@@ -6,11 +6,13 @@
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
 //! - [`server`], [`client`]: the signal channel's transports (TLS today).
+//! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod client;
+pub mod data;
 pub mod datapath;
 pub mod dtls_io;
 pub mod packet;

@@ -19,6 +19,21 @@ pub const TERMINATING_MAX: u64 = 300;
 /// Drop rates in status are averaged over at least this many seconds.
 pub const RATE_WINDOW: u64 = 10;
 
+/// What an `alias-name` stands for (the data channel's aliases, RFC 8783 §6).
+#[derive(Clone, Debug, Default)]
+pub struct AliasTargets {
+    pub prefixes: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+    pub protocols: Vec<u8>,
+    /// How many FQDN / URI targets it holds (this server does not resolve those).
+    pub names: usize,
+}
+
+/// Looks up a client's aliases by cuid and name.
+pub trait AliasResolver: Send + Sync {
+    fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets>;
+}
+
 /// What a configured client may do (from server.toml).
 #[derive(Clone, Debug)]
 pub struct ClientPolicy {
@@ -96,6 +111,8 @@ pub struct Engine<M: Mitigator> {
     rate_samples: std::sync::Mutex<std::collections::HashMap<u64, RateSample>>,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
+    /// Resolves `alias-name` (None: alias-name is refused).
+    aliases: Option<Box<dyn AliasResolver>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -218,7 +235,47 @@ impl<M: Mitigator> Engine<M> {
             lost: Default::default(),
             rate_samples: Default::default(),
             store: None,
+            aliases: None,
         }
+    }
+
+    /// Resolves `alias-name` in mitigation requests through `aliases` from now on.
+    pub fn with_aliases(mut self, aliases: Box<dyn AliasResolver>) -> Self {
+        self.aliases = Some(aliases);
+        self
+    }
+
+    /// Adds what the scope's aliases stand for to its explicit targets (RFC 9132 §4.4.1:
+    /// an alias must be the client's own, else 4.00). The alias names stay in the scope.
+    fn expand_aliases(&self, cuid: &str, mut scope: Scope) -> Result<Scope, Refusal> {
+        if scope.alias_name.is_empty() {
+            return Ok(scope);
+        }
+        let Some(resolver) = &self.aliases else {
+            return Err(Refusal::BadRequest(
+                "alias-name is not resolved by this server (no data channel)".into(),
+            ));
+        };
+        for name in &scope.alias_name {
+            let t = resolver.resolve(cuid, name).ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "unknown alias-name {name:?} (create it over the data channel)"
+                ))
+            })?;
+            if t.names > 0 {
+                return Err(Refusal::BadRequest(format!(
+                    "alias {name:?} holds FQDN or URI targets, which this server does not resolve"
+                )));
+            }
+            for p in t.prefixes {
+                if !scope.target_prefix.contains(&p) {
+                    scope.target_prefix.push(p);
+                }
+            }
+            scope.target_port_range.extend(t.ports);
+            scope.target_protocol.extend(t.protocols);
+        }
+        Ok(scope)
     }
 
     /// Writes accepted state to `store` from now on, and restores what it holds: session
@@ -317,12 +374,10 @@ impl<M: Mitigator> Engine<M> {
             self.policies.get(client).cloned().ok_or_else(|| {
                 Refusal::Forbidden(format!("client {client:?} is not configured"))
             })?;
-        if !scope.target_fqdn.is_empty()
-            || !scope.target_uri.is_empty()
-            || !scope.alias_name.is_empty()
-        {
+        let scope = self.expand_aliases(cuid, scope)?;
+        if !scope.target_fqdn.is_empty() || !scope.target_uri.is_empty() {
             return Err(Refusal::BadRequest(
-                "this server mitigates target-prefix scopes only (target-fqdn, target-uri and alias-name are not resolved)".into(),
+                "this server mitigates target-prefix scopes only (target-fqdn and target-uri are not resolved)".into(),
             ));
         }
         for p in &scope.target_prefix {
@@ -1154,6 +1209,59 @@ mod tests {
         ];
         e.config_put("a", 1, &body).unwrap(); // mitigating: 15 s x 3
         assert_eq!(e.detect_lost_sessions(1046), vec!["cu-a".to_string()]);
+    }
+
+    struct OneAlias;
+    impl AliasResolver for OneAlias {
+        fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
+            match (cuid, name) {
+                ("cu-a", "web") => Some(AliasTargets {
+                    prefixes: vec!["198.51.100.80/28".parse().unwrap()],
+                    ports: vec![PortRange::single(443)],
+                    protocols: vec![6],
+                    names: 0,
+                }),
+                ("cu-a", "named") => Some(AliasTargets {
+                    names: 1,
+                    ..Default::default()
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn alias_names_resolve_through_the_clients_aliases() {
+        let mut e = engine().with_aliases(Box::new(OneAlias));
+        let mut s = Scope::new(Vec::new(), Lifetime::Seconds(60));
+        s.alias_name = vec!["web".into()];
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Ok(PutOutcome::Created { .. })
+        ));
+        let id = e.mitigator().installed()[0];
+        let spec = e.mitigator().spec(id).unwrap();
+        assert_eq!(spec.targets, vec!["198.51.100.80/28".parse().unwrap()]);
+        assert_eq!(
+            (spec.ports.clone(), spec.protocols.clone()),
+            (vec![PortRange::single(443)], vec![6])
+        );
+        assert_eq!(
+            e.put("a", "cu-a", 1, s.clone(), false, 10),
+            Ok(PutOutcome::Changed),
+            "the same request again is a refresh"
+        );
+        // Another client's cuid does not see this alias; FQDN aliases are not resolved.
+        assert!(matches!(
+            e.put("b", "cu-b", 1, s, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+        let mut named = Scope::new(Vec::new(), Lifetime::Seconds(60));
+        named.alias_name = vec!["named".into()];
+        assert!(matches!(
+            e.put("a", "cu-a", 2, named, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]
