@@ -29,6 +29,13 @@ impl HttpResponse {
     }
 }
 
+/// The cuid of the client certificate in `cfg` (RFC 9132 §4.4.1.1: from its public key).
+pub fn cuid_of(cfg: &ClientConfig) -> Result<String> {
+    let pem = std::fs::read(&cfg.tls.cert)
+        .with_context(|| format!("reading {}", cfg.tls.cert.display()))?;
+    crate::pki::cuid(&openssl::x509::X509::from_pem(&pem)?)
+}
+
 /// Sends one request to `server` (host:port) and returns the response.
 pub async fn request(
     cfg: &ClientConfig,

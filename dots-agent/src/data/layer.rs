@@ -34,6 +34,10 @@ struct Layer {
     engine_specs: BTreeMap<u64, (String, MitigationSpec)>,
     /// Client name -> its ACL entries in order, with their activation.
     acls: BTreeMap<String, Vec<(Activation, AclEntry)>>,
+    /// Client name -> ACL counts of entries that ran inside mitigations since removed
+    /// (by entry name hash), so statistics do not fall back when a mitigation ends.
+    /// In memory only: after a restart the pinned baseline's counters remain.
+    retired: BTreeMap<String, HashMap<u64, Counter>>,
 }
 
 /// The [`Mitigator`] the engine gets.
@@ -62,6 +66,7 @@ impl AclLayer {
             prefixes,
             engine_specs: BTreeMap::new(),
             acls: BTreeMap::new(),
+            retired: BTreeMap::new(),
         }));
         (
             AclLayer {
@@ -207,6 +212,10 @@ impl Mitigator for AclLayer {
         let mut l = lock(&self.shared);
         let out = l.inner.remove(id)?;
         if let Some((client, _)) = l.engine_specs.remove(&id) {
+            let retired = l.retired.entry(client.clone()).or_default();
+            for a in out.iter().flat_map(|c| &c.acl) {
+                retired.entry(a.name_hash).or_default().add(&a.matched);
+            }
             if let Err(e) = l.sync_client(&client) {
                 tracing::error!("ACLs of {client}: {e}");
             }
@@ -244,6 +253,8 @@ impl AclHandle {
                 .collect();
             compile::validate(&probe)?;
         }
+        let names: std::collections::HashSet<u64> =
+            entries.iter().map(|(_, e)| name_hash(&e.name)).collect();
         let previous = l.acls.insert(client.to_string(), entries);
         if let Err(e) = l.sync_client(client) {
             match previous {
@@ -254,6 +265,10 @@ impl AclHandle {
                 tracing::error!("ACLs of {client} could not be restored: {again}");
             }
             return Err(e);
+        }
+        // Counts of entries that no longer exist are forgotten (a new ACL starts at 0).
+        if let Some(r) = l.retired.get_mut(client) {
+            r.retain(|k, _| names.contains(k));
         }
         Ok(())
     }
@@ -293,7 +308,7 @@ impl AclHandle {
             .map(|(id, _)| *id)
             .collect();
         ids.push(baseline_id(client));
-        let mut out: HashMap<u64, Counter> = HashMap::new();
+        let mut out: HashMap<u64, Counter> = l.retired.get(client).cloned().unwrap_or_default();
         for id in ids {
             if let Ok(Some(c)) = l.inner.counters(id) {
                 for a in c.acl {
