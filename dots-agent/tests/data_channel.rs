@@ -667,3 +667,124 @@ async fn a_certificate_from_another_ca_fails_the_handshake() {
         .await;
     assert_eq!(s, 200);
 }
+
+/// Runs `dots-agent client --config client.toml data --server ... <args>`; returns (exit
+/// code, stdout, stderr).
+async fn cli(dir: &Path, port: u16, args: &[&str]) -> (i32, String, String) {
+    let mut full: Vec<String> = vec![
+        "client".into(),
+        "--config".into(),
+        dir.join("client.toml").display().to_string(),
+        "data".into(),
+        "--server".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    full.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+            .args(&full)
+            .output()
+            .expect("running dots-agent");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dots_agent::pki::init(dir, "dots.example", &[], &["client-a".into()]).unwrap();
+    write_config(dir);
+    std::fs::write(
+        dir.join("client.toml"),
+        "server = \"127.0.0.1:1\"\nserver_name = \"dots.example\"\n[tls]\nca = \"ca.pem\"\ncert = \"client-a.pem\"\nkey = \"client-a.key\"\n",
+    )
+    .unwrap();
+    let server = start(dir).await;
+    let port = server.data_port;
+
+    let (code, out, err) = cli(dir, port, &["register"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("201 registered"), "{out}");
+    let (code, out, _) = cli(dir, port, &["register"]).await;
+    assert_eq!((code, out.starts_with("204")), (0, true), "a refresh");
+
+    let aliases = dir.join("aliases.toml");
+    std::fs::write(
+        &aliases,
+        "[[alias]]\nname = \"web\"\ntarget-prefix = [\"198.51.100.80/28\"]\ntarget-protocol = [6]\n\n[[alias.target-port-range]]\nlower-port = 443\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(dir, port, &["alias", "put", aliases.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = cli(dir, port, &["alias", "list"]).await;
+    assert!(
+        out.contains("web") && out.contains("198.51.100.80/28") && out.contains("443"),
+        "{out}"
+    );
+
+    let acls = dir.join("acls.json");
+    std::fs::write(&acls, fixture("acls.json")).unwrap();
+    let (code, out, err) = cli(dir, port, &["acl", "put", acls.to_str().unwrap()]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "201 acl sample-ipv4-acl created"),
+        "{err}"
+    );
+    let first = dir.join("first.json");
+    std::fs::write(&first, fixture("acl-ipv6-udp.json")).unwrap();
+    let (code, _, err) = cli(
+        dir,
+        port,
+        &["acl", "put", "--insert", "first", first.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(dir, port, &["acl", "list"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("test-acl-ipv6-udp") && lines[2].starts_with("sample-ipv4-acl"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("rule1")
+            && lines[2].contains("drop")
+            && lines[2].contains("src=192.0.2.0/24"),
+        "{out}"
+    );
+    let (_, out, _) = cli(dir, port, &["--json", "acl", "get", "sample-ipv4-acl"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["statistics"]
+            ["matched-packets"],
+        "0"
+    );
+    let (_, out, _) = cli(dir, port, &["capabilities"]).await;
+    assert!(out.contains("ipv6  cannot:  ecn flow-label"), "{out}");
+
+    // Refusals: the RESTCONF error on stderr, exit 2.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, fixture("acl-unsupported-flow-label.json")).unwrap();
+    let (code, _, err) = cli(dir, port, &["acl", "put", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("400 invalid-value") && err.contains("flow-label"),
+        "{err}"
+    );
+    let (code, _, err) = cli(dir, port, &["acl", "delete", "nope"]).await;
+    assert_eq!((code, err.contains("404")), (2, true), "{err}");
+    let (code, _, err) = cli(dir, port, &["acl", "put", "/nonexistent.json"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("reading /nonexistent.json"), "{err}");
+
+    let (code, out, _) = cli(dir, port, &["alias", "delete", "web"]).await;
+    assert_eq!((code, out.trim()), (0, "204 alias web deleted"));
+    let (code, out, _) = cli(dir, port, &["unregister"]).await;
+    assert_eq!((code, out.trim().starts_with("204")), (0, true));
+}

@@ -55,6 +55,8 @@ pub enum ClientCommand {
     /// Session configuration (RFC 9132 §4.5): get, set or reset.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The data channel (RFC 8783): registration, aliases, ACLs, capabilities.
+    Data(super::data::DataArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,8 +100,11 @@ pub struct ScopeArgs {
     #[arg(long)]
     mid: u32,
     /// Target prefix (repeatable).
-    #[arg(long = "target", required = true)]
+    #[arg(long = "target", required_unless_present = "aliases")]
     targets: Vec<IpNet>,
+    /// Alias name created over the data channel (repeatable); its targets are added.
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
     /// Destination port or range LOW-HIGH (repeatable).
     #[arg(long = "port", value_parser = parse_port_range)]
     ports: Vec<PortRange>,
@@ -127,6 +132,7 @@ impl ScopeArgs {
         let mut scope = Scope::new(self.targets.clone(), lifetime);
         scope.target_port_range = self.ports.clone();
         scope.target_protocol = self.protocols.clone();
+        scope.alias_name = self.aliases.clone();
         Ok(scope)
     }
 }
@@ -156,6 +162,9 @@ pub fn run_server(config: PathBuf) -> Result<()> {
 
 pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()> {
     let cfg = ClientConfig::load(&config)?;
+    if let ClientCommand::Data(args) = cmd {
+        return super::data::run(cfg, json, args);
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let mut s = Session::connect(&cfg).await?;
@@ -200,6 +209,7 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
             }
             ClientCommand::Withdraw { mid } => (RequestType::Delete, mitigate(*mid), None, false),
             ClientCommand::Config(_) => (RequestType::Get, Vec::new(), None, false),
+            ClientCommand::Data(_) => bail!("the data channel is served above"),
         };
         if let ClientCommand::Watch {
             seconds,
