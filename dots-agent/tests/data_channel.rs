@@ -17,7 +17,7 @@ use dots_agent::data::AclHandle;
 use dots_agent::datapath::MemoryMitigator;
 use dots_agent::server::{acceptor, serve_tls, ServerConfig, SharedEngine};
 use dots_agent::signal::engine::Engine;
-use dots_agent::signal::message::{self, Lifetime, Scope};
+use dots_agent::signal::message::{self, AclActivation, ActivationType, Lifetime, Scope};
 use dots_agent::store::Store;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -83,7 +83,7 @@ async fn start(dir: &Path) -> Server {
     let config = ServerConfig::load(&dir.join("server.toml")).unwrap();
     let prepared = https::prepare(&config, Box::new(MemoryMitigator::new())).unwrap();
     let (engine, _) = Engine::new(prepared.mitigator, config.policies())
-        .with_aliases(prepared.aliases)
+        .with_data_channel(prepared.link)
         .with_store(
             Store::open(&config.store.dir).unwrap(),
             dots_agent::server::now(),
@@ -586,6 +586,58 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         .await
         .unwrap();
     assert_eq!(code_text(&r), "4.00");
+    // RFC 9133: acl-list in a mitigation request switches an ACL's activation type.
+    let mut control = Scope::new(
+        vec!["198.51.100.0/28".parse().unwrap()],
+        Lifetime::Seconds(3600),
+    );
+    control.acl_list = vec![AclActivation {
+        acl_name: "sample-ipv4-acl".into(),
+        activation_type: ActivationType::Deactivate,
+    }];
+    let path3 = vec![
+        "mitigate".to_string(),
+        format!("cuid={cuid}"),
+        "mid=3".to_string(),
+    ];
+    let r = session
+        .request(
+            RequestType::Put,
+            &path3,
+            Some(message::encode_mitigation_request(&control)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+    let (_, v) = curl
+        .send(
+            "client-a",
+            "GET",
+            &format!("{c}/acls/acl=sample-ipv4-acl"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        v["ietf-dots-data-channel:acls"]["acl"][0]["activation-type"],
+        "deactivate"
+    );
+    control.acl_list[0].acl_name = "no-such-acl".into();
+    let path4 = vec![
+        "mitigate".to_string(),
+        format!("cuid={cuid}"),
+        "mid=4".to_string(),
+    ];
+    let r = session
+        .request(
+            RequestType::Put,
+            &path4,
+            Some(message::encode_mitigation_request(&control)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "4.00", "an unknown acl-name");
     drop(session);
 
     // A restart: everything comes back from the store.
@@ -618,8 +670,8 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     assert_eq!(s, 200);
     assert_eq!(
         server.acl_handle.with_inner(|m| m.installed()).len(),
-        2,
-        "mitigation and baseline restored"
+        3,
+        "two mitigations and the baseline restored"
     );
 
     // Unregistering removes aliases and ACLs; the ACL leaves the datapath.
@@ -627,8 +679,8 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     assert_eq!(s, 204);
     assert_eq!(
         server.acl_handle.with_inner(|m| m.installed()).len(),
-        1,
-        "only the mitigation"
+        2,
+        "only the mitigations"
     );
     let r = dots_agent::data::client::request(
         &ours,

@@ -108,8 +108,8 @@ async fn connection(
 pub struct Prepared {
     /// The datapath wrapped by the ACL layer: give it to the engine.
     pub mitigator: Box<dyn crate::datapath::Mitigator>,
-    /// Resolves `alias-name` for the engine.
-    pub aliases: Box<dyn crate::signal::engine::AliasResolver>,
+    /// alias-name and acl-list for the engine (`Engine::with_data_channel`).
+    pub link: Box<dyn crate::signal::engine::DataChannelLink>,
     /// Call `sync_all` once the engine has restored its mitigations.
     pub acl_handle: super::AclHandle,
     pub channel: SharedDataChannel,
@@ -134,7 +134,7 @@ pub fn prepare(
     )?));
     Ok(Prepared {
         mitigator: Box::new(layer),
-        aliases: Box::new(super::service::Aliases(channel.clone())),
+        link: Box::new(super::service::EngineLink(channel.clone())),
         acl_handle,
         channel,
     })

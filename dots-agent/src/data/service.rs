@@ -13,7 +13,8 @@ use super::layer::AclHandle;
 use super::model::{self, Acl, Activation, Alias, Content};
 use super::restconf::{self, ErrorTag, Resource, RestconfError};
 use crate::datapath::{compile::name_hash, DatapathError};
-use crate::signal::engine::{AliasResolver, AliasTargets};
+use crate::signal::engine::{AliasTargets, DataChannelLink};
+use crate::signal::message::{AclActivation, ActivationType};
 use crate::store::Store;
 
 /// Who is asking: the configured client name (None: valid certificate, not configured) and
@@ -723,13 +724,19 @@ fn insert_position(acls: &[Expiring<Acl>], query: &[(String, String)]) -> Result
     }
 }
 
-/// `alias-name` in mitigation requests, resolved through the data channel.
-pub struct Aliases(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
+/// The signal engine's view of the data channel: `alias-name` resolves through the
+/// client's aliases, `acl-list` (RFC 9133) sets its ACLs' activation types.
+pub struct EngineLink(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
 
-impl AliasResolver for Aliases {
+impl EngineLink {
+    fn channel(&self) -> std::sync::MutexGuard<'_, DataChannel> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl DataChannelLink for EngineLink {
     fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
-        let dc = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let a = dc.alias(cuid, name)?;
+        let a = self.channel().alias(cuid, name)?;
         Some(AliasTargets {
             prefixes: a.target_prefix,
             ports: a
@@ -743,6 +750,53 @@ impl AliasResolver for Aliases {
             protocols: a.target_protocol,
             names: a.target_fqdn.len() + a.target_uri.len(),
         })
+    }
+
+    fn set_acl_activation(
+        &self,
+        cuid: &str,
+        acls: &[AclActivation],
+        apply: bool,
+    ) -> std::result::Result<(), String> {
+        self.channel().set_acl_activation(cuid, acls, apply)
+    }
+}
+
+impl DataChannel {
+    /// RFC 9133 filter control: the named ACLs (all must exist) get these activation
+    /// types; `apply` false only checks.
+    pub fn set_acl_activation(
+        &mut self,
+        cuid: &str,
+        acls: &[AclActivation],
+        apply: bool,
+    ) -> std::result::Result<(), String> {
+        let Some(d) = self.clients.get(cuid) else {
+            return Err(
+                "acl-list: this client has no ACLs (not registered on the data channel)".into(),
+            );
+        };
+        if let Some(a) = acls
+            .iter()
+            .find(|a| !d.acls.iter().any(|x| x.item.name == a.acl_name))
+        {
+            return Err(format!("acl-list: unknown acl-name {:?}", a.acl_name));
+        }
+        if !apply {
+            return Ok(());
+        }
+        let mut d = d.clone();
+        for a in acls {
+            let activation = match a.activation_type {
+                ActivationType::ActivateWhenMitigating => Activation::WhenMitigating,
+                ActivationType::Immediate => Activation::Immediate,
+                ActivationType::Deactivate => Activation::Deactivate,
+            };
+            for x in d.acls.iter_mut().filter(|x| x.item.name == a.acl_name) {
+                x.item.activation_type = Some(activation.label().to_string());
+            }
+        }
+        self.commit(cuid, Some(d)).map_err(|e| e.message)
     }
 }
 

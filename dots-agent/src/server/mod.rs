@@ -241,7 +241,7 @@ pub async fn run_until(
     let data = crate::data::https::prepare(&config, mitigator(&config)?)?;
     let (engine, restored) = Engine::new(data.mitigator, config.policies())
         .with_terminating_period(config.signal.terminating_seconds)
-        .with_aliases(data.aliases)
+        .with_data_channel(data.link)
         .with_store(store, now())?;
     tracing::info!(
         "restored {restored} mitigation(s) from {}",

@@ -29,9 +29,19 @@ pub struct AliasTargets {
     pub names: usize,
 }
 
-/// Looks up a client's aliases by cuid and name.
-pub trait AliasResolver: Send + Sync {
+/// What the signal channel asks of the data channel (RFC 8783 aliases, RFC 9133 filter
+/// control), by the client's cuid.
+pub trait DataChannelLink: Send + Sync {
+    /// The targets of the client's alias `name`.
     fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets>;
+    /// Sets the activation type of the client's ACLs (`acl-list` in a mitigation
+    /// request); with `apply` false only checks that they exist. Err: a diagnostic.
+    fn set_acl_activation(
+        &self,
+        cuid: &str,
+        acls: &[AclActivation],
+        apply: bool,
+    ) -> Result<(), String>;
 }
 
 /// What a configured client may do (from server.toml).
@@ -111,8 +121,8 @@ pub struct Engine<M: Mitigator> {
     rate_samples: std::sync::Mutex<std::collections::HashMap<u64, RateSample>>,
     /// Where accepted state is written as it changes (None: memory only).
     store: Option<Store>,
-    /// Resolves `alias-name` (None: alias-name is refused).
-    aliases: Option<Box<dyn AliasResolver>>,
+    /// Resolves `alias-name` and applies `acl-list` (None: both are refused).
+    data_channel: Option<Box<dyn DataChannelLink>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -235,14 +245,30 @@ impl<M: Mitigator> Engine<M> {
             lost: Default::default(),
             rate_samples: Default::default(),
             store: None,
-            aliases: None,
+            data_channel: None,
         }
     }
 
-    /// Resolves `alias-name` in mitigation requests through `aliases` from now on.
-    pub fn with_aliases(mut self, aliases: Box<dyn AliasResolver>) -> Self {
-        self.aliases = Some(aliases);
+    /// Resolves `alias-name` and applies `acl-list` of mitigation requests through the
+    /// data channel from now on.
+    pub fn with_data_channel(mut self, link: Box<dyn DataChannelLink>) -> Self {
+        self.data_channel = Some(link);
         self
+    }
+
+    /// RFC 9133: `acl-list` in a mitigation request sets the activation type of the
+    /// client's ACLs (created over the data channel). `apply` false: only check them.
+    fn acl_control(&self, cuid: &str, scope: &Scope, apply: bool) -> Result<(), Refusal> {
+        if scope.acl_list.is_empty() {
+            return Ok(());
+        }
+        let Some(link) = &self.data_channel else {
+            return Err(Refusal::BadRequest(
+                "acl-list is not supported by this server (no data channel)".into(),
+            ));
+        };
+        link.set_acl_activation(cuid, &scope.acl_list, apply)
+            .map_err(Refusal::BadRequest)
     }
 
     /// Adds what the scope's aliases stand for to its explicit targets (RFC 9132 §4.4.1:
@@ -251,7 +277,7 @@ impl<M: Mitigator> Engine<M> {
         if scope.alias_name.is_empty() {
             return Ok(scope);
         }
-        let Some(resolver) = &self.aliases else {
+        let Some(resolver) = &self.data_channel else {
             return Err(Refusal::BadRequest(
                 "alias-name is not resolved by this server (no data channel)".into(),
             ));
@@ -360,8 +386,31 @@ impl<M: Mitigator> Engine<M> {
         self.policies.get(client)
     }
 
-    /// PUT /mitigate/cuid/mid (`efficacy`: the request carried an empty If-Match).
+    /// PUT /mitigate/cuid/mid (`efficacy`: the request carried an empty If-Match). An
+    /// `acl-list` (RFC 9133) is checked first and applied once the request is accepted.
     pub fn put(
+        &mut self,
+        client: &str,
+        cuid: &str,
+        mid: u32,
+        scope: Scope,
+        efficacy: bool,
+        now: u64,
+    ) -> Result<PutOutcome, Refusal> {
+        if self.policies.contains_key(client) {
+            self.acl_control(cuid, &scope, false)?;
+        }
+        let acl_scope = (!scope.acl_list.is_empty()).then(|| scope.clone());
+        let outcome = self.put_scope(client, cuid, mid, scope, efficacy, now)?;
+        if let (Some(s), PutOutcome::Created { .. } | PutOutcome::Changed) = (acl_scope, outcome) {
+            if let Err(e) = self.acl_control(cuid, &s, true) {
+                tracing::error!("acl-list of mitigation {mid} of {cuid}: {e:?}");
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn put_scope(
         &mut self,
         client: &str,
         cuid: &str,
@@ -1212,7 +1261,7 @@ mod tests {
     }
 
     struct OneAlias;
-    impl AliasResolver for OneAlias {
+    impl DataChannelLink for OneAlias {
         fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
             match (cuid, name) {
                 ("cu-a", "web") => Some(AliasTargets {
@@ -1228,11 +1277,47 @@ mod tests {
                 _ => None,
             }
         }
+        fn set_acl_activation(
+            &self,
+            _cuid: &str,
+            acls: &[AclActivation],
+            _apply: bool,
+        ) -> Result<(), String> {
+            match acls.iter().find(|a| a.acl_name != "known") {
+                Some(a) => Err(format!("unknown acl-name {:?}", a.acl_name)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn acl_lists_are_checked_before_the_request_is_accepted() {
+        let mut e = engine().with_data_channel(Box::new(OneAlias));
+        let mut s = scope("198.51.100.0/28", 60);
+        s.acl_list = vec![AclActivation {
+            acl_name: "nope".into(),
+            activation_type: ActivationType::Immediate,
+        }];
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(e.mitigator().installed().is_empty(), "nothing installed");
+        s.acl_list[0].acl_name = "known".into();
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Ok(PutOutcome::Created { .. })
+        ));
+        // Without a data channel acl-list is refused.
+        assert!(matches!(
+            engine().put("a", "cu-a", 1, s, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]
     fn alias_names_resolve_through_the_clients_aliases() {
-        let mut e = engine().with_aliases(Box::new(OneAlias));
+        let mut e = engine().with_data_channel(Box::new(OneAlias));
         let mut s = Scope::new(Vec::new(), Lifetime::Seconds(60));
         s.alias_name = vec!["web".into()];
         assert!(matches!(
