@@ -20,6 +20,8 @@ PACKAGES=(
   iproute2 iputils-ping openssl ethtool
   # peers for interop tests and benchmarks
   libcoap3-bin xdp-tools libxdp1 bpftool
+  # an independent HTTPS client for the data-channel tests
+  curl
 )
 
 log() { printf 'setup: %s\n' "$*"; }

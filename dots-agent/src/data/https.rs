@@ -21,6 +21,8 @@ pub const MAX_BODY: usize = 512 * 1024;
 /// A connection idle this long between requests (or mid-request) is closed.
 const IDLE: Duration = Duration::from_secs(60);
 const MAX_HEADERS: usize = 64;
+/// Connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 1024;
 
 pub type SharedDataChannel = Arc<Mutex<DataChannel>>;
 
@@ -40,7 +42,11 @@ pub async fn serve(
     data: SharedDataChannel,
     clients: Arc<Vec<String>>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -54,6 +60,7 @@ pub async fn serve(
             if let Err(e) = connection(tcp, &acceptor, data, &clients).await {
                 tracing::info!("data channel {peer}: {e:#}");
             }
+            drop(slot);
         });
     }
 }

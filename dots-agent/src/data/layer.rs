@@ -182,11 +182,13 @@ impl Mitigator for AclLayer {
         let previous = l
             .engine_specs
             .insert(spec.id, (client.clone(), spec.clone()));
-        // Free exact prefixes from the baseline first, then install the merged spec.
-        let result = l.sync_baseline(&client).and_then(|_| {
-            let merged = l.merged(Some(&client), spec);
-            l.inner.install(&merged)
-        });
+        // Free exact prefixes from the baseline first, then install the merged spec. A
+        // baseline that cannot be updated is logged: the mitigation's own install decides.
+        if let Err(e) = l.sync_baseline(&client) {
+            tracing::error!("ACL baseline of {client}: {e}");
+        }
+        let merged = l.merged(Some(&client), spec);
+        let result = l.inner.install(&merged);
         match result {
             Ok(()) => {
                 // Activate-when-mitigating entries may just have become live elsewhere.
