@@ -364,17 +364,35 @@ fn summary(matches: &Value) -> String {
                         .replace("source-ipv6-network", "src")
                         .replace("destination-ipv6-network", "dst")
                         .replace("-port-range-or-operator", "-port");
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    format!("{k}={v}")
+                    match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        Value::Object(o) => format!("{k}{}", port_text(o)),
+                        other => format!("{k}={other}"),
+                    }
                 })
                 .collect();
             format!("{container} {}", f.join(" "))
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A port range or operator as `=53`, `<=80`, `>=1024`, `!=7` or `=1000-2000`; other
+/// objects (fragment, flags-bitmask) as their JSON.
+fn port_text(o: &serde_json::Map<String, Value>) -> String {
+    match (o.get("lower-port"), o.get("upper-port"), o.get("port")) {
+        (Some(l), Some(u), _) => format!("={l}-{u}"),
+        (_, _, Some(p)) => {
+            let op = match o.get("operator").and_then(Value::as_str).unwrap_or("eq") {
+                "lte" => "<=",
+                "gte" => ">=",
+                "neq" => "!=",
+                _ => "=",
+            };
+            format!("{op}{p}")
+        }
+        _ => format!("={}", Value::Object(o.clone())),
+    }
 }
 
 fn print_acls(list: &Value) {
@@ -388,7 +406,7 @@ fn print_acls(list: &Value) {
                 ace["actions"]["forwarding"].as_str(),
                 ace["actions"]["rate-limit"].as_str(),
             ) {
-                (Some(f), Some(r)) => format!("{f} {r}B/s"),
+                (Some(f), Some(r)) => format!("{f} <={r}B/s"),
                 (Some(f), None) => f.to_string(),
                 _ => "-".into(),
             };
