@@ -459,6 +459,26 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         acl.get("type").is_none() && acl["pending-lifetime"].as_i64() == Some(10080),
         "{v}"
     );
+    // The whole client, and dots-data with only the caller's own client in it.
+    let (s, v) = curl.send("client-a", "GET", &c, None).await;
+    assert_eq!(s, 200);
+    let me = &v["ietf-dots-data-channel:dots-client"][0];
+    assert_eq!(
+        (
+            me["cuid"].as_str(),
+            me["acls"]["acl"].as_array().map(Vec::len)
+        ),
+        (Some(cuid.as_str()), Some(2))
+    );
+    assert_eq!(me["aliases"]["alias"][0]["name"], "https1");
+    let (s, v) = curl.send("client-b", "GET", D, None).await;
+    assert_eq!(s, 200);
+    assert!(
+        v["ietf-dots-data-channel:dots-data"]
+            .get("dots-client")
+            .is_none(),
+        "client-b sees no one: {v}"
+    );
     // What the datapath cannot express is refused, by name, and not stored.
     let (s, v) = curl
         .send(
