@@ -281,11 +281,12 @@ pub enum Content {
     NonConfig,
 }
 
-/// The name the datapath counts an entry under: `acl/ace` when it fits its 64 characters,
-/// else a hash of both (names are unique per client, so entries stay distinct).
+/// The name the datapath counts an entry under: `acl/ace` when it fits its 64 characters
+/// and neither name holds a `/` (which could make two pairs look alike), else a hash of
+/// both (names are unique per client, so entries stay distinct).
 pub fn datapath_name(acl: &str, ace: &str) -> String {
     let joined = format!("{acl}/{ace}");
-    if joined.len() <= 64 {
+    if joined.len() <= 64 && !acl.contains('/') && !ace.contains('/') {
         joined
     } else {
         format!("{:016x}", name_hash(&format!("{acl}\u{0}{ace}")))
@@ -1031,6 +1032,7 @@ mod tests {
         assert_eq!(n.len(), 16);
         assert_eq!(n, datapath_name(&long, "rule"));
         assert_ne!(n, datapath_name(&long, "rule2"));
+        assert_ne!(datapath_name("a/b", "c"), datapath_name("a", "b/c"));
     }
 
     #[test]
