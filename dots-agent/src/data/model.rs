@@ -359,6 +359,9 @@ pub const FIELDS: &[(&str, &[(&str, bool)])] = &[
             ("flags-bitmask", true),
             ("source-port-range-or-operator", true),
             ("destination-port-range-or-operator", true),
+            // RFC 8519's spelling, used by some DOTS clients (e.g. go-dots).
+            ("source-port", true),
+            ("destination-port", true),
         ],
     ),
     (
@@ -367,6 +370,8 @@ pub const FIELDS: &[(&str, &[(&str, bool)])] = &[
             ("length", false),
             ("source-port-range-or-operator", true),
             ("destination-port-range-or-operator", true),
+            ("source-port", true),
+            ("destination-port", true),
         ],
     ),
     (
@@ -754,8 +759,10 @@ fn map_matches(
         let m = fields(ctx, c, &matches[c])?;
         for (k, v) in m {
             match k.as_str() {
-                "source-port-range-or-operator" => out.source_port = Some(port_match(ctx, k, v)?),
-                "destination-port-range-or-operator" => {
+                "source-port-range-or-operator" | "source-port" => {
+                    out.source_port = Some(port_match(ctx, k, v)?)
+                }
+                "destination-port-range-or-operator" | "destination-port" => {
                     out.destination_port = Some(port_match(ctx, k, v)?)
                 }
                 "type" => out.icmp_type = Some(uint(ctx, k, v, 255)? as u8),
@@ -947,6 +954,16 @@ mod tests {
         );
         assert_eq!(m.source_port, Some(PortRange::new(1000, 2000)));
         assert_eq!(m.destination_port, Some(PortRange::new(1024, 65535)));
+        // RFC 8519's spelling of the port containers means the same.
+        let spelled = acl(json!({"name": "x", "aces": {"ace": [{"name": "r",
+            "matches": {"udp": {"destination-port": {"operator": "eq", "port": 53}}},
+            "actions": {"forwarding": "drop"}}]}}));
+        assert_eq!(
+            spelled.entries(&allowed()).unwrap()[0]
+                .matches
+                .destination_port,
+            Some(PortRange::single(53))
+        );
         assert_eq!(
             (e[1].matches.protocol, e[1].matches.icmp_type),
             (Some(58), Some(128))
