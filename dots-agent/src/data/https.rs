@@ -267,7 +267,7 @@ fn respond(data: &SharedDataChannel, peer: &Peer, r: &HttpRequest) -> (u16, &'st
 
 /// Reads one request. Ok(None): the peer closed between requests. Ok(Some(Err)): a request
 /// that gets an error response (and, if `true`, the connection closes after it).
-pub async fn read_request<S: AsyncRead + Unpin>(
+pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Option<std::result::Result<HttpRequest, (RestconfError, bool)>>> {
@@ -309,6 +309,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     let target = req.path.unwrap_or("").to_string();
     let mut close = req.version == Some(0);
     let (mut length, mut content_type, mut chunked) = (None, None, false);
+    let mut expect_continue = false;
     let mut bad_length = false;
     for h in req.headers.iter() {
         let value = String::from_utf8_lossy(h.value).trim().to_string();
@@ -319,6 +320,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             },
             "content-type" => content_type = Some(value),
             "transfer-encoding" => chunked = true,
+            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
             "connection" => {
                 let v = value.to_ascii_lowercase();
                 close |= v.split(',').any(|t| t.trim() == "close");
@@ -345,6 +347,11 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             format!("request body over {MAX_BODY} bytes"),
         );
         return Ok(Some(Err((err, true))));
+    }
+    // curl waits a second for this before sending bodies over 1 KiB.
+    if expect_continue && buf.len() < length {
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        s.flush().await?;
     }
     while buf.len() < length {
         let n = s.read(&mut chunk).await?;
@@ -411,9 +418,30 @@ mod tests {
     use super::*;
 
     async fn parse(raw: &[u8]) -> Option<std::result::Result<HttpRequest, (RestconfError, bool)>> {
-        let mut cursor = raw;
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
+        theirs.write_all(raw).await.unwrap();
+        drop(theirs);
         let mut buf = Vec::new();
-        read_request(&mut cursor, &mut buf).await.unwrap()
+        read_request(&mut ours, &mut buf).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_is_answered() {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        theirs
+            .write_all(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        let server = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let r = read_request(&mut ours, &mut buf).await.unwrap();
+            r.unwrap().unwrap_or_else(|_| panic!("parsed")).body
+        });
+        let mut interim = [0u8; 25];
+        theirs.read_exact(&mut interim).await.unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        theirs.write_all(b"{}").await.unwrap();
+        assert_eq!(server.await.unwrap(), b"{}");
     }
 
     #[tokio::test]
