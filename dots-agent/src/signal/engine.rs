@@ -139,6 +139,9 @@ struct Record {
     lifetime: i64,
     trigger_mitigation: bool,
     acl_list: Vec<(String, u8)>,
+    /// The request's alias names (their targets are in `targets`); absent in older rows.
+    #[serde(default)]
+    alias_name: Vec<String>,
     status: u8,
     start: Option<u64>,
     expires: Option<u64>,
@@ -172,6 +175,7 @@ impl Record {
                 Lifetime::Seconds(s) => s as i64,
             },
             trigger_mitigation: m.scope.trigger_mitigation,
+            alias_name: m.scope.alias_name.clone(),
             acl_list: m
                 .scope
                 .acl_list
@@ -197,6 +201,7 @@ impl Record {
         scope.target_port_range = self.ports;
         scope.target_protocol = self.protocols;
         scope.trigger_mitigation = self.trigger_mitigation;
+        scope.alias_name = self.alias_name;
         scope.acl_list = self
             .acl_list
             .into_iter()
@@ -1335,6 +1340,29 @@ mod tests {
             e.put("a", "cu-a", 1, s.clone(), false, 10),
             Ok(PutOutcome::Changed),
             "the same request again is a refresh"
+        );
+        // The alias name is stored with the mitigation: after a restart the same request
+        // is still a refresh.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut stored, _) = engine()
+            .with_data_channel(Box::new(OneAlias))
+            .with_store(Store::open(dir.path()).unwrap(), 0)
+            .unwrap();
+        stored.put("a", "cu-a", 1, s.clone(), false, 0).unwrap();
+        drop(stored);
+        let (mut restarted, _) = engine()
+            .with_data_channel(Box::new(OneAlias))
+            .with_store(Store::open(dir.path()).unwrap(), 5)
+            .unwrap();
+        assert_eq!(
+            restarted.put("a", "cu-a", 1, s.clone(), false, 5),
+            Ok(PutOutcome::Changed)
+        );
+        assert_eq!(
+            restarted.status("cu-a", Some(1), 5).unwrap()[0]
+                .scope
+                .alias_name,
+            vec!["web".to_string()]
         );
         // Another client's cuid does not see this alias; FQDN aliases are not resolved.
         assert!(matches!(
