@@ -3,8 +3,9 @@
 //! documents; the schema carries a version for later migrations.
 //!
 //! Versions: 1 = mitigations and session configurations; 2 adds `data_client` (the data
-//! channel's registrations, aliases and ACLs, one document per cuid). A v1 file is
-//! migrated in place on open; its rows are kept.
+//! channel's registrations, aliases and ACLs, one document per cuid) and `acl_counts` (ACL
+//! counts of mitigations that have ended, per client). A v1 file is migrated in place on
+//! open; its rows are kept.
 
 use std::path::Path;
 
@@ -34,7 +35,8 @@ impl Store {
                  cuid TEXT NOT NULL, mid INTEGER NOT NULL, doc TEXT NOT NULL,
                  PRIMARY KEY (cuid, mid));
              CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS data_client (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS data_client (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS acl_counts (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the schema in {}", path.display()))?;
         let version: Option<i64> = conn
@@ -161,6 +163,33 @@ impl Store {
         self.conn
             .execute("DELETE FROM data_client WHERE cuid = ?1", params![cuid])?;
         Ok(())
+    }
+
+    /// Writes (or replaces) a client's counts of ended mitigations' ACL entries.
+    pub fn put_acl_counts<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
+        let json = serde_json::to_string(doc)?;
+        self.conn.execute(
+            "INSERT INTO acl_counts (client, doc) VALUES (?1, ?2)
+             ON CONFLICT (client) DO UPDATE SET doc = excluded.doc",
+            params![client, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn acl_counts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        let mut stmt = self.conn.prepare("SELECT client, doc FROM acl_counts")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (client, doc) = row?;
+            match serde_json::from_str(&doc) {
+                Ok(d) => out.push((client, d)),
+                Err(e) => {
+                    tracing::error!("stored ACL counts of {client} are unreadable, skipped: {e}")
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every data-channel client; unreadable rows are reported and skipped.

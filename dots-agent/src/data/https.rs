@@ -133,6 +133,7 @@ pub fn prepare(
         .map(|c| (c.name.clone(), c.prefixes.clone()))
         .collect();
     let (layer, acl_handle) = super::AclLayer::new(datapath, prefixes.clone());
+    acl_handle.keep_counts_in(crate::store::Store::open(&config.store.dir)?)?;
     let store = crate::store::Store::open(&config.store.dir)?;
     let channel = Arc::new(Mutex::new(DataChannel::new(
         prefixes,

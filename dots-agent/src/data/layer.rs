@@ -9,7 +9,9 @@
 //!   countermeasures; traffic no entry matches passes as before.
 //!
 //! Live entries: `immediate` ACLs always, `activate-when-mitigating` ones while the client
-//! has at least one installed mitigation. The engine sees only its own mitigations
+//! has at least one installed mitigation. Statistics add an entry's counters over the
+//! baseline and the mitigations, plus what it counted inside mitigations that have ended
+//! (kept in the store). The engine sees only its own mitigations
 //! (baselines are hidden from `installed()`); the data channel drives the rest through an
 //! [`AclHandle`]. Both share one lock, taken after the engine's.
 
@@ -36,9 +38,13 @@ struct Layer {
     acls: BTreeMap<String, Vec<(Activation, AclEntry)>>,
     /// Client name -> ACL counts of entries that ran inside mitigations since removed
     /// (by entry name hash), so statistics do not fall back when a mitigation ends.
-    /// In memory only: after a restart the pinned baseline's counters remain.
     retired: BTreeMap<String, HashMap<u64, Counter>>,
+    /// Where `retired` is kept across restarts (None: memory only).
+    store: Option<crate::store::Store>,
 }
+
+/// `retired` of one client as stored: (name hash, packets, bytes).
+type StoredCounts = Vec<(u64, u64, u64)>;
 
 /// The [`Mitigator`] the engine gets.
 pub struct AclLayer {
@@ -67,6 +73,7 @@ impl AclLayer {
             engine_specs: BTreeMap::new(),
             acls: BTreeMap::new(),
             retired: BTreeMap::new(),
+            store: None,
         }));
         (
             AclLayer {
@@ -91,6 +98,18 @@ impl Layer {
                     .all(|t| allowed.iter().any(|a| a.contains(t)))
             })
             .map(|(name, _)| name.clone())
+    }
+
+    fn persist_retired(&self, client: &str) {
+        let Some(store) = &self.store else { return };
+        let doc: StoredCounts = self
+            .retired
+            .get(client)
+            .map(|m| m.iter().map(|(h, c)| (*h, c.packets, c.bytes)).collect())
+            .unwrap_or_default();
+        if let Err(e) = store.put_acl_counts(client, &doc) {
+            tracing::error!("store: ACL counts of {client}: {e:#}");
+        }
     }
 
     fn mitigating(&self, client: &str) -> bool {
@@ -218,6 +237,7 @@ impl Mitigator for AclLayer {
             for a in out.iter().flat_map(|c| &c.acl) {
                 retired.entry(a.name_hash).or_default().add(&a.matched);
             }
+            l.persist_retired(&client);
             if let Err(e) = l.sync_client(&client) {
                 tracing::error!("ACLs of {client}: {e}");
             }
@@ -270,8 +290,27 @@ impl AclHandle {
         }
         // Counts of entries that no longer exist are forgotten (a new ACL starts at 0).
         if let Some(r) = l.retired.get_mut(client) {
+            let before = r.len();
             r.retain(|k, _| names.contains(k));
+            if r.len() != before {
+                l.persist_retired(client);
+            }
         }
+        Ok(())
+    }
+
+    /// Keeps the counts of ended mitigations' ACL entries in `store` (and reads what an
+    /// earlier run left there), so statistics survive restarts.
+    pub fn keep_counts_in(&self, store: crate::store::Store) -> anyhow::Result<()> {
+        let mut l = lock(&self.shared);
+        for (client, doc) in store.acl_counts::<StoredCounts>()? {
+            let m = doc
+                .into_iter()
+                .map(|(h, packets, bytes)| (h, Counter { packets, bytes }))
+                .collect();
+            l.retired.insert(client, m);
+        }
+        l.store = Some(store);
         Ok(())
     }
 
