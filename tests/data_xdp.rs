@@ -197,6 +197,34 @@ fn acl(name: &str, activation: &str, port: u16) -> String {
     )
 }
 
+/// GET with curl (an independent HTTPS client, with client-a's certificate) from
+/// namespace `ns`; returns the body as JSON.
+fn curl_get(ns: &dots_e2e::Netns, dir: &Path, path: String) -> serde_json::Value {
+    let dir = dir.to_path_buf();
+    ns.run(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "10"])
+            .arg("--cacert")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("client-a.pem"))
+            .arg("--key")
+            .arg(dir.join("client-a.key"))
+            .args(["--resolve", &format!("dots.example:4443:{SERVER_IP}")])
+            .arg(format!("https://dots.example:4443{path}"))
+            .output()
+            .expect("running curl");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON from curl")
+    })
+    .join()
+    .unwrap()
+}
+
 /// matched-packets and matched-octets of the first ACE of an ACL.
 fn statistics(r: &HttpResponse) -> (u64, u64) {
     let v = r.json().expect("a JSON body");
@@ -271,6 +299,16 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         None,
     ));
     assert_eq!(packets, 300, "the ACE's XDP counter");
+    let seen_by_curl = curl_get(
+        &pair.a,
+        dir.path(),
+        format!("{c}/acls/acl=now?content=nonconfig"),
+    );
+    assert_eq!(
+        seen_by_curl["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["statistics"]
+            ["matched-packets"],
+        "300"
+    );
     assert!(octets >= 300 * 42, "{octets} octets");
 
     // An activate-when-mitigating ACL for port 5555: idle until a mitigation exists.
