@@ -303,8 +303,16 @@ impl<M: Mitigator> Engine<M> {
                     scope.target_prefix.push(p);
                 }
             }
-            scope.target_port_range.extend(t.ports);
-            scope.target_protocol.extend(t.protocols);
+            for r in t.ports {
+                if !scope.target_port_range.contains(&r) {
+                    scope.target_port_range.push(r);
+                }
+            }
+            for p in t.protocols {
+                if !scope.target_protocol.contains(&p) {
+                    scope.target_protocol.push(p);
+                }
+            }
         }
         Ok(scope)
     }
