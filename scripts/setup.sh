@@ -22,6 +22,8 @@ PACKAGES=(
   libcoap3-bin xdp-tools libxdp1 bpftool
   # a real Prometheus server for the metrics end-to-end test
   prometheus
+  # an independent HTTPS client for the data-channel tests
+  curl
 )
 
 log() { printf 'setup: %s\n' "$*"; }

@@ -3,7 +3,6 @@
 //! Prometheus' HTTP API shows a non-zero drop rate for the mitigation, and the dropped
 //! packets Prometheus last scraped equal the pkts-dropped of the DOTS mitigation status.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use dots_e2e::dots::{attack, connect, in_ns, start_server};
+use dots_e2e::dots::{attack, connect, http_get, in_ns, start_server};
 use dots_e2e::{Netns, PinRoot, VethPair};
 
 const SERVER_IP: &str = "192.0.2.2";
@@ -55,29 +54,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// GET `path` from `addr` inside `ns` (HTTP/1.1, connection closed after the answer):
-/// the status code and the body, or None if nothing answers.
-fn http_get(ns: &Netns, addr: &'static str, path: String) -> Option<(u16, String)> {
-    ns.run(move || {
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        // Prometheus answers queries with a content length; chunked bodies are not expected.
-        Some((code, body.to_string()))
-    })
-    .join()
-    .ok()
-    .flatten()
 }
 
 /// The value of a PromQL instant query whose result is one sample (None: no sample).

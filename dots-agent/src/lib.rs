@@ -8,11 +8,13 @@
 //! - [`server`], [`client`]: the signal channel's transports (DTLS and TLS).
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
+//! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod client;
+pub mod data;
 pub mod datapath;
 pub mod dtls_io;
 pub mod measure;

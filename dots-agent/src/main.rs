@@ -22,7 +22,7 @@ enum Command {
     /// Certificates for a lab: a CA, a server and clients.
     #[command(subcommand)]
     Pki(cli::pki::PkiCommand),
-    /// Run the DOTS server (signal channel; XDP datapath per its config).
+    /// Run the DOTS server (signal and data channels; XDP datapath per its config).
     Server {
         #[arg(long)]
         config: std::path::PathBuf,

@@ -13,7 +13,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use xdp_common::{Counter, DropReason};
+use xdp_common::DropReason;
 
 use crate::datapath::{MitigationCounters, Mitigator};
 use crate::signal::engine::{Engine, MitigationView};
@@ -250,13 +250,13 @@ fn datapath_families<M: Mitigator>(
     );
     let acl_p = counter(
         "dots_acl_entry_matched_packets_total",
-        "Packets that matched an ACL entry",
-        &["client", "mid", "acl"],
+        "Packets that matched an ACL entry (data channel), over all of its client's rules",
+        &["client", "acl"],
     );
     let acl_b = counter(
         "dots_acl_entry_matched_bytes_total",
-        "Bytes that matched an ACL entry",
-        &["client", "mid", "acl"],
+        "Bytes that matched an ACL entry (data channel), over all of its client's rules",
+        &["client", "acl"],
     );
     let by_status = gauge(
         "dots_mitigations",
@@ -318,11 +318,11 @@ fn datapath_families<M: Mitigator>(
             dropped_p.with_label_values(&lr).inc_by(d.packets);
             dropped_b.with_label_values(&lr).inc_by(d.bytes);
         }
-        for (name, matched) in &v.acl {
-            let la = [l[0], l[1], name.as_str()];
-            acl_p.with_label_values(&la).inc_by(matched.packets);
-            acl_b.with_label_values(&la).inc_by(matched.bytes);
-        }
+    }
+    for (client, acl, matched) in engine.mitigator().acl_statistics() {
+        let la = [client.as_str(), acl.as_str()];
+        acl_p.with_label_values(&la).inc_by(matched.packets);
+        acl_b.with_label_values(&la).inc_by(matched.bytes);
     }
     for (name, used, capacity) in engine.mitigator().occupancy() {
         map_used.with_label_values(&[name]).set(used as i64);
@@ -344,11 +344,10 @@ fn datapath_families<M: Mitigator>(
 struct Series {
     status: Option<crate::signal::message::Status>,
     counters: MitigationCounters,
-    acl: Vec<(String, Counter)>,
 }
 
 /// Series per installed mitigation: the `limit` that dropped most keep their own; the
-/// rest are summed per client under mid "other" (their ACL entries are not itemised).
+/// rest are summed per client under mid "other".
 fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String, Series)> {
     let mut live: Vec<(MitigationView, MitigationCounters)> = views
         .into_iter()
@@ -362,19 +361,12 @@ fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String
     let mut others: std::collections::BTreeMap<String, MitigationCounters> = Default::default();
     for (i, (v, c)) in live.into_iter().enumerate() {
         if i < limit {
-            let acl = v
-                .acl_names
-                .iter()
-                .zip(c.acl.iter())
-                .map(|(n, a)| (n.clone(), a.matched))
-                .collect();
             out.push((
                 v.client,
                 v.mid.to_string(),
                 Series {
                     status: Some(v.status),
                     counters: c,
-                    acl,
                 },
             ));
         } else {
@@ -464,6 +456,7 @@ mod tests {
     use crate::datapath::{Countermeasures, MemoryMitigator};
     use crate::signal::engine::ClientPolicy;
     use crate::signal::message::{Lifetime, Scope};
+    use xdp_common::Counter;
 
     fn engine_with(n: u32) -> Engine<MemoryMitigator> {
         let mut e = Engine::new(

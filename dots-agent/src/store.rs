@@ -1,6 +1,11 @@
 //! The embedded store (SQLite under the configured state directory): accepted mitigations
 //! and session configurations, so both survive a restart of the agent. Rows hold JSON
 //! documents; the schema carries a version for later migrations.
+//!
+//! Versions: 1 = mitigations and session configurations; 2 adds `data_client` (the data
+//! channel's registrations, aliases and ACLs, one document per cuid) and `acl_counts` (ACL
+//! counts of mitigations that have ended, per client). A v1 file is migrated in place on
+//! open; its rows are kept.
 
 use std::path::Path;
 
@@ -8,7 +13,7 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
 use serde::{de::DeserializeOwned, Serialize};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 pub struct Store {
     conn: Connection,
@@ -29,7 +34,9 @@ impl Store {
              CREATE TABLE IF NOT EXISTS mitigation (
                  cuid TEXT NOT NULL, mid INTEGER NOT NULL, doc TEXT NOT NULL,
                  PRIMARY KEY (cuid, mid));
-             CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS data_client (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS acl_counts (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the schema in {}", path.display()))?;
         let version: Option<i64> = conn
@@ -45,6 +52,13 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
+            // v1 -> v2: only a new table, created above.
+            Some(1) => {
+                conn.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                    params![SCHEMA_VERSION],
+                )?;
+            }
             Some(v) => anyhow::bail!(
                 "{} has schema version {v}; this agent knows {SCHEMA_VERSION}",
                 path.display()
@@ -164,6 +178,69 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes (or replaces) a data-channel client's document.
+    pub fn put_data_client<T: Serialize>(&self, cuid: &str, doc: &T) -> Result<()> {
+        let json = serde_json::to_string(doc)?;
+        self.conn.execute(
+            "INSERT INTO data_client (cuid, doc) VALUES (?1, ?2)
+             ON CONFLICT (cuid) DO UPDATE SET doc = excluded.doc",
+            params![cuid, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_data_client(&self, cuid: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM data_client WHERE cuid = ?1", params![cuid])?;
+        Ok(())
+    }
+
+    /// Writes (or replaces) a client's counts of ended mitigations' ACL entries.
+    pub fn put_acl_counts<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
+        let json = serde_json::to_string(doc)?;
+        self.conn.execute(
+            "INSERT INTO acl_counts (client, doc) VALUES (?1, ?2)
+             ON CONFLICT (client) DO UPDATE SET doc = excluded.doc",
+            params![client, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn acl_counts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        let mut stmt = self.conn.prepare("SELECT client, doc FROM acl_counts")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (client, doc) = row?;
+            match serde_json::from_str(&doc) {
+                Ok(d) => out.push((client, d)),
+                Err(e) => {
+                    tracing::error!("stored ACL counts of {client} are unreadable, skipped: {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every data-channel client; unreadable rows are reported and skipped.
+    pub fn data_clients<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        let mut stmt = self.conn.prepare("SELECT cuid, doc FROM data_client")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cuid, doc) = row?;
+            match serde_json::from_str(&doc) {
+                Ok(d) => out.push((cuid, d)),
+                Err(e) => {
+                    tracing::error!("stored data-channel client {cuid} is unreadable, skipped: {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +275,40 @@ mod tests {
             t,
             vec![("client-a".into(), serde_json::json!({"pipes": 1}))]
         );
+    }
+
+    #[test]
+    fn a_v1_file_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a v1 agent wrote.
+            let conn = Connection::open(dir.path().join("dots-agent.sqlite")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema', 1);
+                 CREATE TABLE mitigation (cuid TEXT NOT NULL, mid INTEGER NOT NULL,
+                     doc TEXT NOT NULL, PRIMARY KEY (cuid, mid));
+                 INSERT INTO mitigation VALUES ('cu', 3, '{\"a\":1}');
+                 CREATE TABLE session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let m: Vec<(String, u32, serde_json::Value)> = s.mitigations().unwrap();
+        assert_eq!(m.len(), 1);
+        s.put_data_client("cu", &serde_json::json!({"name": "a"}))
+            .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        let d: Vec<(String, serde_json::Value)> = s.data_clients().unwrap();
+        assert_eq!(d[0].1["name"], "a");
+        let v: i64 = s
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(v, 2);
     }
 
     #[test]

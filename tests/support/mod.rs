@@ -112,6 +112,7 @@ impl Drop for PinRoot {
 /// A DOTS server and client in namespaces, and attack traffic across a veth pair.
 pub mod dots {
     use std::collections::BTreeMap;
+    use std::io::{Read, Write};
     use std::path::Path;
     use std::time::Duration;
 
@@ -206,5 +207,27 @@ pub mod dots {
             .filter(|(k, _)| k.sport == 123)
             .map(|(_, v)| v.packets)
             .sum()
+    }
+    /// GET `path` from `addr` inside `ns` (HTTP/1.1, connection closed after the answer):
+    /// the status code and the body, or None if nothing answers.
+    pub fn http_get(ns: &Netns, addr: &'static str, path: String) -> Option<(u16, String)> {
+        ns.run(move || {
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).ok()?;
+            let (head, body) = raw.split_once("\r\n\r\n")?;
+            let code = head.split_whitespace().nth(1)?.parse().ok()?;
+            // Prometheus answers queries with a content length; chunked bodies are not expected.
+            Some((code, body.to_string()))
+        })
+        .join()
+        .ok()
+        .flatten()
     }
 }

@@ -1,4 +1,5 @@
 //! The `dots-agent` command line.
+pub mod data;
 pub mod pki;
 pub mod signal;
 pub mod telemetry;

@@ -58,6 +58,8 @@ pub enum ClientCommand {
     /// Telemetry (RFC 9244): setup, pipe capacity, baselines and reports measured here.
     #[command(subcommand)]
     Telemetry(super::telemetry::TelemetryCommand),
+    /// The data channel (RFC 8783): registration, aliases, ACLs, capabilities.
+    Data(super::data::DataArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,8 +103,11 @@ pub struct ScopeArgs {
     #[arg(long)]
     mid: u32,
     /// Target prefix (repeatable).
-    #[arg(long = "target", required = true)]
+    #[arg(long = "target", required_unless_present = "aliases")]
     targets: Vec<IpNet>,
+    /// Alias name created over the data channel (repeatable); its targets are added.
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
     /// Destination port or range LOW-HIGH (repeatable).
     #[arg(long = "port", value_parser = parse_port_range)]
     ports: Vec<PortRange>,
@@ -130,6 +135,7 @@ impl ScopeArgs {
         let mut scope = Scope::new(self.targets.clone(), lifetime);
         scope.target_port_range = self.ports.clone();
         scope.target_protocol = self.protocols.clone();
+        scope.alias_name = self.aliases.clone();
         Ok(scope)
     }
 }
@@ -159,6 +165,9 @@ pub fn run_server(config: PathBuf) -> Result<()> {
 
 pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()> {
     let cfg = ClientConfig::load(&config)?;
+    if let ClientCommand::Data(args) = cmd {
+        return super::data::run(cfg, json, args);
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let mut s = Session::connect(&cfg).await?;
@@ -205,6 +214,7 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
             ClientCommand::Config(_) | ClientCommand::Telemetry(_) => {
                 (RequestType::Get, Vec::new(), None, false)
             }
+            ClientCommand::Data(_) => bail!("the data channel is served above"),
         };
         if let ClientCommand::Watch {
             seconds,

@@ -485,7 +485,7 @@ impl Session {
 }
 
 /// Our certificate and key, and the CA the server's certificate must chain to.
-fn load_credentials(b: &mut SslContextBuilder, tls: &ClientTls) -> Result<()> {
+pub(crate) fn load_credentials(b: &mut SslContextBuilder, tls: &ClientTls) -> Result<()> {
     b.set_ca_file(&tls.ca)
         .with_context(|| format!("loading CA {}", tls.ca.display()))?;
     b.set_certificate_chain_file(&tls.cert)

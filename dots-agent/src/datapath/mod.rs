@@ -109,6 +109,11 @@ pub trait Mitigator: Send {
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         Vec::new()
     }
+    /// Matched traffic per (client, ACL entry name) for ACLs kept per client (the data
+    /// channel's layer); empty where ACLs belong to single mitigations.
+    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
+        Vec::new()
+    }
 }
 
 impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
@@ -129,5 +134,8 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         (**self).interfaces()
+    }
+    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
+        (**self).acl_statistics()
     }
 }

@@ -20,6 +20,9 @@ pub struct ServerConfig {
     pub store: Store,
     #[serde(default)]
     pub datapath: Datapath,
+    /// The data channel (RFC 8783); absent: no data channel.
+    #[serde(default)]
+    pub data: Option<Data>,
     #[serde(default, rename = "client")]
     pub clients: Vec<Client>,
     #[serde(default)]
@@ -102,6 +105,13 @@ fn default_attack_quiet() -> u64 {
 
 fn default_terminating() -> u64 {
     crate::signal::engine::TERMINATING_DEFAULT
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    /// HTTPS (RESTCONF) addresses, with the same certificates as the signal channel.
+    pub listen: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]

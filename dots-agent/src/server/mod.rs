@@ -239,16 +239,20 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let store = crate::store::Store::open(&config.store.dir)?;
-    let (engine, restored) = Engine::new(mitigator(&config)?, config.policies())
+    // The data channel's ACLs ride on the datapath through a layer the engine installs into.
+    let data = crate::data::https::prepare(&config, mitigator(&config)?)?;
+    let (engine, restored) = Engine::new(data.mitigator, config.policies())
         .with_terminating_period(config.signal.terminating_seconds)
         .with_attack_quiet(config.signal.attack_quiet_seconds)
         .with_redirect(config.signal.redirect.as_ref().map(|r| r.message()))
         .with_talker_drop(config.talker_drop_clients())
+        .with_data_channel(data.link)
         .with_store(store, now())?;
     tracing::info!(
         "restored {restored} mitigation(s) from {}",
         config.store.dir.display()
     );
+    data.acl_handle.sync_all();
     let engine: SharedEngine = Arc::new(Mutex::new(engine));
     let acceptor = Arc::new(acceptor(&config.tls)?);
     spawn_ticker(engine.clone());
@@ -287,6 +291,7 @@ pub async fn run_until(
             engine.clone(),
         )));
     }
+    tasks.extend(crate::data::https::start(&config, data.channel).await?);
     shutdown.await;
     tracing::info!("shutting down; XDP rules stay pinned and keep filtering");
     for t in tasks {

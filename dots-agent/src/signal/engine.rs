@@ -33,6 +33,31 @@ pub const ATTACK_QUIET_DEFAULT: u64 = 60;
 /// goes on.
 const ACTIVITY_CHECK: u64 = 2;
 
+/// What an `alias-name` stands for (the data channel's aliases, RFC 8783 §6).
+#[derive(Clone, Debug, Default)]
+pub struct AliasTargets {
+    pub prefixes: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+    pub protocols: Vec<u8>,
+    /// How many FQDN / URI targets it holds (this server does not resolve those).
+    pub names: usize,
+}
+
+/// What the signal channel asks of the data channel (RFC 8783 aliases, RFC 9133 filter
+/// control), by the client's cuid.
+pub trait DataChannelLink: Send + Sync {
+    /// The targets of the client's alias `name`.
+    fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets>;
+    /// Sets the activation type of the client's ACLs (`acl-list` in a mitigation
+    /// request); with `apply` false only checks that they exist. Err: a diagnostic.
+    fn set_acl_activation(
+        &self,
+        cuid: &str,
+        acls: &[AclActivation],
+        apply: bool,
+    ) -> Result<(), String>;
+}
+
 /// What a configured client may do (from server.toml).
 #[derive(Clone, Debug)]
 pub struct ClientPolicy {
@@ -102,9 +127,6 @@ struct Mitigation {
     announce_until: Option<u64>,
     /// Whether the attack goes on (not stored: a restart starts watching afresh).
     activity: Activity,
-    /// Names of the ACL entries installed with it, in order (their counters come in this
-    /// order); set at each install.
-    acl_names: Vec<String>,
 }
 
 /// One mitigation as metrics see it.
@@ -115,7 +137,6 @@ pub struct MitigationView {
     pub status: Status,
     /// None when it is not in the datapath (armed, ended).
     pub counters: Option<crate::datapath::MitigationCounters>,
-    pub acl_names: Vec<String>,
 }
 
 /// The drop counter as last read, and when it last moved.
@@ -176,6 +197,8 @@ pub struct Engine<M: Mitigator> {
     reports: BTreeMap<String, BTreeMap<u32, telemetry::PreMitigation>>,
     /// Clients whose reported top talkers are dropped (server policy, off by default).
     drop_talkers_of: std::collections::BTreeSet<String>,
+    /// Resolves `alias-name` and applies `acl-list` (None: both are refused).
+    data_channel: Option<Box<dyn DataChannelLink>>,
 }
 
 /// Traffic to a mitigation's targets (in scope) and the dropped part, sampled at the
@@ -201,6 +224,9 @@ struct Record {
     lifetime: i64,
     trigger_mitigation: bool,
     acl_list: Vec<(String, u8)>,
+    /// The request's alias names (their targets are in `targets`); absent in older rows.
+    #[serde(default)]
+    alias_name: Vec<String>,
     status: u8,
     start: Option<u64>,
     expires: Option<u64>,
@@ -238,6 +264,7 @@ impl Record {
                 Lifetime::Seconds(s) => s as i64,
             },
             trigger_mitigation: m.scope.trigger_mitigation,
+            alias_name: m.scope.alias_name.clone(),
             acl_list: m
                 .scope
                 .acl_list
@@ -265,6 +292,7 @@ impl Record {
         scope.target_port_range = self.ports;
         scope.target_protocol = self.protocols;
         scope.trigger_mitigation = self.trigger_mitigation;
+        scope.alias_name = self.alias_name;
         scope.acl_list = self
             .acl_list
             .into_iter()
@@ -288,7 +316,6 @@ impl Record {
             ended_at: self.ended_at,
             announce_until: self.announce_until,
             activity: Activity::default(),
-            acl_names: Vec::new(),
         };
         (self.client, m)
     }
@@ -323,6 +350,7 @@ impl<M: Mitigator> Engine<M> {
             measured: Default::default(),
             reports: BTreeMap::new(),
             drop_talkers_of: Default::default(),
+            data_channel: None,
         }
     }
 
@@ -353,6 +381,69 @@ impl<M: Mitigator> Engine<M> {
     pub fn with_attack_quiet(mut self, seconds: u64) -> Self {
         self.attack_quiet = seconds.max(1);
         self
+    }
+
+    /// Resolves `alias-name` and applies `acl-list` of mitigation requests through the
+    /// data channel from now on.
+    pub fn with_data_channel(mut self, link: Box<dyn DataChannelLink>) -> Self {
+        self.data_channel = Some(link);
+        self
+    }
+
+    /// RFC 9133: `acl-list` in a mitigation request sets the activation type of the
+    /// client's ACLs (created over the data channel). `apply` false: only check them.
+    fn acl_control(&self, cuid: &str, scope: &Scope, apply: bool) -> Result<(), Refusal> {
+        if scope.acl_list.is_empty() {
+            return Ok(());
+        }
+        let Some(link) = &self.data_channel else {
+            return Err(Refusal::BadRequest(
+                "acl-list is not supported by this server (no data channel)".into(),
+            ));
+        };
+        link.set_acl_activation(cuid, &scope.acl_list, apply)
+            .map_err(Refusal::BadRequest)
+    }
+
+    /// Adds what the scope's aliases stand for to its explicit targets (RFC 9132 §4.4.1:
+    /// an alias must be the client's own, else 4.00). The alias names stay in the scope.
+    fn expand_aliases(&self, cuid: &str, mut scope: Scope) -> Result<Scope, Refusal> {
+        if scope.alias_name.is_empty() {
+            return Ok(scope);
+        }
+        let Some(resolver) = &self.data_channel else {
+            return Err(Refusal::BadRequest(
+                "alias-name is not resolved by this server (no data channel)".into(),
+            ));
+        };
+        for name in &scope.alias_name {
+            let t = resolver.resolve(cuid, name).ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "unknown alias-name {name:?} (create it over the data channel)"
+                ))
+            })?;
+            if t.names > 0 {
+                return Err(Refusal::BadRequest(format!(
+                    "alias {name:?} holds FQDN or URI targets, which this server does not resolve"
+                )));
+            }
+            for p in t.prefixes {
+                if !scope.target_prefix.contains(&p) {
+                    scope.target_prefix.push(p);
+                }
+            }
+            for r in t.ports {
+                if !scope.target_port_range.contains(&r) {
+                    scope.target_port_range.push(r);
+                }
+            }
+            for p in t.protocols {
+                if !scope.target_protocol.contains(&p) {
+                    scope.target_protocol.push(p);
+                }
+            }
+        }
+        Ok(scope)
     }
 
     /// Writes accepted state to `store` from now on, and restores what it holds: session
@@ -448,8 +539,31 @@ impl<M: Mitigator> Engine<M> {
         self.policies.get(client)
     }
 
-    /// PUT /mitigate/cuid/mid (`efficacy`: the request carried an empty If-Match).
+    /// PUT /mitigate/cuid/mid (`efficacy`: the request carried an empty If-Match). An
+    /// `acl-list` (RFC 9133) is checked first and applied once the request is accepted.
     pub fn put(
+        &mut self,
+        client: &str,
+        cuid: &str,
+        mid: u32,
+        scope: Scope,
+        efficacy: bool,
+        now: u64,
+    ) -> Result<PutOutcome, Refusal> {
+        if self.policies.contains_key(client) {
+            self.acl_control(cuid, &scope, false)?;
+        }
+        let acl_scope = (!scope.acl_list.is_empty()).then(|| scope.clone());
+        let outcome = self.put_scope(client, cuid, mid, scope, efficacy, now)?;
+        if let (Some(s), PutOutcome::Created { .. } | PutOutcome::Changed) = (acl_scope, outcome) {
+            if let Err(e) = self.acl_control(cuid, &s, true) {
+                tracing::error!("acl-list of mitigation {mid} of {cuid}: {e:?}");
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn put_scope(
         &mut self,
         client: &str,
         cuid: &str,
@@ -462,12 +576,10 @@ impl<M: Mitigator> Engine<M> {
             self.policies.get(client).cloned().ok_or_else(|| {
                 Refusal::Forbidden(format!("client {client:?} is not configured"))
             })?;
-        if !scope.target_fqdn.is_empty()
-            || !scope.target_uri.is_empty()
-            || !scope.alias_name.is_empty()
-        {
+        let scope = self.expand_aliases(cuid, scope)?;
+        if !scope.target_fqdn.is_empty() || !scope.target_uri.is_empty() {
             return Err(Refusal::BadRequest(
-                "this server mitigates target-prefix scopes only (target-fqdn, target-uri and alias-name are not resolved)".into(),
+                "this server mitigates target-prefix scopes only (target-fqdn and target-uri are not resolved)".into(),
             ));
         }
         for p in &scope.target_prefix {
@@ -614,7 +726,6 @@ impl<M: Mitigator> Engine<M> {
             ended_at: None,
             announce_until: None,
             activity: Activity::default(),
-            acl_names: Vec::new(),
         };
         if m.scope.trigger_mitigation {
             if let Err(refusal) = self.install(&mut m, &policy, now) {
@@ -680,7 +791,6 @@ impl<M: Mitigator> Engine<M> {
             other => Refusal::Unavailable(other.to_string()),
         })?;
         m.installed = true;
-        m.acl_names = spec.acl.iter().map(|a| a.name.clone()).collect();
         m.status = Status::SuccessfullyMitigated;
         m.start = Some(now);
         m.activity = Activity {
@@ -1355,7 +1465,6 @@ impl<M: Mitigator> Engine<M> {
                     } else {
                         None
                     },
-                    acl_names: m.acl_names.clone(),
                 });
             }
         }
@@ -2132,6 +2241,118 @@ mod tests {
         ];
         e.config_put("a", 1, &body).unwrap(); // mitigating: 15 s x 3
         assert_eq!(e.detect_lost_sessions(1046), vec!["cu-a".to_string()]);
+    }
+
+    struct OneAlias;
+    impl DataChannelLink for OneAlias {
+        fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
+            match (cuid, name) {
+                ("cu-a", "web") => Some(AliasTargets {
+                    prefixes: vec!["198.51.100.80/28".parse().unwrap()],
+                    ports: vec![PortRange::single(443)],
+                    protocols: vec![6],
+                    names: 0,
+                }),
+                ("cu-a", "named") => Some(AliasTargets {
+                    names: 1,
+                    ..Default::default()
+                }),
+                _ => None,
+            }
+        }
+        fn set_acl_activation(
+            &self,
+            _cuid: &str,
+            acls: &[AclActivation],
+            _apply: bool,
+        ) -> Result<(), String> {
+            match acls.iter().find(|a| a.acl_name != "known") {
+                Some(a) => Err(format!("unknown acl-name {:?}", a.acl_name)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn acl_lists_are_checked_before_the_request_is_accepted() {
+        let mut e = engine().with_data_channel(Box::new(OneAlias));
+        let mut s = scope("198.51.100.0/28", 60);
+        s.acl_list = vec![AclActivation {
+            acl_name: "nope".into(),
+            activation_type: ActivationType::Immediate,
+        }];
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(e.mitigator().installed().is_empty(), "nothing installed");
+        s.acl_list[0].acl_name = "known".into();
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Ok(PutOutcome::Created { .. })
+        ));
+        // Without a data channel acl-list is refused.
+        assert!(matches!(
+            engine().put("a", "cu-a", 1, s, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn alias_names_resolve_through_the_clients_aliases() {
+        let mut e = engine().with_data_channel(Box::new(OneAlias));
+        let mut s = Scope::new(Vec::new(), Lifetime::Seconds(60));
+        s.alias_name = vec!["web".into()];
+        assert!(matches!(
+            e.put("a", "cu-a", 1, s.clone(), false, 0),
+            Ok(PutOutcome::Created { .. })
+        ));
+        let id = e.mitigator().installed()[0];
+        let spec = e.mitigator().spec(id).unwrap();
+        assert_eq!(spec.targets, vec!["198.51.100.80/28".parse().unwrap()]);
+        assert_eq!(
+            (spec.ports.clone(), spec.protocols.clone()),
+            (vec![PortRange::single(443)], vec![6])
+        );
+        assert_eq!(
+            e.put("a", "cu-a", 1, s.clone(), false, 10),
+            Ok(PutOutcome::Changed),
+            "the same request again is a refresh"
+        );
+        // The alias name is stored with the mitigation: after a restart the same request
+        // is still a refresh.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut stored, _) = engine()
+            .with_data_channel(Box::new(OneAlias))
+            .with_store(Store::open(dir.path()).unwrap(), 0)
+            .unwrap();
+        stored.put("a", "cu-a", 1, s.clone(), false, 0).unwrap();
+        drop(stored);
+        let (mut restarted, _) = engine()
+            .with_data_channel(Box::new(OneAlias))
+            .with_store(Store::open(dir.path()).unwrap(), 5)
+            .unwrap();
+        assert_eq!(
+            restarted.put("a", "cu-a", 1, s.clone(), false, 5),
+            Ok(PutOutcome::Changed)
+        );
+        assert_eq!(
+            restarted.status("cu-a", Some(1), 5).unwrap()[0]
+                .scope
+                .alias_name,
+            vec!["web".to_string()]
+        );
+        // Another client's cuid does not see this alias; FQDN aliases are not resolved.
+        assert!(matches!(
+            e.put("b", "cu-b", 1, s, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
+        let mut named = Scope::new(Vec::new(), Lifetime::Seconds(60));
+        named.alias_name = vec!["named".into()];
+        assert!(matches!(
+            e.put("a", "cu-a", 2, named, false, 0),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]
