@@ -258,6 +258,11 @@ fn datapath_families<M: Mitigator>(
         "Bytes that matched an ACL entry (data channel), over all of its client's rules",
         &["client", "acl"],
     );
+    let client_attack = gauge(
+        "dots_mitigation_client_reported_attack_rate",
+        "Attack traffic the client says still reaches it (RFC 9244 efficacy telemetry), per unit",
+        &["client", "mid", "unit"],
+    );
     let by_status = gauge(
         "dots_mitigations",
         "Mitigations known to the server, by status",
@@ -299,6 +304,19 @@ fn datapath_families<M: Mitigator>(
         by_status
             .with_label_values(&[&(v.status as u8).to_string()])
             .inc();
+        for (unit, s) in &v.client_attack {
+            let Some(value) = s.current.or(s.peak) else {
+                continue;
+            };
+            let label = match unit.class() {
+                crate::signal::telemetry::UnitClass::PacketsPerSecond => "packets_per_second",
+                crate::signal::telemetry::UnitClass::BitsPerSecond => "bits_per_second",
+                crate::signal::telemetry::UnitClass::BytesPerSecond => "bytes_per_second",
+            };
+            client_attack
+                .with_label_values(&[v.client.as_str(), &v.mid.to_string(), label])
+                .set(unit.to_base(value).min(i64::MAX as u64) as i64);
+        }
     }
     for (client, mid, v) in limit_series(views, limit) {
         let l = [client.as_str(), mid.as_str()];
@@ -514,6 +532,23 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
+        // Efficacy telemetry: the client still sees 40 Mbit/s of attack traffic.
+        let mut efficacy = Scope::new(
+            vec!["198.51.100.1/32".parse().unwrap()],
+            Lifetime::Seconds(600),
+        );
+        efficacy.efficacy_attack = vec![(
+            crate::signal::telemetry::Unit::from_code(8).unwrap(),
+            crate::signal::telemetry::Stats {
+                current: Some(40),
+                ..Default::default()
+            },
+        )];
+        e.put("client-a", "cu-a", 1, efficacy, true, 1).unwrap();
+        let text = render(&e, 1, 100);
+        assert!(text.contains(
+            "dots_mitigation_client_reported_attack_rate{client=\"client-a\",mid=\"1\",unit=\"bits_per_second\"} 40000000"
+        ), "{text}");
         // A withdrawn-and-ended mitigation has no series left.
         e.delete("cu-a", 1, 1);
         e.tick(200);

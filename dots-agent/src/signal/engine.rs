@@ -127,6 +127,8 @@ struct Mitigation {
     announce_until: Option<u64>,
     /// Whether the attack goes on (not stored: a restart starts watching afresh).
     activity: Activity,
+    /// The attack traffic the client last said still reaches it (efficacy telemetry).
+    client_attack: telemetry::Traffic,
 }
 
 /// One mitigation as metrics see it.
@@ -137,6 +139,8 @@ pub struct MitigationView {
     pub status: Status,
     /// None when it is not in the datapath (armed, ended).
     pub counters: Option<crate::datapath::MitigationCounters>,
+    /// The attack traffic the client reports still reaching it (efficacy telemetry).
+    pub client_attack: telemetry::Traffic,
 }
 
 /// The drop counter as last read, and when it last moved.
@@ -316,6 +320,7 @@ impl Record {
             ended_at: self.ended_at,
             announce_until: self.announce_until,
             activity: Activity::default(),
+            client_attack: Vec::new(),
         };
         (self.client, m)
     }
@@ -623,6 +628,13 @@ impl<M: Mitigator> Engine<M> {
                 // The client still sees an attack: not attack-stopped, whatever we drop.
                 self.note_attack(cuid, mid, now);
             }
+            if let Some(m) = self
+                .clients
+                .get_mut(cuid)
+                .and_then(|(_, m)| m.get_mut(&mid))
+            {
+                m.client_attack = scope.efficacy_attack.clone();
+            }
             return self
                 .refresh(cuid, mid, scope.lifetime, &policy, now)
                 .map(|_| PutOutcome::Changed);
@@ -726,6 +738,7 @@ impl<M: Mitigator> Engine<M> {
             ended_at: None,
             announce_until: None,
             activity: Activity::default(),
+            client_attack: Vec::new(),
         };
         if m.scope.trigger_mitigation {
             if let Err(refusal) = self.install(&mut m, &policy, now) {
@@ -1465,6 +1478,7 @@ impl<M: Mitigator> Engine<M> {
                     } else {
                         None
                     },
+                    client_attack: m.client_attack.clone(),
                 });
             }
         }
@@ -1606,11 +1620,13 @@ fn telemetry_refusal(e: TelemetryError) -> Refusal {
     }
 }
 
-/// The same request but for lifetime (a refresh) and attack-status (an efficacy update).
+/// The same request but for lifetime (a refresh), and attack-status and efficacy
+/// telemetry (an efficacy update).
 fn same_except_lifetime(a: &Scope, b: &Scope) -> bool {
     Scope {
         lifetime: b.lifetime,
         attack_status: b.attack_status,
+        efficacy_attack: b.efficacy_attack.clone(),
         ..a.clone()
     } == *b
 }

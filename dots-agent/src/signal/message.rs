@@ -56,6 +56,9 @@ pub struct Scope {
     pub acl_list: Vec<AclActivation>,
     /// attack-status (29), carried by efficacy updates: 1 under attack, 2 mitigated.
     pub attack_status: Option<u8>,
+    /// Efficacy telemetry (RFC 9244 §9.1): the attack traffic the client still sees
+    /// (205), in efficacy updates.
+    pub efficacy_attack: super::telemetry::Traffic,
 }
 
 impl Scope {
@@ -71,6 +74,7 @@ impl Scope {
             trigger_mitigation: true,
             acl_list: Vec::new(),
             attack_status: None,
+            efficacy_attack: Vec::new(),
         }
     }
 
@@ -248,6 +252,14 @@ fn decode_scope(v: Value) -> Result<Scope, CborError> {
     if let Some(v) = f.take(45) {
         s.trigger_mitigation = cbor::as_bool(v, 45)?;
     }
+    if let Some(v) = f.take(205) {
+        s.efficacy_attack = super::telemetry::decode_traffic(v, 205)?;
+    }
+    if let Some(v) = f.take(207) {
+        // Attack details of an efficacy update are checked, not used: talkers reach the
+        // server's policy through pre-mitigation telemetry (/tm).
+        super::telemetry::decode_attack_detail(v)?;
+    }
     if let Some(v) = f.take(53) {
         for e in cbor::as_array(v, 53)? {
             let mut ef = Fields::new(e, "acl-list")?;
@@ -306,6 +318,17 @@ pub fn encode_mitigation_request(s: &Scope) -> Vec<u8> {
             })
             .collect();
         e.push((53, Value::Array(list)));
+    }
+    if !s.efficacy_attack.is_empty() {
+        e.push((
+            205,
+            Value::Array(
+                s.efficacy_attack
+                    .iter()
+                    .map(|(u, t)| t.encode(*u))
+                    .collect(),
+            ),
+        ));
     }
     cbor::encode(&cbor::map(vec![(
         1,
@@ -471,6 +494,26 @@ pub fn decode_redirect(body: &[u8]) -> Result<Redirect, CborError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn efficacy_telemetry_round_trips() {
+        let mut s = Scope::new(
+            vec!["198.51.100.0/24".parse().unwrap()],
+            Lifetime::Seconds(60),
+        );
+        s.attack_status = Some(1);
+        s.efficacy_attack = vec![(
+            super::super::telemetry::Unit::from_code(8).unwrap(),
+            super::super::telemetry::Stats {
+                current: Some(40),
+                ..Default::default()
+            },
+        )];
+        assert_eq!(
+            decode_mitigation_request(&encode_mitigation_request(&s)),
+            Ok(s)
+        );
+    }
 
     #[test]
     fn redirects_round_trip_and_need_alt_server() {

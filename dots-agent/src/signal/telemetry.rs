@@ -386,10 +386,25 @@ pub struct PreMitigation {
 }
 
 fn traffic_of(v: Value, key: u64) -> Result<Vec<(Unit, Stats)>, TelemetryError> {
+    Ok(decode_traffic(v, key)?)
+}
+
+/// A traffic list (144, 145, 204, 205): entries keyed by unit.
+pub fn decode_traffic(v: Value, key: u64) -> Result<Traffic, CborError> {
     cbor::as_array(v, key)?
         .into_iter()
-        .map(|e| Stats::decode(e).map_err(TelemetryError::from))
+        .map(Stats::decode)
         .collect()
+}
+
+/// Checks an attack-detail list (162, 207) and returns its talkers.
+pub fn decode_attack_detail(v: Value) -> Result<Vec<ReportedTalker>, CborError> {
+    decode_talkers(v).map_err(|e| CborError::Invalid {
+        what: "attack-detail".into(),
+        why: match e {
+            TelemetryError::Bad(t) | TelemetryError::Unacceptable(t) => t,
+        },
+    })
 }
 
 /// At most this many talkers are kept per report.
