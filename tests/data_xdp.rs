@@ -10,15 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::client::{code_text, ClientConfig, Session, TransportChoice};
 use dots_agent::data::client::{request, HttpResponse};
 use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
 use dots_e2e::dots::{http_get, in_ns, start_server};
-use dots_e2e::{PinRoot, VethPair};
+use dots_e2e::{Lab, VethPair, SERVER_IP};
 
-const SERVER_IP: &str = "192.0.2.2";
 const D: &str = "/restconf/data/ietf-dots-data-channel:dots-data";
 
 fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
@@ -204,32 +203,11 @@ fn statistics(r: &HttpResponse) -> (u64, u64) {
 
 #[test]
 fn acls_from_the_data_channel_drive_the_xdp_filter() {
-    let pair = VethPair::new("dx");
-    pair.a
-        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
-    pair.b
-        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PinRoot::new("datax");
-    dots_agent::pki::init(
-        dir.path(),
-        "dots.example",
-        &[SERVER_IP.parse().unwrap()],
-        &["client-a".into()],
-    )
-    .unwrap();
+    let lab = Lab::new("dx");
+    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
     let config = server_config(dir.path(), &pins.0, &pair.b_if);
     let (server, stop) = start_server(&pair.b, &config);
-    let client = ClientConfig {
-        server: format!("{SERVER_IP}:4646"),
-        transport: TransportChoice::Tls,
-        server_name: "dots.example".into(),
-        tls: ClientTls {
-            ca: dir.path().join("ca.pem"),
-            cert: dir.path().join("client-a.pem"),
-            key: dir.path().join("client-a.key"),
-        },
-    };
+    let client = lab.client(TransportChoice::Tls);
     let cuid = dots_agent::data::client::cuid_of(&client).unwrap();
     let c = format!("{D}/dots-client={cuid}");
 
@@ -239,7 +217,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         201
     );
     assert_eq!(
-        traffic(&pair, &[4444, 5555], 200),
+        traffic(pair, &[4444, 5555], 200),
         BTreeMap::from([(4444, 200), (5555, 200)])
     );
 
@@ -253,7 +231,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
-        traffic(&pair, &[4444, 5555], 300),
+        traffic(pair, &[4444, 5555], 300),
         BTreeMap::from([(4444, 0), (5555, 300)])
     );
     let (packets, octets) = statistics(&data(
@@ -299,7 +277,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         Some(acl("later", "activate-when-mitigating", 5555)),
     );
     assert_eq!(r.status, 201);
-    assert_eq!(traffic(&pair, &[5555], 200), BTreeMap::from([(5555, 200)]));
+    assert_eq!(traffic(pair, &[5555], 200), BTreeMap::from([(5555, 200)]));
     let scope = Scope::new(
         vec!["198.51.100.10/32".parse().unwrap()],
         Lifetime::Seconds(600),
@@ -314,7 +292,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         "2.01"
     );
     assert_eq!(
-        traffic(&pair, &[4444, 5555], 200),
+        traffic(pair, &[4444, 5555], 200),
         BTreeMap::from([(4444, 0), (5555, 0)]),
         "both ACLs live inside the mitigation"
     );
@@ -329,7 +307,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
     assert_eq!(signal(&pair.a, &client, RequestType::Delete, None), "2.02");
     std::thread::sleep(Duration::from_millis(2500)); // the ticker ends it (terminating 0 s)
     assert_eq!(
-        traffic(&pair, &[4444, 5555], 200),
+        traffic(pair, &[4444, 5555], 200),
         BTreeMap::from([(4444, 0), (5555, 200)]),
         "the mitigation is gone: only the immediate ACL remains"
     );
@@ -349,7 +327,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
     // The agent stops: the pinned filter keeps dropping; restarted, it knows the ACLs.
     let _ = stop.send(());
     server.join().unwrap().unwrap();
-    assert_eq!(traffic(&pair, &[4444], 100), BTreeMap::from([(4444, 0)]));
+    assert_eq!(traffic(pair, &[4444], 100), BTreeMap::from([(4444, 0)]));
     let (server, stop) = start_server(&pair.b, &config);
     let r = data(&pair.a, &client, "GET", format!("{c}/acls/acl=now"), None);
     assert_eq!(r.status, 200);
@@ -360,7 +338,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         300 + 200 + 200 + 100,
         "the counters went on"
     );
-    assert_eq!(traffic(&pair, &[4444], 100), BTreeMap::from([(4444, 0)]));
+    assert_eq!(traffic(pair, &[4444], 100), BTreeMap::from([(4444, 0)]));
 
     // Deleting the ACL lets the traffic through again.
     assert_eq!(
@@ -374,7 +352,7 @@ fn acls_from_the_data_channel_drive_the_xdp_filter() {
         .status,
         204
     );
-    assert_eq!(traffic(&pair, &[4444], 100), BTreeMap::from([(4444, 100)]));
+    assert_eq!(traffic(pair, &[4444], 100), BTreeMap::from([(4444, 100)]));
 
     let _ = stop.send(());
     server.join().unwrap().unwrap();

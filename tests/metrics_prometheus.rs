@@ -8,12 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
+use dots_agent::client::{code_text, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::dots::{attack, connect, http_get, in_ns, start_server};
-use dots_e2e::{Netns, PinRoot, VethPair};
+use dots_e2e::{Lab, Netns, SERVER_IP};
 
-const SERVER_IP: &str = "192.0.2.2";
 const METRICS: &str = "127.0.0.1:9464";
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
@@ -85,20 +84,8 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 #[test]
 fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
-    let pair = VethPair::new("pm");
-    pair.a
-        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
-    pair.b
-        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PinRoot::new("prom");
-    dots_agent::pki::init(
-        dir.path(),
-        "dots.example",
-        &[SERVER_IP.parse().unwrap()],
-        &["client-a".into()],
-    )
-    .unwrap();
+    let lab = Lab::new("pm");
+    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
@@ -130,16 +117,7 @@ prefixes = ["198.51.100.0/24"]
     let (server, stop) = start_server(&pair.b, &config);
     let prometheus = Prometheus::start(&pair.b, dir.path());
 
-    let client = ClientConfig {
-        server: format!("{SERVER_IP}:4646"),
-        transport: TransportChoice::Dtls,
-        server_name: "dots.example".into(),
-        tls: ClientTls {
-            ca: dir.path().join("ca.pem"),
-            cert: dir.path().join("client-a.pem"),
-            key: dir.path().join("client-a.key"),
-        },
-    };
+    let client = lab.client(TransportChoice::Dtls);
     let ask = |method: RequestType, body: Option<Vec<u8>>| {
         let cfg = client.clone();
         in_ns(&pair.a, move |rt| {
@@ -168,7 +146,7 @@ prefixes = ["198.51.100.0/24"]
 
     // NTP reflection at 5,000 packets/s for up to 5 s: dropped by the amplification
     // countermeasure.
-    let arrived = dots_e2e::dots::arrived(&attack(&pair, 30_000, 5_000));
+    let arrived = dots_e2e::dots::arrived(&attack(pair, 30_000, 5_000));
     assert_eq!(arrived, 0, "the attack is dropped");
     let rate = query(
         &pair.b,

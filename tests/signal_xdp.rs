@@ -7,12 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
+use dots_agent::client::{code_text, ClientConfig, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::dots::{arrived, attack, connect, in_ns, start_server};
-use dots_e2e::{PinRoot, VethPair};
-
-const SERVER_IP: &str = "192.0.2.2";
+use dots_e2e::{Lab, SERVER_IP};
 
 fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
     let text = format!(
@@ -81,36 +79,15 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
 }
 
 fn scenario(transport: TransportChoice) {
-    let pair = VethPair::new("sx");
-    pair.a
-        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
-    pair.b
-        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PinRoot::new("sigx");
-    dots_agent::pki::init(
-        dir.path(),
-        "dots.example",
-        &[SERVER_IP.parse().unwrap()],
-        &["client-a".into()],
-    )
-    .unwrap();
+    let lab = Lab::new("sx");
+    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
     let config = server_config(dir.path(), &pins.0, &pair.b_if);
     let (server, stop) = start_server(&pair.b, &config);
 
-    let client = ClientConfig {
-        server: format!("{SERVER_IP}:4646"),
-        transport,
-        server_name: "dots.example".into(),
-        tls: ClientTls {
-            ca: dir.path().join("ca.pem"),
-            cert: dir.path().join("client-a.pem"),
-            key: dir.path().join("client-a.key"),
-        },
-    };
+    let client = lab.client(transport);
 
     // Before any request the attack gets through.
-    assert_eq!(arrived(&attack(&pair, 300, 20_000)), 300);
+    assert_eq!(arrived(&attack(pair, 300, 20_000)), 300);
 
     let scope = Scope::new(
         vec!["198.51.100.0/24".parse().unwrap()],
@@ -120,7 +97,7 @@ fn scenario(transport: TransportChoice) {
     let created = ask(&pair.a, &client, RequestType::Put, Some(body));
     assert_eq!(code_text(&created), "2.01");
     assert_eq!(
-        arrived(&attack(&pair, 500, 20_000)),
+        arrived(&attack(pair, 500, 20_000)),
         0,
         "NTP reflection dropped by the amplification countermeasure"
     );
@@ -136,7 +113,7 @@ fn scenario(transport: TransportChoice) {
     let _ = stop.send(());
     server.join().unwrap().unwrap();
     assert_eq!(
-        arrived(&attack(&pair, 300, 20_000)),
+        arrived(&attack(pair, 300, 20_000)),
         0,
         "still filtering while the agent is down"
     );
@@ -152,7 +129,7 @@ fn scenario(transport: TransportChoice) {
     assert_eq!(withdrawn, "2.02");
     std::thread::sleep(Duration::from_millis(2500)); // the ticker removes it (terminating 0 s)
     assert_eq!(
-        arrived(&attack(&pair, 300, 20_000)),
+        arrived(&attack(pair, 300, 20_000)),
         300,
         "after the withdrawal the traffic flows again"
     );

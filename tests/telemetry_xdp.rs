@@ -7,15 +7,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::client::{code_text, Session, TransportChoice};
 use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{self, PreMitigation, SetupItem, TelemetryConfig};
 use dots_agent::traffic::{send_paced, RawSocket};
 use dots_e2e::dots::{connect, in_ns, start_server};
-use dots_e2e::{PinRoot, VethPair};
+use dots_e2e::{Lab, VethPair, SERVER_IP};
 
-const SERVER_IP: &str = "192.0.2.2";
 const ATTACKER: &str = "192.0.2.77";
 const TARGET: &str = "198.51.100.10";
 
@@ -74,31 +73,10 @@ fn json(p: &coap_lite::Packet) -> serde_json::Value {
 
 #[test]
 fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
-    let pair = VethPair::new("tm");
-    pair.a
-        .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
-    pair.b
-        .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PinRoot::new("tele");
-    dots_agent::pki::init(
-        dir.path(),
-        "dots.example",
-        &[SERVER_IP.parse().unwrap()],
-        &["client-a".into()],
-    )
-    .unwrap();
+    let lab = Lab::new("tm");
+    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
     let (server, stop) = start_server(&pair.b, &server_config(dir.path(), &pins.0, &pair.b_if));
-    let client = ClientConfig {
-        server: format!("{SERVER_IP}:4646"),
-        transport: TransportChoice::Dtls,
-        server_name: "dots.example".into(),
-        tls: ClientTls {
-            ca: dir.path().join("ca.pem"),
-            cert: dir.path().join("client-a.pem"),
-            key: dir.path().join("client-a.key"),
-        },
-    };
+    let client = lab.client(TransportChoice::Dtls);
     let request = |path: Vec<String>, method: RequestType, body: Option<Vec<u8>>| {
         let cfg = client.clone();
         in_ns(&pair.a, move |rt| {
@@ -147,7 +125,7 @@ fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
     assert_eq!(code_text(&r), "2.01");
 
     // 1,000 frames/s of 400 bytes = 400,000 B/s against a 125,000 B/s cap.
-    let sent = flood(&pair, 1000, 4);
+    let sent = flood(pair, 1000, 4);
     let status = json(&request(mitigate.clone(), RequestType::Get, None));
     let entry = &status["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
     let dropped = entry["pkts-dropped"].as_u64().unwrap();
@@ -174,7 +152,7 @@ fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
         dots_agent::measure::measure(&b_if, 3, &["198.51.100.0/24".parse().unwrap()]).unwrap()
     });
     std::thread::sleep(Duration::from_millis(200));
-    flood(&pair, 1000, 2);
+    flood(pair, 1000, 2);
     let m = measuring.join().unwrap();
     let talkers = m.top_talkers(3, &[telemetry::UnitClass::PacketsPerSecond]);
     assert_eq!(
@@ -202,7 +180,7 @@ fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
         ["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"]
         .as_u64()
         .unwrap();
-    let sent = flood(&pair, 1000, 2);
+    let sent = flood(pair, 1000, 2);
     let after = json(&request(mitigate, RequestType::Get, None))
         ["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"]
         .as_u64()

@@ -109,6 +109,58 @@ impl Drop for PinRoot {
     }
 }
 
+/// The usual DOTS end-to-end setup: a veth pair (side `a`: clients and attackers at
+/// 192.0.2.1; side `b`: the DOTS server at [`SERVER_IP`]), a lab PKI with client-a, and a
+/// pin root, all removed on drop.
+pub struct Lab {
+    pub pair: VethPair,
+    pub dir: tempfile::TempDir,
+    pub pins: PinRoot,
+}
+
+pub const SERVER_IP: &str = "192.0.2.2";
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let pair = VethPair::new(tag);
+        pair.a
+            .ip(&["addr", "add", "192.0.2.1/24", "dev", &pair.a_if]);
+        pair.b
+            .ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", &pair.b_if]);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        dots_agent::pki::init(
+            dir.path(),
+            "dots.example",
+            &[SERVER_IP.parse().expect("an address")],
+            &["client-a".into()],
+        )
+        .expect("lab certificates");
+        Lab {
+            pair,
+            dir,
+            pins: PinRoot::new(&format!("{tag}pin")),
+        }
+    }
+
+    /// client-a's configuration for the server's signal channel.
+    pub fn client(
+        &self,
+        transport: dots_agent::client::TransportChoice,
+    ) -> dots_agent::client::ClientConfig {
+        let dir = self.dir.path();
+        dots_agent::client::ClientConfig {
+            server: format!("{SERVER_IP}:4646"),
+            transport,
+            server_name: "dots.example".into(),
+            tls: dots_agent::client::ClientTls {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("client-a.pem"),
+                key: dir.join("client-a.key"),
+            },
+        }
+    }
+}
+
 /// A DOTS server and client in namespaces, and attack traffic across a veth pair.
 pub mod dots {
     use std::collections::BTreeMap;
