@@ -1,0 +1,269 @@
+//! The engine's telemetry (RFC 9244): telemetry setup and pre-mitigation reports per
+//! client, the rates measured for mitigation-status telemetry, and the acts (pipe
+//! capacity as the scope cap, reported top talkers dropped by policy).
+
+use ipnet::IpNet;
+
+use super::{overlaps, Engine, Mitigation, Refusal};
+use crate::datapath::Mitigator;
+use crate::signal::telemetry::{self, TelemetryError, TelemetrySetup};
+
+/// Traffic to a mitigation's targets (in scope) and the dropped part, sampled at the
+/// client's measurement-sample period over its measurement interval.
+pub(super) struct Measured {
+    total: telemetry::RateSeries,
+    attack: telemetry::RateSeries,
+    /// The last reading: time, in-scope and dropped counters.
+    last: (u64, xdp_common::Counter, xdp_common::Counter),
+}
+
+pub(super) fn telemetry_refusal(e: TelemetryError) -> Refusal {
+    match e {
+        TelemetryError::Bad(t) => Refusal::BadRequest(t),
+        TelemetryError::Unacceptable(t) => Refusal::Unprocessable(t),
+    }
+}
+
+impl<M: Mitigator> Engine<M> {
+    /// The sources a client reported as top talkers toward these targets, if the server's
+    /// policy drops them (spoofed ones are left out: their addresses are not the attackers').
+    pub(super) fn talkers_to_drop(&self, client: &str, targets: &[IpNet]) -> Vec<IpNet> {
+        if !self.drop_talkers_of.contains(client) {
+            return Vec::new();
+        }
+        let mut out: Vec<IpNet> = self
+            .reports
+            .get(client)
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|r| {
+                r.targets
+                    .iter()
+                    .any(|t| targets.iter().any(|m| overlaps(t, m)))
+            })
+            .flat_map(|r| r.talkers.iter())
+            .filter(|t| t.spoofed != Some(true))
+            .map(|t| t.source)
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(telemetry::MAX_TALKERS);
+        out
+    }
+
+    /// PUT /tm/cuid/tmid: a client's pre-mitigation telemetry. A higher tmid supersedes
+    /// lower ones with overlapping targets; with the talker-drop policy, the client's
+    /// mitigations are updated at once.
+    pub fn tm_put(
+        &mut self,
+        client: &str,
+        tmid: u32,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let report = telemetry::decode_pre_mitigation(body).map_err(telemetry_refusal)?;
+        let policy = self
+            .policies
+            .get(client)
+            .ok_or_else(|| Refusal::Forbidden(format!("client {client:?} is not configured")))?;
+        if let Some(p) = report
+            .targets
+            .iter()
+            .find(|p| !policy.prefixes.iter().any(|a| a.contains(*p)))
+        {
+            return Err(Refusal::Forbidden(format!(
+                "target {p} is outside the prefixes of client {client}"
+            )));
+        }
+        let mine = self.reports.entry(client.to_string()).or_default();
+        let overlap = |a: &telemetry::PreMitigation| {
+            a.targets
+                .iter()
+                .any(|x| report.targets.iter().any(|y| overlaps(x, y)))
+        };
+        if let Some((newer, _)) = mine.iter().find(|(t, r)| **t > tmid && overlap(r)) {
+            return Err(Refusal::BadRequest(format!(
+                "tmid {tmid} is lower than {newer} for overlapping targets: use a higher tmid"
+            )));
+        }
+        mine.retain(|t, r| *t == tmid || !overlap(r));
+        mine.insert(tmid, report);
+        if self.drop_talkers_of.contains(client) {
+            self.reinstall_client(client, now);
+        }
+        Ok(())
+    }
+
+    /// GET /tm/cuid[/tmid]: the client's reports (for a client that lost its state).
+    pub fn tm_get(&self, client: &str, tmid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+        let reports: Vec<(Option<u32>, telemetry::PreMitigation)> = self
+            .reports
+            .get(client)
+            .into_iter()
+            .flat_map(|r| r.iter())
+            .filter(|(t, _)| tmid.is_none_or(|x| x == **t))
+            .map(|(t, r)| (Some(*t), r.clone()))
+            .collect();
+        if reports.is_empty() {
+            return Err(Refusal::NotFound(match tmid {
+                Some(t) => format!("no telemetry {t}"),
+                None => "no telemetry".into(),
+            }));
+        }
+        Ok(telemetry::encode_pre_mitigation(&reports))
+    }
+
+    /// DELETE /tm/cuid[/tmid].
+    pub fn tm_delete(&mut self, client: &str, tmid: Option<u32>, now: u64) {
+        if let Some(r) = self.reports.get_mut(client) {
+            match tmid {
+                Some(t) => {
+                    r.remove(&t);
+                }
+                None => r.clear(),
+            }
+        }
+        if self.drop_talkers_of.contains(client) {
+            self.reinstall_client(client, now);
+        }
+    }
+
+    /// GET /tm-setup/cuid[/tsid]: the server's limits and the client's setup.
+    pub fn tm_setup_get(&self, client: &str, tsid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+        let setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        if let Some(t) = tsid {
+            if !setup.has(t) {
+                return Err(Refusal::NotFound(format!("no telemetry setup {t}")));
+            }
+        }
+        Ok(setup.encode_get(tsid))
+    }
+
+    /// PUT /tm-setup/cuid/tsid: Ok(true) for a new tsid (2.01). A pipe capacity becomes the
+    /// scope-wide cap of the client's mitigations at once.
+    pub fn tm_setup_put(
+        &mut self,
+        client: &str,
+        tsid: u32,
+        body: &[u8],
+        now: u64,
+    ) -> Result<bool, Refusal> {
+        let item = telemetry::decode_setup_put(body).map_err(telemetry_refusal)?;
+        let pipes = matches!(item, telemetry::SetupItem::Pipes(_));
+        let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        let created = setup.put(tsid, item).map_err(telemetry_refusal)?;
+        self.set_telemetry(client, setup);
+        if pipes {
+            self.reinstall_client(client, now);
+        }
+        Ok(created)
+    }
+
+    /// DELETE /tm-setup/cuid[/tsid]: what that tsid set (or everything) is forgotten.
+    pub fn tm_setup_delete(&mut self, client: &str, tsid: Option<u32>, now: u64) {
+        let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
+        let had_pipes = !setup.pipes.is_empty();
+        match tsid {
+            Some(t) => setup.delete(t),
+            None => setup = TelemetrySetup::default(),
+        }
+        self.set_telemetry(client, setup);
+        if had_pipes {
+            self.reinstall_client(client, now);
+        }
+    }
+
+    /// The telemetry configuration in force for a client.
+    pub fn telemetry_config(&self, client: &str) -> telemetry::TelemetryConfig {
+        self.telemetry
+            .get(client)
+            .map(|t| t.current())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn set_telemetry(&mut self, client: &str, setup: TelemetrySetup) {
+        if let Some(store) = &self.store {
+            let r = if setup == TelemetrySetup::default() {
+                store.delete_telemetry(client)
+            } else {
+                store.put_telemetry(client, &setup)
+            };
+            if let Err(e) = r {
+                tracing::error!("store: telemetry setup of {client}: {e:#}");
+            }
+        }
+        if setup == TelemetrySetup::default() {
+            self.telemetry.remove(client);
+        } else {
+            self.telemetry.insert(client.to_string(), setup);
+        }
+    }
+
+    /// Samples traffic rates of the installed mitigations of clients that asked for
+    /// server-originated telemetry, at their measurement-sample period.
+    pub(super) fn measure(&mut self, now: u64) {
+        let mut live = std::collections::HashSet::new();
+        for (client, mits) in self.clients.values() {
+            let Some(config) = self
+                .telemetry
+                .get(client)
+                .map(|t| t.current())
+                .filter(|c| c.server_originated)
+            else {
+                continue;
+            };
+            for m in mits.values().filter(|m| m.installed) {
+                live.insert(m.datapath_id);
+                let Ok(Some(c)) = self.mitigator.counters(m.datapath_id) else {
+                    continue;
+                };
+                let (in_scope, dropped) = (c.in_scope, c.dropped_total());
+                let entry = self
+                    .measured
+                    .entry(m.datapath_id)
+                    .or_insert_with(|| Measured {
+                        total: telemetry::RateSeries::new(config.samples()),
+                        attack: telemetry::RateSeries::new(config.samples()),
+                        last: (now, in_scope, dropped),
+                    });
+                let (then, t0, d0) = entry.last;
+                let elapsed = now.saturating_sub(then);
+                if elapsed < config.sample_seconds() {
+                    continue;
+                }
+                entry.total.capacity = config.samples();
+                entry.attack.capacity = config.samples();
+                entry.total.push(
+                    in_scope.packets.saturating_sub(t0.packets) / elapsed,
+                    in_scope.bytes.saturating_sub(t0.bytes) / elapsed,
+                );
+                entry.attack.push(
+                    dropped.packets.saturating_sub(d0.packets) / elapsed,
+                    dropped.bytes.saturating_sub(d0.bytes) / elapsed,
+                );
+                entry.last = (now, in_scope, dropped);
+            }
+        }
+        self.measured.retain(|id, _| live.contains(id));
+    }
+
+    /// Mitigation-status telemetry of an installed mitigation, if its client asked for it.
+    pub(super) fn status_telemetry(
+        &self,
+        client: &str,
+        m: &Mitigation,
+    ) -> Option<telemetry::StatusTelemetry> {
+        let config = self.telemetry.get(client)?.current();
+        if !config.server_originated || !m.installed {
+            return None;
+        }
+        let measured = self.measured.get(&m.datapath_id)?;
+        let classes = config.classes();
+        Some(telemetry::StatusTelemetry {
+            total: measured.total.traffic(&classes, &config.percentiles),
+            attack: measured.attack.traffic(&classes, &config.percentiles),
+            talkers: Vec::new(),
+            attack_start: m.activity.last_drop_at.and(m.start),
+        })
+    }
+}
