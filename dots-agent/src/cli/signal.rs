@@ -30,6 +30,10 @@ pub enum ClientCommand {
         scope: ScopeArgs,
         #[arg(long, value_enum)]
         attack_status: AttackStatus,
+        /// Attack traffic that still reaches you, in megabit/s (RFC 9244 efficacy
+        /// telemetry, total-attack-traffic).
+        #[arg(long)]
+        attack_mbps: Option<u64>,
     },
     /// Show this client's mitigations (GET mitigate), or one.
     Status {
@@ -190,8 +194,19 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
             ClientCommand::Efficacy {
                 scope,
                 attack_status,
+                attack_mbps,
             } => {
                 let mut sc = scope.scope()?;
+                if let Some(mbps) = attack_mbps {
+                    let unit = crate::signal::telemetry::Unit::from_code(8).expect("megabit-ps");
+                    sc.efficacy_attack = vec![(
+                        unit,
+                        crate::signal::telemetry::Stats {
+                            current: Some(*mbps),
+                            ..Default::default()
+                        },
+                    )];
+                }
                 sc.attack_status = Some(match attack_status {
                     AttackStatus::UnderAttack => 1,
                     AttackStatus::Mitigated => 2,
