@@ -109,6 +109,13 @@ pub trait Mitigator: Send {
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         Vec::new()
     }
+    /// The `n` sources with the most dropped packets of a mitigation, most first. Estimates:
+    /// the datapath samples one drop in [`xdp_common::TALKER_SAMPLE`] and scales up. Empty
+    /// if the mitigation is not installed or the datapath does not sample.
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
+        let _ = (id, n);
+        Vec::new()
+    }
 }
 
 impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
@@ -129,5 +136,8 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         (**self).interfaces()
+    }
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
+        (**self).top_talkers(id, n)
     }
 }
