@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
-use xdp_common::{Counter, DropReason};
+use xdp_common::{Counter, DropReason, TALKER_SAMPLE};
 
 use crate::datapath::{
     compile, AttachMode, MitigationCounters, MitigationSpec, Mitigator, XdpDatapath,
@@ -349,6 +349,16 @@ pub struct AclReport {
     pub matched: Count,
 }
 
+/// A source of dropped traffic; counts are estimates from sampled drops.
+#[derive(Serialize)]
+pub struct TalkerReport {
+    pub source: String,
+    pub dropped: Count,
+}
+
+/// Top talkers shown per mitigation.
+const TOP_TALKERS: usize = 5;
+
 #[derive(Serialize)]
 pub struct MitigationReport {
     pub id: u64,
@@ -362,6 +372,8 @@ pub struct MitigationReport {
     pub drop_rate: Option<Rate>,
     pub pass_rate: Option<Rate>,
     pub acl: Vec<AclReport>,
+    /// Sources with the most dropped packets, most first (sampled estimates).
+    pub top_talkers: Vec<TalkerReport>,
 }
 
 #[derive(Serialize)]
@@ -482,6 +494,14 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             drop_rate: before.map(|b| rate(b.dropped_total(), c.dropped_total(), secs)),
             pass_rate: before.map(|b| rate(b.passed, c.passed, secs)),
             acl,
+            top_talkers: dp
+                .top_talkers(*id, TOP_TALKERS)
+                .into_iter()
+                .map(|(a, c)| TalkerReport {
+                    source: a.to_string(),
+                    dropped: c.into(),
+                })
+                .collect(),
         });
     }
     Ok(StatusReport {
@@ -568,6 +588,19 @@ pub fn render(r: &StatusReport) -> String {
                 "  acl {:<24} {:>12} pkts {:>14} B",
                 a.name, a.matched.packets, a.matched.bytes
             );
+        }
+        if !m.top_talkers.is_empty() {
+            let _ = writeln!(
+                o,
+                "  top talkers (dropped, estimated from 1 in {TALKER_SAMPLE} drops):"
+            );
+            for t in &m.top_talkers {
+                let _ = writeln!(
+                    o,
+                    "    {:<39} {:>12} pkts {:>14} B",
+                    t.source, t.dropped.packets, t.dropped.bytes
+                );
+            }
         }
     }
     let busy: Vec<String> = r
