@@ -953,6 +953,9 @@ fn top_talkers_rank_sampled_sources_of_drops() {
     // The CLI's view from the pins agrees.
     let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
     assert_eq!(pinned.top_talkers(1, 10), top);
+    let all = pinned.top_talkers_all(10).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[&1], top, "one walk for all mitigations agrees");
 }
 
 #[test]

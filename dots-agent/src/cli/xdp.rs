@@ -449,6 +449,7 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             non_ip: stats.non_ip,
         });
     }
+    let mut talkers = dp.top_talkers_all(TOP_TALKERS)?;
     let mut mitigations = Vec::new();
     for (id, c) in &now {
         let before = first.as_ref().and_then(|(_, m)| m.get(id));
@@ -494,8 +495,9 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             drop_rate: before.map(|b| rate(b.dropped_total(), c.dropped_total(), secs)),
             pass_rate: before.map(|b| rate(b.passed, c.passed, secs)),
             acl,
-            top_talkers: dp
-                .top_talkers(*id, TOP_TALKERS)
+            top_talkers: talkers
+                .remove(id)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|(a, c)| TalkerReport {
                     source: a.to_string(),
@@ -613,4 +615,45 @@ pub fn render(r: &StatusReport) -> String {
         let _ = writeln!(o, "\nmap occupancy: {}", busy.join(", "));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_lists_top_talkers() {
+        let m = MitigationReport {
+            id: 3,
+            targets: vec!["198.51.100.0/24".into()],
+            in_scope: Count::default(),
+            passed: Count::default(),
+            accepted: Count::default(),
+            dropped: Count::default(),
+            dropped_by_reason: BTreeMap::new(),
+            rate_limited: Count::default(),
+            drop_rate: None,
+            pass_rate: None,
+            acl: Vec::new(),
+            top_talkers: vec![TalkerReport {
+                source: "2001:db8::1".into(),
+                dropped: Count {
+                    packets: 1600,
+                    bytes: 67_200,
+                },
+            }],
+        };
+        let text = render(&StatusReport {
+            pin_dir: "/x".into(),
+            interfaces: Vec::new(),
+            mitigations: vec![m],
+            occupancy: Vec::new(),
+        });
+        assert!(text.contains("top talkers"), "{text}");
+        let line = text.lines().find(|l| l.contains("2001:db8::1")).unwrap();
+        assert!(
+            line.contains("1600 pkts") && line.contains("67200 B"),
+            "{line}"
+        );
+    }
 }

@@ -92,13 +92,7 @@ impl Mitigator for MemoryMitigator {
 
     fn top_talkers(&self, id: u64, n: usize) -> Vec<(IpAddr, Counter)> {
         let mut v = self.talkers.get(&id).cloned().unwrap_or_default();
-        // The same order as the XDP datapath's.
-        v.sort_by(|a, b| {
-            (b.1.packets, b.1.bytes)
-                .cmp(&(a.1.packets, a.1.bytes))
-                .then(a.0.cmp(&b.0))
-        });
-        v.truncate(n);
+        super::rank_talkers(&mut v, n);
         v
     }
 }

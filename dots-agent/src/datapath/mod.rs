@@ -90,6 +90,17 @@ impl MitigationCounters {
     }
 }
 
+/// Orders talkers by dropped packets (then bytes, then address: a stable order for equal
+/// estimates) and keeps the first `n`.
+pub(crate) fn rank_talkers(v: &mut Vec<(std::net::IpAddr, Counter)>, n: usize) {
+    v.sort_by(|a, b| {
+        (b.1.packets, b.1.bytes)
+            .cmp(&(a.1.packets, a.1.bytes))
+            .then(a.0.cmp(&b.0))
+    });
+    v.truncate(n);
+}
+
 /// What the DOTS engine needs from a datapath.
 pub trait Mitigator: Send {
     /// Installs the mitigation with `spec.id`, or replaces it as one atomic change: a packet

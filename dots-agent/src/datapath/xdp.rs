@@ -719,6 +719,45 @@ impl XdpDatapath {
         Ok(())
     }
 
+    /// Top talkers of every installed mitigation, from one walk of the map (a status of
+    /// many mitigations would otherwise walk it once per mitigation).
+    pub fn top_talkers_all(&self, n: usize) -> R<StdHashMap<u64, Vec<(IpAddr, Counter)>>> {
+        let slot_id: StdHashMap<u32, u64> = self
+            .index
+            .by_id
+            .iter()
+            .map(|(id, i)| (i.config.slot(), *id))
+            .collect();
+        let by_slot = self.talkers_of_slots(|s| slot_id.contains_key(&s), n)?;
+        Ok(by_slot
+            .into_iter()
+            .filter_map(|(s, v)| Some((*slot_id.get(&s)?, v)))
+            .collect())
+    }
+
+    /// Ranked, scaled talkers per slot for the slots `keep` selects.
+    fn talkers_of_slots(
+        &self,
+        keep: impl Fn(u32) -> bool,
+        n: usize,
+    ) -> R<StdHashMap<u32, Vec<(IpAddr, Counter)>>> {
+        let mut by_slot: StdHashMap<u32, Vec<(IpAddr, Counter)>> = StdHashMap::new();
+        for (k, c) in self.talker_entries(keep)? {
+            let Some(ip) = talker_addr(&k) else {
+                continue;
+            };
+            let scaled = Counter {
+                packets: c.packets.saturating_mul(TALKER_SAMPLE as u64),
+                bytes: c.bytes.saturating_mul(TALKER_SAMPLE as u64),
+            };
+            by_slot.entry(k.slot).or_default().push((ip, scaled));
+        }
+        for v in by_slot.values_mut() {
+            super::rank_talkers(v, n);
+        }
+        Ok(by_slot)
+    }
+
     /// Keys of `TOP_TALKERS` whose slot passes `keep`, from one bounded walk: when the key
     /// in hand is evicted mid-walk the kernel restarts from the first key, so the walk stops
     /// after twice the capacity (duplicates from a restart are dropped).
@@ -1120,30 +1159,13 @@ impl Mitigator for XdpDatapath {
             return Vec::new();
         };
         let slot = inst.config.slot();
-        let entries = match self.talker_entries(|s| s == slot) {
-            Ok(e) => e,
+        match self.talkers_of_slots(|s| s == slot, n) {
+            Ok(mut by_slot) => by_slot.remove(&slot).unwrap_or_default(),
             Err(e) => {
                 tracing::warn!("reading the top talkers of mitigation {id}: {e}");
-                return Vec::new();
+                Vec::new()
             }
-        };
-        let mut v: Vec<(IpAddr, Counter)> = entries
-            .into_iter()
-            .filter_map(|(k, c)| {
-                let scaled = Counter {
-                    packets: c.packets.saturating_mul(TALKER_SAMPLE as u64),
-                    bytes: c.bytes.saturating_mul(TALKER_SAMPLE as u64),
-                };
-                Some((talker_addr(&k)?, scaled))
-            })
-            .collect();
-        v.sort_by(|a, b| {
-            (b.1.packets, b.1.bytes)
-                .cmp(&(a.1.packets, a.1.bytes))
-                .then(a.0.cmp(&b.0))
-        });
-        v.truncate(n);
-        v
+        }
     }
 
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
