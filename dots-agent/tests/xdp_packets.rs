@@ -1000,3 +1000,18 @@ fn talker_sampling_can_be_turned_off_at_load() {
     }
     assert!(lab.dp.top_talkers(1, 5).is_empty());
 }
+
+#[test]
+fn pins_of_an_agent_without_the_talker_map_are_adopted_and_gain_it() {
+    let lab = lab_with(talker_spec(1));
+    // What an agent from before talker sampling leaves pinned: no TOP_TALKERS.
+    let pin = lab.dp.pin_dir().join("maps").join("TOP_TALKERS");
+    std::fs::remove_file(&pin).unwrap();
+    let old = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert_eq!(old.installed(), vec![1]);
+    assert!(old.top_talkers(1, 5).is_empty());
+    // Same layout version: a new load keeps the mitigation and creates and pins the map.
+    let new = XdpDatapath::load(&lab.root.options()).unwrap();
+    assert_eq!(new.installed(), vec![1], "mitigations kept");
+    assert!(pin.exists(), "TOP_TALKERS created and pinned");
+}

@@ -78,8 +78,8 @@ static IF_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::pinned(IF_STATS_SLOT
 /// without atomics; user space sums the CPUs and scales by `TALKER_SAMPLE`.
 #[map]
 static TOP_TALKERS: LruPerCpuHashMap<TalkerKey, Counter> = LruPerCpuHashMap::pinned(MAX_TALKERS, 0);
-/// Set by the loader (`.rodata`, frozen): 0 turns talker sampling off. The verifier sees the
-/// constant and prunes the branch it rules out, so either way costs no test per packet.
+/// Set by the loader (`.rodata`, frozen): 0 turns talker sampling off. The verifier knows
+/// the constant, so with 0 it removes the sampling code (helper call included).
 #[no_mangle]
 static TALKER_SAMPLING: u32 = 1;
 /// The parsed packet of a mitigated destination. Copied into map memory on purpose: the
