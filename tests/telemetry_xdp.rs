@@ -1,7 +1,8 @@
 //! End to end, RFC 9244 telemetry acting on the XDP filter: a client tells the server its
 //! pipe capacity (the filter caps the scope to it), asks for server-originated telemetry
 //! (the status carries measured total and attack traffic), then measures what still
-//! arrives and reports its top talker (the server's policy drops that source).
+//! arrives and reports its top talker (the server's policy drops that source). The status
+//! also names the top talker the XDP program sampled.
 
 use std::path::Path;
 use std::time::Duration;
@@ -143,6 +144,16 @@ fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
         "peak total traffic near 1,000 packets/s: {total}"
     );
     assert!(attack[0]["peak-g"].as_u64().unwrap() > 0, "{attack}");
+    // The attacker is the top talker the XDP program sampled among the dropped sources.
+    let talker = &entry["ietf-dots-telemetry:attack-detail"][0]["top-talker"]["talker"][0];
+    assert_eq!(talker["source-prefix"], format!("{ATTACKER}/32"), "{entry}");
+    let talker_peak = talker["total-attack-traffic"][0]["peak-g"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (200..=2500).contains(&talker_peak),
+        "a sampled estimate (1 drop in 16, per-second readings) of the ~690 packets/s dropped: {talker}"
+    );
     println!("status telemetry: total {total} attack {attack}");
 
     // The client measures what still arrives (here: behind the filter, on the server's

@@ -138,9 +138,14 @@ fn pin_root(tag: &str) -> std::path::PathBuf {
 }
 
 fn datapath(tag: &str) -> (XdpDatapath, std::path::PathBuf) {
+    datapath_sampling(tag, true)
+}
+
+fn datapath_sampling(tag: &str, talker_sampling: bool) -> (XdpDatapath, std::path::PathBuf) {
     let root = pin_root(tag);
     let mut o = LoadOptions::new(&root);
     o.max_entries.push(("SRC_RATE", 65_536));
+    o.talker_sampling = talker_sampling;
     (
         XdpDatapath::load(&o).expect("loading the datapath (root?)"),
         root,
@@ -399,6 +404,44 @@ fn main() {
     drop(dp);
     let _ = XdpDatapath::purge(&root);
 
+    // --- Talker sampling: the same rules and frames, loaded with sampling on and off -----
+    let (mut off, off_root) = datapath_sampling("talk-off", false);
+    let (mut on, on_root) = datapath("talk-on");
+    let mut m = mitigation(1, &["198.51.100.0/24"]);
+    m.drop_list = vec!["192.0.2.1/32".parse().unwrap()]; // from_listed, not legit
+    off.install(&m).unwrap();
+    on.install(&m).unwrap();
+    for (what, frame) in [
+        ("drop-list drop", &from_listed),
+        ("drop-list miss, pass", &legit),
+    ] {
+        let base = format!("ours, {what}, talker sampling off");
+        b.add(&base, off.program_fd().unwrap(), frame, None);
+        let reference = Reference {
+            name: base,
+            prog: off.program_fd().unwrap(),
+            frame: frame.clone(),
+        };
+        b.add(
+            &format!("ours, {what}, talker sampling 1/16"),
+            on.program_fd().unwrap(),
+            frame,
+            Some(&reference),
+        );
+    }
+    // The sampled program dropped the listed frame in its warm-up and its rounds.
+    let drops = REPEAT as u64 / 10 + ROUNDS as u64 * REPEAT as u64;
+    for (ip, c) in on.top_talkers(1, 5) {
+        println!(
+            "top talker after {drops} drops from one source: {ip}, estimated {} ({:+.2}%)",
+            c.packets,
+            (c.packets as f64 / drops as f64 - 1.0) * 100.0
+        );
+    }
+    drop((on, off));
+    let _ = XdpDatapath::purge(&on_root);
+    let _ = XdpDatapath::purge(&off_root);
+
     // --- Against xdp-filter, same rules --------------------------------------------------
     if Path::new(XDP_FILTER_OBJ).exists() {
         compare_with_xdp_filter(&mut b, &legit, &ntp, &from_listed, &unmitigated);
@@ -570,6 +613,14 @@ fn print_table(b: &Bench) {
         println!(
             "  16,000 vs 100 ACL entries, {shapes}: {r:.2}x (goal <= 2x): {}",
             verdict(r <= 2.0)
+        );
+    }
+    for what in ["drop-list drop", "drop-list miss, pass"] {
+        let case = format!("ours, {what}, talker sampling 1/16");
+        println!(
+            "  talker sampling, {what}: {:+.1} ns ({:.2}x) vs sampling off",
+            b.delta(&case),
+            b.ratio(&case)
         );
     }
     for ours in [

@@ -172,6 +172,11 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
     assert_eq!(v["interfaces"][0]["name"], "cli0");
     assert_eq!(v["mitigations"][0]["id"], 1);
     assert_eq!(v["mitigations"][0]["acl"][0]["name"], "udp-9999-flood");
+    assert_eq!(
+        v["mitigations"][0]["top_talkers"],
+        serde_json::json!([]),
+        "no drops yet"
+    );
     let o = in_ns(&["xdp", "mitigation", "remove", "7"]);
     assert!(
         !o.status.success() && stderr(&o).contains("no mitigation 7"),

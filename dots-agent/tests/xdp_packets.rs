@@ -887,3 +887,131 @@ fn icmp_echo_to_target_with_l4_other_protocol_passes() {
         PASS
     );
 }
+
+/// Drops of A (IPv4) and B (IPv6), interleaved with passed traffic from C.
+fn send_talker_traffic(lab: &Lab, a: &[u8], b: &[u8], c: &[u8], n_a: usize, n_b: usize) {
+    for i in 0..n_a {
+        assert_eq!(lab.run(a), DROP);
+        if i < n_b {
+            assert_eq!(lab.run(b), DROP);
+        }
+        assert_eq!(lab.run(c), PASS);
+    }
+}
+
+fn talker_spec(id: u64) -> MitigationSpec {
+    let mut s = spec(id);
+    s.drop_list = vec![
+        "192.0.2.0/24".parse().unwrap(),
+        "2001:db8:bad::/48".parse().unwrap(),
+    ];
+    s
+}
+
+#[test]
+fn top_talkers_rank_sampled_sources_of_drops() {
+    let lab = lab_with(talker_spec(1));
+    let a = udp("192.0.2.1", T4, 1, 80);
+    let b = udp("2001:db8:bad::2", T6, 1, 80);
+    // C reaches the mitigated target too, but passes: never sampled.
+    let c = udp("192.0.3.1", T4, 1, 80);
+    send_talker_traffic(&lab, &a, &b, &c, 1_600, 320);
+    let counters = lab.counters(1);
+    assert_eq!(counters.dropped(DropReason::DropList).packets, 1_920);
+    assert_eq!(counters.passed.packets, 1_600);
+
+    let top = lab.dp.top_talkers(1, 10);
+    let addrs: Vec<String> = top.iter().map(|(ip, _)| ip.to_string()).collect();
+    assert_eq!(
+        addrs,
+        ["192.0.2.1", "2001:db8:bad::2"],
+        "A, then B; C absent"
+    );
+    let (ca, cb) = (top[0].1, top[1].1);
+    // Samples of A ~ Binomial(1600, 1/16): mean 100, sd 9.7; these bounds are ~3.8 sd out.
+    assert!(
+        (1_000..=2_200).contains(&ca.packets),
+        "A estimated at {}",
+        ca.packets
+    );
+    // B: mean 20 samples, sd 4.3 (zero samples has odds of 1e-9).
+    assert!(
+        (16..=800).contains(&cb.packets),
+        "B estimated at {}",
+        cb.packets
+    );
+    assert_eq!(ca.packets % 16, 0, "scaled by the sampling rate");
+    assert_eq!(
+        ca.bytes,
+        ca.packets * a.len() as u64,
+        "bytes follow packets"
+    );
+    assert_eq!(cb.bytes, cb.packets * b.len() as u64);
+    assert_eq!(lab.dp.top_talkers(1, 1).len(), 1, "truncated to n");
+    assert!(lab.dp.top_talkers(7, 5).is_empty(), "not installed");
+
+    // The CLI's view from the pins agrees.
+    let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert_eq!(pinned.top_talkers(1, 10), top);
+    let all = pinned.top_talkers_all(10).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[&1], top, "one walk for all mitigations agrees");
+}
+
+#[test]
+fn talkers_survive_replacement_and_go_with_the_mitigation() {
+    let mut lab = lab_with(talker_spec(1));
+    let a = udp("192.0.2.1", T4, 1, 80);
+    for _ in 0..400 {
+        assert_eq!(lab.run(&a), DROP);
+    }
+    // 400 drops leave no sample with odds of (15/16)^400 = 6e-12.
+    assert_eq!(lab.dp.top_talkers(1, 5).len(), 1);
+
+    let mut s = talker_spec(1);
+    s.countermeasures.fragments = true;
+    lab.dp.install(&s).unwrap();
+    assert_eq!(
+        lab.dp.top_talkers(1, 5).len(),
+        1,
+        "a replacement is the same mitigation"
+    );
+
+    lab.dp.remove(1).unwrap().expect("installed");
+    assert!(lab.dp.top_talkers(1, 5).is_empty());
+    // A new mitigation gets the freed slot: it must start without the old talkers.
+    lab.dp.install(&spec(2)).unwrap();
+    assert!(lab.dp.top_talkers(2, 5).is_empty(), "no talkers inherited");
+    let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert!(pinned.top_talkers(2, 5).is_empty(), "none left in the map");
+}
+
+#[test]
+fn talker_sampling_can_be_turned_off_at_load() {
+    let root = common::PinRoot::new("nosample");
+    let mut o = root.options();
+    o.talker_sampling = false;
+    let dp = XdpDatapath::load(&o).unwrap();
+    let mut lab = Lab { dp, root };
+    lab.dp.install(&talker_spec(1)).unwrap();
+    let a = udp("192.0.2.1", T4, 1, 80);
+    for _ in 0..400 {
+        assert_eq!(lab.run(&a), DROP);
+    }
+    assert!(lab.dp.top_talkers(1, 5).is_empty());
+}
+
+#[test]
+fn pins_of_an_agent_without_the_talker_map_are_adopted_and_gain_it() {
+    let lab = lab_with(talker_spec(1));
+    // What an agent from before talker sampling leaves pinned: no TOP_TALKERS.
+    let pin = lab.dp.pin_dir().join("maps").join("TOP_TALKERS");
+    std::fs::remove_file(&pin).unwrap();
+    let old = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert_eq!(old.installed(), vec![1]);
+    assert!(old.top_talkers(1, 5).is_empty());
+    // Same layout version: a new load keeps the mitigation and creates and pins the map.
+    let new = XdpDatapath::load(&lab.root.options()).unwrap();
+    assert_eq!(new.installed(), vec![1], "mitigations kept");
+    assert!(pin.exists(), "TOP_TALKERS created and pinned");
+}

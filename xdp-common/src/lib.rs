@@ -43,6 +43,12 @@ pub const MAX_SCOPE_PORT_RANGES: usize = 8;
 pub const IF_STATS_SLOTS: u32 = 4096;
 /// 65,536 ports as a bitmap of u64 words.
 pub const AMP_PORT_WORDS: u32 = 1024;
+/// (mitigation, source) pairs whose drops are sampled at once (LRU: the least recently
+/// sampled sources are forgotten, so a heavy hitter stays while spoofed one-offs churn).
+pub const MAX_TALKERS: u32 = 8192;
+/// One drop in `TALKER_SAMPLE` is recorded in `TOP_TALKERS`, with weight 1: user space
+/// multiplies by this. A power of two (the kernel masks a random number with it).
+pub const TALKER_SAMPLE: u32 = 16;
 
 /// The fast-reject summary of target prefixes has `1 << SUMMARY_BITS` slots per family.
 pub const SUMMARY_BITS: u32 = 20;
@@ -71,8 +77,9 @@ pub mod map_names {
     pub const SCOPE_BUCKETS: &str = "SCOPE_BUCKETS";
     pub const AMP_PORTS: &str = "AMP_PORTS";
     pub const IF_STATS: &str = "IF_STATS";
+    pub const TOP_TALKERS: &str = "TOP_TALKERS";
 
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         TARGETS_V4,
         TARGETS_V6,
         SUMMARY_V4,
@@ -90,6 +97,7 @@ pub mod map_names {
         SCOPE_BUCKETS,
         AMP_PORTS,
         IF_STATS,
+        TOP_TALKERS,
     ];
 }
 
@@ -584,6 +592,24 @@ pub struct RateKey {
     pub addr: [u32; 4],
 }
 
+// ---------------------------------------------------------------------------------------
+// Top talkers (sampled sources of dropped traffic)
+// ---------------------------------------------------------------------------------------
+
+/// Key of `TOP_TALKERS` (an LRU per-CPU hash of sampled [`Counter`]s): one source of dropped
+/// traffic of one mitigation. `addr` is the packed network-order address like everywhere
+/// else (IPv4 in the first 4 bytes, the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TalkerKey {
+    /// The mitigation's slot (`ruleset >> 1`): stable across replacements of a mitigation.
+    pub slot: u32,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u32; 4],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -601,6 +627,7 @@ mod pod {
     unsafe impl aya::Pod for RateKey {}
     unsafe impl aya::Pod for PrefixV4 {}
     unsafe impl aya::Pod for PrefixV6 {}
+    unsafe impl aya::Pod for TalkerKey {}
 }
 
 #[cfg(test)]
@@ -616,6 +643,8 @@ mod tests {
         assert_eq!(size_of::<RateKey>(), 24);
         assert_eq!(size_of::<PrefixV4>(), 8);
         assert_eq!(size_of::<PrefixV6>(), 20);
+        assert_eq!(size_of::<TalkerKey>(), 24);
+        assert!(TALKER_SAMPLE.is_power_of_two());
         assert_eq!(split_tag(prefix_tag(8191, 3, 128)), (8191, 3, 128));
         assert_eq!(size_of::<MitigationStats>(), 16 * (2 + DROP_REASONS));
     }

@@ -16,18 +16,19 @@ mod rate;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use xdp_common::{
     acl_action, bit_op, flags, list, prefix_tag, residual, source_kind, summary_index_v4,
     summary_index_v6, tuple_fields, word_mask, AclKey, AclRule, AclValue, Bucket, Counter,
     DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4, PrefixV6,
-    RateKey, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_CHAIN,
-    MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES,
-    MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
+    RateKey, TalkerKey, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS,
+    MAX_CHAIN, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES,
+    MAX_TALKERS, MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
+    TALKER_SAMPLE,
 };
 
 use parse::{Packet, ParseError, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
@@ -73,6 +74,14 @@ static SCOPE_BUCKETS: Array<Bucket> = Array::pinned(MAX_MITIGATIONS, 0);
 static AMP_PORTS: Array<u64> = Array::pinned(AMP_PORT_WORDS, 0);
 #[map]
 static IF_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::pinned(IF_STATS_SLOTS, 0);
+/// Sampled sources of dropped traffic per mitigation slot. Per CPU, so the hot path adds
+/// without atomics; user space sums the CPUs and scales by `TALKER_SAMPLE`.
+#[map]
+static TOP_TALKERS: LruPerCpuHashMap<TalkerKey, Counter> = LruPerCpuHashMap::pinned(MAX_TALKERS, 0);
+/// Set by the loader (`.rodata`, frozen): 0 turns talker sampling off. The verifier knows
+/// the constant, so with 0 it removes the sampling code (helper call included).
+#[no_mangle]
+static TALKER_SAMPLING: u32 = 1;
 /// The parsed packet of a mitigated destination. Copied into map memory on purpose: the
 /// verifier does not track values stored there, so the many parse paths (VLAN, IPv4/IPv6,
 /// fragments, protocols) converge into one state before the lookups and the classifier,
@@ -304,6 +313,7 @@ fn mitigate(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> u32 {
             if let Some(c) = stats.dropped.get_mut(reason as usize) {
                 count(c, len);
             }
+            sample_talker(slot, pkt, len);
             xdp_action::XDP_DROP
         }
     }
@@ -313,6 +323,42 @@ fn mitigate(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> u32 {
 fn count(c: &mut Counter, len: u64) {
     c.packets += 1;
     c.bytes += len;
+}
+
+/// Records one drop in `TALKER_SAMPLE` under its source: one helper call per drop, one
+/// map operation per sampled drop, nothing on pass paths.
+#[inline(always)]
+fn sample_talker(slot: u32, pkt: &Packet, len: u64) {
+    // SAFETY: reads a constant; volatile so the loader's value is used, not the default.
+    if unsafe { core::ptr::read_volatile(&TALKER_SAMPLING) } == 0 {
+        return;
+    }
+    // SAFETY: helper with no arguments.
+    if unsafe { bpf_get_prandom_u32() } & (TALKER_SAMPLE - 1) != 0 {
+        return;
+    }
+    let key = TalkerKey {
+        slot,
+        family: pkt.family,
+        _pad: [0; 3],
+        addr: pkt.src,
+    };
+    match TOP_TALKERS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value; no other CPU writes it and XDP runs are not preempted.
+        Some(c) => count(unsafe { &mut *c }, len),
+        None => {
+            // BPF_ANY: if another CPU created the key since the lookup, this writes only
+            // this CPU's share of it (still zero), losing nothing.
+            let _ = TOP_TALKERS.insert(
+                &key,
+                &Counter {
+                    packets: 1,
+                    bytes: len,
+                },
+                0,
+            );
+        }
+    }
 }
 
 enum Verdict {

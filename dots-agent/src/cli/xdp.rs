@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
-use xdp_common::{Counter, DropReason};
+use xdp_common::{Counter, DropReason, TALKER_SAMPLE};
 
 use crate::datapath::{
     compile, AttachMode, MitigationCounters, MitigationSpec, Mitigator, XdpDatapath,
@@ -349,6 +349,16 @@ pub struct AclReport {
     pub matched: Count,
 }
 
+/// A source of dropped traffic; counts are estimates from sampled drops.
+#[derive(Serialize)]
+pub struct TalkerReport {
+    pub source: String,
+    pub dropped: Count,
+}
+
+/// Top talkers shown per mitigation.
+const TOP_TALKERS: usize = 5;
+
 #[derive(Serialize)]
 pub struct MitigationReport {
     pub id: u64,
@@ -362,6 +372,8 @@ pub struct MitigationReport {
     pub drop_rate: Option<Rate>,
     pub pass_rate: Option<Rate>,
     pub acl: Vec<AclReport>,
+    /// Sources with the most dropped packets, most first (sampled estimates).
+    pub top_talkers: Vec<TalkerReport>,
 }
 
 #[derive(Serialize)]
@@ -437,6 +449,7 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             non_ip: stats.non_ip,
         });
     }
+    let mut talkers = dp.top_talkers_all(TOP_TALKERS)?;
     let mut mitigations = Vec::new();
     for (id, c) in &now {
         let before = first.as_ref().and_then(|(_, m)| m.get(id));
@@ -482,6 +495,15 @@ fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
             drop_rate: before.map(|b| rate(b.dropped_total(), c.dropped_total(), secs)),
             pass_rate: before.map(|b| rate(b.passed, c.passed, secs)),
             acl,
+            top_talkers: talkers
+                .remove(id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(a, c)| TalkerReport {
+                    source: a.to_string(),
+                    dropped: c.into(),
+                })
+                .collect(),
         });
     }
     Ok(StatusReport {
@@ -569,6 +591,19 @@ pub fn render(r: &StatusReport) -> String {
                 a.name, a.matched.packets, a.matched.bytes
             );
         }
+        if !m.top_talkers.is_empty() {
+            let _ = writeln!(
+                o,
+                "  top talkers (dropped, estimated from 1 in {TALKER_SAMPLE} drops):"
+            );
+            for t in &m.top_talkers {
+                let _ = writeln!(
+                    o,
+                    "    {:<39} {:>12} pkts {:>14} B",
+                    t.source, t.dropped.packets, t.dropped.bytes
+                );
+            }
+        }
     }
     let busy: Vec<String> = r
         .occupancy
@@ -580,4 +615,45 @@ pub fn render(r: &StatusReport) -> String {
         let _ = writeln!(o, "\nmap occupancy: {}", busy.join(", "));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_lists_top_talkers() {
+        let m = MitigationReport {
+            id: 3,
+            targets: vec!["198.51.100.0/24".into()],
+            in_scope: Count::default(),
+            passed: Count::default(),
+            accepted: Count::default(),
+            dropped: Count::default(),
+            dropped_by_reason: BTreeMap::new(),
+            rate_limited: Count::default(),
+            drop_rate: None,
+            pass_rate: None,
+            acl: Vec::new(),
+            top_talkers: vec![TalkerReport {
+                source: "2001:db8::1".into(),
+                dropped: Count {
+                    packets: 1600,
+                    bytes: 67_200,
+                },
+            }],
+        };
+        let text = render(&StatusReport {
+            pin_dir: "/x".into(),
+            interfaces: Vec::new(),
+            mitigations: vec![m],
+            occupancy: Vec::new(),
+        });
+        assert!(text.contains("top talkers"), "{text}");
+        let line = text.lines().find(|l| l.contains("2001:db8::1")).unwrap();
+        assert!(
+            line.contains("1600 pkts") && line.contains("67200 B"),
+            "{line}"
+        );
+    }
 }

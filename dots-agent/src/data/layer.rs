@@ -263,6 +263,10 @@ impl Mitigator for AclLayer {
         lock(&self.shared).inner.interfaces()
     }
 
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
+        lock(&self.shared).inner.top_talkers(id, n)
+    }
+
     fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
         let handle = AclHandle {
             shared: self.shared.clone(),

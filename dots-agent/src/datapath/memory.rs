@@ -1,13 +1,19 @@
 //! An in-memory [`Mitigator`] for protocol tests: validates specs exactly as the XDP
-//! datapath does (same compiler, same target ownership rule) and lets a test set counters.
+//! datapath does (same compiler, same target ownership rule) and lets a test set counters
+//! and top talkers.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use xdp_common::Counter;
 
 use super::{compile, AclCounter, DatapathError, MitigationCounters, MitigationSpec, Mitigator};
 
 #[derive(Default)]
 pub struct MemoryMitigator {
     installed: BTreeMap<u64, (MitigationSpec, MitigationCounters)>,
+    /// Set by tests; kept across replacement, gone with the mitigation (like the XDP one).
+    talkers: BTreeMap<u64, Vec<(IpAddr, Counter)>>,
 }
 
 impl MemoryMitigator {
@@ -28,6 +34,16 @@ impl MemoryMitigator {
             }
             None => false,
         }
+    }
+
+    /// Lets a test pretend the datapath sampled these sources (already scaled estimates,
+    /// any order). False if the mitigation is not installed.
+    pub fn set_talkers(&mut self, id: u64, talkers: Vec<(IpAddr, Counter)>) -> bool {
+        if !self.installed.contains_key(&id) {
+            return false;
+        }
+        self.talkers.insert(id, talkers);
+        true
     }
 }
 
@@ -62,6 +78,7 @@ impl Mitigator for MemoryMitigator {
     }
 
     fn remove(&mut self, id: u64) -> Result<Option<MitigationCounters>, DatapathError> {
+        self.talkers.remove(&id);
         Ok(self.installed.remove(&id).map(|(_, c)| c))
     }
 
@@ -71,6 +88,12 @@ impl Mitigator for MemoryMitigator {
 
     fn installed(&self) -> Vec<u64> {
         self.installed.keys().copied().collect()
+    }
+
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(IpAddr, Counter)> {
+        let mut v = self.talkers.get(&id).cloned().unwrap_or_default();
+        super::rank_talkers(&mut v, n);
+        v
     }
 }
 
@@ -103,5 +126,33 @@ mod tests {
         assert_eq!(m.installed(), vec![1]);
         assert!(m.remove(1).unwrap().is_some());
         assert!(m.remove(1).unwrap().is_none());
+    }
+
+    #[test]
+    fn talkers_are_sorted_truncated_and_removed_with_the_mitigation() {
+        let mut m = MemoryMitigator::new();
+        let c = |p| Counter {
+            packets: p,
+            bytes: p * 100,
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let d: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(!m.set_talkers(1, vec![(a, c(1))]), "not installed");
+        m.install(&MitigationSpec::new(
+            1,
+            vec!["198.51.100.0/24".parse().unwrap()],
+        ))
+        .unwrap();
+        assert!(m.set_talkers(1, vec![(d, c(5)), (a, c(50)), (b, c(20))]));
+        assert_eq!(m.top_talkers(1, 2), vec![(a, c(50)), (b, c(20))]);
+        assert!(m.top_talkers(2, 5).is_empty());
+        m.remove(1).unwrap();
+        m.install(&MitigationSpec::new(
+            1,
+            vec!["198.51.100.0/24".parse().unwrap()],
+        ))
+        .unwrap();
+        assert!(m.top_talkers(1, 5).is_empty(), "gone with the mitigation");
     }
 }

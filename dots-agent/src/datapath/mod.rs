@@ -90,6 +90,17 @@ impl MitigationCounters {
     }
 }
 
+/// Orders talkers by dropped packets (then bytes, then address: a stable order for equal
+/// estimates) and keeps the first `n`.
+pub(crate) fn rank_talkers(v: &mut Vec<(std::net::IpAddr, Counter)>, n: usize) {
+    v.sort_by(|a, b| {
+        (b.1.packets, b.1.bytes)
+            .cmp(&(a.1.packets, a.1.bytes))
+            .then(a.0.cmp(&b.0))
+    });
+    v.truncate(n);
+}
+
 /// What the DOTS engine needs from a datapath.
 pub trait Mitigator: Send {
     /// Installs the mitigation with `spec.id`, or replaces it as one atomic change: a packet
@@ -112,6 +123,13 @@ pub trait Mitigator: Send {
     /// Matched traffic per (client, ACL entry name) for ACLs kept per client (the data
     /// channel's layer); empty where ACLs belong to single mitigations.
     fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
+        Vec::new()
+    }
+    /// The `n` sources with the most dropped packets of a mitigation, most first. Estimates:
+    /// the datapath samples one drop in [`xdp_common::TALKER_SAMPLE`] and scales up. Empty
+    /// if the mitigation is not installed or the datapath does not sample.
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
+        let _ = (id, n);
         Vec::new()
     }
 }
@@ -137,5 +155,8 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
         (**self).acl_statistics()
+    }
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
+        (**self).top_talkers(id, n)
     }
 }

@@ -12,12 +12,16 @@
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     fs,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader, Pod,
 };
@@ -25,10 +29,10 @@ use ipnet::IpNet;
 use xdp_common::{
     ipv6_top48, length_bit, map_names as names, split_tag, summary_index_v4, summary_index_v6,
     AclKey, AclRule, AclValue, Bucket, Counter, InterfaceStats, LengthMask, MitigationConfig,
-    MitigationStats, PrefixV4, PrefixV6, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS,
+    MitigationStats, PrefixV4, PrefixV6, TalkerKey, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS,
     IF_STATS_SLOTS, LAYOUT_VERSION, MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS,
-    MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME, SUMMARY_BITS, SUMMARY_SLOTS,
-    SUMMARY_V6_PREFIX_BITS,
+    MAX_SRC_PREFIXES, MAX_TALKERS, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME, SUMMARY_BITS,
+    SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS, TALKER_SAMPLE,
 };
 
 use super::{
@@ -80,6 +84,9 @@ pub struct LoadOptions {
     pub pin_root: PathBuf,
     /// Map sizes to override (by map name), e.g. a smaller source table in tests.
     pub max_entries: Vec<(&'static str, u32)>,
+    /// Sample the sources of dropped packets into `TOP_TALKERS` (default on; off is for
+    /// measuring what sampling costs).
+    pub talker_sampling: bool,
 }
 
 impl LoadOptions {
@@ -87,6 +94,7 @@ impl LoadOptions {
         LoadOptions {
             pin_root: pin_root.into(),
             max_entries: Vec::new(),
+            talker_sampling: true,
         }
     }
 }
@@ -114,6 +122,8 @@ struct Maps {
     scope_buckets: Array<MapData, Bucket>,
     amp_ports: Array<MapData, u64>,
     if_stats: PerCpuArray<MapData, InterfaceStats>,
+    /// None when opened from pins of a program that predates talker sampling.
+    top_talkers: Option<PerCpuHashMap<MapData, TalkerKey, Counter>>,
 }
 
 fn typed<M: TryFrom<Map, Error = aya::maps::MapError>>(name: &str, map: Map) -> R<M> {
@@ -173,6 +183,10 @@ impl Maps {
             scope_buckets: m!(names::SCOPE_BUCKETS),
             amp_ports: m!(names::AMP_PORTS),
             if_stats: m!(names::IF_STATS),
+            top_talkers: match take(names::TOP_TALKERS) {
+                Ok(m) => Some(typed(names::TOP_TALKERS, m)?),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -316,6 +330,8 @@ impl XdpDatapath {
         for (name, n) in &opts.max_entries {
             loader.map_max_entries(name, *n);
         }
+        let sampling = u32::from(opts.talker_sampling);
+        loader.override_global("TALKER_SAMPLING", &sampling, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DatapathError::bpf("loading the XDP object (are you root?)", e))?;
@@ -434,6 +450,9 @@ impl XdpDatapath {
                 self.pin_dir.parent().unwrap_or(Path::new("/")),
             ))?;
             self.ebpf = fresh.ebpf;
+            if self.maps.top_talkers.is_none() {
+                self.maps.top_talkers = fresh.maps.top_talkers; // created by this load
+            }
         }
         let links = self.pin_dir.join("links");
         fs::create_dir_all(&links)
@@ -690,8 +709,107 @@ impl XdpDatapath {
                 None => self.maps.remove_source(&k),
             }
         }
+        // Talkers of slots no mitigation holds (a crash between removing a mitigation's
+        // targets and clearing its talkers) would be credited to the slot's next owner.
+        let live_slots: HashSet<u32> = configs.keys().copied().collect();
+        if let Err(e) = self.clear_talkers(|s| !live_slots.contains(&s)) {
+            tracing::warn!("clearing top talkers of unused slots: {e}");
+        }
         self.index = index;
         Ok(())
+    }
+
+    /// Top talkers of every installed mitigation, from one walk of the map (a status of
+    /// many mitigations would otherwise walk it once per mitigation).
+    pub fn top_talkers_all(&self, n: usize) -> R<StdHashMap<u64, Vec<(IpAddr, Counter)>>> {
+        let slot_id: StdHashMap<u32, u64> = self
+            .index
+            .by_id
+            .iter()
+            .map(|(id, i)| (i.config.slot(), *id))
+            .collect();
+        let by_slot = self.talkers_of_slots(|s| slot_id.contains_key(&s), n)?;
+        Ok(by_slot
+            .into_iter()
+            .filter_map(|(s, v)| Some((*slot_id.get(&s)?, v)))
+            .collect())
+    }
+
+    /// Ranked, scaled talkers per slot for the slots `keep` selects.
+    fn talkers_of_slots(
+        &self,
+        keep: impl Fn(u32) -> bool,
+        n: usize,
+    ) -> R<StdHashMap<u32, Vec<(IpAddr, Counter)>>> {
+        let mut by_slot: StdHashMap<u32, Vec<(IpAddr, Counter)>> = StdHashMap::new();
+        for (k, c) in self.talker_entries(keep)? {
+            let Some(ip) = talker_addr(&k) else {
+                continue;
+            };
+            let scaled = Counter {
+                packets: c.packets.saturating_mul(TALKER_SAMPLE as u64),
+                bytes: c.bytes.saturating_mul(TALKER_SAMPLE as u64),
+            };
+            by_slot.entry(k.slot).or_default().push((ip, scaled));
+        }
+        for v in by_slot.values_mut() {
+            super::rank_talkers(v, n);
+        }
+        Ok(by_slot)
+    }
+
+    /// Keys of `TOP_TALKERS` whose slot passes `keep`, from one bounded walk: when the key
+    /// in hand is evicted mid-walk the kernel restarts from the first key, so the walk stops
+    /// after twice the capacity (duplicates from a restart are dropped).
+    fn talker_keys(&self, keep: impl Fn(u32) -> bool) -> R<Vec<TalkerKey>> {
+        let Some(map) = &self.maps.top_talkers else {
+            return Ok(Vec::new());
+        };
+        let cap = map
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .unwrap_or(MAX_TALKERS) as usize;
+        let mut seen = HashSet::new();
+        for key in map.keys().take(2 * cap) {
+            let key = key.map_err(|e| DatapathError::bpf("reading TOP_TALKERS", e))?;
+            if keep(key.slot) {
+                seen.insert(key);
+            }
+        }
+        Ok(seen.into_iter().collect())
+    }
+
+    /// Sampled (unscaled) counts per key, summed across CPUs.
+    fn talker_entries(&self, keep: impl Fn(u32) -> bool) -> R<Vec<(TalkerKey, Counter)>> {
+        let keys = self.talker_keys(keep)?;
+        let Some(map) = &self.maps.top_talkers else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let values = match map.get(&k, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue, // evicted since the walk
+                Err(e) => return Err(DatapathError::bpf("reading TOP_TALKERS", e)),
+            };
+            let mut sum = Counter::default();
+            values.iter().for_each(|c| sum.add(c));
+            out.push((k, sum));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the talker entries of the slots `dead` names; returns how many.
+    fn clear_talkers(&mut self, dead: impl Fn(u32) -> bool) -> R<usize> {
+        let keys = self.talker_keys(dead)?;
+        let Some(map) = &mut self.maps.top_talkers else {
+            return Ok(0);
+        };
+        for k in &keys {
+            let _ = map.remove(k); // already gone (evicted) is fine
+        }
+        Ok(keys.len())
     }
 
     fn zero_percpu<T: Pod + Default>(
@@ -992,7 +1110,13 @@ impl Mitigator for XdpDatapath {
         let counters = self.counters(id)?;
         let inst = self.index.by_id.remove(&id).expect("checked above");
         self.release_generation(&inst);
-        self.index.slot_used[inst.config.slot() as usize] = false;
+        // No target leads to the slot any more: its talkers are final and would otherwise
+        // show up under the next mitigation given this slot.
+        let slot = inst.config.slot();
+        if let Err(e) = self.clear_talkers(|s| s == slot) {
+            tracing::warn!("mitigation {id} removed, but its top talkers were not: {e}");
+        }
+        self.index.slot_used[slot as usize] = false;
         Ok(counters)
     }
 
@@ -1028,6 +1152,20 @@ impl Mitigator for XdpDatapath {
 
     fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
         XdpDatapath::occupancy(self)
+    }
+
+    fn top_talkers(&self, id: u64, n: usize) -> Vec<(IpAddr, Counter)> {
+        let Some(inst) = self.index.by_id.get(&id) else {
+            return Vec::new();
+        };
+        let slot = inst.config.slot();
+        match self.talkers_of_slots(|s| s == slot, n) {
+            Ok(mut by_slot) => by_slot.remove(&slot).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("reading the top talkers of mitigation {id}: {e}");
+                Vec::new()
+            }
+        }
     }
 
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
@@ -1183,6 +1321,21 @@ fn count_target(index: &mut Index, net: &IpNet, delta: i32) -> Vec<u32> {
         }
     }
     changed
+}
+
+/// The source address of a talker key (None for a family the kernel never writes).
+fn talker_addr(k: &TalkerKey) -> Option<IpAddr> {
+    match k.family {
+        4 => Some(IpAddr::from(k.addr[0].to_ne_bytes())),
+        6 => {
+            let mut o = [0u8; 16];
+            for (i, w) in k.addr.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            Some(IpAddr::from(o))
+        }
+        _ => None,
+    }
 }
 
 /// The prefix a target key stands for.

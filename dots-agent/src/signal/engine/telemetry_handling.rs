@@ -15,7 +15,18 @@ pub(super) struct Measured {
     attack: telemetry::RateSeries,
     /// The last reading: time, in-scope and dropped counters.
     last: (u64, xdp_common::Counter, xdp_common::Counter),
+    /// The datapath's top talkers (dropped, sampled estimates) at the last reading.
+    talkers_then: std::collections::HashMap<std::net::IpAddr, xdp_common::Counter>,
+    /// Their drop rates (packets/s, bytes/s) over the last sample period and at their
+    /// peak, in the datapath's order (most dropped first).
+    talker_rates: Vec<(std::net::IpAddr, Rates, Rates)>,
 }
+
+/// Packets/s and bytes/s.
+type Rates = (u64, u64);
+
+/// How many top talkers a status carries.
+const STATUS_TALKERS: usize = 10;
 
 pub(super) fn telemetry_refusal(e: TelemetryError) -> Refusal {
     match e {
@@ -225,6 +236,8 @@ impl<M: Mitigator> Engine<M> {
                         total: telemetry::RateSeries::new(config.samples()),
                         attack: telemetry::RateSeries::new(config.samples()),
                         last: (now, in_scope, dropped),
+                        talkers_then: Default::default(),
+                        talker_rates: Vec::new(),
                     });
                 let (then, t0, d0) = entry.last;
                 let elapsed = now.saturating_sub(then);
@@ -242,6 +255,27 @@ impl<M: Mitigator> Engine<M> {
                     dropped.bytes.saturating_sub(d0.bytes) / elapsed,
                 );
                 entry.last = (now, in_scope, dropped);
+                // Talkers: the change of each one's (estimated) drops since the last
+                // reading; one seen for the first time counts from zero.
+                let talkers = self.mitigator.top_talkers(m.datapath_id, STATUS_TALKERS);
+                let peaks: std::collections::HashMap<_, _> = entry
+                    .talker_rates
+                    .iter()
+                    .map(|(a, _, peak)| (*a, *peak))
+                    .collect();
+                entry.talker_rates = talkers
+                    .iter()
+                    .map(|(addr, c)| {
+                        let before = entry.talkers_then.get(addr).copied().unwrap_or_default();
+                        let now = (
+                            c.packets.saturating_sub(before.packets) / elapsed,
+                            c.bytes.saturating_sub(before.bytes) / elapsed,
+                        );
+                        let peak = peaks.get(addr).copied().unwrap_or_default();
+                        (*addr, now, (peak.0.max(now.0), peak.1.max(now.1)))
+                    })
+                    .collect();
+                entry.talkers_then = talkers.into_iter().collect();
             }
         }
         self.measured.retain(|id, _| live.contains(id));
@@ -262,7 +296,27 @@ impl<M: Mitigator> Engine<M> {
         Some(telemetry::StatusTelemetry {
             total: measured.total.traffic(&classes, &config.percentiles),
             attack: measured.attack.traffic(&classes, &config.percentiles),
-            talkers: Vec::new(),
+            talkers: measured
+                .talker_rates
+                .iter()
+                .map(|(addr, now, peak)| telemetry::Talker {
+                    source: IpNet::from(*addr),
+                    attack: classes
+                        .iter()
+                        .map(|class| {
+                            let (current, peak) =
+                                (class.of(now.0, now.1), class.of(peak.0, peak.1));
+                            let unit = telemetry::Unit::auto(*class, peak);
+                            let s = telemetry::Stats {
+                                peak: Some(peak),
+                                current: Some(current),
+                                ..Default::default()
+                            };
+                            (unit, s.scaled(unit))
+                        })
+                        .collect(),
+                })
+                .collect(),
             attack_start: m.activity.last_drop_at.and(m.start),
         })
     }

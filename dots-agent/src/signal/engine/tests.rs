@@ -303,6 +303,17 @@ fn status_telemetry_reports_percentiles_of_measured_rates() {
             bytes: dropped * 100,
         };
         e.mitigator.set_counters(id, c);
+        // One attacker accounts for every drop (the datapath's sampled estimate).
+        e.mitigator.set_talkers(
+            id,
+            vec![(
+                "192.0.2.9".parse().unwrap(),
+                Counter {
+                    packets: dropped,
+                    bytes: dropped * 100,
+                },
+            )],
+        );
         e.tick(t);
     }
     let st = e.status("cu-a", Some(1), 10).unwrap();
@@ -315,6 +326,16 @@ fn status_telemetry_reports_percentiles_of_measured_rates() {
     );
     assert_eq!(t.attack[0].1.mid, Some(50));
     assert_eq!(t.attack_start, Some(0));
+    assert_eq!(t.talkers.len(), 1);
+    assert_eq!(
+        t.talkers[0].source,
+        "192.0.2.9/32".parse::<IpNet>().unwrap()
+    );
+    assert_eq!(
+        t.talkers[0].attack[0].1.current,
+        Some(100),
+        "its drops over the last second"
+    );
     // The encoded status carries them under the telemetry keys.
     let body = crate::signal::message::encode_status(&st);
     let j = crate::signal::diag::to_json(&crate::signal::cbor::parse(&body).unwrap());
@@ -327,6 +348,9 @@ fn status_telemetry_reports_percentiles_of_measured_rates() {
         entry["ietf-dots-telemetry:total-attack-traffic"][0]["mid-percentile-g"],
         50
     );
+    let talker = &entry["ietf-dots-telemetry:attack-detail"][0]["top-talker"]["talker"][0];
+    assert_eq!(talker["source-prefix"], "192.0.2.9/32");
+    assert_eq!(talker["total-attack-traffic"][0]["current-g"], 100);
     // A client that did not ask gets none.
     let mut other = engine();
     other
