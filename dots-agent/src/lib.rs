@@ -5,6 +5,8 @@
 //! - [`pki`]: lab CA and certificates, cuid derivation.
 //! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
 //! - [`traffic`]: AF_PACKET sender and counting receiver.
+//! - [`trafficgen`]: the fast generator (XDP live frames) and the labelled receiver.
+//! - [`lab`]: `dots-agent lab`, the scenario in namespaces, and the veth benchmark.
 //! - [`server`], [`client`]: the signal channel's transports (TLS today).
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
@@ -13,9 +15,11 @@ pub mod cli;
 pub mod client;
 pub mod datapath;
 pub mod dtls_io;
+pub mod lab;
 pub mod packet;
 pub mod pki;
 pub mod server;
 pub mod signal;
 pub mod store;
 pub mod traffic;
+pub mod trafficgen;

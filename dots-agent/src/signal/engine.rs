@@ -10,7 +10,9 @@ use ipnet::IpNet;
 
 use super::message::{AclActivation, ActivationType, Lifetime, MitigationStatus, Scope, Status};
 use super::session_config::{self, ConfigError, SessionConfig};
-use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
+use crate::datapath::{
+    AclEntry, Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange,
+};
 use crate::store::Store;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
@@ -27,6 +29,8 @@ pub struct ClientPolicy {
     pub prefixes: Vec<IpNet>,
     /// Countermeasures applied to this client's mitigations.
     pub countermeasures: Countermeasures,
+    /// ACL entries the operator applies to this client's mitigations (first match decides).
+    pub acl: Vec<AclEntry>,
     /// Grant lifetime -1 (indefinite) when asked; otherwise grant `max_lifetime`.
     pub allow_indefinite: bool,
     pub max_lifetime: u32,
@@ -486,6 +490,7 @@ impl<M: Mitigator> Engine<M> {
                 })
                 .collect(),
             countermeasures: policy.countermeasures.clone(),
+            acl: policy.acl.clone(),
             ..MitigationSpec::new(m.datapath_id, m.scope.target_prefix.clone())
         };
         self.mitigator.install(&spec).map_err(|e| match e {
@@ -817,6 +822,7 @@ mod tests {
                 amplification: true,
                 ..Default::default()
             },
+            acl: Vec::new(),
             allow_indefinite: false,
             max_lifetime: 86_400,
         };
