@@ -131,18 +131,50 @@ fn write_configs(dir: &Path, s: &Scenario, pins: &Path) -> Result<()> {
     if !s.filters.acl.is_empty() {
         client.insert("acl".into(), toml::Value::try_from(&s.filters.acl)?);
     }
-    let server = format!(
-        "[signal]\nlisten = [\"{}:4646\"]\nterminating_seconds = {}\n\
-         [store]\ndir = \"store\"\n\
-         [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
-         [datapath]\ninterfaces = [\"{}\"]\nxdp_mode = \"auto\"\npin_root = \"{}\"\n\
-         [[client]]\n{}",
-        topology::SERVER_V4,
-        s.filters.terminating_seconds,
-        topology::SCR_IN,
-        pins.display(),
-        toml::to_string(&client)?
-    );
+    let text = |v: &str| toml::Value::String(v.to_string());
+    let table = |pairs: Vec<(&str, toml::Value)>| {
+        toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    };
+    let server = table(vec![
+        (
+            "signal",
+            table(vec![
+                (
+                    "listen",
+                    toml::Value::Array(vec![text(&format!("{}:4646", topology::SERVER_V4))]),
+                ),
+                (
+                    "terminating_seconds",
+                    toml::Value::Integer(s.filters.terminating_seconds as i64),
+                ),
+            ]),
+        ),
+        ("store", table(vec![("dir", text("store"))])),
+        (
+            "tls",
+            table(vec![
+                ("ca", text("pki/ca.pem")),
+                ("cert", text("pki/server.pem")),
+                ("key", text("pki/server.key")),
+            ]),
+        ),
+        (
+            "datapath",
+            table(vec![
+                (
+                    "interfaces",
+                    toml::Value::Array(vec![text(topology::SCR_IN)]),
+                ),
+                ("xdp_mode", text("auto")),
+                ("pin_root", text(&pins.to_string_lossy())),
+            ]),
+        ),
+        (
+            "client",
+            toml::Value::Array(vec![toml::Value::Table(client)]),
+        ),
+    ]);
+    let server = toml::to_string(&server)?;
     std::fs::write(dir.join("server.toml"), server)?;
     let client_cfg = format!(
         "server = \"{}:4646\"\nserver_name = \"dots.lab\"\ntransport = \"dtls\"\n\
