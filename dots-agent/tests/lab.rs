@@ -83,7 +83,11 @@ fn the_lab_scrubs_an_attack_that_the_guard_signals() {
     assert_eq!(s["withdraw_code"], "2.02", "{stdout}");
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
-    assert!(leftovers(pid).is_empty(), "left behind: {:?}", leftovers(pid));
+    assert!(
+        leftovers(pid).is_empty(),
+        "left behind: {:?}",
+        leftovers(pid)
+    );
 }
 
 #[test]
@@ -126,8 +130,17 @@ fn an_interrupted_lab_cleans_up() {
     };
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success());
     assert!(err.contains("interrupted"), "{err}");
-    assert!(leftovers(pid).is_empty(), "left behind: {:?}", leftovers(pid));
+    assert!(
+        leftovers(pid).is_empty(),
+        "left behind: {:?}",
+        leftovers(pid)
+    );
 }
