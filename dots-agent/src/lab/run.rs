@@ -562,7 +562,8 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
             next_print += 1.0;
         }
         let traffic_over = t >= s.total_seconds();
-        if traffic_over && (withdrawn.is_some() || guard_done) {
+        // Done when the guard has withdrawn (or exited), or never asked at all.
+        if traffic_over && (withdrawn.is_some() || guard_done || requested_ms.is_none()) {
             break;
         }
         if t >= s.total_seconds() + 20.0 {

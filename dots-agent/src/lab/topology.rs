@@ -186,7 +186,7 @@ impl Drop for Proc {
     }
 }
 
-/// The three namespaces, wired. Field order is drop order: namespaces go last.
+/// The three namespaces, wired; dropping it deletes them (and with them the veth pairs).
 pub struct Topology {
     pub inet: Netns,
     pub scrubber: Netns,
