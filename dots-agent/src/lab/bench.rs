@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// and the generator can use different CPUs; off: NAPI runs on the sending CPU.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub threaded_napi: bool,
+    /// Source prefix of the flood (up to 4,094 of its addresses; a /32 sends from one).
+    #[arg(long, default_value = "203.0.113.0/24")]
+    pub flood_sources: ipnet::IpNet,
     /// Frame payload of the flood (bytes after the UDP header).
     #[arg(long, default_value_t = 18)]
     pub payload: usize,
@@ -432,18 +435,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             bail!("could not turn on threaded NAPI on {}", topology::SCR_IN);
         }
     }
-    println!(
-        "bench: veth lab (namespaces dbench{pid}-*); {} rounds x 4 cases x {} s; flood UDP :9999 from 4094 sources, {} B frames; legitimate TCP :443 at {} pps; {} NAPI",
-        a.rounds,
-        a.seconds,
-        14 + 20 + 8 + a.payload,
-        a.legit_pps,
-        if a.threaded_napi { "threaded" } else { "inline" }
-    );
     let dst_mac = trafficgen::parse_mac(topology::SCR_IN_MAC)?;
     let src_mac = [0x02, 0x00, 0x5e, 0x00, 0x01, 0x01];
     let flood = Flow {
-        sources: "203.0.113.0/24".parse().expect("constant"),
+        sources: a.flood_sources,
         destination: topology::TARGET_V4.parse().expect("constant"),
         protocol: Protocol::Udp,
         source_port: 5000,
@@ -466,6 +461,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         src_mac,
     }
     .template()?;
+    println!(
+        "bench: veth lab (namespaces dbench{pid}-*); {} rounds x 4 cases x {} s; flood UDP :9999 from {} source(s) in {}, {} B frames; legitimate TCP :443 at {} pps; {} NAPI",
+        a.rounds,
+        a.seconds,
+        flood.sources,
+        a.flood_sources,
+        14 + 20 + 8 + a.payload,
+        a.legit_pps,
+        if a.threaded_napi { "threaded" } else { "inline" }
+    );
     let cust_path = topo.customer.path();
     let inet = &topo.inet;
     let seconds = a.seconds;
@@ -593,10 +598,10 @@ fn send_both(
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        n => v[n / 2],
     }
 }
 
