@@ -202,6 +202,7 @@ impl Scenario {
             if t.protocol != Protocol::Tcp && !t.tcp_flags.is_empty() {
                 bail!("{at}: tcp_flags only apply to protocol = \"tcp\"");
             }
+            trafficgen::parse_tcp_flags(&t.tcp_flags).with_context(|| at.clone())?;
             self.flow(t, [0; 6], [0; 6])
                 .template()
                 .with_context(|| at.clone())?;
@@ -288,6 +289,10 @@ mod tests {
         );
         assert!(
             err("sources = \"192.0.2.0/26\"", "sources = \"192.0.2.1/26\"").contains("host bits")
+        );
+        assert!(
+            err("tcp_flags = [\"syn\"]", "tcp_flags = [\"syn\", \"psh!\"]")
+                .contains("unknown TCP flag")
         );
     }
 }
