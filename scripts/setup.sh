@@ -17,7 +17,7 @@ PACKAGES=(
   # user-space build: openssl-sys
   libssl-dev pkg-config
   # network lab and end-to-end tests
-  iproute2 iputils-ping openssl ethtool
+  iproute2 iputils-ping openssl ethtool nftables
   # peers for interop tests and benchmarks
   libcoap3-bin xdp-tools libxdp1 bpftool
   # a real Prometheus server for the metrics end-to-end test

@@ -51,6 +51,7 @@ async fn time_to_mitigate(dir: &Path) {
         name: "client-a".into(),
         prefixes: vec!["198.18.0.0/15".parse().unwrap()],
         countermeasures: dots_agent::server::config::default_countermeasures(),
+        acl: Vec::new(),
         allow_indefinite: false,
         max_lifetime: 86_400,
     };

@@ -9,6 +9,8 @@
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
 //! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
+//! - [`trafficgen`]: the fast generator (XDP live frames) and the labelled receiver.
+//! - [`lab`]: `dots-agent lab`, the scenario in namespaces, and the veth benchmark.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
@@ -17,6 +19,7 @@ pub mod client;
 pub mod data;
 pub mod datapath;
 pub mod dtls_io;
+pub mod lab;
 pub mod measure;
 pub mod metrics;
 pub mod packet;
@@ -25,3 +28,4 @@ pub mod server;
 pub mod signal;
 pub mod store;
 pub mod traffic;
+pub mod trafficgen;

@@ -19,6 +19,9 @@ enum Command {
     /// Send and count raw frames on an interface (for labs and tests).
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
+    /// The lab: a DDoS signalled and scrubbed in network namespaces (root); `lab bench`: the
+    /// veth drop-rate benchmark.
+    Lab(dots_agent::lab::LabArgs),
     /// Certificates for a lab: a CA, a server and clients.
     #[command(subcommand)]
     Pki(cli::pki::PkiCommand),
@@ -57,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Xdp(c) => cli::xdp::run(c),
         Command::Traffic(c) => cli::traffic::run(c),
         Command::Pki(c) => cli::pki::run(c),
+        Command::Lab(a) => dots_agent::lab::cli(a),
         Command::Server { config } => cli::signal::run_server(config),
         Command::Client {
             config,

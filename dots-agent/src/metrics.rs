@@ -483,6 +483,7 @@ mod tests {
                 name: "client-a".into(),
                 prefixes: vec!["198.51.100.0/24".parse().unwrap()],
                 countermeasures: Countermeasures::default(),
+                acl: Vec::new(),
                 allow_indefinite: false,
                 max_lifetime: 86_400,
             }],

@@ -98,6 +98,12 @@ impl RawSocket {
     }
 }
 
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// Sends `frames` round-robin, `count` frames in all, at most `pps` per second (0: as fast
 /// as the socket takes them). Returns how many were sent.
 pub fn send_paced(

@@ -64,6 +64,35 @@ pub enum ClientCommand {
     Telemetry(super::telemetry::TelemetryCommand),
     /// The data channel (RFC 8783): registration, aliases, ACLs, capabilities.
     Data(super::data::DataArgs),
+    /// Threshold-triggered mitigation: watch an interface's receive rate, request mitigation
+    /// when it crosses the threshold, withdraw when the attack has been gone for a while.
+    /// Prints one JSON event per line.
+    Guard {
+        #[arg(short, long)]
+        interface: String,
+        /// Received packets per second that trigger a request.
+        #[arg(long)]
+        threshold_pps: u64,
+        /// Target prefix to protect (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<IpNet>,
+        #[arg(long, default_value_t = 1)]
+        mid: u32,
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u32).range(1..))]
+        lifetime: u32,
+        /// Withdraw once the attack has been gone this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        quiet_seconds: f64,
+        /// Sampling interval in seconds.
+        #[arg(long, default_value_t = 0.5)]
+        sample_seconds: f64,
+        /// Stop after this many seconds (withdrawing first if needed).
+        #[arg(long, default_value_t = 3600.0)]
+        max_seconds: f64,
+        /// Exit after the first withdrawal.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +202,37 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
         return super::data::run(cfg, json, args);
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if let ClientCommand::Guard {
+        interface,
+        threshold_pps,
+        targets,
+        mid,
+        lifetime,
+        quiet_seconds,
+        sample_seconds,
+        max_seconds,
+        once,
+    } = cmd
+    {
+        let secs = |v: f64, what: &str| {
+            if !(0.01..=86_400.0).contains(&v) {
+                bail!("{what} {v}: use a number of seconds between 0.01 and 86400");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let opts = crate::client::guard::GuardOptions {
+            interface,
+            threshold_pps,
+            quiet: secs(quiet_seconds, "--quiet-seconds")?,
+            targets,
+            mid,
+            lifetime,
+            sample: secs(sample_seconds, "--sample-seconds")?,
+            max: secs(max_seconds, "--max-seconds")?,
+            once,
+        };
+        return rt.block_on(crate::client::guard::run(&cfg, &opts));
+    }
     rt.block_on(async move {
         let mut s = Session::connect(&cfg).await?;
         let cuid = format!("cuid={}", s.cuid());
@@ -226,9 +286,9 @@ pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()>
                 (RequestType::Get, p, None, false)
             }
             ClientCommand::Withdraw { mid } => (RequestType::Delete, mitigate(*mid), None, false),
-            ClientCommand::Config(_) | ClientCommand::Telemetry(_) => {
-                (RequestType::Get, Vec::new(), None, false)
-            }
+            ClientCommand::Config(_)
+            | ClientCommand::Telemetry(_)
+            | ClientCommand::Guard { .. } => (RequestType::Get, Vec::new(), None, false),
             ClientCommand::Data(_) => bail!("the data channel is served above"),
         };
         if let ClientCommand::Watch {

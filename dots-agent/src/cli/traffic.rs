@@ -44,6 +44,36 @@ pub enum TrafficCommand {
         #[arg(long, default_value = "ff:ff:ff:ff:ff:ff")]
         dst_mac: String,
     },
+    /// Send fast (XDP live frames: BPF_PROG_RUN redirecting template frames out of the
+    /// interface, a random source of the prefix per packet), at a set rate for a set time.
+    Generate {
+        #[arg(short, long)]
+        interface: String,
+        /// Source prefix; packets come from up to 4096 of its addresses.
+        #[arg(long, value_parser = parse_source)]
+        src: IpNet,
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long, value_enum, default_value = "udp")]
+        proto: Proto,
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        #[arg(long, default_value_t = 80)]
+        dport: u16,
+        /// TCP flags, comma-separated (syn, ack, rst, fin).
+        #[arg(long, value_delimiter = ',', default_value = "syn")]
+        tcp_flags: Vec<String>,
+        #[arg(long, default_value_t = 18)]
+        payload: usize,
+        /// Packets per second (0: as fast as the kernel runs).
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Destination MAC (default: the interface's peer must accept broadcast).
+        #[arg(long, default_value = "ff:ff:ff:ff:ff:ff")]
+        dst_mac: String,
+    },
     /// Count the IP frames arriving on an interface, per flow.
     Count {
         #[arg(short, long)]
@@ -94,6 +124,60 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
 
 pub fn run(cmd: TrafficCommand) -> Result<()> {
     match cmd {
+        TrafficCommand::Generate {
+            interface,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            tcp_flags,
+            payload,
+            pps,
+            seconds,
+            dst_mac,
+        } => {
+            use crate::trafficgen::{self, live, Flow, Protocol};
+            if !(0.0..=3600.0).contains(&seconds) {
+                bail!("--seconds must be between 0 and 3600");
+            }
+            let flow = Flow {
+                sources: src.trunc(),
+                destination: dst,
+                protocol: match proto {
+                    Proto::Udp => Protocol::Udp,
+                    Proto::Tcp => Protocol::Tcp,
+                    Proto::Icmp => Protocol::Icmp,
+                },
+                source_port: sport,
+                destination_port: dport,
+                tcp_flags: trafficgen::parse_tcp_flags(&tcp_flags)?,
+                payload,
+                dst_mac: trafficgen::parse_mac(&dst_mac)?,
+                src_mac: trafficgen::interface_mac(&interface)?,
+            };
+            let t = flow.template()?;
+            let sender = live::LiveSender::new(&t, &interface)?;
+            let sent = std::sync::atomic::AtomicU64::new(0);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let start = std::time::Instant::now();
+            let n = sender.run(
+                live::Pace {
+                    pps,
+                    duration: Duration::from_secs_f64(seconds),
+                    count: u64::MAX,
+                },
+                &sent,
+                &stop,
+            )?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "sent {n} packets in {secs:.2} s ({:.0} pps) from {} source(s) on {interface}",
+                n as f64 / secs.max(1e-9),
+                t.sources
+            );
+            Ok(())
+        }
         TrafficCommand::Send {
             interface,
             src,

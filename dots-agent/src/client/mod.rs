@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_openssl::SslStream;
 
+pub mod guard;
+
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
 use crate::signal::coap_tcp::{self, Frame};

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::datapath::{AttachMode, Countermeasures, Rate, DEFAULT_PIN_ROOT};
+use crate::datapath::{AclEntry, AttachMode, Countermeasures, Rate, DEFAULT_PIN_ROOT};
 use crate::signal::engine::ClientPolicy;
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +180,9 @@ pub struct Client {
     /// The mitigation policy for this client (default: see [`default_countermeasures`]).
     #[serde(default)]
     pub countermeasures: Option<Countermeasures>,
+    /// ACL entries applied to this client's mitigations (as in a mitigation file's [[acl]]).
+    #[serde(default)]
+    pub acl: Vec<AclEntry>,
     #[serde(default)]
     pub allow_indefinite: bool,
     #[serde(default = "default_max_lifetime")]
@@ -309,6 +312,7 @@ impl ServerConfig {
                     .countermeasures
                     .clone()
                     .unwrap_or_else(default_countermeasures),
+                acl: c.acl.clone(),
                 allow_indefinite: c.allow_indefinite,
                 max_lifetime: c.max_lifetime,
             })

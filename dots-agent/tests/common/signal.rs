@@ -24,6 +24,7 @@ pub fn client_a() -> ClientPolicy {
         name: "client-a".into(),
         prefixes: vec!["2001:db8:6401::/48".parse().unwrap()],
         countermeasures: Default::default(),
+        acl: Vec::new(),
         allow_indefinite: false,
         max_lifetime: 86_400,
     }

@@ -13,7 +13,9 @@ use super::message::{
 };
 use super::session_config::{self, ConfigError, SessionConfig};
 use super::telemetry::{self, TelemetrySetup};
-use crate::datapath::{Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange};
+use crate::datapath::{
+    AclEntry, Countermeasures, DatapathError, MitigationSpec, Mitigator, PortRange,
+};
 use crate::store::Store;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
@@ -66,6 +68,8 @@ pub struct ClientPolicy {
     pub prefixes: Vec<IpNet>,
     /// Countermeasures applied to this client's mitigations.
     pub countermeasures: Countermeasures,
+    /// ACL entries the operator applies to this client's mitigations (first match decides).
+    pub acl: Vec<AclEntry>,
     /// Grant lifetime -1 (indefinite) when asked; otherwise grant `max_lifetime`.
     pub allow_indefinite: bool,
     pub max_lifetime: u32,
@@ -783,6 +787,7 @@ impl<M: Mitigator> Engine<M> {
                 .collect(),
             countermeasures: self.countermeasures(policy),
             drop_list: self.talkers_to_drop(&policy.name, &m.scope.target_prefix),
+            acl: policy.acl.clone(),
             ..MitigationSpec::new(m.datapath_id, m.scope.target_prefix.clone())
         };
         self.mitigator.install(&spec).map_err(|e| match e {

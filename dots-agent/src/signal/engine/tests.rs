@@ -12,6 +12,7 @@ fn engine() -> Engine<MemoryMitigator> {
             amplification: true,
             ..Default::default()
         },
+        acl: Vec::new(),
         allow_indefinite: false,
         max_lifetime: 86_400,
     };

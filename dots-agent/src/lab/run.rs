@@ -1,0 +1,729 @@
+//! Runs a scenario on the lab topology: the DOTS server with XDP on the scrubber, the
+//! customer's guard (threshold-triggered DOTS client), the generators on the internet side,
+//! the receiver on the customer side; live progress, then a summary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::scenario::{Role, Scenario, CUSTOMER_PREFIXES};
+use super::topology::{self, interrupted, Netns, Proc, Topology};
+use crate::client::guard::unix_ms;
+use crate::datapath::XdpDatapath;
+use crate::trafficgen::{self, live, receiver};
+
+pub struct LabOptions {
+    pub scenario: Scenario,
+    /// The dots-agent binary to run the server and the client with.
+    pub agent: PathBuf,
+    /// Where to write the SVG plot (None: no plot).
+    pub plot: Option<PathBuf>,
+    /// Print progress lines.
+    pub progress: bool,
+}
+
+/// One flow's totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowResult {
+    pub name: String,
+    pub role: &'static str,
+    pub offered: u64,
+    pub delivered: u64,
+}
+
+/// Rates over one second of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t: f64,
+    pub phase: &'static str,
+    pub offered_legit: f64,
+    pub offered_attack: f64,
+    pub delivered_legit: f64,
+    pub delivered_attack: f64,
+    pub dropped: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub flows: Vec<FlowResult>,
+    pub attack_offered: u64,
+    pub attack_delivered: u64,
+    /// Packets the XDP filter on the scrubber's ingress dropped (its interface counter).
+    pub filter_dropped: u64,
+    pub legit_offered: u64,
+    pub legit_delivered: u64,
+    pub legit_delivered_percent: f64,
+    /// Attack delivered while the mitigation was in place (first drop .. end of attack).
+    pub attack_delivered_while_mitigating_percent: Option<f64>,
+    /// Seconds after the start at which the guard asked for mitigation.
+    pub requested_at: Option<f64>,
+    /// The server's answer to the request.
+    pub response_code: Option<String>,
+    pub request_to_response_ms: Option<f64>,
+    pub request_to_first_drop_ms: Option<f64>,
+    pub withdrawn_at: Option<f64>,
+    pub withdraw_code: Option<String>,
+    /// Frames the customer-side receiver's socket dropped (it fell behind).
+    pub receiver_drops: u64,
+    pub samples: Vec<Sample>,
+}
+
+/// Removes a directory tree on drop.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Unpins the lab's datapath on drop.
+struct Pins(PathBuf);
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = XdpDatapath::purge(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sets a flag on drop, so threads stop whichever way `run` returns.
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn fmt_rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn write_configs(dir: &Path, s: &Scenario, pins: &Path) -> Result<()> {
+    let mut client = toml::map::Map::new();
+    client.insert("name".into(), "customer".into());
+    client.insert(
+        "prefixes".into(),
+        toml::Value::Array(CUSTOMER_PREFIXES.iter().map(|p| (*p).into()).collect()),
+    );
+    client.insert("allow_indefinite".into(), true.into());
+    if let Some(c) = &s.filters.countermeasures {
+        client.insert("countermeasures".into(), toml::Value::try_from(c)?);
+    }
+    if !s.filters.acl.is_empty() {
+        client.insert("acl".into(), toml::Value::try_from(&s.filters.acl)?);
+    }
+    let text = |v: &str| toml::Value::String(v.to_string());
+    let table = |pairs: Vec<(&str, toml::Value)>| {
+        toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    };
+    let server = table(vec![
+        (
+            "signal",
+            table(vec![
+                (
+                    "listen",
+                    toml::Value::Array(vec![text(&format!("{}:4646", topology::SERVER_V4))]),
+                ),
+                (
+                    "terminating_seconds",
+                    toml::Value::Integer(s.filters.terminating_seconds as i64),
+                ),
+            ]),
+        ),
+        ("store", table(vec![("dir", text("store"))])),
+        (
+            "tls",
+            table(vec![
+                ("ca", text("pki/ca.pem")),
+                ("cert", text("pki/server.pem")),
+                ("key", text("pki/server.key")),
+            ]),
+        ),
+        (
+            "datapath",
+            table(vec![
+                (
+                    "interfaces",
+                    toml::Value::Array(vec![text(topology::SCR_IN)]),
+                ),
+                ("xdp_mode", text("auto")),
+                ("pin_root", text(&pins.to_string_lossy())),
+            ]),
+        ),
+        (
+            "client",
+            toml::Value::Array(vec![toml::Value::Table(client)]),
+        ),
+    ]);
+    let server = toml::to_string(&server)?;
+    std::fs::write(dir.join("server.toml"), server)?;
+    let client_cfg = format!(
+        "server = \"{}:4646\"\nserver_name = \"dots.lab\"\ntransport = \"dtls\"\n\
+         [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/customer.pem\"\nkey = \"pki/customer.key\"\n",
+        topology::SERVER_V4
+    );
+    std::fs::write(dir.join("client.toml"), client_cfg)?;
+    Ok(())
+}
+
+fn spawn_in(
+    ns: &Netns,
+    agent: &Path,
+    args: &[&str],
+    log: &Path,
+    name: &'static str,
+) -> Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let child = ns
+        .command(agent)?
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {} {}", agent.display(), args.join(" ")))?;
+    Ok(Proc { name, child })
+}
+
+pub fn run(o: &LabOptions) -> Result<Summary> {
+    let s = &o.scenario;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root (network namespaces, XDP): run it with sudo");
+    }
+    topology::install_signal_handlers();
+    let pid = std::process::id();
+    let tag = format!("dlab{pid}");
+    let state = TempDir(std::env::temp_dir().join(format!("dots-lab-{pid}")));
+    std::fs::create_dir_all(&state.0).with_context(|| format!("creating {}", state.0.display()))?;
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/dots-lab-{pid}")));
+    let say = |m: String| {
+        if o.progress {
+            println!("{m}");
+        }
+    };
+    say(format!(
+        "lab: scenario {:?}: {}\nlab: namespaces {tag}-inet, {tag}-scr, {tag}-cust; state in {}",
+        s.name,
+        s.description,
+        state.0.display()
+    ));
+    let topo = Topology::build(&tag)?;
+    let mut dests: Vec<_> = s.traffic.iter().map(|t| t.destination).collect();
+    dests.sort();
+    dests.dedup();
+    for d in dests {
+        topo.neighbour(d)?;
+    }
+
+    // Certificates, as a user would make them.
+    let pki = std::process::Command::new(&o.agent)
+        .args(["pki", "init", "--dir"])
+        .arg(state.0.join("pki"))
+        .args([
+            "--server-name",
+            "dots.lab",
+            "--server-ip",
+            topology::SERVER_V4,
+            "--client",
+            "customer",
+        ])
+        .output()
+        .with_context(|| format!("running {} pki init", o.agent.display()))?;
+    if !pki.status.success() {
+        bail!(
+            "dots-agent pki init: {}",
+            String::from_utf8_lossy(&pki.stderr)
+        );
+    }
+    write_configs(&state.0, s, &pins.0)?;
+
+    // The scrubber: the DOTS server attaches XDP to its ingress.
+    let server_log = state.0.join("server.log");
+    let server_cfg = state.0.join("server.toml");
+    let mut server = spawn_in(
+        &topo.scrubber,
+        &o.agent,
+        &["server", "--config", &server_cfg.to_string_lossy()],
+        &server_log,
+        "server",
+    )?;
+    let t = Instant::now();
+    while !XdpDatapath::attached(&pins.0)
+        .iter()
+        .any(|i| i == topology::SCR_IN)
+    {
+        if let Ok(Some(st)) = server.child.try_wait() {
+            bail!(
+                "the DOTS server exited ({st}) before attaching XDP:\n{}",
+                tail(&server_log)
+            );
+        }
+        if t.elapsed() > Duration::from_secs(20) || interrupted() {
+            bail!(
+                "the DOTS server did not attach XDP to {} within 20 s:\n{}",
+                topology::SCR_IN,
+                tail(&server_log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let datapath = XdpDatapath::open_pinned(&pins.0).context("reading the scrubber's counters")?;
+    let scr_ifindex = topo
+        .scrubber
+        .run_in(|| crate::datapath::interface_index(topology::SCR_IN))?
+        .context("the scrubber's ingress interface vanished")?;
+    say(format!(
+        "lab: scrubber: dots-agent server on {}:4646 (DTLS), XDP on {} (log {})",
+        topology::SERVER_V4,
+        topology::SCR_IN,
+        server_log.display()
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
+
+    // The customer's receiver: counts arrivals per flow (by source prefix).
+    let counts = receiver::Counts::new(
+        s.traffic
+            .iter()
+            .map(|t| (t.name.clone(), vec![t.sources]))
+            .collect(),
+    );
+    let total = Duration::from_secs_f64(s.total_seconds());
+    let max_run = total + Duration::from_secs(30);
+    let receiver = {
+        let counts = counts.clone();
+        let stop = stop.clone();
+        topo.customer.spawn(move || -> Result<()> {
+            let sock = crate::traffic::RawSocket::bind(topology::CUST_IF)?;
+            receiver::count_into(&sock, &counts, &stop, max_run)?;
+            Ok(())
+        })?
+    };
+
+    // The customer's DOTS client in threshold mode.
+    let client_cfg = state.0.join("client.toml");
+    let guard_log = state.0.join("guard.log");
+    let threshold = s.guard.threshold_pps.to_string();
+    let quiet = s.guard.quiet_seconds.to_string();
+    let lifetime = s.guard.lifetime.to_string();
+    let guard_max = (s.total_seconds() + 20.0).to_string();
+    let mut guard_args: Vec<&str> = vec![
+        "client",
+        "--config",
+        client_cfg.to_str().unwrap_or_default(),
+        "guard",
+        "--interface",
+        topology::CUST_IF,
+        "--threshold-pps",
+        &threshold,
+        "--quiet-seconds",
+        &quiet,
+        "--lifetime",
+        &lifetime,
+        "--sample-seconds",
+        "0.5",
+        "--max-seconds",
+        &guard_max,
+        "--once",
+    ];
+    for p in CUSTOMER_PREFIXES {
+        guard_args.extend(["--target", p]);
+    }
+    let child = topo
+        .customer
+        .command(&o.agent)?
+        .args(&guard_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&guard_log)?)
+        .spawn()
+        .context("starting the DOTS client (guard)")?;
+    let mut guard = Proc {
+        name: "guard",
+        child,
+    };
+    let (ev_tx, events) = mpsc::channel::<Value>();
+    let stdout = guard.child.stdout.take().context("guard stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if ev_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let connected = events
+        .recv_timeout(Duration::from_secs(20))
+        .ok()
+        .filter(|v| v["event"] == "connected");
+    let Some(connected) = connected else {
+        bail!(
+            "the DOTS client did not connect to the server:\n{}\n(server log:)\n{}",
+            tail(&guard_log),
+            tail(&server_log)
+        );
+    };
+    say(format!(
+        "lab: customer: DOTS client connected over {}, guarding {} (threshold {} pps)",
+        connected["transport"].as_str().unwrap_or("?"),
+        topology::CUST_IF,
+        s.guard.threshold_pps
+    ));
+
+    // The generators, one thread per flow on the internet side.
+    let src_mac = [0x02, 0x00, 0x5e, 0x00, 0x01, 0x01];
+    let dst_mac = trafficgen::parse_mac(topology::SCR_IN_MAC)?;
+    let start_at = Instant::now() + Duration::from_millis(500);
+    let legit_span = Duration::from_secs_f64(s.phases.legit_seconds);
+    let attack_span = Duration::from_secs_f64(s.phases.attack_seconds);
+    let mut sent: Vec<Arc<AtomicU64>> = Vec::new();
+    let mut gens = Vec::new();
+    let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+    for tr in &s.traffic {
+        let template = s.flow(tr, src_mac, dst_mac).template()?;
+        let (offset, span) = match tr.role {
+            Role::Legit => (Duration::ZERO, total),
+            Role::Attack => (legit_span, attack_span),
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        sent.push(counter.clone());
+        let stop = stop.clone();
+        let ready_tx = ready_tx.clone();
+        let pps = tr.pps;
+        gens.push(topo.inet.spawn(move || -> Result<()> {
+            let sender = match live::LiveSender::new(&template, topology::INET_IF) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                    return Ok(());
+                }
+            };
+            while Instant::now() < start_at + offset {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sender.run(
+                live::Pace {
+                    pps,
+                    duration: span,
+                    count: u64::MAX,
+                },
+                &counter,
+                &stop,
+            )?;
+            Ok(())
+        })?);
+    }
+    drop(ready_tx);
+    for _ in 0..s.traffic.len() {
+        match ready.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("a generator could not start: {e}"),
+            Err(_) => bail!("a generator did not start within 10 s"),
+        }
+    }
+    // Wait for the generators' start (the ready phase took part of the 500 ms, or more).
+    let now = Instant::now();
+    if now < start_at {
+        std::thread::sleep(start_at - now);
+    }
+    let t0 = start_at;
+    let t0_ms = unix_ms() - t0.elapsed().as_millis() as u64;
+
+    // The run: sample the scrubber's drop counter every few ms (to time the first drop),
+    // print and record rates every second.
+    let legit_idx: Vec<usize> = (0..s.traffic.len())
+        .filter(|&i| s.traffic[i].role == Role::Legit)
+        .collect();
+    let attack_idx: Vec<usize> = (0..s.traffic.len())
+        .filter(|&i| s.traffic[i].role == Role::Attack)
+        .collect();
+    let sum = |v: &[u64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<u64>();
+    let sent_now = || {
+        sent.iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect::<Vec<u64>>()
+    };
+    let dropped_now = || {
+        datapath
+            .interface_counters(scr_ifindex)
+            .map(|c| c.stats.dropped)
+            .unwrap_or(0)
+    };
+    let dropped_base = dropped_now();
+    let mut prev = (0.0f64, sent_now(), counts.snapshot(), dropped_base);
+    let mut samples = Vec::new();
+    let mut requested_ms: Option<u64> = None;
+    let mut response: Option<(String, u64)> = None;
+    let mut first_drop_ms: Option<u64> = None;
+    let mut withdrawn: Option<(String, u64)> = None;
+    let mut guard_done = false;
+    let mut next_print = 1.0;
+    let phase_at = |t: f64| {
+        if t < s.phases.legit_seconds {
+            "legit only"
+        } else if t < s.phases.legit_seconds + s.phases.attack_seconds {
+            "attack"
+        } else {
+            "attack over"
+        }
+    };
+    loop {
+        if interrupted() {
+            bail!("interrupted: cleaning up");
+        }
+        let t = t0.elapsed().as_secs_f64();
+        while let Ok(ev) = events.try_recv() {
+            let ms = ev["unix_ms"].as_u64().unwrap_or_else(unix_ms);
+            let at = (ms.saturating_sub(t0_ms)) as f64 / 1000.0;
+            match ev["event"].as_str().unwrap_or("") {
+                "threshold" => say(format!(
+                    "{at:6.1}s  guard: received {} pps > threshold {}: requesting mitigation over DTLS",
+                    fmt_rate(ev["rx_pps"].as_f64().unwrap_or(0.0)),
+                    fmt_rate(s.guard.threshold_pps as f64)
+                )),
+                "request" => requested_ms = Some(ms),
+                "response" => {
+                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                    say(format!("{at:6.1}s  guard: server answered {code}"));
+                    response = Some((code, ms));
+                }
+                "withdraw" => {
+                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                    say(format!("{at:6.1}s  guard: attack gone for {} s: withdrew the mitigation ({code})", s.guard.quiet_seconds));
+                    withdrawn = Some((code, ms));
+                }
+                _ => {}
+            }
+        }
+        if first_drop_ms.is_none() && dropped_now() > dropped_base {
+            first_drop_ms = Some(unix_ms());
+        }
+        if !guard_done {
+            if let Ok(Some(_)) = guard.child.try_wait() {
+                guard_done = true;
+            }
+        }
+        if t >= next_print {
+            let (pt, psent, precv, pdrop) = &prev;
+            let now_sent = sent_now();
+            let now_recv = counts.snapshot();
+            let now_drop = dropped_now();
+            let dt = (t - pt).max(1e-3);
+            let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
+            let sample = Sample {
+                t,
+                phase: phase_at(t - 0.5),
+                offered_legit: rate(sum(&now_sent, &legit_idx), sum(psent, &legit_idx)),
+                offered_attack: rate(sum(&now_sent, &attack_idx), sum(psent, &attack_idx)),
+                delivered_legit: rate(sum(&now_recv, &legit_idx), sum(precv, &legit_idx)),
+                delivered_attack: rate(sum(&now_recv, &attack_idx), sum(precv, &attack_idx)),
+                dropped: rate(now_drop, *pdrop),
+            };
+            say(format!(
+                "{:6.1}s  {:<12} offered legit {:>7} attack {:>7} pps | delivered legit {:>7} attack {:>7} pps | XDP dropped {:>7} pps",
+                t,
+                sample.phase,
+                fmt_rate(sample.offered_legit),
+                fmt_rate(sample.offered_attack),
+                fmt_rate(sample.delivered_legit),
+                fmt_rate(sample.delivered_attack),
+                fmt_rate(sample.dropped)
+            ));
+            samples.push(sample);
+            prev = (t, now_sent, now_recv, now_drop);
+            next_print += 1.0;
+        }
+        let traffic_over = t >= s.total_seconds();
+        // Done when the guard has withdrawn (or exited), or never asked at all.
+        if traffic_over && (withdrawn.is_some() || guard_done || requested_ms.is_none()) {
+            break;
+        }
+        if t >= s.total_seconds() + 20.0 {
+            say("lab: the guard has not withdrawn 20 s after the end; stopping".into());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(
+            if requested_ms.is_some() && first_drop_ms.is_none() {
+                1
+            } else {
+                5
+            },
+        ));
+    }
+
+    // Stop traffic, then the receiver's last counts.
+    stop.store(true, Ordering::SeqCst);
+    for g in gens {
+        match g.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("a generator failed: {e:#}"),
+            Err(_) => bail!("a generator thread panicked"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    match receiver.join() {
+        Ok(r) => r.context("the customer-side receiver")?,
+        Err(_) => bail!("the receiver thread panicked"),
+    }
+    guard.stop(Duration::from_secs(3));
+    server.stop(Duration::from_secs(5));
+
+    let offered = sent_now();
+    let delivered = counts.snapshot();
+    let flows: Vec<FlowResult> = s
+        .traffic
+        .iter()
+        .enumerate()
+        .map(|(i, tr)| FlowResult {
+            name: tr.name.clone(),
+            role: if tr.role == Role::Legit {
+                "legit"
+            } else {
+                "attack"
+            },
+            offered: offered[i],
+            delivered: delivered[i],
+        })
+        .collect();
+    let legit_offered = sum(&offered, &legit_idx);
+    let legit_delivered = sum(&delivered, &legit_idx);
+    let ms_since = |a: u64, b: u64| (b as f64 - a as f64).max(0.0);
+    // Attack delivered between the first drop (+1 s for the sample in progress) and the end
+    // of the attack phase, relative to what was offered then.
+    let attack_end = s.phases.legit_seconds + s.phases.attack_seconds;
+    let while_mitigating = first_drop_ms.and_then(|fd| {
+        let from = (fd.saturating_sub(t0_ms)) as f64 / 1000.0 + 1.0;
+        let win: Vec<&Sample> = samples
+            .iter()
+            .filter(|x| x.t - 1.0 >= from && x.t <= attack_end)
+            .collect();
+        let off: f64 = win.iter().map(|x| x.offered_attack).sum();
+        (off > 0.0).then(|| 100.0 * win.iter().map(|x| x.delivered_attack).sum::<f64>() / off)
+    });
+    let summary = Summary {
+        scenario: s.name.clone(),
+        flows,
+        attack_offered: sum(&offered, &attack_idx),
+        attack_delivered: sum(&delivered, &attack_idx),
+        filter_dropped: dropped_now().saturating_sub(dropped_base),
+        legit_offered,
+        legit_delivered,
+        legit_delivered_percent: if legit_offered > 0 {
+            100.0 * legit_delivered as f64 / legit_offered as f64
+        } else {
+            100.0
+        },
+        attack_delivered_while_mitigating_percent: while_mitigating,
+        requested_at: requested_ms.map(|r| ms_since(t0_ms, r) / 1000.0),
+        response_code: response.as_ref().map(|r| r.0.clone()),
+        request_to_response_ms: requested_ms
+            .zip(response.as_ref())
+            .map(|(r, p)| ms_since(r, p.1)),
+        request_to_first_drop_ms: requested_ms.zip(first_drop_ms).map(|(r, d)| ms_since(r, d)),
+        withdrawn_at: withdrawn.as_ref().map(|w| ms_since(t0_ms, w.1) / 1000.0),
+        withdraw_code: withdrawn.map(|w| w.0),
+        receiver_drops: counts.socket_drops.load(Ordering::Relaxed),
+        samples,
+    };
+    if let Some(p) = &o.plot {
+        std::fs::write(p, super::plot::svg(s, &summary))
+            .with_context(|| format!("writing the plot to {}", p.display()))?;
+    }
+    Ok(summary)
+}
+
+/// The summary table.
+pub fn print_summary(s: &Summary) {
+    println!("\n== summary: {}", s.scenario);
+    println!(
+        "{:<20} {:<7} {:>12} {:>12} {:>10}",
+        "FLOW", "ROLE", "OFFERED", "DELIVERED", "DELIVERED%"
+    );
+    for f in &s.flows {
+        println!(
+            "{:<20} {:<7} {:>12} {:>12} {:>9.1}%",
+            f.name,
+            f.role,
+            f.offered,
+            f.delivered,
+            if f.offered > 0 {
+                100.0 * f.delivered as f64 / f.offered as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    let pct = |a: u64, b: u64| {
+        if b > 0 {
+            100.0 * a as f64 / b as f64
+        } else {
+            0.0
+        }
+    };
+    println!();
+    println!("attack packets offered            {:>12}", s.attack_offered);
+    println!(
+        "attack packets dropped (XDP)      {:>12}  ({:.1}% of offered; the rest arrived before the mitigation)",
+        s.filter_dropped,
+        pct(s.filter_dropped, s.attack_offered)
+    );
+    if let Some(p) = s.attack_delivered_while_mitigating_percent {
+        println!("attack delivered while mitigating {:>11.2}%", p);
+    }
+    println!(
+        "legitimate traffic delivered      {:>11.2}%  ({} of {})",
+        s.legit_delivered_percent, s.legit_delivered, s.legit_offered
+    );
+    match (s.requested_at, &s.response_code) {
+        (Some(at), Some(code)) => println!(
+            "mitigation requested at           {:>10.1} s  (answer {code} after {:.0} ms)",
+            at,
+            s.request_to_response_ms.unwrap_or(0.0)
+        ),
+        _ => println!("mitigation requested              never (threshold not crossed)"),
+    }
+    match s.request_to_first_drop_ms {
+        Some(ms) => println!("time from request to first drop   {ms:>9.0} ms"),
+        None => println!("time from request to first drop   -"),
+    }
+    match (&s.withdrawn_at, &s.withdraw_code) {
+        (Some(at), Some(code)) => {
+            println!("mitigation withdrawn at           {at:>10.1} s  ({code})")
+        }
+        _ => println!("mitigation withdrawn              no"),
+    }
+    if s.receiver_drops > 0 {
+        println!(
+            "note: the receiver's socket dropped {} frames (it fell behind; delivered counts are low by that much)",
+            s.receiver_drops
+        );
+    }
+}
