@@ -80,6 +80,31 @@ fn find_u64(v: &Value, key: &str) -> Option<u64> {
     }
 }
 
+/// Mitigation-status telemetry in packets/s: traffic to the targets and the dropped part
+/// (current values) and the top talker, or null when the status carries none.
+fn telemetry_summary(body: &Value) -> Value {
+    let scope = &body["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+    let pps = |key: &str, v: &Value| {
+        v[key].as_array().and_then(|list| {
+            list.iter()
+                .find(|e| e["unit"] == 1)
+                .and_then(|e| e["current-g"].as_u64())
+        })
+    };
+    let total = pps("ietf-dots-telemetry:total-traffic", scope);
+    let attack = pps("ietf-dots-telemetry:total-attack-traffic", scope);
+    let talker = &scope["ietf-dots-telemetry:attack-detail"][0]["top-talker"]["talker"][0];
+    if total.is_none() && attack.is_none() {
+        return Value::Null;
+    }
+    json!({
+        "total_pps": total,
+        "attack_pps": attack,
+        "top_talker": talker["source-prefix"].as_str(),
+        "top_talker_pps": pps("total-attack-traffic", talker),
+    })
+}
+
 fn body_json(p: &coap_lite::Packet) -> Value {
     crate::signal::cbor::parse(&p.payload)
         .map(|v| crate::signal::diag::to_json(&v))
@@ -98,6 +123,32 @@ pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
     emit(
         "connected",
         json!({"transport": session.transport(), "interface": o.interface, "threshold_pps": o.threshold_pps}),
+    );
+    // Ask for server-originated telemetry (RFC 9244), so status also tells what reaches the
+    // targets and who the top talkers are. The tsid grows with time across restarts; a
+    // refusal (e.g. an operator's higher tsid) leaves the guard working on counters alone.
+    let tsid = (unix_ms() / 1000).min(u32::MAX as u64) as u32;
+    let config = crate::signal::telemetry::TelemetryConfig {
+        server_originated: true,
+        ..Default::default()
+    };
+    let r = session
+        .request(
+            RequestType::Put,
+            &[
+                "tm-setup".to_string(),
+                format!("cuid={}", session.cuid()),
+                format!("tsid={tsid}"),
+            ],
+            Some(crate::signal::telemetry::encode_setup_put(
+                &crate::signal::telemetry::SetupItem::Config(config),
+            )),
+            false,
+        )
+        .await?;
+    emit(
+        "telemetry-setup",
+        json!({"code": code_text(&r), "tsid": tsid}),
     );
     let path = vec![
         "mitigate".to_string(),
@@ -159,7 +210,7 @@ pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
         let status = find_u64(&body, "status");
         emit(
             "status",
-            json!({"rx_pps": rx_pps, "pkts_dropped": dropped, "dropped_pps": dropped_pps, "status": status}),
+            json!({"rx_pps": rx_pps, "pkts_dropped": dropped, "dropped_pps": dropped_pps, "status": status, "telemetry": telemetry_summary(&body)}),
         );
         // The attack is gone when the scrubber drops next to nothing and what reaches us is
         // back under the threshold.
@@ -198,6 +249,22 @@ pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_is_summarised_in_packets_per_second() {
+        let v = json!({"ietf-dots-signal-channel:mitigation-scope": {"scope": [{
+            "ietf-dots-telemetry:total-traffic": [{"unit": 2, "current-g": 9}, {"unit": 1, "current-g": 900}],
+            "ietf-dots-telemetry:total-attack-traffic": [{"unit": 1, "current-g": 700}],
+            "ietf-dots-telemetry:attack-detail": [{"top-talker": {"talker": [
+                {"source-prefix": "192.0.2.7/32", "total-attack-traffic": [{"unit": 1, "current-g": 80}]}
+            ]}}]
+        }]}});
+        assert_eq!(
+            telemetry_summary(&v),
+            json!({"total_pps": 900, "attack_pps": 700, "top_talker": "192.0.2.7/32", "top_talker_pps": 80})
+        );
+        assert_eq!(telemetry_summary(&json!({})), Value::Null);
+    }
 
     #[test]
     fn status_counters_are_found_at_any_depth() {

@@ -495,6 +495,8 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
             "attack over"
         }
     };
+    // When the client last printed the server's telemetry (every 2 s at most).
+    let mut telemetry_said = f64::MIN;
     loop {
         if interrupted() {
             bail!("interrupted: cleaning up");
@@ -514,6 +516,19 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
                     let code = ev["code"].as_str().unwrap_or("?").to_string();
                     say(format!("{at:6.1}s  guard: server answered {code}"));
                     response = Some((code, ms));
+                }
+                "status" if !ev["telemetry"].is_null() && at - telemetry_said >= 2.0 => {
+                    let tm = &ev["telemetry"];
+                    let pps = |k: &str| fmt_rate(tm[k].as_f64().unwrap_or(0.0));
+                    say(format!(
+                        "{at:6.1}s  guard: DOTS status {}: server telemetry: {} pps to the targets, {} pps dropped; top talker {} ({} pps)",
+                        ev["status"].as_u64().unwrap_or(0),
+                        pps("total_pps"),
+                        pps("attack_pps"),
+                        tm["top_talker"].as_str().unwrap_or("-"),
+                        pps("top_talker_pps"),
+                    ));
+                    telemetry_said = at;
                 }
                 "withdraw" => {
                     let code = ev["code"].as_str().unwrap_or("?").to_string();
