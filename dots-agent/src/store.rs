@@ -116,62 +116,64 @@ impl Store {
     }
 
     pub fn put_config<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        self.put_client_doc("session_config", client, doc)
+        self.put_doc("session_config", "client", client, doc)
     }
 
     pub fn delete_config(&self, client: &str) -> Result<()> {
-        self.delete_client_doc("session_config", client)
+        self.delete_doc("session_config", "client", client)
     }
 
     pub fn configs<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.client_docs("session_config")
+        self.docs("session_config", "client")
     }
 
     /// A client's telemetry setup (RFC 9244 §7: kept across sessions and restarts).
     pub fn put_telemetry<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        self.put_client_doc("telemetry_setup", client, doc)
+        self.put_doc("telemetry_setup", "client", client, doc)
     }
 
     pub fn delete_telemetry(&self, client: &str) -> Result<()> {
-        self.delete_client_doc("telemetry_setup", client)
+        self.delete_doc("telemetry_setup", "client", client)
     }
 
     pub fn telemetry<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.client_docs("telemetry_setup")
+        self.docs("telemetry_setup", "client")
     }
 
-    // One JSON document per client in `table` (a name from this file, never from input).
-    fn put_client_doc<T: Serialize>(&self, table: &str, client: &str, doc: &T) -> Result<()> {
+    // One JSON document per key in `table`, keyed by column `key` (names from this file,
+    // never from input).
+    fn put_doc<T: Serialize>(&self, table: &str, key: &str, id: &str, doc: &T) -> Result<()> {
         let json = serde_json::to_string(doc)?;
         self.conn.execute(
             &format!(
-                "INSERT INTO {table} (client, doc) VALUES (?1, ?2)
-                 ON CONFLICT (client) DO UPDATE SET doc = excluded.doc"
+                "INSERT INTO {table} ({key}, doc) VALUES (?1, ?2)
+                 ON CONFLICT ({key}) DO UPDATE SET doc = excluded.doc"
             ),
-            params![client, json],
+            params![id, json],
         )?;
         Ok(())
     }
 
-    fn delete_client_doc(&self, table: &str, client: &str) -> Result<()> {
+    fn delete_doc(&self, table: &str, key: &str, id: &str) -> Result<()> {
         self.conn.execute(
-            &format!("DELETE FROM {table} WHERE client = ?1"),
-            params![client],
+            &format!("DELETE FROM {table} WHERE {key} = ?1"),
+            params![id],
         )?;
         Ok(())
     }
 
-    fn client_docs<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<(String, T)>> {
+    /// Every document of `table`; unreadable rows are reported and skipped.
+    fn docs<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Vec<(String, T)>> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT client, doc FROM {table}"))?;
+            .prepare(&format!("SELECT {key}, doc FROM {table}"))?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
-            let (client, doc) = row?;
+            let (id, doc) = row?;
             match serde_json::from_str(&doc) {
-                Ok(d) => out.push((client, d)),
-                Err(e) => tracing::error!("stored {table} of {client} is unreadable, skipped: {e}"),
+                Ok(d) => out.push((id, d)),
+                Err(e) => tracing::error!("stored {table} row {id} is unreadable, skipped: {e}"),
             }
         }
         Ok(out)
@@ -181,63 +183,25 @@ impl Store {
 impl Store {
     /// Writes (or replaces) a data-channel client's document.
     pub fn put_data_client<T: Serialize>(&self, cuid: &str, doc: &T) -> Result<()> {
-        let json = serde_json::to_string(doc)?;
-        self.conn.execute(
-            "INSERT INTO data_client (cuid, doc) VALUES (?1, ?2)
-             ON CONFLICT (cuid) DO UPDATE SET doc = excluded.doc",
-            params![cuid, json],
-        )?;
-        Ok(())
+        self.put_doc("data_client", "cuid", cuid, doc)
     }
 
     pub fn delete_data_client(&self, cuid: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM data_client WHERE cuid = ?1", params![cuid])?;
-        Ok(())
+        self.delete_doc("data_client", "cuid", cuid)
     }
 
     /// Writes (or replaces) a client's counts of ended mitigations' ACL entries.
     pub fn put_acl_counts<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        let json = serde_json::to_string(doc)?;
-        self.conn.execute(
-            "INSERT INTO acl_counts (client, doc) VALUES (?1, ?2)
-             ON CONFLICT (client) DO UPDATE SET doc = excluded.doc",
-            params![client, json],
-        )?;
-        Ok(())
+        self.put_doc("acl_counts", "client", client, doc)
     }
 
     pub fn acl_counts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        let mut stmt = self.conn.prepare("SELECT client, doc FROM acl_counts")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (client, doc) = row?;
-            match serde_json::from_str(&doc) {
-                Ok(d) => out.push((client, d)),
-                Err(e) => {
-                    tracing::error!("stored ACL counts of {client} are unreadable, skipped: {e}")
-                }
-            }
-        }
-        Ok(out)
+        self.docs("acl_counts", "client")
     }
 
     /// Every data-channel client; unreadable rows are reported and skipped.
     pub fn data_clients<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        let mut stmt = self.conn.prepare("SELECT cuid, doc FROM data_client")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (cuid, doc) = row?;
-            match serde_json::from_str(&doc) {
-                Ok(d) => out.push((cuid, d)),
-                Err(e) => {
-                    tracing::error!("stored data-channel client {cuid} is unreadable, skipped: {e}")
-                }
-            }
-        }
-        Ok(out)
+        self.docs("data_client", "cuid")
     }
 }
 
