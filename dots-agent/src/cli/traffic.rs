@@ -7,31 +7,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::packet::{PacketSpec, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::packet::{PacketSpec, L4};
 use crate::traffic::{count_received, send_paced, RawSocket};
 
 #[derive(Subcommand, Debug)]
 pub enum TrafficCommand {
     /// Send frames out of an interface (sources spread over a prefix).
     Send {
-        #[arg(short, long)]
-        interface: String,
-        /// Source address or prefix; a prefix sends from up to 4096 of its addresses in turn.
-        #[arg(long, value_parser = parse_source)]
-        src: IpNet,
-        #[arg(long)]
-        dst: IpAddr,
-        #[arg(long, value_enum, default_value = "udp")]
-        proto: Proto,
-        #[arg(long, default_value_t = 40000)]
-        sport: u16,
-        #[arg(long, default_value_t = 80)]
-        dport: u16,
-        /// TCP flags, comma-separated (syn, ack, rst, fin).
-        #[arg(long, value_delimiter = ',', default_value = "syn")]
-        tcp_flags: Vec<String>,
-        #[arg(long, default_value_t = 18)]
-        payload: usize,
+        #[command(flatten)]
+        flow: FlowArgs,
         #[arg(long, default_value_t = 1000)]
         count: u64,
         /// Packets per second (0: as fast as possible).
@@ -47,24 +31,8 @@ pub enum TrafficCommand {
     /// Send fast (XDP live frames: BPF_PROG_RUN redirecting template frames out of the
     /// interface, a random source of the prefix per packet), at a set rate for a set time.
     Generate {
-        #[arg(short, long)]
-        interface: String,
-        /// Source prefix; packets come from up to 4096 of its addresses.
-        #[arg(long, value_parser = parse_source)]
-        src: IpNet,
-        #[arg(long)]
-        dst: IpAddr,
-        #[arg(long, value_enum, default_value = "udp")]
-        proto: Proto,
-        #[arg(long, default_value_t = 40000)]
-        sport: u16,
-        #[arg(long, default_value_t = 80)]
-        dport: u16,
-        /// TCP flags, comma-separated (syn, ack, rst, fin).
-        #[arg(long, value_delimiter = ',', default_value = "syn")]
-        tcp_flags: Vec<String>,
-        #[arg(long, default_value_t = 18)]
-        payload: usize,
+        #[command(flatten)]
+        flow: FlowArgs,
         /// Packets per second (0: as fast as the kernel runs).
         #[arg(long, default_value_t = 0)]
         pps: u64,
@@ -88,6 +56,29 @@ pub enum TrafficCommand {
     },
 }
 
+/// What to send: the same for the socket sender and the fast generator.
+#[derive(clap::Args, Debug)]
+pub struct FlowArgs {
+    #[arg(short, long)]
+    interface: String,
+    /// Source address or prefix; a prefix sends from up to 4096 of its addresses.
+    #[arg(long, value_parser = parse_source)]
+    src: IpNet,
+    #[arg(long)]
+    dst: IpAddr,
+    #[arg(long, value_enum, default_value = "udp")]
+    proto: Proto,
+    #[arg(long, default_value_t = 40000)]
+    sport: u16,
+    #[arg(long, default_value_t = 80)]
+    dport: u16,
+    /// TCP flags, comma-separated (syn, ack, rst, fin).
+    #[arg(long, value_delimiter = ',', default_value = "syn")]
+    tcp_flags: Vec<String>,
+    #[arg(long, default_value_t = 18)]
+    payload: usize,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Proto {
     Udp,
@@ -109,30 +100,20 @@ fn parse_label(s: &str) -> std::result::Result<(String, IpNet), String> {
     Ok((name.to_string(), prefix))
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        bail!("MAC address {s:?} must be six hex bytes separated by ':'");
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16)
-            .with_context(|| format!("MAC address {s:?}: bad byte {p:?}"))?;
-    }
-    Ok(mac)
-}
-
 pub fn run(cmd: TrafficCommand) -> Result<()> {
     match cmd {
         TrafficCommand::Generate {
-            interface,
-            src,
-            dst,
-            proto,
-            sport,
-            dport,
-            tcp_flags,
-            payload,
+            flow:
+                FlowArgs {
+                    interface,
+                    src,
+                    dst,
+                    proto,
+                    sport,
+                    dport,
+                    tcp_flags,
+                    payload,
+                },
             pps,
             seconds,
             dst_mac,
@@ -179,14 +160,17 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             Ok(())
         }
         TrafficCommand::Send {
-            interface,
-            src,
-            dst,
-            proto,
-            sport,
-            dport,
-            tcp_flags,
-            payload,
+            flow:
+                FlowArgs {
+                    interface,
+                    src,
+                    dst,
+                    proto,
+                    sport,
+                    dport,
+                    tcp_flags,
+                    payload,
+                },
             count,
             pps,
             max_seconds,
@@ -198,16 +182,7 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             if payload > 1400 {
                 bail!("--payload {payload} is larger than 1400 bytes");
             }
-            let mut flags = 0u8;
-            for f in &tcp_flags {
-                flags |= match f.as_str() {
-                    "syn" => TCP_SYN,
-                    "ack" => TCP_ACK,
-                    "rst" => TCP_RST,
-                    "fin" => TCP_FIN,
-                    other => bail!("unknown TCP flag {other:?} (use syn, ack, rst, fin)"),
-                };
-            }
+            let flags = crate::trafficgen::parse_tcp_flags(&tcp_flags)?;
             let l4 = match proto {
                 Proto::Udp => L4::Udp { sport, dport },
                 Proto::Tcp => L4::Tcp {
@@ -220,7 +195,7 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
                     code: 0,
                 },
             };
-            let mac = parse_mac(&dst_mac)?;
+            let mac = crate::trafficgen::parse_mac(&dst_mac)?;
             let frames: Vec<Vec<u8>> = src
                 .hosts()
                 .take(4096)
