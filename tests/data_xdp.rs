@@ -20,37 +20,6 @@ use dots_e2e::{Lab, VethPair, SERVER_IP};
 
 const D: &str = "/restconf/data/ietf-dots-data-channel:dots-data";
 
-fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[signal]
-listen = ["{SERVER_IP}:4646"]
-terminating_seconds = 0
-[data]
-listen = ["{SERVER_IP}:4443"]
-[metrics]
-listen = ["127.0.0.1:9464"]
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state"
-[datapath]
-interfaces = ["{iface}"]
-xdp_mode = "native"
-pin_root = "{}"
-[[client]]
-name = "client-a"
-prefixes = ["198.51.100.0/24"]
-"#,
-        pins.display()
-    );
-    let path = dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// One data-channel request from namespace `ns`, retrying the connection while the
 /// server starts (at most 10 s).
 fn data(
@@ -204,8 +173,15 @@ fn statistics(r: &HttpResponse) -> (u64, u64) {
 #[test]
 fn acls_from_the_data_channel_drive_the_xdp_filter() {
     let lab = Lab::new("dx");
-    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
-    let config = server_config(dir.path(), &pins.0, &pair.b_if);
+    let (pair, dir) = (&lab.pair, &lab.dir);
+    let config = lab.server_config(
+        r#""198.51.100.0/24""#,
+        "terminating_seconds = 0",
+        &format!(
+            "[data]\nlisten = [\"{SERVER_IP}:4443\"]\n[metrics]\nlisten = [\"127.0.0.1:9464\"]"
+        ),
+        "",
+    );
     let (server, stop) = start_server(&pair.b, &config);
     let client = lab.client(TransportChoice::Tls);
     let cuid = dots_agent::data::client::cuid_of(&client).unwrap();

@@ -11,7 +11,7 @@ use coap_lite::RequestType;
 use dots_agent::client::{code_text, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::dots::{attack, connect, http_get, in_ns, start_server};
-use dots_e2e::{Lab, Netns, SERVER_IP};
+use dots_e2e::{Lab, Netns};
 
 const METRICS: &str = "127.0.0.1:9464";
 const PROMETHEUS: &str = "127.0.0.1:9090";
@@ -85,35 +85,13 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 #[test]
 fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
     let lab = Lab::new("pm");
-    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[signal]
-listen = ["{SERVER_IP}:4646"]
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state"
-[datapath]
-interfaces = ["{}"]
-xdp_mode = "native"
-pin_root = "{}"
-[metrics]
-listen = ["{METRICS}"]
-[[client]]
-name = "client-a"
-prefixes = ["198.51.100.0/24"]
-"#,
-            pair.b_if,
-            pins.0.display()
-        ),
-    )
-    .unwrap();
+    let (pair, dir) = (&lab.pair, &lab.dir);
+    let config = lab.server_config(
+        r#""198.51.100.0/24""#,
+        "",
+        &format!("[metrics]\nlisten = [\"{METRICS}\"]"),
+        "",
+    );
     let (server, stop) = start_server(&pair.b, &config);
     let prometheus = Prometheus::start(&pair.b, dir.path());
 

@@ -3,41 +3,13 @@
 //! counts the drops; the filter keeps dropping while the server is down; the restarted
 //! server knows the mitigation from its store; the withdrawal lets the attack through again.
 
-use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::dots::{arrived, attack, connect, in_ns, start_server};
-use dots_e2e::{Lab, SERVER_IP};
-
-fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[signal]
-listen = ["{SERVER_IP}:4646"]
-terminating_seconds = 0
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state"
-[datapath]
-interfaces = ["{iface}"]
-xdp_mode = "native"
-pin_root = "{}"
-[[client]]
-name = "client-a"
-prefixes = ["198.51.100.0/24", "2001:db8:6401::/48"]
-"#,
-        pins.display()
-    );
-    let path = dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use dots_e2e::Lab;
 
 /// Sends one request on mitigation 1 from namespace `ns` (connecting afresh, as a client
 /// that comes and goes would) and returns the response.
@@ -80,8 +52,13 @@ fn a_dots_request_over_tls_drives_the_xdp_filter() {
 
 fn scenario(transport: TransportChoice) {
     let lab = Lab::new("sx");
-    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
-    let config = server_config(dir.path(), &pins.0, &pair.b_if);
+    let pair = &lab.pair;
+    let config = lab.server_config(
+        r#""198.51.100.0/24", "2001:db8:6401::/48""#,
+        "terminating_seconds = 0",
+        "",
+        "",
+    );
     let (server, stop) = start_server(&pair.b, &config);
 
     let client = lab.client(transport);

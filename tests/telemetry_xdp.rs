@@ -4,7 +4,6 @@
 //! arrives and reports its top talker (the server's policy drops that source). The status
 //! also names the top talker the XDP program sampled.
 
-use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
@@ -14,38 +13,10 @@ use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{self, PreMitigation, SetupItem, TelemetryConfig};
 use dots_agent::traffic::{send_paced, RawSocket};
 use dots_e2e::dots::{connect, in_ns, start_server};
-use dots_e2e::{Lab, VethPair, SERVER_IP};
+use dots_e2e::{Lab, VethPair};
 
 const ATTACKER: &str = "192.0.2.77";
 const TARGET: &str = "198.51.100.10";
-
-fn server_config(dir: &Path, pins: &Path, iface: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[signal]
-listen = ["{SERVER_IP}:4646"]
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state"
-[datapath]
-interfaces = ["{iface}"]
-xdp_mode = "native"
-pin_root = "{}"
-[[client]]
-name = "client-a"
-prefixes = ["198.51.100.0/24"]
-countermeasures = {{}}
-drop_top_talkers = true
-"#,
-        pins.display()
-    );
-    let path = dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// 400-byte UDP frames from the attacker at `pps` for `seconds` (not from an
 /// amplification port: only the telemetry-driven rules act on them).
@@ -75,8 +46,16 @@ fn json(p: &coap_lite::Packet) -> serde_json::Value {
 #[test]
 fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
     let lab = Lab::new("tm");
-    let (pair, dir, pins) = (&lab.pair, &lab.dir, &lab.pins);
-    let (server, stop) = start_server(&pair.b, &server_config(dir.path(), &pins.0, &pair.b_if));
+    let pair = &lab.pair;
+    let (server, stop) = start_server(
+        &pair.b,
+        &lab.server_config(
+            r#""198.51.100.0/24""#,
+            "",
+            "",
+            "countermeasures = {}\ndrop_top_talkers = true",
+        ),
+    );
     let client = lab.client(TransportChoice::Dtls);
     let request = |path: Vec<String>, method: RequestType, body: Option<Vec<u8>>| {
         let cfg = client.clone();

@@ -142,6 +142,47 @@ impl Lab {
         }
     }
 
+    /// Writes `server.toml` for a server on side `b`: the signal channel on
+    /// [`SERVER_IP`]:4646, the XDP filter in native mode on `b`'s interface with this lab's
+    /// pins, state in the lab directory, and client-a owning `prefixes` (TOML list items).
+    /// `signal` adds lines to `[signal]`, `sections` adds whole sections, `client` adds lines
+    /// to client-a's entry.
+    pub fn server_config(
+        &self,
+        prefixes: &str,
+        signal: &str,
+        sections: &str,
+        client: &str,
+    ) -> std::path::PathBuf {
+        let text = format!(
+            r#"
+[signal]
+listen = ["{SERVER_IP}:4646"]
+{signal}
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state"
+[datapath]
+interfaces = ["{iface}"]
+xdp_mode = "native"
+pin_root = "{pins}"
+{sections}
+[[client]]
+name = "client-a"
+prefixes = [{prefixes}]
+{client}
+"#,
+            iface = self.pair.b_if,
+            pins = self.pins.0.display()
+        );
+        let path = self.dir.path().join("server.toml");
+        std::fs::write(&path, text).expect("writing server.toml");
+        path
+    }
+
     /// client-a's configuration for the server's signal channel.
     pub fn client(
         &self,
