@@ -64,6 +64,18 @@ fn mitigate_path(s: &Session, mid: u32) -> Vec<String> {
     ]
 }
 
+/// PUT mitigate/cuid/mid of one target prefix for 60 s; the response.
+async fn mitigate_prefix(s: &mut Session, mid: u32, prefix: &str) -> coap_lite::Packet {
+    let body = message::encode_mitigation_request(&Scope::new(
+        vec![prefix.parse().unwrap()],
+        Lifetime::Seconds(60),
+    ));
+    let path = mitigate_path(s, mid);
+    s.request(RequestType::Put, &path, Some(body), false)
+        .await
+        .unwrap()
+}
+
 fn scope_json(payload: &[u8]) -> serde_json::Value {
     let v = dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(payload).unwrap());
     v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0].clone()
@@ -106,19 +118,7 @@ async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
     );
 
     // Outside the client's prefixes: 4.03 with a diagnostic.
-    let outside = message::encode_mitigation_request(&Scope::new(
-        vec!["2001:db8:9999::/48".parse().unwrap()],
-        Lifetime::Seconds(60),
-    ));
-    let r = s
-        .request(
-            RequestType::Put,
-            &mitigate_path(&s, 124),
-            Some(outside),
-            false,
-        )
-        .await
-        .unwrap();
+    let r = mitigate_prefix(&mut s, 124, "2001:db8:9999::/48").await;
     assert_eq!(code_text(&r), "4.03");
     assert!(String::from_utf8_lossy(&r.payload).contains("outside the prefixes"));
 
@@ -375,19 +375,7 @@ async fn the_client_uses_the_negotiated_session_parameters() {
             "idle set"
         );
     }
-    let body = message::encode_mitigation_request(&Scope::new(
-        vec!["2001:db8:6401::/64".parse().unwrap()],
-        Lifetime::Seconds(60),
-    ));
-    let r = fresh
-        .request(
-            RequestType::Put,
-            &mitigate_path(&fresh, 1),
-            Some(body),
-            false,
-        )
-        .await
-        .unwrap();
+    let r = mitigate_prefix(&mut fresh, 1, "2001:db8:6401::/64").await;
     assert_eq!(code_text(&r), "2.01");
     assert_eq!(
         session_config::retransmission(fresh.parameters(), 0),
@@ -432,14 +420,7 @@ async fn the_client_follows_a_redirect_once() {
     ))
     .await
     .unwrap();
-    let body = message::encode_mitigation_request(&Scope::new(
-        vec!["2001:db8:6401::/64".parse().unwrap()],
-        Lifetime::Seconds(60),
-    ));
-    let r = s
-        .request(RequestType::Put, &mitigate_path(&s, 1), Some(body), false)
-        .await
-        .unwrap();
+    let r = mitigate_prefix(&mut s, 1, "2001:db8:6401::/64").await;
     assert_eq!(code_text(&r), "2.01", "created at the alternate");
     assert_eq!(s.server().0, alternate);
     assert_eq!(alt_engine.lock().await.mitigator().installed().len(), 1);
