@@ -387,6 +387,10 @@ prefixes = ["203.0.113.0/24", "2001:db8:6401::/48"]
         };
         assert!(err(&redirect("alt_server = \"\"")).contains("alt_server is empty"));
         assert!(
+            err(&GOOD.replace("[tls]", "attack_quiet_seconds = 0\n[tls]"))
+                .contains("attack_quiet_seconds must be at least 1")
+        );
+        assert!(
             err(&redirect("alt_server = \"a\"\nalt_server_record = [\"x\"]"))
                 .contains("alt_server_record")
         );
