@@ -41,6 +41,9 @@ pub enum TrafficCommand {
         /// Destination MAC (default: the interface's peer must accept broadcast).
         #[arg(long, default_value = "ff:ff:ff:ff:ff:ff")]
         dst_mac: String,
+        /// XDP live frames, an AF_PACKET socket, or live frames where the kernel allows them.
+        #[arg(long, value_enum, default_value_t = crate::trafficgen::Backend::Auto)]
+        sender: crate::trafficgen::Backend,
     },
     /// Count the IP frames arriving on an interface, per flow.
     Count {
@@ -117,8 +120,9 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             pps,
             seconds,
             dst_mac,
+            sender,
         } => {
-            use crate::trafficgen::{self, live, Flow, Protocol};
+            use crate::trafficgen::{self, Flow, Pace, Protocol, Sender};
             if !(0.0..=3600.0).contains(&seconds) {
                 bail!("--seconds must be between 0 and 3600");
             }
@@ -138,12 +142,15 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
                 src_mac: trafficgen::interface_mac(&interface)?,
             };
             let t = flow.template()?;
-            let sender = live::LiveSender::new(&t, &interface)?;
+            let (sender, fallback) = Sender::open(&t, &interface, sender)?;
+            if let Some(why) = fallback {
+                eprintln!("generator: {} (live frames refused: {why})", sender.name());
+            }
             let sent = std::sync::atomic::AtomicU64::new(0);
             let stop = std::sync::atomic::AtomicBool::new(false);
             let start = std::time::Instant::now();
             let n = sender.run(
-                live::Pace {
+                Pace {
                     pps,
                     duration: Duration::from_secs_f64(seconds),
                     count: u64::MAX,
@@ -153,9 +160,10 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             )?;
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "sent {n} packets in {secs:.2} s ({:.0} pps) from {} source(s) on {interface}",
+                "sent {n} packets in {secs:.2} s ({:.0} pps) from {} source(s) on {interface} ({})",
                 n as f64 / secs.max(1e-9),
-                t.sources
+                t.sources,
+                sender.name()
             );
             Ok(())
         }

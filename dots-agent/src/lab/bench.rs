@@ -38,7 +38,7 @@ use crate::datapath::{
     AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
     Mitigator, PortRange, Rate, XdpDatapath,
 };
-use crate::trafficgen::{self, live, Flow, Protocol};
+use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -61,6 +61,31 @@ pub struct BenchArgs {
     /// Frame payload of the flood (bytes after the UDP header).
     #[arg(long, default_value_t = 18)]
     pub payload: usize,
+    /// Droppers to measure, comma-separated (ratios need `ours` and the other case).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ours,empty,xdp-filter,nftables"
+    )]
+    pub cases: Vec<CaseName>,
+    /// Also read the kernel's per-program run statistics and print the time each XDP
+    /// program spends per packet. A diagnosis aid: the statistics add two clock reads to
+    /// every run, which narrows the differences between droppers.
+    #[arg(long)]
+    pub program_time: bool,
+    /// How the generators send: XDP live frames, an AF_PACKET socket, or live frames where
+    /// the kernel allows them (auto).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub sender: Backend,
+}
+
+/// A dropper as named on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaseName {
+    Ours,
+    Empty,
+    XdpFilter,
+    Nftables,
 }
 
 const XDP_FILTER_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
@@ -91,6 +116,8 @@ struct Measure {
     /// Our own counter (dots-agent case only).
     own_dropped_pps: Option<f64>,
     legit_delivered_pct: f64,
+    /// Nanoseconds per run inside the XDP program (kernel statistics, `--program-time`).
+    program_ns: Option<f64>,
 }
 
 /// The customer's mitigation and 1,000 other mitigated prefixes.
@@ -360,6 +387,26 @@ impl Scrubber {
         }
     }
 
+    /// The case's XDP program's (run time ns, runs), if it is an XDP program.
+    fn program_stats(&self, case: Case) -> Option<(u64, u64)> {
+        use std::os::fd::AsFd;
+        let fd = match case {
+            Case::Ours => self.ours.program_fd()?,
+            Case::Empty => self.empty.as_fd(),
+            Case::XdpFilter => {
+                let p: &aya::programs::Xdp = self
+                    .xdpfilter
+                    .as_ref()?
+                    .program("xdpfilt_alw_all")?
+                    .try_into()
+                    .ok()?;
+                p.fd().ok()?.as_fd()
+            }
+            Case::Nftables => return None,
+        };
+        crate::datapath::testrun::run_stats(fd).ok()
+    }
+
     fn own_dropped(&self) -> u64 {
         self.ours
             .interface_counters(self.ifindex)
@@ -462,8 +509,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     .template()?;
     println!(
-        "bench: veth lab (namespaces dbench{pid}-*); {} rounds x 4 cases x {} s; flood UDP :9999 from {} source(s) in {}, {} B frames; legitimate TCP :443 at {} pps; {} NAPI",
+        "bench: veth lab (namespaces dbench{pid}-*); {} rounds x {} cases x {} s; flood UDP :9999 from {} source(s) in {}, {} B frames; legitimate TCP :443 at {} pps; {} NAPI",
         a.rounds,
+        a.cases.len(),
         a.seconds,
         flood.sources,
         a.flood_sources,
@@ -471,21 +519,49 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.legit_pps,
         if a.threaded_napi { "threaded" } else { "inline" }
     );
+    // Every case uses the same sender: resolve "auto" once.
+    let backend = {
+        let t = flood.clone();
+        let want = a.sender;
+        let (name, backend, fallback) = topo.inet.run_in(move || -> Result<_> {
+            let (s, fallback) = Sender::open(&t, topology::INET_IF, want)?;
+            Ok((s.name(), s.backend(), fallback))
+        })??;
+        match &fallback {
+            Some(why) => println!("generator: {name} (live frames refused: {why})"),
+            None => println!("generator: {name}"),
+        }
+        backend
+    };
     let cust_path = topo.customer.path();
     let inet = &topo.inet;
     let seconds = a.seconds;
     let rounds = a.rounds;
     let legit_pps = a.legit_pps;
+    let mut wanted = a.cases.clone();
+    wanted.dedup();
+    let _stats_on = if a.program_time {
+        Some(
+            crate::datapath::testrun::enable_run_stats()
+                .context("turning on the kernel's BPF run statistics")?,
+        )
+    } else {
+        None
+    };
     // The scrubber's side runs on this thread, inside its namespace.
     let results = topo.scrubber.run_in({
         let inet_path = inet.path();
         move || -> Result<Vec<(Case, Vec<Measure>)>> {
             let mut scr = Scrubber::setup(pin_root)?;
-            let mut cases = vec![Case::Ours, Case::Empty];
-            if scr.xdpfilter.is_some() {
-                cases.push(Case::XdpFilter);
-            }
-            cases.push(Case::Nftables);
+            let cases: Vec<Case> = wanted
+                .iter()
+                .filter_map(|c| match c {
+                    CaseName::Ours => Some(Case::Ours),
+                    CaseName::Empty => Some(Case::Empty),
+                    CaseName::XdpFilter => scr.xdpfilter.is_some().then_some(Case::XdpFilter),
+                    CaseName::Nftables => Some(Case::Nftables),
+                })
+                .collect();
             let mut results: Vec<(Case, Vec<Measure>)> =
                 cases.iter().map(|c| (*c, Vec::new())).collect();
             for round in 0..rounds {
@@ -497,12 +573,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     std::thread::sleep(Duration::from_millis(200));
                     let d0 = scr.dropped(case)?;
                     let own0 = scr.own_dropped();
+                    let p0 = scr.program_stats(case);
                     let l0 = rx_in(&cust_path, topology::CUST_IF)?;
                     let (offered, legit_sent, secs) =
-                        send_both(&inet_path, &flood, &legit, legit_pps, seconds)?;
+                        send_both(&inet_path, &flood, &legit, legit_pps, seconds, backend)?;
                     std::thread::sleep(Duration::from_millis(100));
                     let d1 = scr.dropped(case)?;
                     let own1 = scr.own_dropped();
+                    let p1 = scr.program_stats(case);
                     let l1 = rx_in(&cust_path, topology::CUST_IF)?;
                     scr.disengage(case);
                     let m = Measure {
@@ -514,9 +592,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                         } else {
                             0.0
                         },
+                        program_ns: match (p0, p1) {
+                            (Some((t0, n0)), Some((t1, n1))) if n1 > n0 => {
+                                Some((t1 - t0) as f64 / (n1 - n0) as f64)
+                            }
+                            _ => None,
+                        },
                     };
                     println!(
-                        "round {} {:<26} offered {:>6.2} Mpps  dropped {:>6.2} Mpps{}  legit delivered {:>5.1}%",
+                        "round {} {:<26} offered {:>6.2} Mpps  dropped {:>6.2} Mpps{}  legit delivered {:>5.1}%{}",
                         round + 1,
                         case.name(),
                         m.offered_pps / 1e6,
@@ -524,7 +608,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                         m.own_dropped_pps
                             .map(|o| format!(" (own counter {:.2})", o / 1e6))
                             .unwrap_or_default(),
-                        m.legit_delivered_pct
+                        m.legit_delivered_pct,
+                        m.program_ns
+                            .map(|n| format!("  {n:.0} ns/packet in the program"))
+                            .unwrap_or_default()
                     );
                     results[ci].1.push(m);
                 }
@@ -558,6 +645,7 @@ fn send_both(
     legit: &trafficgen::Template,
     legit_pps: u64,
     seconds: f64,
+    backend: Backend,
 ) -> Result<(u64, u64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let dur = Duration::from_secs_f64(seconds);
@@ -569,10 +657,10 @@ fn send_both(
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 bail!("setns: {}", std::io::Error::last_os_error());
             }
-            let s = live::LiveSender::new(&t, topology::INET_IF)?;
+            let (s, _) = Sender::open(&t, topology::INET_IF, backend)?;
             let sent = AtomicU64::new(0);
             s.run(
-                live::Pace {
+                Pace {
                     pps,
                     duration: dur,
                     count: u64::MAX,

@@ -31,6 +31,10 @@ pub struct LabArgs {
     /// Check the scenario file and exit.
     #[arg(long)]
     pub check: bool,
+    /// How the generators send: XDP live frames, an AF_PACKET socket, or live frames where
+    /// the kernel allows them (auto).
+    #[arg(long, value_enum, default_value_t = crate::trafficgen::Backend::Auto)]
+    pub sender: crate::trafficgen::Backend,
     #[command(subcommand)]
     pub command: Option<LabCommand>,
 }
@@ -64,6 +68,7 @@ pub fn cli(a: LabArgs) -> Result<()> {
         agent: std::env::current_exe().context("locating the dots-agent binary")?,
         plot: Some(a.plot.clone()),
         progress: true,
+        sender: a.sender,
     };
     let summary = run::run(&opts)?;
     run::print_summary(&summary);

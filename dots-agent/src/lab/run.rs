@@ -17,7 +17,7 @@ use super::scenario::{Role, Scenario, CUSTOMER_PREFIXES};
 use super::topology::{self, interrupted, Netns, Proc, Topology};
 use crate::client::guard::unix_ms;
 use crate::datapath::XdpDatapath;
-use crate::trafficgen::{self, live, receiver};
+use crate::trafficgen::{self, receiver, Backend, Pace, Sender};
 
 pub struct LabOptions {
     pub scenario: Scenario,
@@ -27,6 +27,8 @@ pub struct LabOptions {
     pub plot: Option<PathBuf>,
     /// Print progress lines.
     pub progress: bool,
+    /// The generators' sender.
+    pub sender: Backend,
 }
 
 /// One flow's totals.
@@ -400,7 +402,8 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
     let attack_span = Duration::from_secs_f64(s.phases.attack_seconds);
     let mut sent: Vec<Arc<AtomicU64>> = Vec::new();
     let mut gens = Vec::new();
-    let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+    let (ready_tx, ready) = mpsc::channel::<Result<(&'static str, Option<String>)>>();
+    let backend = o.sender;
     for tr in &s.traffic {
         let template = s.flow(tr, src_mac, dst_mac).template()?;
         let (offset, span) = match tr.role {
@@ -413,9 +416,9 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         let ready_tx = ready_tx.clone();
         let pps = tr.pps;
         gens.push(topo.inet.spawn(move || -> Result<()> {
-            let sender = match live::LiveSender::new(&template, topology::INET_IF) {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
+            let sender = match Sender::open(&template, topology::INET_IF, backend) {
+                Ok((s, fallback)) => {
+                    let _ = ready_tx.send(Ok((s.name(), fallback)));
                     s
                 }
                 Err(e) => {
@@ -430,7 +433,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
                 std::thread::sleep(Duration::from_millis(2));
             }
             sender.run(
-                live::Pace {
+                Pace {
                     pps,
                     duration: span,
                     count: u64::MAX,
@@ -442,9 +445,18 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         })?);
     }
     drop(ready_tx);
+    let mut told = false;
     for _ in 0..s.traffic.len() {
         match ready.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
+            Ok(Ok((name, fallback))) => {
+                if o.progress && !told {
+                    told = true;
+                    match fallback {
+                        Some(why) => println!("generator: {name} (live frames refused: {why})"),
+                        None => println!("generator: {name}"),
+                    }
+                }
+            }
             Ok(Err(e)) => bail!("a generator could not start: {e}"),
             Err(_) => bail!("a generator did not start within 10 s"),
         }

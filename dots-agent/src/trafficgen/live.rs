@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::Template;
+use super::{Pace, Template};
 
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TEST_RUN: i64 = 10;
@@ -169,16 +169,6 @@ fn run_live(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<()> {
     put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
     put_u32(&mut attr, 72, 64); // batch_size: frames per redirect flush
     bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
-}
-
-/// How long and how fast to send.
-#[derive(Clone, Copy, Debug)]
-pub struct Pace {
-    /// Packets per second; 0: as fast as the kernel runs.
-    pub pps: u64,
-    pub duration: Duration,
-    /// Stop after this many packets (u64::MAX: no limit).
-    pub count: u64,
 }
 
 /// A live-frames sender for one flow, bound to an interface of the calling thread's network

@@ -5,6 +5,8 @@
 //!   tiny XDP program that rewrites the source address per packet and redirects the frame out
 //!   of an interface. Socket senders top out near 2 Mpps on these machines; this does not
 //!   involve a socket or an skb on the sending side.
+//! - [`socket`]: the portable sender: prebuilt frames through an AF_PACKET socket in
+//!   batches. [`Sender::open`] falls back to it where the kernel refuses live frames.
 //! - [`receiver`]: an AF_PACKET receiver that counts what arrives, per labelled source
 //!   prefix, readable live while it runs.
 //!
@@ -13,14 +15,90 @@
 
 pub mod live;
 pub mod receiver;
+pub mod socket;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::packet::{PacketSpec, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// How long and how fast to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Packets per second; 0: as fast as the sender goes.
+    pub pps: u64,
+    pub duration: Duration,
+    /// Stop after this many packets (u64::MAX: no limit).
+    pub count: u64,
+}
+
+/// Which sender to use.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// XDP live frames where the kernel allows them, else AF_PACKET.
+    #[default]
+    Auto,
+    /// XDP live frames only (fails where the kernel refuses them).
+    Live,
+    /// AF_PACKET socket only.
+    Socket,
+}
+
+/// A sender for one flow on one interface (of the calling thread's network namespace).
+pub enum Sender {
+    Live(live::LiveSender),
+    Socket(socket::SocketSender),
+}
+
+impl Sender {
+    /// Opens the backend asked for. With [`Backend::Auto`], a kernel that refuses live
+    /// frames gets the socket sender; the second value then says why.
+    pub fn open(t: &Template, iface: &str, backend: Backend) -> Result<(Sender, Option<String>)> {
+        match backend {
+            Backend::Live => Ok((Sender::Live(live::LiveSender::new(t, iface)?), None)),
+            Backend::Socket => Ok((Sender::Socket(socket::SocketSender::new(t, iface)?), None)),
+            Backend::Auto => match live::LiveSender::new(t, iface) {
+                Ok(s) => Ok((Sender::Live(s), None)),
+                Err(live_err) => {
+                    let s = socket::SocketSender::new(t, iface).map_err(|e| {
+                        anyhow::anyhow!("no sender works on {iface}: {live_err:#}; and {e:#}")
+                    })?;
+                    Ok((Sender::Socket(s), Some(format!("{live_err:#}"))))
+                }
+            },
+        }
+    }
+
+    /// Sends per `pace`, adding to `sent` as it goes; stops early when `stop` is set.
+    /// Returns the number of packets sent.
+    pub fn run(&self, pace: Pace, sent: &AtomicU64, stop: &AtomicBool) -> Result<u64> {
+        match self {
+            Sender::Live(s) => s.run(pace, sent, stop),
+            Sender::Socket(s) => s.run(pace, sent, stop),
+        }
+    }
+
+    /// The backend this sender is (never [`Backend::Auto`]).
+    pub fn backend(&self) -> Backend {
+        match self {
+            Sender::Live(_) => Backend::Live,
+            Sender::Socket(_) => Backend::Socket,
+        }
+    }
+
+    /// What sends, for the user.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sender::Live(_) => "XDP live frames",
+            Sender::Socket(_) => "AF_PACKET socket",
+        }
+    }
+}
 
 /// At most this many distinct sources per flow (keeps every source inside one 16-bit word of
 /// the address, see [`Template`]).

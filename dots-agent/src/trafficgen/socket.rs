@@ -1,0 +1,180 @@
+//! The portable sender: an AF_PACKET socket that hands prebuilt frames to the interface in
+//! batches (`sendmmsg`, 64 frames per call, qdisc bypassed).
+//!
+//! It is what the generator uses where the kernel refuses XDP live frames (some hardened
+//! kernels answer `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` by EPERM even for root).
+//! Every frame is a real skb on the sending side, so it is slower than [`super::live`]
+//! (about 1 to 2 Mpps per core here) but runs on any Linux. The frames of all sources are
+//! built once, in a shuffled order, and sent round-robin.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{Pace, Template};
+
+/// Frames per `sendmmsg` call.
+const BATCH: usize = 64;
+/// A paced flow sends what is due this often.
+const PACE_PERIOD: Duration = Duration::from_millis(2);
+const SOL_PACKET: i32 = 263;
+const PACKET_QDISC_BYPASS: i32 = 20;
+
+/// An AF_PACKET sender for one flow, bound to an interface of the calling thread's network
+/// namespace. Send-only: bound with protocol 0, so the kernel queues nothing to it.
+pub struct SocketSender {
+    fd: OwnedFd,
+    /// One frame per source, in a shuffled order (the live sender picks sources at random).
+    frames: Vec<Vec<u8>>,
+}
+
+impl SocketSender {
+    pub fn new(t: &Template, iface: &str) -> Result<SocketSender> {
+        let ifindex = crate::datapath::interface_index(iface)
+            .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            bail!("AF_PACKET socket: {}", io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: addr is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            bail!(
+                "binding an AF_PACKET socket to {iface}: {}",
+                io::Error::last_os_error()
+            );
+        }
+        // Straight to the driver: the generator paces itself, a qdisc would only add cost.
+        // Best effort (a kernel without the option still sends, through the qdisc).
+        let one: i32 = 1;
+        // SAFETY: `one` is a live i32 of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_QDISC_BYPASS,
+                &one as *const i32 as *const libc::c_void,
+                4,
+            )
+        };
+        let mut order: Vec<u32> = (0..t.sources.max(1)).collect();
+        shuffle(&mut order);
+        let frames = order.into_iter().map(|k| t.variant(k)).collect();
+        Ok(SocketSender { fd, frames })
+    }
+
+    /// Sends per `pace`, adding to `sent` as it goes; stops early when `stop` is set.
+    /// Returns the number of frames the interface took.
+    pub fn run(&self, pace: Pace, sent: &AtomicU64, stop: &AtomicBool) -> Result<u64> {
+        let start = Instant::now();
+        let mut total = 0u64;
+        let mut next = 0usize;
+        let mut next_call = start;
+        while !stop.load(Ordering::Relaxed) && total < pace.count {
+            let now = Instant::now();
+            let elapsed = now - start;
+            if elapsed >= pace.duration {
+                break;
+            }
+            let mut due = if pace.pps > 0 {
+                if now < next_call {
+                    std::thread::sleep((next_call - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+                next_call = now + PACE_PERIOD;
+                ((pace.pps as f64 * elapsed.as_secs_f64()) as u64).saturating_sub(total)
+            } else {
+                BATCH as u64
+            };
+            due = due.min(pace.count - total);
+            // A paced flow catches up in batches; an unpaced one re-checks the clock and
+            // the stop flag after every batch.
+            while due > 0 {
+                let n = self.send_batch(next, due.min(BATCH as u64) as usize)?;
+                next = (next + n) % self.frames.len();
+                total += n as u64;
+                due -= n as u64;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Hands up to `n` frames, starting at frame `first`, to the kernel in one call.
+    /// Returns how many it took (0 when its buffers are full for now).
+    fn send_batch(&self, first: usize, n: usize) -> Result<usize> {
+        let mut iov: [libc::iovec; BATCH] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        // SAFETY: an all-zero mmsghdr is valid (no name, no control data).
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let n = n.min(BATCH);
+        for i in 0..n {
+            let f = &self.frames[(first + i) % self.frames.len()];
+            iov[i].iov_base = f.as_ptr() as *mut libc::c_void;
+            iov[i].iov_len = f.len();
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        loop {
+            // SAFETY: msgs[..n] point at live iovecs over frames that outlive the call.
+            let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The device or socket buffer is full: let it drain, report nothing sent.
+                Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
+                    std::thread::sleep(Duration::from_micros(100));
+                    return Ok(0);
+                }
+                _ => bail!("sending frames on an AF_PACKET socket: {e}"),
+            }
+        }
+    }
+}
+
+/// Fisher-Yates with a small xorshift generator: the order only needs to look random.
+fn shuffle(v: &mut [u32]) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ v.len() as u64;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shuffle_keeps_every_source_once() {
+        let mut v: Vec<u32> = (0..4094).collect();
+        super::shuffle(&mut v);
+        assert_ne!(v[..10], (0..10).collect::<Vec<u32>>()[..]);
+        v.sort_unstable();
+        assert_eq!(v, (0..4094).collect::<Vec<u32>>());
+    }
+}
