@@ -7,12 +7,15 @@
 //!   involve a socket or an skb on the sending side.
 //! - [`socket`]: the portable sender: prebuilt frames through an AF_PACKET socket in
 //!   batches. [`Sender::open`] falls back to it where the kernel refuses live frames.
+//! - [`fanout`]: an XDP broadcast that multiplies a socket sender's frames into xdp_frames,
+//!   so the benchmark can load a receiver the way a NIC does where live frames are refused.
 //! - [`receiver`]: an AF_PACKET receiver that counts what arrives, per labelled source
 //!   prefix, readable live while it runs.
 //!
 //! A [`Flow`] says what to send: a source prefix (multi-source), one destination, UDP, TCP
 //! (flags) or ICMP/ICMPv6, IPv4 or IPv6, payload size, Ethernet destination.
 
+pub mod fanout;
 pub mod live;
 pub mod receiver;
 pub mod socket;
