@@ -32,11 +32,21 @@ pub struct RawSocket {
 }
 
 impl RawSocket {
+    /// A socket that sends on `iface` and receives every frame there.
     pub fn bind(iface: &str) -> io::Result<RawSocket> {
+        Self::open(iface, ETH_P_ALL)
+    }
+
+    /// A socket that only sends on `iface` (protocol 0: the kernel queues nothing to it).
+    pub fn bind_send_only(iface: &str) -> io::Result<RawSocket> {
+        Self::open(iface, 0)
+    }
+
+    fn open(iface: &str, protocol: u16) -> io::Result<RawSocket> {
         let ifindex = if_index(iface)?;
         // SAFETY: plain socket(2) call.
         let raw =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ALL.to_be()) as i32) };
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (protocol.to_be()) as i32) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -44,7 +54,7 @@ impl RawSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_protocol = protocol.to_be();
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: addr is a valid sockaddr_ll of the given size.
         let rc = unsafe {
@@ -64,7 +74,7 @@ impl RawSocket {
         self.ifindex
     }
 
-    fn set_opt(&self, level: i32, name: i32, value: &impl Sized) -> io::Result<()> {
+    pub fn set_opt(&self, level: i32, name: i32, value: &impl Sized) -> io::Result<()> {
         // SAFETY: value points at a live option value of its own size.
         let rc = unsafe {
             libc::setsockopt(

@@ -3,48 +3,22 @@
 //! baseline is not an object file, and so every program is timed the same way.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_PROG_TEST_RUN: i64 = 10;
-const BPF_OBJ_GET_INFO_BY_FD: i64 = 15;
-const BPF_ENABLE_STATS: i64 = 32;
+use super::raw::{
+    bpf, bpf_fd, insn, load_xdp, put_u32, put_u64, BPF_ENABLE_STATS, BPF_OBJ_GET_INFO_BY_FD,
+    BPF_PROG_TEST_RUN,
+};
+
 const BPF_STATS_RUN_TIME: u32 = 0;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer laid out for `cmd`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
-    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put_u64(a: &mut [u8; 128], off: usize, v: u64) {
-    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-}
 
 /// Loads `r0 = action; exit`: the cheapest possible XDP program (2 = XDP_PASS, 1 = XDP_DROP).
 pub fn load_trivial_xdp(action: u32) -> io::Result<OwnedFd> {
-    let mut insns = [0u8; 16];
-    insns[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
-    insns[4..8].copy_from_slice(&action.to_ne_bytes());
-    insns[8] = 0x95; // BPF_JMP | BPF_EXIT
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put_u32(&mut attr, 4, 2);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-    // SAFETY: the kernel returned a new program fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    load_xdp(&[
+        insn(0xb7, 0, 0, 0, action as i32), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = action
+        insn(0x95, 0, 0, 0, 0),             // BPF_JMP | BPF_EXIT
+    ])
 }
 
 /// Turns on the kernel's per-program run statistics (run_time_ns, run_cnt) for as long as
@@ -52,9 +26,7 @@ pub fn load_trivial_xdp(action: u32) -> io::Result<OwnedFd> {
 pub fn enable_run_stats() -> io::Result<OwnedFd> {
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, BPF_STATS_RUN_TIME);
-    let fd = bpf(BPF_ENABLE_STATS, &mut attr)?;
-    // SAFETY: the kernel returned a new fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    bpf_fd(BPF_ENABLE_STATS, &mut attr)
 }
 
 /// A program's accumulated run statistics: (nanoseconds spent in it, runs). Both stay 0

@@ -25,7 +25,7 @@
 //! runs on the sending CPU), as they would on one host; the ratios are what the comparison
 //! is about, and each round measures every case once, in turn.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -198,37 +198,6 @@ fn rule_set() -> Vec<MitigationSpec> {
     v
 }
 
-/// Attaches a program fd to an interface with a bpf_link (BPF_LINK_CREATE, attach type
-/// BPF_XDP, native mode); closing the returned fd detaches it. The ifindex is looked up in
-/// the calling thread's network namespace.
-fn link_xdp(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
-    const BPF_LINK_CREATE: i64 = 28;
-    const BPF_XDP: u32 = 37;
-    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
-    attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
-    // SAFETY: attr is a bpf_attr-sized buffer laid out for BPF_LINK_CREATE.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_mut_ptr(),
-            attr.len(),
-        )
-    };
-    if rc < 0 {
-        bail!(
-            "attaching an XDP program: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: a new link fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
-}
-
 /// The veth's XDP drop counter (ethtool -S: the sum of every `*xdp_drops` line), read in the
 /// calling thread's namespace.
 fn veth_xdp_drops(iface: &str) -> Result<u64> {
@@ -344,7 +313,12 @@ impl Scrubber {
             Case::Ours => {
                 self.ours.attach(topology::SCR_IN, AttachMode::Native)?;
             }
-            Case::Empty => self.empty_link = Some(link_xdp(&self.empty, self.ifindex)?),
+            Case::Empty => {
+                self.empty_link = Some(
+                    crate::datapath::raw::link_xdp(self.empty.as_fd(), self.ifindex)
+                        .context("attaching the empty program")?,
+                )
+            }
             Case::XdpFilter => {
                 let e = self.xdpfilter.as_mut().context("xdp-filter not loaded")?;
                 let p: &mut aya::programs::Xdp = e

@@ -13,53 +13,20 @@
 //!
 //! Hand-assembled like [`super::live`]: five instructions and one map, loaded with bpf(2).
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 
-const BPF_MAP_CREATE: i64 = 0;
-const BPF_MAP_UPDATE_ELEM: i64 = 2;
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_LINK_CREATE: i64 = 28;
+use crate::datapath::raw::{
+    bpf, bpf_fd, insn, link_xdp, load_xdp, put_u32, put_u64, BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM,
+};
+
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_F_BROADCAST: i32 = 1 << 3;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const FUNC_REDIRECT_MAP: i32 = 51;
-/// Most copies per frame: the output veth's ring holds 256 frames per receive poll.
+/// Most copies per frame (the output veth's ring holds 256 frames per receive poll).
 pub const MAX_COPIES: u32 = 128;
-
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer laid out for `cmd`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-/// A command that returns a new descriptor (map or program load, link create).
-fn bpf_fd(cmd: i64, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)?;
-    // SAFETY: the kernel returned a new descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn put(a: &mut [u8; 128], off: usize, v: &[u8]) {
-    a[off..off + v.len()].copy_from_slice(v);
-}
-
-fn insn(code: u8, regs: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut i = [0u8; 8];
-    i[0] = code;
-    i[1] = regs;
-    i[2..4].copy_from_slice(&off.to_le_bytes());
-    i[4..8].copy_from_slice(&imm.to_le_bytes());
-    i
-}
 
 /// The multiplier: attached while this value lives (closing the link detaches it).
 pub struct Fanout {
@@ -83,30 +50,30 @@ impl Fanout {
         };
         let (in_idx, out_idx) = (index(input)?, index(output)?);
         let mut attr = [0u8; 128];
-        put(&mut attr, 0, &BPF_MAP_TYPE_DEVMAP.to_ne_bytes());
-        put(&mut attr, 4, &4u32.to_ne_bytes());
-        put(&mut attr, 8, &4u32.to_ne_bytes());
-        put(&mut attr, 12, &copies.to_ne_bytes());
+        put_u32(&mut attr, 0, BPF_MAP_TYPE_DEVMAP);
+        put_u32(&mut attr, 4, 4); // key: slot
+        put_u32(&mut attr, 8, 4); // value: ifindex
+        put_u32(&mut attr, 12, copies);
         let map = bpf_fd(BPF_MAP_CREATE, &mut attr).context("creating the fan-out device map")?;
         for slot in 0..copies {
             let mut attr = [0u8; 128];
-            put(&mut attr, 0, &(map.as_raw_fd() as u32).to_ne_bytes());
-            put(&mut attr, 8, &(&slot as *const u32 as u64).to_ne_bytes());
-            put(
-                &mut attr,
-                16,
-                &(&out_idx as *const u32 as u64).to_ne_bytes(),
-            );
+            put_u32(&mut attr, 0, map.as_raw_fd() as u32);
+            put_u64(&mut attr, 8, &slot as *const u32 as u64);
+            put_u64(&mut attr, 16, &out_idx as *const u32 as u64);
             // The pointers above are to slot and out_idx, which outlive the call.
             bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("filling the fan-out device map")?;
         }
-        let prog = load_program(map.as_raw_fd())?;
-        let mut attr = [0u8; 128];
-        put(&mut attr, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
-        put(&mut attr, 4, &in_idx.to_ne_bytes());
-        put(&mut attr, 8, &BPF_XDP.to_ne_bytes());
-        put(&mut attr, 12, &XDP_FLAGS_DRV_MODE.to_ne_bytes());
-        let link = bpf_fd(BPF_LINK_CREATE, &mut attr)
+        // return bpf_redirect_map(&map, 0, BPF_F_BROADCAST);
+        let prog = load_xdp(&[
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = map (ld_imm64)
+            insn(0, 0, 0, 0, 0),
+            insn(0xb7, 2, 0, 0, 0),               // r2 = 0
+            insn(0xb7, 3, 0, 0, BPF_F_BROADCAST), // r3 = BPF_F_BROADCAST
+            insn(0x85, 0, 0, 0, FUNC_REDIRECT_MAP),
+            insn(0x95, 0, 0, 0, 0), // exit
+        ])
+        .context("loading the fan-out program")?;
+        let link = link_xdp(prog.as_fd(), in_idx)
             .with_context(|| format!("attaching the fan-out program to {input}"))?;
         Ok(Fanout {
             _map: map,
@@ -115,34 +82,4 @@ impl Fanout {
             copies,
         })
     }
-}
-
-/// `return bpf_redirect_map(&map, 0, BPF_F_BROADCAST);`
-fn load_program(map_fd: i32) -> Result<OwnedFd> {
-    let insns: Vec<u8> = [
-        insn(0x18, 1 | (BPF_PSEUDO_MAP_FD << 4), 0, map_fd), // r1 = map (ld_imm64)
-        insn(0, 0, 0, 0),
-        insn(0xb7, 2, 0, 0),               // r2 = 0
-        insn(0xb7, 3, 0, BPF_F_BROADCAST), // r3 = BPF_F_BROADCAST
-        insn(0x85, 0, 0, FUNC_REDIRECT_MAP),
-        insn(0x95, 0, 0, 0), // exit
-    ]
-    .concat();
-    let license = c"GPL";
-    let mut log = vec![0u8; 16 * 1024];
-    let mut attr = [0u8; 128];
-    put(&mut attr, 0, &BPF_PROG_TYPE_XDP.to_ne_bytes());
-    put(&mut attr, 4, &((insns.len() / 8) as u32).to_ne_bytes());
-    put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 24, &1u32.to_ne_bytes());
-    put(&mut attr, 28, &(log.len() as u32).to_ne_bytes());
-    put(&mut attr, 32, &(log.as_mut_ptr() as u64).to_ne_bytes());
-    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        anyhow::anyhow!(
-            "loading the fan-out program: {e}\n{}",
-            String::from_utf8_lossy(&log[..end])
-        )
-    })
 }

@@ -13,7 +13,7 @@
 //! filter's object and its build untouched.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,39 +21,11 @@ use anyhow::{bail, Context, Result};
 
 use super::{Pace, Template};
 
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_PROG_TEST_RUN: i64 = 10;
-const BPF_PROG_TYPE_XDP: u32 = 6;
+use crate::datapath::raw::{bpf, insn, load_xdp, put_u32, put_u64, BPF_PROG_TEST_RUN};
+
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const FUNC_GET_PRANDOM_U32: i32 = 7;
 const FUNC_REDIRECT: i32 = 23;
-
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer laid out for `cmd`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
-    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put_u64(a: &mut [u8; 128], off: usize, v: u64) {
-    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-/// One eBPF instruction: opcode, dst/src registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut i = [0u8; 8];
-    i[0] = code;
-    i[1] = (src << 4) | (dst & 0x0f);
-    i[2..4].copy_from_slice(&off.to_le_bytes());
-    i[4..8].copy_from_slice(&imm.to_le_bytes());
-    i
-}
 
 // Opcodes used below (class | op | source).
 const MOV64_X: u8 = 0xbf;
@@ -135,28 +107,7 @@ fn header_len(t: &Template) -> usize {
 
 /// Loads the generator program (the verifier's log is part of the error).
 pub fn load(t: &Template, ifindex: u32) -> Result<OwnedFd> {
-    let insns: Vec<u8> = program(t, ifindex).concat();
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put_u32(&mut attr, 4, (insns.len() / 8) as u32);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    put_u32(&mut attr, 24, 1); // log_level
-    put_u32(&mut attr, 28, log.len() as u32);
-    put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: the kernel returned a new program fd that we now own.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            bail!(
-                "loading the generator's XDP program: {e}\n{}",
-                String::from_utf8_lossy(&log[..end])
-            )
-        }
-    }
+    load_xdp(&program(t, ifindex)).context("loading the generator's XDP program")
 }
 
 /// Runs the program `repeat` times in live-frames mode on `frame`.

@@ -8,13 +8,14 @@
 //! built once, in a shuffled order, and sent round-robin.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::{Pace, Template};
+use crate::traffic::RawSocket;
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;
@@ -26,57 +27,22 @@ const PACKET_QDISC_BYPASS: i32 = 20;
 /// An AF_PACKET sender for one flow, bound to an interface of the calling thread's network
 /// namespace. Send-only: bound with protocol 0, so the kernel queues nothing to it.
 pub struct SocketSender {
-    fd: OwnedFd,
+    sock: RawSocket,
     /// One frame per source, in a shuffled order (the live sender picks sources at random).
     frames: Vec<Vec<u8>>,
 }
 
 impl SocketSender {
     pub fn new(t: &Template, iface: &str) -> Result<SocketSender> {
-        let ifindex = crate::datapath::interface_index(iface)
-            .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if raw < 0 {
-            bail!("AF_PACKET socket: {}", io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: addr is a valid sockaddr_ll of the given size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            bail!(
-                "binding an AF_PACKET socket to {iface}: {}",
-                io::Error::last_os_error()
-            );
-        }
+        let sock = RawSocket::bind_send_only(iface)
+            .with_context(|| format!("opening an AF_PACKET socket on {iface}"))?;
         // Straight to the driver: the generator paces itself, a qdisc would only add cost.
         // Best effort (a kernel without the option still sends, through the qdisc).
-        let one: i32 = 1;
-        // SAFETY: `one` is a live i32 of the size passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                SOL_PACKET,
-                PACKET_QDISC_BYPASS,
-                &one as *const i32 as *const libc::c_void,
-                4,
-            )
-        };
+        let _ = sock.set_opt(SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
         let mut order: Vec<u32> = (0..t.sources.max(1)).collect();
         shuffle(&mut order);
         let frames = order.into_iter().map(|k| t.variant(k)).collect();
-        Ok(SocketSender { fd, frames })
+        Ok(SocketSender { sock, frames })
     }
 
     /// Sends per `pace`, adding to `sent` as it goes; stops early when `stop` is set.
@@ -138,7 +104,8 @@ impl SocketSender {
         }
         loop {
             // SAFETY: msgs[..n] point at live iovecs over frames that outlive the call.
-            let rc = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
+            let rc =
+                unsafe { libc::sendmmsg(self.sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
             if rc >= 0 {
                 return Ok(rc as usize);
             }
