@@ -143,8 +143,11 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             };
             let t = flow.template()?;
             let (sender, fallback) = Sender::open(&t, &interface, sender)?;
-            if let Some(why) = fallback {
-                eprintln!("generator: {} (live frames refused: {why})", sender.name());
+            if fallback.is_some() {
+                eprintln!(
+                    "{}",
+                    trafficgen::announce(sender.name(), fallback.as_deref())
+                );
             }
             let sent = std::sync::atomic::AtomicU64::new(0);
             let stop = std::sync::atomic::AtomicBool::new(false);

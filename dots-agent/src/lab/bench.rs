@@ -373,7 +373,6 @@ impl Scrubber {
 
     /// The case's XDP program's (run time ns, runs), if it is an XDP program.
     fn program_stats(&self, case: Case) -> Option<(u64, u64)> {
-        use std::os::fd::AsFd;
         let fd = match case {
             Case::Ours => self.ours.program_fd()?,
             Case::Empty => self.empty.as_fd(),
@@ -511,10 +510,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let (s, fallback) = Sender::open(&t, topology::INET_IF, want)?;
             Ok((s.name(), s.backend(), fallback))
         })??;
-        match &fallback {
-            Some(why) => println!("generator: {name} (live frames refused: {why})"),
-            None => println!("generator: {name}"),
-        }
+        println!("{}", trafficgen::announce(name, fallback.as_deref()));
         backend
     };
     // With a socket sender, the flood goes through the fan-out (see trafficgen::fanout):

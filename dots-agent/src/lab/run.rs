@@ -451,10 +451,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
             Ok(Ok((name, fallback))) => {
                 if o.progress && !told {
                     told = true;
-                    match fallback {
-                        Some(why) => println!("generator: {name} (live frames refused: {why})"),
-                        None => println!("generator: {name}"),
-                    }
+                    println!("{}", trafficgen::announce(name, fallback.as_deref()));
                 }
             }
             Ok(Err(e)) => bail!("a generator could not start: {e}"),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{Pace, Template};
+use super::{Pace, Pacer, Template};
 
 use crate::datapath::raw::{bpf, insn, load_xdp, put_u32, put_u64, BPF_PROG_TEST_RUN};
 
@@ -161,30 +161,16 @@ impl LiveSender {
     /// burst at full speed, then a pause); an unpaced one sizes its calls to about
     /// [`FULL_SPEED_CALL`] of sending at the rate the previous call achieved.
     pub fn run(&self, pace: Pace, sent: &AtomicU64, stop: &AtomicBool) -> Result<u64> {
-        let start = Instant::now();
+        let mut pacer = Pacer::new(pace, PACE_PERIOD);
         let mut total = self.probe.swap(0, Ordering::Relaxed);
         sent.fetch_add(total, Ordering::Relaxed);
         let mut rate_estimate = 1_000_000.0f64;
-        let mut next_call = start;
-        while !stop.load(Ordering::Relaxed) && total < pace.count {
-            let now = Instant::now();
-            let elapsed = now - start;
-            if elapsed >= pace.duration {
-                break;
-            }
-            let n = if pace.pps > 0 {
-                if now < next_call {
-                    std::thread::sleep((next_call - now).min(Duration::from_millis(20)));
-                    continue;
-                }
-                next_call = now + PACE_PERIOD;
-                let due = (pace.pps as f64 * elapsed.as_secs_f64()) as u64;
-                due.saturating_sub(total)
-            } else {
-                let left = (pace.duration - elapsed).as_secs_f64();
-                (rate_estimate * left.min(FULL_SPEED_CALL.as_secs_f64())) as u64
-            };
-            let n = n.clamp(1, MAX_CALL).min(pace.count - total);
+        while let Some(due) = pacer.next(total, stop) {
+            let n = due.packets.unwrap_or_else(|| {
+                let left = due.left.min(FULL_SPEED_CALL).as_secs_f64();
+                (rate_estimate * left) as u64
+            });
+            let n = n.clamp(1, MAX_CALL).min(due.remaining);
             let t = Instant::now();
             match run_live(self.prog.as_fd(), &self.frame, n as u32) {
                 Ok(()) => {}

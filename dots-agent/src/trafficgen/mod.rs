@@ -21,8 +21,8 @@ pub mod receiver;
 pub mod socket;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use ipnet::IpNet;
@@ -38,6 +38,78 @@ pub struct Pace {
     pub duration: Duration,
     /// Stop after this many packets (u64::MAX: no limit).
     pub count: u64,
+}
+
+/// What a sender may send next, from [`Pacer::next`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Due {
+    /// Packets due by now for a paced flow; None for an unpaced one (send at will).
+    pub packets: Option<u64>,
+    /// Time left in the run.
+    pub left: Duration,
+    /// Packets left before `Pace::count`.
+    pub remaining: u64,
+}
+
+/// The clock both senders pace by: a paced flow sends what is due every `period`, in one
+/// go; an unpaced one is told only how much time and how many packets are left.
+pub(crate) struct Pacer {
+    pace: Pace,
+    period: Duration,
+    start: Instant,
+    next_call: Instant,
+}
+
+impl Pacer {
+    pub fn new(pace: Pace, period: Duration) -> Pacer {
+        let start = Instant::now();
+        Pacer {
+            pace,
+            period,
+            start,
+            next_call: start,
+        }
+    }
+
+    /// Waits until something is due; None when the run is over (its duration, its count,
+    /// or `stop`). `total` is what was sent so far.
+    pub fn next(&mut self, total: u64, stop: &AtomicBool) -> Option<Due> {
+        loop {
+            if stop.load(Ordering::Relaxed) || total >= self.pace.count {
+                return None;
+            }
+            let now = Instant::now();
+            let elapsed = now - self.start;
+            if elapsed >= self.pace.duration {
+                return None;
+            }
+            let packets = if self.pace.pps > 0 {
+                if now < self.next_call {
+                    std::thread::sleep((self.next_call - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+                self.next_call = now + self.period;
+                let by_now = (self.pace.pps as f64 * elapsed.as_secs_f64()) as u64;
+                Some(by_now.saturating_sub(total))
+            } else {
+                None
+            };
+            return Some(Due {
+                packets,
+                left: self.pace.duration - elapsed,
+                remaining: self.pace.count - total,
+            });
+        }
+    }
+}
+
+/// The line that tells the user which sender runs, and why not live frames if they were
+/// refused (`fallback` from [`Sender::open`]).
+pub fn announce(sender_name: &str, fallback: Option<&str>) -> String {
+    match fallback {
+        Some(why) => format!("generator: {sender_name} (live frames refused: {why})"),
+        None => format!("generator: {sender_name}"),
+    }
 }
 
 /// Which sender to use.
@@ -444,6 +516,37 @@ mod tests {
                 .sources,
             62
         );
+    }
+
+    #[test]
+    fn the_pacer_spreads_a_paced_flow_and_ends_every_run() {
+        let stop = AtomicBool::new(false);
+        let pace = |pps, ms, count| Pace {
+            pps,
+            duration: Duration::from_millis(ms),
+            count,
+        };
+        // 10,000 pps in 10 ms periods for 100 ms: what is due grows with time, and the
+        // sum of what was due stays near 1,000.
+        let mut p = Pacer::new(pace(10_000, 100, u64::MAX), Duration::from_millis(10));
+        let mut total = 0;
+        let mut calls = 0;
+        while let Some(d) = p.next(total, &stop) {
+            total += d.packets.expect("paced");
+            calls += 1;
+            assert!(calls < 100, "the pacer must wait between periods");
+        }
+        assert!((800..=1_100).contains(&total), "sent {total}");
+        // Unpaced: no packet budget, and the count ends the run.
+        let mut p = Pacer::new(pace(0, 10_000, 5), Duration::from_millis(10));
+        let d = p.next(0, &stop).expect("due");
+        assert_eq!((d.packets, d.remaining), (None, 5));
+        assert!(p.next(5, &stop).is_none());
+        // The stop flag ends it at once.
+        stop.store(true, Ordering::Relaxed);
+        assert!(Pacer::new(pace(0, 10_000, 5), Duration::ZERO)
+            .next(0, &stop)
+            .is_none());
     }
 
     #[test]

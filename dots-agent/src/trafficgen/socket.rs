@@ -10,11 +10,11 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Pace, Template};
+use super::{Pace, Pacer, Template};
 use crate::traffic::RawSocket;
 
 /// Frames per `sendmmsg` call.
@@ -48,27 +48,11 @@ impl SocketSender {
     /// Sends per `pace`, adding to `sent` as it goes; stops early when `stop` is set.
     /// Returns the number of frames the interface took.
     pub fn run(&self, pace: Pace, sent: &AtomicU64, stop: &AtomicBool) -> Result<u64> {
-        let start = Instant::now();
+        let mut pacer = Pacer::new(pace, PACE_PERIOD);
         let mut total = 0u64;
         let mut next = 0usize;
-        let mut next_call = start;
-        while !stop.load(Ordering::Relaxed) && total < pace.count {
-            let now = Instant::now();
-            let elapsed = now - start;
-            if elapsed >= pace.duration {
-                break;
-            }
-            let mut due = if pace.pps > 0 {
-                if now < next_call {
-                    std::thread::sleep((next_call - now).min(Duration::from_millis(20)));
-                    continue;
-                }
-                next_call = now + PACE_PERIOD;
-                ((pace.pps as f64 * elapsed.as_secs_f64()) as u64).saturating_sub(total)
-            } else {
-                BATCH as u64
-            };
-            due = due.min(pace.count - total);
+        while let Some(d) = pacer.next(total, stop) {
+            let mut due = d.packets.unwrap_or(BATCH as u64).min(d.remaining);
             // A paced flow catches up in batches; an unpaced one re-checks the clock and
             // the stop flag after every batch.
             while due > 0 {
