@@ -1002,16 +1002,53 @@ fn talker_sampling_can_be_turned_off_at_load() {
 }
 
 #[test]
-fn pins_of_an_agent_without_the_talker_map_are_adopted_and_gain_it() {
-    let lab = lab_with(talker_spec(1));
-    // What an agent from before talker sampling leaves pinned: no TOP_TALKERS.
-    let pin = lab.dp.pin_dir().join("maps").join("TOP_TALKERS");
-    std::fs::remove_file(&pin).unwrap();
-    let old = XdpDatapath::open_pinned(&lab.root.0).unwrap();
-    assert_eq!(old.installed(), vec![1]);
-    assert!(old.top_talkers(1, 5).is_empty());
-    // Same layout version: a new load keeps the mitigation and creates and pins the map.
-    let new = XdpDatapath::load(&lab.root.options()).unwrap();
-    assert_eq!(new.installed(), vec![1], "mitigations kept");
-    assert!(pin.exists(), "TOP_TALKERS created and pinned");
+fn an_unchanged_spec_is_not_reinstalled() {
+    let mut lab = lab_with(talker_spec(1));
+    let g = lab.dp.generation(1).expect("installed");
+    lab.dp.install(&talker_spec(1)).unwrap();
+    assert_eq!(lab.dp.generation(1), Some(g), "same spec: nothing written");
+    let mut changed = talker_spec(1);
+    changed.countermeasures.fragments = !changed.countermeasures.fragments;
+    lab.dp.install(&changed).unwrap();
+    assert_eq!(lab.dp.generation(1), Some(g + 1));
+    // Across a restart too: the digest lives in the pinned configuration.
+    drop(lab.dp);
+    let mut dp = XdpDatapath::load(&lab.root.options()).unwrap();
+    dp.install(&changed).unwrap();
+    assert_eq!(dp.generation(1), Some(g + 1));
+}
+
+#[test]
+fn quick_replacements_do_not_wait_and_keep_counting() {
+    // Replacements closer together than the grace period: each writes a new generation
+    // beside the retiring ones; the entry's counter keeps every match.
+    let with_acl = |i: u64| {
+        let mut s = spec(1);
+        s.acl = vec![AclEntry {
+            name: "drop-192.0.2".into(),
+            matches: AclMatch {
+                source: Some("192.0.2.0/24".parse().unwrap()),
+                ..Default::default()
+            },
+            action: AclAction::Drop,
+        }];
+        s.countermeasures.source_pps = Some(Rate::new(1_000_000 + i));
+        s
+    };
+    let mut lab = lab_with(with_acl(0));
+    let a = udp("192.0.2.1", T4, 1, 80);
+    for i in 1..=20u64 {
+        lab.dp.install(&with_acl(i)).unwrap();
+        assert_eq!(lab.run(&a), DROP);
+    }
+    assert_eq!(lab.dp.generation(1), Some(20));
+    let c = lab.counters(1);
+    assert_eq!(c.acl.len(), 1);
+    assert_eq!(c.acl[0].matched.packets, 20, "counts of retiring generations carried over");
+    // Once the retiring generations are gone, the count is the same.
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    lab.dp.maintain();
+    assert_eq!(lab.counters(1).acl[0].matched.packets, 20);
+    let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert_eq!(pinned.counters(1).unwrap().unwrap().acl[0].matched.packets, 20);
 }

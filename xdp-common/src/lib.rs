@@ -9,7 +9,7 @@
 //! them without byte swapping.
 #![no_std]
 
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------------------
 // Capacities (the defaults the program is built with; see the README for the memory cost).
@@ -50,11 +50,24 @@ pub const MAX_TALKERS: u32 = 8192;
 /// multiplies by this. A power of two (the kernel masks a random number with it).
 pub const TALKER_SAMPLE: u32 = 16;
 
-/// The fast-reject summary of target prefixes has `1 << SUMMARY_BITS` slots per family.
+/// IPv4 destinations are found in a direct array with one entry per /24 ([`dst_v4`]).
+pub const DST_V4_SLOTS: u32 = 1 << 24;
+/// The array holds the `u32` entries two to a `u64` value (entry `i` is the low half of
+/// value `i / 2` when `i` is even): the kernel spaces array values 8 bytes apart, so a map
+/// of `u32` values would take twice the memory, and its shared mapping would not be a
+/// plain `u32` array.
+pub const DST_V4_VALUES: u32 = DST_V4_SLOTS / 2;
+/// The fast-reject summary of IPv6 target prefixes has `1 << SUMMARY_BITS` slots.
 pub const SUMMARY_BITS: u32 = 20;
 pub const SUMMARY_SLOTS: u32 = 1 << SUMMARY_BITS;
 /// IPv6 summary slots are keyed by a hash of the first 48 bits of the destination.
 pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
+/// The ACL key filter ([`AclKeyV4::filter_bit`]) has `1 << ACL_FILTER_BITS` bits.
+pub const ACL_FILTER_BITS: u32 = 24;
+pub const ACL_FILTER_WORDS: u32 = 1 << (ACL_FILTER_BITS - 6);
+/// `BPF_F_MMAPABLE`: user space writes these arrays through a shared mapping (one store
+/// per entry) instead of one bpf(2) call per entry.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 // ---------------------------------------------------------------------------------------
 // Map names (at most 15 characters: the kernel's object-name limit).
@@ -62,11 +75,13 @@ pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
 pub mod map_names {
     pub const TARGETS_V4: &str = "TARGETS_V4";
     pub const TARGETS_V6: &str = "TARGETS_V6";
-    pub const SUMMARY_V4: &str = "TGT_SUM_V4";
+    pub const DST_V4: &str = "DST_V4";
     pub const SUMMARY_V6: &str = "TGT_SUM_V6";
     pub const MITIGATIONS: &str = "MITIGATIONS";
     pub const MITIGATION_STATS: &str = "MIT_STATS";
-    pub const ACL_KEYS: &str = "ACL_KEYS";
+    pub const ACL_KEYS_V4: &str = "ACL_KEYS_V4";
+    pub const ACL_KEYS_V6: &str = "ACL_KEYS_V6";
+    pub const ACL_FILTER: &str = "ACL_FILTER";
     pub const ACL_RULES: &str = "ACL_RULES";
     pub const ACL_STATS: &str = "ACL_STATS";
     pub const ACL_BASE: &str = "ACL_BASE";
@@ -79,14 +94,16 @@ pub mod map_names {
     pub const IF_STATS: &str = "IF_STATS";
     pub const TOP_TALKERS: &str = "TOP_TALKERS";
 
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         TARGETS_V4,
         TARGETS_V6,
-        SUMMARY_V4,
+        DST_V4,
         SUMMARY_V6,
         MITIGATIONS,
         MITIGATION_STATS,
-        ACL_KEYS,
+        ACL_KEYS_V4,
+        ACL_KEYS_V6,
+        ACL_FILTER,
         ACL_RULES,
         ACL_STATS,
         ACL_BASE,
@@ -265,7 +282,7 @@ pub mod list {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetValue {
-    /// Index into `MITIGATIONS` (`slot << 1 | parity`).
+    /// Index into `MITIGATIONS`: the live generation of the mitigation.
     pub ruleset: u32,
 }
 
@@ -293,10 +310,52 @@ pub const fn word_mask(len: u32, word: u32) -> u32 {
     }
 }
 
-/// Summary slot for an IPv4 destination: its top `SUMMARY_BITS` bits.
+/// IPv4 destinations: `DST_V4` holds one `u32` per /24 of the address space, so finding
+/// the mitigation of an IPv4 destination is one array read (the DIR-24-8 idea of routing
+/// tables, with the rare longer prefixes in the `TARGETS_V4` hash). User space keeps every
+/// entry equal to what the targets say, writing through a shared mapping.
+pub mod dst_v4 {
+    /// Bits 0..14: `ruleset + 1` of the longest target of length <= 24 that covers the /24
+    /// (0: none).
+    pub const RULESET_MASK: u32 = 0x3fff;
+    /// Bits 16..24: bit `len - 25` is set while a target of length `len` (25..=32) lies in
+    /// the /24; the kernel then probes `TARGETS_V4` for those lengths, longest first.
+    pub const LONGER_SHIFT: u32 = 16;
+    pub const LONGER_MASK: u32 = 0xff << LONGER_SHIFT;
+    /// Bits 24..29: the cover's prefix length (user space's bookkeeping: the kernel ignores
+    /// it), so the array itself says which cover a shorter or longer target may replace.
+    pub const COVER_LEN_SHIFT: u32 = 24;
+
+    /// The entry of a /24: its cover (`ruleset` and length of the longest target <= /24,
+    /// if any) and the lengths of longer targets inside it.
+    pub const fn entry(cover: Option<(u32, u8)>, longer: u8) -> u32 {
+        let c = match cover {
+            Some((r, len)) => ((r + 1) & RULESET_MASK) | ((len as u32 & 0x1f) << COVER_LEN_SHIFT),
+            None => 0,
+        };
+        c | ((longer as u32) << LONGER_SHIFT)
+    }
+
+    /// The cover of an entry: (ruleset, length).
+    pub const fn cover(entry: u32) -> Option<(u32, u8)> {
+        let r = entry & RULESET_MASK;
+        if r == 0 {
+            None
+        } else {
+            Some((r - 1, ((entry >> COVER_LEN_SHIFT) & 0x1f) as u8))
+        }
+    }
+
+    /// The lengths (bit `len - 25`) of longer targets inside the entry's /24.
+    pub const fn longer(entry: u32) -> u8 {
+        (entry >> LONGER_SHIFT) as u8
+    }
+}
+
+/// Index into `DST_V4` of an IPv4 address given as its raw network-order word.
 #[inline(always)]
-pub fn summary_index_v4(addr: [u8; 4]) -> u32 {
-    u32::from_be_bytes(addr) >> (32 - SUMMARY_BITS)
+pub fn dst_v4_index(addr_ne: u32) -> u32 {
+    u32::from_be(addr_ne) >> 8
 }
 
 /// Summary slot for an IPv6 destination: a multiplicative hash of its first 48 bits.
@@ -329,6 +388,9 @@ pub mod flags {
     pub const CM_SCOPE_CAP: u32 = 1 << 4;
     /// The scope lists protocols (otherwise any protocol is in scope).
     pub const SCOPE_PROTOCOLS: u32 = 1 << 12;
+    /// Bit `LISTS + list` is set while that source list ([`super::list`]) is not empty, so
+    /// a packet reads no list state of a mitigation without lists.
+    pub const LISTS: u32 = 16;
 }
 
 #[repr(C)]
@@ -419,30 +481,39 @@ pub mod tuple_fields {
     pub const PORTS: u8 = 1 << 3;
 }
 
+/// One generation of a mitigation, as the kernel reads it (`MITIGATIONS[ruleset]`). The
+/// fields every packet of the mitigation reads come first, in one cache line; the rest is
+/// read only when a flag says it is in use, or by user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MitigationConfig {
+    /// This generation's index in `MITIGATIONS` and the prefix of its ACL and source-list
+    /// keys, so a new generation is built beside the live one and switched to by
+    /// repointing the targets.
+    pub ruleset: u32,
+    /// [`flags`].
+    pub flags: u32,
+    /// 0: any destination port.
+    pub n_port_ranges: u32,
+    pub n_tuples: u32,
+    pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
     /// The owner's identifier for this mitigation (opaque to the kernel).
     pub id: u64,
-    /// `(slot << 1) | parity`: this generation's index in `MITIGATIONS` and the prefix of
-    /// its ACL and source-list keys, so a new generation is built beside the live one and
-    /// switched to by repointing the targets.
-    pub ruleset: u32,
     /// Counts up with every replacement (tells the newer of two generations apart when an
     /// agent re-adopts state it left mid-update).
     pub generation: u32,
-    /// [`flags`].
-    pub flags: u32,
     /// Rule slots `[rule_base, rule_base + rule_count)` in `ACL_RULES` used by this
     /// generation (bookkeeping for user space; the kernel follows `AclValue::rule`).
     pub rule_base: u32,
     pub rule_count: u32,
+    /// The mitigation's slot: its index in `MIT_STATS`, `SCOPE_BUCKETS` and talker keys,
+    /// stable across generations (each generation has a `ruleset` of its own).
+    pub slot: u32,
+    /// What the generation was compiled from (user space: re-installing an unchanged spec,
+    /// e.g. at a restart, is then a no-op).
+    pub spec_digest: u64,
     /// Bitmap of in-scope IP protocols when `SCOPE_PROTOCOLS` is set.
     pub proto_mask: [u64; 4],
-    pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
-    /// 0: any destination port.
-    pub n_port_ranges: u32,
-    pub n_tuples: u32,
     pub source_rate: RateSpec,
     pub syn_rate: RateSpec,
     pub scope_rate: RateSpec,
@@ -454,16 +525,18 @@ pub struct MitigationConfig {
 impl Default for MitigationConfig {
     fn default() -> Self {
         MitigationConfig {
-            id: 0,
             ruleset: 0,
-            generation: 0,
             flags: 0,
-            rule_base: 0,
-            rule_count: 0,
-            proto_mask: [0; 4],
-            port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
             n_port_ranges: 0,
             n_tuples: 0,
+            port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
+            id: 0,
+            generation: 0,
+            rule_base: 0,
+            rule_count: 0,
+            slot: 0,
+            spec_digest: 0,
+            proto_mask: [0; 4],
             source_rate: RateSpec::default(),
             syn_rate: RateSpec::default(),
             scope_rate: RateSpec::default(),
@@ -473,17 +546,27 @@ impl Default for MitigationConfig {
     }
 }
 
-impl MitigationConfig {
-    #[inline(always)]
-    pub fn slot(&self) -> u32 {
-        self.ruleset >> 1
-    }
-}
 
-/// Key of the ACL hash: a tuple's masked view of a packet.
+/// Key of the IPv4 ACL hash (`ACL_KEYS_V4`): a tuple's masked view of an IPv4 packet. Per
+/// family, so an IPv4 key is 20 bytes: the kernel hashes every byte of a key on a probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AclKey {
+pub struct AclKeyV4 {
+    pub ruleset: u32,
+    pub tuple: u8,
+    pub proto: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// Key of the IPv6 ACL hash (`ACL_KEYS_V6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclKeyV6 {
     pub ruleset: u32,
     pub tuple: u8,
     pub proto: u8,
@@ -493,6 +576,69 @@ pub struct AclKey {
     pub dport: u16,
     pub src: [u32; 4],
     pub dst: [u32; 4],
+}
+
+/// The ACL key filter: `ACL_FILTER` is a bitmap (`1 << ACL_FILTER_BITS` bits) with the bit
+/// of every live ACL key set, so a tuple whose key is absent usually costs a multiply-xor
+/// hash and one array read instead of a probe of the hash map (which hashes the whole key
+/// with jhash and compares it). A set bit is a hint, never a verdict: the probe decides.
+const ACL_FILTER_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[inline(always)]
+fn filter_mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(ACL_FILTER_MUL)
+}
+
+#[inline(always)]
+fn filter_finish(h: u64) -> u32 {
+    let h = filter_mix(h, h >> 29);
+    (h >> (64 - ACL_FILTER_BITS)) as u32
+}
+
+#[inline(always)]
+fn filter_head(ruleset: u32, tuple: u8, proto: u8, icmp_type: u8, icmp_code: u8) -> u64 {
+    ruleset as u64
+        | (tuple as u64) << 32
+        | (proto as u64) << 40
+        | (icmp_type as u64) << 48
+        | (icmp_code as u64) << 56
+}
+
+impl AclKeyV4 {
+    /// This key's bit in `ACL_FILTER`.
+    #[inline(always)]
+    pub fn filter_bit(&self) -> u32 {
+        let mut h = filter_mix(
+            0,
+            filter_head(self.ruleset, self.tuple, self.proto, self.icmp_type, self.icmp_code),
+        );
+        h = filter_mix(
+            h,
+            self.sport as u64 | (self.dport as u64) << 16 | (self.src as u64) << 32,
+        );
+        h = filter_mix(h, self.dst as u64);
+        filter_finish(h)
+    }
+}
+
+impl AclKeyV6 {
+    /// This key's bit in `ACL_FILTER`.
+    #[inline(always)]
+    pub fn filter_bit(&self) -> u32 {
+        let mut h = filter_mix(
+            0,
+            filter_head(self.ruleset, self.tuple, self.proto, self.icmp_type, self.icmp_code),
+        );
+        h = filter_mix(
+            h,
+            self.sport as u64 | (self.dport as u64) << 16 | (self.src[0] as u64) << 32,
+        );
+        h = filter_mix(h, self.src[1] as u64 | (self.src[2] as u64) << 32);
+        h = filter_mix(h, self.src[3] as u64 | (self.dst[0] as u64) << 32);
+        h = filter_mix(h, self.dst[1] as u64 | (self.dst[2] as u64) << 32);
+        h = filter_mix(h, self.dst[3] as u64);
+        filter_finish(h)
+    }
 }
 
 #[repr(C)]
@@ -602,7 +748,7 @@ pub struct RateKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TalkerKey {
-    /// The mitigation's slot (`ruleset >> 1`): stable across replacements of a mitigation.
+    /// The mitigation's slot ([`MitigationConfig::slot`]): stable across replacements.
     pub slot: u32,
     /// 4 or 6.
     pub family: u8,
@@ -620,7 +766,8 @@ mod pod {
     unsafe impl aya::Pod for InterfaceStats {}
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for MitigationConfig {}
-    unsafe impl aya::Pod for AclKey {}
+    unsafe impl aya::Pod for AclKeyV4 {}
+    unsafe impl aya::Pod for AclKeyV6 {}
     unsafe impl aya::Pod for AclValue {}
     unsafe impl aya::Pod for AclRule {}
     unsafe impl aya::Pod for Bucket {}
@@ -632,12 +779,15 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use core::mem::size_of;
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<AclKey>(), 44);
+        assert_eq!(size_of::<AclKeyV4>(), 20);
+        assert_eq!(size_of::<AclKeyV6>(), 44);
+        assert_eq!(size_of::<MitigationConfig>(), 952);
         assert_eq!(size_of::<AclTuple>(), 44);
         assert_eq!(size_of::<AclRule>(), 64);
         assert_eq!(size_of::<RateKey>(), 24);
@@ -673,11 +823,60 @@ mod tests {
     }
 
     #[test]
-    fn summary_index_uses_top_bits() {
+    fn dst_v4_entries_and_index() {
         assert_eq!(
-            summary_index_v4([198, 51, 100, 7]),
-            u32::from_be_bytes([198, 51, 100, 0]) >> 12
+            dst_v4_index(u32::from_ne_bytes([198, 51, 100, 7])),
+            u32::from_be_bytes([0, 198, 51, 100])
         );
+        assert_eq!(dst_v4::entry(None, 0), 0);
+        assert_eq!(dst_v4::entry(Some((0, 24)), 0) & dst_v4::RULESET_MASK, 1);
+        let e = dst_v4::entry(Some((8191, 8)), 0b1000_0001);
+        assert_eq!(e & dst_v4::RULESET_MASK, 8192);
+        assert_eq!(dst_v4::cover(e), Some((8191, 8)));
+        assert_eq!(dst_v4::longer(e), 0b1000_0001);
+        assert_eq!(dst_v4::cover(dst_v4::entry(None, 3)), None);
+    }
+
+    #[test]
+    fn acl_filter_bits_spread() {
+        // Keys differing in any one field land on different bits (nearly always), and all
+        // bits stay inside the filter.
+        let base = AclKeyV4 {
+            ruleset: 7,
+            tuple: 1,
+            proto: 17,
+            dport: 9999,
+            ..Default::default()
+        };
+        let mut bits = [0u32; 6];
+        bits[0] = base.filter_bit();
+        bits[1] = AclKeyV4 { ruleset: 6, ..base }.filter_bit();
+        bits[2] = AclKeyV4 { tuple: 2, ..base }.filter_bit();
+        bits[3] = AclKeyV4 { dport: 9998, ..base }.filter_bit();
+        bits[4] = AclKeyV4 { src: 1, ..base }.filter_bit();
+        bits[5] = AclKeyV4 { dst: 1 << 31, ..base }.filter_bit();
+        for (i, a) in bits.iter().enumerate() {
+            assert!(*a < 1 << ACL_FILTER_BITS);
+            for b in &bits[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let v6 = AclKeyV6 {
+            ruleset: 7,
+            src: [0, 0, 0, 1],
+            ..Default::default()
+        };
+        assert_ne!(v6.filter_bit(), AclKeyV6 { src: [0; 4], ..v6 }.filter_bit());
+        // 100,000 distinct keys: few collisions in 16M bits.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000u32 {
+            seen.insert(AclKeyV4 { src: i.to_be(), ..base }.filter_bit());
+        }
+        assert!(seen.len() > 99_000, "{}", seen.len());
+    }
+
+    #[test]
+    fn ipv6_summary_index() {
         let a = [
             0x20, 0x01, 0x0d, 0xb8, 0x64, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         ];

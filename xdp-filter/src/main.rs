@@ -1,10 +1,12 @@
 //! xdp-filter: the dots-agent hot path.
 //!
-//! Per packet: parse; fast-reject destinations no mitigation can cover (one array read);
-//! find the mitigation covering the destination (one hash probe per target prefix length
-//! present in the destination's summary slot, longest first); narrow by its protocol/port
-//! scope; then accept-list, drop-list, ACL entries (tuple-space search), built-in
-//! countermeasures, pass. Everything is counted per CPU. Map layouts: `xdp-common`.
+//! Per packet: parse; find the mitigation covering the destination (IPv4: one read of a
+//! direct array per /24, plus a hash probe per longer target length present in that /24;
+//! IPv6: a summary slot per hashed /48, then one hash probe per target length present),
+//! which also fast-rejects every unmitigated destination; narrow by the mitigation's
+//! protocol/port scope; then accept-list, drop-list, ACL entries (tuple-space search behind
+//! a key filter), built-in countermeasures, pass. Everything is counted per CPU. Map
+//! layouts: `xdp-common`.
 #![no_std]
 #![no_main]
 // Atomic add on map values (core's AtomicU64 has no fetch_add on this target).
@@ -22,12 +24,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdp_common::{
-    acl_action, bit_op, flags, list, prefix_tag, residual, source_kind, summary_index_v4,
-    summary_index_v6, tuple_fields, word_mask, AclKey, AclRule, AclValue, Bucket, Counter,
-    DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4, PrefixV6,
-    RateKey, TalkerKey, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS,
-    MAX_CHAIN, MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES,
-    MAX_TALKERS, MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
+    acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
+    summary_index_v6, tuple_fields, word_mask, AclKeyV4, AclKeyV6, AclRule, AclTuple, AclValue,
+    Bucket, Counter, DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats,
+    PrefixV4, PrefixV6, RateKey, TalkerKey, TargetValue, ACL_FILTER_WORDS, ACL_RULE_SLOTS,
+    AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN,
+    MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TALKERS,
+    MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
     TALKER_SAMPLE,
 };
 
@@ -42,16 +45,26 @@ static TARGETS_V4: HashMap<PrefixV4, TargetValue> =
 #[map]
 static TARGETS_V6: HashMap<PrefixV6, TargetValue> =
     HashMap::pinned(MAX_TARGETS_PER_FAMILY, BPF_F_NO_PREALLOC);
+/// One entry per IPv4 /24: the covering mitigation, and which longer targets lie inside
+/// ([`dst_v4`]).
 #[map]
-static TGT_SUM_V4: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, 0);
+static DST_V4: Array<u64> = Array::pinned(DST_V4_VALUES, BPF_F_MMAPABLE);
 #[map]
-static TGT_SUM_V6: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, 0);
+static TGT_SUM_V6: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static MITIGATIONS: Array<MitigationConfig> = Array::pinned(CONFIG_SLOTS, 0);
 #[map]
 static MIT_STATS: PerCpuArray<MitigationStats> = PerCpuArray::pinned(MAX_MITIGATIONS, 0);
 #[map]
-static ACL_KEYS: HashMap<AclKey, AclValue> = HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
+static ACL_KEYS_V4: HashMap<AclKeyV4, AclValue> =
+    HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
+#[map]
+static ACL_KEYS_V6: HashMap<AclKeyV6, AclValue> =
+    HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
+/// A bit per live ACL key (see `AclKeyV4::filter_bit`): most absent keys are told apart
+/// here, without probing the hash maps.
+#[map]
+static ACL_FILTER: Array<u64> = Array::pinned(ACL_FILTER_WORDS, BPF_F_MMAPABLE);
 #[map]
 static ACL_RULES: Array<AclRule> = Array::pinned(ACL_RULE_SLOTS, 0);
 #[map]
@@ -82,12 +95,25 @@ static TOP_TALKERS: LruPerCpuHashMap<TalkerKey, Counter> = LruPerCpuHashMap::pin
 /// the constant, so with 0 it removes the sampling code (helper call included).
 #[no_mangle]
 static TALKER_SAMPLING: u32 = 1;
-/// The parsed packet of a mitigated destination. Copied into map memory on purpose: the
-/// verifier does not track values stored there, so the many parse paths (VLAN, IPv4/IPv6,
-/// fragments, protocols) converge into one state before the lookups and the classifier,
-/// instead of each being verified through them separately (over the 1M-instruction budget).
+/// Per-CPU working state: the parsed packet of a mitigated destination, with what the fast
+/// path found for it, and the talker sampler's random state.
+#[repr(C)]
+struct Scratch {
+    pkt: Packet,
+    /// The destination's `DST_V4` entry (IPv4) or summary mask (IPv6).
+    v4_entry: u32,
+    _pad: u32,
+    v6_lengths: LengthMask,
+    /// xorshift64 state; 0 until the first sampled drop on this CPU seeds it.
+    rng: u64,
+}
+
+/// Scratch in map memory on purpose: the verifier does not track values stored there, so
+/// the many parse paths (VLAN, IPv4/IPv6, fragments, protocols) converge into one state
+/// before the lookups and the classifier, instead of each being verified through them
+/// separately (over the 1M-instruction budget).
 #[map]
-static PKT_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xdp_filter(ctx: XdpContext) -> u32 {
@@ -107,41 +133,63 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
         Ok(l3) => l3,
         Err(e) => return not_parsed(ifs, e),
     };
-    // The fast path: one array read tells most unmitigated destinations apart.
-    let summary = match l3 {
-        parse::L3::V4(off) => match parse::ipv4_destination(&ctx, off) {
-            Ok(dst) => TGT_SUM_V4.get(summary_index_v4(dst.to_ne_bytes())),
-            Err(e) => return not_parsed(ifs, e),
-        },
-        parse::L3::V6(off) => match parse::ipv6_destination_top48(&ctx, off) {
-            Ok(top48) => TGT_SUM_V6.get(summary_index_v6(top48)),
-            Err(e) => return not_parsed(ifs, e),
-        },
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
     };
-    let lengths = match summary {
-        Some(m) if m[0] | m[1] != 0 => *m,
-        _ => return xdp_action::XDP_PASS,
-    };
+    // The fast path: one array read tells unmitigated destinations apart.
+    match l3 {
+        parse::L3::V4(off) => {
+            let dst = match parse::ipv4_destination(&ctx, off) {
+                Ok(dst) => dst,
+                Err(e) => return not_parsed(ifs, e),
+            };
+            let i = dst_v4_index(dst);
+            let entry = match DST_V4.get(i >> 1) {
+                // Two entries per value, the even one in the low half (see DST_V4_VALUES).
+                Some(pair) => (*pair >> ((i & 1) << 5)) as u32,
+                None => 0,
+            };
+            if entry == 0 {
+                return xdp_action::XDP_PASS;
+            }
+            // SAFETY: per-CPU scratch value, only this program run uses it.
+            unsafe { (*scratch).v4_entry = entry };
+        }
+        parse::L3::V6(off) => {
+            let lengths = match parse::ipv6_destination_top48(&ctx, off) {
+                Ok(top48) => match TGT_SUM_V6.get(summary_index_v6(top48)) {
+                    Some(m) if m[0] | m[1] != 0 => *m,
+                    _ => return xdp_action::XDP_PASS,
+                },
+                Err(e) => return not_parsed(ifs, e),
+            };
+            // SAFETY: as above.
+            unsafe { (*scratch).v6_lengths = lengths };
+        }
+    }
 
     // A destination that may be mitigated: parse everything, into map memory.
-    let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: per-CPU scratch value, only this program run uses it.
-    parse::parse(&ctx, l3, unsafe { &mut *scratch });
+    // SAFETY: as above.
+    parse::parse(&ctx, l3, unsafe { &mut (*scratch).pkt });
     // A second lookup, so the compiler re-reads the fields from map memory instead of
-    // reusing registers (see PKT_SCRATCH).
-    let Some(pkt) = PKT_SCRATCH.get(0) else {
+    // reusing registers (see SCRATCH).
+    let Some(s) = SCRATCH.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let Some(ruleset) = find_target(pkt, lengths) else {
+    let pkt = &s.pkt;
+    let ruleset = if pkt.family == 4 {
+        find_target_v4(pkt.dst[0], s.v4_entry)
+    } else {
+        find_target_v6(pkt, s.v6_lengths)
+    };
+    let Some(ruleset) = ruleset else {
         return xdp_action::XDP_PASS;
     };
     ifs.to_target += 1;
     let Some(cfg) = MITIGATIONS.get(ruleset) else {
         return xdp_action::XDP_PASS;
     };
-    let verdict = mitigate(cfg, cfg.slot(), pkt, len);
+    let verdict = mitigate(cfg, cfg.slot, pkt, len, scratch);
     if verdict == xdp_action::XDP_DROP {
         ifs.dropped += 1;
     }
@@ -236,10 +284,43 @@ fn lookup_prefix<V>(
     }
 }
 
-/// The ruleset of the mitigation whose target is the longest prefix covering the
+/// The ruleset of the IPv4 mitigation whose target is the longest prefix covering `dst`:
+/// a target longer than /24 inside the destination's /24 (one hash probe per such length
+/// present, longest first), else the /24's cover from `DST_V4`.
+#[inline(always)]
+fn find_target_v4(dst: u32, entry: u32) -> Option<u32> {
+    let longer = entry >> dst_v4::LONGER_SHIFT;
+    if longer != 0 {
+        for i in (0..8u32).rev() {
+            if longer & (1 << i) == 0 {
+                continue;
+            }
+            let len = 25 + i as usize;
+            let Some(m) = PREFIX_MASKS.get(len) else {
+                break;
+            };
+            let key = PrefixV4 {
+                tag: prefix_tag(0, 0, len as u8),
+                addr: dst & m[0],
+            };
+            // SAFETY: hash values are replaced whole, never written in place.
+            if let Some(v) = unsafe { TARGETS_V4.get(&key) } {
+                return Some(v.ruleset);
+            }
+        }
+    }
+    let cover = entry & dst_v4::RULESET_MASK;
+    if cover == 0 {
+        None
+    } else {
+        Some(cover - 1)
+    }
+}
+
+/// The ruleset of the IPv6 mitigation whose target is the longest prefix covering the
 /// destination: one hash probe per candidate length, longest first.
 #[inline(always)]
-fn find_target(pkt: &Packet, mut lengths: LengthMask) -> Option<u32> {
+fn find_target_v6(pkt: &Packet, mut lengths: LengthMask) -> Option<u32> {
     for _ in 0..MAX_PREFIX_LENGTHS {
         if lengths[0] | lengths[1] == 0 {
             break;
@@ -249,7 +330,7 @@ fn find_target(pkt: &Packet, mut lengths: LengthMask) -> Option<u32> {
             &TARGETS_V4,
             &TARGETS_V6,
             prefix_tag(0, 0, len),
-            pkt.family,
+            6,
             len,
             &pkt.dst,
         ) {
@@ -289,7 +370,13 @@ fn in_scope(cfg: &MitigationConfig, pkt: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn mitigate(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> u32 {
+fn mitigate(
+    cfg: &MitigationConfig,
+    slot: u32,
+    pkt: &Packet,
+    len: u64,
+    scratch: *mut Scratch,
+) -> u32 {
     if !in_scope(cfg, pkt) {
         return xdp_action::XDP_PASS;
     }
@@ -313,7 +400,7 @@ fn mitigate(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> u32 {
             if let Some(c) = stats.dropped.get_mut(reason as usize) {
                 count(c, len);
             }
-            sample_talker(slot, pkt, len);
+            sample_talker(slot, pkt, len, scratch);
             xdp_action::XDP_DROP
         }
     }
@@ -325,16 +412,28 @@ fn count(c: &mut Counter, len: u64) {
     c.bytes += len;
 }
 
-/// Records one drop in `TALKER_SAMPLE` under its source: one helper call per drop, one
-/// map operation per sampled drop, nothing on pass paths.
+/// Records one drop in `TALKER_SAMPLE` under its source: a few ALU instructions per drop
+/// (a per-CPU xorshift generator, no helper call), one map operation per sampled drop,
+/// nothing on pass paths.
 #[inline(always)]
-fn sample_talker(slot: u32, pkt: &Packet, len: u64) {
+fn sample_talker(slot: u32, pkt: &Packet, len: u64, scratch: *mut Scratch) {
     // SAFETY: reads a constant; volatile so the loader's value is used, not the default.
     if unsafe { core::ptr::read_volatile(&TALKER_SAMPLING) } == 0 {
         return;
     }
-    // SAFETY: helper with no arguments.
-    if unsafe { bpf_get_prandom_u32() } & (TALKER_SAMPLE - 1) != 0 {
+    // SAFETY: this CPU's scratch value; XDP runs are not preempted.
+    let rng = unsafe { core::ptr::addr_of_mut!((*scratch).rng) };
+    let mut x = unsafe { core::ptr::read_volatile(rng) };
+    if x == 0 {
+        // SAFETY: helper with no arguments.
+        x = unsafe { bpf_get_prandom_u32() } as u64 | 1 << 32;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(rng, x) };
+    if (x >> 32) as u32 & (TALKER_SAMPLE - 1) != 0 {
         return;
     }
     let key = TalkerKey {
@@ -384,8 +483,13 @@ fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict 
         return Verdict::Drop(DropReason::DropList);
     }
     if cfg.n_tuples > 0 {
-        if let Some(rule_idx) = classify(cfg, pkt) {
-            if let Some(v) = apply_rule(rule_idx, len) {
+        let hit = if pkt.family == 4 {
+            classify::<AclKeyV4>(cfg, pkt)
+        } else {
+            classify::<AclKeyV6>(cfg, pkt)
+        };
+        if let Some(idx) = hit {
+            if let Some(v) = apply_rule(idx, len) {
                 return v;
             }
         }
@@ -397,6 +501,9 @@ fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict 
 /// length present in the list.
 #[inline(always)]
 fn on_list(cfg: &MitigationConfig, which: u8, pkt: &Packet) -> bool {
+    if cfg.flags & (1 << (flags::LISTS + which as u32)) == 0 {
+        return false;
+    }
     let Some(mask) = cfg.source_lengths.get(which as usize) else {
         return false;
     };
@@ -414,10 +521,105 @@ fn on_list(cfg: &MitigationConfig, which: u8, pkt: &Packet) -> bool {
     false
 }
 
-/// Tuple-space search: probe each tuple's hash with the packet masked to that tuple, walk
-/// the (short, priority-sorted) chain for residual checks, keep the best-priority hit.
+/// An ACL key type: the packet masked to a tuple, its filter bit and its hash map.
+trait AclProbe: Sized {
+    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self;
+    fn filter_bit(&self) -> u32;
+    fn lookup(&self) -> Option<u32>;
+}
+
 #[inline(always)]
-fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
+fn masked_proto(tp: &AclTuple, pkt: &Packet) -> (u8, u8, u8) {
+    (
+        if tp.fields & tuple_fields::PROTO != 0 {
+            pkt.proto
+        } else {
+            0
+        },
+        if tp.fields & tuple_fields::ICMP_TYPE != 0 {
+            pkt.icmp_type
+        } else {
+            0
+        },
+        if tp.fields & tuple_fields::ICMP_CODE != 0 {
+            pkt.icmp_code
+        } else {
+            0
+        },
+    )
+}
+
+impl AclProbe for AclKeyV4 {
+    #[inline(always)]
+    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self {
+        let (proto, icmp_type, icmp_code) = masked_proto(tp, pkt);
+        AclKeyV4 {
+            ruleset,
+            tuple: t,
+            proto,
+            icmp_type,
+            icmp_code,
+            sport: pkt.sport & tp.sport_mask,
+            dport: pkt.dport & tp.dport_mask,
+            src: pkt.src[0] & tp.src_mask[0],
+            dst: pkt.dst[0] & tp.dst_mask[0],
+        }
+    }
+    #[inline(always)]
+    fn filter_bit(&self) -> u32 {
+        AclKeyV4::filter_bit(self)
+    }
+    #[inline(always)]
+    fn lookup(&self) -> Option<u32> {
+        // SAFETY: hash values are replaced whole, never written in place.
+        unsafe { ACL_KEYS_V4.get(self) }.map(|v| v.rule)
+    }
+}
+
+impl AclProbe for AclKeyV6 {
+    #[inline(always)]
+    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self {
+        let (proto, icmp_type, icmp_code) = masked_proto(tp, pkt);
+        AclKeyV6 {
+            ruleset,
+            tuple: t,
+            proto,
+            icmp_type,
+            icmp_code,
+            sport: pkt.sport & tp.sport_mask,
+            dport: pkt.dport & tp.dport_mask,
+            src: [
+                pkt.src[0] & tp.src_mask[0],
+                pkt.src[1] & tp.src_mask[1],
+                pkt.src[2] & tp.src_mask[2],
+                pkt.src[3] & tp.src_mask[3],
+            ],
+            dst: [
+                pkt.dst[0] & tp.dst_mask[0],
+                pkt.dst[1] & tp.dst_mask[1],
+                pkt.dst[2] & tp.dst_mask[2],
+                pkt.dst[3] & tp.dst_mask[3],
+            ],
+        }
+    }
+    #[inline(always)]
+    fn filter_bit(&self) -> u32 {
+        AclKeyV6::filter_bit(self)
+    }
+    #[inline(always)]
+    fn lookup(&self) -> Option<u32> {
+        // SAFETY: hash values are replaced whole, never written in place.
+        unsafe { ACL_KEYS_V6.get(self) }.map(|v| v.rule)
+    }
+}
+
+/// Tuple-space search: for each tuple, the packet masked to it is checked against the key
+/// filter and, if its bit is set, probed in the tuple hash; the (short, priority-sorted)
+/// chain is walked for residual checks; the best-priority hit wins.
+#[inline(always)]
+fn classify<K: AclProbe>(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
+    // An index, not an Option of a reference: LLVM spills the payload of a None, which
+    // the verifier refuses as a read of an uninitialised register.
     let mut best = NO_RULE;
     let mut best_prio = u32::MAX;
     for t in 0..MAX_TUPLES {
@@ -437,44 +639,17 @@ fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
         if tp.fields & (tuple_fields::ICMP_TYPE | tuple_fields::ICMP_CODE) != 0 && !pkt.has_icmp {
             continue;
         }
-        let key = AclKey {
-            ruleset: cfg.ruleset,
-            tuple: t as u8,
-            proto: if tp.fields & tuple_fields::PROTO != 0 {
-                pkt.proto
-            } else {
-                0
-            },
-            icmp_type: if tp.fields & tuple_fields::ICMP_TYPE != 0 {
-                pkt.icmp_type
-            } else {
-                0
-            },
-            icmp_code: if tp.fields & tuple_fields::ICMP_CODE != 0 {
-                pkt.icmp_code
-            } else {
-                0
-            },
-            sport: pkt.sport & tp.sport_mask,
-            dport: pkt.dport & tp.dport_mask,
-            src: [
-                pkt.src[0] & tp.src_mask[0],
-                pkt.src[1] & tp.src_mask[1],
-                pkt.src[2] & tp.src_mask[2],
-                pkt.src[3] & tp.src_mask[3],
-            ],
-            dst: [
-                pkt.dst[0] & tp.dst_mask[0],
-                pkt.dst[1] & tp.dst_mask[1],
-                pkt.dst[2] & tp.dst_mask[2],
-                pkt.dst[3] & tp.dst_mask[3],
-            ],
-        };
-        // SAFETY: hash values are replaced whole, never written in place.
-        let Some(head) = (unsafe { ACL_KEYS.get(&key) }) else {
+        let key = K::build(cfg.ruleset, t as u8, tp, pkt);
+        let bit = key.filter_bit();
+        let Some(word) = ACL_FILTER.get(bit >> 6) else {
             continue;
         };
-        let mut r = head.rule;
+        if *word & (1u64 << (bit & 63)) == 0 {
+            continue;
+        }
+        let Some(mut r) = key.lookup() else {
+            continue;
+        };
         for _ in 0..MAX_CHAIN {
             if r == NO_RULE {
                 break;

@@ -7,6 +7,9 @@
 //! cost follows the number of shapes, not the number of entries. Fields that cannot be part
 //! of an exact key (port ranges that are not aligned blocks, TTL, length, DSCP, fragment and
 //! TCP-flag tests) are checked on the candidates that share a key, walked in priority order.
+//! Keys are per address family (a 20-byte IPv4 key, a 44-byte IPv6 key); a tuple without
+//! addresses gets its keys in both tables. Every key's bit is set in the kernel's key filter
+//! (`AclKeyV4::filter_bit`) while its generation lives, so most absent keys cost no probe.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -16,7 +19,8 @@ use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
     acl_action, bit_op, flags, frag_bits, length_bit, list, prefix_tag, rate_unit, residual,
-    tuple_fields, AclKey, AclRule, AclTuple, AclValue, MitigationConfig, PortRange as KPortRange,
+    tuple_fields, AclKeyV4, AclKeyV6, AclRule, AclTuple, AclValue, MitigationConfig,
+    PortRange as KPortRange,
     PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS,
     MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
 };
@@ -77,6 +81,47 @@ pub struct Compiled {
     pub keys: Vec<(AclKey, AclValue)>,
     /// Accept- and drop-list entries of this generation.
     pub sources: Vec<PrefixEntry>,
+}
+
+/// An ACL key of either family's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AclKey {
+    V4(AclKeyV4),
+    V6(AclKeyV6),
+}
+
+impl AclKey {
+    /// The key's bit in the kernel's key filter.
+    pub fn filter_bit(&self) -> u32 {
+        match self {
+            AclKey::V4(k) => k.filter_bit(),
+            AclKey::V6(k) => k.filter_bit(),
+        }
+    }
+
+    pub fn ruleset(&self) -> u32 {
+        match self {
+            AclKey::V4(k) => k.ruleset,
+            AclKey::V6(k) => k.ruleset,
+        }
+    }
+}
+
+/// Bumped whenever the same spec would compile to different map entries, so that
+/// [`spec_digest`] never calls an old generation up to date.
+const COMPILER_VERSION: u64 = 1;
+
+/// A digest of a spec (and of the compiler), kept in the generation's configuration: an
+/// install whose spec has the digest of the live generation has nothing to change.
+pub fn spec_digest(spec: &MitigationSpec) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    COMPILER_VERSION.hash(&mut h);
+    // serde_json of the spec is deterministic (fields in declaration order, lists in order).
+    match serde_json::to_vec(spec) {
+        Ok(bytes) => h.write(&bytes),
+        Err(_) => return 0, // never: plain data; 0 is never taken as up to date
+    }
+    h.0.max(1)
 }
 
 /// Checks a spec without compiling it (the same checks `compile` makes).
@@ -166,6 +211,7 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
             };
             let (word, bit) = length_bit(p.prefix_len());
             out.config.source_lengths[which as usize][word] |= bit;
+            out.config.flags |= 1 << (flags::LISTS + which as u32);
             out.sources.push(prefix_entry(ruleset, which, p));
         }
     }
@@ -183,6 +229,7 @@ pub fn compile(spec: &MitigationSpec, ruleset: u32, rule_base: u32) -> Result<Co
         }
     }
     compile_acl(&spec.acl, &mut out)?;
+    out.config.spec_digest = spec_digest(spec);
     Ok(out)
 }
 
@@ -343,7 +390,7 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
     }
     let mut names = HashSet::new();
     // Per entry: its shape, its key (tuple index filled in later) and its rule.
-    let mut shaped: Vec<(Shape, AclKey, AclRule)> = Vec::with_capacity(entries.len());
+    let mut shaped: Vec<(Shape, KeyFields, AclRule)> = Vec::with_capacity(entries.len());
     for (prio, e) in entries.iter().enumerate() {
         if e.name.is_empty() || e.name.len() > 64 {
             return Err(SpecError::BadAclName(e.name.clone()));
@@ -403,20 +450,68 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
         for w in members.windows(2) {
             out.rules[w[0] as usize].next = out.config.rule_base + w[1];
         }
-        out.keys.push((
-            key.0,
-            AclValue {
-                rule: out.config.rule_base + members[0],
-            },
-        ));
+        let value = AclValue {
+            rule: out.config.rule_base + members[0],
+        };
+        let family = order[key.0.tuple as usize].0.family;
+        if family != 6 {
+            out.keys.push((AclKey::V4(key.0.v4()), value));
+        }
+        if family != 4 {
+            out.keys.push((AclKey::V6(key.0.v6()), value));
+        }
     }
     out.config.rule_count = entries.len() as u32;
     Ok(())
 }
 
+/// An entry's key fields before they are split by family.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct KeyFields {
+    ruleset: u32,
+    tuple: u8,
+    proto: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+impl KeyFields {
+    fn v4(&self) -> AclKeyV4 {
+        AclKeyV4 {
+            ruleset: self.ruleset,
+            tuple: self.tuple,
+            proto: self.proto,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            sport: self.sport,
+            dport: self.dport,
+            src: self.src[0],
+            dst: self.dst[0],
+        }
+    }
+
+    fn v6(&self) -> AclKeyV6 {
+        AclKeyV6 {
+            ruleset: self.ruleset,
+            tuple: self.tuple,
+            proto: self.proto,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            sport: self.sport,
+            dport: self.dport,
+            src: self.src,
+            dst: self.dst,
+        }
+    }
+}
+
 /// Orders keys so chains are built deterministically.
 #[derive(PartialEq, Eq)]
-struct KeyOrd(AclKey);
+struct KeyOrd(KeyFields);
 impl Ord for KeyOrd {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         let a = &self.0;
@@ -461,7 +556,7 @@ fn shape_mask(family: u8, len: u8) -> [u32; 4] {
     }
 }
 
-fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), SpecError> {
+fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, KeyFields, AclRule), SpecError> {
     let m = &e.matches;
     let name = e.name.as_str();
     let family = match (m.source, m.destination) {
@@ -480,7 +575,7 @@ fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), Sp
         sport_mask: 0,
         dport_mask: 0,
     };
-    let mut key = AclKey::default();
+    let mut key = KeyFields::default();
     let mut rule = AclRule {
         name_hash: name_hash(name),
         priority: prio,
@@ -627,10 +722,45 @@ mod tests {
         assert_eq!(c.config.n_tuples, 1);
         assert_eq!(c.keys.len(), 1000);
         assert_eq!(c.rules.len(), 1000);
-        assert!(c
-            .keys
-            .iter()
-            .all(|(k, v)| k.ruleset == 14 && v.rule >= 100 && v.rule < 1100));
+        assert!(c.keys.iter().all(|(k, v)| matches!(k, AclKey::V4(_))
+            && k.ruleset() == 14
+            && v.rule >= 100
+            && v.rule < 1100));
+    }
+
+    #[test]
+    fn keys_without_addresses_go_to_both_families() {
+        let e = AclEntry {
+            name: "udp-9999".into(),
+            matches: AclMatch {
+                protocol: Some(17),
+                destination_port: Some(PortRange::single(9999)),
+                ..Default::default()
+            },
+            action: AclAction::Drop,
+        };
+        let c = compile(&spec(vec![e]), 3, 0).unwrap();
+        assert_eq!(c.keys.len(), 2);
+        let AclKey::V4(k4) = c.keys[0].0 else {
+            panic!("IPv4 key first")
+        };
+        let AclKey::V6(k6) = c.keys[1].0 else {
+            panic!("IPv6 key second")
+        };
+        assert_eq!((k4.proto, k4.dport, k4.ruleset), (17, 9999, 3));
+        assert_eq!((k6.proto, k6.dport, k6.src, k6.dst), (17, 9999, [0; 4], [0; 4]));
+        assert_eq!(c.config.flags & (0xf << flags::LISTS), 0);
+    }
+
+    #[test]
+    fn digest_follows_the_spec() {
+        let a = spec(vec![drop_src("a", "192.0.2.0/24")]);
+        let mut b = a.clone();
+        assert_eq!(spec_digest(&a), spec_digest(&b));
+        assert_ne!(spec_digest(&a), 0);
+        b.countermeasures.fragments = true;
+        assert_ne!(spec_digest(&a), spec_digest(&b));
+        assert_eq!(compile(&a, 0, 0).unwrap().config.spec_digest, spec_digest(&a));
     }
 
     #[test]
@@ -660,8 +790,9 @@ mod tests {
             action: AclAction::Drop,
         };
         let c = compile(&spec(vec![mk("x", 1000, 2000), mk("y", 3000, 4001)]), 0, 10).unwrap();
-        assert_eq!(c.keys.len(), 1);
+        assert_eq!(c.keys.len(), 2, "one key per family, both heading the chain");
         assert_eq!(c.keys[0].1.rule, 10);
+        assert_eq!(c.keys[1].1.rule, 10);
         assert_eq!(c.rules[0].next, 11);
         assert_eq!(c.rules[1].next, NO_RULE);
         assert_eq!(c.rules[0].checks, residual::DPORT_RANGE);
@@ -779,6 +910,8 @@ mod tests {
             [1 << 47, 1 << 63]
         );
         assert_eq!(c.config.source_lengths[list::DROP_V4 as usize], [0, 0]);
+        let lists = (c.config.flags >> flags::LISTS) & 0xf;
+        assert_eq!(lists, 1 << list::ACCEPT_V4 | 1 << list::DROP_V6);
     }
 
     #[test]
