@@ -12,11 +12,11 @@ use std::time::Duration;
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, Session, TransportChoice};
 use dots_agent::data::client::{request, HttpResponse};
-use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
 use dots_e2e::dots::{http_get, in_ns, start_server};
 use dots_e2e::{Lab, VethPair, SERVER_IP};
+use dots_lab::packet::PacketSpec;
 
 const D: &str = "/restconf/data/ietf-dots-data-channel:dots-data";
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, Session, TransportChoice};
-use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{self, PreMitigation, SetupItem, TelemetryConfig};
 use dots_agent::traffic::{send_paced, RawSocket};
 use dots_e2e::dots::{connect, in_ns, start_server};
 use dots_e2e::{Lab, VethPair};
+use dots_lab::packet::PacketSpec;
 
 const ATTACKER: &str = "192.0.2.77";
 const TARGET: &str = "198.51.100.10";

@@ -9,9 +9,9 @@ use dots_agent::datapath::{
     AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
     Mitigator, XdpDatapath, DEFAULT_AMPLIFICATION_PORTS,
 };
-use dots_agent::packet::PacketSpec;
 use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
 use dots_e2e::{PinRoot, VethPair};
+use dots_lab::packet::PacketSpec;
 use xdp_common::DropReason;
 
 const TARGET4: &str = "198.51.100.7";

@@ -269,7 +269,7 @@ pub fn count_received(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{Fragment, PacketSpec};
+    use dots_lab::packet::{Fragment, PacketSpec};
 
     #[test]
     fn flows_are_parsed_from_frames() {

@@ -210,9 +210,9 @@ pub mod dots {
     use std::time::Duration;
 
     use dots_agent::client::{ClientConfig, Session};
-    use dots_agent::packet::PacketSpec;
     use dots_agent::server::ServerConfig;
     use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
+    use dots_lab::packet::PacketSpec;
 
     use super::{Netns, VethPair};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::traffic::{flow_of, RawSocket};
+use dots_agent::traffic::{flow_of, RawSocket};
 
 /// Packet and byte counters per label, plus "other" (last) for unlabelled IP frames.
 pub struct Counts {

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 
-use crate::datapath::raw::{
+use crate::xdp_asm::{
     bpf, bpf_fd, insn, link_xdp, load_xdp, put_u32, put_u64, BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM,
 };
 
@@ -45,7 +45,7 @@ impl Fanout {
             bail!("copies must be between 1 and {MAX_COPIES}");
         }
         let index = |name: &str| {
-            crate::datapath::interface_index(name)
+            dots_agent::datapath::interface_index(name)
                 .with_context(|| format!("no interface {name:?} in this network namespace"))
         };
         let (in_idx, out_idx) = (index(input)?, index(output)?);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{Pace, Pacer, Template};
-use crate::traffic::RawSocket;
+use dots_agent::traffic::RawSocket;
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;

@@ -1,4 +1,4 @@
-//! `dots-agent lab bench`: how many packets per second the scrubber drops on the veth lab,
+//! `dots-lab bench`: how many packets per second the scrubber drops on the veth lab,
 //! with four droppers measured in alternation in one run (a benchmark: it prints figures
 //! and ratios and asserts nothing about time).
 //!
@@ -36,11 +36,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::topology::{self, interrupted, Topology};
-use crate::datapath::{
+use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
+use dots_agent::datapath::{
     AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
     Mitigator, PortRange, Rate, XdpDatapath,
 };
-use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -144,7 +144,7 @@ fn rule_set() -> Vec<MitigationSpec> {
                 source_port: Some(PortRange::single(*port)),
                 ..Default::default()
             },
-            action: AclAction::RateLimit(crate::datapath::RateLimit::PacketsPerSecond(Rate {
+            action: AclAction::RateLimit(dots_agent::datapath::RateLimit::PacketsPerSecond(Rate {
                 rate: 1000 + i as u64,
                 burst: Some(100),
             })),
@@ -286,7 +286,7 @@ impl Scrubber {
             ours.install(&m)
                 .with_context(|| format!("installing mitigation {}", m.id))?;
         }
-        let empty = crate::datapath::testrun::load_trivial_xdp(1)?;
+        let empty = crate::testrun::load_trivial_xdp(1)?;
         let xdpfilter = match load_xdp_filter(&pin_root) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -294,7 +294,7 @@ impl Scrubber {
                 None
             }
         };
-        let ifindex = crate::datapath::interface_index(topology::SCR_IN)
+        let ifindex = dots_agent::datapath::interface_index(topology::SCR_IN)
             .context("no scrubber ingress interface")?;
         Ok(Scrubber {
             ours,
@@ -315,7 +315,7 @@ impl Scrubber {
             }
             Case::Empty => {
                 self.empty_link = Some(
-                    crate::datapath::raw::link_xdp(self.empty.as_fd(), self.ifindex)
+                    crate::xdp_asm::link_xdp(self.empty.as_fd(), self.ifindex)
                         .context("attaching the empty program")?,
                 )
             }
@@ -387,7 +387,7 @@ impl Scrubber {
             }
             Case::Nftables => return None,
         };
-        crate::datapath::testrun::run_stats(fd).ok()
+        crate::testrun::run_stats(fd).ok()
     }
 
     fn own_dropped(&self) -> u64 {
@@ -547,7 +547,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     wanted.dedup();
     let _stats_on = if a.program_time {
         Some(
-            crate::datapath::testrun::enable_run_stats()
+            crate::testrun::enable_run_stats()
                 .context("turning on the kernel's BPF run statistics")?,
         )
     } else {
@@ -638,7 +638,7 @@ fn rx_in(ns: &std::path::Path, iface: &'static str) -> Result<u64> {
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
-        crate::client::guard::rx_packets(iface)
+        dots_agent::client::guard::rx_packets(iface)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("rx counter thread panicked"))?

@@ -1,4 +1,4 @@
-//! `dots-agent traffic ...`: send and count raw frames on an interface (labs and tests).
+//! `dots-lab traffic ...`: send, generate and count raw frames on an interface (labs and tests).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use clap::{Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::packet::{PacketSpec, L4};
-use crate::traffic::{count_received, send_paced, RawSocket};
+use dots_agent::traffic::{count_received, send_paced, RawSocket};
 
 #[derive(Subcommand, Debug)]
 pub enum TrafficCommand {

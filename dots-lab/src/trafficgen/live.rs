@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Pace, Pacer, Template};
 
-use crate::datapath::raw::{bpf, insn, load_xdp, put_u32, put_u64, BPF_PROG_TEST_RUN};
+use crate::xdp_asm::{bpf, insn, load_xdp, put_u32, put_u64, BPF_PROG_TEST_RUN};
 
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const FUNC_GET_PRANDOM_U32: i32 = 7;
@@ -133,7 +133,7 @@ pub struct LiveSender {
 
 impl LiveSender {
     pub fn new(t: &Template, iface: &str) -> Result<LiveSender> {
-        let ifindex = crate::datapath::interface_index(iface)
+        let ifindex = dots_agent::datapath::interface_index(iface)
             .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
         let prog = load(t, ifindex)?;
         let s = LiveSender {

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use super::raw::{
+use crate::xdp_asm::{
     bpf, bpf_fd, insn, load_xdp, put_u32, put_u64, BPF_ENABLE_STATS, BPF_OBJ_GET_INFO_BY_FD,
     BPF_PROG_TEST_RUN,
 };

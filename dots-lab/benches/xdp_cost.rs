@@ -11,7 +11,7 @@
 //! xdp-tools xdp-filter program that a plain `xdp-filter load` uses (`xdpfilt_alw_all.o`:
 //! pass on miss, drop on hit) with an equivalent rule set.
 //!
-//! Run: `sudo scripts/bench.sh` (or `cargo bench -p dots-agent --bench xdp_cost` as root).
+//! Run: `sudo scripts/bench.sh` (or `cargo bench -p dots-lab --bench xdp_cost` as root).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -20,10 +20,10 @@ use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::Xdp;
 use aya::EbpfLoader;
 use dots_agent::datapath::{
-    testrun, AclAction, AclEntry, AclMatch, LoadOptions, MitigationSpec, Mitigator, PortRange,
-    XdpDatapath,
+    AclAction, AclEntry, AclMatch, LoadOptions, MitigationSpec, Mitigator, PortRange, XdpDatapath,
 };
-use dots_agent::packet::PacketSpec;
+use dots_lab::packet::PacketSpec;
+use dots_lab::testrun;
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
