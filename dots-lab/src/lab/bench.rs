@@ -25,7 +25,7 @@
 //! runs on the sending CPU), as they would on one host; the ratios are what the comparison
 //! is about, and each round measures every case once, in turn.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -272,10 +272,10 @@ fn nft_drop_counter() -> Result<u64> {
 struct Scrubber {
     ours: XdpDatapath,
     pin_root: PathBuf,
-    empty: OwnedFd,
+    empty: crate::xdp_asm::HandXdp,
     xdpfilter: Option<aya::Ebpf>,
     xdpfilter_link: Option<aya::programs::xdp::XdpLinkId>,
-    empty_link: Option<OwnedFd>,
+    empty_link: Option<aya::programs::xdp::XdpLinkId>,
     ifindex: u32,
 }
 
@@ -315,7 +315,9 @@ impl Scrubber {
             }
             Case::Empty => {
                 self.empty_link = Some(
-                    crate::xdp_asm::link_xdp(self.empty.as_fd(), self.ifindex)
+                    self.empty
+                        .program_mut()
+                        .attach(topology::SCR_IN, aya::programs::xdp::XdpMode::Driver)
                         .context("attaching the empty program")?,
                 )
             }
@@ -347,7 +349,11 @@ impl Scrubber {
             Case::Ours => {
                 let _ = XdpDatapath::detach(&self.pin_root, topology::SCR_IN);
             }
-            Case::Empty => self.empty_link = None,
+            Case::Empty => {
+                if let Some(id) = self.empty_link.take() {
+                    let _ = self.empty.program_mut().detach(id);
+                }
+            }
             Case::XdpFilter => {
                 if let (Some(e), Some(id)) = (self.xdpfilter.as_mut(), self.xdpfilter_link.take()) {
                     if let Some(p) = e.program_mut("xdpfilt_alw_all") {
@@ -371,23 +377,25 @@ impl Scrubber {
         }
     }
 
-    /// The case's XDP program's (run time ns, runs), if it is an XDP program.
+    /// The case's XDP program's (run time ns, runs), if it is an XDP program. Both stay 0
+    /// unless the kernel's statistics are on (`--program-time`).
     fn program_stats(&self, case: Case) -> Option<(u64, u64)> {
-        let fd = match case {
-            Case::Ours => self.ours.program_fd()?,
-            Case::Empty => self.empty.as_fd(),
-            Case::XdpFilter => {
-                let p: &aya::programs::Xdp = self
-                    .xdpfilter
-                    .as_ref()?
-                    .program("xdpfilt_alw_all")?
-                    .try_into()
-                    .ok()?;
-                p.fd().ok()?.as_fd()
-            }
+        let p: &aya::programs::Xdp = match case {
+            Case::Ours => self.ours.program()?,
+            Case::Empty => self.empty.program(),
+            Case::XdpFilter => self
+                .xdpfilter
+                .as_ref()?
+                .program("xdpfilt_alw_all")?
+                .try_into()
+                .ok()?,
             Case::Nftables => return None,
         };
-        crate::testrun::run_stats(fd).ok()
+        let info = p.info().ok()?;
+        Some((
+            u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            info.run_count(),
+        ))
     }
 
     fn own_dropped(&self) -> u64 {
@@ -545,9 +553,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let legit_pps = a.legit_pps;
     let mut wanted = a.cases.clone();
     wanted.dedup();
+    // The statistics cost every program a clock read per run, for as long as this fd lives.
     let _stats_on = if a.program_time {
         Some(
-            crate::testrun::enable_run_stats()
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .context("turning on the kernel's BPF run statistics")?,
         )
     } else {

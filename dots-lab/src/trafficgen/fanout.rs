@@ -11,29 +11,54 @@
 //! build one, so each dropper pays what it would pay on real hardware. The socket's
 //! per-frame cost is divided by `copies`.
 //!
-//! Hand-assembled like [`super::live`]: five instructions and one map, loaded with bpf(2).
-
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+//! Hand-assembled like [`super::live`]: five instructions and one map, loaded by aya (see
+//! [`crate::xdp_asm`]), which also creates the map and attaches the program.
 
 use anyhow::{bail, Context, Result};
+use aya::maps::DevMap;
+use aya::programs::xdp::XdpMode;
 
-use crate::xdp_asm::{
-    bpf, bpf_fd, insn, link_xdp, load_xdp, put_u32, put_u64, BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM,
-};
+use crate::xdp_asm::{insn, HandXdp, MapRef};
 
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 const BPF_F_BROADCAST: i32 = 1 << 3;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
 const FUNC_REDIRECT_MAP: i32 = 51;
+const MAP: &str = "fanout_ports";
 /// Most copies per frame (the output veth's ring holds 256 frames per receive poll).
 pub const MAX_COPIES: u32 = 128;
 
-/// The multiplier: attached while this value lives (closing the link detaches it).
+/// The multiplier: attached while this value lives (dropping the program detaches it).
 pub struct Fanout {
-    _map: OwnedFd,
-    _prog: OwnedFd,
-    _link: OwnedFd,
+    _prog: HandXdp,
     pub copies: u32,
+}
+
+/// Loads `return bpf_redirect_map(&map, 0, BPF_F_BROADCAST);` with a device map of
+/// `copies` slots.
+fn load(copies: u32) -> Result<HandXdp> {
+    let map = MapRef {
+        name: MAP,
+        map_type: BPF_MAP_TYPE_DEVMAP,
+        key_size: 4, // slot
+        // struct bpf_devmap_val (ifindex, program fd 0: none): what aya's DevMap expects on
+        // kernels with BPF_F_BROADCAST (5.13+; they all have the program field).
+        value_size: 8,
+        max_entries: copies,
+        insn: 0,
+    };
+    HandXdp::load(
+        "dots_fanout",
+        &[
+            insn(0x18, 1, 0, 0, 0), // r1 = map (ld_imm64, relocated by aya)
+            insn(0, 0, 0, 0, 0),
+            insn(0xb7, 2, 0, 0, 0),               // r2 = 0
+            insn(0xb7, 3, 0, 0, BPF_F_BROADCAST), // r3 = BPF_F_BROADCAST
+            insn(0x85, 0, 0, 0, FUNC_REDIRECT_MAP),
+            insn(0x95, 0, 0, 0, 0), // exit
+        ],
+        Some(&map),
+    )
+    .context("loading the fan-out program")
 }
 
 impl Fanout {
@@ -44,42 +69,38 @@ impl Fanout {
         if !(1..=MAX_COPIES).contains(&copies) {
             bail!("copies must be between 1 and {MAX_COPIES}");
         }
-        let index = |name: &str| {
-            dots_agent::datapath::interface_index(name)
-                .with_context(|| format!("no interface {name:?} in this network namespace"))
-        };
-        let (in_idx, out_idx) = (index(input)?, index(output)?);
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_MAP_TYPE_DEVMAP);
-        put_u32(&mut attr, 4, 4); // key: slot
-        put_u32(&mut attr, 8, 4); // value: ifindex
-        put_u32(&mut attr, 12, copies);
-        let map = bpf_fd(BPF_MAP_CREATE, &mut attr).context("creating the fan-out device map")?;
+        let out_idx = dots_agent::datapath::interface_index(output)
+            .with_context(|| format!("no interface {output:?} in this network namespace"))?;
+        let mut prog = load(copies)?;
+        let mut ports = DevMap::try_from(prog.map_mut(MAP).context("the fan-out device map")?)?;
         for slot in 0..copies {
-            let mut attr = [0u8; 128];
-            put_u32(&mut attr, 0, map.as_raw_fd() as u32);
-            put_u64(&mut attr, 8, &slot as *const u32 as u64);
-            put_u64(&mut attr, 16, &out_idx as *const u32 as u64);
-            // The pointers above are to slot and out_idx, which outlive the call.
-            bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("filling the fan-out device map")?;
+            ports
+                .set(slot, out_idx, None, 0)
+                .context("filling the fan-out device map")?;
         }
-        // return bpf_redirect_map(&map, 0, BPF_F_BROADCAST);
-        let prog = load_xdp(&[
-            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = map (ld_imm64)
-            insn(0, 0, 0, 0, 0),
-            insn(0xb7, 2, 0, 0, 0),               // r2 = 0
-            insn(0xb7, 3, 0, 0, BPF_F_BROADCAST), // r3 = BPF_F_BROADCAST
-            insn(0x85, 0, 0, 0, FUNC_REDIRECT_MAP),
-            insn(0x95, 0, 0, 0, 0), // exit
-        ])
-        .context("loading the fan-out program")?;
-        let link = link_xdp(prog.as_fd(), in_idx)
+        prog.program_mut()
+            .attach(input, XdpMode::Driver)
             .with_context(|| format!("attaching the fan-out program to {input}"))?;
         Ok(Fanout {
-            _map: map,
             _prog: prog,
-            _link: link,
             copies,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without interfaces: the program loads with its map relocated (the verifier refuses an
+    /// ld_imm64 without a map) and asks for a redirect.
+    #[test]
+    fn the_fanout_program_loads_with_its_map_and_redirects() {
+        let mut prog = load(4).unwrap();
+        let mut ports = DevMap::try_from(prog.map_mut(MAP).unwrap()).unwrap();
+        ports.set(0, 1, None, 0).unwrap();
+        let frame = crate::packet::PacketSpec::udp("192.0.2.1", "198.51.100.1", 1, 2).build();
+        let t = crate::testrun::run(prog.program(), &frame, 1).unwrap();
+        assert_eq!(t.return_value, 4, "XDP_REDIRECT");
     }
 }
