@@ -3,7 +3,7 @@
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
 //! - [`signal`]: the DOTS signal channel's I/O-free protocol core (CBOR, messages, paths).
 //! - [`pki`]: lab CA and certificates, cuid derivation.
-//! - [`traffic`]: AF_PACKET sender and counting receiver.
+//! - [`af_packet`]: the AF_PACKET socket (send, batch send, receive, count, statistics).
 //! - [`server`], [`client`]: the signal channel's transports (DTLS and TLS).
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
@@ -14,6 +14,7 @@
 //! The lab, the traffic generator, the packet builder and the veth and BPF benchmarks live in
 //! the `dots-lab` crate, which depends on this one.
 
+pub mod af_packet;
 pub mod cli;
 pub mod client;
 pub mod data;
@@ -25,4 +26,3 @@ pub mod pki;
 pub mod server;
 pub mod signal;
 pub mod store;
-pub mod traffic;

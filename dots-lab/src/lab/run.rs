@@ -317,7 +317,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         let counts = counts.clone();
         let stop = stop.clone();
         topo.customer.spawn(move || -> Result<()> {
-            let sock = dots_agent::traffic::RawSocket::bind(topology::CUST_IF)?;
+            let sock = dots_agent::af_packet::PacketSocket::open(topology::CUST_IF)?;
             receiver::count_into(&sock, &counts, &stop, max_run)?;
             Ok(())
         })?
