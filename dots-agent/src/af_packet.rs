@@ -371,7 +371,10 @@ mod tests {
 
     /// Runs `ip` in the calling thread's network namespace.
     fn ip(args: &[&str]) {
-        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "ip {args:?}: {out:?}");
     }
 
