@@ -78,11 +78,13 @@ pub fn cli(a: LabArgs) -> Result<()> {
     let opts = run::LabOptions {
         scenario,
         agent: agent_binary(a.agent.as_ref())?,
-        plot: Some(a.plot.clone()),
         progress: true,
         sender: a.sender,
     };
     let summary = run::run(&opts)?;
+    // Written here, not in run: the plot reads the run's summary, so run does not call it.
+    std::fs::write(&a.plot, plot::svg(&opts.scenario, &summary))
+        .with_context(|| format!("writing the plot to {}", a.plot.display()))?;
     run::print_summary(&summary);
     println!("plot: {}", a.plot.display());
     if let Some(j) = &a.json {

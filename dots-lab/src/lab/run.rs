@@ -23,8 +23,6 @@ pub struct LabOptions {
     pub scenario: Scenario,
     /// The dots-agent binary to run the server and the client with.
     pub agent: PathBuf,
-    /// Where to write the SVG plot (None: no plot).
-    pub plot: Option<PathBuf>,
     /// Print progress lines.
     pub progress: bool,
     /// The generators' sender.
@@ -677,10 +675,6 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         receiver_drops: counts.socket_drops.load(Ordering::Relaxed),
         samples,
     };
-    if let Some(p) = &o.plot {
-        std::fs::write(p, super::plot::svg(s, &summary))
-            .with_context(|| format!("writing the plot to {}", p.display()))?;
-    }
     Ok(summary)
 }
 
