@@ -68,9 +68,9 @@ phase() {
 }
 
 phase "1. legitimate traffic only" legit
-phase "2. attack, no mitigation" bash -c "$(declare -f send legit attack in_net); BIN=$BIN NET=$NET TARGET=$TARGET; legit; attack"
+phase "2. attack, no mitigation" bash -c "$(declare -f send legit attack in_net); LAB=$LAB NET=$NET TARGET=$TARGET; legit; attack"
 echo; "$BIN" xdp mitigation add "$MITIGATION" --pin-root "$PINS" --state-dir "$STATE"
-phase "3. attack, mitigation installed" bash -c "$(declare -f send legit attack in_net); BIN=$BIN NET=$NET TARGET=$TARGET; legit; attack"
+phase "3. attack, mitigation installed" bash -c "$(declare -f send legit attack in_net); LAB=$LAB NET=$NET TARGET=$TARGET; legit; attack"
 echo; echo "== the filter's counters"
 in_scr "$BIN" xdp status --interval 0 --pin-root "$PINS" --state-dir "$STATE"
 "$BIN" xdp mitigation remove 1 --pin-root "$PINS" --state-dir "$STATE"
