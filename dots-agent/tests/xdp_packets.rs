@@ -16,6 +16,8 @@ const T4: &str = "198.51.100.7";
 const T6: &str = "2001:db8:6401::7";
 /// BPF_PROG_TEST_RUN runs XDP programs as if received on the loopback device.
 const LO: u32 = 1;
+/// One drop in SAMPLE is sampled into the top talkers.
+const SAMPLE: usize = xdp_common::TALKER_SAMPLE as usize;
 
 fn spec(id: u64) -> MitigationSpec {
     MitigationSpec::new(
@@ -915,10 +917,12 @@ fn top_talkers_rank_sampled_sources_of_drops() {
     let b = udp("2001:db8:bad::2", T6, 1, 80);
     // C reaches the mitigated target too, but passes: never sampled.
     let c = udp("192.0.3.1", T4, 1, 80);
-    send_talker_traffic(&lab, &a, &b, &c, 1_600, 320);
+    // A: 100 samples expected, B: 20 (one drop in TALKER_SAMPLE is sampled).
+    let (n_a, n_b) = (100 * SAMPLE, 20 * SAMPLE);
+    send_talker_traffic(&lab, &a, &b, &c, n_a, n_b);
     let counters = lab.counters(1);
-    assert_eq!(counters.dropped(DropReason::DropList).packets, 1_920);
-    assert_eq!(counters.passed.packets, 1_600);
+    assert_eq!(counters.dropped(DropReason::DropList).packets, (n_a + n_b) as u64);
+    assert_eq!(counters.passed.packets, n_a as u64);
 
     let top = lab.dp.top_talkers(1, 10);
     let addrs: Vec<String> = top.iter().map(|(ip, _)| ip.to_string()).collect();
@@ -928,19 +932,21 @@ fn top_talkers_rank_sampled_sources_of_drops() {
         "A, then B; C absent"
     );
     let (ca, cb) = (top[0].1, top[1].1);
-    // Samples of A ~ Binomial(1600, 1/16): mean 100, sd 9.7; these bounds are ~3.8 sd out.
+    // Samples of A ~ Binomial(100 x SAMPLE, 1/SAMPLE): mean 100, sd ~10; these bounds are
+    // ~4 sd out.
+    let s = SAMPLE as u64;
     assert!(
-        (1_000..=2_200).contains(&ca.packets),
+        (60 * s..=140 * s).contains(&ca.packets),
         "A estimated at {}",
         ca.packets
     );
-    // B: mean 20 samples, sd 4.3 (zero samples has odds of 1e-9).
+    // B: mean 20 samples, sd ~4.5 (zero samples has odds of 2e-9).
     assert!(
-        (16..=800).contains(&cb.packets),
+        (s..=50 * s).contains(&cb.packets),
         "B estimated at {}",
         cb.packets
     );
-    assert_eq!(ca.packets % 16, 0, "scaled by the sampling rate");
+    assert_eq!(ca.packets % s, 0, "scaled by the sampling rate");
     assert_eq!(
         ca.bytes,
         ca.packets * a.len() as u64,
@@ -962,10 +968,10 @@ fn top_talkers_rank_sampled_sources_of_drops() {
 fn talkers_survive_replacement_and_go_with_the_mitigation() {
     let mut lab = lab_with(talker_spec(1));
     let a = udp("192.0.2.1", T4, 1, 80);
-    for _ in 0..400 {
+    for _ in 0..25 * SAMPLE {
         assert_eq!(lab.run(&a), DROP);
     }
-    // 400 drops leave no sample with odds of (15/16)^400 = 6e-12.
+    // 25 x SAMPLE drops leave no sample with odds of about e^-25.
     assert_eq!(lab.dp.top_talkers(1, 5).len(), 1);
 
     let mut s = talker_spec(1);
@@ -995,7 +1001,7 @@ fn talker_sampling_can_be_turned_off_at_load() {
     let mut lab = Lab { dp, root };
     lab.dp.install(&talker_spec(1)).unwrap();
     let a = udp("192.0.2.1", T4, 1, 80);
-    for _ in 0..400 {
+    for _ in 0..25 * SAMPLE {
         assert_eq!(lab.run(&a), DROP);
     }
     assert!(lab.dp.top_talkers(1, 5).is_empty());

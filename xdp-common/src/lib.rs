@@ -47,8 +47,10 @@ pub const AMP_PORT_WORDS: u32 = 1024;
 /// sampled sources are forgotten, so a heavy hitter stays while spoofed one-offs churn).
 pub const MAX_TALKERS: u32 = 8192;
 /// One drop in `TALKER_SAMPLE` is recorded in `TOP_TALKERS`, with weight 1: user space
-/// multiplies by this. A power of two (the kernel masks a random number with it).
-pub const TALKER_SAMPLE: u32 = 16;
+/// multiplies by this. A power of two (the kernel masks a random number with it). An LRU
+/// hash update costs about 150 ns; one in 64 keeps that near 2 ns per drop, and the
+/// estimate of a source with N drops within about 8 x sqrt(N) (one standard deviation).
+pub const TALKER_SAMPLE: u32 = 64;
 
 /// IPv4 destinations are found in a direct array with one entry per /24 ([`dst_v4`]).
 pub const DST_V4_SLOTS: u32 = 1 << 24;
@@ -62,9 +64,11 @@ pub const SUMMARY_BITS: u32 = 20;
 pub const SUMMARY_SLOTS: u32 = 1 << SUMMARY_BITS;
 /// IPv6 summary slots are keyed by a hash of the first 48 bits of the destination.
 pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
-/// The ACL key filter ([`AclKeyV4::filter_bit`]) has `1 << ACL_FILTER_BITS` bits.
-pub const ACL_FILTER_BITS: u32 = 24;
-pub const ACL_FILTER_WORDS: u32 = 1 << (ACL_FILTER_BITS - 6);
+/// The ACL index ([`AclKey::slots`]) has `1 << ACL_INDEX_BITS` slots of a `u32` each, two
+/// to a `u64` value (as in `DST_V4`).
+pub const ACL_INDEX_BITS: u32 = 22;
+pub const ACL_INDEX_SLOTS: u32 = 1 << ACL_INDEX_BITS;
+pub const ACL_INDEX_VALUES: u32 = ACL_INDEX_SLOTS / 2;
 /// `BPF_F_MMAPABLE`: user space writes these arrays through a shared mapping (one store
 /// per entry) instead of one bpf(2) call per entry.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -79,12 +83,11 @@ pub mod map_names {
     pub const SUMMARY_V6: &str = "TGT_SUM_V6";
     pub const MITIGATIONS: &str = "MITIGATIONS";
     pub const MITIGATION_STATS: &str = "MIT_STATS";
-    pub const ACL_KEYS_V4: &str = "ACL_KEYS_V4";
-    pub const ACL_KEYS_V6: &str = "ACL_KEYS_V6";
-    pub const ACL_FILTER: &str = "ACL_FILTER";
+    pub const ACL_INDEX: &str = "ACL_INDEX";
     pub const ACL_RULES: &str = "ACL_RULES";
     pub const ACL_STATS: &str = "ACL_STATS";
     pub const ACL_BASE: &str = "ACL_BASE";
+    pub const MIT_BASE: &str = "MIT_BASE";
     pub const ACL_BUCKETS: &str = "ACL_BUCKETS";
     pub const SOURCES_V4: &str = "SOURCES_V4";
     pub const SOURCES_V6: &str = "SOURCES_V6";
@@ -94,19 +97,18 @@ pub mod map_names {
     pub const IF_STATS: &str = "IF_STATS";
     pub const TOP_TALKERS: &str = "TOP_TALKERS";
 
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 19] = [
         TARGETS_V4,
         TARGETS_V6,
         DST_V4,
         SUMMARY_V6,
         MITIGATIONS,
         MITIGATION_STATS,
-        ACL_KEYS_V4,
-        ACL_KEYS_V6,
-        ACL_FILTER,
+        ACL_INDEX,
         ACL_RULES,
         ACL_STATS,
         ACL_BASE,
+        MIT_BASE,
         ACL_BUCKETS,
         SOURCES_V4,
         SOURCES_V6,
@@ -133,6 +135,15 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// What was counted since `earlier` (counters only grow).
+    #[inline(always)]
+    pub fn since(&self, earlier: &Counter) -> Counter {
+        Counter {
+            packets: self.packets.wrapping_sub(earlier.packets),
+            bytes: self.bytes.wrapping_sub(earlier.bytes),
+        }
+    }
+
     #[inline(always)]
     pub fn add(&mut self, other: &Counter) {
         self.packets = self.packets.wrapping_add(other.packets);
@@ -217,6 +228,35 @@ pub struct MitigationStats {
     /// Let through by the accept-list or an ACL accept (a subset of `passed`).
     pub accepted: Counter,
     pub dropped: [Counter; DROP_REASONS],
+}
+
+/// Per ACL rule: per CPU in `ACL_STATS`, and what earlier generations of the entry counted
+/// in `ACL_BASE` (written by user space only). A packet an ACL entry decides is counted
+/// here only, not in its mitigation's [`MitigationStats`] (one counter update per drop):
+/// user space adds matches of drop entries to the mitigation's `AclDrop` drops, `limited`
+/// to its `AclRateLimit` drops, and the rest to its passed and accepted traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclStats {
+    pub matched: Counter,
+    /// Rate-limit entries: the matches beyond the rate (dropped).
+    pub limited: Counter,
+}
+
+impl AclStats {
+    #[inline(always)]
+    pub fn add(&mut self, o: &AclStats) {
+        self.matched.add(&o.matched);
+        self.limited.add(&o.limited);
+    }
+
+    /// What has been counted since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &AclStats) -> AclStats {
+        AclStats {
+            matched: self.matched.since(&earlier.matched),
+            limited: self.limited.since(&earlier.limited),
+        }
+    }
 }
 
 /// Per interface slot (ifindex), per CPU.
@@ -497,18 +537,18 @@ pub struct MitigationConfig {
     pub n_port_ranges: u32,
     pub n_tuples: u32,
     pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
-    /// The owner's identifier for this mitigation (opaque to the kernel).
-    pub id: u64,
+    /// The mitigation's slot: its index in `MIT_STATS`, `SCOPE_BUCKETS` and talker keys,
+    /// stable across generations (each generation has a `ruleset` of its own).
+    pub slot: u32,
     /// Counts up with every replacement (tells the newer of two generations apart when an
     /// agent re-adopts state it left mid-update).
     pub generation: u32,
     /// Rule slots `[rule_base, rule_base + rule_count)` in `ACL_RULES` used by this
-    /// generation (bookkeeping for user space; the kernel follows `AclValue::rule`).
+    /// generation (bookkeeping for user space; the kernel follows `ACL_INDEX`).
     pub rule_base: u32,
     pub rule_count: u32,
-    /// The mitigation's slot: its index in `MIT_STATS`, `SCOPE_BUCKETS` and talker keys,
-    /// stable across generations (each generation has a `ruleset` of its own).
-    pub slot: u32,
+    /// The owner's identifier for this mitigation (opaque to the kernel).
+    pub id: u64,
     /// What the generation was compiled from (user space: re-installing an unchanged spec,
     /// e.g. at a restart, is then a no-op).
     pub spec_digest: u64,
@@ -530,11 +570,11 @@ impl Default for MitigationConfig {
             n_port_ranges: 0,
             n_tuples: 0,
             port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
-            id: 0,
+            slot: 0,
             generation: 0,
             rule_base: 0,
             rule_count: 0,
-            slot: 0,
+            id: 0,
             spec_digest: 0,
             proto_mask: [0; 4],
             source_rate: RateSpec::default(),
@@ -547,26 +587,12 @@ impl Default for MitigationConfig {
 }
 
 
-/// Key of the IPv4 ACL hash (`ACL_KEYS_V4`): a tuple's masked view of an IPv4 packet. Per
-/// family, so an IPv4 key is 20 bytes: the kernel hashes every byte of a key on a probe.
+/// What an ACL entry matches exactly: a packet's fields masked to the entry's tuple must
+/// equal these (IPv4 addresses in word 0, the rest zero). The entry's rule carries it, so
+/// the kernel confirms a candidate from the index by comparing words.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AclKeyV4 {
-    pub ruleset: u32,
-    pub tuple: u8,
-    pub proto: u8,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub src: u32,
-    pub dst: u32,
-}
-
-/// Key of the IPv6 ACL hash (`ACL_KEYS_V6`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AclKeyV6 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclKey {
     pub ruleset: u32,
     pub tuple: u8,
     pub proto: u8,
@@ -578,74 +604,100 @@ pub struct AclKeyV6 {
     pub dst: [u32; 4],
 }
 
-/// The ACL key filter: `ACL_FILTER` is a bitmap (`1 << ACL_FILTER_BITS` bits) with the bit
-/// of every live ACL key set, so a tuple whose key is absent usually costs a multiply-xor
-/// hash and one array read instead of a probe of the hash map (which hashes the whole key
-/// with jhash and compares it). A set bit is a hint, never a verdict: the probe decides.
-const ACL_FILTER_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The ACL index: `ACL_INDEX` maps a key's hash to the first rule (best priority) of the
+/// entries with that key, `rule + 1` in a `u32` slot (0: empty). Each key has two candidate
+/// slots (cuckoo hashing); user space keeps a key in its first slot whenever that slot is
+/// free, so an empty first slot means "no such key" after one array read. Why not a BPF
+/// hash map: its lookup hashes the whole key with jhash and compares it with a memcmp call,
+/// which measured at about 35 ns of a 130 ns drop on the veth bench; this costs a
+/// multiply-xor hash, one array read and a few word compares.
+const ACL_HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
 #[inline(always)]
-fn filter_mix(h: u64, w: u64) -> u64 {
-    (h ^ w).wrapping_mul(ACL_FILTER_MUL)
+fn acl_mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(ACL_HASH_MUL)
 }
 
-#[inline(always)]
-fn filter_finish(h: u64) -> u32 {
-    let h = filter_mix(h, h >> 29);
-    (h >> (64 - ACL_FILTER_BITS)) as u32
-}
-
-#[inline(always)]
-fn filter_head(ruleset: u32, tuple: u8, proto: u8, icmp_type: u8, icmp_code: u8) -> u64 {
-    ruleset as u64
-        | (tuple as u64) << 32
-        | (proto as u64) << 40
-        | (icmp_type as u64) << 48
-        | (icmp_code as u64) << 56
-}
-
-impl AclKeyV4 {
-    /// This key's bit in `ACL_FILTER`.
+impl AclKey {
+    /// The word holding tuple, protocol and ICMP type and code.
     #[inline(always)]
-    pub fn filter_bit(&self) -> u32 {
-        let mut h = filter_mix(
-            0,
-            filter_head(self.ruleset, self.tuple, self.proto, self.icmp_type, self.icmp_code),
-        );
-        h = filter_mix(
-            h,
-            self.sport as u64 | (self.dport as u64) << 16 | (self.src as u64) << 32,
-        );
-        h = filter_mix(h, self.dst as u64);
-        filter_finish(h)
+    pub fn fields_word(&self) -> u32 {
+        self.tuple as u32
+            | (self.proto as u32) << 8
+            | (self.icmp_type as u32) << 16
+            | (self.icmp_code as u32) << 24
+    }
+
+    /// The two candidate slots of the key in `ACL_INDEX`. `wide`: the tuple matches IPv6
+    /// addresses, whose other words then count too.
+    #[inline(always)]
+    pub fn slots(&self, wide: bool) -> (u32, u32) {
+        let narrow = AclNarrowKey {
+            ruleset: self.ruleset,
+            fields: self.fields_word(),
+            ports: self.sport as u32 | (self.dport as u32) << 16,
+            src: self.src[0],
+            dst: self.dst[0],
+        };
+        if wide {
+            let mut h = narrow.hash();
+            h = acl_mix(h, self.src[1] as u64 | (self.src[2] as u64) << 32);
+            h = acl_mix(h, self.src[3] as u64 | (self.dst[1] as u64) << 32);
+            h = acl_mix(h, self.dst[2] as u64 | (self.dst[3] as u64) << 32);
+            acl_slots_of(h)
+        } else {
+            acl_slots_of(narrow.hash())
+        }
     }
 }
 
-impl AclKeyV6 {
-    /// This key's bit in `ACL_FILTER`.
+/// The words of a key whose tuple matches no IPv6 address (its other address words are
+/// zero): what the kernel builds, hashes and compares for such tuples.
+#[derive(Clone, Copy)]
+pub struct AclNarrowKey {
+    pub ruleset: u32,
+    /// [`AclKey::fields_word`].
+    pub fields: u32,
+    /// `sport | dport << 16`.
+    pub ports: u32,
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl AclNarrowKey {
     #[inline(always)]
-    pub fn filter_bit(&self) -> u32 {
-        let mut h = filter_mix(
-            0,
-            filter_head(self.ruleset, self.tuple, self.proto, self.icmp_type, self.icmp_code),
-        );
-        h = filter_mix(
-            h,
-            self.sport as u64 | (self.dport as u64) << 16 | (self.src[0] as u64) << 32,
-        );
-        h = filter_mix(h, self.src[1] as u64 | (self.src[2] as u64) << 32);
-        h = filter_mix(h, self.src[3] as u64 | (self.dst[0] as u64) << 32);
-        h = filter_mix(h, self.dst[1] as u64 | (self.dst[2] as u64) << 32);
-        h = filter_mix(h, self.dst[3] as u64);
-        filter_finish(h)
+    fn hash(&self) -> u64 {
+        let mut h = acl_mix(0, self.ruleset as u64 | (self.fields as u64) << 32);
+        h = acl_mix(h, self.ports as u64 | (self.src as u64) << 32);
+        acl_mix(h, self.dst as u64)
+    }
+
+    #[inline(always)]
+    pub fn slots(&self) -> (u32, u32) {
+        acl_slots_of(self.hash())
+    }
+
+    /// Does `key` (a rule's) equal this one? Branch-free (see the kernel's probe loop).
+    /// The other address words need no check: ruleset and tuple equal, the rule's tuple
+    /// is narrow too, so they are zero.
+    #[inline(always)]
+    pub fn matches(&self, key: &AclKey) -> bool {
+        let d = (key.ruleset ^ self.ruleset)
+            | (key.fields_word() ^ self.fields)
+            | ((key.sport as u32 | (key.dport as u32) << 16) ^ self.ports)
+            | (key.src[0] ^ self.src)
+            | (key.dst[0] ^ self.dst);
+        d == 0
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AclValue {
-    /// Head of the chain of rules (best priority first) sharing this key.
-    pub rule: u32,
+#[inline(always)]
+fn acl_slots_of(h: u64) -> (u32, u32) {
+    let h = acl_mix(h, h >> 29);
+    (
+        (h >> (64 - ACL_INDEX_BITS)) as u32,
+        (h >> 8) as u32 & (ACL_INDEX_SLOTS - 1),
+    )
 }
 
 pub const NO_RULE: u32 = u32::MAX;
@@ -690,12 +742,12 @@ pub mod bit_op {
     pub const NOT: u8 = 2;
 }
 
+/// One ACL entry of one generation. What a packet's classification reads comes first (the
+/// key confirming an index hit, the chain, the checks, the action).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclRule {
-    /// Hash of the entry's name, so counters carry over when a rule set is rebuilt.
-    pub name_hash: u64,
-    pub rate: RateSpec,
+    pub key: AclKey,
     /// Position in the mitigation's ordered entries: lower wins.
     pub priority: u32,
     /// Next rule with the same key, or [`NO_RULE`].
@@ -717,7 +769,10 @@ pub struct AclRule {
     pub sport_hi: u16,
     pub dport_lo: u16,
     pub dport_hi: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 3],
+    /// Hash of the entry's name, so counters carry over when a rule set is rebuilt.
+    pub name_hash: u64,
+    pub rate: RateSpec,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -762,13 +817,12 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] plain integers and arrays with no padding holes
     // that the kernel would reject, and every bit pattern is valid.
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for AclStats {}
     unsafe impl aya::Pod for MitigationStats {}
     unsafe impl aya::Pod for InterfaceStats {}
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for MitigationConfig {}
-    unsafe impl aya::Pod for AclKeyV4 {}
-    unsafe impl aya::Pod for AclKeyV6 {}
-    unsafe impl aya::Pod for AclValue {}
+    unsafe impl aya::Pod for AclKey {}
     unsafe impl aya::Pod for AclRule {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for RateKey {}
@@ -785,11 +839,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<AclKeyV4>(), 20);
-        assert_eq!(size_of::<AclKeyV6>(), 44);
+        assert_eq!(size_of::<AclKey>(), 44);
         assert_eq!(size_of::<MitigationConfig>(), 952);
         assert_eq!(size_of::<AclTuple>(), 44);
-        assert_eq!(size_of::<AclRule>(), 64);
+        assert_eq!(size_of::<AclRule>(), 112);
         assert_eq!(size_of::<RateKey>(), 24);
         assert_eq!(size_of::<PrefixV4>(), 8);
         assert_eq!(size_of::<PrefixV6>(), 20);
@@ -838,41 +891,44 @@ mod tests {
     }
 
     #[test]
-    fn acl_filter_bits_spread() {
-        // Keys differing in any one field land on different bits (nearly always), and all
-        // bits stay inside the filter.
-        let base = AclKeyV4 {
+    fn acl_slots_spread() {
+        // Keys differing in any one field land on different slots (nearly always), and all
+        // slots stay inside the index.
+        let base = AclKey {
             ruleset: 7,
             tuple: 1,
             proto: 17,
             dport: 9999,
             ..Default::default()
         };
-        let mut bits = [0u32; 6];
-        bits[0] = base.filter_bit();
-        bits[1] = AclKeyV4 { ruleset: 6, ..base }.filter_bit();
-        bits[2] = AclKeyV4 { tuple: 2, ..base }.filter_bit();
-        bits[3] = AclKeyV4 { dport: 9998, ..base }.filter_bit();
-        bits[4] = AclKeyV4 { src: 1, ..base }.filter_bit();
-        bits[5] = AclKeyV4 { dst: 1 << 31, ..base }.filter_bit();
-        for (i, a) in bits.iter().enumerate() {
-            assert!(*a < 1 << ACL_FILTER_BITS);
-            for b in &bits[i + 1..] {
-                assert_ne!(a, b);
+        let variants = [
+            base,
+            AclKey { ruleset: 6, ..base },
+            AclKey { tuple: 2, ..base },
+            AclKey { dport: 9998, ..base },
+            AclKey { src: [1, 0, 0, 0], ..base },
+            AclKey { dst: [1 << 31, 0, 0, 0], ..base },
+        ];
+        let slots: std::vec::Vec<(u32, u32)> = variants.iter().map(|k| k.slots(false)).collect();
+        for (i, (a, b)) in slots.iter().enumerate() {
+            assert!(*a < ACL_INDEX_SLOTS && *b < ACL_INDEX_SLOTS);
+            assert_ne!(a, b, "two different candidates");
+            for (c, _) in &slots[i + 1..] {
+                assert_ne!(a, c);
             }
         }
-        let v6 = AclKeyV6 {
-            ruleset: 7,
+        let v6 = AclKey {
             src: [0, 0, 0, 1],
-            ..Default::default()
+            ..base
         };
-        assert_ne!(v6.filter_bit(), AclKeyV6 { src: [0; 4], ..v6 }.filter_bit());
-        // 100,000 distinct keys: few collisions in 16M bits.
+        assert_eq!(v6.slots(false), base.slots(false), "narrow: IPv4 words only");
+        assert_ne!(v6.slots(true), base.slots(true));
+        // 100,000 distinct keys: few share a first slot among 4M.
         let mut seen = std::collections::HashSet::new();
         for i in 0..100_000u32 {
-            seen.insert(AclKeyV4 { src: i.to_be(), ..base }.filter_bit());
+            seen.insert(AclKey { src: [i.to_be(), 0, 0, 0], ..base }.slots(false).0);
         }
-        assert!(seen.len() > 99_000, "{}", seen.len());
+        assert!(seen.len() > 98_000, "{}", seen.len());
     }
 
     #[test]

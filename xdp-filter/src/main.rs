@@ -18,16 +18,16 @@ mod rate;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use xdp_common::{
     acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
-    summary_index_v6, tuple_fields, word_mask, AclKeyV4, AclKeyV6, AclRule, AclTuple, AclValue,
-    Bucket, Counter, DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats,
-    PrefixV4, PrefixV6, RateKey, TalkerKey, TargetValue, ACL_FILTER_WORDS, ACL_RULE_SLOTS,
+    summary_index_v6, tuple_fields, word_mask, AclKey, AclNarrowKey, AclRule, AclStats, AclTuple, Bucket, Counter,
+    DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
+    PrefixV6, RateKey, TalkerKey, TargetValue, ACL_INDEX_VALUES, ACL_RULE_SLOTS,
     AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN,
     MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TALKERS,
     MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
@@ -55,23 +55,20 @@ static TGT_SUM_V6: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, BPF_F_MMAPAB
 static MITIGATIONS: Array<MitigationConfig> = Array::pinned(CONFIG_SLOTS, 0);
 #[map]
 static MIT_STATS: PerCpuArray<MitigationStats> = PerCpuArray::pinned(MAX_MITIGATIONS, 0);
+/// ACL keys to their first rule (see `AclKey::slots`): two `u32` slots per value.
 #[map]
-static ACL_KEYS_V4: HashMap<AclKeyV4, AclValue> =
-    HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
-#[map]
-static ACL_KEYS_V6: HashMap<AclKeyV6, AclValue> =
-    HashMap::pinned(ACL_RULE_SLOTS, BPF_F_NO_PREALLOC);
-/// A bit per live ACL key (see `AclKeyV4::filter_bit`): most absent keys are told apart
-/// here, without probing the hash maps.
-#[map]
-static ACL_FILTER: Array<u64> = Array::pinned(ACL_FILTER_WORDS, BPF_F_MMAPABLE);
+static ACL_INDEX: Array<u64> = Array::pinned(ACL_INDEX_VALUES, BPF_F_MMAPABLE);
 #[map]
 static ACL_RULES: Array<AclRule> = Array::pinned(ACL_RULE_SLOTS, 0);
 #[map]
-static ACL_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(ACL_RULE_SLOTS, 0);
+static ACL_STATS: PerCpuArray<AclStats> = PerCpuArray::pinned(ACL_RULE_SLOTS, 0);
 /// Counts carried over from earlier generations of a rule; written by user space only.
 #[map]
-static ACL_BASE: Array<Counter> = Array::pinned(ACL_RULE_SLOTS, 0);
+static ACL_BASE: Array<AclStats> = Array::pinned(ACL_RULE_SLOTS, 0);
+/// Counts of a mitigation's ACL entries that a replacement dropped (so the mitigation's
+/// totals never go down); written by user space only.
+#[map]
+static MIT_BASE: Array<MitigationStats> = Array::pinned(MAX_MITIGATIONS, 0);
 #[map]
 static ACL_BUCKETS: Array<Bucket> = Array::pinned(ACL_RULE_SLOTS, 0);
 /// Source accept/drop-lists of every mitigation generation (room for two generations).
@@ -102,10 +99,9 @@ struct Scratch {
     pkt: Packet,
     /// The destination's `DST_V4` entry (IPv4) or summary mask (IPv6).
     v4_entry: u32,
-    _pad: u32,
-    v6_lengths: LengthMask,
     /// xorshift64 state; 0 until the first sampled drop on this CPU seeds it.
     rng: u64,
+    v6_lengths: LengthMask,
 }
 
 /// Scratch in map memory on purpose: the verifier does not track values stored there, so
@@ -163,8 +159,11 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
                 },
                 Err(e) => return not_parsed(ifs, e),
             };
-            // SAFETY: as above.
-            unsafe { (*scratch).v6_lengths = lengths };
+            // SAFETY: as above. Word by word: a whole-array store becomes a memmove call.
+            unsafe {
+                core::ptr::write_volatile(&mut (*scratch).v6_lengths[0], lengths[0]);
+                core::ptr::write_volatile(&mut (*scratch).v6_lengths[1], lengths[1]);
+            }
         }
     }
 
@@ -380,13 +379,24 @@ fn mitigate(
     if !in_scope(cfg, pkt) {
         return xdp_action::XDP_PASS;
     }
+    let verdict = decide(cfg, slot, pkt, len, scratch);
+    // An ACL entry's verdict is counted in its ACL_STATS only (see AclStats).
+    match verdict {
+        Verdict::AclPass => return xdp_action::XDP_PASS,
+        Verdict::AclDrop => {
+            sample_talker(slot, pkt, len, scratch);
+            return xdp_action::XDP_DROP;
+        }
+        _ => {}
+    }
     let Some(stats) = MIT_STATS.get_ptr_mut(slot) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU value.
     let stats = unsafe { &mut *stats };
-
-    match decide(cfg, slot, pkt, len) {
+    match verdict {
+        Verdict::AclPass => xdp_action::XDP_PASS,
+        Verdict::AclDrop => xdp_action::XDP_DROP,
         Verdict::Pass => {
             count(&mut stats.passed, len);
             xdp_action::XDP_PASS
@@ -436,12 +446,11 @@ fn sample_talker(slot: u32, pkt: &Packet, len: u64, scratch: *mut Scratch) {
     if (x >> 32) as u32 & (TALKER_SAMPLE - 1) != 0 {
         return;
     }
-    let key = TalkerKey {
-        slot,
-        family: pkt.family,
-        _pad: [0; 3],
-        addr: pkt.src,
-    };
+    // Built whole with its padding zeroed (a `[0; 3]` field becomes a memset call).
+    let mut key: TalkerKey = unsafe { core::mem::zeroed() };
+    key.slot = slot;
+    key.family = pkt.family;
+    key.addr = pkt.src;
     match TOP_TALKERS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value; no other CPU writes it and XDP runs are not preempted.
         Some(c) => count(unsafe { &mut *c }, len),
@@ -464,10 +473,13 @@ enum Verdict {
     Pass,
     Accept,
     Drop(DropReason),
+    /// Decided by an ACL entry, and counted there.
+    AclPass,
+    AclDrop,
 }
 
 #[inline(always)]
-fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict {
+fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64, scratch: *mut Scratch) -> Verdict {
     if pkt.malformed {
         return Verdict::Drop(DropReason::Malformed);
     }
@@ -483,12 +495,7 @@ fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict 
         return Verdict::Drop(DropReason::DropList);
     }
     if cfg.n_tuples > 0 {
-        let hit = if pkt.family == 4 {
-            classify::<AclKeyV4>(cfg, pkt)
-        } else {
-            classify::<AclKeyV6>(cfg, pkt)
-        };
-        if let Some(idx) = hit {
+        if let Some(idx) = classify(cfg, pkt) {
             if let Some(v) = apply_rule(idx, len) {
                 return v;
             }
@@ -521,158 +528,216 @@ fn on_list(cfg: &MitigationConfig, which: u8, pkt: &Packet) -> bool {
     false
 }
 
-/// An ACL key type: the packet masked to a tuple, its filter bit and its hash map.
-trait AclProbe: Sized {
-    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self;
-    fn filter_bit(&self) -> u32;
-    fn lookup(&self) -> Option<u32>;
-}
-
+/// The `u32` slot `i` of `ACL_INDEX` (two per value, the even one in the low half).
 #[inline(always)]
-fn masked_proto(tp: &AclTuple, pkt: &Packet) -> (u8, u8, u8) {
-    (
-        if tp.fields & tuple_fields::PROTO != 0 {
-            pkt.proto
-        } else {
-            0
-        },
-        if tp.fields & tuple_fields::ICMP_TYPE != 0 {
-            pkt.icmp_type
-        } else {
-            0
-        },
-        if tp.fields & tuple_fields::ICMP_CODE != 0 {
-            pkt.icmp_code
-        } else {
-            0
-        },
-    )
+fn acl_slot(i: u32) -> u32 {
+    match ACL_INDEX.get(i >> 1) {
+        Some(pair) => (*pair >> ((i & 1) << 5)) as u32,
+        None => 0,
+    }
 }
 
-impl AclProbe for AclKeyV4 {
-    #[inline(always)]
-    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self {
-        let (proto, icmp_type, icmp_code) = masked_proto(tp, pkt);
-        AclKeyV4 {
+/// Does `rule` carry `key` (all words: a wide key's tuple matches IPv6 addresses)?
+/// Branch-free on purpose: one comparison per word would hand the verifier a path per
+/// word in every tuple of the probe loop.
+#[inline(always)]
+fn wide_matches(rule: &AclRule, key: &AclKey) -> bool {
+    let k = &rule.key;
+    let mut d = (k.ruleset ^ key.ruleset)
+        | (k.fields_word() ^ key.fields_word())
+        | ((k.sport ^ key.sport) as u32)
+        | ((k.dport ^ key.dport) as u32);
+    for w in 0..4 {
+        d |= (k.src[w] ^ key.src[w]) | (k.dst[w] ^ key.dst[w]);
+    }
+    d == 0
+}
+
+/// The rule a slot value names (`rule + 1`; 0: empty), if its key passes `matches`.
+#[inline(always)]
+fn head_if(v: u32, matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
+    let r = v.wrapping_sub(1);
+    match ACL_RULES.get(r) {
+        Some(rule) if v != 0 && matches(rule) => Some(r),
+        _ => None,
+    }
+}
+
+/// The first rule of a key's entries, given the key's two slots: the first slot, else
+/// (taken by another key) the second one. An empty first slot means no such key (user
+/// space keeps a key in its first slot whenever that is free).
+#[inline(always)]
+fn acl_head((first, second): (u32, u32), matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
+    let v = acl_slot(first);
+    if v == 0 {
+        return None;
+    }
+    head_if(v, &matches).or_else(|| head_if(acl_slot(second), &matches))
+}
+
+/// The first rule of the entries whose key is the packet masked to tuple `t`.
+#[inline(always)]
+fn tuple_head(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Option<u32> {
+    let f = tp.fields;
+    let proto = if f & tuple_fields::PROTO != 0 { pkt.proto } else { 0 };
+    let icmp_type = if f & tuple_fields::ICMP_TYPE != 0 {
+        pkt.icmp_type
+    } else {
+        0
+    };
+    let icmp_code = if f & tuple_fields::ICMP_CODE != 0 {
+        pkt.icmp_code
+    } else {
+        0
+    };
+    let sport = pkt.sport & tp.sport_mask;
+    let dport = pkt.dport & tp.dport_mask;
+    if tp.family != 6 {
+        // No IPv6 address in the key: five words (an IPv4 packet's, or none).
+        let k = AclNarrowKey {
             ruleset,
-            tuple: t,
-            proto,
-            icmp_type,
-            icmp_code,
-            sport: pkt.sport & tp.sport_mask,
-            dport: pkt.dport & tp.dport_mask,
+            fields: t as u32 | (proto as u32) << 8 | (icmp_type as u32) << 16 | (icmp_code as u32) << 24,
+            ports: sport as u32 | (dport as u32) << 16,
             src: pkt.src[0] & tp.src_mask[0],
             dst: pkt.dst[0] & tp.dst_mask[0],
-        }
+        };
+        return acl_head(k.slots(), |rule| k.matches(&rule.key));
     }
-    #[inline(always)]
-    fn filter_bit(&self) -> u32 {
-        AclKeyV4::filter_bit(self)
-    }
-    #[inline(always)]
-    fn lookup(&self) -> Option<u32> {
-        // SAFETY: hash values are replaced whole, never written in place.
-        unsafe { ACL_KEYS_V4.get(self) }.map(|v| v.rule)
-    }
+    let k = AclKey {
+        ruleset,
+        tuple: t,
+        proto,
+        icmp_type,
+        icmp_code,
+        sport,
+        dport,
+        src: [
+            pkt.src[0] & tp.src_mask[0],
+            pkt.src[1] & tp.src_mask[1],
+            pkt.src[2] & tp.src_mask[2],
+            pkt.src[3] & tp.src_mask[3],
+        ],
+        dst: [
+            pkt.dst[0] & tp.dst_mask[0],
+            pkt.dst[1] & tp.dst_mask[1],
+            pkt.dst[2] & tp.dst_mask[2],
+            pkt.dst[3] & tp.dst_mask[3],
+        ],
+    };
+    acl_head(k.slots(true), |rule| wide_matches(rule, &k))
 }
 
-impl AclProbe for AclKeyV6 {
-    #[inline(always)]
-    fn build(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Self {
-        let (proto, icmp_type, icmp_code) = masked_proto(tp, pkt);
-        AclKeyV6 {
-            ruleset,
-            tuple: t,
-            proto,
-            icmp_type,
-            icmp_code,
-            sport: pkt.sport & tp.sport_mask,
-            dport: pkt.dport & tp.dport_mask,
-            src: [
-                pkt.src[0] & tp.src_mask[0],
-                pkt.src[1] & tp.src_mask[1],
-                pkt.src[2] & tp.src_mask[2],
-                pkt.src[3] & tp.src_mask[3],
-            ],
-            dst: [
-                pkt.dst[0] & tp.dst_mask[0],
-                pkt.dst[1] & tp.dst_mask[1],
-                pkt.dst[2] & tp.dst_mask[2],
-                pkt.dst[3] & tp.dst_mask[3],
-            ],
-        }
-    }
-    #[inline(always)]
-    fn filter_bit(&self) -> u32 {
-        AclKeyV6::filter_bit(self)
-    }
-    #[inline(always)]
-    fn lookup(&self) -> Option<u32> {
-        // SAFETY: hash values are replaced whole, never written in place.
-        unsafe { ACL_KEYS_V6.get(self) }.map(|v| v.rule)
-    }
-}
+/// Tuples probed inline; the rest go through `bpf_loop` (see `classify`).
+const INLINE_TUPLES: u32 = 2;
 
-/// Tuple-space search: for each tuple, the packet masked to it is checked against the key
-/// filter and, if its bit is set, probed in the tuple hash; the (short, priority-sorted)
-/// chain is walked for residual checks; the best-priority hit wins.
+/// Tuple-space search: for each tuple, the packet masked to it is looked up in the ACL
+/// index; the (short, priority-sorted) chain of entries with that key is walked for
+/// residual checks; the best-priority hit wins. The first tuples are probed inline; the
+/// others one per `bpf_loop` iteration, so the verifier checks `acl_tuple` once for any
+/// of them instead of once per tuple and path (all 16 inline exceed its budget).
 #[inline(always)]
-fn classify<K: AclProbe>(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
-    // An index, not an Option of a reference: LLVM spills the payload of a None, which
-    // the verifier refuses as a read of an uninitialised register.
-    let mut best = NO_RULE;
-    let mut best_prio = u32::MAX;
-    for t in 0..MAX_TUPLES {
-        if t as u32 >= cfg.n_tuples {
+fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
+    let mut c = AclSearch {
+        cfg,
+        pkt,
+        best: NO_RULE,
+        best_prio: u32::MAX,
+    };
+    let n = if cfg.n_tuples < MAX_TUPLES as u32 {
+        cfg.n_tuples
+    } else {
+        MAX_TUPLES as u32
+    };
+    let mut t = 0;
+    while t < INLINE_TUPLES && t < n {
+        if search_tuple(&mut c, t) {
+            return c.found();
+        }
+        t += 1;
+    }
+    if n > INLINE_TUPLES {
+        // SAFETY: a helper taking a static callback and a context on this stack.
+        unsafe {
+            bpf_loop(
+                n - INLINE_TUPLES,
+                acl_tuple as *mut core::ffi::c_void,
+                &mut c as *mut AclSearch as *mut core::ffi::c_void,
+                0,
+            )
+        };
+    }
+    c.found()
+}
+
+/// The ACL search's state, on `classify`'s stack (handed to each `acl_tuple`).
+#[repr(C)]
+struct AclSearch {
+    cfg: *const MitigationConfig,
+    pkt: *const Packet,
+    best: u32,
+    best_prio: u32,
+}
+
+impl AclSearch {
+    #[inline(always)]
+    fn found(&self) -> Option<u32> {
+        // SAFETY: a plain read; volatile because the callback wrote it through a pointer.
+        let best = unsafe { core::ptr::read_volatile(&self.best) };
+        if best == NO_RULE {
+            None
+        } else {
+            Some(best)
+        }
+    }
+}
+
+/// Tuple `INLINE_TUPLES + i` of the search. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn acl_tuple(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `classify` passes its AclSearch.
+    let c = unsafe { &mut *(ctx as *mut AclSearch) };
+    i64::from(search_tuple(c, INLINE_TUPLES + i as u32))
+}
+
+/// Probes tuple `t`; true when no later tuple can win.
+#[inline(always)]
+fn search_tuple(c: &mut AclSearch, t: u32) -> bool {
+    // SAFETY: the pointers are map values alive for this program run.
+    let (cfg, pkt) = unsafe { (&*c.cfg, &*c.pkt) };
+    let Some(tp) = cfg.tuples.get(t as usize) else {
+        return true;
+    };
+    let best_prio = c.best_prio;
+    if tp.min_priority >= best_prio {
+        return true; // tuples are sorted by their best entry: nothing later can win
+    }
+    if tp.family != 0 && tp.family != pkt.family {
+        return false;
+    }
+    if tp.fields & tuple_fields::PORTS != 0 && !pkt.has_ports {
+        return false;
+    }
+    if tp.fields & (tuple_fields::ICMP_TYPE | tuple_fields::ICMP_CODE) != 0 && !pkt.has_icmp {
+        return false;
+    }
+    let Some(mut r) = tuple_head(cfg.ruleset, t as u8, tp, pkt) else {
+        return false;
+    };
+    for _ in 0..MAX_CHAIN {
+        let Some(rule) = ACL_RULES.get(r) else {
+            break; // NO_RULE (out of range): the chain ended
+        };
+        if rule.priority >= best_prio {
+            break; // chains are sorted by priority too
+        }
+        if residual_match(rule, pkt) {
+            c.best = r;
+            c.best_prio = rule.priority;
             break;
         }
-        let tp = &cfg.tuples[t];
-        if tp.min_priority >= best_prio {
-            break; // tuples are sorted by their best entry: nothing later can win
-        }
-        if tp.family != 0 && tp.family != pkt.family {
-            continue;
-        }
-        if tp.fields & tuple_fields::PORTS != 0 && !pkt.has_ports {
-            continue;
-        }
-        if tp.fields & (tuple_fields::ICMP_TYPE | tuple_fields::ICMP_CODE) != 0 && !pkt.has_icmp {
-            continue;
-        }
-        let key = K::build(cfg.ruleset, t as u8, tp, pkt);
-        let bit = key.filter_bit();
-        let Some(word) = ACL_FILTER.get(bit >> 6) else {
-            continue;
-        };
-        if *word & (1u64 << (bit & 63)) == 0 {
-            continue;
-        }
-        let Some(mut r) = key.lookup() else {
-            continue;
-        };
-        for _ in 0..MAX_CHAIN {
-            if r == NO_RULE {
-                break;
-            }
-            let Some(rule) = ACL_RULES.get(r) else {
-                break;
-            };
-            if rule.priority >= best_prio {
-                break; // chains are sorted by priority too
-            }
-            if residual_match(rule, pkt) {
-                best = r;
-                best_prio = rule.priority;
-                break;
-            }
-            r = rule.next;
-        }
+        r = rule.next;
     }
-    if best == NO_RULE {
-        None
-    } else {
-        Some(best)
-    }
+    false
 }
 
 #[inline(always)]
@@ -727,23 +792,24 @@ fn residual_match(rule: &AclRule, pkt: &Packet) -> bool {
     true
 }
 
-/// Counts the hit and applies the entry's action.
+/// Counts the hit in the entry's ACL_STATS and applies its action.
 #[inline(always)]
 fn apply_rule(idx: u32, len: u64) -> Option<Verdict> {
-    if let Some(c) = ACL_STATS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU value.
-        count(unsafe { &mut *c }, len);
-    }
+    let c = ACL_STATS.get_ptr_mut(idx)?;
+    // SAFETY: per-CPU value.
+    let c = unsafe { &mut *c };
+    count(&mut c.matched, len);
     let rule = ACL_RULES.get(idx)?;
     Some(match rule.action {
-        acl_action::ACCEPT => Verdict::Accept,
-        acl_action::DROP => Verdict::Drop(DropReason::AclDrop),
+        acl_action::ACCEPT => Verdict::AclPass,
+        acl_action::DROP => Verdict::AclDrop,
         _ => {
             let bucket = ACL_BUCKETS.get_ptr_mut(idx)?;
             if rate::admit(bucket, &rule.rate, len, now()) {
-                Verdict::Accept
+                Verdict::AclPass
             } else {
-                Verdict::Drop(DropReason::AclRateLimit)
+                count(&mut c.limited, len);
+                Verdict::AclDrop
             }
         }
     })

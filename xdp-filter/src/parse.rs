@@ -69,35 +69,21 @@ pub struct Packet {
     pub dst: [u32; 4],
 }
 
-/// Resets every field. Volatile stores on purpose: LLVM otherwise merges the zeroing into
-/// a `memset` call, which the BPF backend leaves to a byte-at-a-time loop (this one line
-/// cost more than all the rest of the parse).
+/// Resets every field: 13 word stores. Volatile on purpose: LLVM otherwise merges the
+/// zeroing into a `memset` call, which the BPF backend leaves to a byte-at-a-time loop
+/// (this one line cost more than all the rest of the parse).
 #[inline(always)]
 fn clear(p: &mut Packet) {
-    use core::ptr::write_volatile as w;
-    // SAFETY: plain stores into fields of a valid, exclusively borrowed value.
-    unsafe {
-        w(&mut p.family, 0);
-        w(&mut p.proto, 0);
-        w(&mut p.has_ports, false);
-        w(&mut p.has_icmp, false);
-        w(&mut p.malformed, false);
-        w(&mut p.later_fragment, false);
-        w(&mut p.frag, 0);
-        w(&mut p.ttl, 0);
-        w(&mut p.dscp, 0);
-        w(&mut p.tcp_flags, 0);
-        w(&mut p.icmp_type, 0);
-        w(&mut p.icmp_code, 0);
-        w(&mut p.sport, 0);
-        w(&mut p.dport, 0);
-        w(&mut p.ip_len, 0);
-        for i in 0..4 {
-            w(&mut p.src[i], 0);
-            w(&mut p.dst[i], 0);
-        }
+    const WORDS: usize = core::mem::size_of::<Packet>() / 4;
+    let w = p as *mut Packet as *mut u32;
+    for i in 0..WORDS {
+        // SAFETY: Packet is repr(C), 4-byte aligned, a multiple of 4 bytes long, and every
+        // bit pattern of zero is a valid value of each field.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
     }
 }
+
+const _: () = assert!(core::mem::size_of::<Packet>() % 4 == 0);
 
 /// Bounds-checks `size` bytes at `off` and returns a pointer to them.
 #[inline(always)]

@@ -7,9 +7,9 @@
 //! cost follows the number of shapes, not the number of entries. Fields that cannot be part
 //! of an exact key (port ranges that are not aligned blocks, TTL, length, DSCP, fragment and
 //! TCP-flag tests) are checked on the candidates that share a key, walked in priority order.
-//! Keys are per address family (a 20-byte IPv4 key, a 44-byte IPv6 key); a tuple without
-//! addresses gets its keys in both tables. Every key's bit is set in the kernel's key filter
-//! (`AclKeyV4::filter_bit`) while its generation lives, so most absent keys cost no probe.
+//! Each distinct key is entered in the kernel's ACL index (`xdp_common::AclKey::slots`),
+//! pointing at the first of the entries sharing it; every rule carries its key, so the
+//! kernel confirms a hit by comparing words.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -19,8 +19,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
     acl_action, bit_op, flags, frag_bits, length_bit, list, prefix_tag, rate_unit, residual,
-    tuple_fields, AclKeyV4, AclKeyV6, AclRule, AclTuple, AclValue, MitigationConfig,
-    PortRange as KPortRange,
+    tuple_fields, AclKey, AclRule, AclTuple, MitigationConfig, PortRange as KPortRange,
     PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS,
     MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
 };
@@ -78,33 +77,19 @@ pub struct Compiled {
     pub config: MitigationConfig,
     /// Rule `i` goes to ACL_RULES slot `config.rule_base + i`.
     pub rules: Vec<AclRule>,
-    pub keys: Vec<(AclKey, AclValue)>,
+    /// One per distinct key: what the ACL index must point at.
+    pub keys: Vec<IndexEntry>,
     /// Accept- and drop-list entries of this generation.
     pub sources: Vec<PrefixEntry>,
 }
 
-/// An ACL key of either family's table.
+/// A key of the generation and the first rule (by priority) of the entries sharing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AclKey {
-    V4(AclKeyV4),
-    V6(AclKeyV6),
-}
-
-impl AclKey {
-    /// The key's bit in the kernel's key filter.
-    pub fn filter_bit(&self) -> u32 {
-        match self {
-            AclKey::V4(k) => k.filter_bit(),
-            AclKey::V6(k) => k.filter_bit(),
-        }
-    }
-
-    pub fn ruleset(&self) -> u32 {
-        match self {
-            AclKey::V4(k) => k.ruleset,
-            AclKey::V6(k) => k.ruleset,
-        }
-    }
+pub struct IndexEntry {
+    pub key: AclKey,
+    /// The key's tuple matches IPv6 addresses (they count in its slots).
+    pub wide: bool,
+    pub head: u32,
 }
 
 /// Bumped whenever the same spec would compile to different map entries, so that
@@ -390,7 +375,7 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
     }
     let mut names = HashSet::new();
     // Per entry: its shape, its key (tuple index filled in later) and its rule.
-    let mut shaped: Vec<(Shape, KeyFields, AclRule)> = Vec::with_capacity(entries.len());
+    let mut shaped: Vec<(Shape, AclKey, AclRule)> = Vec::with_capacity(entries.len());
     for (prio, e) in entries.iter().enumerate() {
         if e.name.is_empty() || e.name.len() > 64 {
             return Err(SpecError::BadAclName(e.name.clone()));
@@ -429,14 +414,15 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
     out.config.n_tuples = order.len() as u32;
 
     // Chains: entries with the same full key, in priority order.
-    let mut chains: BTreeMap<KeyOrd, Vec<u32>> = BTreeMap::new();
+    let mut chains: BTreeMap<AclKey, Vec<u32>> = BTreeMap::new();
     for (prio, (shape, key, rule)) in shaped.iter_mut().enumerate() {
         key.tuple = order
             .iter()
             .position(|(s, _)| s == shape)
             .expect("shape was collected") as u8;
         key.ruleset = out.config.ruleset;
-        chains.entry(KeyOrd(*key)).or_default().push(prio as u32);
+        rule.key = *key;
+        chains.entry(*key).or_default().push(prio as u32);
         out.rules.push(*rule);
     }
     for (key, members) in chains {
@@ -450,98 +436,14 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
         for w in members.windows(2) {
             out.rules[w[0] as usize].next = out.config.rule_base + w[1];
         }
-        let value = AclValue {
-            rule: out.config.rule_base + members[0],
-        };
-        let family = order[key.0.tuple as usize].0.family;
-        if family != 6 {
-            out.keys.push((AclKey::V4(key.0.v4()), value));
-        }
-        if family != 4 {
-            out.keys.push((AclKey::V6(key.0.v6()), value));
-        }
+        out.keys.push(IndexEntry {
+            key,
+            wide: order[key.tuple as usize].0.family == 6,
+            head: out.config.rule_base + members[0],
+        });
     }
     out.config.rule_count = entries.len() as u32;
     Ok(())
-}
-
-/// An entry's key fields before they are split by family.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct KeyFields {
-    ruleset: u32,
-    tuple: u8,
-    proto: u8,
-    icmp_type: u8,
-    icmp_code: u8,
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-}
-
-impl KeyFields {
-    fn v4(&self) -> AclKeyV4 {
-        AclKeyV4 {
-            ruleset: self.ruleset,
-            tuple: self.tuple,
-            proto: self.proto,
-            icmp_type: self.icmp_type,
-            icmp_code: self.icmp_code,
-            sport: self.sport,
-            dport: self.dport,
-            src: self.src[0],
-            dst: self.dst[0],
-        }
-    }
-
-    fn v6(&self) -> AclKeyV6 {
-        AclKeyV6 {
-            ruleset: self.ruleset,
-            tuple: self.tuple,
-            proto: self.proto,
-            icmp_type: self.icmp_type,
-            icmp_code: self.icmp_code,
-            sport: self.sport,
-            dport: self.dport,
-            src: self.src,
-            dst: self.dst,
-        }
-    }
-}
-
-/// Orders keys so chains are built deterministically.
-#[derive(PartialEq, Eq)]
-struct KeyOrd(KeyFields);
-impl Ord for KeyOrd {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        let a = &self.0;
-        let b = &o.0;
-        (
-            a.tuple,
-            a.proto,
-            a.icmp_type,
-            a.icmp_code,
-            a.sport,
-            a.dport,
-            a.src,
-            a.dst,
-        )
-            .cmp(&(
-                b.tuple,
-                b.proto,
-                b.icmp_type,
-                b.icmp_code,
-                b.sport,
-                b.dport,
-                b.src,
-                b.dst,
-            ))
-    }
-}
-impl PartialOrd for KeyOrd {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
 }
 
 fn shape_mask(family: u8, len: u8) -> [u32; 4] {
@@ -556,7 +458,7 @@ fn shape_mask(family: u8, len: u8) -> [u32; 4] {
     }
 }
 
-fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, KeyFields, AclRule), SpecError> {
+fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, AclKey, AclRule), SpecError> {
     let m = &e.matches;
     let name = e.name.as_str();
     let family = match (m.source, m.destination) {
@@ -575,7 +477,7 @@ fn compile_entry(prio: u32, e: &AclEntry) -> Result<(Shape, KeyFields, AclRule),
         sport_mask: 0,
         dport_mask: 0,
     };
-    let mut key = KeyFields::default();
+    let mut key = AclKey::default();
     let mut rule = AclRule {
         name_hash: name_hash(name),
         priority: prio,
@@ -722,14 +624,15 @@ mod tests {
         assert_eq!(c.config.n_tuples, 1);
         assert_eq!(c.keys.len(), 1000);
         assert_eq!(c.rules.len(), 1000);
-        assert!(c.keys.iter().all(|(k, v)| matches!(k, AclKey::V4(_))
-            && k.ruleset() == 14
-            && v.rule >= 100
-            && v.rule < 1100));
+        assert!(c
+            .keys
+            .iter()
+            .all(|e| !e.wide && e.key.ruleset == 14 && e.head >= 100 && e.head < 1100));
+        assert!(c.rules.iter().all(|r| r.key.ruleset == 14 && r.key.src[0] != 0));
     }
 
     #[test]
-    fn keys_without_addresses_go_to_both_families() {
+    fn keys_without_addresses_serve_both_families() {
         let e = AclEntry {
             name: "udp-9999".into(),
             matches: AclMatch {
@@ -740,15 +643,11 @@ mod tests {
             action: AclAction::Drop,
         };
         let c = compile(&spec(vec![e]), 3, 0).unwrap();
-        assert_eq!(c.keys.len(), 2);
-        let AclKey::V4(k4) = c.keys[0].0 else {
-            panic!("IPv4 key first")
-        };
-        let AclKey::V6(k6) = c.keys[1].0 else {
-            panic!("IPv6 key second")
-        };
-        assert_eq!((k4.proto, k4.dport, k4.ruleset), (17, 9999, 3));
-        assert_eq!((k6.proto, k6.dport, k6.src, k6.dst), (17, 9999, [0; 4], [0; 4]));
+        assert_eq!(c.keys.len(), 1);
+        let k = c.keys[0].key;
+        assert!(!c.keys[0].wide);
+        assert_eq!((k.proto, k.dport, k.ruleset, k.src, k.dst), (17, 9999, 3, [0; 4], [0; 4]));
+        assert_eq!(c.rules[0].key, k);
         assert_eq!(c.config.flags & (0xf << flags::LISTS), 0);
     }
 
@@ -790,9 +689,8 @@ mod tests {
             action: AclAction::Drop,
         };
         let c = compile(&spec(vec![mk("x", 1000, 2000), mk("y", 3000, 4001)]), 0, 10).unwrap();
-        assert_eq!(c.keys.len(), 2, "one key per family, both heading the chain");
-        assert_eq!(c.keys[0].1.rule, 10);
-        assert_eq!(c.keys[1].1.rule, 10);
+        assert_eq!(c.keys.len(), 1);
+        assert_eq!(c.keys[0].head, 10);
         assert_eq!(c.rules[0].next, 11);
         assert_eq!(c.rules[1].next, NO_RULE);
         assert_eq!(c.rules[0].checks, residual::DPORT_RANGE);

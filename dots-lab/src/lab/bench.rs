@@ -131,7 +131,7 @@ struct Measure {
 }
 
 /// The customer's mitigation and 1,000 other mitigated prefixes.
-fn rule_set() -> Vec<MitigationSpec> {
+pub fn rule_set() -> Vec<MitigationSpec> {
     let mut acl = Vec::new();
     for (i, port) in [53u16, 123, 161, 389, 1900, 11211, 19, 17, 111, 137]
         .iter()
@@ -407,7 +407,7 @@ impl Scrubber {
 }
 
 /// xdp-tools' program with `udp dst port 9999 drop` in its port map.
-fn load_xdp_filter(pin_root: &std::path::Path) -> Result<aya::Ebpf> {
+pub fn load_xdp_filter(pin_root: &std::path::Path) -> Result<aya::Ebpf> {
     use aya::maps::{PerCpuArray, PerCpuValues};
     if !std::path::Path::new(XDP_FILTER_OBJ).exists() {
         bail!("{XDP_FILTER_OBJ} not found (Debian package libxdp1)");

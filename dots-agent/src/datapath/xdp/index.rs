@@ -8,11 +8,11 @@ use std::collections::HashMap;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use xdp_common::{
-    dst_v4, ipv6_top48, length_bit, summary_index_v6, LengthMask, MitigationConfig,
+    dst_v4, ipv6_top48, length_bit, summary_index_v6, AclKey, LengthMask, MitigationConfig,
     DST_V4_SLOTS, MAX_PREFIX_LENGTHS, SUMMARY_BITS, SUMMARY_SLOTS, SUMMARY_V6_PREFIX_BITS,
 };
 
-use super::super::compile::{AclKey, PrefixEntry};
+use super::super::compile::{IndexEntry, PrefixEntry};
 use super::super::DatapathError;
 
 /// Word-addressed array the kernel reads (see module docs).
@@ -36,9 +36,11 @@ pub struct Installed {
     pub config: MitigationConfig,
     pub targets: Vec<IpNet>,
     /// Keys of the live generation, so it can be deleted without scanning the maps.
-    pub acl_keys: Vec<AclKey>,
+    pub acl_keys: Vec<IndexEntry>,
     pub sources: Vec<PrefixEntry>,
     pub rule_names: Vec<u64>,
+    /// Each rule's `acl_action` (how its counts add to the mitigation's).
+    pub rule_actions: Vec<u8>,
 }
 
 /// A first-fit allocator over a fixed number of indexes.
@@ -107,7 +109,7 @@ pub struct Index {
     pub targets_per_family: [usize; 2],
     pub dst_v4: DstV4,
     pub summary_v6: SummaryV6,
-    pub filter: FilterBits,
+    pub acl: AclIndex,
 }
 
 impl Index {
@@ -122,7 +124,7 @@ impl Index {
             targets_per_family: [0; 2],
             dst_v4: DstV4::default(),
             summary_v6: SummaryV6::default(),
-            filter: FilterBits::default(),
+            acl: AclIndex::default(),
         }
     }
 
@@ -338,50 +340,172 @@ impl SummaryV6 {
     }
 }
 
-/// The ACL key filter: a bit per live key, counted, since keys of two generations (or two
-/// keys that hash alike) share bits.
+/// The ACL index's placement (cuckoo hashing, see `xdp_common::AclKey::slots`): each key
+/// sits in its first slot, or in its second when the first holds another key. Invariant
+/// kept on every change: a key is in its second slot only while its first slot is taken,
+/// so the kernel takes an empty first slot as a miss. Every move writes the destination
+/// before clearing the source, so a reader always finds a present key in one of them.
 #[derive(Default)]
-pub struct FilterBits {
-    refs: HashMap<u32, u32>,
+pub struct AclIndex {
+    /// Slot -> the entry whose head it holds.
+    at: HashMap<u32, IndexEntry>,
+    /// Key -> its slot.
+    home: HashMap<AclKey, u32>,
+    /// First slot -> slots of the keys with that first slot that sit in their second one
+    /// (they move in when it frees up).
+    waiting: HashMap<u32, Vec<u32>>,
 }
 
-impl FilterBits {
-    pub fn add(&mut self, arr: &mut impl Words<u64>, bit: u32) {
-        let n = self.refs.entry(bit).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            let i = (bit >> 6) as usize;
-            arr.set(i, arr.get(i) | 1 << (bit & 63));
+/// The index is full around a key (both slots taken, and neither occupant can move).
+#[derive(Debug)]
+pub struct IndexFull;
+
+impl AclIndex {
+    fn slots(e: &IndexEntry) -> (u32, u32) {
+        e.key.slots(e.wide)
+    }
+
+    /// Writes `e` into `slot` and records it there (the caller frees any old place).
+    fn put(&mut self, arr: &mut impl Words<u32>, slot: u32, e: IndexEntry) {
+        arr.set(slot as usize, e.head + 1);
+        self.forget(slot);
+        self.at.insert(slot, e);
+        self.home.insert(e.key, slot);
+        let (first, _) = Self::slots(&e);
+        if first != slot {
+            self.waiting.entry(first).or_default().push(slot);
         }
     }
 
-    pub fn remove(&mut self, arr: &mut impl Words<u64>, bit: u32) {
-        let Some(n) = self.refs.get_mut(&bit) else {
+    /// Drops the bookkeeping of whatever `slot` holds (not the array).
+    fn forget(&mut self, slot: u32) {
+        let Some(old) = self.at.remove(&slot) else {
             return;
         };
-        *n -= 1;
-        if *n == 0 {
-            self.refs.remove(&bit);
-            let i = (bit >> 6) as usize;
-            arr.set(i, arr.get(i) & !(1 << (bit & 63)));
+        if self.home.get(&old.key) == Some(&slot) {
+            self.home.remove(&old.key);
+        }
+        let (first, _) = Self::slots(&old);
+        if let Some(w) = self.waiting.get_mut(&first) {
+            w.retain(|s| *s != slot);
+            if w.is_empty() {
+                self.waiting.remove(&first);
+            }
         }
     }
 
-    /// Rebuilds from the live keys' bits and repairs the array.
-    pub fn rebuild(&mut self, arr: &mut impl Words<u64>, words: usize, bits: &[u32]) -> usize {
-        *self = FilterBits::default();
-        let mut want: Vec<u64> = vec![0; words];
-        for b in bits {
-            self.add(&mut want, *b);
+    /// Enters a key (with its chain head). A key already present is repointed in place.
+    pub fn insert(&mut self, arr: &mut impl Words<u32>, e: IndexEntry) -> Result<(), IndexFull> {
+        if let Some(slot) = self.home.get(&e.key).copied() {
+            self.put(arr, slot, e);
+            return Ok(());
         }
+        let (first, second) = Self::slots(&e);
+        if !self.at.contains_key(&first) {
+            self.put(arr, first, e);
+            return Ok(());
+        }
+        if !self.at.contains_key(&second) {
+            self.put(arr, second, e);
+            return Ok(());
+        }
+        // Both taken: move an occupant that sits in its own first slot to its free second
+        // slot (its first slot stays taken, by us, so its invariant holds).
+        for slot in [first, second] {
+            let other = self.at[&slot];
+            let (o_first, o_second) = Self::slots(&other);
+            if o_first == slot && o_second != slot && !self.at.contains_key(&o_second) {
+                self.put(arr, o_second, other); // present twice for a moment
+                self.put(arr, slot, e);
+                return Ok(());
+            }
+        }
+        Err(IndexFull)
+    }
+
+    /// Removes a key; a key waiting in its second slot for this one moves into it.
+    pub fn remove(&mut self, arr: &mut impl Words<u32>, key: &AclKey) {
+        let Some(slot) = self.home.get(key).copied() else {
+            return;
+        };
+        let mut freed = slot;
+        loop {
+            let next = self.waiting.get(&freed).and_then(|w| w.first().copied());
+            match next {
+                // A key whose first slot is `freed` moves in (written there before its
+                // second slot is cleared).
+                Some(from) => {
+                    let e = self.at[&from];
+                    self.put(arr, freed, e);
+                    self.forget(from);
+                    freed = from;
+                }
+                None => {
+                    self.forget(freed);
+                    arr.set(freed as usize, 0);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Adopts what the kernel's index holds for the live keys (so nothing moves under
+    /// running traffic), clears slots that name no live key's head, enters missing keys
+    /// and restores the invariant. Returns how many slots changed.
+    pub fn rebuild(&mut self, arr: &mut impl Words<u32>, slots: usize, live: &[IndexEntry]) -> usize {
+        *self = AclIndex::default();
+        let by_head: HashMap<u32, IndexEntry> = live.iter().map(|e| (e.head, *e)).collect();
         let mut changed = 0;
-        for (i, w) in want.iter().enumerate() {
-            if arr.get(i) != *w {
-                arr.set(i, *w);
+        for s in 0..slots as u32 {
+            let v = arr.get(s as usize);
+            if v == 0 {
+                continue;
+            }
+            let keep = by_head.get(&(v - 1)).copied().filter(|e| {
+                let (f, sec) = Self::slots(e);
+                (s == f || s == sec) && !self.home.contains_key(&e.key)
+            });
+            match keep {
+                Some(e) => self.put(arr, s, e),
+                None => {
+                    arr.set(s as usize, 0);
+                    changed += 1;
+                }
+            }
+        }
+        for e in live {
+            if !self.home.contains_key(&e.key) && self.insert(arr, *e).is_ok() {
                 changed += 1;
             }
         }
+        // Keys in their second slot although the first is free: move them home.
+        let misplaced: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter(|(first, _)| !self.at.contains_key(first))
+            .flat_map(|(_, w)| w.first().copied())
+            .collect();
+        for from in misplaced {
+            let e = self.at[&from];
+            let (first, _) = Self::slots(&e);
+            self.put(arr, first, e);
+            self.forget(from);
+            arr.set(from as usize, 0);
+            changed += 1;
+        }
         changed
+    }
+
+    /// Is every key findable the way the kernel looks (test and debug aid)?
+    #[cfg(test)]
+    fn check(&self, arr: &impl Words<u32>) {
+        for (key, slot) in &self.home {
+            let e = self.at[slot];
+            assert_eq!(e.key, *key);
+            assert_eq!(arr.get(*slot as usize), e.head + 1);
+            let (f, sec) = Self::slots(&e);
+            assert!(*slot == f || (*slot == sec && self.at.contains_key(&f)));
+        }
     }
 }
 
@@ -498,22 +622,106 @@ mod tests {
         assert!(s.check(&many[..15]).is_ok());
     }
 
+    fn entry(i: u32) -> IndexEntry {
+        IndexEntry {
+            key: AclKey {
+                ruleset: 1,
+                dport: i as u16,
+                sport: (i >> 16) as u16,
+                ..Default::default()
+            },
+            wide: false,
+            head: i,
+        }
+    }
+
+    /// What the kernel finds for a key in `arr`.
+    fn find(arr: &[u32], rules: &HashMap<u32, AclKey>, key: &AclKey) -> Option<u32> {
+        let (f, s) = key.slots(false);
+        for slot in [f, s] {
+            let v = arr[slot as usize];
+            if v == 0 {
+                return None;
+            }
+            if rules.get(&(v - 1)) == Some(key) {
+                return Some(v - 1);
+            }
+        }
+        None
+    }
+
     #[test]
-    fn filter_bits_are_counted() {
-        let mut arr = vec![0u64; 4];
-        let mut f = FilterBits::default();
-        f.add(&mut arr, 65);
-        f.add(&mut arr, 65);
-        f.add(&mut arr, 3);
-        assert_eq!(arr, vec![1 << 3, 1 << 1, 0, 0]);
-        f.remove(&mut arr, 65);
-        assert_eq!(arr[1], 1 << 1, "still held by the other key");
-        f.remove(&mut arr, 65);
-        f.remove(&mut arr, 3);
-        assert_eq!(arr, vec![0; 4]);
-        let mut torn = vec![7u64, 0, 0, 1];
-        assert_eq!(FilterBits::default().rebuild(&mut torn, 4, &[130]), 3);
-        assert_eq!(torn, vec![0, 0, 1 << 2, 0]);
+    fn acl_index_finds_every_key_through_inserts_and_removals() {
+        let mut arr = vec![0u32; xdp_common::ACL_INDEX_SLOTS as usize];
+        let mut idx = AclIndex::default();
+        let mut rules = HashMap::new();
+        for i in 1..=2000 {
+            idx.insert(&mut arr, entry(i)).unwrap();
+            rules.insert(i, entry(i).key);
+        }
+        idx.check(&arr);
+        for i in (1..=2000).step_by(3) {
+            idx.remove(&mut arr, &entry(i).key);
+            rules.remove(&i);
+        }
+        idx.check(&arr);
+        for i in 1..=2000u32 {
+            let want = rules.contains_key(&i).then_some(i);
+            assert_eq!(find(&arr, &rules, &entry(i).key), want, "key {i}");
+        }
+        let mut rebuilt = AclIndex::default();
+        let live: Vec<IndexEntry> = rules.keys().map(|i| entry(*i)).collect();
+        assert_eq!(rebuilt.rebuild(&mut arr, xdp_common::ACL_INDEX_SLOTS as usize, &live), 0);
+        rebuilt.check(&arr);
+    }
+
+    #[test]
+    fn acl_index_keeps_its_invariant_under_collisions() {
+        // Three keys with the same first slot: the second goes to its second slot, the
+        // third moves... or is refused; removing the first brings a waiting key home.
+        let mut by_first: HashMap<u32, Vec<u32>> = HashMap::new();
+        let triple = (1..400_000u32)
+            .find_map(|i| {
+                let v = by_first.entry(entry(i).key.slots(false).0).or_default();
+                v.push(i);
+                (v.len() == 3).then(|| v.clone())
+            })
+            .expect("a shared first slot among 400,000 keys");
+        let mut arr = vec![0u32; xdp_common::ACL_INDEX_SLOTS as usize];
+        let mut idx = AclIndex::default();
+        let mut rules = HashMap::new();
+        for i in &triple {
+            if idx.insert(&mut arr, entry(*i)).is_ok() {
+                rules.insert(*i, entry(*i).key);
+            }
+        }
+        assert!(rules.len() >= 2);
+        idx.check(&arr);
+        idx.remove(&mut arr, &entry(triple[0]).key);
+        rules.remove(&triple[0]);
+        idx.check(&arr);
+        for i in &triple {
+            let want = rules.contains_key(i).then_some(*i);
+            assert_eq!(find(&arr, &rules, &entry(*i).key), want);
+        }
+        let first = entry(triple[0]).key.slots(false).0 as usize;
+        assert_ne!(arr[first], 0, "a waiting key moved into the freed first slot");
+    }
+
+    #[test]
+    fn acl_index_rebuild_clears_garbage_and_restores_homes() {
+        let mut arr = vec![0u32; xdp_common::ACL_INDEX_SLOTS as usize];
+        let e = entry(5);
+        let (first, second) = e.key.slots(false);
+        arr[second as usize] = e.head + 1; // misplaced: first slot free
+        arr[12345] = 77; // left by a crash
+        let mut idx = AclIndex::default();
+        let n = arr.len();
+        assert_eq!(idx.rebuild(&mut arr, n, &[e]), 2);
+        assert_eq!(arr[first as usize], e.head + 1);
+        assert_eq!(arr[second as usize], 0);
+        assert_eq!(arr[12345], 0);
+        idx.check(&arr);
     }
 
     #[test]

@@ -11,11 +11,11 @@ use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
 use aya::EbpfLoader;
 use ipnet::IpNet;
 use xdp_common::{
-    map_names as names, split_tag, MitigationConfig, TargetValue, ACL_FILTER_WORDS,
+    map_names as names, split_tag, MitigationConfig, TargetValue, ACL_INDEX_SLOTS,
     LAYOUT_VERSION, PROGRAM_NAME,
 };
 
-use super::super::compile::{AclKey, PrefixEntry};
+use super::super::compile::{IndexEntry, PrefixEntry};
 use super::super::DatapathError;
 use super::index::{Index, Installed};
 use super::maps::{Maps, U32Words, U64Words};
@@ -293,6 +293,9 @@ impl XdpDatapath {
             index.rulesets.mark(config.ruleset, 1, true);
             index.rules.mark(config.rule_base, config.rule_count, true);
             let mut rule_names = Vec::with_capacity(config.rule_count as usize);
+            let mut rule_actions = Vec::with_capacity(config.rule_count as usize);
+            // Rules are stored in priority order: a key's first rule heads its chain.
+            let mut acl_keys: Vec<IndexEntry> = Vec::new();
             for i in 0..config.rule_count {
                 let r = self
                     .maps
@@ -300,15 +303,28 @@ impl XdpDatapath {
                     .get(&(config.rule_base + i), 0)
                     .map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
                 rule_names.push(r.name_hash);
+                rule_actions.push(r.action);
+                if !acl_keys.iter().any(|e| e.key == r.key) {
+                    let wide = config
+                        .tuples
+                        .get(r.key.tuple as usize)
+                        .is_some_and(|t| t.family == 6);
+                    acl_keys.push(IndexEntry {
+                        key: r.key,
+                        wide,
+                        head: config.rule_base + i,
+                    });
+                }
             }
             index.by_id.insert(
                 config.id,
                 Installed {
                     config: *config,
                     targets: Vec::new(),
-                    acl_keys: Vec::new(),
+                    acl_keys,
                     sources: Vec::new(),
                     rule_names,
+                    rule_actions,
                 },
             );
         }
@@ -350,31 +366,15 @@ impl XdpDatapath {
 
         let ruleset_id: HashMap<u32, u64> =
             configs.values().map(|c| (c.ruleset, c.id)).collect();
-        let mut keys: Vec<AclKey> = Vec::new();
-        for k in self.maps.acl_keys_v4.keys() {
-            keys.push(AclKey::V4(
-                k.map_err(|e| DatapathError::bpf("reading ACL_KEYS_V4", e))?,
-            ));
-        }
-        for k in self.maps.acl_keys_v6.keys() {
-            keys.push(AclKey::V6(
-                k.map_err(|e| DatapathError::bpf("reading ACL_KEYS_V6", e))?,
-            ));
-        }
-        let mut bits = Vec::new();
-        for k in keys {
-            match ruleset_id.get(&k.ruleset()) {
-                Some(id) => {
-                    bits.push(k.filter_bit());
-                    index.by_id.get_mut(id).expect("live").acl_keys.push(k);
-                }
-                None => self.maps.remove_acl_key(&k),
-            }
-        }
-        let fixed_filter = index.filter.rebuild(
-            &mut U64Words(&self.maps.acl_filter),
-            ACL_FILTER_WORDS as usize,
-            &bits,
+        let live_keys: Vec<IndexEntry> = index
+            .by_id
+            .values()
+            .flat_map(|i| i.acl_keys.iter().copied())
+            .collect();
+        let fixed_acl = index.acl.rebuild(
+            &mut U32Words(&self.maps.acl_index),
+            ACL_INDEX_SLOTS as usize,
+            &live_keys,
         );
 
         let mut sources: Vec<PrefixEntry> = Vec::new();
@@ -401,11 +401,11 @@ impl XdpDatapath {
                 None => self.maps.remove_source(&k),
             }
         }
-        if fixed_v4 + fixed_v6 + fixed_filter > 0 {
+        if fixed_v4 + fixed_v6 + fixed_acl > 0 {
             tracing::info!(
                 dst_v4 = fixed_v4,
                 summary_v6 = fixed_v6,
-                acl_filter = fixed_filter,
+                acl_index = fixed_acl,
                 "repaired lookup entries left by an interrupted update"
             );
         }

@@ -1,17 +1,17 @@
 //! Typed handles on the program's maps, and shared mappings of the arrays user space writes
-//! entry by entry (`DST_V4`, the IPv6 summary, the ACL key filter).
+//! entry by entry (`DST_V4`, the IPv6 summary, the ACL index).
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use xdp_common::{
-    map_names as names, AclKeyV4, AclKeyV6, AclRule, AclValue, Bucket, Counter, InterfaceStats,
-    MitigationConfig, MitigationStats, PrefixV4, PrefixV6, TalkerKey, TargetValue,
-    ACL_FILTER_WORDS, DST_V4_SLOTS, SUMMARY_SLOTS,
+    map_names as names, AclRule, AclStats, Bucket, Counter, InterfaceStats, MitigationConfig,
+    MitigationStats, PrefixV4, PrefixV6, TalkerKey, TargetValue, ACL_INDEX_SLOTS, DST_V4_SLOTS,
+    SUMMARY_SLOTS,
 };
 
-use super::super::compile::{AclKey, PrefixEntry};
+use super::super::compile::PrefixEntry;
 use super::super::DatapathError;
 use super::index::Words;
 
@@ -93,8 +93,8 @@ impl Drop for Mmap {
     }
 }
 
-/// `DST_V4` as words. Release stores: the generation an entry points at was written (by
-/// bpf(2) calls) before the entry.
+/// A mapped array as words. Release stores: what an entry points at (a generation, a rule)
+/// was written by bpf(2) calls before the entry.
 pub struct U32Words<'a>(pub &'a Mmap);
 pub struct U64Words<'a>(pub &'a Mmap);
 
@@ -124,12 +124,12 @@ pub struct Maps {
     pub sum_v6: Mmap,
     pub mitigations: Array<MapData, MitigationConfig>,
     pub mit_stats: PerCpuArray<MapData, MitigationStats>,
-    pub acl_keys_v4: HashMap<MapData, AclKeyV4, AclValue>,
-    pub acl_keys_v6: HashMap<MapData, AclKeyV6, AclValue>,
-    pub acl_filter: Mmap,
+    /// `u32` slots, two per `u64` value.
+    pub acl_index: Mmap,
     pub acl_rules: Array<MapData, AclRule>,
-    pub acl_stats: PerCpuArray<MapData, Counter>,
-    pub acl_base: Array<MapData, Counter>,
+    pub acl_stats: PerCpuArray<MapData, AclStats>,
+    pub acl_base: Array<MapData, AclStats>,
+    pub mit_base: Array<MapData, MitigationStats>,
     pub acl_buckets: Array<MapData, Bucket>,
     pub sources_v4: HashMap<MapData, PrefixV4, u8>,
     pub sources_v6: HashMap<MapData, PrefixV6, u8>,
@@ -167,16 +167,15 @@ impl Maps {
             )?,
             mitigations: m!(names::MITIGATIONS),
             mit_stats: m!(names::MITIGATION_STATS),
-            acl_keys_v4: m!(names::ACL_KEYS_V4),
-            acl_keys_v6: m!(names::ACL_KEYS_V6),
-            acl_filter: Mmap::new(
-                names::ACL_FILTER,
-                take(names::ACL_FILTER)?,
-                8 * ACL_FILTER_WORDS as usize,
+            acl_index: Mmap::new(
+                names::ACL_INDEX,
+                take(names::ACL_INDEX)?,
+                4 * ACL_INDEX_SLOTS as usize,
             )?,
             acl_rules: m!(names::ACL_RULES),
             acl_stats: m!(names::ACL_STATS),
             acl_base: m!(names::ACL_BASE),
+            mit_base: m!(names::MIT_BASE),
             acl_buckets: m!(names::ACL_BUCKETS),
             sources_v4: m!(names::SOURCES_V4),
             sources_v6: m!(names::SOURCES_V6),
@@ -214,21 +213,6 @@ impl Maps {
         let _ = match k {
             PrefixEntry::V4(k) => self.sources_v4.remove(k),
             PrefixEntry::V6(k) => self.sources_v6.remove(k),
-        };
-    }
-
-    pub fn insert_acl_key(&mut self, k: &AclKey, v: AclValue) -> R<()> {
-        match k {
-            AclKey::V4(k) => self.acl_keys_v4.insert(k, v, 0),
-            AclKey::V6(k) => self.acl_keys_v6.insert(k, v, 0),
-        }
-        .map_err(|e| DatapathError::bpf("ACL keys", e))
-    }
-
-    pub fn remove_acl_key(&mut self, k: &AclKey) {
-        let _ = match k {
-            AclKey::V4(k) => self.acl_keys_v4.remove(k),
-            AclKey::V6(k) => self.acl_keys_v6.remove(k),
         };
     }
 }

@@ -29,12 +29,12 @@ use aya::programs::Xdp;
 use aya::{Ebpf, Pod};
 use ipnet::IpNet;
 use xdp_common::{
-    Bucket, Counter, InterfaceStats, MitigationConfig, MitigationStats, TargetValue,
+    acl_action, AclStats, Bucket, Counter, DropReason, InterfaceStats, MitigationConfig, MitigationStats, TargetValue,
     ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_ACL_ENTRIES,
     MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
 };
 
-use super::compile::{self, AclKey, Compiled, PrefixEntry};
+use super::compile::{self, Compiled, IndexEntry, PrefixEntry};
 use super::{AclCounter, DatapathError, MitigationCounters, MitigationSpec, Mitigator};
 use index::{Index, Installed};
 use maps::{Maps, U32Words, U64Words};
@@ -114,10 +114,37 @@ struct Retiring {
     generation: Installed,
     /// Set when the whole mitigation was removed: its slot is freed with it.
     frees_slot: bool,
-    /// For a replaced generation: the new generation's rule slots that carry counts over,
-    /// with the old rule slot and what it had counted at the flip (the new rule's base
-    /// started there; what the old rule counts during the grace period is added later).
-    carried: Vec<(u32, u32, Counter)>,
+    /// For a replaced generation: where each old rule's counts went at the flip.
+    carried: Vec<Carried>,
+}
+
+/// An old rule's counts at a replacement: what it had counted at the flip went to the new
+/// rule of the same entry name (its base), or, for an entry the new spec dropped, to the
+/// mitigation's base. What it counts during the grace period follows when it is deleted
+/// (and is added in `counters` until then).
+struct Carried {
+    old_rule: u32,
+    action: u8,
+    /// The new rule of the same name, or None: the mitigation's base (`MIT_BASE`).
+    new_rule: Option<u32>,
+    at_flip: AclStats,
+}
+
+/// Adds an ACL entry's counts to its mitigation's, as its action decided them.
+fn fold_acl(out: &mut xdp_common::MitigationStats, action: u8, s: &AclStats) {
+    match action {
+        acl_action::DROP => out.dropped[DropReason::AclDrop as usize].add(&s.matched),
+        acl_action::ACCEPT => {
+            out.passed.add(&s.matched);
+            out.accepted.add(&s.matched);
+        }
+        _ => {
+            let admitted = s.matched.since(&s.limited);
+            out.dropped[DropReason::AclRateLimit as usize].add(&s.limited);
+            out.passed.add(&admitted);
+            out.accepted.add(&admitted);
+        }
+    }
 }
 
 pub struct XdpDatapath {
@@ -216,22 +243,15 @@ impl XdpDatapath {
 
     /// Deletes a retired generation (and frees its slot if the mitigation is gone).
     fn release(&mut self, r: Retiring) -> R<()> {
-        for (new_rule, old_rule, at_flip) in &r.carried {
+        for c in &r.carried {
             // What the old rule counted during the grace period still belongs to the entry.
-            let mut late = self.acl_total(*old_rule)?;
-            late.packets = late.packets.wrapping_sub(at_flip.packets);
-            late.bytes = late.bytes.wrapping_sub(at_flip.bytes);
-            if late.packets | late.bytes != 0 {
-                let mut base = self
-                    .maps
-                    .acl_base
-                    .get(new_rule, 0)
-                    .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
-                base.add(&late);
-                self.maps
-                    .acl_base
-                    .set(*new_rule, base, 0)
-                    .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+            let late = self.acl_total(c.old_rule)?.since(&c.at_flip);
+            if late.matched.packets == 0 {
+                continue;
+            }
+            match c.new_rule {
+                Some(new_rule) => self.add_acl_base(new_rule, &late)?,
+                None => self.add_mit_base(r.generation.config.slot, c.action, &late)?,
             }
         }
         let g = &r.generation;
@@ -353,8 +373,9 @@ impl XdpDatapath {
         self.index.targets_per_family[usize::from(net.addr().is_ipv6())] -= 1;
     }
 
-    /// Writes one generation's configuration, rules, keys (with their filter bits) and
-    /// source lists. None of it is live until targets point at `c.config.ruleset`.
+    /// Writes one generation's configuration, rules, index entries and source lists. None
+    /// of it is live until targets point at `c.config.ruleset` (the index leads only to
+    /// rules of this generation's ruleset, which no packet has yet).
     fn write_generation(&mut self, c: &Compiled) -> R<()> {
         let base = c.config.rule_base;
         for (i, rule) in c.rules.iter().enumerate() {
@@ -365,7 +386,7 @@ impl XdpDatapath {
                 .map_err(|e| DatapathError::bpf("ACL_RULES", e))?;
             self.maps
                 .acl_base
-                .set(idx, Counter::default(), 0)
+                .set(idx, AclStats::default(), 0)
                 .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
             self.maps
                 .acl_buckets
@@ -373,11 +394,19 @@ impl XdpDatapath {
                 .map_err(|e| DatapathError::bpf("ACL_BUCKETS", e))?;
             Self::zero_percpu(self.nr_cpus, &mut self.maps.acl_stats, idx, "ACL_STATS")?;
         }
-        for (k, v) in &c.keys {
-            self.maps.insert_acl_key(k, *v)?;
-            self.index
-                .filter
-                .add(&mut U64Words(&self.maps.acl_filter), k.filter_bit());
+        for e in &c.keys {
+            // On failure the caller deletes the generation, keys entered so far included.
+            let placed = self
+                .index
+                .acl
+                .insert(&mut U32Words(&self.maps.acl_index), *e);
+            if placed.is_err() {
+                return Err(DatapathError::Capacity(
+                    "the ACL index has no free slot for one of the entries' keys (both \
+                     candidate slots taken): retry, or remove other ACL entries"
+                        .into(),
+                ));
+            }
         }
         for k in &c.sources {
             self.maps.insert_source(k)?;
@@ -388,13 +417,12 @@ impl XdpDatapath {
             .map_err(|e| DatapathError::bpf("MITIGATIONS", e))
     }
 
-    /// Deletes a generation's keys (and their filter bits) and source lists.
-    fn delete_generation(&mut self, acl_keys: &[AclKey], sources: &[PrefixEntry]) {
-        for k in acl_keys {
-            self.maps.remove_acl_key(k);
+    /// Deletes a generation's index entries and source lists.
+    fn delete_generation(&mut self, acl_keys: &[IndexEntry], sources: &[PrefixEntry]) {
+        for e in acl_keys {
             self.index
-                .filter
-                .remove(&mut U64Words(&self.maps.acl_filter), k.filter_bit());
+                .acl
+                .remove(&mut U32Words(&self.maps.acl_index), &e.key);
         }
         for k in sources {
             self.maps.remove_source(k);
@@ -402,7 +430,8 @@ impl XdpDatapath {
         self.index.sources_live -= sources.len();
     }
 
-    fn acl_total(&self, idx: u32) -> R<Counter> {
+    /// A rule's counts: its base plus every CPU's.
+    fn acl_total(&self, idx: u32) -> R<AclStats> {
         let mut total = self
             .maps
             .acl_base
@@ -410,6 +439,33 @@ impl XdpDatapath {
             .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
         Self::sum_percpu(&self.maps.acl_stats, idx, "ACL_STATS", |c| total.add(c))?;
         Ok(total)
+    }
+
+    fn add_acl_base(&mut self, rule: u32, s: &AclStats) -> R<()> {
+        let mut base = self
+            .maps
+            .acl_base
+            .get(&rule, 0)
+            .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+        base.add(s);
+        self.maps
+            .acl_base
+            .set(rule, base, 0)
+            .map_err(|e| DatapathError::bpf("ACL_BASE", e))
+    }
+
+    /// Adds the counts of an ACL entry that no longer exists to its mitigation's base.
+    fn add_mit_base(&mut self, slot: u32, action: u8, s: &AclStats) -> R<()> {
+        let mut base = self
+            .maps
+            .mit_base
+            .get(&slot, 0)
+            .map_err(|e| DatapathError::bpf("MIT_BASE", e))?;
+        fold_acl(&mut base, action, s);
+        self.maps
+            .mit_base
+            .set(slot, base, 0)
+            .map_err(|e| DatapathError::bpf("MIT_BASE", e))
     }
 
     /// Per-interface counters for the given ifindex (summed across CPUs).
@@ -520,7 +576,7 @@ impl XdpDatapath {
         slot: u32,
         generation: u32,
         old: Option<&Installed>,
-    ) -> R<(Installed, Vec<(u32, u32, Counter)>)> {
+    ) -> R<(Installed, Vec<Carried>)> {
         let n_rules = spec.acl.len() as u32;
         let ruleset = self.alloc_ruleset()?;
         let rule_base = match self.alloc_rules(n_rules) {
@@ -543,12 +599,18 @@ impl XdpDatapath {
         };
         compiled.config.generation = generation;
         compiled.config.slot = slot;
-        let acl_keys: Vec<AclKey> = compiled.keys.iter().map(|(k, _)| *k).collect();
+        let acl_keys = compiled.keys.clone();
         let sources = compiled.sources.clone();
         self.index.sources_live += sources.len();
         let mut written = self.write_generation(&compiled);
         if written.is_ok() && old.is_none() {
             written = Self::zero_percpu(self.nr_cpus, &mut self.maps.mit_stats, slot, "MIT_STATS")
+                .and_then(|()| {
+                    self.maps
+                        .mit_base
+                        .set(slot, xdp_common::MitigationStats::default(), 0)
+                        .map_err(|e| DatapathError::bpf("MIT_BASE", e))
+                })
                 .and_then(|()| {
                     self.maps
                         .scope_buckets
@@ -557,29 +619,33 @@ impl XdpDatapath {
                 });
         }
         // ACL counters follow entry names: a new rule starts from what the old rule of the
-        // same name has counted so far.
+        // same name has counted so far (the new rules' bases are written, not yet live).
         let mut carried = Vec::new();
         if let (Ok(()), Some(o)) = (&written, old) {
-            let old_by_name: HashMap<u64, u32> = o
-                .rule_names
+            let new_by_name: HashMap<u64, u32> = spec
+                .acl
                 .iter()
                 .enumerate()
-                .map(|(i, h)| (*h, o.config.rule_base + i as u32))
+                .map(|(i, e)| (compile::name_hash(&e.name), rule_base + i as u32))
                 .collect();
-            for (i, e) in spec.acl.iter().enumerate() {
-                let Some(old_rule) = old_by_name.get(&compile::name_hash(&e.name)) else {
-                    continue;
-                };
-                let new_rule = rule_base + i as u32;
-                let step = self.acl_total(*old_rule).and_then(|at_flip| {
-                    self.maps
-                        .acl_base
-                        .set(new_rule, at_flip, 0)
-                        .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+            for (i, (name, action)) in o.rule_names.iter().zip(&o.rule_actions).enumerate() {
+                let old_rule = o.config.rule_base + i as u32;
+                let step = self.acl_total(old_rule).and_then(|at_flip| {
+                    if let Some(new_rule) = new_by_name.get(name) {
+                        self.maps
+                            .acl_base
+                            .set(*new_rule, at_flip, 0)
+                            .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
+                    }
                     Ok(at_flip)
                 });
                 match step {
-                    Ok(at_flip) => carried.push((new_rule, *old_rule, at_flip)),
+                    Ok(at_flip) => carried.push(Carried {
+                        old_rule,
+                        action: *action,
+                        new_rule: new_by_name.get(name).copied(),
+                        at_flip,
+                    }),
                     Err(e) => {
                         written = Err(e);
                         break;
@@ -622,6 +688,7 @@ impl XdpDatapath {
                 .iter()
                 .map(|e| compile::name_hash(&e.name))
                 .collect(),
+            rule_actions: compiled.rules.iter().map(|r| r.action).collect(),
         };
         installed.config.rule_count = n_rules;
         Ok((installed, carried))
@@ -682,6 +749,15 @@ impl Mitigator for XdpDatapath {
                     self.index.target_owner.insert(*t, spec.id);
                 }
                 if let Some(o) = old {
+                    // Entries the new spec dropped: their counts so far stay the mitigation's.
+                    for c in carried.iter().filter(|c| c.new_rule.is_none()) {
+                        if let Err(e) = self.add_mit_base(slot, c.action, &c.at_flip) {
+                            tracing::warn!(
+                                "mitigation {}: counts of a removed ACL entry lost: {e}",
+                                spec.id
+                            );
+                        }
+                    }
                     for t in o.targets.iter().filter(|t| !installed.targets.contains(t)) {
                         self.index.target_owner.remove(t);
                         self.remove_target(t);
@@ -735,48 +811,57 @@ impl Mitigator for XdpDatapath {
         let Some(inst) = self.index.by_id.get(&id) else {
             return Ok(None);
         };
-        let mut out = MitigationCounters::default();
-        Self::sum_percpu(&self.maps.mit_stats, inst.config.slot, "MIT_STATS", |s: &MitigationStats| {
-            out.passed.add(&s.passed);
-            out.accepted.add(&s.accepted);
-            for (o, d) in out.dropped.iter_mut().zip(s.dropped.iter()) {
+        let slot = inst.config.slot;
+        let mut m = self
+            .maps
+            .mit_base
+            .get(&slot, 0)
+            .map_err(|e| DatapathError::bpf("MIT_BASE", e))?;
+        Self::sum_percpu(&self.maps.mit_stats, slot, "MIT_STATS", |s: &MitigationStats| {
+            m.passed.add(&s.passed);
+            m.accepted.add(&s.accepted);
+            for (o, d) in m.dropped.iter_mut().zip(s.dropped.iter()) {
                 o.add(d);
             }
         })?;
-        out.in_scope = out.passed;
-        out.dropped.iter().for_each(|d| out.in_scope.add(d));
-        // A replaced generation still in its grace period may count a few more packets;
-        // they are its entries' (added to the new rules' bases when it is deleted).
-        let late: HashMap<u32, Counter> = self
+        // What replaced generations still in their grace period counted since the flip:
+        // their entries' (added to the new rules or the base when they are deleted).
+        let mut late_rule: HashMap<u32, AclStats> = HashMap::new();
+        for c in self
             .retiring
             .iter()
+            .filter(|r| !r.frees_slot && r.generation.config.slot == slot)
             .flat_map(|r| r.carried.iter())
-            .filter(|(new_rule, ..)| {
-                *new_rule >= inst.config.rule_base
-                    && *new_rule < inst.config.rule_base + inst.config.rule_count
-            })
-            .filter_map(|(new_rule, old_rule, at_flip)| {
-                let now = self.acl_total(*old_rule).ok()?;
-                Some((
-                    *new_rule,
-                    Counter {
-                        packets: now.packets.wrapping_sub(at_flip.packets),
-                        bytes: now.bytes.wrapping_sub(at_flip.bytes),
-                    },
-                ))
-            })
-            .collect();
-        for (i, name_hash) in inst.rule_names.iter().enumerate() {
-            let rule = inst.config.rule_base + i as u32;
-            let mut matched = self.acl_total(rule)?;
-            if let Some(l) = late.get(&rule) {
-                matched.add(l);
+        {
+            let late = self.acl_total(c.old_rule)?.since(&c.at_flip);
+            match c.new_rule {
+                Some(r) => late_rule.entry(r).or_default().add(&late),
+                None => fold_acl(&mut m, c.action, &late),
             }
-            out.acl.push(AclCounter {
+        }
+        let mut acl = Vec::with_capacity(inst.rule_names.len());
+        for (i, (name_hash, action)) in inst.rule_names.iter().zip(&inst.rule_actions).enumerate()
+        {
+            let rule = inst.config.rule_base + i as u32;
+            let mut total = self.acl_total(rule)?;
+            if let Some(l) = late_rule.get(&rule) {
+                total.add(l);
+            }
+            fold_acl(&mut m, *action, &total);
+            acl.push(AclCounter {
                 name_hash: *name_hash,
-                matched,
+                matched: total.matched,
             });
         }
+        let mut out = MitigationCounters {
+            passed: m.passed,
+            accepted: m.accepted,
+            dropped: m.dropped,
+            acl,
+            ..Default::default()
+        };
+        out.in_scope = out.passed;
+        out.dropped.iter().for_each(|d| out.in_scope.add(d));
         Ok(Some(out))
     }
 
