@@ -921,7 +921,10 @@ fn top_talkers_rank_sampled_sources_of_drops() {
     let (n_a, n_b) = (100 * SAMPLE, 20 * SAMPLE);
     send_talker_traffic(&lab, &a, &b, &c, n_a, n_b);
     let counters = lab.counters(1);
-    assert_eq!(counters.dropped(DropReason::DropList).packets, (n_a + n_b) as u64);
+    assert_eq!(
+        counters.dropped(DropReason::DropList).packets,
+        (n_a + n_b) as u64
+    );
     assert_eq!(counters.passed.packets, n_a as u64);
 
     let top = lab.dp.top_talkers(1, 10);
@@ -1050,11 +1053,17 @@ fn quick_replacements_do_not_wait_and_keep_counting() {
     assert_eq!(lab.dp.generation(1), Some(20));
     let c = lab.counters(1);
     assert_eq!(c.acl.len(), 1);
-    assert_eq!(c.acl[0].matched.packets, 20, "counts of retiring generations carried over");
+    assert_eq!(
+        c.acl[0].matched.packets, 20,
+        "counts of retiring generations carried over"
+    );
     // Once the retiring generations are gone, the count is the same.
     std::thread::sleep(std::time::Duration::from_millis(120));
     lab.dp.maintain();
     assert_eq!(lab.counters(1).acl[0].matched.packets, 20);
     let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
-    assert_eq!(pinned.counters(1).unwrap().unwrap().acl[0].matched.packets, 20);
+    assert_eq!(
+        pinned.counters(1).unwrap().unwrap().acl[0].matched.packets,
+        20
+    );
 }

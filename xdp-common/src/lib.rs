@@ -65,8 +65,9 @@ pub const SUMMARY_SLOTS: u32 = 1 << SUMMARY_BITS;
 /// IPv6 summary slots are keyed by a hash of the first 48 bits of the destination.
 pub const SUMMARY_V6_PREFIX_BITS: u32 = 48;
 /// The ACL index ([`AclKey::slots`]) has `1 << ACL_INDEX_BITS` slots of a `u32` each, two
-/// to a `u64` value (as in `DST_V4`).
-pub const ACL_INDEX_BITS: u32 = 22;
+/// to a `u64` value (as in `DST_V4`): 2 MiB, small enough to stay in cache, and at most
+/// 6% full (two generations of 16,384 entries), far below what two-choice placement needs.
+pub const ACL_INDEX_BITS: u32 = 19;
 pub const ACL_INDEX_SLOTS: u32 = 1 << ACL_INDEX_BITS;
 pub const ACL_INDEX_VALUES: u32 = ACL_INDEX_SLOTS / 2;
 /// `BPF_F_MMAPABLE`: user space writes these arrays through a shared mapping (one store
@@ -494,23 +495,44 @@ pub struct Bucket {
 }
 
 /// One shape of ACL entry: which fields are matched exactly, with which masks. Entries of
-/// one tuple live in one hash table keyed by the masked packet fields (tuple-space search),
-/// so lookup cost grows with the number of tuples, never with the number of entries.
+/// one tuple are found through the ACL index by the packet's fields masked to the tuple
+/// (tuple-space search), so lookup cost grows with the number of tuples, never with the
+/// number of entries. One cache line: what probing the tuple reads for an IPv4 packet,
+/// and a small filter of its keys that rejects most packets without touching the index.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclTuple {
-    pub src_mask: [u32; 4],
-    pub dst_mask: [u32; 4],
     /// Lowest (best) priority of any entry in this tuple: tuples are sorted by it, so the
     /// probe loop stops once no later tuple can beat the match in hand.
     pub min_priority: u32,
-    pub sport_mask: u16,
-    pub dport_mask: u16,
+    /// Which bits of the packet's ports word (`sport | dport << 16`) the key holds.
+    pub ports_mask: u32,
+    /// Which bits of the packet's protocol word (`proto | icmp_type << 8 | icmp_code <<
+    /// 16`) the key holds.
+    pub proto_mask: u32,
+    /// Word 0 of the source and destination masks (all of an IPv4 mask); the other words
+    /// of an IPv6 tuple's are in [`MitigationConfig::wide_masks`].
+    pub src_mask0: u32,
+    pub dst_mask0: u32,
     /// [`tuple_fields`].
     pub fields: u8,
-    /// 4 or 6.
+    /// 4 or 6; 0: no address in the key (either family).
     pub family: u8,
-    pub _pad: u16,
+    /// [`tuple_needs`]: what a packet must carry for the tuple to apply to it.
+    pub needs: u8,
+    pub _pad: u8,
+    pub _pad2: u64,
+    /// The [`AclSlots::filter`] bits of each of the tuple's keys (256 bits): a clear one
+    /// means no entry of the tuple has the packet's key.
+    pub filter: [u64; 4],
+}
+
+/// Address mask words 1 to 3 of an IPv6 tuple (word 0 is in [`AclTuple`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclWideMasks {
+    pub src: [u32; 3],
+    pub dst: [u32; 3],
 }
 
 pub mod tuple_fields {
@@ -521,9 +543,20 @@ pub mod tuple_fields {
     pub const PORTS: u8 = 1 << 3;
 }
 
-/// One generation of a mitigation, as the kernel reads it (`MITIGATIONS[ruleset]`). The
-/// fields every packet of the mitigation reads come first, in one cache line; the rest is
-/// read only when a flag says it is in use, or by user space.
+/// What a packet carries, and what a tuple needs ([`AclTuple::needs`]): a tuple applies to a
+/// packet when `needs & !carries == 0` (one test instead of one per field).
+pub mod tuple_needs {
+    pub const IPV4: u8 = 1 << 0;
+    pub const IPV6: u8 = 1 << 1;
+    pub const PORTS: u8 = 1 << 2;
+    pub const ICMP: u8 = 1 << 3;
+}
+
+/// One generation of a mitigation, as the kernel reads it (`MITIGATIONS[ruleset]`). Laid
+/// out in cache lines (the array is mmapable, so values start page-aligned, and the size is
+/// a multiple of 64): the first holds what every packet of the mitigation reads; each
+/// tuple is a line of its own; the rest is read only when a flag says it is in use, or by
+/// user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MitigationConfig {
@@ -533,13 +566,12 @@ pub struct MitigationConfig {
     pub ruleset: u32,
     /// [`flags`].
     pub flags: u32,
-    /// 0: any destination port.
-    pub n_port_ranges: u32,
     pub n_tuples: u32,
-    pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
     /// The mitigation's slot: its index in `MIT_STATS`, `SCOPE_BUCKETS` and talker keys,
     /// stable across generations (each generation has a `ruleset` of its own).
     pub slot: u32,
+    /// 0: any destination port.
+    pub n_port_ranges: u32,
     /// Counts up with every replacement (tells the newer of two generations apart when an
     /// agent re-adopts state it left mid-update).
     pub generation: u32,
@@ -552,6 +584,8 @@ pub struct MitigationConfig {
     /// What the generation was compiled from (user space: re-installing an unchanged spec,
     /// e.g. at a restart, is then a no-op).
     pub spec_digest: u64,
+    pub _pad: [u64; 2],
+    pub port_ranges: [PortRange; MAX_SCOPE_PORT_RANGES],
     /// Bitmap of in-scope IP protocols when `SCOPE_PROTOCOLS` is set.
     pub proto_mask: [u64; 4],
     pub source_rate: RateSpec,
@@ -559,7 +593,10 @@ pub struct MitigationConfig {
     pub scope_rate: RateSpec,
     /// Prefix lengths present in each source list ([`list`]); zero: the list is empty.
     pub source_lengths: [LengthMask; 4],
+    pub _pad3: [u64; 7],
     pub tuples: [AclTuple; MAX_TUPLES],
+    pub wide_masks: [AclWideMasks; MAX_TUPLES],
+    pub _pad4: [u64; 8],
 }
 
 impl Default for MitigationConfig {
@@ -567,25 +604,28 @@ impl Default for MitigationConfig {
         MitigationConfig {
             ruleset: 0,
             flags: 0,
-            n_port_ranges: 0,
             n_tuples: 0,
-            port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
             slot: 0,
+            n_port_ranges: 0,
             generation: 0,
             rule_base: 0,
             rule_count: 0,
             id: 0,
             spec_digest: 0,
+            _pad: [0; 2],
+            port_ranges: [PortRange::default(); MAX_SCOPE_PORT_RANGES],
             proto_mask: [0; 4],
             source_rate: RateSpec::default(),
             syn_rate: RateSpec::default(),
             scope_rate: RateSpec::default(),
             source_lengths: [[0; 2]; 4],
+            _pad3: [0; 7],
             tuples: [AclTuple::default(); MAX_TUPLES],
+            wide_masks: [AclWideMasks::default(); MAX_TUPLES],
+            _pad4: [0; 8],
         }
     }
 }
-
 
 /// What an ACL entry matches exactly: a packet's fields masked to the entry's tuple must
 /// equal these (IPv4 addresses in word 0, the rest zero). The entry's rule carries it, so
@@ -618,6 +658,23 @@ fn acl_mix(h: u64, w: u64) -> u64 {
     (h ^ w).wrapping_mul(ACL_HASH_MUL)
 }
 
+impl AclSlots {
+    /// Sets the key's bits in a tuple filter.
+    pub fn mark(&self, filter: &mut [u64; 4]) {
+        for b in self.filter {
+            filter[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+    }
+
+    /// Are the key's bits set in a tuple filter? (false: the tuple has no such key)
+    #[inline(always)]
+    pub fn in_filter(&self, filter: &[u64; 4]) -> bool {
+        let w0 = filter[(self.filter[0] >> 6) as usize & 3];
+        let w1 = filter[(self.filter[1] >> 6) as usize & 3];
+        (w0 >> (self.filter[0] & 63)) & (w1 >> (self.filter[1] & 63)) & 1 != 0
+    }
+}
+
 impl AclKey {
     /// The word holding tuple, protocol and ICMP type and code.
     #[inline(always)]
@@ -628,10 +685,11 @@ impl AclKey {
             | (self.icmp_code as u32) << 24
     }
 
-    /// The two candidate slots of the key in `ACL_INDEX`. `wide`: the tuple matches IPv6
-    /// addresses, whose other words then count too.
+    /// Where the key goes: its two candidate slots in `ACL_INDEX` and its bit in its
+    /// tuple's filter. `wide`: the tuple matches IPv6 addresses, whose other words then
+    /// count too.
     #[inline(always)]
-    pub fn slots(&self, wide: bool) -> (u32, u32) {
+    pub fn slots(&self, wide: bool) -> AclSlots {
         let narrow = AclNarrowKey {
             ruleset: self.ruleset,
             fields: self.fields_word(),
@@ -673,7 +731,7 @@ impl AclNarrowKey {
     }
 
     #[inline(always)]
-    pub fn slots(&self) -> (u32, u32) {
+    pub fn slots(&self) -> AclSlots {
         acl_slots_of(self.hash())
     }
 
@@ -691,13 +749,25 @@ impl AclNarrowKey {
     }
 }
 
+/// A key's places, from one hash: [`AclKey::slots`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclSlots {
+    pub first: u32,
+    pub second: u32,
+    /// Two bits (0..256 each) in the tuple's [`AclTuple::filter`], both set for a key of
+    /// the tuple (two bits per key: about 4% false positives at 28 keys, where one bit per
+    /// key gives 10%).
+    pub filter: [u32; 2],
+}
+
 #[inline(always)]
-fn acl_slots_of(h: u64) -> (u32, u32) {
+fn acl_slots_of(h: u64) -> AclSlots {
     let h = acl_mix(h, h >> 29);
-    (
-        (h >> (64 - ACL_INDEX_BITS)) as u32,
-        (h >> 8) as u32 & (ACL_INDEX_SLOTS - 1),
-    )
+    AclSlots {
+        first: (h >> (64 - ACL_INDEX_BITS)) as u32,
+        second: (h >> 8) as u32 & (ACL_INDEX_SLOTS - 1),
+        filter: [(h >> 32) as u32 & 255, (h >> 40) as u32 & 255],
+    }
 }
 
 pub const NO_RULE: u32 = u32::MAX;
@@ -773,6 +843,9 @@ pub struct AclRule {
     /// Hash of the entry's name, so counters carry over when a rule set is rebuilt.
     pub name_hash: u64,
     pub rate: RateSpec,
+    /// To 128 bytes: `ACL_RULES` is mmapable (page-aligned values), so every rule starts a
+    /// cache line and what a probe reads first (key, chain, checks, action) is one line.
+    pub _pad2: [u64; 2],
 }
 
 // ---------------------------------------------------------------------------------------
@@ -823,6 +896,7 @@ mod pod {
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for MitigationConfig {}
     unsafe impl aya::Pod for AclKey {}
+    unsafe impl aya::Pod for AclWideMasks {}
     unsafe impl aya::Pod for AclRule {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for RateKey {}
@@ -840,9 +914,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<AclKey>(), 44);
-        assert_eq!(size_of::<MitigationConfig>(), 952);
-        assert_eq!(size_of::<AclTuple>(), 44);
-        assert_eq!(size_of::<AclRule>(), 112);
+        assert_eq!(size_of::<MitigationConfig>() % 64, 0);
+        assert_eq!(core::mem::offset_of!(MitigationConfig, tuples) % 64, 0);
+        assert_eq!(size_of::<AclTuple>(), 64);
+        assert_eq!(size_of::<AclRule>(), 128);
+        assert!(core::mem::offset_of!(AclRule, action) < 64);
         assert_eq!(size_of::<RateKey>(), 24);
         assert_eq!(size_of::<PrefixV4>(), 8);
         assert_eq!(size_of::<PrefixV6>(), 20);
@@ -905,30 +981,51 @@ mod tests {
             base,
             AclKey { ruleset: 6, ..base },
             AclKey { tuple: 2, ..base },
-            AclKey { dport: 9998, ..base },
-            AclKey { src: [1, 0, 0, 0], ..base },
-            AclKey { dst: [1 << 31, 0, 0, 0], ..base },
+            AclKey {
+                dport: 9998,
+                ..base
+            },
+            AclKey {
+                src: [1, 0, 0, 0],
+                ..base
+            },
+            AclKey {
+                dst: [1 << 31, 0, 0, 0],
+                ..base
+            },
         ];
-        let slots: std::vec::Vec<(u32, u32)> = variants.iter().map(|k| k.slots(false)).collect();
-        for (i, (a, b)) in slots.iter().enumerate() {
-            assert!(*a < ACL_INDEX_SLOTS && *b < ACL_INDEX_SLOTS);
-            assert_ne!(a, b, "two different candidates");
-            for (c, _) in &slots[i + 1..] {
-                assert_ne!(a, c);
+        let slots: std::vec::Vec<AclSlots> = variants.iter().map(|k| k.slots(false)).collect();
+        for (i, s) in slots.iter().enumerate() {
+            assert!(s.first < ACL_INDEX_SLOTS && s.second < ACL_INDEX_SLOTS);
+            assert!(s.filter[0] < 256 && s.filter[1] < 256);
+            assert_ne!(s.first, s.second, "two different candidates");
+            for o in &slots[i + 1..] {
+                assert_ne!(s.first, o.first);
             }
         }
         let v6 = AclKey {
             src: [0, 0, 0, 1],
             ..base
         };
-        assert_eq!(v6.slots(false), base.slots(false), "narrow: IPv4 words only");
+        assert_eq!(
+            v6.slots(false),
+            base.slots(false),
+            "narrow: IPv4 words only"
+        );
         assert_ne!(v6.slots(true), base.slots(true));
-        // 100,000 distinct keys: few share a first slot among 4M.
+        // 20,000 distinct keys: few share a first slot among 512K (2% for an ideal hash).
         let mut seen = std::collections::HashSet::new();
-        for i in 0..100_000u32 {
-            seen.insert(AclKey { src: [i.to_be(), 0, 0, 0], ..base }.slots(false).0);
+        for i in 0..20_000u32 {
+            seen.insert(
+                AclKey {
+                    src: [i.to_be(), 0, 0, 0],
+                    ..base
+                }
+                .slots(false)
+                .first,
+            );
         }
-        assert!(seen.len() > 98_000, "{}", seen.len());
+        assert!(seen.len() > 19_200, "{}", seen.len());
     }
 
     #[test]

@@ -18,14 +18,15 @@ mod rate;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use xdp_common::{
     acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
-    summary_index_v6, tuple_fields, word_mask, AclKey, AclNarrowKey, AclRule, AclStats, AclTuple, Bucket, Counter,
+    summary_index_v6, word_mask, AclKey, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple,
+    AclWideMasks, Bucket, Counter,
     DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
     PrefixV6, RateKey, TalkerKey, TargetValue, ACL_INDEX_VALUES, ACL_RULE_SLOTS,
     AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN,
@@ -52,14 +53,14 @@ static DST_V4: Array<u64> = Array::pinned(DST_V4_VALUES, BPF_F_MMAPABLE);
 #[map]
 static TGT_SUM_V6: Array<LengthMask> = Array::pinned(SUMMARY_SLOTS, BPF_F_MMAPABLE);
 #[map]
-static MITIGATIONS: Array<MitigationConfig> = Array::pinned(CONFIG_SLOTS, 0);
+static MITIGATIONS: Array<MitigationConfig> = Array::pinned(CONFIG_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static MIT_STATS: PerCpuArray<MitigationStats> = PerCpuArray::pinned(MAX_MITIGATIONS, 0);
 /// ACL keys to their first rule (see `AclKey::slots`): two `u32` slots per value.
 #[map]
 static ACL_INDEX: Array<u64> = Array::pinned(ACL_INDEX_VALUES, BPF_F_MMAPABLE);
 #[map]
-static ACL_RULES: Array<AclRule> = Array::pinned(ACL_RULE_SLOTS, 0);
+static ACL_RULES: Array<AclRule> = Array::pinned(ACL_RULE_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static ACL_STATS: PerCpuArray<AclStats> = PerCpuArray::pinned(ACL_RULE_SLOTS, 0);
 /// Counts carried over from earlier generations of a rule; written by user space only.
@@ -563,78 +564,77 @@ fn head_if(v: u32, matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
     }
 }
 
-/// The first rule of a key's entries, given the key's two slots: the first slot, else
-/// (taken by another key) the second one. An empty first slot means no such key (user
-/// space keeps a key in its first slot whenever that is free).
+/// The first rule of a key's entries: none if the tuple's filter lacks the key's bit;
+/// else the key's first slot, else (taken by another key) its second one. An empty first
+/// slot means no such key (user space keeps a key in its first slot whenever that is free).
 #[inline(always)]
-fn acl_head((first, second): (u32, u32), matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
-    let v = acl_slot(first);
+fn acl_head(
+    tp: &AclTuple,
+    s: AclSlots,
+    matches: impl Fn(&AclRule) -> bool,
+) -> Option<u32> {
+    if !s.in_filter(&tp.filter) {
+        return None;
+    }
+    let v = acl_slot(s.first);
     if v == 0 {
         return None;
     }
-    head_if(v, &matches).or_else(|| head_if(acl_slot(second), &matches))
+    head_if(v, &matches).or_else(|| head_if(acl_slot(s.second), &matches))
 }
 
 /// The first rule of the entries whose key is the packet masked to tuple `t`.
 #[inline(always)]
-fn tuple_head(ruleset: u32, t: u8, tp: &AclTuple, pkt: &Packet) -> Option<u32> {
-    let f = tp.fields;
-    let proto = if f & tuple_fields::PROTO != 0 { pkt.proto } else { 0 };
-    let icmp_type = if f & tuple_fields::ICMP_TYPE != 0 {
-        pkt.icmp_type
-    } else {
-        0
-    };
-    let icmp_code = if f & tuple_fields::ICMP_CODE != 0 {
-        pkt.icmp_code
-    } else {
-        0
-    };
-    let sport = pkt.sport & tp.sport_mask;
-    let dport = pkt.dport & tp.dport_mask;
+fn tuple_head(
+    ruleset: u32,
+    t: u8,
+    tp: &AclTuple,
+    wide: Option<&AclWideMasks>,
+    pkt: &Packet,
+) -> Option<u32> {
+    let fields = t as u32 | (pkt.proto_word() & tp.proto_mask) << 8;
+    let ports = pkt.ports_word() & tp.ports_mask;
     if tp.family != 6 {
         // No IPv6 address in the key: five words (an IPv4 packet's, or none).
         let k = AclNarrowKey {
             ruleset,
-            fields: t as u32 | (proto as u32) << 8 | (icmp_type as u32) << 16 | (icmp_code as u32) << 24,
-            ports: sport as u32 | (dport as u32) << 16,
-            src: pkt.src[0] & tp.src_mask[0],
-            dst: pkt.dst[0] & tp.dst_mask[0],
+            fields,
+            ports,
+            src: pkt.src[0] & tp.src_mask0,
+            dst: pkt.dst[0] & tp.dst_mask0,
         };
-        return acl_head(k.slots(), |rule| k.matches(&rule.key));
+        return acl_head(tp, k.slots(), |rule| k.matches(&rule.key));
     }
+    let w = wide?;
     let k = AclKey {
         ruleset,
         tuple: t,
-        proto,
-        icmp_type,
-        icmp_code,
-        sport,
-        dport,
+        proto: (fields >> 8) as u8,
+        icmp_type: (fields >> 16) as u8,
+        icmp_code: (fields >> 24) as u8,
+        sport: ports as u16,
+        dport: (ports >> 16) as u16,
         src: [
-            pkt.src[0] & tp.src_mask[0],
-            pkt.src[1] & tp.src_mask[1],
-            pkt.src[2] & tp.src_mask[2],
-            pkt.src[3] & tp.src_mask[3],
+            pkt.src[0] & tp.src_mask0,
+            pkt.src[1] & w.src[0],
+            pkt.src[2] & w.src[1],
+            pkt.src[3] & w.src[2],
         ],
         dst: [
-            pkt.dst[0] & tp.dst_mask[0],
-            pkt.dst[1] & tp.dst_mask[1],
-            pkt.dst[2] & tp.dst_mask[2],
-            pkt.dst[3] & tp.dst_mask[3],
+            pkt.dst[0] & tp.dst_mask0,
+            pkt.dst[1] & w.dst[0],
+            pkt.dst[2] & w.dst[1],
+            pkt.dst[3] & w.dst[2],
         ],
     };
-    acl_head(k.slots(true), |rule| wide_matches(rule, &k))
+    acl_head(tp, k.slots(true), |rule| wide_matches(rule, &k))
 }
-
-/// Tuples probed inline; the rest go through `bpf_loop` (see `classify`).
-const INLINE_TUPLES: u32 = 2;
 
 /// Tuple-space search: for each tuple, the packet masked to it is looked up in the ACL
 /// index; the (short, priority-sorted) chain of entries with that key is walked for
-/// residual checks; the best-priority hit wins. The first tuples are probed inline; the
-/// others one per `bpf_loop` iteration, so the verifier checks `acl_tuple` once for any
-/// of them instead of once per tuple and path (all 16 inline exceed its budget).
+/// residual checks; the best-priority hit wins. The loop is unrolled by the verifier; a
+/// tuple's probe is kept small (one test for its needs, masks applied to whole words,
+/// branch-free key compares) so that 16 of them stay well inside its budget.
 #[inline(always)]
 fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
     let mut c = AclSearch {
@@ -642,68 +642,34 @@ fn classify(cfg: &MitigationConfig, pkt: &Packet) -> Option<u32> {
         pkt,
         best: NO_RULE,
         best_prio: u32::MAX,
+        carries: pkt.carries() as u32,
     };
-    let n = if cfg.n_tuples < MAX_TUPLES as u32 {
-        cfg.n_tuples
-    } else {
-        MAX_TUPLES as u32
-    };
-    let mut t = 0;
-    while t < INLINE_TUPLES && t < n {
-        if search_tuple(&mut c, t) {
-            return c.found();
+    for t in 0..MAX_TUPLES as u32 {
+        if t >= cfg.n_tuples || search_tuple(&mut c, t) {
+            break;
         }
-        t += 1;
     }
-    if n > INLINE_TUPLES {
-        // SAFETY: a helper taking a static callback and a context on this stack.
-        unsafe {
-            bpf_loop(
-                n - INLINE_TUPLES,
-                acl_tuple as *mut core::ffi::c_void,
-                &mut c as *mut AclSearch as *mut core::ffi::c_void,
-                0,
-            )
-        };
+    if c.best == NO_RULE {
+        None
+    } else {
+        Some(c.best)
     }
-    c.found()
 }
 
-/// The ACL search's state, on `classify`'s stack (handed to each `acl_tuple`).
-#[repr(C)]
-struct AclSearch {
-    cfg: *const MitigationConfig,
-    pkt: *const Packet,
+/// The ACL search's state.
+struct AclSearch<'a> {
+    cfg: &'a MitigationConfig,
+    pkt: &'a Packet,
     best: u32,
     best_prio: u32,
-}
-
-impl AclSearch {
-    #[inline(always)]
-    fn found(&self) -> Option<u32> {
-        // SAFETY: a plain read; volatile because the callback wrote it through a pointer.
-        let best = unsafe { core::ptr::read_volatile(&self.best) };
-        if best == NO_RULE {
-            None
-        } else {
-            Some(best)
-        }
-    }
-}
-
-/// Tuple `INLINE_TUPLES + i` of the search. Returns 1 to stop the loop.
-#[inline(never)]
-extern "C" fn acl_tuple(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `classify` passes its AclSearch.
-    let c = unsafe { &mut *(ctx as *mut AclSearch) };
-    i64::from(search_tuple(c, INLINE_TUPLES + i as u32))
+    /// `Packet::carries`.
+    carries: u32,
 }
 
 /// Probes tuple `t`; true when no later tuple can win.
 #[inline(always)]
 fn search_tuple(c: &mut AclSearch, t: u32) -> bool {
-    // SAFETY: the pointers are map values alive for this program run.
-    let (cfg, pkt) = unsafe { (&*c.cfg, &*c.pkt) };
+    let (cfg, pkt) = (c.cfg, c.pkt);
     let Some(tp) = cfg.tuples.get(t as usize) else {
         return true;
     };
@@ -711,16 +677,11 @@ fn search_tuple(c: &mut AclSearch, t: u32) -> bool {
     if tp.min_priority >= best_prio {
         return true; // tuples are sorted by their best entry: nothing later can win
     }
-    if tp.family != 0 && tp.family != pkt.family {
-        return false;
+    if tp.needs as u32 & !c.carries != 0 {
+        return false; // another family, or a field the packet does not carry
     }
-    if tp.fields & tuple_fields::PORTS != 0 && !pkt.has_ports {
-        return false;
-    }
-    if tp.fields & (tuple_fields::ICMP_TYPE | tuple_fields::ICMP_CODE) != 0 && !pkt.has_icmp {
-        return false;
-    }
-    let Some(mut r) = tuple_head(cfg.ruleset, t as u8, tp, pkt) else {
+    let wide = cfg.wide_masks.get(t as usize);
+    let Some(mut r) = tuple_head(cfg.ruleset, t as u8, tp, wide, pkt) else {
         return false;
     };
     for _ in 0..MAX_CHAIN {

@@ -39,14 +39,13 @@ pub enum ParseError {
 }
 
 /// What the filter needs to know about a packet. Copied into a per-CPU scratch map for
-/// mitigated destinations (see main.rs).
+/// mitigated destinations (see main.rs). The protocol bytes and the ports sit in one word
+/// each ([`Packet::proto_word`], [`Packet::ports_word`]), which the ACL masks whole.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Packet {
     /// 4 or 6.
     pub family: u8,
-    /// Transport protocol (IPv6: the last next-header reached).
-    pub proto: u8,
     /// `sport`/`dport` are valid (TCP/UDP with a complete header in a first or only fragment).
     pub has_ports: bool,
     /// `icmp_type`/`icmp_code` are valid.
@@ -58,16 +57,58 @@ pub struct Packet {
     pub frag: u8,
     pub ttl: u8,
     pub dscp: u8,
-    pub tcp_flags: u8,
+    /// Transport protocol (IPv6: the last next-header reached). Word-aligned with the
+    /// next three: see `proto_word`.
+    pub proto: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    pub tcp_flags: u8,
     pub sport: u16,
     pub dport: u16,
     /// IPv4 total length, IPv6 payload length (as RFC 8519 matches them).
     pub ip_len: u16,
+    pub _pad: u16,
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
+
+impl Packet {
+    /// `proto | icmp_type << 8 | icmp_code << 16 | tcp_flags << 24`.
+    #[inline(always)]
+    pub fn proto_word(&self) -> u32 {
+        // SAFETY: four u8 fields at a 4-byte aligned offset of a repr(C), 4-aligned struct;
+        // little-endian BPF puts `proto` in the low byte.
+        unsafe { *(core::ptr::addr_of!(self.proto) as *const u32) }
+    }
+
+    /// `sport | dport << 16`.
+    #[inline(always)]
+    pub fn ports_word(&self) -> u32 {
+        // SAFETY: as above, two u16 fields at a 4-byte aligned offset.
+        unsafe { *(core::ptr::addr_of!(self.sport) as *const u32) }
+    }
+
+    /// What the packet carries, as ACL tuples name their needs (`tuple_needs`).
+    #[inline(always)]
+    pub fn carries(&self) -> u8 {
+        use xdp_common::tuple_needs as n;
+        let mut c = if self.family == 4 { n::IPV4 } else { n::IPV6 };
+        if self.has_ports {
+            c |= n::PORTS;
+        }
+        if self.has_icmp {
+            c |= n::ICMP;
+        }
+        c
+    }
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(Packet, proto) % 4 == 0);
+    assert!(core::mem::offset_of!(Packet, icmp_code) == core::mem::offset_of!(Packet, proto) + 2);
+    assert!(core::mem::offset_of!(Packet, sport) % 4 == 0);
+    assert!(core::mem::offset_of!(Packet, dport) == core::mem::offset_of!(Packet, sport) + 2);
+};
 
 /// Resets every field: 13 word stores. Volatile on purpose: LLVM otherwise merges the
 /// zeroing into a `memset` call, which the BPF backend leaves to a byte-at-a-time loop

@@ -19,9 +19,9 @@ use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
     acl_action, bit_op, flags, frag_bits, length_bit, list, prefix_tag, rate_unit, residual,
-    tuple_fields, AclKey, AclRule, AclTuple, MitigationConfig, PortRange as KPortRange,
-    PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN, MAX_PREFIX_LENGTHS,
-    MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
+    tuple_fields, tuple_needs, AclKey, AclRule, AclTuple, AclWideMasks, MitigationConfig,
+    PortRange as KPortRange, PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN,
+    MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
 };
 
 use super::spec::{
@@ -400,15 +400,35 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
     for (i, (shape, min_prio)) in order.iter().enumerate() {
         let src_mask = shape_mask(shape.family, shape.src_len);
         let dst_mask = shape_mask(shape.family, shape.dst_len);
+        let f = shape.fields;
+        let byte = |bit: u8, shift: u32| if f & bit != 0 { 0xffu32 << shift } else { 0 };
+        let mut needs = match shape.family {
+            4 => tuple_needs::IPV4,
+            6 => tuple_needs::IPV6,
+            _ => 0,
+        };
+        if f & tuple_fields::PORTS != 0 {
+            needs |= tuple_needs::PORTS;
+        }
+        if f & (tuple_fields::ICMP_TYPE | tuple_fields::ICMP_CODE) != 0 {
+            needs |= tuple_needs::ICMP;
+        }
         out.config.tuples[i] = AclTuple {
-            src_mask,
-            dst_mask,
             min_priority: *min_prio,
-            sport_mask: shape.sport_mask,
-            dport_mask: shape.dport_mask,
-            fields: shape.fields,
+            ports_mask: shape.sport_mask as u32 | (shape.dport_mask as u32) << 16,
+            proto_mask: byte(tuple_fields::PROTO, 0)
+                | byte(tuple_fields::ICMP_TYPE, 8)
+                | byte(tuple_fields::ICMP_CODE, 16),
+            src_mask0: src_mask[0],
+            dst_mask0: dst_mask[0],
+            fields: f,
             family: shape.family,
-            _pad: 0,
+            needs,
+            ..Default::default()
+        };
+        out.config.wide_masks[i] = AclWideMasks {
+            src: [src_mask[1], src_mask[2], src_mask[3]],
+            dst: [dst_mask[1], dst_mask[2], dst_mask[3]],
         };
     }
     out.config.n_tuples = order.len() as u32;
@@ -436,9 +456,12 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
         for w in members.windows(2) {
             out.rules[w[0] as usize].next = out.config.rule_base + w[1];
         }
+        let wide = order[key.tuple as usize].0.family == 6;
+        key.slots(wide)
+            .mark(&mut out.config.tuples[key.tuple as usize].filter);
         out.keys.push(IndexEntry {
             key,
-            wide: order[key.tuple as usize].0.family == 6,
+            wide,
             head: out.config.rule_base + members[0],
         });
     }
@@ -628,7 +651,10 @@ mod tests {
             .keys
             .iter()
             .all(|e| !e.wide && e.key.ruleset == 14 && e.head >= 100 && e.head < 1100));
-        assert!(c.rules.iter().all(|r| r.key.ruleset == 14 && r.key.src[0] != 0));
+        assert!(c
+            .rules
+            .iter()
+            .all(|r| r.key.ruleset == 14 && r.key.src[0] != 0));
     }
 
     #[test]
@@ -646,7 +672,10 @@ mod tests {
         assert_eq!(c.keys.len(), 1);
         let k = c.keys[0].key;
         assert!(!c.keys[0].wide);
-        assert_eq!((k.proto, k.dport, k.ruleset, k.src, k.dst), (17, 9999, 3, [0; 4], [0; 4]));
+        assert_eq!(
+            (k.proto, k.dport, k.ruleset, k.src, k.dst),
+            (17, 9999, 3, [0; 4], [0; 4])
+        );
         assert_eq!(c.rules[0].key, k);
         assert_eq!(c.config.flags & (0xf << flags::LISTS), 0);
     }
@@ -659,7 +688,10 @@ mod tests {
         assert_ne!(spec_digest(&a), 0);
         b.countermeasures.fragments = true;
         assert_ne!(spec_digest(&a), spec_digest(&b));
-        assert_eq!(compile(&a, 0, 0).unwrap().config.spec_digest, spec_digest(&a));
+        assert_eq!(
+            compile(&a, 0, 0).unwrap().config.spec_digest,
+            spec_digest(&a)
+        );
     }
 
     #[test]

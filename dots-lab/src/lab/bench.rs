@@ -8,14 +8,14 @@
 //! fixed rate. The flood reaches the scrubber as xdp_frames, as from a NIC: from XDP live
 //! frames where the kernel allows them, else from an AF_PACKET socket whose frames an XDP
 //! broadcast multiplies (`trafficgen::fanout`). On the scrubber's ingress, in turn:
-//! - **dots-agent**: our XDP filter with a realistic rule set: the customer's mitigation
-//!   (amplification ports, SYN and per-source limits, an ACL of 20 entries whose
-//!   `udp dport 9999` entry drops the flood) among 1,000 other mitigated IPv6 prefixes;
+//! - **dots-agent**: our XDP filter holding the workload's rule set (`bench_workloads`;
+//!   realistic by default: the customer's mitigation with an ACL of 20 entries whose
+//!   `udp dport 9999` entry drops the flood, among 1,000 other mitigated IPv6 prefixes);
 //! - **XDP_DROP**: an empty program that drops everything (the ceiling; it drops the
 //!   legitimate traffic too);
 //! - **xdp-filter**: xdp-tools' program (`xdpfilt_alw_all.o`, what `xdp-filter load` runs)
-//!   with the equivalent rule `udp dst port 9999 drop`, loaded with aya (the `xdp-filter`
-//!   tool's loader does not work on this kernel);
+//!   with the closest rule it can express, loaded with aya (the `xdp-filter` tool's loader
+//!   does not work on this kernel);
 //! - **nftables**: `netdev` ingress hook on the same interface, `udp dport 9999 drop`.
 //!
 //! Dropped per second is the kernel's count for the dropper: the veth's `xdp_drops`
@@ -35,12 +35,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use super::bench_workloads::{self as workloads, Workload};
 use super::topology::{self, interrupted, Topology};
-use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
-use dots_agent::datapath::{
-    AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
-    Mitigator, PortRange, Rate, XdpDatapath,
-};
+use crate::trafficgen::{self, socket::SocketSender, Backend, Flow, Pace, Protocol, Sender};
+use dots_agent::datapath::{AttachMode, LoadOptions, Mitigator, XdpDatapath};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -80,9 +78,15 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub sender: Backend,
     /// With the socket sender: copies of each flood frame the XDP fan-out makes (0: send
-    /// the flood as skbs straight from the socket).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=128))]
-    pub fanout: u32,
+    /// the flood as skbs straight from the socket). Default: 32, or 1 for `harsh` (every
+    /// frame distinct).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=128))]
+    pub fanout: Option<u32>,
+    /// The rule set and flood: `realistic`, `harsh` (cold caches: random sources, hosts
+    /// and ports against a 200-entry ACL of 8 shapes; measures the time in the program),
+    /// or `rate-limits` (admitted against configured rates, on both CPUs).
+    #[arg(long, value_enum, default_value_t = Workload::Realistic)]
+    pub workload: Workload,
 }
 
 /// The fan-out's veth pair in the internet namespace (socket -> FANOUT_SEND -> FANOUT_IN).
@@ -97,8 +101,6 @@ pub enum CaseName {
     XdpFilter,
     Nftables,
 }
-
-const XDP_FILTER_OBJ: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
@@ -128,74 +130,6 @@ struct Measure {
     legit_delivered_pct: f64,
     /// Nanoseconds per run inside the XDP program (kernel statistics, `--program-time`).
     program_ns: Option<f64>,
-}
-
-/// The customer's mitigation and 1,000 other mitigated prefixes.
-pub fn rule_set() -> Vec<MitigationSpec> {
-    let mut acl = Vec::new();
-    for (i, port) in [53u16, 123, 161, 389, 1900, 11211, 19, 17, 111, 137]
-        .iter()
-        .enumerate()
-    {
-        acl.push(AclEntry {
-            name: format!("rate-udp-{port}"),
-            matches: AclMatch {
-                protocol: Some(17),
-                source_port: Some(PortRange::single(*port)),
-                ..Default::default()
-            },
-            action: AclAction::RateLimit(dots_agent::datapath::RateLimit::PacketsPerSecond(Rate {
-                rate: 1000 + i as u64,
-                burst: Some(100),
-            })),
-        });
-    }
-    for p in [9999u16, 6666, 4444, 3074, 27015, 1434, 5060, 10001, 7, 3283] {
-        acl.push(AclEntry {
-            name: format!("udp-{p}-flood"),
-            matches: AclMatch {
-                protocol: Some(17),
-                destination_port: Some(PortRange::single(p)),
-                ..Default::default()
-            },
-            action: AclAction::Drop,
-        });
-    }
-    let customer = MitigationSpec {
-        acl,
-        countermeasures: Countermeasures {
-            amplification: true,
-            fragments: true,
-            source_pps: Some(Rate {
-                rate: 1_000_000,
-                burst: Some(1_000_000),
-            }),
-            syn_pps: Some(Rate {
-                rate: 100,
-                burst: Some(200),
-            }),
-            scope_bps: None,
-        },
-        ..MitigationSpec::new(
-            1,
-            vec![
-                "198.51.100.0/24".parse().expect("constant"),
-                "2001:db8:6401::/48".parse().expect("constant"),
-            ],
-        )
-    };
-    let mut v = vec![customer];
-    for i in 0..1000u64 {
-        let mut m = MitigationSpec::new(
-            10 + i,
-            vec![format!("2001:db8:{:x}::/48", 0x8000 + i)
-                .parse()
-                .expect("valid")],
-        );
-        m.countermeasures.amplification = true;
-        v.push(m);
-    }
-    v
 }
 
 /// The veth's XDP drop counter (ethtool -S: the sum of every `*xdp_drops` line), read in the
@@ -280,14 +214,18 @@ struct Scrubber {
 }
 
 impl Scrubber {
-    fn setup(pin_root: PathBuf) -> Result<Scrubber> {
+    fn setup(pin_root: PathBuf, workload: Workload) -> Result<Scrubber> {
         let mut ours = XdpDatapath::load(&LoadOptions::new(&pin_root))?;
-        for m in rule_set() {
+        let rules = match workload {
+            Workload::Harsh => workloads::harsh_rule_set(),
+            _ => workloads::rule_set(),
+        };
+        for m in rules {
             ours.install(&m)
                 .with_context(|| format!("installing mitigation {}", m.id))?;
         }
         let empty = crate::testrun::load_trivial_xdp(1)?;
-        let xdpfilter = match load_xdp_filter(&pin_root) {
+        let xdpfilter = match workloads::load_xdp_filter(&pin_root, workload) {
             Ok(e) => Some(e),
             Err(e) => {
                 println!("xdp-filter: skipped ({e:#})");
@@ -406,37 +344,13 @@ impl Scrubber {
     }
 }
 
-/// xdp-tools' program with `udp dst port 9999 drop` in its port map.
-pub fn load_xdp_filter(pin_root: &std::path::Path) -> Result<aya::Ebpf> {
-    use aya::maps::{PerCpuArray, PerCpuValues};
-    if !std::path::Path::new(XDP_FILTER_OBJ).exists() {
-        bail!("{XDP_FILTER_OBJ} not found (Debian package libxdp1)");
-    }
-    let dir = pin_root.join("xdpfilt");
-    std::fs::create_dir_all(&dir)?;
-    let mut e = aya::EbpfLoader::new()
-        .default_map_pin_directory(&dir)
-        .allow_unsupported_maps()
-        .load_file(XDP_FILTER_OBJ)
-        .context("loading xdpfilt_alw_all.o")?;
-    let p: &mut aya::programs::Xdp = e
-        .program_mut("xdpfilt_alw_all")
-        .context("no xdpfilt_alw_all program")?
-        .try_into()?;
-    p.load().context("verifying xdpfilt_alw_all")?;
-    const MAP_FLAG_DST: u64 = 1 << 1;
-    const MAP_FLAG_UDP: u64 = 1 << 3;
-    let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let mut ports: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(e.map_mut("filter_ports").context("filter_ports map")?)?;
-    // The program reads the port from the header: network order in a u32 key.
-    let key = u16::from_ne_bytes(9999u16.to_be_bytes()) as u32;
-    ports.set(
-        key,
-        PerCpuValues::try_from(vec![MAP_FLAG_DST | MAP_FLAG_UDP; ncpu])?,
-        0,
-    )?;
-    Ok(e)
+/// What the flood generator sends.
+#[derive(Clone)]
+enum Flood {
+    /// One frame per source (the live sender rewrites the source; the socket sends each).
+    Template(trafficgen::Template),
+    /// Prebuilt, all different (socket sender only).
+    Frames(Arc<Vec<Vec<u8>>>),
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -447,6 +361,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if !(0.5..=60.0).contains(&a.seconds) {
         bail!("--seconds must be between 0.5 and 60");
     }
+    if a.workload == Workload::RateLimits {
+        return super::bench_rates::run(a);
+    }
+    let harsh = a.workload == Workload::Harsh;
+    let fanout = a.fanout.unwrap_or(if harsh { 1 } else { 32 });
+    // The harsh case is about the time in the program: always measure it.
+    let program_time = a.program_time || harsh;
     topology::install_signal_handlers();
     let pid = std::process::id();
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/dots-bench-{pid}"));
@@ -475,7 +396,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let dst_mac = trafficgen::parse_mac(topology::SCR_IN_MAC)?;
     let src_mac = [0x02, 0x00, 0x5e, 0x00, 0x01, 0x01];
-    let flood = Flow {
+    let flood_flow = Flow {
         sources: a.flood_sources,
         destination: topology::TARGET_V4.parse().expect("constant"),
         protocol: Protocol::Udp,
@@ -499,21 +420,35 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         src_mac,
     }
     .template()?;
+    let (flood, flood_desc) = if harsh {
+        const FRAMES: usize = 65_536;
+        let frames = workloads::harsh_frames(FRAMES, src_mac, dst_mac);
+        (
+            Flood::Frames(Arc::new(frames)),
+            format!("UDP from random sources of 198.18.0.0/15 to random hosts and ports of 198.51.100.0/24 ({FRAMES} distinct frames)"),
+        )
+    } else {
+        let desc = format!(
+            "UDP :9999 from {} source(s) in {}, {} B frames",
+            flood_flow.sources,
+            a.flood_sources,
+            14 + 20 + 8 + a.payload
+        );
+        (Flood::Template(flood_flow.clone()), desc)
+    };
     println!(
-        "bench: veth lab (namespaces dbench{pid}-*); {} rounds x {} cases x {} s; flood UDP :9999 from {} source(s) in {}, {} B frames; legitimate TCP :443 at {} pps; {} NAPI",
+        "bench: veth lab (namespaces dbench{pid}-*); {:?} workload; {} rounds x {} cases x {} s; flood {flood_desc}; legitimate TCP :443 at {} pps; {} NAPI",
+        a.workload,
         a.rounds,
         a.cases.len(),
         a.seconds,
-        flood.sources,
-        a.flood_sources,
-        14 + 20 + 8 + a.payload,
         a.legit_pps,
         if a.threaded_napi { "threaded" } else { "inline" }
     );
-    // Every case uses the same sender: resolve "auto" once.
+    // Every case uses the same sender: resolve "auto" once (prebuilt frames: the socket).
     let backend = {
-        let t = flood.clone();
-        let want = a.sender;
+        let t = flood_flow.clone();
+        let want = if harsh { Backend::Socket } else { a.sender };
         let (name, backend, fallback) = topo.inet.run_in(move || -> Result<_> {
             let (s, fallback) = Sender::open(&t, topology::INET_IF, want)?;
             Ok((s.name(), s.backend(), fallback))
@@ -523,7 +458,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     // With a socket sender, the flood goes through the fan-out (see trafficgen::fanout):
     // socket -> FANOUT_SEND => FANOUT_IN (XDP broadcast) => INET_IF as xdp_frames.
-    let (_fanout, copies) = if backend == Backend::Socket && a.fanout > 0 {
+    let (_fanout, copies) = if backend == Backend::Socket && fanout > 0 {
         topo.inet.ip(&[
             "link",
             "add",
@@ -537,7 +472,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         for i in [FANOUT_SEND, FANOUT_IN] {
             topo.inet.ip(&["link", "set", i, "up"])?;
         }
-        let n = a.fanout;
+        let n = fanout;
         let f = topo.inet.run_in(move || {
             trafficgen::fanout::Fanout::attach(FANOUT_IN, topology::INET_IF, n)
         })??;
@@ -554,7 +489,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut wanted = a.cases.clone();
     wanted.dedup();
     // The statistics cost every program a clock read per run, for as long as this fd lives.
-    let _stats_on = if a.program_time {
+    let _stats_on = if program_time {
         Some(
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .context("turning on the kernel's BPF run statistics")?,
@@ -563,10 +498,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         None
     };
     // The scrubber's side runs on this thread, inside its namespace.
+    let workload = a.workload;
     let results = topo.scrubber.run_in({
         let inet_path = inet.path();
         move || -> Result<Vec<(Case, Vec<Measure>)>> {
-            let mut scr = Scrubber::setup(pin_root)?;
+            let mut scr = Scrubber::setup(pin_root, workload)?;
             let cases: Vec<Case> = wanted
                 .iter()
                 .filter_map(|c| match c {
@@ -578,6 +514,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 .collect();
             let mut results: Vec<(Case, Vec<Measure>)> =
                 cases.iter().map(|c| (*c, Vec::new())).collect();
+            // Warm-up, not measured: the first flood of a run was slower in whichever case
+            // came first (page pools and socket buffers growing), so it stays out.
+            scr.engage(Case::Empty)?;
+            let warm = send_both(
+                &inet_path, &flood, &legit, legit_pps, 1.0, backend, copies,
+            );
+            scr.disengage(Case::Empty);
+            warm?;
             for round in 0..rounds {
                 for (ci, &case) in cases.iter().enumerate() {
                     if interrupted() {
@@ -657,7 +601,7 @@ fn rx_in(ns: &std::path::Path, iface: &'static str) -> Result<u64> {
 /// namespace for `seconds`; returns (flood sent, legit sent, seconds).
 fn send_both(
     inet: &std::path::Path,
-    flood: &trafficgen::Template,
+    flood: &Flood,
     legit: &trafficgen::Template,
     legit_pps: u64,
     seconds: f64,
@@ -666,7 +610,7 @@ fn send_both(
 ) -> Result<(u64, u64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let dur = Duration::from_secs_f64(seconds);
-    let spawn = |t: trafficgen::Template, pps: u64, iface: &'static str| -> Result<_> {
+    let spawn = |t: Flood, pps: u64, iface: &'static str| -> Result<_> {
         let file = std::fs::File::open(inet)?;
         let stop = stop.clone();
         Ok(std::thread::spawn(move || -> Result<u64> {
@@ -674,7 +618,10 @@ fn send_both(
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 bail!("setns: {}", std::io::Error::last_os_error());
             }
-            let (s, _) = Sender::open(&t, iface, backend)?;
+            let s = match t {
+                Flood::Template(t) => Sender::open(&t, iface, backend)?.0,
+                Flood::Frames(f) => Sender::Socket(SocketSender::with_frames(f.to_vec(), iface)?),
+            };
             let sent = AtomicU64::new(0);
             s.run(
                 Pace {
@@ -688,7 +635,7 @@ fn send_both(
         }))
     };
     let t0 = Instant::now();
-    let l = spawn(legit.clone(), legit_pps, topology::INET_IF)?;
+    let l = spawn(Flood::Template(legit.clone()), legit_pps, topology::INET_IF)?;
     let f = match fanout {
         Some(_) => spawn(flood.clone(), 0, FANOUT_SEND)?,
         None => spawn(flood.clone(), 0, topology::INET_IF)?,
@@ -705,7 +652,19 @@ fn send_both(
     Ok((fs, ls, secs))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median time in the program of a case, if measured.
+fn med_ns(results: &[(Case, Vec<Measure>)], c: Case) -> Option<f64> {
+    let v: Vec<f64> = results
+        .iter()
+        .find(|r| r.0 == c)?
+        .1
+        .iter()
+        .filter_map(|m| m.program_ns)
+        .collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
         0 => 0.0,
@@ -755,10 +714,34 @@ fn print_table(results: &[(Case, Vec<Measure>)]) {
         );
     }
     if let Some(r) = ratio(Case::Nftables) {
-        println!("dots-agent / nftables netdev: {r:.2}x (target >= 3x)");
+        println!("dots-agent / nftables netdev: {r:.2}x");
     }
     if let Some(r) = ratio(Case::XdpFilter) {
         println!("dots-agent / xdp-filter: {r:.2}x");
+    }
+    // Time in the program (kernel statistics), paired per round like the rates.
+    let ns_pair = |a: Case, b: Case| {
+        let x = &results.iter().find(|r| r.0 == a)?.1;
+        let y = &results.iter().find(|r| r.0 == b)?.1;
+        let v: Vec<f64> = x
+            .iter()
+            .zip(y)
+            .filter_map(|(p, q)| Some(p.program_ns? / q.program_ns?))
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    for (c, _) in results {
+        if let Some(ns) = med_ns(results, *c) {
+            println!(
+                "time in the program, {}: {ns:.0} ns/packet (median of rounds)",
+                c.name()
+            );
+        }
+    }
+    if let Some(r) = ns_pair(Case::Ours, Case::XdpFilter) {
+        println!(
+            "time in the program, dots-agent / xdp-filter: {r:.2}x (median of per-round ratios; target <= 0.8x)"
+        );
     }
     // What the path allows at best: the empty program against nftables, same rounds.
     if let Some(r) = pair(Case::Empty, Case::Nftables) {

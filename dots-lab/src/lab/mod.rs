@@ -8,6 +8,8 @@
 //! - [`bench`]: drop rates of our filter, an empty XDP_DROP, xdp-filter and nftables.
 
 pub mod bench;
+pub mod bench_rates;
+pub mod bench_workloads;
 pub mod plot;
 pub mod run;
 pub mod scenario;

@@ -195,6 +195,14 @@ pub struct Topology {
 
 impl Topology {
     pub fn build(tag: &str) -> Result<Topology> {
+        Self::build_with(tag, 1)
+    }
+
+    /// With `queues` receive and transmit queues on the internet-scrubber veth pair: a
+    /// veth delivers to the peer's queue of the sender's transmit queue, each with a NAPI
+    /// of its own, so senders on different CPUs make the filter run on both.
+    pub fn build_with(tag: &str, queues: u32) -> Result<Topology> {
+        let q = queues.max(1).to_string();
         let t = Topology {
             inet: Netns::create(format!("{tag}-inet"))?,
             scrubber: Netns::create(format!("{tag}-scr"))?,
@@ -208,6 +216,10 @@ impl Topology {
                 INET_IF,
                 "address",
                 "02:00:5e:00:01:01",
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "netns",
                 &t.inet.name,
                 "type",
@@ -217,6 +229,10 @@ impl Topology {
                 SCR_IN,
                 "address",
                 SCR_IN_MAC,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "netns",
                 &t.scrubber.name,
             ],

@@ -31,13 +31,18 @@ pub struct SocketSender {
 
 impl SocketSender {
     pub fn new(t: &Template, iface: &str) -> Result<SocketSender> {
+        let mut order: Vec<u32> = (0..t.sources.max(1)).collect();
+        shuffle(&mut order);
+        Self::with_frames(order.into_iter().map(|k| t.variant(k)).collect(), iface)
+    }
+
+    /// A sender of prebuilt frames, sent round-robin in the order given.
+    pub fn with_frames(frames: Vec<Vec<u8>>, iface: &str) -> Result<SocketSender> {
+        anyhow::ensure!(!frames.is_empty(), "no frames to send");
         let sock = PacketSocket::open_send_only(iface)
             .with_context(|| format!("opening an AF_PACKET socket on {iface}"))?;
         // Best effort: a kernel without the option still sends, through the qdisc.
         let _ = sock.bypass_qdisc();
-        let mut order: Vec<u32> = (0..t.sources.max(1)).collect();
-        shuffle(&mut order);
-        let frames = order.into_iter().map(|k| t.variant(k)).collect();
         Ok(SocketSender { sock, frames })
     }
 

@@ -158,8 +158,7 @@ impl DstV4 {
     pub fn point(&mut self, arr: &mut impl Words<u32>, net: &Ipv4Net, ruleset: u32, is_new: bool) {
         let len = net.prefix_len();
         if len <= 24 {
-            self.short
-                .insert((len, u32::from(net.network())), ruleset);
+            self.short.insert((len, u32::from(net.network())), ruleset);
             for i in v4_range(net) {
                 let e = arr.get(i as usize);
                 let replaces = dst_v4::cover(e).is_none_or(|(_, l)| l <= len);
@@ -215,11 +214,7 @@ impl DstV4 {
 
     /// Rebuilds the bookkeeping from the targets and makes every entry of `arr` what they
     /// say (repairing what a crash mid-update left). Returns how many entries changed.
-    pub fn rebuild(
-        &mut self,
-        arr: &mut impl Words<u32>,
-        targets: &[(Ipv4Net, u32)],
-    ) -> usize {
+    pub fn rebuild(&mut self, arr: &mut impl Words<u32>, targets: &[(Ipv4Net, u32)]) -> usize {
         *self = DstV4::default();
         let mut want: Vec<u32> = vec![0; DST_V4_SLOTS as usize];
         let mut sorted: Vec<&(Ipv4Net, u32)> = targets.iter().collect();
@@ -362,7 +357,8 @@ pub struct IndexFull;
 
 impl AclIndex {
     fn slots(e: &IndexEntry) -> (u32, u32) {
-        e.key.slots(e.wide)
+        let s = e.key.slots(e.wide);
+        (s.first, s.second)
     }
 
     /// Writes `e` into `slot` and records it there (the caller frees any old place).
@@ -452,7 +448,12 @@ impl AclIndex {
     /// Adopts what the kernel's index holds for the live keys (so nothing moves under
     /// running traffic), clears slots that name no live key's head, enters missing keys
     /// and restores the invariant. Returns how many slots changed.
-    pub fn rebuild(&mut self, arr: &mut impl Words<u32>, slots: usize, live: &[IndexEntry]) -> usize {
+    pub fn rebuild(
+        &mut self,
+        arr: &mut impl Words<u32>,
+        slots: usize,
+        live: &[IndexEntry],
+    ) -> usize {
         *self = AclIndex::default();
         let by_head: HashMap<u32, IndexEntry> = live.iter().map(|e| (e.head, *e)).collect();
         let mut changed = 0;
@@ -568,7 +569,10 @@ mod tests {
         assert_eq!(dst_v4::longer(entry_of(&arr, "198.51.100.7")), 1); // the /25's bit
         d.remove(&mut arr, &v4("198.51.100.128/25"));
         d.remove(&mut arr, &v4("198.51.0.0/16"));
-        assert!(arr.iter().all(|e| *e == 0), "everything removed leaves zeros");
+        assert!(
+            arr.iter().all(|e| *e == 0),
+            "everything removed leaves zeros"
+        );
     }
 
     #[test]
@@ -584,7 +588,11 @@ mod tests {
 
     #[test]
     fn rebuild_repairs_a_torn_array() {
-        let targets = vec![(v4("192.0.2.0/24"), 8), (v4("192.0.0.0/16"), 9), (v4("192.0.2.64/26"), 10)];
+        let targets = vec![
+            (v4("192.0.2.0/24"), 8),
+            (v4("192.0.0.0/16"), 9),
+            (v4("192.0.2.64/26"), 10),
+        ];
         let mut clean = vec![0u32; DST_V4_SLOTS as usize];
         let mut d = DstV4::default();
         d.rebuild(&mut clean, &targets);
@@ -637,8 +645,8 @@ mod tests {
 
     /// What the kernel finds for a key in `arr`.
     fn find(arr: &[u32], rules: &HashMap<u32, AclKey>, key: &AclKey) -> Option<u32> {
-        let (f, s) = key.slots(false);
-        for slot in [f, s] {
+        let s = key.slots(false);
+        for slot in [s.first, s.second] {
             let v = arr[slot as usize];
             if v == 0 {
                 return None;
@@ -671,7 +679,10 @@ mod tests {
         }
         let mut rebuilt = AclIndex::default();
         let live: Vec<IndexEntry> = rules.keys().map(|i| entry(*i)).collect();
-        assert_eq!(rebuilt.rebuild(&mut arr, xdp_common::ACL_INDEX_SLOTS as usize, &live), 0);
+        assert_eq!(
+            rebuilt.rebuild(&mut arr, xdp_common::ACL_INDEX_SLOTS as usize, &live),
+            0
+        );
         rebuilt.check(&arr);
     }
 
@@ -682,7 +693,7 @@ mod tests {
         let mut by_first: HashMap<u32, Vec<u32>> = HashMap::new();
         let triple = (1..400_000u32)
             .find_map(|i| {
-                let v = by_first.entry(entry(i).key.slots(false).0).or_default();
+                let v = by_first.entry(entry(i).key.slots(false).first).or_default();
                 v.push(i);
                 (v.len() == 3).then(|| v.clone())
             })
@@ -704,15 +715,18 @@ mod tests {
             let want = rules.contains_key(i).then_some(*i);
             assert_eq!(find(&arr, &rules, &entry(*i).key), want);
         }
-        let first = entry(triple[0]).key.slots(false).0 as usize;
-        assert_ne!(arr[first], 0, "a waiting key moved into the freed first slot");
+        let first = entry(triple[0]).key.slots(false).first as usize;
+        assert_ne!(
+            arr[first], 0,
+            "a waiting key moved into the freed first slot"
+        );
     }
 
     #[test]
     fn acl_index_rebuild_clears_garbage_and_restores_homes() {
         let mut arr = vec![0u32; xdp_common::ACL_INDEX_SLOTS as usize];
         let e = entry(5);
-        let (first, second) = e.key.slots(false);
+        let xdp_common::AclSlots { first, second, .. } = e.key.slots(false);
         arr[second as usize] = e.head + 1; // misplaced: first slot free
         arr[12345] = 77; // left by a crash
         let mut idx = AclIndex::default();

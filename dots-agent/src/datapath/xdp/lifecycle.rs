@@ -11,8 +11,8 @@ use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
 use aya::EbpfLoader;
 use ipnet::IpNet;
 use xdp_common::{
-    map_names as names, split_tag, MitigationConfig, TargetValue, ACL_INDEX_SLOTS,
-    LAYOUT_VERSION, PROGRAM_NAME,
+    map_names as names, split_tag, MitigationConfig, TargetValue, ACL_INDEX_SLOTS, LAYOUT_VERSION,
+    PROGRAM_NAME,
 };
 
 use super::super::compile::{IndexEntry, PrefixEntry};
@@ -357,15 +357,12 @@ impl XdpDatapath {
                 .targets
                 .push(net);
         }
-        let fixed_v4 = index
-            .dst_v4
-            .rebuild(&mut U32Words(&self.maps.dst_v4), &v4);
+        let fixed_v4 = index.dst_v4.rebuild(&mut U32Words(&self.maps.dst_v4), &v4);
         let fixed_v6 = index
             .summary_v6
             .rebuild(&mut U64Words(&self.maps.sum_v6), &v6);
 
-        let ruleset_id: HashMap<u32, u64> =
-            configs.values().map(|c| (c.ruleset, c.id)).collect();
+        let ruleset_id: HashMap<u32, u64> = configs.values().map(|c| (c.ruleset, c.id)).collect();
         let live_keys: Vec<IndexEntry> = index
             .by_id
             .values()
@@ -455,7 +452,9 @@ fn purge_layout_if_unused(pin_root: &Path, layout: u32) {
         .map(|rd| rd.count())
         .unwrap_or(0);
     if links_left == 0 && fs::remove_dir_all(&dir).is_ok() {
-        tracing::info!("removed the pins of datapath layout {layout}: no interface uses them any more");
+        tracing::info!(
+            "removed the pins of datapath layout {layout}: no interface uses them any more"
+        );
     }
 }
 

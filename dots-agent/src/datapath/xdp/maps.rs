@@ -36,11 +36,7 @@ impl Mmap {
     fn new(name: &str, map: Map, bytes: usize) -> R<Mmap> {
         let data = match map {
             Map::Array(d) => d,
-            _ => {
-                return Err(DatapathError::Setup(format!(
-                    "map {name} is not an array"
-                )))
-            }
+            _ => return Err(DatapathError::Setup(format!("map {name} is not an array"))),
         };
         let info = data
             .info()

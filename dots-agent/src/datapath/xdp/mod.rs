@@ -29,9 +29,9 @@ use aya::programs::Xdp;
 use aya::{Ebpf, Pod};
 use ipnet::IpNet;
 use xdp_common::{
-    acl_action, AclStats, Bucket, Counter, DropReason, InterfaceStats, MitigationConfig, MitigationStats, TargetValue,
-    ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS, MAX_ACL_ENTRIES,
-    MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
+    acl_action, AclStats, Bucket, Counter, DropReason, InterfaceStats, MitigationConfig,
+    MitigationStats, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS,
+    MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
 };
 
 use super::compile::{self, Compiled, IndexEntry, PrefixEntry};
@@ -482,6 +482,16 @@ impl XdpDatapath {
         Ok(InterfaceCounters { ifindex, stats: s })
     }
 
+    /// Packets the program saw on an interface, per CPU (how the load spreads).
+    pub fn interface_packets_per_cpu(&self, ifindex: u32) -> R<Vec<u64>> {
+        let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
+        let mut v = Vec::with_capacity(self.nr_cpus);
+        Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |s| {
+            v.push(s.rx.packets)
+        })?;
+        Ok(v)
+    }
+
     /// The live generation of a mitigation: 0 when installed, one more per replacement.
     pub fn generation(&self, id: u64) -> Option<u32> {
         self.index.by_id.get(&id).map(|i| i.config.generation)
@@ -723,16 +733,11 @@ impl Mitigator for XdpDatapath {
             .check_capacity(spec, old.as_ref())
             .and_then(|()| match &old {
                 Some(o) => Ok((o.config.slot, o.config.generation.wrapping_add(1))),
-                None => self
-                    .index
-                    .slots
-                    .alloc()
-                    .map(|s| (s, 0))
-                    .ok_or_else(|| {
-                        DatapathError::Capacity(format!(
-                            "all {MAX_MITIGATIONS} mitigation slots are in use"
-                        ))
-                    }),
+                None => self.index.slots.alloc().map(|s| (s, 0)).ok_or_else(|| {
+                    DatapathError::Capacity(format!(
+                        "all {MAX_MITIGATIONS} mitigation slots are in use"
+                    ))
+                }),
             });
         let (slot, generation) = match prepared {
             Ok(p) => p,
@@ -817,13 +822,18 @@ impl Mitigator for XdpDatapath {
             .mit_base
             .get(&slot, 0)
             .map_err(|e| DatapathError::bpf("MIT_BASE", e))?;
-        Self::sum_percpu(&self.maps.mit_stats, slot, "MIT_STATS", |s: &MitigationStats| {
-            m.passed.add(&s.passed);
-            m.accepted.add(&s.accepted);
-            for (o, d) in m.dropped.iter_mut().zip(s.dropped.iter()) {
-                o.add(d);
-            }
-        })?;
+        Self::sum_percpu(
+            &self.maps.mit_stats,
+            slot,
+            "MIT_STATS",
+            |s: &MitigationStats| {
+                m.passed.add(&s.passed);
+                m.accepted.add(&s.accepted);
+                for (o, d) in m.dropped.iter_mut().zip(s.dropped.iter()) {
+                    o.add(d);
+                }
+            },
+        )?;
         // What replaced generations still in their grace period counted since the flip:
         // their entries' (added to the new rules or the base when they are deleted).
         let mut late_rule: HashMap<u32, AclStats> = HashMap::new();
@@ -840,8 +850,7 @@ impl Mitigator for XdpDatapath {
             }
         }
         let mut acl = Vec::with_capacity(inst.rule_names.len());
-        for (i, (name_hash, action)) in inst.rule_names.iter().zip(&inst.rule_actions).enumerate()
-        {
+        for (i, (name_hash, action)) in inst.rule_names.iter().zip(&inst.rule_actions).enumerate() {
             let rule = inst.config.rule_base + i as u32;
             let mut total = self.acl_total(rule)?;
             if let Some(l) = late_rule.get(&rule) {
