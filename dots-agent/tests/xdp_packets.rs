@@ -1067,3 +1067,88 @@ fn quick_replacements_do_not_wait_and_keep_counting() {
         20
     );
 }
+
+#[test]
+fn a_removed_longer_target_falls_back_to_the_covers_live_generation() {
+    // What the data channel does with a client's baseline (its /24, its ACL) and a
+    // mitigation of one host inside it: the host's traffic meets the mitigation, and after
+    // the mitigation ends, the baseline as it is then (here: one entry fewer).
+    let port_drop = |name: &str, port: u16| {
+        entry(
+            name,
+            AclMatch {
+                protocol: Some(17),
+                destination_port: Some(PortRange::single(port)),
+                ..Default::default()
+            },
+            AclAction::Drop,
+        )
+    };
+    let baseline = |acl: Vec<AclEntry>| MitigationSpec {
+        acl,
+        ..MitigationSpec::new(1000, vec!["198.51.100.0/24".parse().unwrap()])
+    };
+    let mut lab = lab_with(baseline(vec![port_drop("now", 4444)]));
+    lab.dp
+        .install(&baseline(vec![
+            port_drop("now", 4444),
+            port_drop("later", 5555),
+        ]))
+        .unwrap();
+    let host = MitigationSpec {
+        acl: vec![port_drop("now", 4444), port_drop("later", 5555)],
+        ..MitigationSpec::new(1, vec!["198.51.100.10/32".parse().unwrap()])
+    };
+    lab.dp.install(&host).unwrap();
+    assert_eq!(lab.run(&udp("192.0.2.1", "198.51.100.10", 1, 5555)), DROP);
+    assert_eq!(
+        lab.counters(1).acl[1].matched.packets,
+        1,
+        "the host's own mitigation"
+    );
+    lab.dp.remove(1).unwrap().expect("installed");
+    lab.dp
+        .install(&baseline(vec![port_drop("now", 4444)]))
+        .unwrap();
+    assert_eq!(lab.run(&udp("192.0.2.1", "198.51.100.10", 1, 5555)), PASS);
+    assert_eq!(lab.run(&udp("192.0.2.1", "198.51.100.10", 1, 4444)), DROP);
+    assert_eq!(lab.run(&udp("192.0.2.1", "198.51.100.11", 1, 5555)), PASS);
+}
+
+#[test]
+fn counts_of_an_acl_entry_a_replacement_drops_stay_with_the_mitigation() {
+    let drop_port = |name: &str, port: u16| {
+        entry(
+            name,
+            AclMatch {
+                protocol: Some(17),
+                destination_port: Some(PortRange::single(port)),
+                ..Default::default()
+            },
+            AclAction::Drop,
+        )
+    };
+    let with = |acl: Vec<AclEntry>| MitigationSpec { acl, ..spec(1) };
+    let mut lab = lab_with(with(vec![drop_port("a", 4444), drop_port("b", 5555)]));
+    for _ in 0..3 {
+        assert_eq!(lab.run(&udp("192.0.2.1", T4, 1, 4444)), DROP);
+    }
+    assert_eq!(lab.run(&udp("192.0.2.1", T4, 1, 5555)), DROP);
+    let before = lab.counters(1);
+    assert_eq!(before.dropped(DropReason::AclDrop).packets, 4);
+    // "a" goes: its three drops stay in the mitigation's totals, now and after the
+    // replaced generation is deleted, and across a restart.
+    lab.dp.install(&with(vec![drop_port("b", 5555)])).unwrap();
+    assert_eq!(lab.counters(1).dropped(DropReason::AclDrop).packets, 4);
+    assert_eq!(lab.counters(1).acl.len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    lab.dp.maintain();
+    assert_eq!(lab.run(&udp("192.0.2.1", T4, 1, 5555)), DROP);
+    assert_eq!(lab.run(&udp("192.0.2.1", T4, 1, 4444)), PASS);
+    let c = lab.counters(1);
+    assert_eq!(c.dropped(DropReason::AclDrop).packets, 5);
+    assert_eq!(c.acl[0].matched.packets, 2, "b's counts followed its name");
+    assert_eq!(c.passed.packets, 1);
+    let pinned = XdpDatapath::open_pinned(&lab.root.0).unwrap();
+    assert_eq!(pinned.counters(1).unwrap().unwrap(), c);
+}

@@ -534,8 +534,8 @@ impl XdpDatapath {
     }
 
     fn check_capacity(&self, spec: &MitigationSpec, old: Option<&Installed>) -> R<()> {
-        let old_acl = old.map_or(0, |o| o.config.rule_count as usize);
-        let acl = self.index.live_acl_entries() - old_acl + spec.acl.len();
+        // `old` is already out of the index: its entries do not count.
+        let acl = self.index.live_acl_entries() + spec.acl.len();
         if acl > MAX_ACL_ENTRIES as usize {
             return Err(DatapathError::Capacity(format!(
                 "{acl} ACL entries would be live; the datapath holds {MAX_ACL_ENTRIES}"
@@ -564,7 +564,8 @@ impl XdpDatapath {
             })
             .collect();
         self.index.summary_v6.check(&new_v6)?;
-        // The map has room for two generations; the limit is on the steady state.
+        // The map has room for two generations; the limit is on the steady state (a
+        // replaced generation's lists still count in `sources_live` until it is deleted).
         let old_sources = old.map_or(0, |o| o.sources.len());
         let sources =
             self.index.sources_live - old_sources + spec.accept_list.len() + spec.drop_list.len();
