@@ -102,6 +102,50 @@ pub(crate) fn rank_talkers(v: &mut Vec<(std::net::IpAddr, Counter)>, n: usize) {
     v.truncate(n);
 }
 
+/// Whose rules a datapath mitigation holds. The datapath keys mitigations by a `u64`, which
+/// it keeps in pinned maps across restarts; this is the one place that encodes owners into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DatapathId {
+    /// A DOTS mitigation, by the engine's counter (1, 2, ...).
+    Mitigation(u64),
+    /// A client's baseline: its data-channel ACLs over its prefixes, by its name's hash.
+    Baseline(u32),
+}
+
+/// Raw ids from here up are baselines (as earlier agents pinned them).
+const BASELINE_RAW: u64 = 1 << 62;
+
+impl DatapathId {
+    /// The baseline of a configured client.
+    pub fn baseline(client: &str) -> DatapathId {
+        DatapathId::Baseline(compile::name_hash(client) as u32)
+    }
+
+    /// The key the datapath uses (`MitigationSpec::id`, `Mitigator` calls).
+    pub fn raw(self) -> u64 {
+        match self {
+            DatapathId::Mitigation(n) => n,
+            DatapathId::Baseline(h) => BASELINE_RAW + h as u64,
+        }
+    }
+
+    pub fn from_raw(raw: u64) -> DatapathId {
+        match raw.checked_sub(BASELINE_RAW) {
+            Some(h) => DatapathId::Baseline(h as u32),
+            None => DatapathId::Mitigation(raw),
+        }
+    }
+}
+
+impl std::fmt::Display for DatapathId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatapathId::Mitigation(n) => write!(f, "mitigation {n}"),
+            DatapathId::Baseline(h) => write!(f, "baseline {h:08x}"),
+        }
+    }
+}
+
 /// What the DOTS engine needs from a datapath.
 pub trait Mitigator: Send {
     /// Installs the mitigation with `spec.id`, or replaces it as one atomic change: a packet
