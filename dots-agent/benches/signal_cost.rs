@@ -162,10 +162,8 @@ fn target(i: u32) -> ipnet::IpNet {
 
 /// PUT mitigate/cuid/mid=i+1 for target(i); the time to its response.
 async fn put(s: &mut Session, i: u32) -> Result<Duration, String> {
-    let body = message::encode_mitigation_request(&Scope::new(
-        vec![target(i)],
-        Lifetime::Seconds(3600),
-    ));
+    let body =
+        message::encode_mitigation_request(&Scope::new(vec![target(i)], Lifetime::Seconds(3600)));
     let path = vec![
         "mitigate".into(),
         format!("cuid={}", s.cuid()),
@@ -395,7 +393,9 @@ fn xdp_phases(dir: &Path) {
         move || tls_phase(dir, from)
     });
     let held = from + puts.len() as u32;
-    println!("  PUT over one TLS session as the client's mitigations grow ({held} held at the end):");
+    println!(
+        "  PUT over one TLS session as the client's mitigations grow ({held} held at the end):"
+    );
     for k in 0..HELD.div_ceil(1000) {
         let slice: Vec<Duration> = puts
             .iter()
@@ -419,7 +419,9 @@ fn xdp_phases(dir: &Path) {
     // Restart: kill -9, start again, wait until it listens and until all are back.
     server.kill();
     let Some(listening) = server.start() else {
-        println!("  restart (kill -9) with {held} stored mitigations: not listening after {BUDGET:?}");
+        println!(
+            "  restart (kill -9) with {held} stored mitigations: not listening after {BUDGET:?}"
+        );
         return;
     };
     let started = Instant::now();
@@ -429,7 +431,9 @@ fn xdp_phases(dir: &Path) {
             loop {
                 match count_held(&dir).await {
                     Ok(n) if n as u32 >= held => return Ok(n),
-                    Ok(n) if started.elapsed() > BUDGET => return Err(format!("{n} after {BUDGET:?}")),
+                    Ok(n) if started.elapsed() > BUDGET => {
+                        return Err(format!("{n} after {BUDGET:?}"))
+                    }
                     Err(e) if started.elapsed() > BUDGET => return Err(e),
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }

@@ -14,11 +14,15 @@
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
 
+pub mod app;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod control;
 pub mod data;
 pub mod datapath;
 pub mod dtls_io;
+pub mod engine;
 pub mod lab;
 pub mod measure;
 pub mod metrics;

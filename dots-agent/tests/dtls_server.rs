@@ -6,8 +6,8 @@
 mod common;
 
 use dots_agent::dtls_io::Datagrams;
+use dots_agent::engine;
 use dots_agent::server::{dtls_context, serve_dtls};
-use dots_agent::signal::engine;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
 
 use common::signal;

@@ -127,7 +127,13 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
                 "over DTLS the response rides on the ACK: {put}"
             );
         }
-        assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+        assert_eq!(
+            engine
+                .run(|c| c.engine.mitigator().installed().len())
+                .await
+                .unwrap(),
+            1
+        );
 
         let get = run(vec!["-m".into(), "get".into(), base.clone()])
             .await
@@ -156,7 +162,10 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
         .unwrap();
         assert_eq!(code(&del).as_deref(), Some("2.02"), "{scheme}: {del}");
         // Terminating period 0: the next tick ends it.
-        engine.lock().await.tick(u64::MAX / 2);
-        assert!(engine.lock().await.mitigator().installed().is_empty());
+        engine.run(|c| c.engine.tick(u64::MAX / 2)).await.unwrap();
+        assert!(engine
+            .run(|c| c.engine.mitigator().installed().is_empty())
+            .await
+            .unwrap());
     }
 }

@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::control::ControlHandle;
 use dots_agent::datapath::Mitigator;
-use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls, SharedEngine};
-use dots_agent::signal::engine;
+use dots_agent::engine;
+use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 
 use common::signal;
 
 /// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number).
-async fn start(dir: &Path) -> (String, SharedEngine) {
+async fn start(dir: &Path) -> (String, ControlHandle) {
     dots_agent::pki::init(
         dir,
         "dots.example",
@@ -29,7 +30,7 @@ async fn start(dir: &Path) -> (String, SharedEngine) {
 }
 
 /// Serves `engine` on `bind` with the certificates in `dir`.
-async fn serve(dir: &Path, bind: &str, engine: SharedEngine) -> (String, SharedEngine) {
+async fn serve(dir: &Path, bind: &str, engine: ControlHandle) -> (String, ControlHandle) {
     let tls = signal::server_tls(dir);
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -41,6 +42,14 @@ async fn serve(dir: &Path, bind: &str, engine: SharedEngine) -> (String, SharedE
     let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
     tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
     (addr.to_string(), engine)
+}
+
+/// How many rule sets the datapath holds.
+async fn installed(control: &ControlHandle) -> usize {
+    control
+        .run(|c| c.engine.mitigator().installed().len())
+        .await
+        .unwrap()
 }
 
 fn client(dir: &Path, addr: &str, name: &str, transport: TransportChoice) -> ClientConfig {
@@ -102,7 +111,7 @@ async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
         r.payload,
         message::encode_created(123, Lifetime::Seconds(3600))
     );
-    assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+    assert_eq!(installed(&engine).await, 1);
 
     let r = s
         .request(RequestType::Get, &mitigate_path(&s, 123), None, false)
@@ -403,14 +412,9 @@ async fn the_client_follows_a_redirect_once() {
         alt_server: "dots.example".into(),
         alt_server_record: vec!["127.0.0.1".parse().unwrap()],
     };
-    let drained = std::sync::Arc::new(tokio::sync::Mutex::new(
-        engine::Engine::new(
-            Box::new(dots_agent::datapath::MemoryMitigator::new())
-                as Box<dyn dots_agent::datapath::Mitigator>,
-            vec![signal::client_a()],
-        )
-        .with_redirect(Some((to_alternate, 600))),
-    ));
+    let drained = signal::control(
+        signal::memory_engine(vec![signal::client_a()]).with_redirect(Some((to_alternate, 600))),
+    );
     let (home, _) = serve(dir.path(), &format!("127.0.0.2:{port}"), drained.clone()).await;
     let mut s = Session::connect(&client(
         dir.path(),
@@ -423,16 +427,25 @@ async fn the_client_follows_a_redirect_once() {
     let r = mitigate_prefix(&mut s, 1, "2001:db8:6401::/64").await;
     assert_eq!(code_text(&r), "2.01", "created at the alternate");
     assert_eq!(s.server().0, alternate);
-    assert_eq!(alt_engine.lock().await.mitigator().installed().len(), 1);
-    assert!(drained.lock().await.status(s.cuid(), None, 0).is_err());
+    assert_eq!(installed(&alt_engine).await, 1);
+    let cuid = s.cuid().to_string();
+    assert!(drained
+        .run(move |c| c.engine.status(&cuid, None, 0).is_err())
+        .await
+        .unwrap());
     // The alternate now redirects back home: contacted a moment ago, so not followed.
-    alt_engine.lock().await.set_redirect(Some((
-        Redirect {
-            alt_server: "dots.example".into(),
-            alt_server_record: vec!["127.0.0.2".parse().unwrap()],
-        },
-        600,
-    )));
+    alt_engine
+        .run(|c| {
+            c.engine.set_redirect(Some((
+                Redirect {
+                    alt_server: "dots.example".into(),
+                    alt_server_record: vec!["127.0.0.2".parse().unwrap()],
+                },
+                600,
+            )))
+        })
+        .await
+        .unwrap();
     let r = s
         .request(RequestType::Get, &mitigate_path(&s, 1), None, false)
         .await

@@ -193,7 +193,7 @@ fn parse_port_range(s: &str) -> std::result::Result<PortRange, String> {
 pub fn run_server(config: PathBuf) -> Result<()> {
     let cfg = crate::server::ServerConfig::load(&config)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(crate::server::run(cfg))
+    rt.block_on(crate::app::run(cfg))
 }
 
 pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()> {

@@ -1,21 +1,24 @@
 //! The data channel's state and request handling, without I/O: registrations, aliases and
-//! ACLs per cuid, kept in the store and pushed into the datapath through the [`AclHandle`].
-//! A request is (method, path, query, body) from an authenticated peer; the answer is an
-//! HTTP status and an optional JSON body (RESTCONF errors included).
+//! ACLs per cuid. A request is (method, path, query, body) from an authenticated peer; the
+//! answer is an HTTP status and an optional JSON body (RESTCONF errors included). A request
+//! that changes a client's data is not applied here: it comes back as an [`Edit`], which
+//! the engine puts into the datapath and stores (one transaction) before
+//! [`DataChannel::apply`] makes it; so a change the datapath refuses, or the store cannot
+//! record, changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use xdp_common::Counter;
 
-use super::layer::AclHandle;
 use super::model::{self, Acl, Activation, Alias, Content};
 use super::restconf::{self, ErrorTag, Resource, RestconfError};
-use crate::datapath::{compile::name_hash, DatapathError};
-use crate::signal::engine::{AliasTargets, DataChannelLink};
+use crate::datapath::compile::name_hash;
+use crate::engine::journal::{self, Change};
+use crate::engine::{AclEdit, AclEntries, AliasTargets, DataSource, Refusal};
 use crate::signal::message::{AclActivation, ActivationType};
-use crate::store::Store;
 
 /// Who is asking: the configured client name (None: valid certificate, not configured) and
 /// the cuid of its certificate.
@@ -31,7 +34,7 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub status: u16,
     pub body: Option<Value>,
@@ -55,7 +58,34 @@ impl From<RestconfError> for Response {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Matched packets and octets per ACL entry name hash of a client (the engine's count).
+pub type AclCounts<'a> = &'a dyn Fn(&str) -> HashMap<u64, Counter>;
+
+/// What a request comes to.
+pub enum Outcome {
+    /// Answered; nothing changed.
+    Done(Response),
+    /// A change to one client's data, to be applied by the engine and then
+    /// [`DataChannel::apply`].
+    Edit(Edit),
+}
+
+/// A change to one client's data, not made yet.
+#[derive(Debug)]
+pub struct Edit {
+    pub cuid: String,
+    /// The configured client it belongs to.
+    pub client: String,
+    data: Option<ClientData>,
+    /// The client's ACL entries after the change, if they change.
+    pub entries: Option<AclEntries>,
+    /// Its document as it will be stored.
+    pub change: Change,
+    /// The answer once it is made.
+    pub response: Response,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Expiring<T> {
     item: T,
     /// Epoch seconds.
@@ -63,7 +93,7 @@ struct Expiring<T> {
 }
 
 /// One registered client, as stored.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct ClientData {
     /// Configured client name (certificate CN).
     name: String,
@@ -76,8 +106,8 @@ pub struct DataChannel {
     clients: BTreeMap<String, ClientData>,
     /// Client name -> configured prefixes.
     prefixes: BTreeMap<String, Vec<IpNet>>,
-    acl_handle: AclHandle,
-    store: Option<Store>,
+    /// The change the request being routed makes (see [`DataChannel::handle`]).
+    staged: Option<Edit>,
 }
 
 type Result<T> = std::result::Result<T, RestconfError>;
@@ -90,121 +120,171 @@ fn minutes_left(expires: u64, now: u64) -> i64 {
     (expires.saturating_sub(now).div_ceil(60)) as i64
 }
 
-fn datapath_refusal(e: DatapathError) -> RestconfError {
-    match e {
-        DatapathError::Spec(s) => {
+/// The engine's refusal of an edit, as a RESTCONF error.
+pub fn engine_refusal(r: Refusal) -> RestconfError {
+    match r {
+        Refusal::BadRequest(s) => {
             RestconfError::invalid(format!("the datapath cannot hold this: {s}"))
         }
-        DatapathError::TargetInUse { prefix, .. } => RestconfError::new(
-            ErrorTag::ResourceDenied,
-            format!("prefix {prefix} belongs to another mitigation"),
-        ),
-        other => RestconfError::new(ErrorTag::OperationFailed, other.to_string()),
+        Refusal::Conflict { diagnostic, .. } | Refusal::HeldByOther { diagnostic, .. } => {
+            RestconfError::new(ErrorTag::ResourceDenied, diagnostic)
+        }
+        Refusal::Unavailable(s)
+        | Refusal::Forbidden(s)
+        | Refusal::NotFound(s)
+        | Refusal::Unprocessable(s) => RestconfError::new(ErrorTag::OperationFailed, s),
+    }
+}
+
+fn activation_type(a: Activation) -> ActivationType {
+    match a {
+        Activation::WhenMitigating => ActivationType::ActivateWhenMitigating,
+        Activation::Immediate => ActivationType::Immediate,
+        Activation::Deactivate => ActivationType::Deactivate,
     }
 }
 
 impl DataChannel {
-    /// Loads what the store holds (without touching the datapath: call
-    /// [`AclHandle::sync_all`] once the engine has restored its mitigations).
-    pub fn new(
+    pub fn new(prefixes: BTreeMap<String, Vec<IpNet>>) -> DataChannel {
+        DataChannel {
+            clients: BTreeMap::new(),
+            prefixes,
+            staged: None,
+        }
+    }
+
+    /// Loads the stored documents (cuid, JSON). Data of clients no longer configured is
+    /// dropped: the returned changes delete it.
+    pub fn restore(
         prefixes: BTreeMap<String, Vec<IpNet>>,
-        acl_handle: AclHandle,
-        store: Option<Store>,
-    ) -> anyhow::Result<DataChannel> {
-        let mut clients = BTreeMap::new();
-        if let Some(s) = &store {
-            for (cuid, data) in s.data_clients::<ClientData>()? {
-                if !prefixes.contains_key(&data.name) {
-                    tracing::warn!(
-                        "data channel: client {} is no longer configured; its data is dropped",
-                        data.name
+        docs: &[(String, String)],
+    ) -> (DataChannel, Vec<Change>) {
+        let mut dc = DataChannel::new(prefixes);
+        let mut changes = Vec::new();
+        for (cuid, doc) in docs {
+            let data: ClientData = match serde_json::from_str(doc) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(
+                        "stored data-channel client {cuid} is unreadable, skipped: {e}"
                     );
-                    s.delete_data_client(&cuid)?;
                     continue;
                 }
-                clients.insert(cuid, data);
+            };
+            if !dc.prefixes.contains_key(&data.name) {
+                tracing::warn!(
+                    "data channel: client {} is no longer configured; its data is dropped",
+                    data.name
+                );
+                changes.push(Change::DataClient {
+                    cuid: cuid.clone(),
+                    doc: None,
+                });
+                continue;
             }
+            dc.clients.insert(cuid.clone(), data);
         }
-        let dc = DataChannel {
-            clients,
-            prefixes,
-            acl_handle,
-            store,
-        };
-        for (cuid, data) in &dc.clients {
-            match dc.entries(data) {
-                Ok(e) => dc.acl_handle.load_client_acls(&data.name, e),
+        (dc, changes)
+    }
+
+    /// Every client's ACL entries, for the engine at a restart.
+    pub fn acl_entries(&self) -> Vec<(String, AclEntries)> {
+        let mut out: BTreeMap<String, AclEntries> = BTreeMap::new();
+        for (cuid, data) in &self.clients {
+            match self.entries(data) {
+                Ok(e) => out.entry(data.name.clone()).or_default().extend(e),
                 Err(e) => tracing::error!("stored ACLs of {cuid} no longer map: {}", e.message),
             }
         }
-        Ok(dc)
+        out.into_iter().collect()
     }
 
     /// The client's datapath entries, all its ACLs in order.
-    fn entries(&self, data: &ClientData) -> Result<Vec<(Activation, crate::datapath::AclEntry)>> {
+    fn entries(&self, data: &ClientData) -> Result<AclEntries> {
         let allowed = self.prefixes.get(&data.name).cloned().unwrap_or_default();
         let mut out = Vec::new();
         for a in &data.acls {
-            let act = a.item.activation();
+            let act = activation_type(a.item.activation());
             out.extend(a.item.entries(&allowed)?.into_iter().map(|e| (act, e)));
         }
         Ok(out)
     }
 
-    fn persist(&self, cuid: &str) {
-        let Some(store) = &self.store else { return };
-        let r = match self.clients.get(cuid) {
-            Some(d) => store.put_data_client(cuid, d),
-            None => store.delete_data_client(cuid),
-        };
-        if let Err(e) = r {
-            tracing::error!("store: data-channel client {cuid}: {e:#}");
-        }
-    }
-
-    /// Replaces a client's data, pushing its ACLs to the datapath first; on a refusal
-    /// nothing changes.
-    fn commit(&mut self, cuid: &str, data: Option<ClientData>) -> Result<()> {
-        let name = match (&data, self.clients.get(cuid)) {
+    /// The change of a client's data to `data` (None: unregistered), and what it means for
+    /// the datapath and the store.
+    fn plan(&self, cuid: &str, data: Option<ClientData>, response: Response) -> Result<Edit> {
+        let old = self.clients.get(cuid);
+        let client = match (&data, old) {
             (Some(d), _) => d.name.clone(),
-            (None, Some(old)) => old.name.clone(),
-            (None, None) => return Ok(()),
+            (None, Some(o)) => o.name.clone(),
+            (None, None) => String::new(),
         };
-        let entries = match &data {
+        let new_entries = match &data {
             Some(d) => self.entries(d)?,
             None => Vec::new(),
         };
-        self.acl_handle
-            .set_client_acls(&name, entries)
-            .map_err(datapath_refusal)?;
-        match data {
-            Some(d) => self.clients.insert(cuid.to_string(), d),
-            None => self.clients.remove(cuid),
+        let old_entries = match old {
+            Some(o) => self.entries(o).unwrap_or_default(),
+            None => Vec::new(),
         };
-        self.persist(cuid);
+        let doc = match &data {
+            Some(d) => Some(
+                journal::document(d)
+                    .map_err(|e| RestconfError::new(ErrorTag::OperationFailed, e.0))?,
+            ),
+            None => None,
+        };
+        Ok(Edit {
+            cuid: cuid.to_string(),
+            client,
+            entries: (new_entries != old_entries).then_some(new_entries),
+            change: Change::DataClient {
+                cuid: cuid.to_string(),
+                doc,
+            },
+            data,
+            response,
+        })
+    }
+
+    /// Routing found that the request changes a client's data: the change waits in
+    /// `staged` for [`DataChannel::handle`] to hand it out.
+    fn commit(&mut self, cuid: &str, data: Option<ClientData>) -> Result<()> {
+        if data.is_none() && !self.clients.contains_key(cuid) {
+            return Ok(());
+        }
+        self.staged = Some(self.plan(cuid, data, Response::empty(0))?);
         Ok(())
     }
 
-    /// Removes expired aliases and ACLs.
-    pub fn expire(&mut self, now: u64) {
-        let due: Vec<String> = self
-            .clients
-            .iter()
-            .filter(|(_, d)| {
-                d.aliases.iter().any(|a| a.expires <= now)
-                    || d.acls.iter().any(|a| a.expires <= now)
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        for cuid in due {
-            let mut d = self.clients[&cuid].clone();
+    /// Makes a change the engine has applied and stored; returns its answer.
+    pub fn apply(&mut self, edit: Edit) -> Response {
+        match edit.data {
+            Some(d) => self.clients.insert(edit.cuid, d),
+            None => self.clients.remove(&edit.cuid),
+        };
+        edit.response
+    }
+
+    /// Expired aliases and ACLs: one edit per client that has any.
+    pub fn expire(&self, now: u64) -> Vec<Edit> {
+        let mut out = Vec::new();
+        for (cuid, d) in &self.clients {
+            if !d.aliases.iter().any(|a| a.expires <= now)
+                && !d.acls.iter().any(|a| a.expires <= now)
+            {
+                continue;
+            }
+            let mut d = d.clone();
             d.aliases.retain(|a| a.expires > now);
             d.acls.retain(|a| a.expires > now);
-            tracing::info!("data channel: expired aliases/ACLs of {cuid}");
-            if let Err(e) = self.commit(&cuid, Some(d)) {
-                tracing::error!("expiring ACLs of {cuid}: {}", e.message);
+            tracing::info!(cuid, "data channel: aliases/ACLs expired");
+            match self.plan(cuid, Some(d), Response::empty(204)) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::error!(cuid, "expiring ACLs: {}", e.message),
             }
         }
+        out
     }
 
     /// The aliases of a cuid, for `alias-name` in signal-channel requests.
@@ -217,14 +297,27 @@ impl DataChannel {
             .map(|a| a.item.clone())
     }
 
-    pub fn handle(&mut self, peer: &Peer, req: &Request, now: u64) -> Response {
-        match self.route(peer, req, now) {
-            Ok(r) => r,
-            Err(e) => e.into(),
+    /// Routes a request: answered at once, or a change for the engine to make.
+    pub fn handle(&mut self, peer: &Peer, req: &Request, now: u64, counts: AclCounts) -> Outcome {
+        self.staged = None;
+        let result = self.route(peer, req, now, counts);
+        match (result, self.staged.take()) {
+            (Ok(response), Some(mut edit)) => {
+                edit.response = response;
+                Outcome::Edit(edit)
+            }
+            (Ok(response), None) => Outcome::Done(response),
+            (Err(e), _) => Outcome::Done(e.into()),
         }
     }
 
-    fn route(&mut self, peer: &Peer, req: &Request, now: u64) -> Result<Response> {
+    fn route(
+        &mut self,
+        peer: &Peer,
+        req: &Request,
+        now: u64,
+        counts: AclCounts,
+    ) -> Result<Response> {
         let resource = restconf::resource(req.path)?;
         let query = restconf::query(req.query)?;
         let Some(client) = peer.client else {
@@ -267,7 +360,7 @@ impl DataChannel {
                 true => Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:dots-data": {
-                        "dots-client": [self.client_view(peer.cuid, now, content)],
+                        "dots-client": [self.client_view(peer.cuid, now, content, counts)],
                         "capabilities": model::capabilities()["ietf-dots-data-channel:capabilities"]}}),
                 )),
                 false => Ok(Response::json(
@@ -290,7 +383,7 @@ impl DataChannel {
                     }
                     "GET" => Ok(Response::json(
                         200,
-                        json!({"ietf-dots-data-channel:dots-client": [self.client_view(c, now, content)]}),
+                        json!({"ietf-dots-data-channel:dots-client": [self.client_view(c, now, content, counts)]}),
                     )),
                     "POST" => self.post_children(c, req.body, &query, now),
                     _ => Err(not_allowed(m)),
@@ -361,7 +454,7 @@ impl DataChannel {
                 if d.acls.is_empty() {
                     return Err(RestconfError::not_found("no ACLs"));
                 }
-                let list = self.acl_views(d, None, now, content);
+                let list = self.acl_views(d, None, now, content, counts);
                 Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:acls": {"acl": list}}),
@@ -373,7 +466,7 @@ impl DataChannel {
                 let at = d.acls.iter().position(|a| &a.item.name == name);
                 match (m, at) {
                     ("GET", Some(_)) => {
-                        let list = self.acl_views(&d, Some(name), now, content);
+                        let list = self.acl_views(&d, Some(name), now, content, counts);
                         Ok(Response::json(
                             200,
                             json!({"ietf-dots-data-channel:acls": {"acl": list}}),
@@ -568,14 +661,14 @@ impl DataChannel {
         Ok(a)
     }
 
-    fn client_view(&self, cuid: &str, now: u64, content: Content) -> Value {
+    fn client_view(&self, cuid: &str, now: u64, content: Content, counts: AclCounts) -> Value {
         let d = &self.clients[cuid];
         let mut v = json!({"cuid": cuid});
         if !d.aliases.is_empty() {
             v["aliases"] = json!({"alias": d.aliases.iter().map(|a| alias_view(a, now, content)).collect::<Vec<_>>()});
         }
         if !d.acls.is_empty() {
-            v["acls"] = json!({"acl": self.acl_views(d, None, now, content)});
+            v["acls"] = json!({"acl": self.acl_views(d, None, now, content, counts)});
         }
         v
     }
@@ -586,8 +679,9 @@ impl DataChannel {
         only: Option<&str>,
         now: u64,
         content: Content,
+        counts: AclCounts,
     ) -> Vec<Value> {
-        let counters = self.acl_handle.acl_counters(&d.name);
+        let counters = counts(&d.name);
         let stats = |name: &str| {
             counters
                 .get(&name_hash(name))
@@ -724,19 +818,25 @@ fn insert_position(acls: &[Expiring<Acl>], query: &[(String, String)]) -> Result
     }
 }
 
-/// The signal engine's view of the data channel: `alias-name` resolves through the
-/// client's aliases, `acl-list` (RFC 9133) sets its ACLs' activation types.
-pub struct EngineLink(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
+/// The data channel as the engine asks it: `alias-name` resolves through the client's
+/// aliases, `acl-list` (RFC 9133) sets its ACLs' activation types. It shares the channel
+/// with the HTTPS side (both run on the engine's thread, one at a time).
+#[derive(Clone)]
+pub struct SharedData(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
 
-impl EngineLink {
-    fn channel(&self) -> std::sync::MutexGuard<'_, DataChannel> {
+impl SharedData {
+    pub fn new(channel: DataChannel) -> Self {
+        SharedData(std::sync::Arc::new(std::sync::Mutex::new(channel)))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, DataChannel> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl DataChannelLink for EngineLink {
-    fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
-        let a = self.channel().alias(cuid, name)?;
+impl DataSource for SharedData {
+    fn alias(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
+        let a = self.lock().alias(cuid, name)?;
         Some(AliasTargets {
             prefixes: a.target_prefix,
             ports: a
@@ -752,25 +852,39 @@ impl DataChannelLink for EngineLink {
         })
     }
 
-    fn set_acl_activation(
+    fn plan_acl_list(
         &self,
         cuid: &str,
         acls: &[AclActivation],
-        apply: bool,
-    ) -> std::result::Result<(), String> {
-        self.channel().set_acl_activation(cuid, acls, apply)
+    ) -> std::result::Result<AclEdit, String> {
+        let dc = self.lock();
+        let data = dc.with_acl_list(cuid, acls)?;
+        let edit = dc
+            .plan(cuid, Some(data), Response::empty(0))
+            .map_err(|e| e.message)?;
+        Ok(AclEdit {
+            client: edit.client,
+            entries: edit.entries.unwrap_or_default(),
+            change: edit.change,
+        })
+    }
+
+    fn apply_acl_list(&mut self, cuid: &str, acls: &[AclActivation]) {
+        let mut dc = self.lock();
+        if let Ok(data) = dc.with_acl_list(cuid, acls) {
+            dc.clients.insert(cuid.to_string(), data);
+        }
     }
 }
 
 impl DataChannel {
-    /// RFC 9133 filter control: the named ACLs (all must exist) get these activation
-    /// types; `apply` false only checks.
-    pub fn set_acl_activation(
-        &mut self,
+    /// RFC 9133 filter control: the client's data with the named ACLs (all must exist)
+    /// set to these activation types.
+    fn with_acl_list(
+        &self,
         cuid: &str,
         acls: &[AclActivation],
-        apply: bool,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<ClientData, String> {
         let Some(d) = self.clients.get(cuid) else {
             return Err(
                 "acl-list: this client has no ACLs (not registered on the data channel)".into(),
@@ -781,9 +895,6 @@ impl DataChannel {
             .find(|a| !d.acls.iter().any(|x| x.item.name == a.acl_name))
         {
             return Err(format!("acl-list: unknown acl-name {:?}", a.acl_name));
-        }
-        if !apply {
-            return Ok(());
         }
         let mut d = d.clone();
         for a in acls {
@@ -796,33 +907,38 @@ impl DataChannel {
                 x.item.activation_type = Some(activation.label().to_string());
             }
         }
-        self.commit(cuid, Some(d)).map_err(|e| e.message)
+        Ok(d)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::layer::AclLayer;
-    use crate::datapath::{MemoryMitigator, MitigationSpec, Mitigator};
 
     const D: &str = restconf::DOTS_DATA;
 
     struct Fixture {
         dc: DataChannel,
-        layer: AclLayer,
-        handle: AclHandle,
     }
 
-    fn fixture(store: Option<Store>) -> Fixture {
+    /// A data channel on its own: its edits are made at once (the datapath side is the
+    /// engine's, tested in `control`).
+    fn fixture(_: Option<()>) -> Fixture {
         let prefixes: BTreeMap<String, Vec<IpNet>> = [
             ("a".to_string(), vec!["198.51.100.0/24".parse().unwrap()]),
             ("b".to_string(), vec!["203.0.113.0/24".parse().unwrap()]),
         ]
         .into();
-        let (layer, handle) = AclLayer::new(Box::new(MemoryMitigator::new()), prefixes.clone());
-        let dc = DataChannel::new(prefixes, handle.clone(), store).unwrap();
-        Fixture { dc, layer, handle }
+        Fixture {
+            dc: DataChannel::new(prefixes),
+        }
+    }
+
+    fn handle(dc: &mut DataChannel, peer: &Peer, req: &Request, now: u64) -> Response {
+        match dc.handle(peer, req, now, &|_| HashMap::new()) {
+            Outcome::Done(r) => r,
+            Outcome::Edit(e) => dc.apply(e),
+        }
     }
 
     fn call(
@@ -841,7 +957,8 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
         };
-        dc.handle(
+        handle(
+            dc,
             &Peer {
                 client: Some(who.0),
                 cuid: who.1,
@@ -942,7 +1059,8 @@ mod tests {
             json!({"ietf-dots-data-channel:dots-client": [{"cuid": "cuid-a", "x": 1}]}),
         );
         assert_eq!((bad.status, tag(&bad)), (400, "unknown-element".into()));
-        let unconfigured = f.dc.handle(
+        let unconfigured = handle(
+            &mut f.dc,
             &Peer {
                 client: None,
                 cuid: "z",
@@ -1062,123 +1180,6 @@ mod tests {
     }
 
     #[test]
-    fn acls_drive_the_datapath_and_report_statistics() {
-        let mut f = fixture(None);
-        register(&mut f.dc);
-        let c = format!("{D}/dots-client=cuid-a");
-        assert_eq!(call(&mut f.dc, A, "POST", &c, rfc_acl()).status, 201);
-        let ids = f.handle.with_inner(|m| m.installed());
-        assert_eq!(ids.len(), 1, "immediate: the baseline is live");
-        // Pretend the XDP filter counted 3 packets on rule1.
-        f.handle.with_inner(|m| {
-            let c = m.counters(ids[0]).unwrap().unwrap();
-            assert_eq!(c.acl[0].name_hash, name_hash("sample-ipv4-acl/rule1"));
-        });
-        let got = call(
-            &mut f.dc,
-            A,
-            "GET",
-            &format!("{c}/acls/acl=sample-ipv4-acl?content=all"),
-            Value::Null,
-        );
-        assert_eq!(got.status, 200);
-        let body = got.body.unwrap();
-        let acl = &body["ietf-dots-data-channel:acls"]["acl"][0];
-        assert_eq!(acl["aces"]["ace"][0]["statistics"]["matched-packets"], "0");
-        assert_eq!(acl["pending-lifetime"], 10080);
-        // Deactivate through PUT: nothing live any more.
-        let mut off = rfc_acl()["ietf-dots-data-channel:acls"]["acl"].clone();
-        off[0]["activation-type"] = json!("deactivate");
-        let put = json!({"ietf-dots-data-channel:acl": off});
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "PUT",
-                &format!("{c}/acls/acl=sample-ipv4-acl"),
-                put
-            )
-            .status,
-            204
-        );
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        // What the datapath cannot express: 400 naming the field; nothing stored.
-        let mut bad = rfc_acl();
-        bad["ietf-dots-data-channel:acls"]["acl"][0]["name"] = json!("bad");
-        bad["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["matches"]["ipv4"]["ecn"] =
-            json!(1);
-        let r = call(&mut f.dc, A, "POST", &c, bad);
-        assert_eq!((r.status, tag(&r)), (400, "invalid-value".into()));
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "GET",
-                &format!("{c}/acls/acl=bad"),
-                Value::Null
-            )
-            .status,
-            404
-        );
-        // Foreign destination: 403.
-        let mut foreign = rfc_acl();
-        foreign["ietf-dots-data-channel:acls"]["acl"][0]["name"] = json!("foreign");
-        foreign["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["matches"]["ipv4"]
-            ["destination-ipv4-network"] = json!("203.0.113.0/24");
-        assert_eq!(call(&mut f.dc, A, "POST", &c, foreign).status, 403);
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "DELETE",
-                &format!("{c}/acls/acl=sample-ipv4-acl"),
-                Value::Null
-            )
-            .status,
-            204
-        );
-        assert_eq!(
-            call(&mut f.dc, A, "GET", &format!("{c}/acls"), Value::Null).status,
-            404
-        );
-        let _ = &f.layer;
-    }
-
-    #[test]
-    fn when_mitigating_acls_follow_the_clients_mitigations() {
-        let mut f = fixture(None);
-        register(&mut f.dc);
-        let mut acl = rfc_acl();
-        acl["ietf-dots-data-channel:acls"]["acl"][0]["activation-type"] =
-            json!("activate-when-mitigating");
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "POST",
-                &format!("{D}/dots-client=cuid-a"),
-                acl
-            )
-            .status,
-            201
-        );
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        f.layer
-            .install(&MitigationSpec::new(
-                1,
-                vec!["198.51.100.7/32".parse().unwrap()],
-            ))
-            .unwrap();
-        assert_eq!(
-            f.handle.with_inner(|m| m.installed()).len(),
-            2,
-            "mitigation + baseline"
-        );
-        f.layer.remove(1).unwrap();
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-    }
-
-    #[test]
     fn insert_and_point_order_acls() {
         let mut f = fixture(None);
         register(&mut f.dc);
@@ -1229,54 +1230,6 @@ mod tests {
             named("w"),
         );
         assert_eq!(r.status, 400);
-    }
-
-    #[test]
-    fn data_survives_a_restart_and_expires() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut f = fixture(Some(Store::open(dir.path()).unwrap()));
-            register(&mut f.dc);
-            assert_eq!(
-                call(
-                    &mut f.dc,
-                    A,
-                    "POST",
-                    &format!("{D}/dots-client=cuid-a"),
-                    rfc_acl()
-                )
-                .status,
-                201
-            );
-        }
-        let mut f = fixture(Some(Store::open(dir.path()).unwrap()));
-        assert!(
-            f.handle.with_inner(|m| m.installed()).is_empty(),
-            "loaded, not yet synced"
-        );
-        f.handle.sync_all();
-        assert_eq!(f.handle.with_inner(|m| m.installed()).len(), 1);
-        let got = call(
-            &mut f.dc,
-            A,
-            "GET",
-            &format!("{D}/dots-client=cuid-a/acls"),
-            Value::Null,
-        );
-        assert_eq!(got.status, 200);
-        f.dc.expire(1000 + 10080 * 60);
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "GET",
-                &format!("{D}/dots-client=cuid-a/acls"),
-                Value::Null
-            )
-            .status,
-            404
-        );
     }
 
     #[test]

@@ -165,11 +165,6 @@ pub trait Mitigator: Send {
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         Vec::new()
     }
-    /// Matched traffic per (client, ACL entry name) for ACLs kept per client (the data
-    /// channel's layer); empty where ACLs belong to single mitigations.
-    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
-        Vec::new()
-    }
     /// The `n` sources with the most dropped packets of a mitigation, most first. Estimates:
     /// the datapath samples one drop in [`xdp_common::TALKER_SAMPLE`] and scales up. Empty
     /// if the mitigation is not installed or the datapath does not sample.
@@ -197,9 +192,6 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         (**self).interfaces()
-    }
-    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
-        (**self).acl_statistics()
     }
     fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
         (**self).top_talkers(id, n)

@@ -148,10 +148,10 @@ impl Scenario {
         if self.guard.lifetime == 0 {
             bail!("[guard] lifetime must be positive");
         }
-        if self.filters.terminating_seconds > crate::signal::engine::TERMINATING_MAX {
+        if self.filters.terminating_seconds > crate::engine::TERMINATING_MAX {
             bail!(
                 "[filters] terminating_seconds is at most {}",
-                crate::signal::engine::TERMINATING_MAX
+                crate::engine::TERMINATING_MAX
             );
         }
         if self.traffic.is_empty() || self.traffic.len() > MAX_FLOWS {

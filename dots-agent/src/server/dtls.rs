@@ -22,7 +22,8 @@ use openssl::ssl::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{now, Heartbeats, Identity, Observations, SharedEngine};
+use super::{now, Heartbeats, Identity, Observations};
+use crate::control::ControlHandle;
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::metrics::SIGNAL;
 use crate::signal::handler::{self, Peer, Reply};
@@ -88,7 +89,7 @@ fn is_client_hello(d: &[u8]) -> bool {
     d.len() > 13 && d[0] == 22 && d[3] == 0 && d[4] == 0 && d[13] == 1
 }
 
-pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine) {
+pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, control: ControlHandle) {
     let socket = Arc::new(socket);
     let peers: Peers = Arc::new(StdMutex::new(HashMap::new()));
     let mut buf = vec![0u8; 65_535];
@@ -119,10 +120,10 @@ pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine
                 }
                 let (tx, rx) = mpsc::channel(64);
                 peers.lock().expect("peers lock").insert(from, tx.clone());
-                let (socket, ctx, engine, peers) =
-                    (socket.clone(), ctx.clone(), engine.clone(), peers.clone());
+                let (socket, ctx, control, peers) =
+                    (socket.clone(), ctx.clone(), control.clone(), peers.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = session(from, rx, &socket, &ctx, engine).await {
+                    if let Err(e) = session(from, rx, &socket, &ctx, control).await {
                         tracing::info!("DTLS {from}: {e:#}");
                     }
                     let mut map = peers.lock().expect("peers lock");
@@ -150,7 +151,7 @@ async fn session(
     mut rx: mpsc::Receiver<Vec<u8>>,
     socket: &UdpSocket,
     ctx: &SslContext,
-    engine: SharedEngine,
+    control: ControlHandle,
 ) -> Result<()> {
     let mut ssl = Ssl::new(ctx)?;
     ssl.set_mtu(MTU)?;
@@ -180,7 +181,7 @@ async fn session(
         }
     }
     flush(socket, peer, &mut s).await;
-    let id = Identity::of(s.ssl(), &engine).await?;
+    let id = Identity::of(s.ssl(), &control).await?;
     let _counted = SIGNAL.session("dtls");
     let client = id.client();
     tracing::info!(
@@ -224,9 +225,13 @@ async fn session(
                                     continue;
                                 }
                             }
-                            let peer_id = Peer { client, cuid: &id.cuid };
+                            let (who, cuid) = (client.map(str::to_string), id.cuid.clone());
                             let started = Instant::now();
-                            let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
+                            let (req, reply) = control.run(move |c| {
+                                let peer = Peer { client: who.as_deref(), cuid: &cuid };
+                                let reply = handler::handle(&mut c.engine, &peer, &req, now());
+                                (req, reply)
+                            }).await?;
                             SIGNAL.request(&req, &reply, started);
                             let mut resp = match reply {
                                 Reply::Heartbeat { response, .. } => {
@@ -235,7 +240,7 @@ async fn session(
                                 }
                                 Reply::Response(p) => p,
                                 Reply::Observe { response, observation, register } => {
-                                    observations.apply(observation, register, &engine).await;
+                                    observations.apply(observation, register, &control).await?;
                                     response
                                 }
                                 Reply::Silence => continue,
@@ -274,8 +279,8 @@ async fn session(
                     return Ok(()); // nothing heard for long: the session is gone
                 }
                 // Notifications and heartbeats are NON (RFC 9132 §4.4.2.1, §4.7).
-                let mut out = observations.due(&engine).await;
-                out.extend(heartbeats.due(&engine, &id).await);
+                let mut out = observations.due(&control).await?;
+                out.extend(heartbeats.due(&control, &id).await?);
                 for mut p in out {
                     p.header.set_type(MessageType::NonConfirmable);
                     message_id = message_id.wrapping_add(1);

@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::{now, Heartbeats, Identity, Observations, SharedEngine};
+use super::{now, Heartbeats, Identity, Observations};
+use crate::control::ControlHandle;
 use crate::metrics::SIGNAL;
 use crate::signal::coap_tcp::{self, Frame};
 use crate::signal::handler::{self, Peer, Reply};
@@ -28,7 +29,7 @@ pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     Ok(b.build())
 }
 
-pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, engine: SharedEngine) {
+pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, control: ControlHandle) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -39,16 +40,16 @@ pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, engine
             }
         };
         let acceptor = acceptor.clone();
-        let engine = engine.clone();
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp, &acceptor, engine).await {
+            if let Err(e) = connection(tcp, &acceptor, control).await {
                 tracing::info!("{peer}: {e:#}");
             }
         });
     }
 }
 
-async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine) -> Result<()> {
+async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, control: ControlHandle) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let ssl = Ssl::new(acceptor.context())?;
     let mut s = SslStream::new(ssl, tcp)?;
@@ -59,7 +60,7 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
     handshake
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let id = Identity::of(s.ssl(), &engine).await?;
+    let id = Identity::of(s.ssl(), &control).await?;
     let _counted = SIGNAL.session("tls");
     let client = id.client();
     tracing::info!(
@@ -95,9 +96,13 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                         Frame::Signal { code: coap_tcp::RELEASE | coap_tcp::ABORT, .. } => return Ok(()),
                         Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
                         Frame::Message(req) => {
-                            let peer = Peer { client, cuid: &id.cuid };
+                            let (who, cuid) = (client.map(str::to_string), id.cuid.clone());
                             let started = std::time::Instant::now();
-                            let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
+                            let (req, reply) = control.run(move |c| {
+                                let peer = Peer { client: who.as_deref(), cuid: &cuid };
+                                let reply = handler::handle(&mut c.engine, &peer, &req, now());
+                                (req, reply)
+                            }).await?;
                             SIGNAL.request(&req, &reply, started);
                             match reply {
                                 Reply::Heartbeat { response, .. } => {
@@ -106,7 +111,7 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                                 }
                                 Reply::Response(p) => s.write_all(&coap_tcp::encode(&p)?).await?,
                                 Reply::Observe { response, observation, register } => {
-                                    observations.apply(observation, register, &engine).await;
+                                    observations.apply(observation, register, &control).await?;
                                     s.write_all(&coap_tcp::encode(&response)?).await?
                                 }
                                 Reply::Silence => {}
@@ -119,8 +124,8 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                 if last_heard.elapsed() > IDLE {
                     return Ok(()); // idle timeout
                 }
-                let mut out = observations.due(&engine).await;
-                out.extend(heartbeats.due(&engine, &id).await);
+                let mut out = observations.due(&control).await?;
+                out.extend(heartbeats.due(&control, &id).await?);
                 for p in out {
                     s.write_all(&coap_tcp::encode(&p)?).await?;
                 }

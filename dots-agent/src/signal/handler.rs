@@ -4,11 +4,12 @@
 use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, ResponseType};
 
 use super::cbor::{self, uint};
-use super::engine::{Engine, PutOutcome, Refusal};
 use super::message;
-use super::session_config;
+use super::session_config::{self, ConfigError};
+use super::telemetry;
 use super::uri::{self, Resource};
 use crate::datapath::Mitigator;
+use crate::engine::{Engine, PutOutcome, Refusal};
 
 /// Who is asking, as the (D)TLS layer established it.
 pub struct Peer<'a> {
@@ -342,8 +343,12 @@ pub fn handle<M: Mitigator>(
                             "mid is required in the path",
                         ));
                     };
-                    engine.delete(&cuid, mid, now);
-                    Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+                    match engine.delete(&cuid, mid, now) {
+                        Ok(()) => {
+                            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+                        }
+                        Err(r) => Reply::Response(refusal(req, r)),
+                    }
                 }
                 RequestType::Get => match engine.status(&cuid, mid, now) {
                     Ok(st) => {
@@ -421,7 +426,13 @@ pub fn handle<M: Mitigator>(
             Err(r) => Reply::Response(refusal(req, r)),
         },
         (Resource::Config { sid: Some(sid) }, RequestType::Put) => {
-            match engine.config_put(client, sid, &req.payload) {
+            let asked = session_config::decode_put(&req.payload, &engine.config(client)).map_err(
+                |e| match e {
+                    ConfigError::Bad(e) => Refusal::BadRequest(e.to_string()),
+                    ConfigError::Unacceptable(t) => Refusal::Unprocessable(t),
+                },
+            );
+            match asked.and_then(|c| engine.config_put(client, sid, c)) {
                 Ok(true) => {
                     Reply::Response(response(req, ResponseType::Created, Vec::new(), false))
                 }
@@ -436,10 +447,10 @@ pub fn handle<M: Mitigator>(
             ResponseType::BadRequest,
             "sid is required in the path",
         )),
-        (Resource::Config { .. }, RequestType::Delete) => {
-            engine.config_delete(client);
-            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
-        }
+        (Resource::Config { .. }, RequestType::Delete) => match engine.config_delete(client) {
+            Ok(()) => Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false)),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
         (Resource::Config { .. }, _) => Reply::Response(diagnostic(
             req,
             ResponseType::MethodNotAllowed,
@@ -456,7 +467,12 @@ pub fn handle<M: Mitigator>(
         }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Get) => {
             match engine.tm_setup_get(client, tsid) {
-                Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+                Ok(setup) => Reply::Response(response(
+                    req,
+                    ResponseType::Content,
+                    setup.encode_get(tsid),
+                    true,
+                )),
                 Err(r) => Reply::Response(refusal(req, r)),
             }
         }
@@ -465,7 +481,10 @@ pub fn handle<M: Mitigator>(
                 tsid: Some(tsid), ..
             },
             RequestType::Put,
-        ) => match engine.tm_setup_put(client, tsid, &req.payload, now) {
+        ) => match telemetry::decode_setup_put(&req.payload)
+            .map_err(Refusal::from)
+            .and_then(|item| engine.tm_setup_put(client, tsid, item, now))
+        {
             Ok(true) => Reply::Response(response(req, ResponseType::Created, Vec::new(), false)),
             Ok(false) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
             Err(r) => Reply::Response(refusal(req, r)),
@@ -478,8 +497,10 @@ pub fn handle<M: Mitigator>(
             ))
         }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Delete) => {
-            engine.tm_setup_delete(client, tsid, now);
-            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+            match engine.tm_setup_delete(client, tsid, now) {
+                Ok(()) => Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false)),
+                Err(r) => Reply::Response(refusal(req, r)),
+            }
         }
         (Resource::TelemetrySetup { .. }, _) => Reply::Response(diagnostic(
             req,
@@ -491,7 +512,10 @@ pub fn handle<M: Mitigator>(
                 tmid: Some(tmid), ..
             },
             RequestType::Put,
-        ) => match engine.tm_put(client, tmid, &req.payload, now) {
+        ) => match telemetry::decode_pre_mitigation(&req.payload)
+            .map_err(Refusal::from)
+            .and_then(|report| engine.tm_put(client, tmid, report, now))
+        {
             Ok(()) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
             Err(r) => Reply::Response(refusal(req, r)),
         },
@@ -501,7 +525,12 @@ pub fn handle<M: Mitigator>(
             "tmid is required in the path",
         )),
         (Resource::Telemetry { tmid, .. }, RequestType::Get) => match engine.tm_get(client, tmid) {
-            Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+            Ok(reports) => Reply::Response(response(
+                req,
+                ResponseType::Content,
+                telemetry::encode_pre_mitigation(&reports),
+                true,
+            )),
             Err(r) => Reply::Response(refusal(req, r)),
         },
         (Resource::Telemetry { tmid, .. }, RequestType::Delete) => {
@@ -520,7 +549,7 @@ pub fn handle<M: Mitigator>(
 mod tests {
     use super::*;
     use crate::datapath::{Countermeasures, MemoryMitigator};
-    use crate::signal::engine::ClientPolicy;
+    use crate::engine::ClientPolicy;
 
     const FIG8: &[u8] = include_bytes!("../../tests/fixtures/rfc9132-fig8.cbor");
     const CUID: &str = "dz6pHjaADkaFTbjr0JGBpw";

@@ -6,7 +6,6 @@
 pub mod cbor;
 pub mod coap_tcp;
 pub mod diag;
-pub mod engine;
 pub mod handler;
 pub mod message;
 pub mod session_config;

@@ -1,13 +1,13 @@
 //! Shared by the signal-channel tests: the server's certificate paths in a `pki init`
-//! directory, client-a's policy, and an engine on an in-memory datapath.
+//! directory, client-a's policy, and a control plane on an in-memory datapath.
 
 use std::path::Path;
-use std::sync::Arc;
 
+use dots_agent::control::{Control, ControlHandle};
+use dots_agent::data::{DataChannel, SharedData};
 use dots_agent::datapath::{MemoryMitigator, Mitigator};
-use dots_agent::server::{config::Tls, SharedEngine};
-use dots_agent::signal::engine::{ClientPolicy, Engine};
-use tokio::sync::Mutex;
+use dots_agent::engine::{ClientPolicy, Engine};
+use dots_agent::server::config::Tls;
 
 /// The server's CA, certificate and key as `pki::init` wrote them into `dir`.
 pub fn server_tls(dir: &Path) -> Tls {
@@ -30,10 +30,18 @@ pub fn client_a() -> ClientPolicy {
     }
 }
 
-/// An engine over a `MemoryMitigator`, with the given active-but-terminating period.
-pub fn engine(policies: Vec<ClientPolicy>, terminating_seconds: u64) -> SharedEngine {
-    let mitigator: Box<dyn Mitigator> = Box::new(MemoryMitigator::new());
-    Arc::new(Mutex::new(
-        Engine::new(mitigator, policies).with_terminating_period(terminating_seconds),
-    ))
+/// An engine over a `MemoryMitigator`, without a data channel or a store.
+pub fn memory_engine(policies: Vec<ClientPolicy>) -> Engine<Box<dyn Mitigator>> {
+    Engine::new(Box::new(MemoryMitigator::new()), policies)
+}
+
+/// Runs `engine` on a control thread of its own.
+pub fn control(engine: Engine<Box<dyn Mitigator>>) -> ControlHandle {
+    let data = SharedData::new(DataChannel::new(Default::default()));
+    ControlHandle::spawn(Control::new(engine, data)).unwrap()
+}
+
+/// A control plane over a `MemoryMitigator`, with the given active-but-terminating period.
+pub fn engine(policies: Vec<ClientPolicy>, terminating_seconds: u64) -> ControlHandle {
+    control(memory_engine(policies).with_terminating_period(terminating_seconds))
 }

@@ -3,7 +3,7 @@
 //! to [`DataChannel::handle`].
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::restconf::{self, ErrorTag, RestconfError};
-use super::service::{DataChannel, Peer, Request, Response};
+use crate::control::ControlHandle;
+use crate::data::restconf::{self, ErrorTag, RestconfError};
+use crate::data::service::{Peer, Request, Response};
 
 /// Largest request head and body accepted (413 beyond; a whole client's ACLs fit easily).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -24,11 +25,9 @@ const MAX_HEADERS: usize = 64;
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
 
-pub type SharedDataChannel = Arc<Mutex<DataChannel>>;
-
 pub fn acceptor(tls: &crate::server::config::Tls) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    crate::server::load_credentials(&mut b, tls)?;
+    super::load_credentials(&mut b, tls)?;
     b.set_alpn_select_callback(|_, offered| {
         openssl::ssl::select_next_proto(b"\x08http/1.1", offered).ok_or(AlpnError::NOACK)
     });
@@ -39,7 +38,7 @@ pub fn acceptor(tls: &crate::server::config::Tls) -> Result<SslAcceptor> {
 pub async fn serve(
     listener: TcpListener,
     acceptor: Arc<SslAcceptor>,
-    data: SharedDataChannel,
+    control: ControlHandle,
     clients: Arc<Vec<String>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -55,9 +54,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let (acceptor, data, clients) = (acceptor.clone(), data.clone(), clients.clone());
+        let (acceptor, control, clients) = (acceptor.clone(), control.clone(), clients.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp, &acceptor, data, &clients).await {
+            if let Err(e) = connection(tcp, &acceptor, control, &clients).await {
                 tracing::info!("data channel {peer}: {e:#}");
             }
             drop(slot);
@@ -68,7 +67,7 @@ pub async fn serve(
 async fn connection(
     tcp: TcpStream,
     acceptor: &SslAcceptor,
-    data: SharedDataChannel,
+    control: ControlHandle,
     clients: &[String],
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
@@ -99,7 +98,7 @@ async fn connection(
         let (status, content_type, body, close) = match req {
             Err((e, close)) => (e.status(), restconf::MEDIA_TYPE, json(&e.body()), close),
             Ok(r) => {
-                let (status, ct, body) = respond(&data, &peer, &r);
+                let (status, ct, body) = respond(&control, &peer, &r).await?;
                 (status, ct, body, r.close)
             }
         };
@@ -109,86 +108,6 @@ async fn connection(
             return Ok(());
         }
     }
-}
-
-/// What the server needs from the data channel before the engine exists.
-pub struct Prepared {
-    /// The datapath wrapped by the ACL layer: give it to the engine.
-    pub mitigator: Box<dyn crate::datapath::Mitigator>,
-    /// alias-name and acl-list for the engine (`Engine::with_data_channel`).
-    pub link: Box<dyn crate::signal::engine::DataChannelLink>,
-    /// Call `sync_all` once the engine has restored its mitigations.
-    pub acl_handle: super::AclHandle,
-    pub channel: SharedDataChannel,
-}
-
-/// Wraps the datapath in the ACL layer and loads the data channel's state from the store.
-pub fn prepare(
-    config: &crate::server::ServerConfig,
-    datapath: Box<dyn crate::datapath::Mitigator>,
-) -> Result<Prepared> {
-    let prefixes: std::collections::BTreeMap<String, Vec<ipnet::IpNet>> = config
-        .clients
-        .iter()
-        .map(|c| (c.name.clone(), c.prefixes.clone()))
-        .collect();
-    let (layer, acl_handle) = super::AclLayer::new(datapath, prefixes.clone());
-    acl_handle.keep_counts_in(crate::store::Store::open(&config.store.dir)?)?;
-    let store = crate::store::Store::open(&config.store.dir)?;
-    let channel = Arc::new(Mutex::new(DataChannel::new(
-        prefixes,
-        acl_handle.clone(),
-        Some(store),
-    )?));
-    Ok(Prepared {
-        mitigator: Box::new(layer),
-        link: Box::new(super::service::EngineLink(channel.clone())),
-        acl_handle,
-        channel,
-    })
-}
-
-/// Binds `[data] listen` (if configured) and starts serving, plus the expiry of aliases
-/// and ACLs once a minute.
-pub async fn start(
-    config: &crate::server::ServerConfig,
-    channel: SharedDataChannel,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut tasks = Vec::new();
-    let Some(data) = &config.data else {
-        return Ok(tasks);
-    };
-    let acceptor = Arc::new(acceptor(&config.tls)?);
-    let clients = Arc::new(
-        config
-            .clients
-            .iter()
-            .map(|c| c.name.clone())
-            .collect::<Vec<_>>(),
-    );
-    for addr in &data.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} (data channel)"))?;
-        tracing::info!("data channel: RESTCONF over HTTPS on {addr}");
-        tasks.push(tokio::spawn(serve(
-            listener,
-            acceptor.clone(),
-            channel.clone(),
-            clients.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .expire(crate::server::now());
-        }
-    }));
-    Ok(tasks)
 }
 
 fn json(v: &serde_json::Value) -> Vec<u8> {
@@ -206,13 +125,17 @@ pub struct HttpRequest {
     pub close: bool,
 }
 
-fn respond(data: &SharedDataChannel, peer: &Peer, r: &HttpRequest) -> (u16, &'static str, Vec<u8>) {
+async fn respond(
+    control: &ControlHandle,
+    peer: &Peer<'_>,
+    r: &HttpRequest,
+) -> Result<(u16, &'static str, Vec<u8>)> {
     let (path, query) = match r.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (r.target.as_str(), None),
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (r.target.clone(), None),
     };
     if path == "/.well-known/host-meta" {
-        return match r.method.as_str() {
+        return Ok(match r.method.as_str() {
             "GET" => (
                 200,
                 "application/xrd+xml",
@@ -225,7 +148,7 @@ fn respond(data: &SharedDataChannel, peer: &Peer, r: &HttpRequest) -> (u16, &'st
                 );
                 (e.status(), restconf::MEDIA_TYPE, json(&e.body()))
             }
-        };
+        });
     }
     if !r.body.is_empty() {
         let ok = r.content_type.as_deref().is_some_and(|t| {
@@ -246,24 +169,31 @@ fn respond(data: &SharedDataChannel, peer: &Peer, r: &HttpRequest) -> (u16, &'st
                     r.content_type
                 ),
             );
-            return (e.status(), restconf::MEDIA_TYPE, json(&e.body()));
+            return Ok((e.status(), restconf::MEDIA_TYPE, json(&e.body())));
         }
     }
-    let req = Request {
-        method: &r.method,
-        path,
-        query,
-        body: &r.body,
-    };
-    let Response { status, body } =
-        data.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .handle(peer, &req, crate::server::now());
-    (
+    let (method, body) = (r.method.clone(), r.body.clone());
+    let (client, cuid) = (peer.client.map(str::to_string), peer.cuid.to_string());
+    let Response { status, body } = control
+        .run(move |c| {
+            let peer = Peer {
+                client: client.as_deref(),
+                cuid: &cuid,
+            };
+            let req = Request {
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                body: &body,
+            };
+            c.data_request(&peer, &req, crate::clock::unix_now())
+        })
+        .await?;
+    Ok((
         status,
         restconf::MEDIA_TYPE,
         body.map(|b| json(&b)).unwrap_or_default(),
-    )
+    ))
 }
 
 /// Reads one request. Ok(None): the peer closed between requests. Ok(Some(Err)): a request
