@@ -10,3 +10,11 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Now, as a signal-channel session takes it.
+pub fn now() -> crate::signal::session::Now {
+    crate::signal::session::Now {
+        at: std::time::Instant::now(),
+        unix: unix_now(),
+    }
+}

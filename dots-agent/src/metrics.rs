@@ -17,7 +17,7 @@ use xdp_common::DropReason;
 
 use crate::datapath::{MitigationCounters, Mitigator};
 use crate::engine::{Engine, MitigationView};
-use crate::signal::handler::Reply;
+use crate::signal::session::Reply;
 
 /// The signal channel's counters, registered once per process.
 pub struct SignalMetrics {

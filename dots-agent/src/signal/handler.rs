@@ -1,10 +1,12 @@
-//! CoAP requests to engine calls and back (RFC 9132 §4.4, §4.7), still without I/O: the
-//! transports hand in a parsed request and the peer's identity, and send what comes back.
+//! CoAP requests to engine calls and back (RFC 9132 §4.4, §4.7), without I/O: a session
+//! hands in a parsed request and the peer's identity and sends what comes back. All CBOR
+//! is decoded and encoded here; the engine takes and returns typed values.
 
 use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, ResponseType};
 
 use super::cbor::{self, uint};
 use super::message;
+use super::session::{Observation, Reply, Watched};
 use super::session_config::{self, ConfigError};
 use super::telemetry;
 use super::uri::{self, Resource};
@@ -17,58 +19,6 @@ pub struct Peer<'a> {
     pub client: Option<&'a str>,
     /// The cuid derived from the certificate (RFC 9132 §4.4.1.1).
     pub cuid: &'a str,
-}
-
-/// What the handler wants the transport to do.
-pub enum Reply {
-    /// Send this response (the transport sets type and message id).
-    Response(Packet),
-    /// Send nothing (an efficacy update for an unknown mitigation).
-    Silence,
-    /// A heartbeat arrived (2.04 to send, and liveness to record).
-    Heartbeat {
-        response: Packet,
-        peer_hb_status: bool,
-    },
-    /// A GET with Observe 0 (register) or 1 (deregister): send the response and keep (or
-    /// drop) the observation in the session (RFC 7641, RFC 9132 §4.4.2.1).
-    Observe {
-        response: Packet,
-        observation: Observation,
-        register: bool,
-    },
-}
-
-/// A server-originated heartbeat (RFC 9132 §4.7): PUT /hb telling the client whether its
-/// own heartbeats reach us.
-pub fn heartbeat_request(token: Vec<u8>, peer_hb_status: bool) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Request(RequestType::Put);
-    p.set_token(token);
-    for s in [".well-known", "dots", "hb"] {
-        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
-    }
-    p.set_content_format(ContentFormat::ApplicationDotsCbor);
-    p.payload = message::encode_heartbeat(peer_hb_status);
-    p
-}
-
-/// What a session watches for a client: its mitigations (one, or all), or its session
-/// configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observation {
-    pub token: Vec<u8>,
-    pub cuid: String,
-    /// The configured client (session configurations are kept per client).
-    pub client: String,
-    pub target: Watched,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Watched {
-    /// One mitigation, or all of the client's (None).
-    Mitigation(Option<u32>),
-    Config,
 }
 
 /// What a notification compares with what it last sent: the (mid, status) list of
