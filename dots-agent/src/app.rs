@@ -93,11 +93,60 @@ impl Drop for Running {
     }
 }
 
-/// Assembles the server over `datapath` and starts listening. A listen address with port 0
+/// The sockets of server.toml, bound before anything else: a port that is taken stops the
+/// start before the datapath is touched, and a client that connects while the store is
+/// restored waits in the socket's queue instead of being refused.
+struct Sockets {
+    metrics: Vec<tokio::net::TcpListener>,
+    signal: Vec<(tokio::net::TcpListener, tokio::net::UdpSocket)>,
+    data: Vec<tokio::net::TcpListener>,
+}
+
+async fn bind(config: &ServerConfig) -> Result<Sockets> {
+    let mut sockets = Sockets {
+        metrics: Vec::new(),
+        signal: Vec::new(),
+        data: Vec::new(),
+    };
+    for addr in &config.metrics.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (metrics)"))?;
+        sockets.metrics.push(l);
+    }
+    for addr in &config.signal.listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (TCP)"))?;
+        let bound = tcp.local_addr()?;
+        let udp = tokio::net::UdpSocket::bind(bound)
+            .await
+            .with_context(|| format!("listening on {bound} (UDP)"))?;
+        sockets.signal.push((tcp, udp));
+    }
+    for addr in config.data.iter().flat_map(|d| &d.listen) {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (data channel)"))?;
+        sockets.data.push(l);
+    }
+    Ok(sockets)
+}
+
+/// Assembles the server over `datapath` and starts serving. A listen address with port 0
 /// gets a free port; a signal address's UDP port is then its TCP port.
 pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Result<Running> {
-    let control =
-        ControlHandle::spawn(control(config, datapath)?).context("starting the control thread")?;
+    start_with(config, move |_| Ok(datapath)).await
+}
+
+/// As [`start`], with the datapath built once the sockets are bound.
+pub async fn start_with(
+    config: &ServerConfig,
+    datapath: impl FnOnce(&ServerConfig) -> Result<Box<dyn Mitigator>>,
+) -> Result<Running> {
+    let sockets = bind(config).await?;
+    let control = ControlHandle::spawn(control(config, datapath(config)?)?)
+        .context("starting the control thread")?;
     let mut running = Running {
         control: control.clone(),
         signal: Vec::new(),
@@ -105,10 +154,7 @@ pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Resul
         metrics: Vec::new(),
         tasks: Vec::new(),
     };
-    for addr in &config.metrics.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} (metrics)"))?;
+    for listener in sockets.metrics {
         let bound = listener.local_addr()?;
         tracing::info!("Prometheus metrics on http://{bound}/metrics");
         running.metrics.push(bound);
@@ -120,14 +166,8 @@ pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Resul
     }
     let acceptor = Arc::new(server::acceptor(&config.tls)?);
     let dtls = server::dtls_context(&config.tls)?;
-    for addr in &config.signal.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} (TCP)"))?;
+    for (listener, socket) in sockets.signal {
         let bound = listener.local_addr()?;
-        let socket = tokio::net::UdpSocket::bind(bound)
-            .await
-            .with_context(|| format!("listening on {bound} (UDP)"))?;
         tracing::info!("signal channel: CoAP over TLS and over DTLS on {bound}");
         running.signal.push(bound);
         running.tasks.push(tokio::spawn(server::serve_tls(
@@ -141,7 +181,7 @@ pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Resul
             control.clone(),
         )));
     }
-    if let Some(data) = &config.data {
+    if !sockets.data.is_empty() {
         let acceptor = Arc::new(server::https::acceptor(&config.tls)?);
         let clients = Arc::new(
             config
@@ -150,10 +190,7 @@ pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Resul
                 .map(|c| c.name.clone())
                 .collect::<Vec<_>>(),
         );
-        for addr in &data.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr} (data channel)"))?;
+        for listener in sockets.data {
             let bound = listener.local_addr()?;
             tracing::info!("data channel: RESTCONF over HTTPS on {bound}");
             running.data.push(bound);
@@ -170,7 +207,7 @@ pub async fn start(config: &ServerConfig, datapath: Box<dyn Mitigator>) -> Resul
 
 /// Runs the server until `shutdown` completes.
 pub async fn run_until(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let running = start(&config, datapath(&config)?).await?;
+    let running = start_with(&config, datapath).await?;
     shutdown.await;
     tracing::info!("shutting down; XDP rules stay pinned and keep filtering");
     drop(running);
