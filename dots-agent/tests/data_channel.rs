@@ -822,3 +822,37 @@ async fn the_command_line_client() {
     let (code, out, _) = cli(dir, port, &["unregister"]).await;
     assert_eq!((code, out.trim().starts_with("204")), (0, true));
 }
+
+/// curl offers HTTP/2 (ALPN h2) and gets it; the same request as HTTP/1.1 gets the same
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_spoken_when_the_client_offers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dots_agent::pki::init(dir, "dots.example", &[], &["client-a".into()]).unwrap();
+    write_config(dir);
+    let server = start(dir).await;
+    let port = server.data_port;
+    let dir = dir.to_path_buf();
+    let versions = tokio::task::spawn_blocking(move || {
+        ["--http2", "--http1.1"].map(|v| {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10", v, "-o", "/dev/null"])
+                .args(["-w", "%{http_version} %{http_code}"])
+                .arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("client-a.pem"))
+                .arg("--key")
+                .arg(dir.join("client-a.key"))
+                .args(["--resolve", &format!("dots.example:{port}:127.0.0.1")])
+                .arg(format!("https://dots.example:{port}{D}/capabilities"))
+                .output()
+                .expect("running curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(versions, ["2 200".to_string(), "1.1 200".to_string()]);
+}

@@ -1,37 +1,66 @@
-//! The data channel's HTTPS server: TLS with mutual X.509 authentication (the signal
-//! channel's CA and certificates), HTTP/1.1 with bounded heads and bodies, requests handed
-//! to [`DataChannel::handle`].
+//! The data channel's HTTPS listener: TLS with mutual X.509 authentication (the signal
+//! channel's CA and certificates), then HTTP/1.1 or HTTP/2, as the client's ALPN offers, by
+//! hyper. Every input is bounded: connections served at once, TLS handshake time, request
+//! heads (size and time), bodies (size and time), concurrent HTTP/2 streams, and idle
+//! connections. Each request goes to the control plane (`Control::data_request`), in a
+//! tracing span of its own.
 
+use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
+use tracing::Instrument;
 
 use crate::control::ControlHandle;
 use crate::data::restconf::{self, ErrorTag, RestconfError};
-use crate::data::service::{Peer, Request, Response};
+use crate::data::service::{Peer, Request as DataRequest, Response as DataResponse};
 
 /// Largest request head and body accepted (413 beyond; a whole client's ACLs fit easily).
 pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 512 * 1024;
-/// A connection idle this long between requests (or mid-request) is closed.
-const IDLE: Duration = Duration::from_secs(60);
+/// How much of a body over MAX_BODY is read (and dropped) before the 413, so that the
+/// client hears it rather than a reset; beyond, the connection or stream is dropped.
+const DRAIN: usize = 2 * MAX_BODY;
 const MAX_HEADERS: usize = 64;
+/// A request head must arrive within this (also how long an idle HTTP/1.1 connection is
+/// kept), and its body within this once the head is in.
+const HEAD_TIME: Duration = Duration::from_secs(30);
+const BODY_TIME: Duration = Duration::from_secs(30);
+/// A connection with nothing read or written for this long is closed (HTTP/2 included).
+const IDLE: Duration = Duration::from_secs(60);
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
+/// Requests in flight on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 32;
 
 pub fn acceptor(tls: &crate::server::config::Tls) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     super::load_credentials(&mut b, tls)?;
     b.set_alpn_select_callback(|_, offered| {
-        openssl::ssl::select_next_proto(b"\x08http/1.1", offered).ok_or(AlpnError::NOACK)
+        openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
     });
     Ok(b.build())
+}
+
+/// Who is asking: the configured client whose certificate it is (None: valid, but not
+/// configured) and the cuid of its certificate.
+#[derive(Clone, Debug)]
+pub struct Who {
+    pub client: Option<String>,
+    pub cuid: String,
 }
 
 /// Serves until the task is dropped; `clients` are the configured client names.
@@ -55,12 +84,21 @@ pub async fn serve(
             }
         };
         let (acceptor, control, clients) = (acceptor.clone(), control.clone(), clients.clone());
-        tokio::spawn(async move {
-            if let Err(e) = connection(tcp, &acceptor, control, &clients).await {
-                tracing::info!("data channel {peer}: {e:#}");
+        let span = tracing::info_span!(
+            "data",
+            peer = %peer,
+            client = tracing::field::Empty,
+            cuid = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                if let Err(e) = connection(tcp, &acceptor, control, &clients).await {
+                    tracing::info!("{e:#}");
+                }
+                drop(slot);
             }
-            drop(slot);
-        });
+            .instrument(span),
+        );
     }
 }
 
@@ -81,33 +119,162 @@ async fn connection(
         .peer_certificate()
         .context("no client certificate")?;
     let cn = crate::pki::common_name(&cert).unwrap_or_default();
-    let cuid = crate::pki::cuid(&cert)?;
-    let client = clients.contains(&cn).then_some(cn.as_str());
-    let peer = Peer {
-        client,
-        cuid: &cuid,
+    let who = Who {
+        client: clients.contains(&cn).then_some(cn),
+        cuid: crate::pki::cuid(&cert)?,
     };
-    let mut buf = Vec::with_capacity(4096);
+    let span = tracing::Span::current();
+    span.record(
+        "client",
+        who.client.as_deref().unwrap_or("(not configured)"),
+    );
+    span.record("cuid", who.cuid.as_str());
+    serve_http(s, who, control).await
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by its preface) on an established stream until the peer
+/// closes it or it falls idle.
+pub async fn serve_http<I>(io: I, who: Who, control: ControlHandle) -> Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Activity {
+        inner: io,
+        started,
+        last: last.clone(),
+    });
+    let who = Arc::new(who);
+    let service = hyper::service::service_fn(move |req| {
+        let (who, control) = (who.clone(), control.clone());
+        async move { Ok::<_, Infallible>(respond(req, &who, &control).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIME)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Some(IDLE / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
-        let Some(req) = tokio::time::timeout(IDLE, read_request(&mut s, &mut buf))
-            .await
-            .unwrap_or(Ok(None))?
-        else {
-            return Ok(());
-        };
-        let (status, content_type, body, close) = match req {
-            Err((e, close)) => (e.status(), restconf::MEDIA_TYPE, json(&e.body()), close),
-            Ok(r) => {
-                let (status, ct, body) = respond(&control, &peer, &r).await?;
-                (status, ct, body, r.close)
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(|e| anyhow::anyhow!("HTTP: {e}")),
+            _ = every.tick() => {
+                let idle = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if idle >= IDLE {
+                    conn.as_mut().graceful_shutdown();
+                    // A peer that does not finish what it started is not waited for.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                    return Ok(());
+                }
             }
-        };
-        write_response(&mut s, status, content_type, &body, close).await?;
-        if close {
-            let _ = s.shutdown().await;
-            return Ok(());
         }
     }
+}
+
+/// Notes when the stream last moved, for the idle timeout (hyper has none for HTTP/2).
+struct Activity<I> {
+    inner: I,
+    started: Instant,
+    /// Milliseconds after `started`.
+    last: Arc<AtomicU64>,
+}
+
+impl<I> Activity<I> {
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Activity<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn reply(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let empty = body.is_empty();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !empty {
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    if status == 405 {
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, POST, PUT, DELETE"));
+    }
+    r
+}
+
+enum BodyError {
+    TooBig,
+    Broken(hyper::Error),
+}
+
+/// A request body of at most MAX_BODY bytes. A longer one is read on (and dropped) up to
+/// DRAIN bytes before it is refused.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, BodyError> {
+    let (mut kept, mut seen) = (Vec::new(), 0usize);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Broken)?.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len();
+        if seen <= MAX_BODY {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN {
+            break;
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(BodyError::TooBig);
+    }
+    Ok(kept)
 }
 
 fn json(v: &serde_json::Value) -> Vec<u8> {
@@ -116,42 +283,91 @@ fn json(v: &serde_json::Value) -> Vec<u8> {
     b
 }
 
-/// One parsed request.
-pub struct HttpRequest {
-    pub method: String,
-    pub target: String,
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
-    pub close: bool,
+fn error(e: RestconfError) -> Response<Full<Bytes>> {
+    reply(e.status(), restconf::MEDIA_TYPE, json(&e.body()))
 }
 
+/// One request: bounded, checked, then answered by the control plane.
 async fn respond(
+    req: Request<Incoming>,
+    who: &Who,
     control: &ControlHandle,
-    peer: &Peer<'_>,
-    r: &HttpRequest,
-) -> Result<(u16, &'static str, Vec<u8>)> {
-    let (path, query) = match r.target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (r.target.clone(), None),
-    };
+) -> Response<Full<Bytes>> {
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    async move {
+        let r = answer(req, who, control).await;
+        tracing::debug!(status = r.status().as_u16(), "answered");
+        r
+    }
+    .instrument(span)
+    .await
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    who: &Who,
+    control: &ControlHandle,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
     if path == "/.well-known/host-meta" {
-        return Ok(match r.method.as_str() {
-            "GET" => (
+        return match method.as_str() {
+            "GET" => reply(
                 200,
                 "application/xrd+xml",
                 restconf::host_meta().into_bytes(),
             ),
-            m => {
-                let e = RestconfError::new(
-                    ErrorTag::OperationNotSupported,
-                    format!("{m} on host-meta"),
-                );
-                (e.status(), restconf::MEDIA_TYPE, json(&e.body()))
-            }
-        });
+            m => error(RestconfError::new(
+                ErrorTag::OperationNotSupported,
+                format!("{m} on host-meta"),
+            )),
+        };
     }
-    if !r.body.is_empty() {
-        let ok = r.content_type.as_deref().is_some_and(|t| {
+    // Refused before the body is read: a client waiting for 100 Continue sends nothing.
+    // Over HTTP/2 a body of a sane size is read first, so that the client gets the 413
+    // rather than a reset stream.
+    let too_big = || {
+        RestconfError::new(
+            ErrorTag::TooBig,
+            format!("request body over {MAX_BODY} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let http2 = parts.version == hyper::Version::HTTP_2;
+    if declared.is_some_and(|n| n > MAX_BODY as u64 && (!http2 || n > DRAIN as u64)) {
+        return error(too_big());
+    }
+    let body = match tokio::time::timeout(BODY_TIME, read_body(body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooBig)) => return error(too_big()),
+        Ok(Err(BodyError::Broken(e))) => {
+            return error(RestconfError::new(
+                ErrorTag::MalformedMessage,
+                format!("the request body: {e}"),
+            ))
+        }
+        Err(_) => {
+            return error(RestconfError::new(
+                ErrorTag::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIME.as_secs()
+                ),
+            ))
+        }
+    };
+    if !body.is_empty() {
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let ok = content_type.as_deref().is_some_and(|t| {
             let t = t
                 .split(';')
                 .next()
@@ -161,26 +377,23 @@ async fn respond(
             t == restconf::MEDIA_TYPE || t == "application/json"
         });
         if !ok {
-            let e = RestconfError::new(
+            return error(RestconfError::new(
                 ErrorTag::UnsupportedMedia,
                 format!(
-                    "request bodies are {} (got {:?})",
-                    restconf::MEDIA_TYPE,
-                    r.content_type
+                    "request bodies are {} (got {content_type:?})",
+                    restconf::MEDIA_TYPE
                 ),
-            );
-            return Ok((e.status(), restconf::MEDIA_TYPE, json(&e.body())));
+            ));
         }
     }
-    let (method, body) = (r.method.clone(), r.body.clone());
-    let (client, cuid) = (peer.client.map(str::to_string), peer.cuid.to_string());
-    let Response { status, body } = control
+    let (client, cuid) = (who.client.clone(), who.cuid.clone());
+    let answered = control
         .run(move |c| {
             let peer = Peer {
                 client: client.as_deref(),
                 cuid: &cuid,
             };
-            let req = Request {
+            let req = DataRequest {
                 method: &method,
                 path: &path,
                 query: query.as_deref(),
@@ -188,235 +401,148 @@ async fn respond(
             };
             c.data_request(&peer, &req, crate::clock::unix_now())
         })
-        .await?;
-    Ok((
-        status,
-        restconf::MEDIA_TYPE,
-        body.map(|b| json(&b)).unwrap_or_default(),
-    ))
-}
-
-/// Reads one request. Ok(None): the peer closed between requests. Ok(Some(Err)): a request
-/// that gets an error response (and, if `true`, the connection closes after it).
-pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<Option<std::result::Result<HttpRequest, (RestconfError, bool)>>> {
-    let mut chunk = [0u8; 8192];
-    let head_len = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => break n,
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => {
-                let err = RestconfError::new(
-                    ErrorTag::MalformedMessage,
-                    format!("bad HTTP request: {e}"),
-                );
-                return Ok(Some(Err((err, true))));
-            }
-        }
-        if buf.len() > MAX_HEAD {
-            let err = RestconfError::new(
-                ErrorTag::TooBig,
-                format!("request head over {MAX_HEAD} bytes"),
-            );
-            return Ok(Some(Err((err, true))));
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            anyhow::bail!("connection closed mid-request");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(buf)?;
-    let method = req.method.unwrap_or("").to_string();
-    let target = req.path.unwrap_or("").to_string();
-    let mut close = req.version == Some(0);
-    let (mut length, mut content_type, mut chunked) = (None, None, false);
-    let mut expect_continue = false;
-    let mut bad_length = false;
-    for h in req.headers.iter() {
-        let value = String::from_utf8_lossy(h.value).trim().to_string();
-        match h.name.to_ascii_lowercase().as_str() {
-            "content-length" => match value.parse::<usize>() {
-                Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => bad_length = true,
-            },
-            "content-type" => content_type = Some(value),
-            "transfer-encoding" => chunked = true,
-            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                close |= v.split(',').any(|t| t.trim() == "close");
-            }
-            _ => {}
-        }
+        .await;
+    match answered {
+        Ok(DataResponse { status, body }) => reply(
+            status,
+            restconf::MEDIA_TYPE,
+            body.map(|b| json(&b)).unwrap_or_default(),
+        ),
+        Err(stopped) => error(RestconfError::new(
+            ErrorTag::OperationFailed,
+            stopped.to_string(),
+        )),
     }
-    buf.drain(..head_len);
-    if bad_length {
-        let err = RestconfError::new(ErrorTag::MalformedMessage, "bad Content-Length");
-        return Ok(Some(Err((err, true))));
-    }
-    if chunked {
-        let err = RestconfError::new(
-            ErrorTag::MalformedMessage,
-            "Transfer-Encoding is not supported: send the body with Content-Length",
-        );
-        return Ok(Some(Err((err, true))));
-    }
-    let length = length.unwrap_or(0);
-    if length > MAX_BODY {
-        let err = RestconfError::new(
-            ErrorTag::TooBig,
-            format!("request body over {MAX_BODY} bytes"),
-        );
-        return Ok(Some(Err((err, true))));
-    }
-    // curl waits a second for this before sending bodies over 1 KiB.
-    if expect_continue && buf.len() < length {
-        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        s.flush().await?;
-    }
-    while buf.len() < length {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            anyhow::bail!("connection closed mid-body");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body: Vec<u8> = buf.drain(..length).collect();
-    Ok(Some(Ok(HttpRequest {
-        method,
-        target,
-        content_type,
-        body,
-        close,
-    })))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-async fn write_response<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    close: bool,
-) -> Result<()> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    if !body.is_empty() {
-        head.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    if status == 405 {
-        head.push_str("Allow: GET, POST, PUT, DELETE\r\n");
-    }
-    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    head.push_str(if close {
-        "Connection: close\r\n\r\n"
-    } else {
-        "\r\n"
-    });
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    s.flush().await?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn parse(raw: &[u8]) -> Option<std::result::Result<HttpRequest, (RestconfError, bool)>> {
-        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
-        theirs.write_all(raw).await.unwrap();
-        drop(theirs);
-        let mut buf = Vec::new();
-        read_request(&mut ours, &mut buf).await.unwrap()
+    use super::*;
+    use crate::control::Control;
+    use crate::data::{DataChannel, SharedData};
+    use crate::datapath::{MemoryMitigator, Mitigator};
+    use crate::engine::Engine;
+
+    fn control() -> ControlHandle {
+        let data = SharedData::new(DataChannel::new(
+            [("a".to_string(), vec!["198.51.100.0/24".parse().unwrap()])].into(),
+        ));
+        let engine = Engine::new(
+            Box::new(MemoryMitigator::new()) as Box<dyn Mitigator>,
+            Vec::new(),
+        )
+        .with_data_source(Box::new(data.clone()));
+        ControlHandle::spawn(Control::new(engine, data)).unwrap()
+    }
+
+    /// The server on one end of an in-memory stream; the other end is the client's.
+    fn connect() -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let who = Who {
+            client: Some("a".into()),
+            cuid: "cuid-a".into(),
+        };
+        tokio::spawn(serve_http(ours, who, control()));
+        theirs
+    }
+
+    /// Sends raw bytes and reads until the server closes the stream.
+    async fn exchange(raw: &[u8]) -> String {
+        let mut s = connect();
+        s.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
     async fn expect_100_continue_is_answered() {
-        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
-        theirs
-            .write_all(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        let mut s = connect();
+        s.write_all(b"PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Type: application/yang-data+json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let server = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let r = read_request(&mut ours, &mut buf).await.unwrap();
-            r.unwrap().unwrap_or_else(|_| panic!("parsed")).body
-        });
         let mut interim = [0u8; 25];
-        theirs.read_exact(&mut interim).await.unwrap();
+        s.read_exact(&mut interim).await.unwrap();
         assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-        theirs.write_all(b"{}").await.unwrap();
-        assert_eq!(server.await.unwrap(), b"{}");
+        s.write_all(b"{}").await.unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).await.unwrap();
+        assert!(rest.starts_with("HTTP/1.1 404"), "{rest}");
     }
 
     #[tokio::test]
     async fn requests_are_bounded_and_framed() {
-        let ok = parse(b"PUT /x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Type: application/yang-data+json\r\nContent-Length: 2\r\n\r\n{}").await;
-        let r = ok.unwrap().unwrap_or_else(|_| panic!("parsed"));
-        assert_eq!(
-            (
-                r.method.as_str(),
-                r.target.as_str(),
-                r.body.as_slice(),
-                r.close
-            ),
-            ("PUT", "/x?a=1", &b"{}"[..], false)
-        );
+        let r = exchange(b"PUT /x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Type: application/yang-data+json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "routed, and not found: {r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
         let big = format!(
-            "POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             MAX_BODY + 1
         );
-        let (e, close) = parse(big.as_bytes()).await.unwrap().err().unwrap();
-        assert_eq!((e.status(), close), (413, true));
-        let (e, _) = parse(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        let r = exchange(big.as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 413") && r.contains("too-big"),
+            "{r}"
+        );
+        // A chunked body is read (hyper decodes it), within the same limit.
+        let mut chunked = b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..9 {
+            chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            chunked.extend_from_slice(&chunk);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let r = exchange(&chunked).await;
+        assert!(
+            r.starts_with("HTTP/1.1 413") && r.contains("too-big"),
+            "{r}"
+        );
+        let r = exchange(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n2\r\nab\r\n0\r\n\r\n").await;
+        assert!(
+            r.starts_with("HTTP/1.1 415"),
+            "a small chunked body is read: {r}"
+        );
+        let r = exchange(b"\x01\x02 garbage\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = exchange(
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let head = format!(
+            "GET /x HTTP/1.1\r\nHost: h\r\nX-Long: {}\r\n\r\n",
+            "y".repeat(MAX_HEAD)
+        );
+        let r = exchange(head.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "a head over the limit: {r}");
+        // A peer that leaves without a request gets nothing, and the connection ends.
+        let mut s = connect();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn http2_is_spoken_when_the_client_starts_it() {
+        let io = TokioIo::new(connect());
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
-            .unwrap()
-            .err()
             .unwrap();
-        assert_eq!(e.status(), 400);
-        let (e, _) = parse(b"\x01\x02 garbage\r\n\r\n")
-            .await
-            .unwrap()
-            .err()
+        tokio::spawn(conn);
+        let req = Request::get(format!("{}/capabilities", restconf::DOTS_DATA))
+            .header("host", "h")
+            .body(Full::new(Bytes::new()))
             .unwrap();
-        assert_eq!(e.status(), 400);
-        let (e, _) = parse(b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-            .await
-            .unwrap()
-            .err()
-            .unwrap();
-        assert_eq!(e.status(), 400);
-        assert!(parse(b"").await.is_none());
-        let r = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap()
-            .unwrap_or_else(|_| panic!());
-        assert!(r.close);
+        let r = sender.send_request(req).await.unwrap();
+        assert_eq!(
+            (r.version(), r.status()),
+            (hyper::Version::HTTP_2, StatusCode::OK)
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("capabilities"));
     }
 }
