@@ -4,16 +4,16 @@
 #            xdp-tools' xdp-filter measured in the same run;
 #  signal_cost: DOTS time to mitigate (p50/p99), requests per second, and server memory per
 #            idle DTLS session with 1,000 and 10,000 sessions (about two minutes);
-#  veth drop rate (`dots-agent lab bench`): packets per second the scrubber drops on the veth
+#  veth drop rate (`dots-lab bench`): packets per second the scrubber drops on the veth
 #            lab with our filter, an empty XDP_DROP, xdp-filter and nftables netdev ingress.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (sudo $0): BPF_PROG_TEST_RUN needs it" >&2; exit 1; }
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh >/dev/null
-for b in xdp_cost signal_cost; do
-  cargo bench --locked -p dots-agent --bench "$b" 2>&1 | grep -v '^\s*\(Compiling\|Finished\|Running\)'
-done
-cargo build --release --locked -q -p dots-agent
-target/release/dots-agent lab bench
+bench() { cargo bench --locked -p "$1" --bench "$2" 2>&1 | grep -v '^\s*\(Compiling\|Finished\|Running\)'; }
+bench dots-lab xdp_cost
+bench dots-agent signal_cost
+cargo build --release --locked -q -p dots-lab
+target/release/dots-lab bench
 

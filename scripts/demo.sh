@@ -16,8 +16,9 @@ MITIGATION=${1:-examples/lab-mitigation.toml}
 
 bash scripts/setup.sh >/dev/null
 echo "demo: building (cargo build --release)"
-cargo build --release --locked -q
+cargo build --release --locked -q -p dots-agent -p dots-lab
 BIN=$PWD/target/release/dots-agent
+LAB=$PWD/target/release/dots-lab
 
 TAG="dots-demo-$$"
 NET="$TAG-net"; SCR="$TAG-scr"
@@ -44,7 +45,7 @@ in_scr "$BIN" xdp attach --interface veth-scr --pin-root "$PINS" --state-dir "$S
 TARGET=198.51.100.10
 LABELS=(--label legit=192.0.2.128/26 --label ntp-reflection=192.0.2.0/26
         --label syn-flood=192.0.2.64/26 --label udp-flood=203.0.113.0/26)
-send() { in_net "$BIN" traffic send --interface veth-net --pps 20000 "$@" >/dev/null; }
+send() { in_net "$LAB" traffic send --interface veth-net --pps 20000 "$@" >/dev/null; }
 legit() {
   send --src 192.0.2.128/26 --dst $TARGET --proto tcp --tcp-flags ack --sport 40000 --dport 443 --count 1000
   send --src 192.0.2.128/26 --dst $TARGET --proto udp --sport 40001 --dport 443 --count 1000
@@ -57,7 +58,7 @@ attack() {
 # Runs traffic from the internet side while the scrubber side counts what gets through.
 phase() {
   local title=$1; shift
-  in_scr "$BIN" traffic count --interface veth-scr --seconds 3 "${LABELS[@]}" > "$STATE/arrived" &
+  in_scr "$LAB" traffic count --interface veth-scr --seconds 3 "${LABELS[@]}" > "$STATE/arrived" &
   local counter=$!
   sleep 0.5
   "$@"
@@ -67,9 +68,9 @@ phase() {
 }
 
 phase "1. legitimate traffic only" legit
-phase "2. attack, no mitigation" bash -c "$(declare -f send legit attack in_net); BIN=$BIN NET=$NET TARGET=$TARGET; legit; attack"
+phase "2. attack, no mitigation" bash -c "$(declare -f send legit attack in_net); LAB=$LAB NET=$NET TARGET=$TARGET; legit; attack"
 echo; "$BIN" xdp mitigation add "$MITIGATION" --pin-root "$PINS" --state-dir "$STATE"
-phase "3. attack, mitigation installed" bash -c "$(declare -f send legit attack in_net); BIN=$BIN NET=$NET TARGET=$TARGET; legit; attack"
+phase "3. attack, mitigation installed" bash -c "$(declare -f send legit attack in_net); LAB=$LAB NET=$NET TARGET=$TARGET; legit; attack"
 echo; echo "== the filter's counters"
 in_scr "$BIN" xdp status --interval 0 --pin-root "$PINS" --state-dir "$STATE"
 "$BIN" xdp mitigation remove 1 --pin-root "$PINS" --state-dir "$STATE"

@@ -10,13 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use coap_lite::RequestType;
+use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
 use dots_agent::client::{code_text, ClientConfig, Session, TransportChoice};
 use dots_agent::data::client::{request, HttpResponse};
-use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
 use dots_e2e::dots::{http_get, in_ns, start_server};
 use dots_e2e::{Lab, VethPair, SERVER_IP};
+use dots_lab::packet::PacketSpec;
+use dots_lab::trafficgen::socket::send_paced;
 
 const D: &str = "/restconf/data/ietf-dots-data-channel:dots-data";
 
@@ -78,11 +79,10 @@ fn signal(
 fn traffic(pair: &VethPair, ports: &[u16], count: u64) -> BTreeMap<u16, u64> {
     let b_if = pair.b_if.clone();
     let receiver = pair.b.run(move || {
-        count_received(
-            &RawSocket::bind(&b_if).unwrap(),
-            Duration::from_millis(1500),
-        )
-        .unwrap()
+        PacketSocket::open(&b_if)
+            .unwrap()
+            .count_flows(Duration::from_millis(1500))
+            .unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
     let a_if = pair.a_if.clone();
@@ -94,7 +94,7 @@ fn traffic(pair: &VethPair, ports: &[u16], count: u64) -> BTreeMap<u16, u64> {
     pair.a
         .run(move || {
             send_paced(
-                &RawSocket::bind(&a_if).unwrap(),
+                &PacketSocket::open(&a_if).unwrap(),
                 &frames,
                 total,
                 20_000,

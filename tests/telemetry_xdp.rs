@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use coap_lite::RequestType;
+use dots_agent::af_packet::PacketSocket;
 use dots_agent::client::{code_text, Session, TransportChoice};
-use dots_agent::packet::PacketSpec;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{self, PreMitigation, SetupItem, TelemetryConfig};
-use dots_agent::traffic::{send_paced, RawSocket};
 use dots_e2e::dots::{connect, in_ns, start_server};
 use dots_e2e::{Lab, VethPair};
+use dots_lab::packet::PacketSpec;
+use dots_lab::trafficgen::socket::send_paced;
 
 const ATTACKER: &str = "192.0.2.77";
 const TARGET: &str = "198.51.100.10";
@@ -27,7 +28,7 @@ fn flood(pair: &VethPair, pps: u64, seconds: u64) -> u64 {
             let mut spec = PacketSpec::udp(ATTACKER, TARGET, 40_000, 80);
             spec.payload_len = 358;
             send_paced(
-                &RawSocket::bind(&a_if).unwrap(),
+                &PacketSocket::open(&a_if).unwrap(),
                 &[spec.build()],
                 pps * seconds,
                 pps,

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
 use dots_agent::datapath::{
     AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
     Mitigator, XdpDatapath, DEFAULT_AMPLIFICATION_PORTS,
 };
-use dots_agent::packet::PacketSpec;
-use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
 use dots_e2e::{PinRoot, VethPair};
+use dots_lab::packet::PacketSpec;
+use dots_lab::trafficgen::socket::send_paced;
 use xdp_common::DropReason;
 
 const TARGET4: &str = "198.51.100.7";
@@ -36,13 +37,14 @@ fn flow(srcs: &[&str], dst: &str, sport: u16, dport: u16, count: u64) -> Flow {
 fn exchange(pair: &VethPair, flows: Vec<Flow>) -> BTreeMap<FlowKey, FlowCount> {
     let b_if = pair.b_if.clone();
     let receiver = pair.b.run(move || {
-        let sock = RawSocket::bind(&b_if).expect("raw socket in b");
-        count_received(&sock, Duration::from_millis(2500)).expect("counting")
+        let sock = PacketSocket::open(&b_if).expect("raw socket in b");
+        sock.count_flows(Duration::from_millis(2500))
+            .expect("counting")
     });
     std::thread::sleep(Duration::from_millis(400));
     let a_if = pair.a_if.clone();
     let sender = pair.a.run(move || {
-        let sock = RawSocket::bind(&a_if).expect("raw socket in a");
+        let sock = PacketSocket::open(&a_if).expect("raw socket in a");
         for f in &flows {
             let sent = send_paced(&sock, &f.frames, f.count, 20_000, Duration::from_secs(5))
                 .expect("sending");

@@ -3,17 +3,18 @@
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
 //! - [`signal`]: the DOTS signal channel's I/O-free protocol core (CBOR, messages, paths).
 //! - [`pki`]: lab CA and certificates, cuid derivation.
-//! - [`packet`]: frame builder shared by tests, benchmarks and traffic tools.
-//! - [`traffic`]: AF_PACKET sender and counting receiver.
+//! - [`af_packet`]: the AF_PACKET socket (send, batch send, receive, count, statistics).
 //! - [`server`], [`client`]: the signal channel's transports (DTLS and TLS).
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
 //! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
-//! - [`trafficgen`]: the fast generator (XDP live frames) and the labelled receiver.
-//! - [`lab`]: `dots-agent lab`, the scenario in namespaces, and the veth benchmark.
 //! - [`store`]: the embedded SQLite store of mitigations and session configurations.
 //! - [`cli`]: the command line.
+//!
+//! The lab, the traffic generator, the packet builder and the veth and BPF benchmarks live in
+//! the `dots-lab` crate, which depends on this one.
 
+pub mod af_packet;
 pub mod app;
 pub mod cli;
 pub mod client;
@@ -23,13 +24,9 @@ pub mod data;
 pub mod datapath;
 pub mod dtls_io;
 pub mod engine;
-pub mod lab;
 pub mod measure;
 pub mod metrics;
-pub mod packet;
 pub mod pki;
 pub mod server;
 pub mod signal;
 pub mod store;
-pub mod traffic;
-pub mod trafficgen;

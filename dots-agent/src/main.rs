@@ -16,12 +16,6 @@ enum Command {
     /// The XDP datapath on its own: attach, detach, status, mitigations from files.
     #[command(subcommand)]
     Xdp(cli::xdp::XdpCommand),
-    /// Send and count raw frames on an interface (for labs and tests).
-    #[command(subcommand)]
-    Traffic(cli::traffic::TrafficCommand),
-    /// The lab: a DDoS signalled and scrubbed in network namespaces (root); `lab bench`: the
-    /// veth drop-rate benchmark.
-    Lab(dots_agent::lab::LabArgs),
     /// Certificates for a lab: a CA, a server and clients.
     #[command(subcommand)]
     Pki(cli::pki::PkiCommand),
@@ -58,9 +52,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Xdp(c) => cli::xdp::run(c),
-        Command::Traffic(c) => cli::traffic::run(c),
         Command::Pki(c) => cli::pki::run(c),
-        Command::Lab(a) => dots_agent::lab::cli(a),
         Command::Server { config } => cli::signal::run_server(config),
         Command::Client {
             config,

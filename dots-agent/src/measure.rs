@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::af_packet::{FlowCount, PacketSocket};
 use crate::signal::telemetry::{PercentileSet, RateSeries, ReportedTalker, Traffic, UnitClass};
-use crate::traffic::{count_received, FlowCount, RawSocket};
 
 /// Traffic seen toward some targets over whole seconds.
 #[derive(Clone, Debug, Default)]
@@ -30,10 +30,10 @@ pub fn measure(iface: &str, seconds: u64, targets: &[IpNet]) -> io::Result<Measu
             format!("measure for 1 to 3600 seconds, not {seconds}"),
         ));
     }
-    let socket = RawSocket::bind(iface)?;
+    let socket = PacketSocket::open(iface)?;
     let mut m = Measurement::default();
     for _ in 0..seconds {
-        let flows = count_received(&socket, Duration::from_secs(1))?;
+        let flows = socket.count_flows(Duration::from_secs(1))?;
         let (mut packets, mut bytes) = (0, 0);
         for (k, c) in flows {
             if !targets.is_empty() && !targets.iter().any(|t| t.contains(&k.dst)) {

@@ -9,7 +9,7 @@ use dots_agent::datapath::{
     AclAction, AclEntry, AclMatch, BitMatch, BitOperator, DatapathError, MitigationSpec, Mitigator,
     PortRange, Rate, RateLimit, ValueRange, XdpDatapath, DEFAULT_AMPLIFICATION_PORTS,
 };
-use dots_agent::packet::{Fragment, PacketSpec, L4, TCP_ACK, TCP_RST, TCP_SYN};
+use dots_lab::packet::{Fragment, PacketSpec, L4, TCP_ACK, TCP_RST, TCP_SYN};
 use xdp_common::DropReason;
 
 const T4: &str = "198.51.100.7";

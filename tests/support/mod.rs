@@ -209,10 +209,11 @@ pub mod dots {
     use std::path::Path;
     use std::time::Duration;
 
+    use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
     use dots_agent::client::{ClientConfig, Session};
-    use dots_agent::packet::PacketSpec;
     use dots_agent::server::ServerConfig;
-    use dots_agent::traffic::{count_received, send_paced, FlowCount, FlowKey, RawSocket};
+    use dots_lab::packet::PacketSpec;
+    use dots_lab::trafficgen::socket::send_paced;
 
     use super::{Netns, VethPair};
 
@@ -269,11 +270,10 @@ pub mod dots {
     pub fn attack(pair: &VethPair, count: u64, rate: u64) -> BTreeMap<FlowKey, FlowCount> {
         let b_if = pair.b_if.clone();
         let receiver = pair.b.run(move || {
-            count_received(
-                &RawSocket::bind(&b_if).unwrap(),
-                Duration::from_millis(1500),
-            )
-            .unwrap()
+            PacketSocket::open(&b_if)
+                .unwrap()
+                .count_flows(Duration::from_millis(1500))
+                .unwrap()
         });
         std::thread::sleep(Duration::from_millis(300));
         let a_if = pair.a_if.clone();
@@ -282,7 +282,7 @@ pub mod dots {
                 let frames =
                     vec![PacketSpec::udp("192.0.2.77", "198.51.100.10", 123, 4444).build()];
                 send_paced(
-                    &RawSocket::bind(&a_if).unwrap(),
+                    &PacketSocket::open(&a_if).unwrap(),
                     &frames,
                     count,
                     rate,

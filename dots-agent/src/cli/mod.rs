@@ -3,5 +3,4 @@ pub mod data;
 pub mod pki;
 pub mod signal;
 pub mod telemetry;
-pub mod traffic;
 pub mod xdp;

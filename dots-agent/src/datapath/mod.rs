@@ -5,9 +5,7 @@
 
 pub mod compile;
 mod memory;
-pub mod raw;
 pub mod spec;
-pub mod testrun;
 mod xdp;
 
 use thiserror::Error;

@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::datapath::{AclEntry, Countermeasures};
 use crate::trafficgen::{self, Protocol};
+use dots_agent::datapath::{AclEntry, Countermeasures};
 
-/// The scenario `dots-agent lab` runs without an argument.
+/// The scenario `dots-lab run` runs without an argument.
 pub const DEFAULT: &str = include_str!("../../../examples/scenarios/reflection-syn-udp.toml");
 
 /// The customer's network in the lab topology: traffic destinations must lie inside.
@@ -148,10 +148,10 @@ impl Scenario {
         if self.guard.lifetime == 0 {
             bail!("[guard] lifetime must be positive");
         }
-        if self.filters.terminating_seconds > crate::engine::TERMINATING_MAX {
+        if self.filters.terminating_seconds > dots_agent::engine::TERMINATING_MAX {
             bail!(
                 "[filters] terminating_seconds is at most {}",
-                crate::engine::TERMINATING_MAX
+                dots_agent::engine::TERMINATING_MAX
             );
         }
         if self.traffic.is_empty() || self.traffic.len() > MAX_FLOWS {
@@ -208,7 +208,7 @@ impl Scenario {
                 .with_context(|| at.clone())?;
         }
         // The policy must compile into the datapath as the server will compile it.
-        let mut spec = crate::datapath::MitigationSpec::new(
+        let mut spec = dots_agent::datapath::MitigationSpec::new(
             1,
             CUSTOMER_PREFIXES
                 .iter()
@@ -219,7 +219,8 @@ impl Scenario {
         if let Some(c) = &self.filters.countermeasures {
             spec.countermeasures = c.clone();
         }
-        crate::datapath::compile::validate(&spec).map_err(|e| anyhow::anyhow!("[filters]: {e}"))?;
+        dots_agent::datapath::compile::validate(&spec)
+            .map_err(|e| anyhow::anyhow!("[filters]: {e}"))?;
         Ok(())
     }
 

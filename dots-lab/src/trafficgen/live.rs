@@ -7,13 +7,12 @@
 //! stack). Modifications persist across recycled frames (see [`program`]), so the program
 //! writes the template's headers back into every frame before its per-packet changes.
 //!
-//! Why hand-assembled instructions loaded with bpf(2) rather than a second program in the
-//! xdp-filter crate: the program is a few dozen instructions whose constants (offsets, values, source
-//! count, ifindex) are baked in per flow, it needs no maps, and keeping it here leaves the
-//! filter's object and its build untouched.
+//! Why hand-assembled instructions (loaded by aya, see [`crate::xdp_asm`]) rather than a
+//! second program in the xdp-filter crate: the program is a few dozen instructions whose
+//! constants (offsets, values, source count, ifindex) are baked in per flow, it needs no maps,
+//! and keeping it here leaves the filter's object and its build untouched.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,9 @@ use anyhow::{bail, Context, Result};
 
 use super::{Pace, Pacer, Template};
 
-use crate::datapath::raw::{bpf, insn, load_xdp, put_u32, put_u64, BPF_PROG_TEST_RUN};
+use crate::testrun::run_live;
+use crate::xdp_asm::{insn, HandXdp};
 
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const FUNC_GET_PRANDOM_U32: i32 = 7;
 const FUNC_REDIRECT: i32 = 23;
 
@@ -106,26 +105,18 @@ fn header_len(t: &Template) -> usize {
 }
 
 /// Loads the generator program (the verifier's log is part of the error).
-pub fn load(t: &Template, ifindex: u32) -> Result<OwnedFd> {
-    load_xdp(&program(t, ifindex)).context("loading the generator's XDP program")
+pub fn load(t: &Template, ifindex: u32) -> Result<HandXdp> {
+    HandXdp::load("dots_gen", &program(t, ifindex), None)
+        .context("loading the generator's XDP program")
 }
 
-/// Runs the program `repeat` times in live-frames mode on `frame`.
-fn run_live(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<()> {
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
-    put_u32(&mut attr, 8, frame.len() as u32);
-    put_u64(&mut attr, 16, frame.as_ptr() as u64);
-    put_u32(&mut attr, 32, repeat);
-    put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
-    put_u32(&mut attr, 72, 64); // batch_size: frames per redirect flush
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
-}
+/// Frames per redirect flush in live-frames mode.
+const LIVE_BATCH: u32 = 64;
 
 /// A live-frames sender for one flow, bound to an interface of the calling thread's network
 /// namespace (the redirect resolves the ifindex in the namespace of the thread that runs).
 pub struct LiveSender {
-    prog: OwnedFd,
+    prog: HandXdp,
     frame: Vec<u8>,
     /// Frames sent by `new`'s probe, counted by the first `run`.
     probe: AtomicU64,
@@ -133,7 +124,7 @@ pub struct LiveSender {
 
 impl LiveSender {
     pub fn new(t: &Template, iface: &str) -> Result<LiveSender> {
-        let ifindex = crate::datapath::interface_index(iface)
+        let ifindex = dots_agent::datapath::interface_index(iface)
             .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
         let prog = load(t, ifindex)?;
         let s = LiveSender {
@@ -143,7 +134,7 @@ impl LiveSender {
         };
         // One frame first: a kernel without live frames (or an interface that cannot take
         // redirected frames) fails here with a clear message instead of mid-run.
-        run_live(s.prog.as_fd(), &s.frame, 1).map_err(|e| {
+        run_live(s.prog.program(), &s.frame, 1, LIVE_BATCH).map_err(|e| {
             anyhow::anyhow!(
                 "BPF_PROG_RUN with XDP live frames on {iface}: {e} (needs Linux 5.18+; a veth \
                  only takes redirected frames when its peer has an XDP program or GRO enabled)"
@@ -172,7 +163,7 @@ impl LiveSender {
             });
             let n = n.clamp(1, MAX_CALL).min(due.remaining);
             let t = Instant::now();
-            match run_live(self.prog.as_fd(), &self.frame, n as u32) {
+            match run_live(self.prog.program(), &self.frame, n as u32, LIVE_BATCH) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => bail!("BPF_PROG_RUN live frames: {e}"),

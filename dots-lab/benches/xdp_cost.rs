@@ -11,19 +11,18 @@
 //! xdp-tools xdp-filter program that a plain `xdp-filter load` uses (`xdpfilt_alw_all.o`:
 //! pass on miss, drop on hit) with an equivalent rule set.
 //!
-//! Run: `sudo scripts/bench.sh` (or `cargo bench -p dots-agent --bench xdp_cost` as root).
+//! Run: `sudo scripts/bench.sh` (or `cargo bench -p dots-lab --bench xdp_cost` as root).
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::Xdp;
 use aya::EbpfLoader;
 use dots_agent::datapath::{
-    testrun, AclAction, AclEntry, AclMatch, LoadOptions, MitigationSpec, Mitigator, PortRange,
-    XdpDatapath,
+    AclAction, AclEntry, AclMatch, LoadOptions, MitigationSpec, Mitigator, PortRange, XdpDatapath,
 };
-use dots_agent::packet::PacketSpec;
+use dots_lab::packet::PacketSpec;
+use dots_lab::testrun;
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
@@ -49,16 +48,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures the programs in alternation, ROUNDS times each; medians per program.
-fn measure(progs: &[(BorrowedFd<'_>, &[u8])]) -> Vec<Sample> {
+fn measure(progs: &[(&Xdp, &[u8])]) -> Vec<Sample> {
     for (p, f) in progs {
-        let _ = testrun::run(*p, f, REPEAT / 10).expect("warm-up"); // caches, predictors
+        let _ = testrun::run(p, f, REPEAT / 10).expect("warm-up"); // caches, predictors
     }
     let mut walls = vec![Vec::new(); progs.len()];
     let mut kernels = vec![Vec::new(); progs.len()];
     let mut verdicts = vec![0; progs.len()];
     for _ in 0..ROUNDS {
         for (i, (p, f)) in progs.iter().enumerate() {
-            let t = testrun::run(*p, f, REPEAT).expect("BPF_PROG_TEST_RUN");
+            let t = testrun::run(p, f, REPEAT).expect("BPF_PROG_TEST_RUN");
             walls[i].push(t.wall_ns);
             kernels[i].push(t.kernel_ns as f64);
             verdicts[i] = t.return_value;
@@ -83,7 +82,7 @@ struct Bench {
 /// Programs kept for re-measuring references in alternation with later cases.
 struct Reference<'a> {
     name: String,
-    prog: BorrowedFd<'a>,
+    prog: &'a Xdp,
     frame: Vec<u8>,
 }
 
@@ -93,7 +92,7 @@ impl Bench {
     fn add(
         &mut self,
         case: &str,
-        prog: BorrowedFd<'_>,
+        prog: &Xdp,
         frame: &[u8],
         reference: Option<&Reference<'_>>,
     ) -> f64 {
@@ -243,11 +242,11 @@ fn main() {
     let ntp = PacketSpec::udp("192.0.2.1", "198.51.100.7", 123, 4444).build();
     let from_listed = PacketSpec::udp("192.0.2.1", "198.51.100.7", 40000, 443).build();
 
-    let empty_fd = testrun::load_trivial_xdp(2).expect("loading the empty program");
-    b.add("empty XDP_PASS program", empty_fd.as_fd(), &legit, None);
+    let empty_prog = testrun::load_trivial_xdp(2).expect("loading the empty program");
+    b.add("empty XDP_PASS program", empty_prog.program(), &legit, None);
     let empty = |frame: &[u8]| Reference {
         name: "empty XDP_PASS program".into(),
-        prog: empty_fd.as_fd(),
+        prog: empty_prog.program(),
         frame: frame.to_vec(),
     };
 
@@ -255,7 +254,7 @@ fn main() {
     let (mut dp, root) = datapath("fast");
     b.add(
         "ours, unmitigated, no targets",
-        dp.program_fd().unwrap(),
+        dp.program().unwrap(),
         &unmitigated,
         Some(&empty(&unmitigated)),
     );
@@ -282,7 +281,7 @@ fn main() {
         (65_536, 65_536),
         "all targets installed"
     );
-    let fd = dp.program_fd().unwrap();
+    let fd = dp.program().unwrap();
     b.add(
         "ours, unmitigated IPv4, 65,536+65,536 targets",
         fd,
@@ -318,7 +317,7 @@ fn main() {
     dp0.install(&mitigation(1, &["198.51.100.0/24"])).unwrap();
     b.add(
         "ours, mitigated, 0 ACL entries (pass)",
-        dp0.program_fd().unwrap(),
+        dp0.program().unwrap(),
         &legit,
         Some(&empty(&legit)),
     );
@@ -355,19 +354,19 @@ fn main() {
         m.acl = acl(100);
         base.install(&m).unwrap();
         let base_name = format!("ours, 100 ACL entries, {shapes}");
-        b.add(&base_name, base.program_fd().unwrap(), &frame(100), None);
+        b.add(&base_name, base.program().unwrap(), &frame(100), None);
         for n in [1_000u32, 16_000] {
             let (mut dp, r) = datapath("aclN");
             m.acl = acl(n);
             dp.install(&m).unwrap();
             let reference = Reference {
                 name: base_name.clone(),
-                prog: base.program_fd().unwrap(),
+                prog: base.program().unwrap(),
                 frame: frame(100),
             };
             b.add(
                 &format!("ours, {n} ACL entries, {shapes}"),
-                dp.program_fd().unwrap(),
+                dp.program().unwrap(),
                 &frame(n),
                 Some(&reference),
             );
@@ -391,13 +390,13 @@ fn main() {
     let listed = PacketSpec::udp("100.1.134.159", "198.51.100.7", 40000, 443).build();
     b.add(
         "ours, drop-list of 100,000 prefixes (drop)",
-        dp.program_fd().unwrap(),
+        dp.program().unwrap(),
         &listed,
         Some(&empty(&listed)),
     );
     b.add(
         "ours, drop-list of 100,000 prefixes (miss)",
-        dp.program_fd().unwrap(),
+        dp.program().unwrap(),
         &legit,
         Some(&empty(&legit)),
     );
@@ -416,15 +415,15 @@ fn main() {
         ("drop-list miss, pass", &legit),
     ] {
         let base = format!("ours, {what}, talker sampling off");
-        b.add(&base, off.program_fd().unwrap(), frame, None);
+        b.add(&base, off.program().unwrap(), frame, None);
         let reference = Reference {
             name: base,
-            prog: off.program_fd().unwrap(),
+            prog: off.program().unwrap(),
             frame: frame.clone(),
         };
         b.add(
             &format!("ours, {what}, talker sampling 1/16"),
-            on.program_fd().unwrap(),
+            on.program().unwrap(),
             frame,
             Some(&reference),
         );
@@ -506,10 +505,7 @@ fn compare_with_xdp_filter(
         0,
     )
     .unwrap();
-    let peer_fd = {
-        let p: &Xdp = peer.program("xdpfilt_alw_all").unwrap().try_into().unwrap();
-        p.fd().unwrap().as_fd()
-    };
+    let peer_fd: &Xdp = peer.program("xdpfilt_alw_all").unwrap().try_into().unwrap();
     let theirs = |name: &str, frame: &[u8]| Reference {
         name: name.into(),
         prog: peer_fd,
@@ -533,7 +529,7 @@ fn compare_with_xdp_filter(
     m.countermeasures.amplification = true;
     dp.install(&m).unwrap();
     dp.set_amplification_ports(&[123]).unwrap();
-    let ours = dp.program_fd().unwrap();
+    let ours = dp.program().unwrap();
     b.add(
         "ours: src-ip drop (10,000-entry drop-list)",
         ours,

@@ -501,7 +501,7 @@ mod tests {
                 for k in [0, 1, 7, t.sources - 1] {
                     let f = t.variant(k);
                     assert!(checksums_ok(&f), "{src} {proto:?} source {k}");
-                    let key = crate::traffic::flow_of(&f).unwrap();
+                    let key = dots_agent::af_packet::flow_of(&f).unwrap();
                     let net: IpNet = src.parse().unwrap();
                     assert!(net.contains(&key.src), "{} outside {src}", key.src);
                     seen.insert(key.src);

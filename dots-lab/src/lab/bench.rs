@@ -1,4 +1,4 @@
-//! `dots-agent lab bench`: how many packets per second the scrubber drops on the veth lab,
+//! `dots-lab bench`: how many packets per second the scrubber drops on the veth lab,
 //! with four droppers measured in alternation in one run (a benchmark: it prints figures
 //! and ratios and asserts nothing about time).
 //!
@@ -25,7 +25,7 @@
 //! runs on the sending CPU), as they would on one host; the ratios are what the comparison
 //! is about, and each round measures every case once, in turn.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,11 +36,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::topology::{self, interrupted, Topology};
-use crate::datapath::{
+use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
+use dots_agent::datapath::{
     AclAction, AclEntry, AclMatch, AttachMode, Countermeasures, LoadOptions, MitigationSpec,
     Mitigator, PortRange, Rate, XdpDatapath,
 };
-use crate::trafficgen::{self, Backend, Flow, Pace, Protocol, Sender};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -144,7 +144,7 @@ fn rule_set() -> Vec<MitigationSpec> {
                 source_port: Some(PortRange::single(*port)),
                 ..Default::default()
             },
-            action: AclAction::RateLimit(crate::datapath::RateLimit::PacketsPerSecond(Rate {
+            action: AclAction::RateLimit(dots_agent::datapath::RateLimit::PacketsPerSecond(Rate {
                 rate: 1000 + i as u64,
                 burst: Some(100),
             })),
@@ -272,10 +272,10 @@ fn nft_drop_counter() -> Result<u64> {
 struct Scrubber {
     ours: XdpDatapath,
     pin_root: PathBuf,
-    empty: OwnedFd,
+    empty: crate::xdp_asm::HandXdp,
     xdpfilter: Option<aya::Ebpf>,
     xdpfilter_link: Option<aya::programs::xdp::XdpLinkId>,
-    empty_link: Option<OwnedFd>,
+    empty_link: Option<aya::programs::xdp::XdpLinkId>,
     ifindex: u32,
 }
 
@@ -286,7 +286,7 @@ impl Scrubber {
             ours.install(&m)
                 .with_context(|| format!("installing mitigation {}", m.id))?;
         }
-        let empty = crate::datapath::testrun::load_trivial_xdp(1)?;
+        let empty = crate::testrun::load_trivial_xdp(1)?;
         let xdpfilter = match load_xdp_filter(&pin_root) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -294,7 +294,7 @@ impl Scrubber {
                 None
             }
         };
-        let ifindex = crate::datapath::interface_index(topology::SCR_IN)
+        let ifindex = dots_agent::datapath::interface_index(topology::SCR_IN)
             .context("no scrubber ingress interface")?;
         Ok(Scrubber {
             ours,
@@ -315,7 +315,9 @@ impl Scrubber {
             }
             Case::Empty => {
                 self.empty_link = Some(
-                    crate::datapath::raw::link_xdp(self.empty.as_fd(), self.ifindex)
+                    self.empty
+                        .program_mut()
+                        .attach(topology::SCR_IN, aya::programs::xdp::XdpMode::Driver)
                         .context("attaching the empty program")?,
                 )
             }
@@ -347,7 +349,11 @@ impl Scrubber {
             Case::Ours => {
                 let _ = XdpDatapath::detach(&self.pin_root, topology::SCR_IN);
             }
-            Case::Empty => self.empty_link = None,
+            Case::Empty => {
+                if let Some(id) = self.empty_link.take() {
+                    let _ = self.empty.program_mut().detach(id);
+                }
+            }
             Case::XdpFilter => {
                 if let (Some(e), Some(id)) = (self.xdpfilter.as_mut(), self.xdpfilter_link.take()) {
                     if let Some(p) = e.program_mut("xdpfilt_alw_all") {
@@ -371,23 +377,25 @@ impl Scrubber {
         }
     }
 
-    /// The case's XDP program's (run time ns, runs), if it is an XDP program.
+    /// The case's XDP program's (run time ns, runs), if it is an XDP program. Both stay 0
+    /// unless the kernel's statistics are on (`--program-time`).
     fn program_stats(&self, case: Case) -> Option<(u64, u64)> {
-        let fd = match case {
-            Case::Ours => self.ours.program_fd()?,
-            Case::Empty => self.empty.as_fd(),
-            Case::XdpFilter => {
-                let p: &aya::programs::Xdp = self
-                    .xdpfilter
-                    .as_ref()?
-                    .program("xdpfilt_alw_all")?
-                    .try_into()
-                    .ok()?;
-                p.fd().ok()?.as_fd()
-            }
+        let p: &aya::programs::Xdp = match case {
+            Case::Ours => self.ours.program()?,
+            Case::Empty => self.empty.program(),
+            Case::XdpFilter => self
+                .xdpfilter
+                .as_ref()?
+                .program("xdpfilt_alw_all")?
+                .try_into()
+                .ok()?,
             Case::Nftables => return None,
         };
-        crate::datapath::testrun::run_stats(fd).ok()
+        let info = p.info().ok()?;
+        Some((
+            u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            info.run_count(),
+        ))
     }
 
     fn own_dropped(&self) -> u64 {
@@ -545,9 +553,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let legit_pps = a.legit_pps;
     let mut wanted = a.cases.clone();
     wanted.dedup();
+    // The statistics cost every program a clock read per run, for as long as this fd lives.
     let _stats_on = if a.program_time {
         Some(
-            crate::datapath::testrun::enable_run_stats()
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .context("turning on the kernel's BPF run statistics")?,
         )
     } else {
@@ -638,7 +647,7 @@ fn rx_in(ns: &std::path::Path, iface: &'static str) -> Result<u64> {
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
-        crate::client::guard::rx_packets(iface)
+        dots_agent::client::guard::rx_packets(iface)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("rx counter thread panicked"))?

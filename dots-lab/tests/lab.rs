@@ -1,14 +1,31 @@
-//! The lab end to end (root): `dots-agent lab` on a short scenario builds its namespaces,
+//! The lab end to end (root): `dots-lab run` on a short scenario builds its namespaces,
 //! runs the DOTS server with XDP and the customer's guard over DTLS, sends real traffic, and
 //! must show the outcome: the guard asked, the filter dropped the attack, legitimate traffic
 //! got through, the guard withdrew, and nothing of the lab is left behind. A second test
 //! interrupts a lab with SIGTERM and checks the cleanup.
+//!
+//! The lab runs the `dots-agent` binary that cargo builds beside `dots-lab`: run these tests
+//! with `cargo test --workspace` (as scripts/test.sh does), which builds both.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dots-agent");
+const LAB: &str = env!("CARGO_BIN_EXE_dots-lab");
+
+/// `dots-lab run`, with the dots-agent binary beside it (the lab's default, checked here so
+/// a missing build says so instead of failing inside the lab).
+fn lab_run() -> Command {
+    let agent = Path::new(LAB).with_file_name("dots-agent");
+    assert!(
+        agent.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        agent.display()
+    );
+    let mut c = Command::new(LAB);
+    c.arg("run").arg("--agent").arg(agent);
+    c
+}
 
 /// The default scenario with shorter phases and lower rates (a test on a shared machine).
 fn short_scenario(dir: &Path) -> std::path::PathBuf {
@@ -48,8 +65,7 @@ fn the_lab_scrubs_an_attack_that_the_guard_signals() {
     let scenario = short_scenario(dir.path());
     let json = dir.path().join("summary.json");
     let plot = dir.path().join("lab.svg");
-    let child = Command::new(AGENT)
-        .arg("lab")
+    let child = lab_run()
         .arg(&scenario)
         .arg("--json")
         .arg(&json)
@@ -94,8 +110,7 @@ fn the_lab_scrubs_an_attack_that_the_guard_signals() {
 fn an_interrupted_lab_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = short_scenario(dir.path());
-    let mut child = Command::new(AGENT)
-        .arg("lab")
+    let mut child = lab_run()
         .arg(&scenario)
         .arg("--plot")
         .arg(dir.path().join("lab.svg"))

@@ -1,4 +1,4 @@
-//! `dots-agent traffic ...`: send and count raw frames on an interface (labs and tests).
+//! `dots-lab traffic ...`: send, generate and count raw frames on an interface (labs and tests).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -8,7 +8,8 @@ use clap::{Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::packet::{PacketSpec, L4};
-use crate::traffic::{count_received, send_paced, RawSocket};
+use crate::trafficgen::socket::send_paced;
+use dots_agent::af_packet::PacketSocket;
 
 #[derive(Subcommand, Debug)]
 pub enum TrafficCommand {
@@ -217,7 +218,7 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
                     p.build()
                 })
                 .collect();
-            let sock = RawSocket::bind(&interface)
+            let sock = PacketSocket::open(&interface)
                 .with_context(|| format!("opening a raw socket on {interface}"))?;
             let sent = send_paced(&sock, &frames, count, pps, Duration::from_secs(max_seconds))?;
             println!(
@@ -235,9 +236,9 @@ pub fn run(cmd: TrafficCommand) -> Result<()> {
             if !(0.0..=3600.0).contains(&seconds) {
                 bail!("--seconds must be between 0 and 3600");
             }
-            let sock = RawSocket::bind(&interface)
+            let sock = PacketSocket::open(&interface)
                 .with_context(|| format!("opening a raw socket on {interface}"))?;
-            let counts = count_received(&sock, Duration::from_secs_f64(seconds))?;
+            let counts = sock.count_flows(Duration::from_secs_f64(seconds))?;
             if !labels.is_empty() {
                 let mut sums: Vec<(String, u64)> =
                     labels.iter().map(|(n, _)| (n.clone(), 0)).collect();

@@ -15,16 +15,14 @@ use serde_json::Value;
 
 use super::scenario::{Role, Scenario, CUSTOMER_PREFIXES};
 use super::topology::{self, interrupted, Netns, Proc, Topology};
-use crate::client::guard::unix_ms;
-use crate::datapath::XdpDatapath;
 use crate::trafficgen::{self, receiver, Backend, Pace, Sender};
+use dots_agent::client::guard::unix_ms;
+use dots_agent::datapath::XdpDatapath;
 
 pub struct LabOptions {
     pub scenario: Scenario,
     /// The dots-agent binary to run the server and the client with.
     pub agent: PathBuf,
-    /// Where to write the SVG plot (None: no plot).
-    pub plot: Option<PathBuf>,
     /// Print progress lines.
     pub progress: bool,
     /// The generators' sender.
@@ -292,7 +290,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
     let datapath = XdpDatapath::open_pinned(&pins.0).context("reading the scrubber's counters")?;
     let scr_ifindex = topo
         .scrubber
-        .run_in(|| crate::datapath::interface_index(topology::SCR_IN))?
+        .run_in(|| dots_agent::datapath::interface_index(topology::SCR_IN))?
         .context("the scrubber's ingress interface vanished")?;
     say(format!(
         "lab: scrubber: dots-agent server on {}:4646 (DTLS), XDP on {} (log {})",
@@ -317,7 +315,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         let counts = counts.clone();
         let stop = stop.clone();
         topo.customer.spawn(move || -> Result<()> {
-            let sock = crate::traffic::RawSocket::bind(topology::CUST_IF)?;
+            let sock = dots_agent::af_packet::PacketSocket::open(topology::CUST_IF)?;
             receiver::count_into(&sock, &counts, &stop, max_run)?;
             Ok(())
         })?
@@ -677,10 +675,6 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         receiver_drops: counts.socket_drops.load(Ordering::Relaxed),
         samples,
     };
-    if let Some(p) = &o.plot {
-        std::fs::write(p, super::plot::svg(s, &summary))
-            .with_context(|| format!("writing the plot to {}", p.display()))?;
-    }
     Ok(summary)
 }
 

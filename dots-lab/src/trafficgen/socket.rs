@@ -1,5 +1,7 @@
-//! The portable sender: an AF_PACKET socket that hands prebuilt frames to the interface in
-//! batches (`sendmmsg`, 64 frames per call, qdisc bypassed).
+//! The portable senders, both on the agent's [`PacketSocket`]: [`SocketSender`] hands a
+//! flow's prebuilt frames to the interface in batches (`sendmmsg`, 64 frames per call, qdisc
+//! bypassed); [`send_paced`] sends a list of frames one by one through the qdisc (exact
+//! counts at modest rates, for `dots-lab traffic send` and the end-to-end tests).
 //!
 //! It is what the generator uses where the kernel refuses XDP live frames (some hardened
 //! kernels answer `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` by EPERM even for root).
@@ -8,37 +10,31 @@
 //! built once, in a shuffled order, and sent round-robin.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::{Pace, Pacer, Template};
-use crate::traffic::RawSocket;
+use dots_agent::af_packet::{PacketSocket, MAX_BATCH as BATCH};
 
-/// Frames per `sendmmsg` call.
-const BATCH: usize = 64;
 /// A paced flow sends what is due this often.
 const PACE_PERIOD: Duration = Duration::from_millis(2);
-const SOL_PACKET: i32 = 263;
-const PACKET_QDISC_BYPASS: i32 = 20;
 
 /// An AF_PACKET sender for one flow, bound to an interface of the calling thread's network
 /// namespace. Send-only: bound with protocol 0, so the kernel queues nothing to it.
 pub struct SocketSender {
-    sock: RawSocket,
+    sock: PacketSocket,
     /// One frame per source, in a shuffled order (the live sender picks sources at random).
     frames: Vec<Vec<u8>>,
 }
 
 impl SocketSender {
     pub fn new(t: &Template, iface: &str) -> Result<SocketSender> {
-        let sock = RawSocket::bind_send_only(iface)
+        let sock = PacketSocket::open_send_only(iface)
             .with_context(|| format!("opening an AF_PACKET socket on {iface}"))?;
-        // Straight to the driver: the generator paces itself, a qdisc would only add cost.
-        // Best effort (a kernel without the option still sends, through the qdisc).
-        let _ = sock.set_opt(SOL_PACKET, PACKET_QDISC_BYPASS, &1i32);
+        // Best effort: a kernel without the option still sends, through the qdisc.
+        let _ = sock.bypass_qdisc();
         let mut order: Vec<u32> = (0..t.sources.max(1)).collect();
         shuffle(&mut order);
         let frames = order.into_iter().map(|k| t.variant(k)).collect();
@@ -72,39 +68,59 @@ impl SocketSender {
     /// Hands up to `n` frames, starting at frame `first`, to the kernel in one call.
     /// Returns how many it took (0 when its buffers are full for now).
     fn send_batch(&self, first: usize, n: usize) -> Result<usize> {
-        let mut iov: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: an all-zero mmsghdr is valid (no name, no control data).
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut batch: [&[u8]; BATCH] = [&[]; BATCH];
         let n = n.min(BATCH);
-        for i in 0..n {
-            let f = &self.frames[(first + i) % self.frames.len()];
-            iov[i].iov_base = f.as_ptr() as *mut libc::c_void;
-            iov[i].iov_len = f.len();
-            msgs[i].msg_hdr.msg_iov = &mut iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
+        for (i, slot) in batch[..n].iter_mut().enumerate() {
+            *slot = &self.frames[(first + i) % self.frames.len()];
         }
-        loop {
-            // SAFETY: msgs[..n] point at live iovecs over frames that outlive the call.
-            let rc =
-                unsafe { libc::sendmmsg(self.sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
-            if rc >= 0 {
-                return Ok(rc as usize);
+        let took = self
+            .sock
+            .send_batch(&batch[..n])
+            .context("sending frames on an AF_PACKET socket")?;
+        if took == 0 {
+            // The device or socket buffer is full: let it drain.
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(took)
+    }
+}
+
+/// Sends `frames` round-robin on `sock`, `count` frames in all, at most `pps` per second (0:
+/// as fast as the socket takes them). Returns how many were sent.
+pub fn send_paced(
+    sock: &PacketSocket,
+    frames: &[Vec<u8>],
+    count: u64,
+    pps: u64,
+    deadline: Duration,
+) -> io::Result<u64> {
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count && start.elapsed() < deadline {
+        if pps > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / pps as f64);
+            let now = start.elapsed();
+            if due > now {
+                std::thread::sleep((due - now).min(Duration::from_millis(5)));
+                continue;
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // The device or socket buffer is full: let it drain, report nothing sent.
-                Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
-                    std::thread::sleep(Duration::from_micros(100));
-                    return Ok(0);
-                }
-                _ => bail!("sending frames on an AF_PACKET socket: {e}"),
+        }
+        match sock.send(&frames[(sent % frames.len() as u64) as usize]) {
+            Ok(()) => sent += 1,
+            // The device queue is full: back off briefly and retry the same frame.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                std::thread::sleep(Duration::from_micros(200))
             }
+            Err(e) => return Err(e),
         }
     }
+    Ok(sent)
 }
 
 /// Fisher-Yates with a small xorshift generator: the order only needs to look random.

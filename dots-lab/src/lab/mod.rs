@@ -1,5 +1,5 @@
-//! `dots-agent lab`: a DDoS signalled and scrubbed in network namespaces, from a scenario
-//! file, and `dots-agent lab bench`, the veth drop-rate benchmark.
+//! `dots-lab run`: a DDoS signalled and scrubbed in network namespaces, from a scenario
+//! file, and `dots-lab bench`, the veth drop-rate benchmark.
 //!
 //! - [`scenario`]: the TOML scenario format and its checks.
 //! - [`topology`]: namespaces, veth pairs, processes inside namespaces, cleanup.
@@ -15,8 +15,8 @@ pub mod topology;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
@@ -35,21 +35,33 @@ pub struct LabArgs {
     /// the kernel allows them (auto).
     #[arg(long, value_enum, default_value_t = crate::trafficgen::Backend::Auto)]
     pub sender: crate::trafficgen::Backend,
-    #[command(subcommand)]
-    pub command: Option<LabCommand>,
+    /// The dots-agent binary that runs the server and the client (default: the one next to
+    /// this dots-lab binary).
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum LabCommand {
-    /// Packets per second the scrubber drops on a veth pair: our filter (with a realistic
-    /// rule set), an empty XDP_DROP program, xdp-tools' xdp-filter, nftables netdev ingress.
-    Bench(bench::BenchArgs),
+/// The dots-agent binary to run: `--agent`, else `dots-agent` beside this executable (where
+/// cargo puts both).
+fn agent_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("--agent {}: no such file", p.display());
+        }
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe().context("locating the dots-lab binary")?;
+    let beside = me.with_file_name("dots-agent");
+    if !beside.is_file() {
+        bail!(
+            "no dots-agent binary beside {}: build it (cargo build --release -p dots-agent) or pass --agent PATH",
+            me.display()
+        );
+    }
+    Ok(beside)
 }
 
 pub fn cli(a: LabArgs) -> Result<()> {
-    if let Some(LabCommand::Bench(b)) = a.command {
-        return bench::run(&b);
-    }
     let scenario = match &a.scenario {
         Some(p) => scenario::Scenario::load(p)?,
         None => scenario::Scenario::parse(scenario::DEFAULT).context("the embedded scenario")?,
@@ -65,12 +77,14 @@ pub fn cli(a: LabArgs) -> Result<()> {
     }
     let opts = run::LabOptions {
         scenario,
-        agent: std::env::current_exe().context("locating the dots-agent binary")?,
-        plot: Some(a.plot.clone()),
+        agent: agent_binary(a.agent.as_ref())?,
         progress: true,
         sender: a.sender,
     };
     let summary = run::run(&opts)?;
+    // Written here, not in run: the plot reads the run's summary, so run does not call it.
+    std::fs::write(&a.plot, plot::svg(&opts.scenario, &summary))
+        .with_context(|| format!("writing the plot to {}", a.plot.display()))?;
     run::print_summary(&summary);
     println!("plot: {}", a.plot.display());
     if let Some(j) = &a.json {

@@ -1,0 +1,46 @@
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use dots_lab::{cli, lab};
+
+/// dots-lab: the dots-agent's lab, traffic tools and benchmarks (root, network namespaces).
+#[derive(Parser, Debug)]
+#[command(name = "dots-lab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A DDoS signalled over DOTS and scrubbed by XDP, in network namespaces, from a scenario
+    /// (runs the dots-agent binary for the server and the client).
+    Run(lab::LabArgs),
+    /// Packets per second the scrubber drops on a veth pair: our filter (with a realistic
+    /// rule set), an empty XDP_DROP program, xdp-tools' xdp-filter, nftables netdev ingress.
+    Bench(lab::bench::BenchArgs),
+    /// Send, generate and count raw frames on an interface.
+    #[command(subcommand)]
+    Traffic(cli::traffic::TrafficCommand),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => lab::cli(a),
+        Command::Bench(b) => lab::bench::run(&b),
+        Command::Traffic(c) => cli::traffic::run(c),
+    }
+}
