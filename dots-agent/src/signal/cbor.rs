@@ -2,7 +2,10 @@
 //! decimal fractions, and a strict reader that turns every malformed input into an error
 //! with a diagnostic a client can act on (the 4.00 payload), never a panic.
 
+use std::net::IpAddr;
+
 use ciborium::value::{Integer, Value};
+use ipnet::IpNet;
 use thiserror::Error;
 
 /// Largest signal-channel body we parse (CoAP over UDP stays under the 1280-byte path MTU;
@@ -100,6 +103,37 @@ pub enum CborError {
     },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
+}
+
+/// A target prefix as RFC 9132 §4.4.1.1 allows it: a valid prefix, not loopback,
+/// multicast or (IPv4) broadcast.
+pub fn parse_target_prefix(text: &str) -> Result<IpNet, CborError> {
+    let net: IpNet = text
+        .parse()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| invalid_value(6, format!("{text:?} is not an IP prefix")))?;
+    let a = net.network();
+    let bad = match a {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_multicast() || v6.is_unspecified(),
+    };
+    if bad || net.prefix_len() == 0 {
+        return Err(invalid_value(
+            6,
+            format!("{text} is a loopback, multicast, broadcast or unspecified range"),
+        ));
+    }
+    Ok(net)
+}
+
+fn invalid_value(key: u64, why: impl Into<String>) -> CborError {
+    let name = key_name(key).unwrap_or("value");
+    CborError::Invalid {
+        what: format!("{name} ({key})"),
+        why: why.into(),
+    }
 }
 
 /// Parses exactly one CBOR item, within size and depth limits.

@@ -423,7 +423,7 @@ fn decode_talkers(v: Value) -> Result<Vec<ReportedTalker>, TelemetryError> {
                 for t in cbor::as_array(list, 184)? {
                     let mut f = Fields::new(t, "talker")?;
                     let text = cbor::as_text(f.require(185, "source-prefix (185)")?, 185)?;
-                    let source = super::message::parse_target_prefix(&text)?;
+                    let source = super::cbor::parse_target_prefix(&text)?;
                     let spoofed = f.take(171).map(|v| cbor::as_bool(v, 171)).transpose()?;
                     let attack = match f.take(144) {
                         Some(v) => traffic_of(v, 144)?,
@@ -718,7 +718,7 @@ fn percent(v: Value, key: u64) -> Result<u32, TelemetryError> {
 fn prefixes(v: Value) -> Result<Vec<IpNet>, TelemetryError> {
     cbor::as_text_list(v, 6)?
         .iter()
-        .map(|t| super::message::parse_target_prefix(t).map_err(TelemetryError::from))
+        .map(|t| super::cbor::parse_target_prefix(t).map_err(TelemetryError::from))
         .collect()
 }
 
