@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::data::service::SharedData;
+use crate::data::SharedData;
 use crate::datapath::Mitigator;
 use crate::engine::Engine;
 

@@ -6,19 +6,19 @@
 //! [`DataChannel::apply`] makes it; so a change the datapath refuses, or the store cannot
 //! record, changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use xdp_common::Counter;
 
-use super::model::{self, Acl, Activation, Alias, Content};
+use super::mapping;
+use super::model::{self, Acl, Alias, Content};
 use super::restconf::{self, ErrorTag, Resource, RestconfError};
+use super::state::{ClientData, Expiring, Result};
+pub use super::state::{DataChannel, Edit, Response};
 use crate::datapath::compile::name_hash;
-use crate::engine::journal::{self, Change};
-use crate::engine::{AclEdit, AclEntries, AliasTargets, DataSource, Refusal};
-use crate::signal::message::{AclActivation, ActivationType};
+use crate::engine::Refusal;
 
 /// Who is asking: the configured client name (None: valid certificate, not configured) and
 /// the cuid of its certificate.
@@ -34,30 +34,6 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Response {
-    pub status: u16,
-    pub body: Option<Value>,
-}
-
-impl Response {
-    fn empty(status: u16) -> Self {
-        Response { status, body: None }
-    }
-    fn json(status: u16, body: Value) -> Self {
-        Response {
-            status,
-            body: Some(body),
-        }
-    }
-}
-
-impl From<RestconfError> for Response {
-    fn from(e: RestconfError) -> Self {
-        Response::json(e.status(), e.body())
-    }
-}
-
 /// Matched packets and octets per ACL entry name hash of a client (the engine's count).
 pub type AclCounts<'a> = &'a dyn Fn(&str) -> HashMap<u64, Counter>;
 
@@ -70,49 +46,7 @@ pub enum Outcome {
     Edit(Edit),
 }
 
-/// A change to one client's data, not made yet.
-#[derive(Debug)]
-pub struct Edit {
-    pub cuid: String,
-    /// The configured client it belongs to.
-    pub client: String,
-    data: Option<ClientData>,
-    /// The client's ACL entries after the change, if they change.
-    pub entries: Option<AclEntries>,
-    /// Its document as it will be stored.
-    pub change: Change,
-    /// The answer once it is made.
-    pub response: Response,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Expiring<T> {
-    item: T,
-    /// Epoch seconds.
-    expires: u64,
-}
-
-/// One registered client, as stored.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct ClientData {
-    /// Configured client name (certificate CN).
-    name: String,
-    aliases: Vec<Expiring<Alias>>,
-    /// In the client's order (RESTCONF `insert`/`point`).
-    acls: Vec<Expiring<Acl>>,
-}
-
-pub struct DataChannel {
-    clients: BTreeMap<String, ClientData>,
-    /// Client name -> configured prefixes.
-    prefixes: BTreeMap<String, Vec<IpNet>>,
-    /// The change the request being routed makes (see [`DataChannel::handle`]).
-    staged: Option<Edit>,
-}
-
-type Result<T> = std::result::Result<T, RestconfError>;
-
-fn lifetime_end(now: u64) -> u64 {
+pub(super) fn lifetime_end(now: u64) -> u64 {
     now + model::DEFAULT_LIFETIME_MINUTES * 60
 }
 
@@ -136,157 +70,7 @@ pub fn engine_refusal(r: Refusal) -> RestconfError {
     }
 }
 
-fn activation_type(a: Activation) -> ActivationType {
-    match a {
-        Activation::WhenMitigating => ActivationType::ActivateWhenMitigating,
-        Activation::Immediate => ActivationType::Immediate,
-        Activation::Deactivate => ActivationType::Deactivate,
-    }
-}
-
 impl DataChannel {
-    pub fn new(prefixes: BTreeMap<String, Vec<IpNet>>) -> DataChannel {
-        DataChannel {
-            clients: BTreeMap::new(),
-            prefixes,
-            staged: None,
-        }
-    }
-
-    /// Loads the stored documents (cuid, JSON). Data of clients no longer configured is
-    /// dropped: the returned changes delete it.
-    pub fn restore(
-        prefixes: BTreeMap<String, Vec<IpNet>>,
-        docs: &[(String, String)],
-    ) -> (DataChannel, Vec<Change>) {
-        let mut dc = DataChannel::new(prefixes);
-        let mut changes = Vec::new();
-        for (cuid, doc) in docs {
-            let data: ClientData = match serde_json::from_str(doc) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(
-                        "stored data-channel client {cuid} is unreadable, skipped: {e}"
-                    );
-                    continue;
-                }
-            };
-            if !dc.prefixes.contains_key(&data.name) {
-                tracing::warn!(
-                    "data channel: client {} is no longer configured; its data is dropped",
-                    data.name
-                );
-                changes.push(Change::DataClient {
-                    cuid: cuid.clone(),
-                    doc: None,
-                });
-                continue;
-            }
-            dc.clients.insert(cuid.clone(), data);
-        }
-        (dc, changes)
-    }
-
-    /// Every client's ACL entries, for the engine at a restart.
-    pub fn acl_entries(&self) -> Vec<(String, AclEntries)> {
-        let mut out: BTreeMap<String, AclEntries> = BTreeMap::new();
-        for (cuid, data) in &self.clients {
-            match self.entries(data) {
-                Ok(e) => out.entry(data.name.clone()).or_default().extend(e),
-                Err(e) => tracing::error!("stored ACLs of {cuid} no longer map: {}", e.message),
-            }
-        }
-        out.into_iter().collect()
-    }
-
-    /// The client's datapath entries, all its ACLs in order.
-    fn entries(&self, data: &ClientData) -> Result<AclEntries> {
-        let allowed = self.prefixes.get(&data.name).cloned().unwrap_or_default();
-        let mut out = Vec::new();
-        for a in &data.acls {
-            let act = activation_type(a.item.activation());
-            out.extend(a.item.entries(&allowed)?.into_iter().map(|e| (act, e)));
-        }
-        Ok(out)
-    }
-
-    /// The change of a client's data to `data` (None: unregistered), and what it means for
-    /// the datapath and the store.
-    fn plan(&self, cuid: &str, data: Option<ClientData>, response: Response) -> Result<Edit> {
-        let old = self.clients.get(cuid);
-        let client = match (&data, old) {
-            (Some(d), _) => d.name.clone(),
-            (None, Some(o)) => o.name.clone(),
-            (None, None) => String::new(),
-        };
-        let new_entries = match &data {
-            Some(d) => self.entries(d)?,
-            None => Vec::new(),
-        };
-        let old_entries = match old {
-            Some(o) => self.entries(o).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let doc = match &data {
-            Some(d) => Some(
-                journal::document(d)
-                    .map_err(|e| RestconfError::new(ErrorTag::OperationFailed, e.0))?,
-            ),
-            None => None,
-        };
-        Ok(Edit {
-            cuid: cuid.to_string(),
-            client,
-            entries: (new_entries != old_entries).then_some(new_entries),
-            change: Change::DataClient {
-                cuid: cuid.to_string(),
-                doc,
-            },
-            data,
-            response,
-        })
-    }
-
-    /// Routing found that the request changes a client's data: the change waits in
-    /// `staged` for [`DataChannel::handle`] to hand it out.
-    fn commit(&mut self, cuid: &str, data: Option<ClientData>) -> Result<()> {
-        if data.is_none() && !self.clients.contains_key(cuid) {
-            return Ok(());
-        }
-        self.staged = Some(self.plan(cuid, data, Response::empty(0))?);
-        Ok(())
-    }
-
-    /// Makes a change the engine has applied and stored; returns its answer.
-    pub fn apply(&mut self, edit: Edit) -> Response {
-        match edit.data {
-            Some(d) => self.clients.insert(edit.cuid, d),
-            None => self.clients.remove(&edit.cuid),
-        };
-        edit.response
-    }
-
-    /// Expired aliases and ACLs: one edit per client that has any.
-    pub fn expire(&self, now: u64) -> Vec<Edit> {
-        let mut out = Vec::new();
-        for (cuid, d) in &self.clients {
-            if !d.aliases.iter().any(|a| a.expires <= now)
-                && !d.acls.iter().any(|a| a.expires <= now)
-            {
-                continue;
-            }
-            let mut d = d.clone();
-            d.aliases.retain(|a| a.expires > now);
-            d.acls.retain(|a| a.expires > now);
-            tracing::info!(cuid, "data channel: aliases/ACLs expired");
-            match self.plan(cuid, Some(d), Response::empty(204)) {
-                Ok(e) => out.push(e),
-                Err(e) => tracing::error!(cuid, "expiring ACLs: {}", e.message),
-            }
-        }
-        out
-    }
-
     /// The aliases of a cuid, for `alias-name` in signal-channel requests.
     pub fn alias(&self, cuid: &str, name: &str) -> Option<Alias> {
         self.clients
@@ -354,19 +138,19 @@ impl DataChannel {
         };
         let method = req.method;
         match (&resource, method) {
-            (Resource::Capabilities, "GET") => Ok(Response::json(200, model::capabilities())),
+            (Resource::Capabilities, "GET") => Ok(Response::json(200, mapping::capabilities())),
             (Resource::DotsData, "POST") => self.register(client, peer.cuid, req.body, true),
             (Resource::DotsData, "GET") => match self.clients.contains_key(peer.cuid) {
                 true => Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:dots-data": {
                         "dots-client": [self.client_view(peer.cuid, now, content, counts)],
-                        "capabilities": model::capabilities()["ietf-dots-data-channel:capabilities"]}}),
+                        "capabilities": mapping::capabilities()["ietf-dots-data-channel:capabilities"]}}),
                 )),
                 false => Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:dots-data": {
-                        "capabilities": model::capabilities()["ietf-dots-data-channel:capabilities"]}}),
+                        "capabilities": mapping::capabilities()["ietf-dots-data-channel:capabilities"]}}),
                 )),
             },
             (Resource::Client(c), "PUT") => {
@@ -818,101 +602,12 @@ fn insert_position(acls: &[Expiring<Acl>], query: &[(String, String)]) -> Result
     }
 }
 
-/// The data channel as the engine asks it: `alias-name` resolves through the client's
-/// aliases, `acl-list` (RFC 9133) sets its ACLs' activation types. It shares the channel
-/// with the HTTPS side (both run on the engine's thread, one at a time).
-#[derive(Clone)]
-pub struct SharedData(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
-
-impl SharedData {
-    pub fn new(channel: DataChannel) -> Self {
-        SharedData(std::sync::Arc::new(std::sync::Mutex::new(channel)))
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, DataChannel> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl DataSource for SharedData {
-    fn alias(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
-        let a = self.lock().alias(cuid, name)?;
-        Some(AliasTargets {
-            prefixes: a.target_prefix,
-            ports: a
-                .target_port_range
-                .iter()
-                .map(|r| crate::datapath::PortRange {
-                    lower: r.lower_port,
-                    upper: r.upper_port,
-                })
-                .collect(),
-            protocols: a.target_protocol,
-            names: a.target_fqdn.len() + a.target_uri.len(),
-        })
-    }
-
-    fn plan_acl_list(
-        &self,
-        cuid: &str,
-        acls: &[AclActivation],
-    ) -> std::result::Result<AclEdit, String> {
-        let dc = self.lock();
-        let data = dc.with_acl_list(cuid, acls)?;
-        let edit = dc
-            .plan(cuid, Some(data), Response::empty(0))
-            .map_err(|e| e.message)?;
-        Ok(AclEdit {
-            client: edit.client,
-            entries: edit.entries.unwrap_or_default(),
-            change: edit.change,
-        })
-    }
-
-    fn apply_acl_list(&mut self, cuid: &str, acls: &[AclActivation]) {
-        let mut dc = self.lock();
-        if let Ok(data) = dc.with_acl_list(cuid, acls) {
-            dc.clients.insert(cuid.to_string(), data);
-        }
-    }
-}
-
-impl DataChannel {
-    /// RFC 9133 filter control: the client's data with the named ACLs (all must exist)
-    /// set to these activation types.
-    fn with_acl_list(
-        &self,
-        cuid: &str,
-        acls: &[AclActivation],
-    ) -> std::result::Result<ClientData, String> {
-        let Some(d) = self.clients.get(cuid) else {
-            return Err(
-                "acl-list: this client has no ACLs (not registered on the data channel)".into(),
-            );
-        };
-        if let Some(a) = acls
-            .iter()
-            .find(|a| !d.acls.iter().any(|x| x.item.name == a.acl_name))
-        {
-            return Err(format!("acl-list: unknown acl-name {:?}", a.acl_name));
-        }
-        let mut d = d.clone();
-        for a in acls {
-            let activation = match a.activation_type {
-                ActivationType::ActivateWhenMitigating => Activation::WhenMitigating,
-                ActivationType::Immediate => Activation::Immediate,
-                ActivationType::Deactivate => Activation::Deactivate,
-            };
-            for x in d.acls.iter_mut().filter(|x| x.item.name == a.acl_name) {
-                x.item.activation_type = Some(activation.label().to_string());
-            }
-        }
-        Ok(d)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use ipnet::IpNet;
+
     use super::*;
 
     const D: &str = restconf::DOTS_DATA;

@@ -3,7 +3,7 @@
 use super::journal::MemoryJournal;
 use super::*;
 use crate::datapath::compile::name_hash;
-use crate::datapath::{MemoryMitigator, MitigationCounters};
+use crate::datapath::{MemoryMitigator, MitigationCounters, MitigationSpec};
 use xdp_common::Counter;
 
 /// An engine that restored what `journal` holds, and commits to it from now on.
