@@ -39,7 +39,7 @@ impl<M: Mitigator> Writer<M> {
             return Ok(());
         }
         let id = DatapathId::from_raw(spec.id);
-        let _span = tracing::debug_span!("datapath", op = "install", %id).entered();
+        let _span = tracing::info_span!("datapath", op = "install", %id).entered();
         self.mitigator.install(&spec)?;
         let raw = spec.id;
         let before = self.installed.insert(raw, spec);
@@ -49,7 +49,7 @@ impl<M: Mitigator> Writer<M> {
 
     /// Removes `id` and returns its final counters.
     pub fn remove(&mut self, id: DatapathId) -> Result<Option<MitigationCounters>, DatapathError> {
-        let _span = tracing::debug_span!("datapath", op = "remove", %id).entered();
+        let _span = tracing::info_span!("datapath", op = "remove", %id).entered();
         let out = self.mitigator.remove(id.raw())?;
         if let Some(before) = self.installed.remove(&id.raw()) {
             self.undo.push((id.raw(), Some(before)));
@@ -78,7 +78,7 @@ impl<M: Mitigator> Writer<M> {
     pub fn undo(&mut self) {
         for (raw, before) in std::mem::take(&mut self.undo).into_iter().rev() {
             let id = DatapathId::from_raw(raw);
-            let _span = tracing::debug_span!("datapath", op = "undo", %id).entered();
+            let _span = tracing::info_span!("datapath", op = "undo", %id).entered();
             let result = match &before {
                 Some(spec) => self.mitigator.install(spec),
                 None => self.mitigator.remove(raw).map(|_| ()),
