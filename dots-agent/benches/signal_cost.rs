@@ -10,7 +10,7 @@
 //! - PUT latency over one TLS session while the client's mitigations grow to 4,000 (p50 / p99
 //!   per thousand held; goal: p99 < 5 ms at 3,000-4,000 held);
 //! - restart: the server killed (SIGKILL) with 4,000 stored mitigations, started again: time
-//!   until it listens, and until a GET returns all of them (goal: < 5 s);
+//!   until it answers a request, and until a GET returns all of them (goal: < 5 s);
 //! - server memory per idle DTLS session with 1,000 and 10,000 sessions, each sending a
 //!   heartbeat: the process's RSS before and after, divided by N (control plane only).
 //!
@@ -202,7 +202,7 @@ async fn count_held(dir: &Path) -> Result<usize, String> {
         return Err(format!("GET: {}", code_text(&r)));
     }
     let v = dots_agent::signal::diag::to_json(
-        &dots_agent::signal::cbor::parse(&r.payload).map_err(|e| e.to_string())?,
+        &dots_agent::signal::cbor::parse_response(&r.payload).map_err(|e| e.to_string())?,
     );
     Ok(v["ietf-dots-signal-channel:mitigation-scope"]["scope"]
         .as_array()
@@ -234,7 +234,8 @@ impl Server {
         path
     }
 
-    /// Starts the server; returns the time until its signal channel accepts connections.
+    /// Starts the server; returns the time until its signal channel answers a request (a
+    /// heartbeat over TLS): bound sockets alone do not count.
     fn start(&mut self) -> Option<Duration> {
         let config = self.dir.join("server.toml");
         let started = Instant::now();
@@ -247,22 +248,31 @@ impl Server {
                     .stderr(Stdio::null()),
             ),
         );
-        let listening = self.ns.block_on(move || async move {
+        let dir = self.dir.clone();
+        let answering = self.ns.block_on(move || async move {
+            let cfg = client(
+                &dir,
+                &format!("127.0.0.1:{SIGNAL_PORT}"),
+                TransportChoice::Tls,
+            );
             while started.elapsed() < BUDGET {
-                if tokio::net::TcpStream::connect(("127.0.0.1", SIGNAL_PORT))
-                    .await
-                    .is_ok()
-                {
-                    return Some(started.elapsed());
+                let attempt = async {
+                    let mut s = Session::connect(&cfg).await?;
+                    s.heartbeat().await
+                };
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    if code_text(&r) == "2.04" {
+                        return Some(started.elapsed());
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             None
         });
-        if listening.is_none() {
-            eprintln!("the server did not listen within {BUDGET:?}");
+        if answering.is_none() {
+            eprintln!("the server did not answer within {BUDGET:?}");
         }
-        listening
+        answering
     }
 
     fn kill(&mut self) {
@@ -442,12 +452,12 @@ fn xdp_phases(dir: &Path) {
     });
     match restored {
         Ok(n) => println!(
-            "  restart (kill -9) with {held} stored mitigations: listening after {:.2} s, all {n} answered after {:.2} s (goal: < 5 s)",
+            "  restart (kill -9) with {held} stored mitigations: answering after {:.2} s, all {n} in a GET after {:.2} s (goal: < 5 s)",
             listening.as_secs_f64(),
             (listening + started.elapsed()).as_secs_f64()
         ),
         Err(e) => println!(
-            "  restart (kill -9) with {held} stored mitigations: listening after {:.2} s; not all restored: {e}",
+            "  restart (kill -9) with {held} stored mitigations: answering after {:.2} s; not all restored: {e}",
             listening.as_secs_f64()
         ),
     }

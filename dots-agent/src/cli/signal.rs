@@ -452,7 +452,7 @@ fn print_response(resp: &coap_lite::Packet, json: bool) -> bool {
         resp.get_content_format(),
         Some(coap_lite::ContentFormat::ApplicationDotsCbor)
     ) {
-        match crate::signal::cbor::parse(&resp.payload) {
+        match crate::signal::cbor::parse_response(&resp.payload) {
             Ok(v) => crate::signal::diag::to_json(&v).to_string(),
             Err(e) => format!("(undecodable CBOR: {e})"),
         }

@@ -11,6 +11,8 @@ use thiserror::Error;
 /// Largest signal-channel body we parse (CoAP over UDP stays under the 1280-byte path MTU;
 /// over TCP bodies can be larger, but a mitigation request is never near this).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest response body a client parses.
+pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// Nesting deeper than this is not a DOTS message.
 const MAX_DEPTH: usize = 16;
 
@@ -82,8 +84,8 @@ pub fn comprehension_required(key: u64) -> bool {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CborError {
-    #[error("body of {0} bytes is over the {MAX_BODY}-byte limit")]
-    TooLarge(usize),
+    #[error("body of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     #[error("malformed CBOR: {0}")]
     Malformed(String),
     #[error("{0} bytes after the CBOR item")]
@@ -136,10 +138,20 @@ fn invalid_value(key: u64, why: impl Into<String>) -> CborError {
     }
 }
 
-/// Parses exactly one CBOR item, within size and depth limits.
+/// Parses exactly one CBOR item of a request, within size and depth limits.
 pub fn parse(body: &[u8]) -> Result<Value, CborError> {
-    if body.len() > MAX_BODY {
-        return Err(CborError::TooLarge(body.len()));
+    parse_within(body, MAX_BODY)
+}
+
+/// Parses a server's response: the status of every mitigation of a client (4,096 with
+/// their telemetry) is far larger than any request, and arrives in blocks.
+pub fn parse_response(body: &[u8]) -> Result<Value, CborError> {
+    parse_within(body, MAX_RESPONSE)
+}
+
+fn parse_within(body: &[u8], limit: usize) -> Result<Value, CborError> {
+    if body.len() > limit {
+        return Err(CborError::TooLarge(body.len(), limit));
     }
     let mut rest = body;
     let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_DEPTH).map_err(
@@ -363,7 +375,7 @@ mod tests {
         assert!(matches!(parse(&[0x81; 100]), Err(CborError::TooDeep)));
         assert!(matches!(
             parse(&vec![0u8; MAX_BODY + 1]),
-            Err(CborError::TooLarge(_))
+            Err(CborError::TooLarge(_, MAX_BODY))
         ));
         // A claimed 4 GiB string in 9 bytes must not allocate it.
         assert!(parse(&[0x7a, 0xff, 0xff, 0xff, 0xff, 0x41]).is_err());
