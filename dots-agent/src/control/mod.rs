@@ -1,9 +1,10 @@
-//! The control plane's one writer. [`Control`] holds the engine and the data channel; one
-//! thread owns it, and everything else (the signal channel's sessions, the data channel's
-//! HTTPS requests, metrics scrapes) hands that thread work through a [`ControlHandle`] and
-//! awaits the answer. So requests are applied one at a time, in order, without locks, and a
-//! datapath update that takes time never blocks the async runtime's threads. The same
-//! thread runs the clock once a second.
+//! The control plane's one writer. [`Control`] holds the engine, the data channel and the
+//! signal channel's sessions; one thread owns it, and everything else (the DTLS and TLS
+//! transports, the data channel's HTTPS requests, metrics scrapes) hands that thread work
+//! through a [`ControlHandle`] and awaits the answer. So requests are applied one at a
+//! time, in order, without locks, and a datapath update that takes time never blocks the
+//! async runtime's threads. The same thread runs the clock once a second: the engine's,
+//! the data channel's expiries, and every session's notifications and heartbeats.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

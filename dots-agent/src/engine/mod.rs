@@ -3,7 +3,7 @@
 //! and cross-client conflicts, lifetimes, withdrawal with the active-but-terminating period,
 //! requests armed for signal loss, and status with counters read from the datapath.
 //!
-//! It is the only writer to the datapath ([`writer`]) and to the store (through a
+//! It is the only writer to the datapath (`writer.rs`) and to the store (through a
 //! [`journal::Journal`]): each request is one operation whose changes are committed as one
 //! transaction before it is answered, and undone (state and datapath) if the commit fails.
 //! The data channel is a source it asks ([`DataSource`]: aliases, RFC 9133 acl-list) and
