@@ -1,14 +1,16 @@
 //! The signal channel's sessions, kept on the control thread: each a sans-IO
-//! [`Session`] with its peer's identity, the transport's outbound queue, and its tracing
+//! [`Session`] with its peer's identity, an [`Outbox`] to its transport, and its tracing
 //! span. A transport opens one after its handshake, hands it the bytes it decrypts and
 //! sends what comes back; what the clock makes due (notifications, heartbeats) goes to the
-//! outbound queue, for all sessions in one pass a second.
+//! outbox, for all sessions in one pass a second.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use coap_lite::Packet;
-use tokio::sync::mpsc::UnboundedSender;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use super::Control;
 use crate::datapath::Mitigator;
@@ -31,7 +33,7 @@ struct Entry {
     /// The configured client (None: a valid certificate of nobody we serve: 4.01).
     client: Option<String>,
     cuid: String,
-    outbound: UnboundedSender<Vec<u8>>,
+    outbox: Arc<Outbox>,
     span: tracing::Span,
 }
 
@@ -39,6 +41,36 @@ struct Entry {
 pub(super) struct Sessions {
     next: SessionId,
     open: HashMap<SessionId, Entry>,
+}
+
+/// What a session sends unasked (notifications, heartbeats), waiting for its transport.
+/// Lighter than a channel: most sessions are idle, and there may be tens of thousands.
+#[derive(Default)]
+pub struct Outbox {
+    queue: Mutex<Vec<Vec<u8>>>,
+    ready: Notify,
+}
+
+impl Outbox {
+    fn push(&self, bytes: Vec<u8>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(bytes);
+        self.ready.notify_one();
+    }
+
+    /// What is waiting, once there is something.
+    pub async fn next(&self) -> Vec<Vec<u8>> {
+        loop {
+            let waiting =
+                std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if !waiting.is_empty() {
+                return waiting;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// The engine as the service of one peer's session, counted for Prometheus.
@@ -90,12 +122,12 @@ fn random_message_id() -> u16 {
 
 impl<M: Mitigator> Control<M> {
     /// A session for a peer whose handshake completed; returns its id and what to send
-    /// first. `outbound` takes what the session sends unasked (notifications, heartbeats).
+    /// first. `outbox` takes what the session sends unasked (notifications, heartbeats).
     pub fn open_session(
         &mut self,
         identity: Identity,
         framing: Framing,
-        outbound: UnboundedSender<Vec<u8>>,
+        outbox: Arc<Outbox>,
         now: Instant,
     ) -> (SessionId, Vec<Vec<u8>>) {
         let client = self
@@ -116,7 +148,7 @@ impl<M: Mitigator> Control<M> {
                 session,
                 client,
                 cuid: identity.cuid,
-                outbound,
+                outbox,
                 span: tracing::Span::current(),
             },
         );
@@ -165,7 +197,8 @@ impl<M: Mitigator> Control<M> {
     pub(super) fn tick_sessions(&mut self, now: Now) {
         let engine = &mut self.engine;
         self.sessions.open.retain(|_, e| {
-            if e.outbound.is_closed() {
+            // The transport has gone (its task ended without closing the session).
+            if Arc::strong_count(&e.outbox) == 1 {
                 return false;
             }
             let _entered = e.span.enter();
@@ -177,7 +210,7 @@ impl<M: Mitigator> Control<M> {
                 },
             };
             for bytes in e.session.on_tick(now, &mut svc) {
-                let _ = e.outbound.send(bytes);
+                e.outbox.push(bytes);
             }
             true
         });

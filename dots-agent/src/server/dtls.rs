@@ -21,7 +21,7 @@ use openssl::ssl::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::control::sessions::SessionId;
+use crate::control::sessions::{Outbox, SessionId};
 use crate::control::ControlHandle;
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::metrics::SIGNAL;
@@ -195,11 +195,12 @@ async fn session(
     span.record("cuid", id.cuid.as_str());
     let _counted = SIGNAL.session("dtls");
     tracing::info!("DTLS session established");
-    let (outbound, mut unasked) = tokio::sync::mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::default());
+    let unasked = outbox.clone();
     let (sid, _) = control
-        .run(move |c| c.open_session(id, Framing::Datagram, outbound, Instant::now()))
+        .run(move |c| c.open_session(id, Framing::Datagram, outbox, Instant::now()))
         .await?;
-    let result = shovel(&mut s, &mut rx, &mut unasked, sid, socket, peer, &control).await;
+    let result = shovel(&mut s, &mut rx, &unasked, sid, socket, peer, &control).await;
     let _ = control.run(move |c| c.close_session(sid)).await;
     result
 }
@@ -209,7 +210,7 @@ async fn session(
 async fn shovel(
     s: &mut SslStream<Datagrams>,
     rx: &mut mpsc::Receiver<Vec<u8>>,
-    unasked: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    unasked: &Outbox,
     sid: SessionId,
     socket: &UdpSocket,
     peer: SocketAddr,
@@ -260,8 +261,10 @@ async fn shovel(
                     }
                 }
             }
-            Some(bytes) = unasked.recv() => {
-                let _ = s.ssl_write(&bytes);
+            waiting = unasked.next() => {
+                for bytes in waiting {
+                    let _ = s.ssl_write(&bytes);
+                }
             }
             _ = tokio::time::sleep_until((last_heard + IDLE).into()) => {
                 return Ok(()); // nothing heard for long: the session is gone

@@ -13,7 +13,7 @@ use tokio_openssl::SslStream;
 
 use tracing::Instrument;
 
-use crate::control::sessions::SessionId;
+use crate::control::sessions::{Outbox, SessionId};
 use crate::control::ControlHandle;
 use crate::metrics::SIGNAL;
 use crate::signal::session::Framing;
@@ -77,15 +77,16 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, control: ControlHand
     span.record("cuid", id.cuid.as_str());
     let _counted = SIGNAL.session("tls");
     tracing::info!("TLS session established");
-    let (outbound, mut unasked) = tokio::sync::mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::default());
+    let unasked = outbox.clone();
     let (sid, first) = control
-        .run(move |c| c.open_session(id, Framing::Stream, outbound, Instant::now()))
+        .run(move |c| c.open_session(id, Framing::Stream, outbox, Instant::now()))
         .await?;
     let result = async {
         for f in first {
             s.write_all(&f).await?;
         }
-        shovel(&mut s, &mut unasked, sid, &control).await
+        shovel(&mut s, &unasked, sid, &control).await
     }
     .await;
     let _ = control.run(move |c| c.close_session(sid)).await;
@@ -96,7 +97,7 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, control: ControlHand
 /// peer leaves, releases the session, or falls silent.
 async fn shovel(
     s: &mut SslStream<TcpStream>,
-    unasked: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    unasked: &Outbox,
     sid: SessionId,
     control: &ControlHandle,
 ) -> Result<()> {
@@ -126,7 +127,11 @@ async fn shovel(
                     }
                 }
             }
-            Some(bytes) = unasked.recv() => s.write_all(&bytes).await?,
+            waiting = unasked.next() => {
+                for bytes in waiting {
+                    s.write_all(&bytes).await?;
+                }
+            }
             _ = tokio::time::sleep_until((last_heard + IDLE).into()) => return Ok(()),
         }
     }
