@@ -523,6 +523,23 @@ impl Session {
     /// A message from the peer that answers a request of ours: consumed (the answer is
     /// stored, or the next block asked for).
     fn answer(&mut self, now: Now, p: &Packet, out: &mut Vec<Vec<u8>>) -> bool {
+        if p.header.code == MessageClass::Empty {
+            // An empty ACK of a CON request (by message id): the answer comes separately;
+            // stop retransmitting and wait for it.
+            let acked = self.outstanding.iter_mut().find(|o| {
+                o.packet.header.message_id == p.header.message_id
+                    && matches!(o.delivery, Delivery::Confirmable { .. })
+            });
+            let Some(o) = acked.filter(|_| p.header.get_type() == MessageType::Acknowledgement)
+            else {
+                return false;
+            };
+            o.delivery = Delivery::Once {
+                wait: Duration::from_secs(10),
+            };
+            o.next = now.at + Duration::from_secs(10);
+            return true;
+        }
         let Some(i) = self
             .outstanding
             .iter()
@@ -530,17 +547,6 @@ impl Session {
         else {
             return self.notification_in_blocks(now, p, out);
         };
-        if p.header.code == MessageClass::Empty {
-            // An empty ACK: the answer comes separately; stop retransmitting.
-            if p.header.get_type() == MessageType::Acknowledgement {
-                let o = &mut self.outstanding[i];
-                o.delivery = Delivery::Once {
-                    wait: Duration::from_secs(10),
-                };
-                o.next = now.at + Duration::from_secs(10);
-            }
-            return true;
-        }
         let block = Block::of(p, CoapOption::Block2).unwrap_or_default();
         let mut o = self.outstanding.remove(i);
         let more = match block {

@@ -422,3 +422,41 @@ fn a_request_in_blocks_is_refused_with_a_diagnostic() {
     assert!(String::from_utf8_lossy(&r.payload).contains("Block1"));
     assert!(svc.engine.mitigator().installed().is_empty());
 }
+
+#[test]
+fn an_empty_ack_stops_retransmission_and_the_answer_may_come_later() {
+    let at = Instant::now();
+    let mut client = Session::new(Role::Client, Framing::Datagram, at, 10);
+    let mut svc = Client::default();
+    let now = |s: u64| Now {
+        at: at + Duration::from_secs(s),
+        unix: s,
+    };
+    let con = Delivery::Confirmable {
+        first: Duration::from_secs(2),
+        retransmits: 3,
+    };
+    let (token, out) = client.request(now(0), get(&["config"]), con);
+    let sent = Packet::from_bytes(&out[0]).unwrap();
+    let mut ack = Packet::new();
+    ack.header.code = MessageClass::Empty;
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.message_id = sent.header.message_id;
+    assert!(client
+        .on_message(now(1), &ack.to_bytes().unwrap(), &mut svc)
+        .is_empty());
+    for s in 2..=9 {
+        assert!(
+            client.on_tick(now(s), &mut svc).is_empty(),
+            "no retransmission at {s} s"
+        );
+    }
+    // The separate response (CON here) carries the token.
+    let mut answer = Packet::new();
+    answer.header.set_type(MessageType::NonConfirmable);
+    answer.header.code = MessageClass::Response(ResponseType::Content);
+    answer.header.message_id = 999;
+    answer.set_token(token.clone());
+    client.on_message(now(9), &answer.to_bytes().unwrap(), &mut svc);
+    assert_eq!(code(&client.response(&token).unwrap().unwrap()), "2.05");
+}
