@@ -398,6 +398,10 @@ fn xdp_phases(dir: &Path) {
         println!("  DTLS phase stopped after {} requests: {why}", times.len());
     }
     let from = times.len() as u32;
+    println!(
+        "  the store's disk, one commit (synced): {}",
+        disk_commit_latency(dir)
+    );
     let (puts, stopped) = server.ns.block_on({
         let dir = dir.to_path_buf();
         move || tls_phase(dir, from)
@@ -426,6 +430,10 @@ fn xdp_phases(dir: &Path) {
     if let Some(why) = stopped {
         println!("  TLS phase stopped at {held} held: {why}");
     }
+    println!(
+        "  the store's disk, one commit (synced): {}",
+        disk_commit_latency(dir)
+    );
     // Restart: kill -9, start again, wait until it listens and until all are back.
     server.kill();
     let Some(listening) = server.start() else {
@@ -461,6 +469,33 @@ fn xdp_phases(dir: &Path) {
             listening.as_secs_f64()
         ),
     }
+}
+
+/// What a commit costs on the store's disk right now (the journal syncs at each commit, so
+/// every accepted change pays it; on a shared machine it moves with the neighbours' I/O).
+fn disk_commit_latency(dir: &Path) -> String {
+    use dots_agent::engine::journal::{Change, Journal};
+    let Ok(mut store) = dots_agent::store::Store::open(&dir.join("disk-probe")) else {
+        return "(could not open a store)".into();
+    };
+    let mut times = Vec::new();
+    let round = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for i in 0..200u32 {
+        // A new document each time: a commit that changes nothing might not write.
+        let change = Change::Mitigation {
+            cuid: "probe".into(),
+            mid: i,
+            doc: Some(format!("{round} {}", "x".repeat(300))),
+        };
+        let t0 = Instant::now();
+        if store.commit(&[change]).is_err() {
+            return "(a commit failed)".into();
+        }
+        times.push(t0.elapsed());
+    }
+    summary(&times)
 }
 
 fn rss_kib(pid: u32) -> u64 {
