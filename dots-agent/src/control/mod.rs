@@ -65,7 +65,7 @@ impl<M: Mitigator> Control<M> {
 
 type Job = Box<dyn FnOnce(&mut Control) + Send>;
 
-/// The control thread is gone (it panicked, or the server is shutting down).
+/// The control thread is gone (the server is shutting down).
 #[derive(Debug, Error)]
 #[error("the control plane has stopped")]
 pub struct Stopped;
@@ -89,10 +89,12 @@ impl ControlHandle {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
                         Ok(job) => {
-                            // A job that panics loses its answer, not the control plane.
+                            // A job that panics loses its answer and its changes, not the
+                            // control plane.
                             let run = std::panic::AssertUnwindSafe(|| job(&mut control));
                             if std::panic::catch_unwind(run).is_err() {
-                                tracing::error!("a control-plane job panicked");
+                                tracing::error!("a control-plane job panicked; undone");
+                                control.engine.abandon();
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {

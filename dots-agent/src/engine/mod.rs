@@ -415,6 +415,11 @@ impl<M: Mitigator> Engine<M> {
         Ok(())
     }
 
+    /// Undoes what an operation that did not finish (a panic) changed.
+    pub fn abandon(&mut self) {
+        self.undo();
+    }
+
     fn undo(&mut self) {
         self.staged.clear();
         self.dp.undo();
