@@ -4,20 +4,20 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use coap_lite::RequestType;
+use dots_agent::app::Running;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
 use dots_agent::control::ControlHandle;
 use dots_agent::datapath::Mitigator;
 use dots_agent::engine;
-use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 
 use common::signal;
 
-/// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number).
-async fn start(dir: &Path) -> (String, ControlHandle) {
+/// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number), for client-a; the
+/// certificates (client-a and client-b) in `dir`.
+async fn start(dir: &Path) -> (String, Running) {
     dots_agent::pki::init(
         dir,
         "dots.example",
@@ -25,23 +25,8 @@ async fn start(dir: &Path) -> (String, ControlHandle) {
         &["client-a".into(), "client-b".into()],
     )
     .unwrap();
-    let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
-    serve(dir, "127.0.0.1:0", engine).await
-}
-
-/// Serves `engine` on `bind` with the certificates in `dir`.
-async fn serve(dir: &Path, bind: &str, engine: ControlHandle) -> (String, ControlHandle) {
-    let tls = signal::server_tls(dir);
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_tls(
-        listener,
-        Arc::new(acceptor(&tls).unwrap()),
-        engine.clone(),
-    ));
-    let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
-    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
-    (addr.to_string(), engine)
+    let running = signal::server_for_client_a(dir, engine::TERMINATING_DEFAULT).await;
+    (running.signal[0].to_string(), running)
 }
 
 /// How many rule sets the datapath holds.
@@ -92,7 +77,8 @@ fn scope_json(payload: &[u8]) -> serde_json::Value {
 
 async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, engine) = start(dir.path()).await;
+    let (addr, running) = start(dir.path()).await;
+    let engine = running.control.clone();
     let mut s = Session::connect(&client(dir.path(), &addr, "client-a", transport))
         .await
         .unwrap();
@@ -405,17 +391,27 @@ async fn the_client_uses_the_negotiated_session_parameters() {
 async fn the_client_follows_a_redirect_once() {
     use dots_agent::signal::message::Redirect;
     let dir = tempfile::tempdir().unwrap();
-    let (alternate, alt_engine) = start(dir.path()).await;
+    let (alternate, alt_server) = start(dir.path()).await;
+    let alt_engine = alt_server.control.clone();
     let port = alternate.rsplit_once(':').unwrap().1;
     // The drained server listens on another loopback address, same port.
     let to_alternate = Redirect {
         alt_server: "dots.example".into(),
         alt_server_record: vec!["127.0.0.1".parse().unwrap()],
     };
-    let drained = signal::control(
-        signal::memory_engine(vec![signal::client_a()]).with_redirect(Some((to_alternate, 600))),
+    let redirect = format!(
+        "[signal.redirect]\nalt_server = \"{}\"\nalt_server_record = [\"{}\"]\nmax_age = 600",
+        to_alternate.alt_server, to_alternate.alt_server_record[0]
     );
-    let (home, _) = serve(dir.path(), &format!("127.0.0.2:{port}"), drained.clone()).await;
+    let drained_server = signal::server(
+        dir.path(),
+        &format!("127.0.0.2:{port}"),
+        &redirect,
+        signal::CLIENT_A,
+    )
+    .await;
+    let home = drained_server.signal[0].to_string();
+    let drained = drained_server.control.clone();
     let mut s = Session::connect(&client(
         dir.path(),
         &home,

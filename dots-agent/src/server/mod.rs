@@ -11,8 +11,8 @@ mod tls;
 use anyhow::{Context, Result};
 
 pub use config::ServerConfig;
-pub use dtls::{context as dtls_context, serve_dtls};
-pub use tls::{acceptor, serve_tls};
+pub(crate) use dtls::{context as dtls_context, serve_dtls};
+pub(crate) use tls::{acceptor, serve_tls};
 
 use crate::control::sessions::Identity;
 
