@@ -40,7 +40,8 @@ struct Entry {
 #[derive(Default)]
 pub(super) struct Sessions {
     next: SessionId,
-    open: HashMap<SessionId, Entry>,
+    /// Boxed: the map keeps spare slots, and most sessions are idle.
+    open: HashMap<SessionId, Box<Entry>>,
 }
 
 /// What a session sends unasked (notifications, heartbeats), waiting for its transport.
@@ -144,13 +145,13 @@ impl<M: Mitigator> Control<M> {
         self.sessions.next += 1;
         self.sessions.open.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 session,
                 client,
                 cuid: identity.cuid,
                 outbox,
                 span: tracing::Span::current(),
-            },
+            }),
         );
         (id, first)
     }
