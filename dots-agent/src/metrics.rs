@@ -212,6 +212,13 @@ fn datapath_families<M: Mitigator>(
             .expect("unique metric names");
         g
     };
+    counter(
+        "dots_store_commit_failures_total",
+        "Accepted changes the store could not record (the request refused and undone)",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .inc_by(engine.commit_failures());
     let m = ["client", "mid"];
     let passed_p = counter(
         "dots_mitigation_passed_packets_total",

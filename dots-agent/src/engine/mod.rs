@@ -240,6 +240,8 @@ pub struct Engine<M: Mitigator> {
     data: Option<Box<dyn DataSource>>,
     /// Data-channel ACLs per client, and how the current operation found them.
     acls: acl::Acls,
+    /// Commits that failed (each a refused request, or a clock tick written later).
+    commit_failures: u64,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -290,6 +292,7 @@ impl<M: Mitigator> Engine<M> {
             drop_talkers_of: Default::default(),
             data: None,
             acls: Default::default(),
+            commit_failures: 0,
         }
     }
 
@@ -353,6 +356,11 @@ impl<M: Mitigator> Engine<M> {
         self.dp.mitigator_mut()
     }
 
+    /// Commits the store refused so far (for metrics).
+    pub fn commit_failures(&self) -> u64 {
+        self.commit_failures
+    }
+
     pub fn policy(&self, client: &str) -> Option<&ClientPolicy> {
         self.policies.get(client)
     }
@@ -368,6 +376,7 @@ impl<M: Mitigator> Engine<M> {
         let result = result.and_then(|v| match self.commit() {
             Ok(()) => Ok(v),
             Err(e) => {
+                self.commit_failures += 1;
                 tracing::error!("store: {e}; the request is refused and undone");
                 Err(Refusal::Unavailable(format!(
                     "the server could not store this change ({e}); nothing was changed"
@@ -384,6 +393,7 @@ impl<M: Mitigator> Engine<M> {
     /// its state stays and is written with the next commit.
     fn finish_unattended(&mut self) {
         if let Err(e) = self.commit() {
+            self.commit_failures += 1;
             tracing::error!("store: {e}; retried with the next change");
             self.ledger.keep_pending();
             self.acls.keep_pending();
