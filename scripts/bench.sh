@@ -2,8 +2,10 @@
 # Benchmarks (they print figures and ratios; they assert nothing about time):
 #  xdp_cost: per-packet cost of the XDP filter (BPF_PROG_TEST_RUN), with an empty program and
 #            xdp-tools' xdp-filter measured in the same run;
-#  signal_cost: DOTS time to mitigate (p50/p99), requests per second, and server memory per
-#            idle DTLS session with 1,000 and 10,000 sessions (about two minutes);
+#  signal_cost: the dots-agent server binary with XDP attached on a veth pair and the data
+#            channel on: time to mitigate (p50/p99), requests per second, PUT latency up to
+#            4,000 mitigations, the restart with them stored, and server memory per idle
+#            DTLS session with 1,000 and 10,000 sessions (about three minutes);
 #  veth drop rate (`dots-lab bench`): packets per second the scrubber drops on the veth
 #            lab with our filter, an empty XDP_DROP, xdp-filter and nftables netdev ingress.
 set -euo pipefail

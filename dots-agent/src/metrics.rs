@@ -16,8 +16,8 @@ use prometheus::{
 use xdp_common::DropReason;
 
 use crate::datapath::{MitigationCounters, Mitigator};
-use crate::signal::engine::{Engine, MitigationView};
-use crate::signal::handler::Reply;
+use crate::engine::{Engine, MitigationView};
+use crate::signal::session::Reply;
 
 /// The signal channel's counters, registered once per process.
 pub struct SignalMetrics {
@@ -212,6 +212,13 @@ fn datapath_families<M: Mitigator>(
             .expect("unique metric names");
         g
     };
+    counter(
+        "dots_store_commit_failures_total",
+        "Accepted changes the store could not record (the request refused and undone)",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .inc_by(engine.commit_failures());
     let m = ["client", "mid"];
     let passed_p = counter(
         "dots_mitigation_passed_packets_total",
@@ -337,7 +344,7 @@ fn datapath_families<M: Mitigator>(
             dropped_b.with_label_values(&lr).inc_by(d.bytes);
         }
     }
-    for (client, acl, matched) in engine.mitigator().acl_statistics() {
+    for (client, acl, matched) in engine.acl_statistics() {
         let la = [client.as_str(), acl.as_str()];
         acl_p.with_label_values(&la).inc_by(matched.packets);
         acl_b.with_label_values(&la).inc_by(matched.bytes);
@@ -409,70 +416,11 @@ fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String
     out
 }
 
-/// Serves `GET /metrics` over HTTP/1.1 until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    engine: crate::server::SharedEngine,
-    per_mitigation_limit: usize,
-) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Method, Response, StatusCode};
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("metrics accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let engine = engine.clone();
-                async move {
-                    let reply = |code: StatusCode, body: String| {
-                        Response::builder()
-                            .status(code)
-                            .header("content-type", "text/plain; charset=utf-8")
-                            .body(Full::new(Bytes::from(body)))
-                    };
-                    if req.uri().path() != "/metrics" {
-                        return reply(StatusCode::NOT_FOUND, "metrics are at /metrics\n".into());
-                    }
-                    if req.method() != Method::GET && req.method() != Method::HEAD {
-                        return reply(
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "/metrics takes GET\n".into(),
-                        );
-                    }
-                    let text = render(
-                        &*engine.lock().await,
-                        crate::server::now(),
-                        per_mitigation_limit,
-                    );
-                    Response::builder()
-                        .header("content-type", prometheus::TEXT_FORMAT)
-                        .body(Full::new(Bytes::from(text)))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!("metrics {peer}: {e}");
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::datapath::{Countermeasures, MemoryMitigator};
-    use crate::signal::engine::ClientPolicy;
+    use crate::engine::ClientPolicy;
     use crate::signal::message::{Lifetime, Scope};
     use xdp_common::Counter;
 
@@ -551,7 +499,7 @@ mod tests {
             "dots_mitigation_client_reported_attack_rate{client=\"client-a\",mid=\"1\",unit=\"bits_per_second\"} 40000000"
         ), "{text}");
         // A withdrawn-and-ended mitigation has no series left.
-        e.delete("cu-a", 1, 1);
+        e.delete("cu-a", 1, 1).unwrap();
         e.tick(200);
         let text = render(&e, 200, 100);
         assert!(!text.contains("mid=\"1\",reason"), "{text}");

@@ -1,6 +1,9 @@
-//! The embedded store (SQLite under the configured state directory): accepted mitigations
-//! and session configurations, so both survive a restart of the agent. Rows hold JSON
-//! documents; the schema carries a version for later migrations.
+//! The embedded store (SQLite under the configured state directory): the engine's journal.
+//! One connection per process; each accepted change is one transaction, durable when its
+//! commit returns (WAL with `synchronous = FULL`: the log is synced at each commit, so an
+//! acknowledged change survives a crash of the machine, not only of the process). Rows hold
+//! JSON documents whose formats belong to the core; the schema carries a version for later
+//! migrations.
 //!
 //! Versions: 1 = mitigations and session configurations; 2 adds `data_client` (the data
 //! channel's registrations, aliases and ACLs, one document per cuid) and `acl_counts` (ACL
@@ -11,12 +14,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
-use serde::{de::DeserializeOwned, Serialize};
+
+use crate::engine::journal::{Change, Journal, JournalError, Snapshot};
 
 const SCHEMA_VERSION: i64 = 2;
 
 pub struct Store {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -29,7 +34,7 @@ impl Store {
             Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS mitigation (
                  cuid TEXT NOT NULL, mid INTEGER NOT NULL, doc TEXT NOT NULL,
@@ -69,139 +74,96 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the telemetry table in {}", path.display()))?;
-        Ok(Store { conn })
+        Ok(Store { conn, path })
     }
 
-    pub fn put_mitigation<T: Serialize>(&self, cuid: &str, mid: u32, doc: &T) -> Result<()> {
-        let json = serde_json::to_string(doc)?;
-        self.conn.execute(
-            "INSERT INTO mitigation (cuid, mid, doc) VALUES (?1, ?2, ?3)
-             ON CONFLICT (cuid, mid) DO UPDATE SET doc = excluded.doc",
-            params![cuid, mid, json],
-        )?;
-        Ok(())
-    }
-
-    pub fn delete_mitigation(&self, cuid: &str, mid: u32) -> Result<()> {
-        self.conn.execute(
-            "DELETE FROM mitigation WHERE cuid = ?1 AND mid = ?2",
-            params![cuid, mid],
-        )?;
-        Ok(())
-    }
-
-    /// Every stored mitigation; a row that no longer parses is reported and skipped.
-    pub fn mitigations<T: DeserializeOwned>(&self) -> Result<Vec<(String, u32, T)>> {
+    /// Everything stored, as documents (what a restart restores).
+    pub fn snapshot(&self) -> Result<Snapshot> {
         let mut stmt = self
             .conn
             .prepare("SELECT cuid, mid, doc FROM mitigation ORDER BY cuid, mid")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (cuid, mid, doc) = row?;
-            match serde_json::from_str(&doc) {
-                Ok(d) => out.push((cuid, mid, d)),
-                Err(e) => {
-                    tracing::error!("stored mitigation {mid} of {cuid} is unreadable, skipped: {e}")
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn put_config<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        self.put_doc("session_config", "client", client, doc)
-    }
-
-    pub fn delete_config(&self, client: &str) -> Result<()> {
-        self.delete_doc("session_config", "client", client)
-    }
-
-    pub fn configs<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.docs("session_config", "client")
-    }
-
-    /// A client's telemetry setup (RFC 9244 §7: kept across sessions and restarts).
-    pub fn put_telemetry<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        self.put_doc("telemetry_setup", "client", client, doc)
-    }
-
-    pub fn delete_telemetry(&self, client: &str) -> Result<()> {
-        self.delete_doc("telemetry_setup", "client", client)
-    }
-
-    pub fn telemetry<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.docs("telemetry_setup", "client")
+        let mitigations = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<(String, u32, String)>>>()?;
+        Ok(Snapshot {
+            mitigations,
+            session_configs: self.docs("session_config", "client")?,
+            telemetry_setups: self.docs("telemetry_setup", "client")?,
+            data_clients: self.docs("data_client", "cuid")?,
+            acl_counts: self.docs("acl_counts", "client")?,
+        })
     }
 
     // One JSON document per key in `table`, keyed by column `key` (names from this file,
     // never from input).
-    fn put_doc<T: Serialize>(&self, table: &str, key: &str, id: &str, doc: &T) -> Result<()> {
-        let json = serde_json::to_string(doc)?;
-        self.conn.execute(
-            &format!(
-                "INSERT INTO {table} ({key}, doc) VALUES (?1, ?2)
-                 ON CONFLICT ({key}) DO UPDATE SET doc = excluded.doc"
-            ),
-            params![id, json],
-        )?;
-        Ok(())
-    }
-
-    fn delete_doc(&self, table: &str, key: &str, id: &str) -> Result<()> {
-        self.conn.execute(
-            &format!("DELETE FROM {table} WHERE {key} = ?1"),
-            params![id],
-        )?;
-        Ok(())
-    }
-
-    /// Every document of `table`; unreadable rows are reported and skipped.
-    fn docs<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Vec<(String, T)>> {
+    fn docs(&self, table: &str, key: &str) -> Result<Vec<(String, String)>> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {key}, doc FROM {table}"))?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, doc) = row?;
-            match serde_json::from_str(&doc) {
-                Ok(d) => out.push((id, d)),
-                Err(e) => tracing::error!("stored {table} row {id} is unreadable, skipped: {e}"),
-            }
-        }
-        Ok(out)
+            .prepare(&format!("SELECT {key}, doc FROM {table} ORDER BY {key}"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 }
 
-impl Store {
-    /// Writes (or replaces) a data-channel client's document.
-    pub fn put_data_client<T: Serialize>(&self, cuid: &str, doc: &T) -> Result<()> {
-        self.put_doc("data_client", "cuid", cuid, doc)
+/// Writes or deletes one document of `table` keyed by column `key` (names from this file).
+fn put_doc(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    key: &str,
+    id: &str,
+    doc: &Option<String>,
+) -> rusqlite::Result<()> {
+    match doc {
+        Some(doc) => tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} ({key}, doc) VALUES (?1, ?2)
+                 ON CONFLICT ({key}) DO UPDATE SET doc = excluded.doc"
+            ))?
+            .execute(params![id, doc]),
+        None => tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE {key} = ?1"))?
+            .execute(params![id]),
     }
+    .map(|_| ())
+}
 
-    pub fn delete_data_client(&self, cuid: &str) -> Result<()> {
-        self.delete_doc("data_client", "cuid", cuid)
+fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    match change {
+        Change::Mitigation { cuid, mid, doc } => match doc {
+            Some(doc) => tx
+                .prepare_cached(
+                    "INSERT INTO mitigation (cuid, mid, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (cuid, mid) DO UPDATE SET doc = excluded.doc",
+                )?
+                .execute(params![cuid, mid, doc]),
+            None => tx
+                .prepare_cached("DELETE FROM mitigation WHERE cuid = ?1 AND mid = ?2")?
+                .execute(params![cuid, mid]),
+        }
+        .map(|_| ()),
+        Change::SessionConfig { client, doc } => {
+            put_doc(tx, "session_config", "client", client, doc)
+        }
+        Change::TelemetrySetup { client, doc } => {
+            put_doc(tx, "telemetry_setup", "client", client, doc)
+        }
+        Change::DataClient { cuid, doc } => put_doc(tx, "data_client", "cuid", cuid, doc),
+        Change::AclCounts { client, doc } => put_doc(tx, "acl_counts", "client", client, doc),
     }
+}
 
-    /// Writes (or replaces) a client's counts of ended mitigations' ACL entries.
-    pub fn put_acl_counts<T: Serialize>(&self, client: &str, doc: &T) -> Result<()> {
-        self.put_doc("acl_counts", "client", client, doc)
-    }
-
-    pub fn acl_counts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.docs("acl_counts", "client")
-    }
-
-    /// Every data-channel client; unreadable rows are reported and skipped.
-    pub fn data_clients<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.docs("data_client", "cuid")
+impl Journal for Store {
+    fn commit(&mut self, changes: &[Change]) -> std::result::Result<(), JournalError> {
+        let mut run = || -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            for c in changes {
+                write(&tx, c)?;
+            }
+            tx.commit()
+        };
+        run().map_err(|e| JournalError(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -209,36 +171,81 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn mitigation(mid: u32, doc: Option<&str>) -> Change {
+        Change::Mitigation {
+            cuid: "cu".into(),
+            mid,
+            doc: doc.map(str::to_string),
+        }
+    }
+
     #[test]
     fn rows_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
-            s.put_mitigation("cu", 1, &serde_json::json!({"a": 1}))
-                .unwrap();
-            s.put_mitigation("cu", 1, &serde_json::json!({"a": 2}))
-                .unwrap();
-            s.put_mitigation("cu", 2, &serde_json::json!({"a": 3}))
-                .unwrap();
-            s.delete_mitigation("cu", 2).unwrap();
-            s.put_config("client-a", &serde_json::json!({"sid": 5}))
-                .unwrap();
-            s.put_telemetry("client-a", &serde_json::json!({"pipes": 1}))
-                .unwrap();
-            s.put_telemetry("client-b", &serde_json::json!({"pipes": 2}))
-                .unwrap();
-            s.delete_telemetry("client-b").unwrap();
+            let mut s = Store::open(dir.path()).unwrap();
+            s.commit(&[mitigation(1, Some(r#"{"a":1}"#))]).unwrap();
+            s.commit(&[
+                mitigation(1, Some(r#"{"a":2}"#)),
+                mitigation(2, Some(r#"{"a":3}"#)),
+            ])
+            .unwrap();
+            s.commit(&[mitigation(2, None)]).unwrap();
+            s.commit(&[
+                Change::SessionConfig {
+                    client: "client-a".into(),
+                    doc: Some(r#"{"sid":5}"#.into()),
+                },
+                Change::TelemetrySetup {
+                    client: "client-a".into(),
+                    doc: Some(r#"{"pipes":1}"#.into()),
+                },
+                Change::TelemetrySetup {
+                    client: "client-b".into(),
+                    doc: Some(r#"{"pipes":2}"#.into()),
+                },
+            ])
+            .unwrap();
+            s.commit(&[Change::TelemetrySetup {
+                client: "client-b".into(),
+                doc: None,
+            }])
+            .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
-        let m: Vec<(String, u32, serde_json::Value)> = s.mitigations().unwrap();
-        assert_eq!(m, vec![("cu".to_string(), 1, serde_json::json!({"a": 2}))]);
-        let c: Vec<(String, serde_json::Value)> = s.configs().unwrap();
-        assert_eq!(c[0].1["sid"], 5);
-        let t: Vec<(String, serde_json::Value)> = s.telemetry().unwrap();
+        let s = Store::open(dir.path()).unwrap().snapshot().unwrap();
         assert_eq!(
-            t,
-            vec![("client-a".into(), serde_json::json!({"pipes": 1}))]
+            s.mitigations,
+            vec![("cu".to_string(), 1, r#"{"a":2}"#.to_string())]
         );
+        let c: serde_json::Value = serde_json::from_str(&s.session_configs[0].1).unwrap();
+        assert_eq!(c["sid"], 5);
+        assert_eq!(
+            s.telemetry_setups,
+            vec![("client-a".into(), r#"{"pipes":1}"#.into())]
+        );
+    }
+
+    #[test]
+    fn a_transaction_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.commit(&[mitigation(1, Some("{}"))]).unwrap();
+        // The second write fails (the table is gone): the first of the same commit is not
+        // kept either.
+        s.conn.execute_batch("DROP TABLE acl_counts").unwrap();
+        let r = s.commit(&[
+            mitigation(1, None),
+            Change::AclCounts {
+                client: "a".into(),
+                doc: Some("[]".into()),
+            },
+        ]);
+        assert!(r.is_err());
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM mitigation", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "the deletion was rolled back");
     }
 
     #[test]
@@ -257,15 +264,18 @@ mod tests {
             )
             .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
-        let m: Vec<(String, u32, serde_json::Value)> = s.mitigations().unwrap();
-        assert_eq!(m.len(), 1);
-        s.put_data_client("cu", &serde_json::json!({"name": "a"}))
-            .unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.snapshot().unwrap().mitigations.len(), 1);
+        s.commit(&[Change::DataClient {
+            cuid: "cu".into(),
+            doc: Some(r#"{"name":"a"}"#.into()),
+        }])
+        .unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        let d: Vec<(String, serde_json::Value)> = s.data_clients().unwrap();
-        assert_eq!(d[0].1["name"], "a");
+        let d = s.snapshot().unwrap().data_clients;
+        let v: serde_json::Value = serde_json::from_str(&d[0].1).unwrap();
+        assert_eq!(v["name"], "a");
         let v: i64 = s
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {

@@ -8,19 +8,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
-use dots_agent::data::https::{self, SharedDataChannel};
-use dots_agent::data::AclHandle;
-use dots_agent::datapath::MemoryMitigator;
-use dots_agent::server::{acceptor, serve_tls, ServerConfig, SharedEngine};
-use dots_agent::signal::engine::Engine;
+use dots_agent::datapath::{MemoryMitigator, Mitigator};
+use dots_agent::server::{https, ServerConfig};
 use dots_agent::signal::message::{self, AclActivation, ActivationType, Lifetime, Scope};
-use dots_agent::store::Store;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
 
 const D: &str = "/restconf/data/ietf-dots-data-channel:dots-data";
 
@@ -36,17 +30,17 @@ fn fixture(name: &str) -> String {
 struct Server {
     data_port: u16,
     signal_addr: String,
-    engine: SharedEngine,
-    acl_handle: AclHandle,
-    _channel: SharedDataChannel,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    running: dots_agent::app::Running,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+impl Server {
+    /// The datapath's rule sets (mitigations and baselines).
+    async fn installed(&self) -> Vec<u64> {
+        self.running
+            .control
+            .run(|c| c.engine.mitigator().installed())
+            .await
+            .unwrap()
     }
 }
 
@@ -56,9 +50,9 @@ fn write_config(dir: &Path) -> PathBuf {
         &path,
         r#"
 [signal]
-listen = ["127.0.0.1:4646"]
+listen = ["127.0.0.1:0"]
 [data]
-listen = ["127.0.0.1:4443"]
+listen = ["127.0.0.1:0"]
 [store]
 dir = "state"
 [tls]
@@ -78,50 +72,17 @@ prefixes = ["203.0.113.0/24"]
     path
 }
 
-/// What `server::run_until` does, on ephemeral loopback ports and an in-memory datapath.
+/// The server as the composition root assembles it, on ephemeral loopback ports and an
+/// in-memory datapath.
 async fn start(dir: &Path) -> Server {
     let config = ServerConfig::load(&dir.join("server.toml")).unwrap();
-    let prepared = https::prepare(&config, Box::new(MemoryMitigator::new())).unwrap();
-    let (engine, _) = Engine::new(prepared.mitigator, config.policies())
-        .with_data_channel(prepared.link)
-        .with_store(
-            Store::open(&config.store.dir).unwrap(),
-            dots_agent::server::now(),
-        )
+    let running = dots_agent::app::start(&config, Box::new(MemoryMitigator::new()))
+        .await
         .unwrap();
-    prepared.acl_handle.sync_all();
-    let engine: SharedEngine = Arc::new(Mutex::new(engine));
-    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data_port = data.local_addr().unwrap().port();
-    let clients = Arc::new(
-        config
-            .clients
-            .iter()
-            .map(|c| c.name.clone())
-            .collect::<Vec<_>>(),
-    );
-    let signal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let signal_addr = signal.local_addr().unwrap().to_string();
-    let tasks = vec![
-        tokio::spawn(https::serve(
-            data,
-            Arc::new(https::acceptor(&config.tls).unwrap()),
-            prepared.channel.clone(),
-            clients,
-        )),
-        tokio::spawn(serve_tls(
-            signal,
-            Arc::new(acceptor(&config.tls).unwrap()),
-            engine.clone(),
-        )),
-    ];
     Server {
-        data_port,
-        signal_addr,
-        engine,
-        acl_handle: prepared.acl_handle,
-        _channel: prepared.channel,
-        tasks,
+        data_port: running.data[0].port(),
+        signal_addr: running.signal[0].to_string(),
+        running,
     }
 }
 
@@ -411,7 +372,7 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         .send("client-a", "POST", &c, Some(&fixture("acls.json")))
         .await;
     assert_eq!(s, 201, "{v}");
-    assert!(server.acl_handle.with_inner(|m| m.installed()).is_empty());
+    assert!(server.installed().await.is_empty());
     let (s, v) = curl
         .send("client-a", "POST", &c, Some(&fixture("acls.json")))
         .await;
@@ -426,7 +387,7 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    assert_eq!(server.acl_handle.with_inner(|m| m.installed()).len(), 1);
+    assert_eq!(server.installed().await.len(), 1);
     let (s, v) = curl
         .send("client-a", "GET", &format!("{c}/acls?content=all"), None)
         .await;
@@ -572,17 +533,22 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         .await
         .unwrap();
     assert_eq!(code_text(&r), "2.01");
-    let installed = server.acl_handle.with_inner(|m| m.installed());
+    let installed = server.installed().await;
     assert_eq!(
         installed.len(),
         2,
         "the mitigation and the client's baseline"
     );
+    let who = cuid.clone();
     let st = server
-        .engine
-        .lock()
+        .running
+        .control
+        .run(move |c| {
+            c.engine
+                .status(&who, Some(1), dots_agent::clock::unix_now())
+        })
         .await
-        .status(&cuid, Some(1), dots_agent::server::now())
+        .unwrap()
         .unwrap();
     assert_eq!(
         st[0].scope.target_prefix.len(),
@@ -689,7 +655,7 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(
-        server.acl_handle.with_inner(|m| m.installed()).len(),
+        server.installed().await.len(),
         3,
         "two mitigations and the baseline restored"
     );
@@ -697,11 +663,7 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     // Unregistering removes aliases and ACLs; the ACL leaves the datapath.
     let (s, _) = curl.send("client-a", "DELETE", &c, None).await;
     assert_eq!(s, 204);
-    assert_eq!(
-        server.acl_handle.with_inner(|m| m.installed()).len(),
-        2,
-        "only the mitigations"
-    );
+    assert_eq!(server.installed().await.len(), 2, "only the mitigations");
     let r = dots_agent::data::client::request(
         &ours,
         &format!("127.0.0.1:{}", server.data_port),
@@ -859,4 +821,38 @@ async fn the_command_line_client() {
     assert_eq!((code, out.trim()), (0, "204 alias web deleted"));
     let (code, out, _) = cli(dir, port, &["unregister"]).await;
     assert_eq!((code, out.trim().starts_with("204")), (0, true));
+}
+
+/// curl offers HTTP/2 (ALPN h2) and gets it; the same request as HTTP/1.1 gets the same
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_spoken_when_the_client_offers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dots_agent::pki::init(dir, "dots.example", &[], &["client-a".into()]).unwrap();
+    write_config(dir);
+    let server = start(dir).await;
+    let port = server.data_port;
+    let dir = dir.to_path_buf();
+    let versions = tokio::task::spawn_blocking(move || {
+        ["--http2", "--http1.1"].map(|v| {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10", v, "-o", "/dev/null"])
+                .args(["-w", "%{http_version} %{http_code}"])
+                .arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("client-a.pem"))
+                .arg("--key")
+                .arg(dir.join("client-a.key"))
+                .args(["--resolve", &format!("dots.example:{port}:127.0.0.1")])
+                .arg(format!("https://dots.example:{port}{D}/capabilities"))
+                .output()
+                .expect("running curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(versions, ["2 200".to_string(), "1.1 200".to_string()]);
 }

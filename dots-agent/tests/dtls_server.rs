@@ -6,8 +6,6 @@
 mod common;
 
 use dots_agent::dtls_io::Datagrams;
-use dots_agent::server::{dtls_context, serve_dtls};
-use dots_agent::signal::engine;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream};
 
 use common::signal;
@@ -17,11 +15,8 @@ async fn a_hello_without_cookie_gets_a_smaller_hello_verify_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
-    let tls = signal::server_tls(d);
-    let engine = signal::engine(vec![], engine::TERMINATING_DEFAULT);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let server = udp.local_addr().unwrap();
-    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine));
+    let running = signal::server(d, "127.0.0.1:0", "", "").await;
+    let server = running.signal[0];
 
     // A real ClientHello, as a DTLS client would send it first.
     let ctx = SslContext::builder(SslMethod::dtls_client())
@@ -67,11 +62,8 @@ async fn a_retransmitted_request_gets_the_same_answer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
-    let tls = signal::server_tls(d);
-    let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let server = udp.local_addr().unwrap();
-    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine));
+    let running = signal::server(d, "127.0.0.1:0", "", signal::CLIENT_A).await;
+    let server = running.signal[0];
 
     let mut b = SslContext::builder(SslMethod::dtls_client()).unwrap();
     b.set_ca_file(d.join("ca.pem")).unwrap();

@@ -7,10 +7,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use dots_agent::datapath::Mitigator;
-use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls};
 
 use common::signal;
 
@@ -75,19 +73,9 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
     let cert =
         openssl::x509::X509::from_pem(&std::fs::read(d.join("client-a.pem")).unwrap()).unwrap();
     let cuid = dots_agent::pki::cuid(&cert).unwrap();
-    let engine = signal::engine(vec![signal::client_a()], 0);
-    let tls = signal::server_tls(&d);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tls(
-        listener,
-        Arc::new(acceptor(&tls).unwrap()),
-        engine.clone(),
-    ));
-    let udp = tokio::net::UdpSocket::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
+    let running = signal::server_for_client_a(&d, 0).await;
+    let port = running.signal[0].port();
+    let engine = running.control.clone();
 
     for (scheme, mid) in [("coaps", 100), ("coaps+tcp", 200)] {
         let base = format!("{scheme}://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}");
@@ -127,7 +115,13 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
                 "over DTLS the response rides on the ACK: {put}"
             );
         }
-        assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+        assert_eq!(
+            engine
+                .run(|c| c.engine.mitigator().installed().len())
+                .await
+                .unwrap(),
+            1
+        );
 
         let get = run(vec!["-m".into(), "get".into(), base.clone()])
             .await
@@ -156,7 +150,10 @@ async fn libcoap_client_speaks_to_our_server_over_dtls_and_tls() {
         .unwrap();
         assert_eq!(code(&del).as_deref(), Some("2.02"), "{scheme}: {del}");
         // Terminating period 0: the next tick ends it.
-        engine.lock().await.tick(u64::MAX / 2);
-        assert!(engine.lock().await.mitigator().installed().is_empty());
+        engine.run(|c| c.engine.tick(u64::MAX / 2)).await.unwrap();
+        assert!(engine
+            .run(|c| c.engine.mitigator().installed().is_empty())
+            .await
+            .unwrap());
     }
 }

@@ -4,19 +4,20 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use coap_lite::RequestType;
+use dots_agent::app::Running;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::control::ControlHandle;
 use dots_agent::datapath::Mitigator;
-use dots_agent::server::{acceptor, dtls_context, serve_dtls, serve_tls, SharedEngine};
-use dots_agent::signal::engine;
+use dots_agent::engine;
 use dots_agent::signal::message::{self, Lifetime, Scope};
 
 use common::signal;
 
-/// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number).
-async fn start(dir: &Path) -> (String, SharedEngine) {
+/// A server on 127.0.0.1 (TLS on TCP and DTLS on UDP, one port number), for client-a; the
+/// certificates (client-a and client-b) in `dir`.
+async fn start(dir: &Path) -> (String, Running) {
     dots_agent::pki::init(
         dir,
         "dots.example",
@@ -24,23 +25,16 @@ async fn start(dir: &Path) -> (String, SharedEngine) {
         &["client-a".into(), "client-b".into()],
     )
     .unwrap();
-    let engine = signal::engine(vec![signal::client_a()], engine::TERMINATING_DEFAULT);
-    serve(dir, "127.0.0.1:0", engine).await
+    let running = signal::server_for_client_a(dir, engine::TERMINATING_DEFAULT).await;
+    (running.signal[0].to_string(), running)
 }
 
-/// Serves `engine` on `bind` with the certificates in `dir`.
-async fn serve(dir: &Path, bind: &str, engine: SharedEngine) -> (String, SharedEngine) {
-    let tls = signal::server_tls(dir);
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_tls(
-        listener,
-        Arc::new(acceptor(&tls).unwrap()),
-        engine.clone(),
-    ));
-    let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
-    tokio::spawn(serve_dtls(udp, dtls_context(&tls).unwrap(), engine.clone()));
-    (addr.to_string(), engine)
+/// How many rule sets the datapath holds.
+async fn installed(control: &ControlHandle) -> usize {
+    control
+        .run(|c| c.engine.mitigator().installed().len())
+        .await
+        .unwrap()
 }
 
 fn client(dir: &Path, addr: &str, name: &str, transport: TransportChoice) -> ClientConfig {
@@ -83,7 +77,8 @@ fn scope_json(payload: &[u8]) -> serde_json::Value {
 
 async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, engine) = start(dir.path()).await;
+    let (addr, running) = start(dir.path()).await;
+    let engine = running.control.clone();
     let mut s = Session::connect(&client(dir.path(), &addr, "client-a", transport))
         .await
         .unwrap();
@@ -102,7 +97,7 @@ async fn mitigate_status_withdraw(transport: TransportChoice, expect: &str) {
         r.payload,
         message::encode_created(123, Lifetime::Seconds(3600))
     );
-    assert_eq!(engine.lock().await.mitigator().installed().len(), 1);
+    assert_eq!(installed(&engine).await, 1);
 
     let r = s
         .request(RequestType::Get, &mitigate_path(&s, 123), None, false)
@@ -396,22 +391,27 @@ async fn the_client_uses_the_negotiated_session_parameters() {
 async fn the_client_follows_a_redirect_once() {
     use dots_agent::signal::message::Redirect;
     let dir = tempfile::tempdir().unwrap();
-    let (alternate, alt_engine) = start(dir.path()).await;
+    let (alternate, alt_server) = start(dir.path()).await;
+    let alt_engine = alt_server.control.clone();
     let port = alternate.rsplit_once(':').unwrap().1;
     // The drained server listens on another loopback address, same port.
     let to_alternate = Redirect {
         alt_server: "dots.example".into(),
         alt_server_record: vec!["127.0.0.1".parse().unwrap()],
     };
-    let drained = std::sync::Arc::new(tokio::sync::Mutex::new(
-        engine::Engine::new(
-            Box::new(dots_agent::datapath::MemoryMitigator::new())
-                as Box<dyn dots_agent::datapath::Mitigator>,
-            vec![signal::client_a()],
-        )
-        .with_redirect(Some((to_alternate, 600))),
-    ));
-    let (home, _) = serve(dir.path(), &format!("127.0.0.2:{port}"), drained.clone()).await;
+    let redirect = format!(
+        "[signal.redirect]\nalt_server = \"{}\"\nalt_server_record = [\"{}\"]\nmax_age = 600",
+        to_alternate.alt_server, to_alternate.alt_server_record[0]
+    );
+    let drained_server = signal::server(
+        dir.path(),
+        &format!("127.0.0.2:{port}"),
+        &redirect,
+        signal::CLIENT_A,
+    )
+    .await;
+    let home = drained_server.signal[0].to_string();
+    let drained = drained_server.control.clone();
     let mut s = Session::connect(&client(
         dir.path(),
         &home,
@@ -423,16 +423,25 @@ async fn the_client_follows_a_redirect_once() {
     let r = mitigate_prefix(&mut s, 1, "2001:db8:6401::/64").await;
     assert_eq!(code_text(&r), "2.01", "created at the alternate");
     assert_eq!(s.server().0, alternate);
-    assert_eq!(alt_engine.lock().await.mitigator().installed().len(), 1);
-    assert!(drained.lock().await.status(s.cuid(), None, 0).is_err());
+    assert_eq!(installed(&alt_engine).await, 1);
+    let cuid = s.cuid().to_string();
+    assert!(drained
+        .run(move |c| c.engine.status(&cuid, None, 0).is_err())
+        .await
+        .unwrap());
     // The alternate now redirects back home: contacted a moment ago, so not followed.
-    alt_engine.lock().await.set_redirect(Some((
-        Redirect {
-            alt_server: "dots.example".into(),
-            alt_server_record: vec!["127.0.0.2".parse().unwrap()],
-        },
-        600,
-    )));
+    alt_engine
+        .run(|c| {
+            c.engine.set_redirect(Some((
+                Redirect {
+                    alt_server: "dots.example".into(),
+                    alt_server_record: vec!["127.0.0.2".parse().unwrap()],
+                },
+                600,
+            )))
+        })
+        .await
+        .unwrap();
     let r = s
         .request(RequestType::Get, &mitigate_path(&s, 1), None, false)
         .await

@@ -233,7 +233,7 @@ pub mod dots {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(dots_agent::server::run_until(cfg, async {
+            rt.block_on(dots_agent::app::run_until(cfg, async {
                 let _ = stop_rx.await;
             }))
         });

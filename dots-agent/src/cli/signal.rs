@@ -193,7 +193,7 @@ fn parse_port_range(s: &str) -> std::result::Result<PortRange, String> {
 pub fn run_server(config: PathBuf) -> Result<()> {
     let cfg = crate::server::ServerConfig::load(&config)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(crate::server::run(cfg))
+    rt.block_on(crate::app::run(cfg))
 }
 
 pub fn run_client(config: PathBuf, json: bool, cmd: ClientCommand) -> Result<()> {
@@ -452,7 +452,7 @@ fn print_response(resp: &coap_lite::Packet, json: bool) -> bool {
         resp.get_content_format(),
         Some(coap_lite::ContentFormat::ApplicationDotsCbor)
     ) {
-        match crate::signal::cbor::parse(&resp.payload) {
+        match crate::signal::cbor::parse_response(&resp.payload) {
             Ok(v) => crate::signal::diag::to_json(&v).to_string(),
             Err(e) => format!("(undecodable CBOR: {e})"),
         }

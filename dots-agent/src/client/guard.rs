@@ -106,7 +106,7 @@ fn telemetry_summary(body: &Value) -> Value {
 }
 
 fn body_json(p: &coap_lite::Packet) -> Value {
-    crate::signal::cbor::parse(&p.payload)
+    crate::signal::cbor::parse_response(&p.payload)
         .map(|v| crate::signal::diag::to_json(&v))
         .unwrap_or(Value::Null)
 }

@@ -1,13 +1,15 @@
 //! The DOTS client's signal channel: DTLS (CoAP over UDP; requests sent NON and repeated
 //! until answered) or TLS (RFC 8323 framing), with the client certificate; `auto` tries
-//! DTLS first and falls back to TLS.
+//! DTLS first and falls back to TLS. The CoAP session (tokens, message ids, retransmission,
+//! block-wise bodies, the answers to the server's heartbeats) is `signal::session`; this
+//! module moves its bytes over the (D)TLS link.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType};
 use openssl::ssl::{
     ErrorCode, Ssl, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslOptions,
     SslVerifyMode, SslVersion,
@@ -22,7 +24,7 @@ pub mod guard;
 
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
-use crate::signal::coap_tcp::{self, Frame};
+use crate::signal::session as proto;
 use crate::signal::session_config::{self, ConfigSet, SessionConfig};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -71,25 +73,103 @@ impl ClientConfig {
     }
 }
 
+/// The (D)TLS link under a session: it sends what the session produces and hands it what
+/// arrives.
 enum Link {
     Tls {
         stream: SslStream<TcpStream>,
-        buf: Vec<u8>,
     },
     Dtls {
         socket: UdpSocket,
         stream: openssl::ssl::SslStream<Datagrams>,
-        message_id: u16,
     },
+}
+
+impl Link {
+    async fn send(&mut self, messages: Vec<Vec<u8>>) -> Result<()> {
+        match self {
+            Link::Tls { stream } => {
+                for m in messages {
+                    stream.write_all(&m).await?;
+                }
+            }
+            Link::Dtls { socket, stream } => {
+                for m in messages {
+                    stream.ssl_write(&m).context("DTLS write")?;
+                }
+                send_all(socket, stream).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What arrives next: a piece of the stream, or the plaintexts of a datagram.
+    async fn recv(&mut self) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Link::Tls { stream } => {
+                let mut chunk = vec![0u8; 16_384];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("the server closed the connection");
+                }
+                chunk.truncate(n);
+                Ok(vec![chunk])
+            }
+            Link::Dtls { socket, stream } => {
+                let mut buf = vec![0u8; 65_535];
+                let n = socket.recv(&mut buf).await?;
+                stream.get_mut().inbox.push_back(buf[..n].to_vec());
+                let mut out = Vec::new();
+                loop {
+                    match stream.ssl_read(&mut buf) {
+                        Ok(n) => out.push(buf[..n].to_vec()),
+                        Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                        Err(e) => bail!("DTLS: {e}"),
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// What the client answers to the server's requests: 2.04 to its heartbeats (RFC 9132
+/// §4.7), 4.04 otherwise (a client serves no other resource).
+#[derive(Default)]
+struct Answers {
+    heartbeats: u32,
+}
+
+impl proto::Service for Answers {
+    fn handle(&mut self, req: &Packet, _unix: u64) -> proto::Reply {
+        if !matches!(req.header.code, MessageClass::Request(_)) {
+            return proto::Reply::Silence;
+        }
+        let hb = req.get_option(CoapOption::UriPath).is_some_and(|l| {
+            l.iter()
+                .map(|s| s.as_slice())
+                .eq([b".well-known".as_slice(), b"dots", b"hb"])
+        });
+        let mut p = Packet::new();
+        p.set_token(req.get_token().to_vec());
+        p.header.code = MessageClass::Response(if hb {
+            coap_lite::ResponseType::Changed
+        } else {
+            coap_lite::ResponseType::NotFound
+        });
+        if hb {
+            self.heartbeats += 1;
+        }
+        proto::Reply::Response(p)
+    }
 }
 
 pub struct Session {
     link: Link,
-    /// Responses that arrived while another was awaited (notifications, late replies).
-    pending: std::collections::VecDeque<Packet>,
-    /// Heartbeats the server sent us (and we answered).
-    server_heartbeats: u32,
-    next_token: u32,
+    /// The CoAP session over the link.
+    proto: proto::Session,
+    /// Our answers to the server's requests, and the heartbeats it sent.
+    answers: Answers,
     cuid: String,
     /// The session configuration in force (RFC defaults until the server tells us).
     config: SessionConfig,
@@ -128,12 +208,12 @@ impl Session {
                 .with_context(|| format!("reading {}", cfg.tls.cert.display()))?,
         )?;
         let cuid = pki::cuid(&cert)?;
-        let link = connect_link(cfg).await?;
+        let mut link = connect_link(cfg).await?;
+        let proto = start(&mut link).await?;
         Ok(Session {
             link,
-            pending: Default::default(),
-            server_heartbeats: 0,
-            next_token: 1,
+            proto,
+            answers: Answers::default(),
             cuid,
             config: SessionConfig::default(),
             active: Default::default(),
@@ -152,7 +232,7 @@ impl Session {
     /// Moves the session to another server: a fresh link, nothing negotiated yet.
     async fn move_to(&mut self, cfg: ClientConfig) -> Result<()> {
         self.link = connect_link(&cfg).await?;
-        self.pending.clear();
+        self.proto = start(&mut self.link).await?;
         self.config = SessionConfig::default();
         self.active.clear();
         let now = std::time::Instant::now();
@@ -287,13 +367,11 @@ impl Session {
     /// token that later notifications carry (see [`Session::notification`]).
     pub async fn observe(&mut self, path: &[String]) -> Result<(Packet, Vec<u8>)> {
         self.return_if_redirect_expired().await?;
-        let mut token = self.next_token.to_be_bytes().to_vec();
-        let mut r = self
+        let (mut token, mut r) = self
             .send(RequestType::Get, path, None, false, Some(0))
             .await?;
         if self.follow_redirect(&r).await? {
-            token = self.next_token.to_be_bytes().to_vec();
-            r = self
+            (token, r) = self
                 .send(RequestType::Get, path, None, false, Some(0))
                 .await?;
         }
@@ -302,46 +380,48 @@ impl Session {
 
     /// The next notification for an observation, or None if none came within `wait`.
     pub async fn notification(&mut self, token: &[u8], wait: Duration) -> Result<Option<Packet>> {
-        if let Some(i) = self.pending.iter().position(|p| p.get_token() == token) {
-            return Ok(self.pending.remove(i));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(p) = self.proto.notification(token) {
+                return Ok(Some(p));
+            }
+            if !self.exchange(deadline).await? {
+                return Ok(None);
+            }
         }
-        let r = match &mut self.link {
-            Link::Tls { stream, buf } => {
-                tokio::time::timeout(
-                    wait,
-                    tls_response(
-                        stream,
-                        buf,
-                        &mut self.pending,
-                        &mut self.server_heartbeats,
-                        token,
-                    ),
-                )
-                .await
+    }
+
+    /// Moves bytes until something arrives (true) or `deadline` passes (false), running
+    /// the session's timers on the way.
+    async fn exchange(&mut self, deadline: tokio::time::Instant) -> Result<bool> {
+        let timer = self
+            .proto
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .map_or(deadline, |t| t.min(deadline));
+        tokio::select! {
+            got = self.link.recv() => {
+                let mut out = Vec::new();
+                for bytes in got? {
+                    out.extend(self.proto.on_message(crate::clock::now(), &bytes, &mut self.answers));
+                }
+                if let Some(why) = self.proto.closed() {
+                    bail!("the session ended: {why}");
+                }
+                self.link.send(out).await?;
+                Ok(true)
             }
-            Link::Dtls { socket, stream, .. } => {
-                tokio::time::timeout(
-                    wait,
-                    dtls_response(
-                        socket,
-                        stream,
-                        &mut self.pending,
-                        &mut self.server_heartbeats,
-                        token,
-                    ),
-                )
-                .await
+            _ = tokio::time::sleep_until(timer) => {
+                let out = self.proto.on_tick(crate::clock::now(), &mut self.answers);
+                self.link.send(out).await?;
+                Ok(tokio::time::Instant::now() < deadline)
             }
-        };
-        match r {
-            Ok(p) => p.map(Some),
-            Err(_) => Ok(None),
         }
     }
 
     /// How many heartbeats the server has sent on this session (each answered with 2.04).
     pub fn server_heartbeats(&self) -> u32 {
-        self.server_heartbeats
+        self.answers.heartbeats
     }
 
     /// PUT /hb with peer-hb-status true (RFC 9132 §4.7).
@@ -361,9 +441,9 @@ impl Session {
     ) -> Result<Packet> {
         self.return_if_redirect_expired().await?;
         let sent = body.clone();
-        let mut r = self.send(method, path, body, efficacy, None).await?;
+        let (_, mut r) = self.send(method, path, body, efficacy, None).await?;
         if self.follow_redirect(&r).await? {
-            r = self
+            (_, r) = self
                 .send(method, path, sent.clone(), efficacy, None)
                 .await?;
         }
@@ -371,6 +451,7 @@ impl Session {
         Ok(r)
     }
 
+    /// Sends a request and waits for its answer; returns its token too.
     async fn send(
         &mut self,
         method: RequestType,
@@ -378,12 +459,9 @@ impl Session {
         body: Option<Vec<u8>>,
         efficacy: bool,
         observe: Option<u32>,
-    ) -> Result<Packet> {
+    ) -> Result<(Vec<u8>, Packet)> {
         let mut p = Packet::new();
         p.header.code = MessageClass::Request(method);
-        let token = self.next_token.to_be_bytes().to_vec();
-        self.next_token = self.next_token.wrapping_add(1);
-        p.set_token(token.clone());
         for s in [".well-known", "dots"]
             .iter()
             .map(|s| s.to_string())
@@ -401,86 +479,33 @@ impl Session {
             p.set_content_format(ContentFormat::ApplicationDotsCbor);
             p.payload = b;
         }
-        let (first_timeout, max_retransmit) =
-            session_config::retransmission(self.parameters(), random_byte());
-        match &mut self.link {
-            Link::Tls { stream, buf } => {
-                stream.write_all(&coap_tcp::encode(&p)?).await?;
-                tokio::time::timeout(
-                    TIMEOUT,
-                    tls_response(
-                        stream,
-                        buf,
-                        &mut self.pending,
-                        &mut self.server_heartbeats,
-                        &token,
-                    ),
-                )
-                .await
-                .context("no response within 10 s")?
+        let delivery = match &self.link {
+            Link::Tls { .. } => proto::Delivery::Once { wait: TIMEOUT },
+            // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
+            // message id, the timeout doubling from ACK_TIMEOUT x a random factor, as
+            // negotiated in the session configuration.
+            Link::Dtls { .. } if path.first().is_some_and(|p| p == "config") => {
+                let (first, retransmits) =
+                    session_config::retransmission(self.parameters(), random_byte());
+                proto::Delivery::Confirmable { first, retransmits }
             }
-            Link::Dtls {
-                socket,
-                stream,
-                message_id,
-            } if path.first().is_some_and(|p| p == "config") => {
-                // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
-                // message id, the timeout doubling from ACK_TIMEOUT x a random factor, as
-                // negotiated in the session configuration.
-                p.header.set_type(MessageType::Confirmable);
-                *message_id = message_id.wrapping_add(1);
-                p.header.message_id = *message_id;
-                let bytes = p
-                    .to_bytes()
-                    .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
-                let mut timeout = first_timeout;
-                for _ in 0..=max_retransmit {
-                    stream.ssl_write(&bytes).context("DTLS write")?;
-                    send_all(socket, stream).await?;
-                    let wait = dtls_response(
-                        socket,
-                        stream,
-                        &mut self.pending,
-                        &mut self.server_heartbeats,
-                        &token,
-                    );
-                    if let Ok(r) = tokio::time::timeout(timeout, wait).await {
-                        return r;
-                    }
-                    timeout *= 2;
-                }
-                bail!("no acknowledgement after {max_retransmit} retransmissions over DTLS")
+            Link::Dtls { .. } => proto::Delivery::Repeated {
+                every: REPEAT,
+                times: REPEATS as u32,
+            },
+        };
+        let (token, out) = self.proto.request(crate::clock::now(), p, delivery);
+        self.link.send(out).await?;
+        loop {
+            match self.proto.response(&token) {
+                Some(Ok(r)) => return Ok((token, r)),
+                Some(Err(why)) => bail!("{why} over {}", self.transport().to_uppercase()),
+                None => {}
             }
-            Link::Dtls {
-                socket,
-                stream,
-                message_id,
-            } => {
-                p.header.set_type(MessageType::NonConfirmable);
-                for _ in 0..REPEATS {
-                    *message_id = message_id.wrapping_add(1);
-                    p.header.message_id = *message_id;
-                    let bytes = p
-                        .to_bytes()
-                        .map_err(|e| anyhow::anyhow!("encoding the request: {e:?}"))?;
-                    stream.ssl_write(&bytes).context("DTLS write")?;
-                    send_all(socket, stream).await?;
-                    if let Ok(r) = tokio::time::timeout(
-                        REPEAT,
-                        dtls_response(
-                            socket,
-                            stream,
-                            &mut self.pending,
-                            &mut self.server_heartbeats,
-                            &token,
-                        ),
-                    )
-                    .await
-                    {
-                        return r;
-                    }
-                }
-                bail!("no response after {REPEATS} tries over DTLS")
+            // The session's own timer gives up; this bound only guards against a stall.
+            let bound = tokio::time::Instant::now() + 4 * TIMEOUT;
+            if !self.exchange(bound).await? {
+                bail!("no answer from the session");
             }
         }
     }
@@ -531,11 +556,7 @@ async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
         .context(
             "TLS handshake failed (is the server's certificate from our CA and for server_name?)",
         )?;
-    stream.write_all(&coap_tcp::csm()).await?;
-    Ok(Link::Tls {
-        stream,
-        buf: Vec::new(),
-    })
+    Ok(Link::Tls { stream })
 }
 
 async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
@@ -586,16 +607,25 @@ async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
         }
     }
     send_all(&socket, &mut stream).await?;
-    let message_id = {
-        let mut b = [0u8; 2];
-        openssl::rand::rand_bytes(&mut b)?;
-        u16::from_ne_bytes(b)
+    Ok(Link::Dtls { socket, stream })
+}
+
+/// A client session over a fresh link, its first bytes (a stream's CSM) sent.
+async fn start(link: &mut Link) -> Result<proto::Session> {
+    let framing = match link {
+        Link::Tls { .. } => proto::Framing::Stream,
+        Link::Dtls { .. } => proto::Framing::Datagram,
     };
-    Ok(Link::Dtls {
-        socket,
-        stream,
-        message_id,
-    })
+    let mut b = [0u8; 2];
+    openssl::rand::rand_bytes(&mut b)?;
+    let mut session = proto::Session::new(
+        proto::Role::Client,
+        framing,
+        std::time::Instant::now(),
+        u16::from_ne_bytes(b),
+    );
+    link.send(session.start()).await?;
+    Ok(session)
 }
 
 async fn send_all(
@@ -606,114 +636,6 @@ async fn send_all(
         socket.send(&d).await.context("sending a datagram")?;
     }
     Ok(())
-}
-
-/// Our answer to a request from the server: 2.04 to its heartbeats, 4.04 otherwise (a
-/// client serves no other resource).
-fn answer(req: &Packet, heartbeats: &mut u32) -> Packet {
-    let hb = req.get_option(CoapOption::UriPath).is_some_and(|l| {
-        l.iter()
-            .map(|s| s.as_slice())
-            .eq([b".well-known".as_slice(), b"dots", b"hb"])
-    });
-    let mut p = Packet::new();
-    p.set_token(req.get_token().to_vec());
-    p.header.code = MessageClass::Response(if hb {
-        coap_lite::ResponseType::Changed
-    } else {
-        coap_lite::ResponseType::NotFound
-    });
-    if hb {
-        *heartbeats += 1;
-    }
-    if req.header.get_type() == MessageType::Confirmable {
-        p.header.set_type(MessageType::Acknowledgement);
-        p.header.message_id = req.header.message_id;
-    } else {
-        p.header.set_type(MessageType::NonConfirmable);
-        p.header.message_id = req.header.message_id.wrapping_add(0x8000);
-    }
-    p
-}
-
-/// Keeps an unrelated response for later (bounded: the oldest go first).
-fn stash(pending: &mut std::collections::VecDeque<Packet>, p: Packet) {
-    if pending.len() >= 64 {
-        pending.pop_front();
-    }
-    pending.push_back(p);
-}
-
-async fn dtls_response(
-    socket: &UdpSocket,
-    stream: &mut openssl::ssl::SslStream<Datagrams>,
-    pending: &mut std::collections::VecDeque<Packet>,
-    heartbeats: &mut u32,
-    token: &[u8],
-) -> Result<Packet> {
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let n = socket.recv(&mut buf).await?;
-        stream.get_mut().inbox.push_back(buf[..n].to_vec());
-        loop {
-            match stream.ssl_read(&mut buf) {
-                Ok(n) => {
-                    if let Ok(p) = Packet::from_bytes(&buf[..n]) {
-                        match p.header.code {
-                            MessageClass::Response(_) if p.get_token() == token => return Ok(p),
-                            MessageClass::Response(_) => stash(pending, p),
-                            MessageClass::Request(_) => {
-                                if let Ok(bytes) = answer(&p, heartbeats).to_bytes() {
-                                    let _ = stream.ssl_write(&bytes);
-                                }
-                                send_all(socket, stream).await?;
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                Err(e) => bail!("DTLS: {e}"),
-            }
-        }
-    }
-}
-
-async fn tls_response(
-    stream: &mut SslStream<TcpStream>,
-    buf: &mut Vec<u8>,
-    pending: &mut std::collections::VecDeque<Packet>,
-    heartbeats: &mut u32,
-    token: &[u8],
-) -> Result<Packet> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some((frame, used)) = coap_tcp::decode(buf)? {
-            buf.drain(..used);
-            match frame {
-                Frame::Message(p) if p.get_token() == token => return Ok(p),
-                Frame::Message(p) if matches!(p.header.code, MessageClass::Response(_)) => {
-                    stash(pending, p)
-                }
-                Frame::Message(p) if matches!(p.header.code, MessageClass::Request(_)) => {
-                    stream
-                        .write_all(&coap_tcp::encode(&answer(&p, heartbeats))?)
-                        .await?
-                }
-                Frame::Signal {
-                    code: coap_tcp::PING,
-                    token: t,
-                    ..
-                } => stream.write_all(&coap_tcp::pong(&t)).await?,
-                _ => {}
-            }
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("the server closed the connection");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// A 2.xx response?

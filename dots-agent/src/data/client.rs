@@ -1,12 +1,16 @@
-//! The data channel's HTTPS client: one request per connection, the client certificate of
-//! client.toml, the server certificate checked against the CA and `server_name`.
+//! The data channel's HTTPS client: one request per connection (HTTP/1.1, hyper), the
+//! client certificate of client.toml, the server certificate checked against the CA and
+//! `server_name`.
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper::Request;
 use openssl::ssl::{SslConnector, SslMethod};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
@@ -36,7 +40,8 @@ pub fn cuid_of(cfg: &ClientConfig) -> Result<String> {
     crate::pki::cuid(&openssl::x509::X509::from_pem(&pem)?)
 }
 
-/// Sends one request to `server` (host:port) and returns the response.
+/// Sends one request to `server` (host:port) over HTTP/1.1 (hyper) and returns the
+/// response.
 pub async fn request(
     cfg: &ClientConfig,
     server: &str,
@@ -60,73 +65,32 @@ pub async fn request(
         .context(
             "TLS handshake failed (is the server's certificate from our CA and for server_name?)",
         )?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: {MEDIA_TYPE}\r\nConnection: close\r\n",
-        cfg.server_name
-    );
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: {MEDIA_TYPE}\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, cfg.server_name.as_str())
+        .header(ACCEPT, MEDIA_TYPE);
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, MEDIA_TYPE);
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await?;
-    if let Some(b) = body {
-        s.write_all(b).await?;
-    }
-    s.flush().await?;
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(TIMEOUT, s.read(&mut chunk))
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .context("building the request")?;
+    let exchange = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
+        tokio::spawn(conn);
+        let r = sender.send_request(req).await?;
+        let status = r.status().as_u16();
+        let body = Limited::new(r.into_body(), MAX_RESPONSE)
+            .collect()
             .await
-            .context("the server did not answer in time")?;
-        let n = match n {
-            Ok(n) => n,
-            // Servers that close without close_notify: take what arrived.
-            Err(_) if !raw.is_empty() => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&chunk[..n]);
-        if raw.len() > MAX_RESPONSE {
-            bail!("response over {MAX_RESPONSE} bytes");
-        }
-        if let Some(r) = complete(&raw)? {
-            return Ok(r);
-        }
-    }
-    complete(&raw)?.context("the server closed the connection before a complete response")
-}
-
-/// A full response in `raw`, if there is one (Content-Length framing).
-fn complete(raw: &[u8]) -> Result<Option<HttpResponse>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut headers);
-    let head = match r.parse(raw).context("malformed HTTP response")? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
+            .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
+            .to_bytes()
+            .to_vec();
+        anyhow::Ok(HttpResponse { status, body })
     };
-    let length = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .unwrap_or(0);
-    if raw.len() < head + length {
-        return Ok(None);
-    }
-    Ok(Some(HttpResponse {
-        status: r.code.unwrap_or(0),
-        body: raw[head..head + length].to_vec(),
-    }))
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .context("the server did not answer in time")?
 }

@@ -23,6 +23,8 @@ pub enum ErrorTag {
     InvalidValueNotFound,
     /// 405
     OperationNotSupported,
+    /// 408: the request did not arrive in time (error-tag operation-failed).
+    RequestTimeout,
     /// 409
     DataExists,
     ResourceDenied,
@@ -44,6 +46,7 @@ impl ErrorTag {
             ErrorTag::AccessDenied => 403,
             ErrorTag::InvalidValueNotFound => 404,
             ErrorTag::OperationNotSupported => 405,
+            ErrorTag::RequestTimeout => 408,
             ErrorTag::DataExists | ErrorTag::ResourceDenied => 409,
             ErrorTag::TooBig => 413,
             ErrorTag::UnsupportedMedia => 415,
@@ -63,7 +66,7 @@ impl ErrorTag {
             ErrorTag::DataExists => "data-exists",
             ErrorTag::ResourceDenied => "resource-denied",
             ErrorTag::TooBig => "too-big",
-            ErrorTag::OperationFailed => "operation-failed",
+            ErrorTag::OperationFailed | ErrorTag::RequestTimeout => "operation-failed",
         }
     }
 
@@ -73,6 +76,7 @@ impl ErrorTag {
             | ErrorTag::OperationNotSupported
             | ErrorTag::TooBig
             | ErrorTag::UnsupportedMedia
+            | ErrorTag::RequestTimeout
             | ErrorTag::AccessDenied => "protocol",
             _ => "application",
         }

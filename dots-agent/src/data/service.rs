@@ -1,21 +1,24 @@
 //! The data channel's state and request handling, without I/O: registrations, aliases and
-//! ACLs per cuid, kept in the store and pushed into the datapath through the [`AclHandle`].
-//! A request is (method, path, query, body) from an authenticated peer; the answer is an
-//! HTTP status and an optional JSON body (RESTCONF errors included).
+//! ACLs per cuid. A request is (method, path, query, body) from an authenticated peer; the
+//! answer is an HTTP status and an optional JSON body (RESTCONF errors included). A request
+//! that changes a client's data is not applied here: it comes back as an [`Edit`], which
+//! the engine puts into the datapath and stores (one transaction) before
+//! [`DataChannel::apply`] makes it; so a change the datapath refuses, or the store cannot
+//! record, changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use xdp_common::Counter;
 
-use super::layer::AclHandle;
-use super::model::{self, Acl, Activation, Alias, Content};
+use super::mapping;
+use super::model::{self, Acl, Alias, Content};
 use super::restconf::{self, ErrorTag, Resource, RestconfError};
-use crate::datapath::{compile::name_hash, DatapathError};
-use crate::signal::engine::{AliasTargets, DataChannelLink};
-use crate::signal::message::{AclActivation, ActivationType};
-use crate::store::Store;
+use super::state::{ClientData, Expiring, Result};
+pub use super::state::{DataChannel, Edit, Response};
+use crate::datapath::compile::name_hash;
+use crate::engine::Refusal;
 
 /// Who is asking: the configured client name (None: valid certificate, not configured) and
 /// the cuid of its certificate.
@@ -31,58 +34,19 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-#[derive(Debug, PartialEq)]
-pub struct Response {
-    pub status: u16,
-    pub body: Option<Value>,
+/// Matched packets and octets per ACL entry name hash of a client (the engine's count).
+pub type AclCounts<'a> = &'a dyn Fn(&str) -> HashMap<u64, Counter>;
+
+/// What a request comes to.
+pub enum Outcome {
+    /// Answered; nothing changed.
+    Done(Response),
+    /// A change to one client's data, to be applied by the engine and then
+    /// [`DataChannel::apply`].
+    Edit(Edit),
 }
 
-impl Response {
-    fn empty(status: u16) -> Self {
-        Response { status, body: None }
-    }
-    fn json(status: u16, body: Value) -> Self {
-        Response {
-            status,
-            body: Some(body),
-        }
-    }
-}
-
-impl From<RestconfError> for Response {
-    fn from(e: RestconfError) -> Self {
-        Response::json(e.status(), e.body())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Expiring<T> {
-    item: T,
-    /// Epoch seconds.
-    expires: u64,
-}
-
-/// One registered client, as stored.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct ClientData {
-    /// Configured client name (certificate CN).
-    name: String,
-    aliases: Vec<Expiring<Alias>>,
-    /// In the client's order (RESTCONF `insert`/`point`).
-    acls: Vec<Expiring<Acl>>,
-}
-
-pub struct DataChannel {
-    clients: BTreeMap<String, ClientData>,
-    /// Client name -> configured prefixes.
-    prefixes: BTreeMap<String, Vec<IpNet>>,
-    acl_handle: AclHandle,
-    store: Option<Store>,
-}
-
-type Result<T> = std::result::Result<T, RestconfError>;
-
-fn lifetime_end(now: u64) -> u64 {
+pub(super) fn lifetime_end(now: u64) -> u64 {
     now + model::DEFAULT_LIFETIME_MINUTES * 60
 }
 
@@ -90,123 +54,23 @@ fn minutes_left(expires: u64, now: u64) -> i64 {
     (expires.saturating_sub(now).div_ceil(60)) as i64
 }
 
-fn datapath_refusal(e: DatapathError) -> RestconfError {
-    match e {
-        DatapathError::Spec(s) => {
+/// The engine's refusal of an edit, as a RESTCONF error.
+pub fn engine_refusal(r: Refusal) -> RestconfError {
+    match r {
+        Refusal::BadRequest(s) => {
             RestconfError::invalid(format!("the datapath cannot hold this: {s}"))
         }
-        DatapathError::TargetInUse { prefix, .. } => RestconfError::new(
-            ErrorTag::ResourceDenied,
-            format!("prefix {prefix} belongs to another mitigation"),
-        ),
-        other => RestconfError::new(ErrorTag::OperationFailed, other.to_string()),
+        Refusal::Conflict { diagnostic, .. } | Refusal::HeldByOther { diagnostic, .. } => {
+            RestconfError::new(ErrorTag::ResourceDenied, diagnostic)
+        }
+        Refusal::Unavailable(s)
+        | Refusal::Forbidden(s)
+        | Refusal::NotFound(s)
+        | Refusal::Unprocessable(s) => RestconfError::new(ErrorTag::OperationFailed, s),
     }
 }
 
 impl DataChannel {
-    /// Loads what the store holds (without touching the datapath: call
-    /// [`AclHandle::sync_all`] once the engine has restored its mitigations).
-    pub fn new(
-        prefixes: BTreeMap<String, Vec<IpNet>>,
-        acl_handle: AclHandle,
-        store: Option<Store>,
-    ) -> anyhow::Result<DataChannel> {
-        let mut clients = BTreeMap::new();
-        if let Some(s) = &store {
-            for (cuid, data) in s.data_clients::<ClientData>()? {
-                if !prefixes.contains_key(&data.name) {
-                    tracing::warn!(
-                        "data channel: client {} is no longer configured; its data is dropped",
-                        data.name
-                    );
-                    s.delete_data_client(&cuid)?;
-                    continue;
-                }
-                clients.insert(cuid, data);
-            }
-        }
-        let dc = DataChannel {
-            clients,
-            prefixes,
-            acl_handle,
-            store,
-        };
-        for (cuid, data) in &dc.clients {
-            match dc.entries(data) {
-                Ok(e) => dc.acl_handle.load_client_acls(&data.name, e),
-                Err(e) => tracing::error!("stored ACLs of {cuid} no longer map: {}", e.message),
-            }
-        }
-        Ok(dc)
-    }
-
-    /// The client's datapath entries, all its ACLs in order.
-    fn entries(&self, data: &ClientData) -> Result<Vec<(Activation, crate::datapath::AclEntry)>> {
-        let allowed = self.prefixes.get(&data.name).cloned().unwrap_or_default();
-        let mut out = Vec::new();
-        for a in &data.acls {
-            let act = a.item.activation();
-            out.extend(a.item.entries(&allowed)?.into_iter().map(|e| (act, e)));
-        }
-        Ok(out)
-    }
-
-    fn persist(&self, cuid: &str) {
-        let Some(store) = &self.store else { return };
-        let r = match self.clients.get(cuid) {
-            Some(d) => store.put_data_client(cuid, d),
-            None => store.delete_data_client(cuid),
-        };
-        if let Err(e) = r {
-            tracing::error!("store: data-channel client {cuid}: {e:#}");
-        }
-    }
-
-    /// Replaces a client's data, pushing its ACLs to the datapath first; on a refusal
-    /// nothing changes.
-    fn commit(&mut self, cuid: &str, data: Option<ClientData>) -> Result<()> {
-        let name = match (&data, self.clients.get(cuid)) {
-            (Some(d), _) => d.name.clone(),
-            (None, Some(old)) => old.name.clone(),
-            (None, None) => return Ok(()),
-        };
-        let entries = match &data {
-            Some(d) => self.entries(d)?,
-            None => Vec::new(),
-        };
-        self.acl_handle
-            .set_client_acls(&name, entries)
-            .map_err(datapath_refusal)?;
-        match data {
-            Some(d) => self.clients.insert(cuid.to_string(), d),
-            None => self.clients.remove(cuid),
-        };
-        self.persist(cuid);
-        Ok(())
-    }
-
-    /// Removes expired aliases and ACLs.
-    pub fn expire(&mut self, now: u64) {
-        let due: Vec<String> = self
-            .clients
-            .iter()
-            .filter(|(_, d)| {
-                d.aliases.iter().any(|a| a.expires <= now)
-                    || d.acls.iter().any(|a| a.expires <= now)
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        for cuid in due {
-            let mut d = self.clients[&cuid].clone();
-            d.aliases.retain(|a| a.expires > now);
-            d.acls.retain(|a| a.expires > now);
-            tracing::info!("data channel: expired aliases/ACLs of {cuid}");
-            if let Err(e) = self.commit(&cuid, Some(d)) {
-                tracing::error!("expiring ACLs of {cuid}: {}", e.message);
-            }
-        }
-    }
-
     /// The aliases of a cuid, for `alias-name` in signal-channel requests.
     pub fn alias(&self, cuid: &str, name: &str) -> Option<Alias> {
         self.clients
@@ -217,14 +81,27 @@ impl DataChannel {
             .map(|a| a.item.clone())
     }
 
-    pub fn handle(&mut self, peer: &Peer, req: &Request, now: u64) -> Response {
-        match self.route(peer, req, now) {
-            Ok(r) => r,
-            Err(e) => e.into(),
+    /// Routes a request: answered at once, or a change for the engine to make.
+    pub fn handle(&mut self, peer: &Peer, req: &Request, now: u64, counts: AclCounts) -> Outcome {
+        self.staged = None;
+        let result = self.route(peer, req, now, counts);
+        match (result, self.staged.take()) {
+            (Ok(response), Some(mut edit)) => {
+                edit.response = response;
+                Outcome::Edit(edit)
+            }
+            (Ok(response), None) => Outcome::Done(response),
+            (Err(e), _) => Outcome::Done(e.into()),
         }
     }
 
-    fn route(&mut self, peer: &Peer, req: &Request, now: u64) -> Result<Response> {
+    fn route(
+        &mut self,
+        peer: &Peer,
+        req: &Request,
+        now: u64,
+        counts: AclCounts,
+    ) -> Result<Response> {
         let resource = restconf::resource(req.path)?;
         let query = restconf::query(req.query)?;
         let Some(client) = peer.client else {
@@ -261,19 +138,19 @@ impl DataChannel {
         };
         let method = req.method;
         match (&resource, method) {
-            (Resource::Capabilities, "GET") => Ok(Response::json(200, model::capabilities())),
+            (Resource::Capabilities, "GET") => Ok(Response::json(200, mapping::capabilities())),
             (Resource::DotsData, "POST") => self.register(client, peer.cuid, req.body, true),
             (Resource::DotsData, "GET") => match self.clients.contains_key(peer.cuid) {
                 true => Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:dots-data": {
-                        "dots-client": [self.client_view(peer.cuid, now, content)],
-                        "capabilities": model::capabilities()["ietf-dots-data-channel:capabilities"]}}),
+                        "dots-client": [self.client_view(peer.cuid, now, content, counts)],
+                        "capabilities": mapping::capabilities()["ietf-dots-data-channel:capabilities"]}}),
                 )),
                 false => Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:dots-data": {
-                        "capabilities": model::capabilities()["ietf-dots-data-channel:capabilities"]}}),
+                        "capabilities": mapping::capabilities()["ietf-dots-data-channel:capabilities"]}}),
                 )),
             },
             (Resource::Client(c), "PUT") => {
@@ -290,7 +167,7 @@ impl DataChannel {
                     }
                     "GET" => Ok(Response::json(
                         200,
-                        json!({"ietf-dots-data-channel:dots-client": [self.client_view(c, now, content)]}),
+                        json!({"ietf-dots-data-channel:dots-client": [self.client_view(c, now, content, counts)]}),
                     )),
                     "POST" => self.post_children(c, req.body, &query, now),
                     _ => Err(not_allowed(m)),
@@ -361,7 +238,7 @@ impl DataChannel {
                 if d.acls.is_empty() {
                     return Err(RestconfError::not_found("no ACLs"));
                 }
-                let list = self.acl_views(d, None, now, content);
+                let list = self.acl_views(d, None, now, content, counts);
                 Ok(Response::json(
                     200,
                     json!({"ietf-dots-data-channel:acls": {"acl": list}}),
@@ -373,7 +250,7 @@ impl DataChannel {
                 let at = d.acls.iter().position(|a| &a.item.name == name);
                 match (m, at) {
                     ("GET", Some(_)) => {
-                        let list = self.acl_views(&d, Some(name), now, content);
+                        let list = self.acl_views(&d, Some(name), now, content, counts);
                         Ok(Response::json(
                             200,
                             json!({"ietf-dots-data-channel:acls": {"acl": list}}),
@@ -568,14 +445,14 @@ impl DataChannel {
         Ok(a)
     }
 
-    fn client_view(&self, cuid: &str, now: u64, content: Content) -> Value {
+    fn client_view(&self, cuid: &str, now: u64, content: Content, counts: AclCounts) -> Value {
         let d = &self.clients[cuid];
         let mut v = json!({"cuid": cuid});
         if !d.aliases.is_empty() {
             v["aliases"] = json!({"alias": d.aliases.iter().map(|a| alias_view(a, now, content)).collect::<Vec<_>>()});
         }
         if !d.acls.is_empty() {
-            v["acls"] = json!({"acl": self.acl_views(d, None, now, content)});
+            v["acls"] = json!({"acl": self.acl_views(d, None, now, content, counts)});
         }
         v
     }
@@ -586,8 +463,9 @@ impl DataChannel {
         only: Option<&str>,
         now: u64,
         content: Content,
+        counts: AclCounts,
     ) -> Vec<Value> {
-        let counters = self.acl_handle.acl_counters(&d.name);
+        let counters = counts(&d.name);
         let stats = |name: &str| {
             counters
                 .get(&name_hash(name))
@@ -724,105 +602,38 @@ fn insert_position(acls: &[Expiring<Acl>], query: &[(String, String)]) -> Result
     }
 }
 
-/// The signal engine's view of the data channel: `alias-name` resolves through the
-/// client's aliases, `acl-list` (RFC 9133) sets its ACLs' activation types.
-pub struct EngineLink(pub std::sync::Arc<std::sync::Mutex<DataChannel>>);
-
-impl EngineLink {
-    fn channel(&self) -> std::sync::MutexGuard<'_, DataChannel> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl DataChannelLink for EngineLink {
-    fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
-        let a = self.channel().alias(cuid, name)?;
-        Some(AliasTargets {
-            prefixes: a.target_prefix,
-            ports: a
-                .target_port_range
-                .iter()
-                .map(|r| crate::datapath::PortRange {
-                    lower: r.lower_port,
-                    upper: r.upper_port,
-                })
-                .collect(),
-            protocols: a.target_protocol,
-            names: a.target_fqdn.len() + a.target_uri.len(),
-        })
-    }
-
-    fn set_acl_activation(
-        &self,
-        cuid: &str,
-        acls: &[AclActivation],
-        apply: bool,
-    ) -> std::result::Result<(), String> {
-        self.channel().set_acl_activation(cuid, acls, apply)
-    }
-}
-
-impl DataChannel {
-    /// RFC 9133 filter control: the named ACLs (all must exist) get these activation
-    /// types; `apply` false only checks.
-    pub fn set_acl_activation(
-        &mut self,
-        cuid: &str,
-        acls: &[AclActivation],
-        apply: bool,
-    ) -> std::result::Result<(), String> {
-        let Some(d) = self.clients.get(cuid) else {
-            return Err(
-                "acl-list: this client has no ACLs (not registered on the data channel)".into(),
-            );
-        };
-        if let Some(a) = acls
-            .iter()
-            .find(|a| !d.acls.iter().any(|x| x.item.name == a.acl_name))
-        {
-            return Err(format!("acl-list: unknown acl-name {:?}", a.acl_name));
-        }
-        if !apply {
-            return Ok(());
-        }
-        let mut d = d.clone();
-        for a in acls {
-            let activation = match a.activation_type {
-                ActivationType::ActivateWhenMitigating => Activation::WhenMitigating,
-                ActivationType::Immediate => Activation::Immediate,
-                ActivationType::Deactivate => Activation::Deactivate,
-            };
-            for x in d.acls.iter_mut().filter(|x| x.item.name == a.acl_name) {
-                x.item.activation_type = Some(activation.label().to_string());
-            }
-        }
-        self.commit(cuid, Some(d)).map_err(|e| e.message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use ipnet::IpNet;
+
     use super::*;
-    use crate::data::layer::AclLayer;
-    use crate::datapath::{MemoryMitigator, MitigationSpec, Mitigator};
 
     const D: &str = restconf::DOTS_DATA;
 
     struct Fixture {
         dc: DataChannel,
-        layer: AclLayer,
-        handle: AclHandle,
     }
 
-    fn fixture(store: Option<Store>) -> Fixture {
+    /// A data channel on its own: its edits are made at once (the datapath side is the
+    /// engine's, tested in `control`).
+    fn fixture(_: Option<()>) -> Fixture {
         let prefixes: BTreeMap<String, Vec<IpNet>> = [
             ("a".to_string(), vec!["198.51.100.0/24".parse().unwrap()]),
             ("b".to_string(), vec!["203.0.113.0/24".parse().unwrap()]),
         ]
         .into();
-        let (layer, handle) = AclLayer::new(Box::new(MemoryMitigator::new()), prefixes.clone());
-        let dc = DataChannel::new(prefixes, handle.clone(), store).unwrap();
-        Fixture { dc, layer, handle }
+        Fixture {
+            dc: DataChannel::new(prefixes),
+        }
+    }
+
+    fn handle(dc: &mut DataChannel, peer: &Peer, req: &Request, now: u64) -> Response {
+        match dc.handle(peer, req, now, &|_| HashMap::new()) {
+            Outcome::Done(r) => r,
+            Outcome::Edit(e) => dc.apply(e),
+        }
     }
 
     fn call(
@@ -841,7 +652,8 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
         };
-        dc.handle(
+        handle(
+            dc,
             &Peer {
                 client: Some(who.0),
                 cuid: who.1,
@@ -942,7 +754,8 @@ mod tests {
             json!({"ietf-dots-data-channel:dots-client": [{"cuid": "cuid-a", "x": 1}]}),
         );
         assert_eq!((bad.status, tag(&bad)), (400, "unknown-element".into()));
-        let unconfigured = f.dc.handle(
+        let unconfigured = handle(
+            &mut f.dc,
             &Peer {
                 client: None,
                 cuid: "z",
@@ -1062,123 +875,6 @@ mod tests {
     }
 
     #[test]
-    fn acls_drive_the_datapath_and_report_statistics() {
-        let mut f = fixture(None);
-        register(&mut f.dc);
-        let c = format!("{D}/dots-client=cuid-a");
-        assert_eq!(call(&mut f.dc, A, "POST", &c, rfc_acl()).status, 201);
-        let ids = f.handle.with_inner(|m| m.installed());
-        assert_eq!(ids.len(), 1, "immediate: the baseline is live");
-        // Pretend the XDP filter counted 3 packets on rule1.
-        f.handle.with_inner(|m| {
-            let c = m.counters(ids[0]).unwrap().unwrap();
-            assert_eq!(c.acl[0].name_hash, name_hash("sample-ipv4-acl/rule1"));
-        });
-        let got = call(
-            &mut f.dc,
-            A,
-            "GET",
-            &format!("{c}/acls/acl=sample-ipv4-acl?content=all"),
-            Value::Null,
-        );
-        assert_eq!(got.status, 200);
-        let body = got.body.unwrap();
-        let acl = &body["ietf-dots-data-channel:acls"]["acl"][0];
-        assert_eq!(acl["aces"]["ace"][0]["statistics"]["matched-packets"], "0");
-        assert_eq!(acl["pending-lifetime"], 10080);
-        // Deactivate through PUT: nothing live any more.
-        let mut off = rfc_acl()["ietf-dots-data-channel:acls"]["acl"].clone();
-        off[0]["activation-type"] = json!("deactivate");
-        let put = json!({"ietf-dots-data-channel:acl": off});
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "PUT",
-                &format!("{c}/acls/acl=sample-ipv4-acl"),
-                put
-            )
-            .status,
-            204
-        );
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        // What the datapath cannot express: 400 naming the field; nothing stored.
-        let mut bad = rfc_acl();
-        bad["ietf-dots-data-channel:acls"]["acl"][0]["name"] = json!("bad");
-        bad["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["matches"]["ipv4"]["ecn"] =
-            json!(1);
-        let r = call(&mut f.dc, A, "POST", &c, bad);
-        assert_eq!((r.status, tag(&r)), (400, "invalid-value".into()));
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "GET",
-                &format!("{c}/acls/acl=bad"),
-                Value::Null
-            )
-            .status,
-            404
-        );
-        // Foreign destination: 403.
-        let mut foreign = rfc_acl();
-        foreign["ietf-dots-data-channel:acls"]["acl"][0]["name"] = json!("foreign");
-        foreign["ietf-dots-data-channel:acls"]["acl"][0]["aces"]["ace"][0]["matches"]["ipv4"]
-            ["destination-ipv4-network"] = json!("203.0.113.0/24");
-        assert_eq!(call(&mut f.dc, A, "POST", &c, foreign).status, 403);
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "DELETE",
-                &format!("{c}/acls/acl=sample-ipv4-acl"),
-                Value::Null
-            )
-            .status,
-            204
-        );
-        assert_eq!(
-            call(&mut f.dc, A, "GET", &format!("{c}/acls"), Value::Null).status,
-            404
-        );
-        let _ = &f.layer;
-    }
-
-    #[test]
-    fn when_mitigating_acls_follow_the_clients_mitigations() {
-        let mut f = fixture(None);
-        register(&mut f.dc);
-        let mut acl = rfc_acl();
-        acl["ietf-dots-data-channel:acls"]["acl"][0]["activation-type"] =
-            json!("activate-when-mitigating");
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "POST",
-                &format!("{D}/dots-client=cuid-a"),
-                acl
-            )
-            .status,
-            201
-        );
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        f.layer
-            .install(&MitigationSpec::new(
-                1,
-                vec!["198.51.100.7/32".parse().unwrap()],
-            ))
-            .unwrap();
-        assert_eq!(
-            f.handle.with_inner(|m| m.installed()).len(),
-            2,
-            "mitigation + baseline"
-        );
-        f.layer.remove(1).unwrap();
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-    }
-
-    #[test]
     fn insert_and_point_order_acls() {
         let mut f = fixture(None);
         register(&mut f.dc);
@@ -1229,54 +925,6 @@ mod tests {
             named("w"),
         );
         assert_eq!(r.status, 400);
-    }
-
-    #[test]
-    fn data_survives_a_restart_and_expires() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut f = fixture(Some(Store::open(dir.path()).unwrap()));
-            register(&mut f.dc);
-            assert_eq!(
-                call(
-                    &mut f.dc,
-                    A,
-                    "POST",
-                    &format!("{D}/dots-client=cuid-a"),
-                    rfc_acl()
-                )
-                .status,
-                201
-            );
-        }
-        let mut f = fixture(Some(Store::open(dir.path()).unwrap()));
-        assert!(
-            f.handle.with_inner(|m| m.installed()).is_empty(),
-            "loaded, not yet synced"
-        );
-        f.handle.sync_all();
-        assert_eq!(f.handle.with_inner(|m| m.installed()).len(), 1);
-        let got = call(
-            &mut f.dc,
-            A,
-            "GET",
-            &format!("{D}/dots-client=cuid-a/acls"),
-            Value::Null,
-        );
-        assert_eq!(got.status, 200);
-        f.dc.expire(1000 + 10080 * 60);
-        assert!(f.handle.with_inner(|m| m.installed()).is_empty());
-        assert_eq!(
-            call(
-                &mut f.dc,
-                A,
-                "GET",
-                &format!("{D}/dots-client=cuid-a/acls"),
-                Value::Null
-            )
-            .status,
-            404
-        );
     }
 
     #[test]

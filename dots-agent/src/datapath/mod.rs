@@ -100,6 +100,50 @@ pub(crate) fn rank_talkers(v: &mut Vec<(std::net::IpAddr, Counter)>, n: usize) {
     v.truncate(n);
 }
 
+/// Whose rules a datapath mitigation holds. The datapath keys mitigations by a `u64`, which
+/// it keeps in pinned maps across restarts; this is the one place that encodes owners into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DatapathId {
+    /// A DOTS mitigation, by the engine's counter (1, 2, ...).
+    Mitigation(u64),
+    /// A client's baseline: its data-channel ACLs over its prefixes, by its name's hash.
+    Baseline(u32),
+}
+
+/// Raw ids from here up are baselines (as earlier agents pinned them).
+const BASELINE_RAW: u64 = 1 << 62;
+
+impl DatapathId {
+    /// The baseline of a configured client.
+    pub fn baseline(client: &str) -> DatapathId {
+        DatapathId::Baseline(compile::name_hash(client) as u32)
+    }
+
+    /// The key the datapath uses (`MitigationSpec::id`, `Mitigator` calls).
+    pub fn raw(self) -> u64 {
+        match self {
+            DatapathId::Mitigation(n) => n,
+            DatapathId::Baseline(h) => BASELINE_RAW + h as u64,
+        }
+    }
+
+    pub fn from_raw(raw: u64) -> DatapathId {
+        match raw.checked_sub(BASELINE_RAW) {
+            Some(h) => DatapathId::Baseline(h as u32),
+            None => DatapathId::Mitigation(raw),
+        }
+    }
+}
+
+impl std::fmt::Display for DatapathId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatapathId::Mitigation(n) => write!(f, "mitigation {n}"),
+            DatapathId::Baseline(h) => write!(f, "baseline {h:08x}"),
+        }
+    }
+}
+
 /// What the DOTS engine needs from a datapath.
 pub trait Mitigator: Send {
     /// Installs the mitigation with `spec.id`, or replaces it as one atomic change: a packet
@@ -117,11 +161,6 @@ pub trait Mitigator: Send {
     }
     /// Counters of each interface the filter is attached to.
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
-        Vec::new()
-    }
-    /// Matched traffic per (client, ACL entry name) for ACLs kept per client (the data
-    /// channel's layer); empty where ACLs belong to single mitigations.
-    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
         Vec::new()
     }
     /// The `n` sources with the most dropped packets of a mitigation, most first. Estimates:
@@ -151,9 +190,6 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn interfaces(&self) -> Vec<(String, xdp_common::InterfaceStats)> {
         (**self).interfaces()
-    }
-    fn acl_statistics(&self) -> Vec<(String, String, Counter)> {
-        (**self).acl_statistics()
     }
     fn top_talkers(&self, id: u64, n: usize) -> Vec<(std::net::IpAddr, Counter)> {
         (**self).top_talkers(id, n)

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::datapath::{AclEntry, AttachMode, Countermeasures, Rate, DEFAULT_PIN_ROOT};
-use crate::signal::engine::ClientPolicy;
+use crate::engine::ClientPolicy;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,11 +100,11 @@ impl SignalRedirect {
 }
 
 fn default_attack_quiet() -> u64 {
-    crate::signal::engine::ATTACK_QUIET_DEFAULT
+    crate::engine::ATTACK_QUIET_DEFAULT
 }
 
 fn default_terminating() -> u64 {
-    crate::signal::engine::TERMINATING_DEFAULT
+    crate::engine::TERMINATING_DEFAULT
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,10 +237,10 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.signal.terminating_seconds > crate::signal::engine::TERMINATING_MAX {
+        if self.signal.terminating_seconds > crate::engine::TERMINATING_MAX {
             bail!(
                 "[signal] terminating_seconds is at most {}",
-                crate::signal::engine::TERMINATING_MAX
+                crate::engine::TERMINATING_MAX
             );
         }
         if let Some(r) = &self.signal.redirect {

@@ -7,13 +7,12 @@
 //! number and time. A ClientHello from a peer with an established session replaces it (a
 //! client that restarted on the same address and port).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use coap_lite::{MessageType, Packet};
 use openssl::error::ErrorStack;
 use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
@@ -22,10 +21,12 @@ use openssl::ssl::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::{now, Heartbeats, Identity, Observations, SharedEngine};
+use crate::control::sessions::{Outbox, SessionId};
+use crate::control::ControlHandle;
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::metrics::SIGNAL;
-use crate::signal::handler::{self, Peer, Reply};
+use crate::signal::session::Framing;
+use tracing::Instrument;
 
 /// Datagrams are kept under the IPv6 minimum path MTU (RFC 9132 §7.3).
 const MTU: u32 = 1200;
@@ -33,8 +34,6 @@ const MTU: u32 = 1200;
 const MAX_PEERS: usize = 20_000;
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(600);
-/// Answers remembered per session for duplicate detection.
-const DEDUP: usize = 16;
 
 fn peer_index() -> openssl::ex_data::Index<Ssl, SocketAddr> {
     static INDEX: OnceLock<openssl::ex_data::Index<Ssl, SocketAddr>> = OnceLock::new();
@@ -88,7 +87,7 @@ fn is_client_hello(d: &[u8]) -> bool {
     d.len() > 13 && d[0] == 22 && d[3] == 0 && d[4] == 0 && d[13] == 1
 }
 
-pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine) {
+pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, control: ControlHandle) {
     let socket = Arc::new(socket);
     let peers: Peers = Arc::new(StdMutex::new(HashMap::new()));
     let mut buf = vec![0u8; 65_535];
@@ -119,10 +118,20 @@ pub async fn serve_dtls(socket: UdpSocket, ctx: SslContext, engine: SharedEngine
                 }
                 let (tx, rx) = mpsc::channel(64);
                 peers.lock().expect("peers lock").insert(from, tx.clone());
-                let (socket, ctx, engine, peers) =
-                    (socket.clone(), ctx.clone(), engine.clone(), peers.clone());
+                let (socket, ctx, control, peers) =
+                    (socket.clone(), ctx.clone(), control.clone(), peers.clone());
+                let span = tracing::info_span!(
+                    "session",
+                    transport = "dtls",
+                    peer = %from,
+                    client = tracing::field::Empty,
+                    cuid = tracing::field::Empty
+                );
                 tokio::spawn(async move {
-                    if let Err(e) = session(from, rx, &socket, &ctx, engine).await {
+                    if let Err(e) = session(from, rx, &socket, &ctx, control)
+                        .instrument(span)
+                        .await
+                    {
                         tracing::info!("DTLS {from}: {e:#}");
                     }
                     let mut map = peers.lock().expect("peers lock");
@@ -150,7 +159,7 @@ async fn session(
     mut rx: mpsc::Receiver<Vec<u8>>,
     socket: &UdpSocket,
     ctx: &SslContext,
-    engine: SharedEngine,
+    control: ControlHandle,
 ) -> Result<()> {
     let mut ssl = Ssl::new(ctx)?;
     ssl.set_mtu(MTU)?;
@@ -180,26 +189,33 @@ async fn session(
         }
     }
     flush(socket, peer, &mut s).await;
-    let id = Identity::of(s.ssl(), &engine).await?;
+    let id = super::identity(s.ssl())?;
+    let span = tracing::Span::current();
+    span.record("client", id.cn.as_str());
+    span.record("cuid", id.cuid.as_str());
     let _counted = SIGNAL.session("dtls");
-    let client = id.client();
-    tracing::info!(
-        "DTLS session from {peer}: client {:?} (cuid {}){}",
-        id.cn,
-        id.cuid,
-        if id.configured {
-            ""
-        } else {
-            ": not configured"
-        }
-    );
-    let mut message_id: u16 = openssl_rand_u16();
-    let mut observations = Observations::default();
-    let mut heartbeats = Heartbeats::new();
-    // Recent answers by request message id: a retransmitted request gets the same answer
-    // again instead of being processed twice (RFC 7252 §4.5).
-    let mut answered: VecDeque<(u16, Vec<u8>)> = VecDeque::with_capacity(DEDUP);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tracing::info!("DTLS session established");
+    let outbox = Arc::new(Outbox::default());
+    let unasked = outbox.clone();
+    let (sid, _) = control
+        .run(move |c| c.open_session(id, Framing::Datagram, outbox, Instant::now()))
+        .await?;
+    let result = shovel(&mut s, &mut rx, &unasked, sid, socket, peer, &control).await;
+    let _ = control.run(move |c| c.close_session(sid)).await;
+    result
+}
+
+/// Moves bytes between the socket's datagrams (through DTLS) and the session on the
+/// control thread, until the peer leaves, starts a new session, or falls silent.
+async fn shovel(
+    s: &mut SslStream<Datagrams>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    unasked: &Outbox,
+    sid: SessionId,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    control: &ControlHandle,
+) -> Result<()> {
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -213,85 +229,47 @@ async fn session(
                 s.get_mut().inbox.push_back(d);
                 // Allocated per datagram, not per session: an idle session holds no read buffer.
                 let mut buf = vec![0u8; 16_384];
+                let mut plain = Vec::new();
                 loop {
                     match s.ssl_read(&mut buf) {
-                        Ok(n) => {
-                            let Ok(req) = Packet::from_bytes(&buf[..n]) else { continue };
-                            let is_request = matches!(req.header.code, coap_lite::MessageClass::Request(_));
-                            if is_request {
-                                if let Some((_, again)) = answered.iter().find(|(m, _)| *m == req.header.message_id) {
-                                    let _ = s.ssl_write(again);
-                                    continue;
-                                }
-                            }
-                            let peer_id = Peer { client, cuid: &id.cuid };
-                            let started = Instant::now();
-                            let reply = handler::handle(&mut *engine.lock().await, &peer_id, &req, now());
-                            SIGNAL.request(&req, &reply, started);
-                            let mut resp = match reply {
-                                Reply::Heartbeat { response, .. } => {
-                                    heartbeats.client_heartbeat();
-                                    response
-                                }
-                                Reply::Response(p) => p,
-                                Reply::Observe { response, observation, register } => {
-                                    observations.apply(observation, register, &engine).await;
-                                    response
-                                }
-                                Reply::Silence => continue,
-                            };
-                            if req.header.get_type() == MessageType::Confirmable {
-                                // Piggybacked on the acknowledgement.
-                                resp.header.set_type(MessageType::Acknowledgement);
-                                resp.header.message_id = req.header.message_id;
-                            } else {
-                                resp.header.set_type(MessageType::NonConfirmable);
-                                message_id = message_id.wrapping_add(1);
-                                resp.header.message_id = message_id;
-                            }
-                            if let Ok(bytes) = resp.to_bytes() {
-                                let _ = s.ssl_write(&bytes);
-                                if answered.len() == DEDUP {
-                                    answered.pop_front();
-                                }
-                                answered.push_back((req.header.message_id, bytes));
-                            }
-                        }
+                        Ok(n) => plain.push(buf[..n].to_vec()),
                         Err(e) if e.code() == ErrorCode::WANT_READ => break,
                         Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                            flush(socket, peer, &mut s).await;
+                            flush(socket, peer, s).await;
                             return Ok(());
                         }
                         Err(e) => {
-                            flush(socket, peer, &mut s).await;
+                            flush(socket, peer, s).await;
                             return Err(anyhow::anyhow!("DTLS: {e}"));
                         }
                     }
                 }
-            }
-            _ = tick.tick() => {
-                if last_heard.elapsed() > IDLE {
-                    return Ok(()); // nothing heard for long: the session is gone
-                }
-                // Notifications and heartbeats are NON (RFC 9132 §4.4.2.1, §4.7).
-                let mut out = observations.due(&engine).await;
-                out.extend(heartbeats.due(&engine, &id).await);
-                for mut p in out {
-                    p.header.set_type(MessageType::NonConfirmable);
-                    message_id = message_id.wrapping_add(1);
-                    p.header.message_id = message_id;
-                    if let Ok(bytes) = p.to_bytes() {
-                        let _ = s.ssl_write(&bytes);
+                if !plain.is_empty() {
+                    let replies = control
+                        .run(move |c| {
+                            let now = crate::clock::now();
+                            let mut out = Vec::new();
+                            for p in plain {
+                                out.extend(c.session_message(sid, now, &p)?);
+                            }
+                            Ok::<_, String>(out)
+                        })
+                        .await?
+                        .map_err(anyhow::Error::msg)?;
+                    for r in replies {
+                        let _ = s.ssl_write(&r);
                     }
                 }
             }
+            waiting = unasked.next() => {
+                for bytes in waiting {
+                    let _ = s.ssl_write(&bytes);
+                }
+            }
+            _ = tokio::time::sleep_until((last_heard + IDLE).into()) => {
+                return Ok(()); // nothing heard for long: the session is gone
+            }
         }
-        flush(socket, peer, &mut s).await;
+        flush(socket, peer, s).await;
     }
-}
-
-fn openssl_rand_u16() -> u16 {
-    let mut b = [0u8; 2];
-    let _ = openssl::rand::rand_bytes(&mut b);
-    u16::from_ne_bytes(b)
 }

@@ -1,9 +1,9 @@
-//! CoAP over TLS (RFC 8323) with mutual X.509 authentication: one task per connection,
-//! frames in, engine calls, frames out.
+//! CoAP over TLS (RFC 8323) with mutual X.509 authentication: one task per connection, a
+//! byte shovel between the TLS stream and its session on the control thread.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
@@ -11,10 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
-use super::{now, Heartbeats, Identity, Observations, SharedEngine};
+use tracing::Instrument;
+
+use crate::control::sessions::{Outbox, SessionId};
+use crate::control::ControlHandle;
 use crate::metrics::SIGNAL;
-use crate::signal::coap_tcp::{self, Frame};
-use crate::signal::handler::{self, Peer, Reply};
+use crate::signal::session::Framing;
 
 /// A connection with nothing received for this long is closed.
 const IDLE: Duration = Duration::from_secs(600);
@@ -28,7 +30,7 @@ pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     Ok(b.build())
 }
 
-pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, engine: SharedEngine) {
+pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, control: ControlHandle) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -39,16 +41,26 @@ pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, engine
             }
         };
         let acceptor = acceptor.clone();
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(tcp, &acceptor, engine).await {
-                tracing::info!("{peer}: {e:#}");
+        let control = control.clone();
+        let span = tracing::info_span!(
+            "session",
+            transport = "tls",
+            peer = %peer,
+            client = tracing::field::Empty,
+            cuid = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                if let Err(e) = connection(tcp, &acceptor, control).await {
+                    tracing::info!("{e:#}");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 
-async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine) -> Result<()> {
+async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, control: ControlHandle) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let ssl = Ssl::new(acceptor.context())?;
     let mut s = SslStream::new(ssl, tcp)?;
@@ -59,26 +71,38 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
     handshake
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let id = Identity::of(s.ssl(), &engine).await?;
+    let id = super::identity(s.ssl())?;
+    let span = tracing::Span::current();
+    span.record("client", id.cn.as_str());
+    span.record("cuid", id.cuid.as_str());
     let _counted = SIGNAL.session("tls");
-    let client = id.client();
-    tracing::info!(
-        "TLS session from client {:?} (cuid {}){}",
-        id.cn,
-        id.cuid,
-        if id.configured {
-            ""
-        } else {
-            ": not configured"
+    tracing::info!("TLS session established");
+    let outbox = Arc::new(Outbox::default());
+    let unasked = outbox.clone();
+    let (sid, first) = control
+        .run(move |c| c.open_session(id, Framing::Stream, outbox, Instant::now()))
+        .await?;
+    let result = async {
+        for f in first {
+            s.write_all(&f).await?;
         }
-    );
-    s.write_all(&coap_tcp::csm()).await?;
-    let mut buf = Vec::with_capacity(4096);
+        shovel(&mut s, &unasked, sid, &control).await
+    }
+    .await;
+    let _ = control.run(move |c| c.close_session(sid)).await;
+    result
+}
+
+/// Moves bytes between the TLS stream and the session on the control thread, until the
+/// peer leaves, releases the session, or falls silent.
+async fn shovel(
+    s: &mut SslStream<TcpStream>,
+    unasked: &Outbox,
+    sid: SessionId,
+    control: &ControlHandle,
+) -> Result<()> {
     let mut chunk = [0u8; 4096];
-    let mut observations = Observations::default();
-    let mut heartbeats = Heartbeats::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_heard = std::time::Instant::now();
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             n = s.read(&mut chunk) => {
@@ -86,45 +110,29 @@ async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, engine: SharedEngine
                 if n == 0 {
                     return Ok(());
                 }
-                last_heard = std::time::Instant::now();
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some((frame, used)) = coap_tcp::decode(&buf)? {
-                    buf.drain(..used);
-                    match frame {
-                        Frame::Signal { code: coap_tcp::PING, token, .. } => s.write_all(&coap_tcp::pong(&token)).await?,
-                        Frame::Signal { code: coap_tcp::RELEASE | coap_tcp::ABORT, .. } => return Ok(()),
-                        Frame::Signal { .. } => {} // CSM, Pong: nothing to answer
-                        Frame::Message(req) => {
-                            let peer = Peer { client, cuid: &id.cuid };
-                            let started = std::time::Instant::now();
-                            let reply = handler::handle(&mut *engine.lock().await, &peer, &req, now());
-                            SIGNAL.request(&req, &reply, started);
-                            match reply {
-                                Reply::Heartbeat { response, .. } => {
-                                    heartbeats.client_heartbeat();
-                                    s.write_all(&coap_tcp::encode(&response)?).await?
-                                }
-                                Reply::Response(p) => s.write_all(&coap_tcp::encode(&p)?).await?,
-                                Reply::Observe { response, observation, register } => {
-                                    observations.apply(observation, register, &engine).await;
-                                    s.write_all(&coap_tcp::encode(&response)?).await?
-                                }
-                                Reply::Silence => {}
-                            }
+                last_heard = Instant::now();
+                let bytes = chunk[..n].to_vec();
+                let replies = control
+                    .run(move |c| c.session_message(sid, crate::clock::now(), &bytes))
+                    .await?;
+                match replies {
+                    Ok(replies) => {
+                        for r in replies {
+                            s.write_all(&r).await?;
                         }
+                    }
+                    Err(why) => {
+                        tracing::info!("session ended: {why}");
+                        return Ok(());
                     }
                 }
             }
-            _ = tick.tick() => {
-                if last_heard.elapsed() > IDLE {
-                    return Ok(()); // idle timeout
-                }
-                let mut out = observations.due(&engine).await;
-                out.extend(heartbeats.due(&engine, &id).await);
-                for p in out {
-                    s.write_all(&coap_tcp::encode(&p)?).await?;
+            waiting = unasked.next() => {
+                for bytes in waiting {
+                    s.write_all(&bytes).await?;
                 }
             }
+            _ = tokio::time::sleep_until((last_heard + IDLE).into()) => return Ok(()),
         }
     }
 }

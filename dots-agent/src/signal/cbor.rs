@@ -2,12 +2,17 @@
 //! decimal fractions, and a strict reader that turns every malformed input into an error
 //! with a diagnostic a client can act on (the 4.00 payload), never a panic.
 
+use std::net::IpAddr;
+
 use ciborium::value::{Integer, Value};
+use ipnet::IpNet;
 use thiserror::Error;
 
 /// Largest signal-channel body we parse (CoAP over UDP stays under the 1280-byte path MTU;
 /// over TCP bodies can be larger, but a mitigation request is never near this).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest response body a client parses.
+pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// Nesting deeper than this is not a DOTS message.
 const MAX_DEPTH: usize = 16;
 
@@ -79,8 +84,8 @@ pub fn comprehension_required(key: u64) -> bool {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CborError {
-    #[error("body of {0} bytes is over the {MAX_BODY}-byte limit")]
-    TooLarge(usize),
+    #[error("body of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     #[error("malformed CBOR: {0}")]
     Malformed(String),
     #[error("{0} bytes after the CBOR item")]
@@ -102,10 +107,51 @@ pub enum CborError {
     Invalid { what: String, why: String },
 }
 
-/// Parses exactly one CBOR item, within size and depth limits.
+/// A target prefix as RFC 9132 §4.4.1.1 allows it: a valid prefix, not loopback,
+/// multicast or (IPv4) broadcast.
+pub fn parse_target_prefix(text: &str) -> Result<IpNet, CborError> {
+    let net: IpNet = text
+        .parse()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| invalid_value(6, format!("{text:?} is not an IP prefix")))?;
+    let a = net.network();
+    let bad = match a {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_multicast() || v6.is_unspecified(),
+    };
+    if bad || net.prefix_len() == 0 {
+        return Err(invalid_value(
+            6,
+            format!("{text} is a loopback, multicast, broadcast or unspecified range"),
+        ));
+    }
+    Ok(net)
+}
+
+fn invalid_value(key: u64, why: impl Into<String>) -> CborError {
+    let name = key_name(key).unwrap_or("value");
+    CborError::Invalid {
+        what: format!("{name} ({key})"),
+        why: why.into(),
+    }
+}
+
+/// Parses exactly one CBOR item of a request, within size and depth limits.
 pub fn parse(body: &[u8]) -> Result<Value, CborError> {
-    if body.len() > MAX_BODY {
-        return Err(CborError::TooLarge(body.len()));
+    parse_within(body, MAX_BODY)
+}
+
+/// Parses a server's response: the status of every mitigation of a client (4,096 with
+/// their telemetry) is far larger than any request, and arrives in blocks.
+pub fn parse_response(body: &[u8]) -> Result<Value, CborError> {
+    parse_within(body, MAX_RESPONSE)
+}
+
+fn parse_within(body: &[u8], limit: usize) -> Result<Value, CborError> {
+    if body.len() > limit {
+        return Err(CborError::TooLarge(body.len(), limit));
     }
     let mut rest = body;
     let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_DEPTH).map_err(
@@ -329,7 +375,7 @@ mod tests {
         assert!(matches!(parse(&[0x81; 100]), Err(CborError::TooDeep)));
         assert!(matches!(
             parse(&vec![0u8; MAX_BODY + 1]),
-            Err(CborError::TooLarge(_))
+            Err(CborError::TooLarge(_, MAX_BODY))
         ));
         // A claimed 4 GiB string in 9 bytes must not allocate it.
         assert!(parse(&[0x7a, 0xff, 0xff, 0xff, 0xff, 0x41]).is_err());

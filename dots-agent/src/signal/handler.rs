@@ -1,14 +1,17 @@
-//! CoAP requests to engine calls and back (RFC 9132 §4.4, §4.7), still without I/O: the
-//! transports hand in a parsed request and the peer's identity, and send what comes back.
+//! CoAP requests to engine calls and back (RFC 9132 §4.4, §4.7), without I/O: a session
+//! hands in a parsed request and the peer's identity and sends what comes back. All CBOR
+//! is decoded and encoded here; the engine takes and returns typed values.
 
 use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, ResponseType};
 
 use super::cbor::{self, uint};
-use super::engine::{Engine, PutOutcome, Refusal};
 use super::message;
-use super::session_config;
+use super::session::{Observation, Reply, Watched};
+use super::session_config::{self, ConfigError};
+use super::telemetry;
 use super::uri::{self, Resource};
 use crate::datapath::Mitigator;
+use crate::engine::{Engine, PutOutcome, Refusal};
 
 /// Who is asking, as the (D)TLS layer established it.
 pub struct Peer<'a> {
@@ -16,58 +19,6 @@ pub struct Peer<'a> {
     pub client: Option<&'a str>,
     /// The cuid derived from the certificate (RFC 9132 §4.4.1.1).
     pub cuid: &'a str,
-}
-
-/// What the handler wants the transport to do.
-pub enum Reply {
-    /// Send this response (the transport sets type and message id).
-    Response(Packet),
-    /// Send nothing (an efficacy update for an unknown mitigation).
-    Silence,
-    /// A heartbeat arrived (2.04 to send, and liveness to record).
-    Heartbeat {
-        response: Packet,
-        peer_hb_status: bool,
-    },
-    /// A GET with Observe 0 (register) or 1 (deregister): send the response and keep (or
-    /// drop) the observation in the session (RFC 7641, RFC 9132 §4.4.2.1).
-    Observe {
-        response: Packet,
-        observation: Observation,
-        register: bool,
-    },
-}
-
-/// A server-originated heartbeat (RFC 9132 §4.7): PUT /hb telling the client whether its
-/// own heartbeats reach us.
-pub fn heartbeat_request(token: Vec<u8>, peer_hb_status: bool) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Request(RequestType::Put);
-    p.set_token(token);
-    for s in [".well-known", "dots", "hb"] {
-        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
-    }
-    p.set_content_format(ContentFormat::ApplicationDotsCbor);
-    p.payload = message::encode_heartbeat(peer_hb_status);
-    p
-}
-
-/// What a session watches for a client: its mitigations (one, or all), or its session
-/// configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observation {
-    pub token: Vec<u8>,
-    pub cuid: String,
-    /// The configured client (session configurations are kept per client).
-    pub client: String,
-    pub target: Watched,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Watched {
-    /// One mitigation, or all of the client's (None).
-    Mitigation(Option<u32>),
-    Config,
 }
 
 /// What a notification compares with what it last sent: the (mid, status) list of
@@ -342,8 +293,12 @@ pub fn handle<M: Mitigator>(
                             "mid is required in the path",
                         ));
                     };
-                    engine.delete(&cuid, mid, now);
-                    Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+                    match engine.delete(&cuid, mid, now) {
+                        Ok(()) => {
+                            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+                        }
+                        Err(r) => Reply::Response(refusal(req, r)),
+                    }
                 }
                 RequestType::Get => match engine.status(&cuid, mid, now) {
                     Ok(st) => {
@@ -421,7 +376,13 @@ pub fn handle<M: Mitigator>(
             Err(r) => Reply::Response(refusal(req, r)),
         },
         (Resource::Config { sid: Some(sid) }, RequestType::Put) => {
-            match engine.config_put(client, sid, &req.payload) {
+            let asked = session_config::decode_put(&req.payload, &engine.config(client)).map_err(
+                |e| match e {
+                    ConfigError::Bad(e) => Refusal::BadRequest(e.to_string()),
+                    ConfigError::Unacceptable(t) => Refusal::Unprocessable(t),
+                },
+            );
+            match asked.and_then(|c| engine.config_put(client, sid, c)) {
                 Ok(true) => {
                     Reply::Response(response(req, ResponseType::Created, Vec::new(), false))
                 }
@@ -436,10 +397,10 @@ pub fn handle<M: Mitigator>(
             ResponseType::BadRequest,
             "sid is required in the path",
         )),
-        (Resource::Config { .. }, RequestType::Delete) => {
-            engine.config_delete(client);
-            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
-        }
+        (Resource::Config { .. }, RequestType::Delete) => match engine.config_delete(client) {
+            Ok(()) => Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false)),
+            Err(r) => Reply::Response(refusal(req, r)),
+        },
         (Resource::Config { .. }, _) => Reply::Response(diagnostic(
             req,
             ResponseType::MethodNotAllowed,
@@ -456,7 +417,12 @@ pub fn handle<M: Mitigator>(
         }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Get) => {
             match engine.tm_setup_get(client, tsid) {
-                Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+                Ok(setup) => Reply::Response(response(
+                    req,
+                    ResponseType::Content,
+                    setup.encode_get(tsid),
+                    true,
+                )),
                 Err(r) => Reply::Response(refusal(req, r)),
             }
         }
@@ -465,7 +431,10 @@ pub fn handle<M: Mitigator>(
                 tsid: Some(tsid), ..
             },
             RequestType::Put,
-        ) => match engine.tm_setup_put(client, tsid, &req.payload, now) {
+        ) => match telemetry::decode_setup_put(&req.payload)
+            .map_err(Refusal::from)
+            .and_then(|item| engine.tm_setup_put(client, tsid, item, now))
+        {
             Ok(true) => Reply::Response(response(req, ResponseType::Created, Vec::new(), false)),
             Ok(false) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
             Err(r) => Reply::Response(refusal(req, r)),
@@ -478,8 +447,10 @@ pub fn handle<M: Mitigator>(
             ))
         }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Delete) => {
-            engine.tm_setup_delete(client, tsid, now);
-            Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
+            match engine.tm_setup_delete(client, tsid, now) {
+                Ok(()) => Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false)),
+                Err(r) => Reply::Response(refusal(req, r)),
+            }
         }
         (Resource::TelemetrySetup { .. }, _) => Reply::Response(diagnostic(
             req,
@@ -491,7 +462,10 @@ pub fn handle<M: Mitigator>(
                 tmid: Some(tmid), ..
             },
             RequestType::Put,
-        ) => match engine.tm_put(client, tmid, &req.payload, now) {
+        ) => match telemetry::decode_pre_mitigation(&req.payload)
+            .map_err(Refusal::from)
+            .and_then(|report| engine.tm_put(client, tmid, report, now))
+        {
             Ok(()) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),
             Err(r) => Reply::Response(refusal(req, r)),
         },
@@ -501,7 +475,12 @@ pub fn handle<M: Mitigator>(
             "tmid is required in the path",
         )),
         (Resource::Telemetry { tmid, .. }, RequestType::Get) => match engine.tm_get(client, tmid) {
-            Ok(body) => Reply::Response(response(req, ResponseType::Content, body, true)),
+            Ok(reports) => Reply::Response(response(
+                req,
+                ResponseType::Content,
+                telemetry::encode_pre_mitigation(&reports),
+                true,
+            )),
             Err(r) => Reply::Response(refusal(req, r)),
         },
         (Resource::Telemetry { tmid, .. }, RequestType::Delete) => {
@@ -520,7 +499,7 @@ pub fn handle<M: Mitigator>(
 mod tests {
     use super::*;
     use crate::datapath::{Countermeasures, MemoryMitigator};
-    use crate::signal::engine::ClientPolicy;
+    use crate::engine::ClientPolicy;
 
     const FIG8: &[u8] = include_bytes!("../../tests/fixtures/rfc9132-fig8.cbor");
     const CUID: &str = "dz6pHjaADkaFTbjr0JGBpw";

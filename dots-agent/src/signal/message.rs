@@ -2,12 +2,10 @@
 //! decoded strictly from CBOR and encoded deterministically (keys ascending, defaults
 //! omitted), so the RFC's Figure 8 request round-trips byte for byte.
 
-use std::net::IpAddr;
-
 use ciborium::value::Value;
 use ipnet::IpNet;
 
-use super::cbor::{self, uint, CborError, Fields};
+use super::cbor::{self, parse_target_prefix, uint, CborError, Fields};
 use crate::datapath::PortRange;
 
 /// Mitigation request lifetime (key 14): seconds, or -1 for "until withdrawn".
@@ -140,29 +138,6 @@ fn invalid(key: u64, why: impl Into<String>) -> CborError {
         what: format!("{name} ({key})"),
         why: why.into(),
     }
-}
-
-/// A target prefix as RFC 9132 §4.4.1.1 allows it: a valid prefix, not loopback,
-/// multicast or (IPv4) broadcast.
-pub fn parse_target_prefix(text: &str) -> Result<IpNet, CborError> {
-    let net: IpNet = text
-        .parse()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| invalid(6, format!("{text:?} is not an IP prefix")))?;
-    let a = net.network();
-    let bad = match a {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified()
-        }
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_multicast() || v6.is_unspecified(),
-    };
-    if bad || net.prefix_len() == 0 {
-        return Err(invalid(
-            6,
-            format!("{text} is a loopback, multicast, broadcast or unspecified range"),
-        ));
-    }
-    Ok(net)
 }
 
 /// Decodes a mitigation request body `{1: {2: [scope]}}` (RFC 9132 §4.4.1).

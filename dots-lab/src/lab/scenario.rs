@@ -148,10 +148,10 @@ impl Scenario {
         if self.guard.lifetime == 0 {
             bail!("[guard] lifetime must be positive");
         }
-        if self.filters.terminating_seconds > dots_agent::signal::engine::TERMINATING_MAX {
+        if self.filters.terminating_seconds > dots_agent::engine::TERMINATING_MAX {
             bail!(
                 "[filters] terminating_seconds is at most {}",
-                dots_agent::signal::engine::TERMINATING_MAX
+                dots_agent::engine::TERMINATING_MAX
             );
         }
         if self.traffic.is_empty() || self.traffic.len() > MAX_FLOWS {

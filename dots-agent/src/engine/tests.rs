@@ -1,8 +1,32 @@
 //! The engine's rules, each tested without sockets or clocks (time is passed in).
 
+use super::journal::MemoryJournal;
 use super::*;
-use crate::datapath::{MemoryMitigator, MitigationCounters};
+use crate::datapath::compile::name_hash;
+use crate::datapath::{MemoryMitigator, MitigationCounters, MitigationSpec};
 use xdp_common::Counter;
+
+/// An engine that restored what `journal` holds, and commits to it from now on.
+fn restored<M: Mitigator>(e: Engine<M>, journal: &MemoryJournal, now: u64) -> (Engine<M>, usize) {
+    let mut e = e.with_journal(Box::new(journal.clone()));
+    let n = e
+        .restore(&journal.snapshot(), Vec::new(), Vec::new(), now)
+        .unwrap();
+    (e, n)
+}
+
+/// A session configuration request body, as the handler decodes it.
+fn session_config<M: Mitigator>(e: &Engine<M>, client: &str, body: &[u8]) -> SessionConfig {
+    crate::signal::session_config::decode_put(body, &e.config(client)).unwrap()
+}
+
+fn pre_mitigation(body: &[u8]) -> tm::PreMitigation {
+    tm::decode_pre_mitigation(body).unwrap()
+}
+
+fn setup_item(body: &[u8]) -> tm::SetupItem {
+    tm::decode_setup_put(body).unwrap()
+}
 
 fn engine() -> Engine<MemoryMitigator> {
     let policy = |name: &str, p: &str| ClientPolicy {
@@ -53,7 +77,7 @@ fn create_installs_and_status_reports_counters() {
         bytes: 1000,
     };
     let mut e2 = e;
-    e2.mitigator.set_counters(id, c);
+    e2.mitigator_mut().set_counters(id, c);
     assert_eq!(
         e2.status("cu-a", Some(1), 1590).unwrap()[0].pps_dropped,
         None,
@@ -68,7 +92,7 @@ fn create_installs_and_status_reports_counters() {
         packets: 0,
         bytes: 0,
     };
-    e2.mitigator.set_counters(id, c2);
+    e2.mitigator_mut().set_counters(id, c2);
     let st = e2.status("cu-a", Some(1), 1600).unwrap();
     assert_eq!(
         (st[0].pps_dropped, st[0].bps_dropped),
@@ -80,7 +104,7 @@ fn create_installs_and_status_reports_counters() {
         packets: 110,
         bytes: 11_000,
     };
-    e2.mitigator.set_counters(id, c3);
+    e2.mitigator_mut().set_counters(id, c3);
     let later = e2.status("cu-a", Some(1), 1610).unwrap();
     assert_eq!(
         (later[0].pps_dropped, later[0].bps_dropped),
@@ -201,7 +225,7 @@ fn withdrawal_keeps_filtering_then_ends_and_lifetimes_expire() {
         .unwrap();
     e.put("a", "cu-a", 2, scope("198.51.100.64/28", 1000), false, 0)
         .unwrap();
-    e.delete("cu-a", 2, 10);
+    e.delete("cu-a", 2, 10).unwrap();
     assert_eq!(
         e.status("cu-a", Some(2), 10).unwrap()[0].status,
         Status::ClientWithdrawn
@@ -211,7 +235,7 @@ fn withdrawal_keeps_filtering_then_ends_and_lifetimes_expire() {
         2,
         "still filtering while terminating"
     );
-    e.delete("cu-a", 99, 10); // unknown mid: still fine
+    e.delete("cu-a", 99, 10).unwrap(); // unknown mid: still fine
     assert_eq!(e.tick(59), vec![]);
     assert_eq!(e.tick(60), vec![("cu-a".to_string(), 1)]);
     // An ended mitigation reports attack-mitigation-terminated for a while.
@@ -244,13 +268,13 @@ fn withdrawal_keeps_filtering_then_ends_and_lifetimes_expire() {
 }
 
 fn set_dropped(e: &mut Engine<MemoryMitigator>, cuid: &str, mid: u32, packets: u64) {
-    let id = e.clients[cuid].1[&mid].datapath_id;
+    let id = e.ledger.get(cuid, mid).unwrap().datapath_id;
     let mut c = MitigationCounters::default();
     c.dropped[0] = Counter {
         packets,
         bytes: packets * 100,
     };
-    assert!(e.mitigator.set_counters(id, c));
+    assert!(e.mitigator_mut().set_counters(id, c));
 }
 
 fn status_of(e: &Engine<MemoryMitigator>, mid: u32, now: u64) -> Status {
@@ -282,10 +306,10 @@ fn status_telemetry_reports_percentiles_of_measured_rates() {
             )])]),
         )]),
     )]));
-    assert_eq!(e.tm_setup_put("a", 1, &config, 0), Ok(true));
+    assert_eq!(e.tm_setup_put("a", 1, setup_item(&config), 0), Ok(true));
     e.put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
         .unwrap();
-    let id = e.clients["cu-a"].1[&1].datapath_id;
+    let id = e.ledger.get("cu-a", 1).unwrap().datapath_id;
     // Ten seconds: in scope 100, 200, ... 1000 packets/s; a tenth of it dropped.
     let (mut total, mut dropped) = (0u64, 0u64);
     e.tick(0);
@@ -303,9 +327,9 @@ fn status_telemetry_reports_percentiles_of_measured_rates() {
             packets: dropped,
             bytes: dropped * 100,
         };
-        e.mitigator.set_counters(id, c);
+        e.mitigator_mut().set_counters(id, c);
         // One attacker accounts for every drop (the datapath's sampled estimate).
-        e.mitigator.set_talkers(
+        e.mitigator_mut().set_talkers(
             id,
             vec![(
                 "192.0.2.9".parse().unwrap(),
@@ -390,12 +414,12 @@ fn reported_top_talkers_are_dropped_only_by_policy() {
         }
         e.put("a", "cu-a", 1, scope("198.51.100.0/28", 3600), false, 0)
             .unwrap();
-        let id = e.clients["cu-a"].1[&1].datapath_id;
+        let id = e.ledger.get("cu-a", 1).unwrap().datapath_id;
         let body = report(&[
             ("192.0.2.66/32", Some(false)),
             ("192.0.2.67/32", Some(true)),
         ]);
-        assert_eq!(e.tm_put("a", 2, &body, 1), Ok(()));
+        assert_eq!(e.tm_put("a", 2, pre_mitigation(&body), 1), Ok(()));
         let drops = e.mitigator().spec(id).unwrap().drop_list.clone();
         if policy {
             assert_eq!(drops, vec!["192.0.2.66/32".parse::<IpNet>().unwrap()]);
@@ -404,11 +428,16 @@ fn reported_top_talkers_are_dropped_only_by_policy() {
         }
         // A lower tmid for the same targets is stale; a higher one replaces it.
         assert!(matches!(
-            e.tm_put("a", 1, &body, 2),
+            e.tm_put("a", 1, pre_mitigation(&body), 2),
             Err(Refusal::BadRequest(_))
         ));
         assert_eq!(
-            e.tm_put("a", 3, &report(&[("192.0.2.70/32", None)]), 3),
+            e.tm_put(
+                "a",
+                3,
+                pre_mitigation(&report(&[("192.0.2.70/32", None)])),
+                3
+            ),
             Ok(())
         );
         assert!(matches!(e.tm_get("a", Some(2)), Err(Refusal::NotFound(_))));
@@ -418,7 +447,7 @@ fn reported_top_talkers_are_dropped_only_by_policy() {
         // Targets outside the client's prefixes: 4.03.
         let outside = report_for("203.0.113.0/28", &[("192.0.2.1/32", None)]);
         assert!(matches!(
-            e.tm_put("a", 9, &outside, 5),
+            e.tm_put("a", 9, pre_mitigation(&outside), 5),
             Err(Refusal::Forbidden(_))
         ));
     }
@@ -555,10 +584,8 @@ fn a_failed_replacement_keeps_the_old_mitigation() {
 
 #[test]
 fn accepted_state_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut e, n) = engine()
-        .with_store(Store::open(dir.path()).unwrap(), 0)
-        .unwrap();
+    let journal = MemoryJournal::new();
+    let (mut e, n) = restored(engine(), &journal, 0);
     assert_eq!(n, 0);
     e.put("a", "cu-a", 1, scope("198.51.100.0/28", 100), false, 0)
         .unwrap();
@@ -570,7 +597,8 @@ fn accepted_state_survives_a_restart() {
     let body = [
         0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa1, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x18, 0x3c,
     ];
-    e.config_put("a", 7, &body).unwrap();
+    e.config_put("a", 7, session_config(&e, "a", &body))
+        .unwrap();
     // The agent restarts 500 s later; the pinned datapath still holds an orphan rule.
     let mut datapath = MemoryMitigator::new();
     datapath
@@ -581,9 +609,7 @@ fn accepted_state_survives_a_restart() {
         .unwrap();
     let fresh = Engine::new(datapath, e.policies.values().cloned().collect());
     drop(e);
-    let (mut e, n) = fresh
-        .with_store(Store::open(dir.path()).unwrap(), 500)
-        .unwrap();
+    let (mut e, n) = restored(fresh, &journal, 500);
     assert_eq!(n, 3);
     assert_eq!(
         e.mitigator().installed().len(),
@@ -632,13 +658,14 @@ fn a_silent_session_activates_armed_requests() {
         0xa1, 0x18, 0x1e, 0xa1, 0x18, 0x20, 0xa2, 0x18, 0x21, 0xa1, 0x18, 0x24, 0x0f, 0x18, 0x25,
         0xa1, 0x18, 0x24, 0x03,
     ];
-    e.config_put("a", 1, &body).unwrap(); // mitigating: 15 s x 3
+    e.config_put("a", 1, session_config(&e, "a", &body))
+        .unwrap(); // mitigating: 15 s x 3
     assert_eq!(e.detect_lost_sessions(1046), vec!["cu-a".to_string()]);
 }
 
 struct OneAlias;
-impl DataChannelLink for OneAlias {
-    fn resolve(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
+impl DataSource for OneAlias {
+    fn alias(&self, cuid: &str, name: &str) -> Option<AliasTargets> {
         match (cuid, name) {
             ("cu-a", "web") => Some(AliasTargets {
                 prefixes: vec!["198.51.100.80/28".parse().unwrap()],
@@ -653,22 +680,25 @@ impl DataChannelLink for OneAlias {
             _ => None,
         }
     }
-    fn set_acl_activation(
-        &self,
-        _cuid: &str,
-        acls: &[AclActivation],
-        _apply: bool,
-    ) -> Result<(), String> {
+    fn plan_acl_list(&self, cuid: &str, acls: &[AclActivation]) -> Result<AclEdit, String> {
         match acls.iter().find(|a| a.acl_name != "known") {
             Some(a) => Err(format!("unknown acl-name {:?}", a.acl_name)),
-            None => Ok(()),
+            None => Ok(AclEdit {
+                client: "a".into(),
+                entries: Vec::new(),
+                change: Change::DataClient {
+                    cuid: cuid.into(),
+                    doc: None,
+                },
+            }),
         }
     }
+    fn apply_acl_list(&mut self, _cuid: &str, _acls: &[AclActivation]) {}
 }
 
 #[test]
 fn acl_lists_are_checked_before_the_request_is_accepted() {
-    let mut e = engine().with_data_channel(Box::new(OneAlias));
+    let mut e = engine().with_data_source(Box::new(OneAlias));
     let mut s = scope("198.51.100.0/28", 60);
     s.acl_list = vec![AclActivation {
         acl_name: "nope".into(),
@@ -693,7 +723,7 @@ fn acl_lists_are_checked_before_the_request_is_accepted() {
 
 #[test]
 fn alias_names_resolve_through_the_clients_aliases() {
-    let mut e = engine().with_data_channel(Box::new(OneAlias));
+    let mut e = engine().with_data_source(Box::new(OneAlias));
     let mut s = Scope::new(Vec::new(), Lifetime::Seconds(60));
     s.alias_name = vec!["web".into()];
     assert!(matches!(
@@ -714,17 +744,11 @@ fn alias_names_resolve_through_the_clients_aliases() {
     );
     // The alias name is stored with the mitigation: after a restart the same request
     // is still a refresh.
-    let dir = tempfile::tempdir().unwrap();
-    let (mut stored, _) = engine()
-        .with_data_channel(Box::new(OneAlias))
-        .with_store(Store::open(dir.path()).unwrap(), 0)
-        .unwrap();
+    let journal = MemoryJournal::new();
+    let (mut stored, _) = restored(engine().with_data_source(Box::new(OneAlias)), &journal, 0);
     stored.put("a", "cu-a", 1, s.clone(), false, 0).unwrap();
     drop(stored);
-    let (mut restarted, _) = engine()
-        .with_data_channel(Box::new(OneAlias))
-        .with_store(Store::open(dir.path()).unwrap(), 5)
-        .unwrap();
+    let (mut restarted, _) = restored(engine().with_data_source(Box::new(OneAlias)), &journal, 5);
     assert_eq!(
         restarted.put("a", "cu-a", 1, s.clone(), false, 5),
         Ok(PutOutcome::Changed)
@@ -774,4 +798,268 @@ fn other_clients_overlaps_conflict() {
     e.tick(60);
     e.put("c", "cu-c", 1, scope("198.51.100.0/24", 60), false, 61)
         .unwrap();
+}
+
+// Data-channel ACLs as the engine applies them (what `data/layer.rs` did as a Mitigator
+// decorator before the engine became the datapath's only writer).
+
+fn drop_from(name: &str, src: &str) -> AclEntry {
+    AclEntry {
+        name: name.into(),
+        matches: crate::datapath::AclMatch {
+            source: Some(src.parse().unwrap()),
+            ..Default::default()
+        },
+        action: crate::datapath::AclAction::Drop,
+    }
+}
+
+fn acl_len(e: &Engine<MemoryMitigator>, id: u64) -> usize {
+    e.mitigator()
+        .counters(id)
+        .unwrap()
+        .map(|c| c.acl.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn immediate_acls_are_live_at_once_and_when_mitigating_only_with_a_mitigation() {
+    let mut e = engine();
+    e.set_acls(
+        "a",
+        Some(vec![
+            (ActivationType::Immediate, drop_from("now", "192.0.2.0/24")),
+            (
+                ActivationType::ActivateWhenMitigating,
+                drop_from("later", "203.0.113.0/24"),
+            ),
+            (
+                ActivationType::Deactivate,
+                drop_from("off", "203.0.113.0/25"),
+            ),
+        ]),
+        Vec::new(),
+    )
+    .unwrap();
+    let base = DatapathId::baseline("a").raw();
+    assert_eq!(e.mitigator().installed(), vec![base]);
+    // The memory datapath keeps one counter per ACL entry of a spec.
+    assert_eq!(acl_len(&e, base), 1, "only the immediate entry");
+    assert!(e.views(0).is_empty(), "the engine does not see baselines");
+    // A mitigation of the whole /24 takes the prefix from the baseline.
+    e.put("a", "cu-a", 1, scope("198.51.100.0/24", 60), false, 0)
+        .unwrap();
+    assert_eq!(
+        e.mitigator().installed(),
+        vec![1],
+        "baseline gone: its only prefix is held"
+    );
+    assert_eq!(acl_len(&e, 1), 2, "immediate + when-mitigating merged");
+    assert!(e.mitigating("a"));
+    e.delete("cu-a", 1, 0).unwrap();
+    e.tick(TERMINATING_DEFAULT);
+    assert_eq!(e.mitigator().installed(), vec![base]);
+    assert_eq!(acl_len(&e, base), 1, "when-mitigating off again");
+}
+
+#[test]
+fn a_narrow_mitigation_keeps_the_baseline_and_counters_sum() {
+    let mut e = engine();
+    e.set_acls(
+        "a",
+        Some(vec![(
+            ActivationType::ActivateWhenMitigating,
+            drop_from("x", "192.0.2.0/24"),
+        )]),
+        Vec::new(),
+    )
+    .unwrap();
+    assert!(
+        e.mitigator().installed().is_empty(),
+        "nothing live without a mitigation"
+    );
+    e.put("a", "cu-a", 7, scope("198.51.100.7/32", 60), false, 0)
+        .unwrap();
+    let id = e.ledger.get("cu-a", 7).unwrap().datapath_id;
+    assert_eq!(
+        e.mitigator().installed(),
+        vec![id, DatapathId::baseline("a").raw()]
+    );
+    let c = e.acl_counters("a");
+    assert_eq!(c.get(&name_hash("x")).map(|c| c.packets), Some(0));
+}
+
+#[test]
+fn entries_the_datapath_cannot_hold_change_nothing() {
+    let mut e = engine();
+    e.set_acls(
+        "a",
+        Some(vec![(
+            ActivationType::Immediate,
+            drop_from("x", "192.0.2.0/24"),
+        )]),
+        Vec::new(),
+    )
+    .unwrap();
+    let dup = vec![
+        (ActivationType::Immediate, drop_from("y", "192.0.2.0/24")),
+        (
+            ActivationType::ActivateWhenMitigating,
+            drop_from("y", "192.0.2.0/25"),
+        ),
+    ];
+    assert!(e.set_acls("a", Some(dup), Vec::new()).is_err());
+    assert_eq!(e.acl_counters("a").len(), 1, "the old entry still live");
+}
+
+/// A datapath that counts the engine's calls.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryMitigator,
+    installs: Vec<u64>,
+    removes: Vec<u64>,
+}
+
+impl Mitigator for Counting {
+    fn install(&mut self, spec: &MitigationSpec) -> Result<(), DatapathError> {
+        self.installs.push(spec.id);
+        self.inner.install(spec)
+    }
+    fn remove(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<crate::datapath::MitigationCounters>, DatapathError> {
+        self.removes.push(id);
+        self.inner.remove(id)
+    }
+    fn counters(
+        &self,
+        id: u64,
+    ) -> Result<Option<crate::datapath::MitigationCounters>, DatapathError> {
+        self.inner.counters(id)
+    }
+    fn installed(&self) -> Vec<u64> {
+        self.inner.installed()
+    }
+}
+
+impl Counting {
+    /// (installs, removes) since the last call.
+    fn calls(&mut self) -> (Vec<u64>, Vec<u64>) {
+        (
+            std::mem::take(&mut self.installs),
+            std::mem::take(&mut self.removes),
+        )
+    }
+}
+
+#[test]
+fn one_put_one_install_one_delete_one_remove_one_acl_edit_one_install_per_mitigation() {
+    let policy = ClientPolicy {
+        name: "a".into(),
+        prefixes: vec!["198.51.0.0/16".parse().unwrap()],
+        countermeasures: Default::default(),
+        acl: Vec::new(),
+        allow_indefinite: false,
+        max_lifetime: 86_400,
+    };
+    let mut e = Engine::new(Counting::default(), vec![policy]).with_terminating_period(0);
+    let mut entries = vec![
+        (ActivationType::Immediate, drop_from("now", "192.0.2.0/24")),
+        (
+            ActivationType::ActivateWhenMitigating,
+            drop_from("later", "203.0.113.0/24"),
+        ),
+    ];
+    e.set_acls("a", Some(entries.clone()), Vec::new()).unwrap();
+    let base = DatapathId::baseline("a").raw();
+    assert_eq!(e.mitigator_mut().calls(), (vec![base], vec![]));
+    // The first mitigation makes the activate-when-mitigating entry live in the baseline.
+    e.put("a", "cu-a", 1, scope("198.51.1.0/32", 600), false, 0)
+        .unwrap();
+    let first = e.ledger.get("cu-a", 1).unwrap().datapath_id;
+    assert_eq!(e.mitigator_mut().calls(), (vec![base, first], vec![]));
+    // Every further PUT: one install, its own; nothing else is touched.
+    let mut ids = vec![first];
+    for mid in 2..=100u32 {
+        let target = format!("198.51.{}.{}/32", 1 + mid / 256, mid % 256);
+        e.put("a", "cu-a", mid, scope(&target, 600), false, 0)
+            .unwrap();
+        let id = e.ledger.get("cu-a", mid).unwrap().datapath_id;
+        assert_eq!(
+            e.mitigator_mut().calls(),
+            (vec![id], vec![]),
+            "PUT mid {mid}"
+        );
+        ids.push(id);
+    }
+    // A refresh and an efficacy update change no rule.
+    e.put("a", "cu-a", 7, scope("198.51.1.7/32", 900), false, 1)
+        .unwrap();
+    e.put("a", "cu-a", 7, scope("198.51.1.7/32", 900), true, 2)
+        .unwrap();
+    assert_eq!(e.mitigator_mut().calls(), (vec![], vec![]));
+    // One DELETE: one remove (after its terminating period, here 0), nothing installed.
+    e.delete("cu-a", 50, 3).unwrap();
+    assert_eq!(e.mitigator_mut().calls(), (vec![], vec![]), "terminating");
+    e.tick(3);
+    let fifty = ids.remove(49);
+    assert_eq!(e.mitigator_mut().calls(), (vec![], vec![fifty]));
+    // One ACL edit that changes a live entry: each of the 99 mitigations once, and the
+    // baseline once.
+    entries[0].1 = drop_from("now", "192.0.2.0/25");
+    e.set_acls("a", Some(entries.clone()), Vec::new()).unwrap();
+    let (mut installs, removes) = e.mitigator_mut().calls();
+    installs.sort();
+    let mut expected = ids.clone();
+    expected.push(base);
+    expected.sort();
+    assert_eq!((installs, removes), (expected, vec![]));
+    // One that adds a deactivated ACL changes no rule.
+    entries.push((
+        ActivationType::Deactivate,
+        drop_from("off", "198.18.0.0/15"),
+    ));
+    e.set_acls("a", Some(entries), Vec::new()).unwrap();
+    assert_eq!(e.mitigator_mut().calls(), (vec![], vec![]));
+}
+
+#[test]
+fn a_change_the_store_cannot_record_is_refused_and_undone() {
+    let journal = MemoryJournal::new();
+    let (mut e, _) = restored(engine(), &journal, 0);
+    e.put("a", "cu-a", 1, scope("198.51.100.0/28", 600), false, 0)
+        .unwrap();
+    assert_eq!(
+        journal.transactions(),
+        1,
+        "one transaction per accepted change"
+    );
+    let before = e.mitigator().installed();
+    journal.fail(true);
+    // A new mitigation superseding mid 1: not stored, so not made.
+    match e.put("a", "cu-a", 2, scope("198.51.100.0/28", 600), false, 1) {
+        Err(Refusal::Unavailable(d)) => assert!(d.contains("could not store"), "{d}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.mitigator().installed().len(), before.len());
+    assert_eq!(status_of(&e, 1, 1), Status::SuccessfullyMitigated);
+    assert!(e.status("cu-a", Some(2), 1).is_err());
+    // A withdrawal likewise.
+    assert!(matches!(
+        e.delete("cu-a", 1, 2),
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(status_of(&e, 1, 2), Status::SuccessfullyMitigated);
+    journal.fail(false);
+    e.put("a", "cu-a", 2, scope("198.51.100.0/28", 600), false, 3)
+        .unwrap();
+    // What a restart finds is what was acknowledged.
+    let (e2, n) = restored(engine(), &journal, 4);
+    assert_eq!(n, 1);
+    assert_eq!(status_of(&e2, 2, 4), Status::SuccessfullyMitigated);
+    assert!(
+        e2.status("cu-a", Some(1), 4).is_err(),
+        "mid 1 was superseded"
+    );
 }

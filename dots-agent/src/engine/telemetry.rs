@@ -4,6 +4,7 @@
 
 use ipnet::IpNet;
 
+use super::journal::{self, Change};
 use super::{overlaps, Engine, Mitigation, Refusal};
 use crate::datapath::Mitigator;
 use crate::signal::telemetry::{self, TelemetryError, TelemetrySetup};
@@ -28,10 +29,12 @@ type Rates = (u64, u64);
 /// How many top talkers a status carries.
 const STATUS_TALKERS: usize = 10;
 
-pub(super) fn telemetry_refusal(e: TelemetryError) -> Refusal {
-    match e {
-        TelemetryError::Bad(t) => Refusal::BadRequest(t),
-        TelemetryError::Unacceptable(t) => Refusal::Unprocessable(t),
+impl From<TelemetryError> for Refusal {
+    fn from(e: TelemetryError) -> Refusal {
+        match e {
+            TelemetryError::Bad(t) => Refusal::BadRequest(t),
+            TelemetryError::Unacceptable(t) => Refusal::Unprocessable(t),
+        }
     }
 }
 
@@ -64,15 +67,14 @@ impl<M: Mitigator> Engine<M> {
 
     /// PUT /tm/cuid/tmid: a client's pre-mitigation telemetry. A higher tmid supersedes
     /// lower ones with overlapping targets; with the talker-drop policy, the client's
-    /// mitigations are updated at once.
+    /// mitigations are updated at once. Reports are not stored (they describe the moment).
     pub fn tm_put(
         &mut self,
         client: &str,
         tmid: u32,
-        body: &[u8],
-        now: u64,
+        report: telemetry::PreMitigation,
+        _now: u64,
     ) -> Result<(), Refusal> {
-        let report = telemetry::decode_pre_mitigation(body).map_err(telemetry_refusal)?;
         let policy = self
             .policies
             .get(client)
@@ -99,14 +101,32 @@ impl<M: Mitigator> Engine<M> {
         }
         mine.retain(|t, r| *t == tmid || !overlap(r));
         mine.insert(tmid, report);
-        if self.drop_talkers_of.contains(client) {
-            self.reinstall_client(client, now);
-        }
+        self.talkers_changed(client);
         Ok(())
     }
 
+    /// The client's reported talkers changed: with the talker-drop policy its mitigations
+    /// drop the new set (one that cannot is logged and keeps its rules).
+    fn talkers_changed(&mut self, client: &str) {
+        if self.drop_talkers_of.contains(client) {
+            self.policy_changed(client);
+        }
+    }
+
+    /// The client's policy as the datapath applies it changed (talkers, pipe capacity).
+    fn policy_changed(&mut self, client: &str) {
+        if let Err(r) = self.reinstall_client(client) {
+            tracing::error!("mitigations of {client}: new policy refused: {r:?}");
+        }
+        self.finish_unattended();
+    }
+
     /// GET /tm/cuid[/tmid]: the client's reports (for a client that lost its state).
-    pub fn tm_get(&self, client: &str, tmid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+    pub fn tm_get(
+        &self,
+        client: &str,
+        tmid: Option<u32>,
+    ) -> Result<Vec<(Option<u32>, telemetry::PreMitigation)>, Refusal> {
         let reports: Vec<(Option<u32>, telemetry::PreMitigation)> = self
             .reports
             .get(client)
@@ -121,11 +141,11 @@ impl<M: Mitigator> Engine<M> {
                 None => "no telemetry".into(),
             }));
         }
-        Ok(telemetry::encode_pre_mitigation(&reports))
+        Ok(reports)
     }
 
     /// DELETE /tm/cuid[/tmid].
-    pub fn tm_delete(&mut self, client: &str, tmid: Option<u32>, now: u64) {
+    pub fn tm_delete(&mut self, client: &str, tmid: Option<u32>, _now: u64) {
         if let Some(r) = self.reports.get_mut(client) {
             match tmid {
                 Some(t) => {
@@ -134,20 +154,19 @@ impl<M: Mitigator> Engine<M> {
                 None => r.clear(),
             }
         }
-        if self.drop_talkers_of.contains(client) {
-            self.reinstall_client(client, now);
-        }
+        self.talkers_changed(client);
     }
 
-    /// GET /tm-setup/cuid[/tsid]: the server's limits and the client's setup.
-    pub fn tm_setup_get(&self, client: &str, tsid: Option<u32>) -> Result<Vec<u8>, Refusal> {
+    /// GET /tm-setup/cuid[/tsid]: the client's setup (the handler adds the server's
+    /// limits).
+    pub fn tm_setup_get(&self, client: &str, tsid: Option<u32>) -> Result<TelemetrySetup, Refusal> {
         let setup = self.telemetry.get(client).cloned().unwrap_or_default();
         if let Some(t) = tsid {
             if !setup.has(t) {
                 return Err(Refusal::NotFound(format!("no telemetry setup {t}")));
             }
         }
-        Ok(setup.encode_get(tsid))
+        Ok(setup)
     }
 
     /// PUT /tm-setup/cuid/tsid: Ok(true) for a new tsid (2.01). A pipe capacity becomes the
@@ -156,32 +175,29 @@ impl<M: Mitigator> Engine<M> {
         &mut self,
         client: &str,
         tsid: u32,
-        body: &[u8],
-        now: u64,
+        item: telemetry::SetupItem,
+        _now: u64,
     ) -> Result<bool, Refusal> {
-        let item = telemetry::decode_setup_put(body).map_err(telemetry_refusal)?;
         let pipes = matches!(item, telemetry::SetupItem::Pipes(_));
         let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
-        let created = setup.put(tsid, item).map_err(telemetry_refusal)?;
-        self.set_telemetry(client, setup);
-        if pipes {
-            self.reinstall_client(client, now);
-        }
-        Ok(created)
+        let created = setup.put(tsid, item).map_err(Refusal::from)?;
+        self.replace_setup(client, setup, pipes).map(|()| created)
     }
 
     /// DELETE /tm-setup/cuid[/tsid]: what that tsid set (or everything) is forgotten.
-    pub fn tm_setup_delete(&mut self, client: &str, tsid: Option<u32>, now: u64) {
+    pub fn tm_setup_delete(
+        &mut self,
+        client: &str,
+        tsid: Option<u32>,
+        _now: u64,
+    ) -> Result<(), Refusal> {
         let mut setup = self.telemetry.get(client).cloned().unwrap_or_default();
         let had_pipes = !setup.pipes.is_empty();
         match tsid {
             Some(t) => setup.delete(t),
             None => setup = TelemetrySetup::default(),
         }
-        self.set_telemetry(client, setup);
-        if had_pipes {
-            self.reinstall_client(client, now);
-        }
+        self.replace_setup(client, setup, had_pipes)
     }
 
     /// The telemetry configuration in force for a client.
@@ -192,40 +208,69 @@ impl<M: Mitigator> Engine<M> {
             .unwrap_or_default()
     }
 
-    pub(super) fn set_telemetry(&mut self, client: &str, setup: TelemetrySetup) {
-        if let Some(store) = &self.store {
-            let r = if setup == TelemetrySetup::default() {
-                store.delete_telemetry(client)
-            } else {
-                store.put_telemetry(client, &setup)
-            };
-            if let Err(e) = r {
-                tracing::error!("store: telemetry setup of {client}: {e:#}");
+    /// Makes `setup` the client's, stored in this operation; with `pipes` its mitigations
+    /// take the new pipe capacity at once.
+    fn replace_setup(
+        &mut self,
+        client: &str,
+        setup: TelemetrySetup,
+        pipes: bool,
+    ) -> Result<(), Refusal> {
+        let doc = if setup == TelemetrySetup::default() {
+            Ok(None)
+        } else {
+            journal::document(&setup).map(Some)
+        };
+        self.stage(doc.map(|doc| Change::TelemetrySetup {
+            client: client.to_string(),
+            doc,
+        }));
+        let previous = if setup == TelemetrySetup::default() {
+            self.telemetry.remove(client)
+        } else {
+            self.telemetry.insert(client.to_string(), setup)
+        };
+        if pipes {
+            if let Err(r) = self.reinstall_client(client) {
+                tracing::error!("mitigations of {client}: new pipe capacity refused: {r:?}");
             }
         }
-        if setup == TelemetrySetup::default() {
-            self.telemetry.remove(client);
-        } else {
-            self.telemetry.insert(client.to_string(), setup);
+        let result = self.finish(Ok(()));
+        if result.is_err() {
+            match previous {
+                Some(p) => self.telemetry.insert(client.to_string(), p),
+                None => self.telemetry.remove(client),
+            };
         }
+        result
+    }
+
+    /// Loads a stored setup (a restart).
+    pub(super) fn load_setup(&mut self, client: &str, setup: TelemetrySetup) {
+        self.telemetry.insert(client.to_string(), setup);
     }
 
     /// Samples traffic rates of the installed mitigations of clients that asked for
     /// server-originated telemetry, at their measurement-sample period.
     pub(super) fn measure(&mut self, now: u64) {
         let mut live = std::collections::HashSet::new();
-        for (client, mits) in self.clients.values() {
-            let Some(config) = self
-                .telemetry
-                .get(client)
-                .map(|t| t.current())
-                .filter(|c| c.server_originated)
-            else {
+        let configs: std::collections::BTreeMap<&str, telemetry::TelemetryConfig> = self
+            .telemetry
+            .iter()
+            .map(|(client, t)| (client.as_str(), t.current()))
+            .filter(|(_, c)| c.server_originated)
+            .collect();
+        if configs.is_empty() {
+            self.measured.clear();
+            return;
+        }
+        for (_, client, _, m) in self.ledger.iter() {
+            let Some(config) = configs.get(client) else {
                 continue;
             };
-            for m in mits.values().filter(|m| m.installed) {
+            if m.installed {
                 live.insert(m.datapath_id);
-                let Ok(Some(c)) = self.mitigator.counters(m.datapath_id) else {
+                let Ok(Some(c)) = self.dp.mitigator().counters(m.datapath_id) else {
                     continue;
                 };
                 let (in_scope, dropped) = (c.in_scope, c.dropped_total());
@@ -257,7 +302,10 @@ impl<M: Mitigator> Engine<M> {
                 entry.last = (now, in_scope, dropped);
                 // Talkers: the change of each one's (estimated) drops since the last
                 // reading; one seen for the first time counts from zero.
-                let talkers = self.mitigator.top_talkers(m.datapath_id, STATUS_TALKERS);
+                let talkers = self
+                    .dp
+                    .mitigator()
+                    .top_talkers(m.datapath_id, STATUS_TALKERS);
                 let peaks: std::collections::HashMap<_, _> = entry
                     .talker_rates
                     .iter()
