@@ -155,6 +155,9 @@ pub trait Mitigator: Send {
     fn counters(&self, id: u64) -> Result<Option<MitigationCounters>, DatapathError>;
     /// Ids of the installed mitigations.
     fn installed(&self) -> Vec<u64>;
+    /// Housekeeping a datapath defers (the XDP one deletes replaced generations after
+    /// their grace period); called now and then by its owner.
+    fn maintain(&mut self) {}
     /// (map, entries in use, capacity) for what the datapath holds; empty if it has no maps.
     fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
         Vec::new()
@@ -184,6 +187,9 @@ impl<M: Mitigator + ?Sized> Mitigator for Box<M> {
     }
     fn installed(&self) -> Vec<u64> {
         (**self).installed()
+    }
+    fn maintain(&mut self) {
+        (**self).maintain()
     }
     fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
         (**self).occupancy()

@@ -41,6 +41,7 @@ impl<M: Mitigator> Engine<M> {
             })
             .collect();
         self.measure(now);
+        self.dp.maintain();
         let mut ended = Vec::new();
         for (cuid, mid, what) in due {
             match what {

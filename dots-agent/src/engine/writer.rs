@@ -68,6 +68,11 @@ impl<M: Mitigator> Writer<M> {
         self.remove(id)
     }
 
+    /// Lets the datapath do what it deferred (see `Mitigator::maintain`).
+    pub fn maintain(&mut self) {
+        self.mitigator.maintain();
+    }
+
     /// The operation is stored (or needs no undo).
     pub fn committed(&mut self) {
         self.undo.clear();

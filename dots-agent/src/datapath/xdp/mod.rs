@@ -216,11 +216,6 @@ impl XdpDatapath {
         Ok(out)
     }
 
-    /// Deletes the generations whose grace period is over. Every install and remove does
-    /// this first; a caller that goes quiet can call it to release resources sooner.
-    pub fn maintain(&mut self) {
-        self.reap(Instant::now());
-    }
 
     /// Waits out and deletes every retiring generation (a process about to exit leaves
     /// nothing behind for the next one to clean).
@@ -708,7 +703,7 @@ impl XdpDatapath {
 
 impl Mitigator for XdpDatapath {
     fn install(&mut self, spec: &MitigationSpec) -> R<()> {
-        self.maintain();
+        self.reap(Instant::now());
         compile::validate(spec)?;
         for t in &spec.targets {
             if let Some(owner) = self.index.target_owner.get(t) {
@@ -794,7 +789,7 @@ impl Mitigator for XdpDatapath {
     /// period. The counters returned are read when the targets are gone, so a packet that
     /// found the mitigation just before (on another CPU, microseconds ago) may be missing.
     fn remove(&mut self, id: u64) -> R<Option<MitigationCounters>> {
-        self.maintain();
+        self.reap(Instant::now());
         let Some(targets) = self.index.by_id.get(&id).map(|i| i.targets.clone()) else {
             return Ok(None);
         };
@@ -879,6 +874,12 @@ impl Mitigator for XdpDatapath {
         let mut v: Vec<u64> = self.index.by_id.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Deletes the generations whose grace period is over. Every install and remove does
+    /// this first; an owner that goes quiet calls it to release resources sooner.
+    fn maintain(&mut self) {
+        self.reap(Instant::now());
     }
 
     fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
