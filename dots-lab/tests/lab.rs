@@ -121,7 +121,11 @@ fn an_interrupted_lab_cleans_up() {
     let pid = child.id();
     // Wait until the lab's scrubber has attached XDP (its pins exist), then interrupt.
     let t = Instant::now();
-    while !Path::new(&format!("/sys/fs/bpf/dots-lab-{pid}/v2/links")).exists() {
+    let links = format!(
+        "/sys/fs/bpf/dots-lab-{pid}/v{}/links",
+        xdp_common::LAYOUT_VERSION
+    );
+    while !Path::new(&links).exists() {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "the lab never attached"
