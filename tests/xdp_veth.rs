@@ -165,3 +165,54 @@ fn mitigation_on_a_veth_pair_drops_the_attack_and_keeps_legitimate_traffic() {
     drop(dp);
     assert!(XdpDatapath::detach(&pins.0, &pair.b_if).expect("detach"));
 }
+
+#[test]
+fn attach_takes_over_the_link_an_older_layout_pinned() {
+    // What an agent of datapath layout 2 leaves: its program attached through a link pinned
+    // under <pin root>/v2/links/<interface>. Here a stand-in program (XDP_PASS) is attached
+    // and pinned there the same way.
+    let pair = VethPair::new("xup");
+    let pins = PinRoot::new("upgrade");
+    let root = pins.0.clone();
+    let b_if = pair.b_if.clone();
+    pair.b
+        .run(move || {
+            use aya::programs::links::{FdLink, PinnedLink};
+            let old_links = root.join("v2").join("links");
+            std::fs::create_dir_all(&old_links).expect("old layout dir");
+            std::fs::create_dir_all(root.join("v2").join("maps")).expect("old maps dir");
+            let mut old = dots_lab::testrun::load_trivial_xdp(2).expect("stand-in program");
+            let id = old
+                .program_mut()
+                .attach(&b_if, aya::programs::XdpMode::Driver)
+                .expect("attaching the stand-in");
+            let link = old.program_mut().take_link(id).expect("link");
+            FdLink::try_from(link)
+                .expect("bpf_link")
+                .pin(old_links.join(&b_if))
+                .expect("pinning under v2");
+            drop(old); // the pin keeps the stand-in attached
+
+            let mut dp = XdpDatapath::load(&LoadOptions::new(&root)).expect("loading");
+            let out = dp.attach(&b_if, AttachMode::Native).expect("attaching");
+            assert!(out.replaced, "the existing link was reused");
+            assert_eq!(out.migrated_from_layout, Some(2));
+            assert!(!root.join("v2").exists(), "the old layout's pins are gone");
+            assert_eq!(XdpDatapath::attached(&root), vec![b_if.clone()]);
+            // The interface now runs our program, through the same link.
+            let pinned = PinnedLink::from_pin(
+                root.join(format!("v{}", xdp_common::LAYOUT_VERSION))
+                    .join("links")
+                    .join(&b_if),
+            )
+            .expect("link pinned under the new layout");
+            let prog_id = FdLink::from(pinned).info().expect("link info").program_id();
+            let ours = dp.program().expect("loaded").info().expect("info").id();
+            assert_eq!(prog_id, ours);
+            XdpDatapath::detach(&root, &b_if).expect("detaching");
+            drop(dp);
+            XdpDatapath::purge(&root).expect("purging");
+        })
+        .join()
+        .expect("upgrade in namespace b");
+}

@@ -260,6 +260,20 @@ impl AclStats {
     }
 }
 
+/// Bytes of the program's working state kept beside each interface's counters in
+/// [`InterfaceSlot`] (opaque to user space).
+pub const SCRATCH_WORDS: usize = 10;
+
+/// `IF_STATS`, per interface slot (ifindex), per CPU: the counters user space reads, and
+/// the program's working state for the packet in hand, so one per-CPU lookup gives both,
+/// on adjacent cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceSlot {
+    pub stats: InterfaceStats,
+    pub scratch: [u64; SCRATCH_WORDS],
+}
+
 /// Per interface slot (ifindex), per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -893,6 +907,7 @@ mod pod {
     unsafe impl aya::Pod for AclStats {}
     unsafe impl aya::Pod for MitigationStats {}
     unsafe impl aya::Pod for InterfaceStats {}
+    unsafe impl aya::Pod for InterfaceSlot {}
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for MitigationConfig {}
     unsafe impl aya::Pod for AclKey {}
@@ -914,6 +929,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<AclKey>(), 44);
+        assert_eq!(size_of::<InterfaceSlot>(), 128);
         assert_eq!(size_of::<MitigationConfig>() % 64, 0);
         assert_eq!(core::mem::offset_of!(MitigationConfig, tuples) % 64, 0);
         assert_eq!(size_of::<AclTuple>(), 64);

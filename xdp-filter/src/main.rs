@@ -27,9 +27,9 @@ use xdp_common::{
     acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
     summary_index_v6, word_mask, AclKey, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple,
     AclWideMasks, Bucket, Counter,
-    DropReason, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
+    DropReason, InterfaceSlot, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
     PrefixV6, RateKey, TalkerKey, TargetValue, ACL_INDEX_VALUES, ACL_RULE_SLOTS,
-    AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN,
+    AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN, SCRATCH_WORDS,
     MAX_MITIGATIONS, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_SRC_PREFIXES, MAX_TALKERS,
     MAX_TARGETS_PER_FAMILY, MAX_TRACKED_SOURCES, MAX_TUPLES, NO_RULE, SUMMARY_SLOTS,
     TALKER_SAMPLE,
@@ -84,7 +84,7 @@ static SCOPE_BUCKETS: Array<Bucket> = Array::pinned(MAX_MITIGATIONS, 0);
 #[map]
 static AMP_PORTS: Array<u64> = Array::pinned(AMP_PORT_WORDS, 0);
 #[map]
-static IF_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::pinned(IF_STATS_SLOTS, 0);
+static IF_STATS: PerCpuArray<InterfaceSlot> = PerCpuArray::pinned(IF_STATS_SLOTS, 0);
 /// Sampled sources of dropped traffic per mitigation slot. Per CPU, so the hot path adds
 /// without atomics; user space sums the CPUs and scales by `TALKER_SAMPLE`.
 #[map]
@@ -94,7 +94,12 @@ static TOP_TALKERS: LruPerCpuHashMap<TalkerKey, Counter> = LruPerCpuHashMap::pin
 #[no_mangle]
 static TALKER_SAMPLING: u32 = 1;
 /// Per-CPU working state: the parsed packet of a mitigated destination, with what the fast
-/// path found for it, and the talker sampler's random state.
+/// path found for it, and the talker sampler's random state. Kept in the interface's
+/// `IF_STATS` slot ([`InterfaceSlot::scratch`]), beside the counters every packet updates:
+/// in map memory on purpose, since the verifier does not track values stored there, so the
+/// many parse paths (VLAN, IPv4/IPv6, fragments, protocols) converge into one state before
+/// the lookups and the classifier, instead of each being verified through them separately
+/// (over the 1M-instruction budget).
 #[repr(C)]
 struct Scratch {
     pkt: Packet,
@@ -105,12 +110,17 @@ struct Scratch {
     v6_lengths: LengthMask,
 }
 
-/// Scratch in map memory on purpose: the verifier does not track values stored there, so
-/// the many parse paths (VLAN, IPv4/IPv6, fragments, protocols) converge into one state
-/// before the lookups and the classifier, instead of each being verified through them
-/// separately (over the 1M-instruction budget).
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+const _: () = assert!(
+    core::mem::size_of::<Scratch>() <= 8 * SCRATCH_WORDS
+        && core::mem::align_of::<Scratch>() <= 8
+);
+
+/// The scratch of an `IF_STATS` slot.
+#[inline(always)]
+fn scratch_of(slot: *mut InterfaceSlot) -> *mut Scratch {
+    // SAFETY: a field of a valid map value; Scratch fits and is no more aligned (above).
+    unsafe { core::ptr::addr_of_mut!((*slot).scratch) as *mut Scratch }
+}
 
 #[xdp]
 pub fn xdp_filter(ctx: XdpContext) -> u32 {
@@ -118,11 +128,11 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
     // SAFETY: ctx.ctx points at the kernel's xdp_md for this packet.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let if_slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
-    let Some(ifs) = IF_STATS.get_ptr_mut(if_slot) else {
+    let Some(slot) = IF_STATS.get_ptr_mut(if_slot) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU value, only this CPU writes it while we run.
-    let ifs = unsafe { &mut *ifs };
+    let ifs = unsafe { &mut (*slot).stats };
     ifs.rx.packets += 1;
     ifs.rx.bytes += len;
 
@@ -130,9 +140,7 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
         Ok(l3) => l3,
         Err(e) => return not_parsed(ifs, e),
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
-    };
+    let scratch = scratch_of(slot);
     // The fast path: one array read tells unmitigated destinations apart.
     match l3 {
         parse::L3::V4(off) => {
@@ -172,10 +180,12 @@ pub fn xdp_filter(ctx: XdpContext) -> u32 {
     // SAFETY: as above.
     parse::parse(&ctx, l3, unsafe { &mut (*scratch).pkt });
     // A second lookup, so the compiler re-reads the fields from map memory instead of
-    // reusing registers (see SCRATCH).
-    let Some(s) = SCRATCH.get(0) else {
+    // reusing registers (see Scratch).
+    let Some(again) = IF_STATS.get_ptr_mut(if_slot) else {
         return xdp_action::XDP_PASS;
     };
+    // SAFETY: as above.
+    let s = unsafe { &*scratch_of(again) };
     let pkt = &s.pkt;
     let ruleset = if pkt.family == 4 {
         find_target_v4(pkt.dst[0], s.v4_entry)

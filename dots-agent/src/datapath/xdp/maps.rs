@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use xdp_common::{
-    map_names as names, AclRule, AclStats, Bucket, Counter, InterfaceStats, MitigationConfig,
+    map_names as names, AclRule, AclStats, Bucket, Counter, InterfaceSlot, MitigationConfig,
     MitigationStats, PrefixV4, PrefixV6, TalkerKey, TargetValue, ACL_INDEX_SLOTS, DST_V4_SLOTS,
     SUMMARY_SLOTS,
 };
@@ -131,7 +131,7 @@ pub struct Maps {
     pub sources_v6: HashMap<MapData, PrefixV6, u8>,
     pub scope_buckets: Array<MapData, Bucket>,
     pub amp_ports: Array<MapData, u64>,
-    pub if_stats: PerCpuArray<MapData, InterfaceStats>,
+    pub if_stats: PerCpuArray<MapData, InterfaceSlot>,
     pub top_talkers: PerCpuHashMap<MapData, TalkerKey, Counter>,
 }
 

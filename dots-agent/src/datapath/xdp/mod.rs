@@ -216,7 +216,6 @@ impl XdpDatapath {
         Ok(out)
     }
 
-
     /// Waits out and deletes every retiring generation (a process about to exit leaves
     /// nothing behind for the next one to clean).
     pub fn settle(&mut self) {
@@ -468,6 +467,7 @@ impl XdpDatapath {
         let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
         let mut s = InterfaceStats::default();
         Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |v| {
+            let v = &v.stats;
             s.rx.add(&v.rx);
             s.parse_errors += v.parse_errors;
             s.non_ip += v.non_ip;
@@ -482,7 +482,7 @@ impl XdpDatapath {
         let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
         let mut v = Vec::with_capacity(self.nr_cpus);
         Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |s| {
-            v.push(s.rx.packets)
+            v.push(s.stats.rx.packets)
         })?;
         Ok(v)
     }
