@@ -536,8 +536,8 @@ pub struct AclTuple {
     pub needs: u8,
     pub _pad: u8,
     pub _pad2: u64,
-    /// The [`AclSlots::filter`] bits of each of the tuple's keys (256 bits): a clear one
-    /// means no entry of the tuple has the packet's key.
+    /// The [`AclFilterBits`] of each of the tuple's keys (256 bits): a clear one means no
+    /// entry of the tuple has the packet's key.
     pub filter: [u64; 4],
 }
 
@@ -672,10 +672,33 @@ fn acl_mix(h: u64, w: u64) -> u64 {
     (h ^ w).wrapping_mul(ACL_HASH_MUL)
 }
 
-impl AclSlots {
+/// A key's two bits (0..256 each) in its tuple's [`AclTuple::filter`], both set for every
+/// key of the tuple (two bits per key: about 4% false positives at 28 keys, where one bit
+/// per key gives 10%). From a hash of its own, cheaper than the index's (two multiplies,
+/// and neither the ruleset nor the tuple, which the filter's place already says): a miss,
+/// the common case, costs no more than this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclFilterBits(pub [u32; 2]);
+
+const ACL_FILTER_MUL: [u64; 5] = [
+    0xff51_afd7_ed55_8ccd,
+    0xc4ce_b9fe_1a85_ec53,
+    0x9E37_79B9_7F4A_7C15,
+    0xd6e8_feb8_6659_fd93,
+    0xa076_1d64_78bd_642f,
+];
+
+impl AclFilterBits {
+    #[inline(always)]
+    fn of(proto_ports: u64, addrs: u64) -> AclFilterBits {
+        let h = (proto_ports ^ addrs.wrapping_mul(ACL_FILTER_MUL[0]))
+            .wrapping_mul(ACL_FILTER_MUL[1]);
+        AclFilterBits([(h >> 56) as u32, (h >> 48) as u32 & 255])
+    }
+
     /// Sets the key's bits in a tuple filter.
     pub fn mark(&self, filter: &mut [u64; 4]) {
-        for b in self.filter {
+        for b in self.0 {
             filter[(b >> 6) as usize] |= 1 << (b & 63);
         }
     }
@@ -683,9 +706,10 @@ impl AclSlots {
     /// Are the key's bits set in a tuple filter? (false: the tuple has no such key)
     #[inline(always)]
     pub fn in_filter(&self, filter: &[u64; 4]) -> bool {
-        let w0 = filter[(self.filter[0] >> 6) as usize & 3];
-        let w1 = filter[(self.filter[1] >> 6) as usize & 3];
-        (w0 >> (self.filter[0] & 63)) & (w1 >> (self.filter[1] & 63)) & 1 != 0
+        let [a, b] = self.0;
+        let w0 = filter[(a >> 6) as usize & 3];
+        let w1 = filter[(b >> 6) as usize & 3];
+        (w0 >> (a & 63)) & (w1 >> (b & 63)) & 1 != 0
     }
 }
 
@@ -699,18 +723,36 @@ impl AclKey {
             | (self.icmp_code as u32) << 24
     }
 
-    /// Where the key goes: its two candidate slots in `ACL_INDEX` and its bit in its
-    /// tuple's filter. `wide`: the tuple matches IPv6 addresses, whose other words then
-    /// count too.
-    #[inline(always)]
-    pub fn slots(&self, wide: bool) -> AclSlots {
-        let narrow = AclNarrowKey {
+    fn narrow(&self) -> AclNarrowKey {
+        AclNarrowKey {
             ruleset: self.ruleset,
             fields: self.fields_word(),
             ports: self.sport as u32 | (self.dport as u32) << 16,
             src: self.src[0],
             dst: self.dst[0],
-        };
+        }
+    }
+
+    /// The key's bits in its tuple's filter. `wide`: the tuple matches IPv6 addresses,
+    /// whose other words then count too.
+    #[inline(always)]
+    pub fn filter_bits(&self, wide: bool) -> AclFilterBits {
+        let n = self.narrow();
+        if !wide {
+            return n.filter_bits();
+        }
+        let w = |a: u32, b: u32, m: u64| (a as u64 | (b as u64) << 32).wrapping_mul(m);
+        let addrs = ((n.src as u64) << 32 | n.dst as u64)
+            ^ w(self.src[1], self.src[2], ACL_FILTER_MUL[2])
+            ^ w(self.src[3], self.dst[1], ACL_FILTER_MUL[3])
+            ^ w(self.dst[2], self.dst[3], ACL_FILTER_MUL[4]);
+        AclFilterBits::of(n.proto_ports(), addrs)
+    }
+
+    /// Where the key goes: its two candidate slots in `ACL_INDEX`. `wide`: as above.
+    #[inline(always)]
+    pub fn slots(&self, wide: bool) -> AclSlots {
+        let narrow = self.narrow();
         if wide {
             let mut h = narrow.hash();
             h = acl_mix(h, self.src[1] as u64 | (self.src[2] as u64) << 32);
@@ -749,6 +791,19 @@ impl AclNarrowKey {
         acl_slots_of(self.hash())
     }
 
+    /// `proto | icmp_type << 8 | icmp_code << 16` (the fields word without the tuple) and
+    /// the ports, in one word.
+    #[inline(always)]
+    fn proto_ports(&self) -> u64 {
+        (self.fields >> 8) as u64 | (self.ports as u64) << 32
+    }
+
+    /// The key's bits in its tuple's filter.
+    #[inline(always)]
+    pub fn filter_bits(&self) -> AclFilterBits {
+        AclFilterBits::of(self.proto_ports(), (self.src as u64) << 32 | self.dst as u64)
+    }
+
     /// Does `key` (a rule's) equal this one? Branch-free (see the kernel's probe loop).
     /// The other address words need no check: ruleset and tuple equal, the rule's tuple
     /// is narrow too, so they are zero.
@@ -763,15 +818,11 @@ impl AclNarrowKey {
     }
 }
 
-/// A key's places, from one hash: [`AclKey::slots`].
+/// A key's two candidate slots in `ACL_INDEX`: [`AclKey::slots`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AclSlots {
     pub first: u32,
     pub second: u32,
-    /// Two bits (0..256 each) in the tuple's [`AclTuple::filter`], both set for a key of
-    /// the tuple (two bits per key: about 4% false positives at 28 keys, where one bit per
-    /// key gives 10%).
-    pub filter: [u32; 2],
 }
 
 #[inline(always)]
@@ -780,7 +831,6 @@ fn acl_slots_of(h: u64) -> AclSlots {
     AclSlots {
         first: (h >> (64 - ACL_INDEX_BITS)) as u32,
         second: (h >> 8) as u32 & (ACL_INDEX_SLOTS - 1),
-        filter: [(h >> 32) as u32 & 255, (h >> 40) as u32 & 255],
     }
 }
 
@@ -1013,7 +1063,6 @@ mod tests {
         let slots: std::vec::Vec<AclSlots> = variants.iter().map(|k| k.slots(false)).collect();
         for (i, s) in slots.iter().enumerate() {
             assert!(s.first < ACL_INDEX_SLOTS && s.second < ACL_INDEX_SLOTS);
-            assert!(s.filter[0] < 256 && s.filter[1] < 256);
             assert_ne!(s.first, s.second, "two different candidates");
             for o in &slots[i + 1..] {
                 assert_ne!(s.first, o.first);
@@ -1042,6 +1091,38 @@ mod tests {
             );
         }
         assert!(seen.len() > 19_200, "{}", seen.len());
+    }
+
+    #[test]
+    fn acl_filter_bits_mark_and_test() {
+        let k = AclKey {
+            ruleset: 3,
+            tuple: 2,
+            proto: 17,
+            dport: 9999,
+            ..Default::default()
+        };
+        let mut f = [0u64; 4];
+        k.filter_bits(false).mark(&mut f);
+        assert!(k.filter_bits(false).in_filter(&f));
+        assert_eq!(f.iter().map(|w| w.count_ones()).sum::<u32>() <= 2, true);
+        // The tuple and ruleset do not count: the filter belongs to one tuple of one
+        // generation.
+        let same = AclKey { ruleset: 9, tuple: 0, ..k };
+        assert_eq!(same.filter_bits(false), k.filter_bits(false));
+        let other = AclKey { dport: 9998, ..k };
+        assert_ne!(other.filter_bits(false), k.filter_bits(false));
+        let v6 = AclKey { src: [1, 2, 3, 4], ..k };
+        assert_ne!(v6.filter_bits(true), k.filter_bits(true));
+        // 28 keys set at most 56 of 256 bits; a random other key passes rarely.
+        let mut f = [0u64; 4];
+        for i in 0..28u16 {
+            AclKey { dport: i, ..k }.filter_bits(false).mark(&mut f);
+        }
+        let passes = (1000..11_000u16)
+            .filter(|p| AclKey { dport: *p, ..k }.filter_bits(false).in_filter(&f))
+            .count();
+        assert!(passes < 800, "{passes} of 10,000 passed");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use xdp_common::{
     acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
-    summary_index_v6, word_mask, AclKey, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple,
+    summary_index_v6, word_mask, AclKey, AclFilterBits, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple,
     AclWideMasks, Bucket, Counter,
     DropReason, InterfaceSlot, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
     PrefixV6, RateKey, TalkerKey, TargetValue, ACL_INDEX_VALUES, ACL_RULE_SLOTS,
@@ -580,12 +580,14 @@ fn head_if(v: u32, matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
 #[inline(always)]
 fn acl_head(
     tp: &AclTuple,
-    s: AclSlots,
+    bits: AclFilterBits,
+    slots: impl FnOnce() -> AclSlots,
     matches: impl Fn(&AclRule) -> bool,
 ) -> Option<u32> {
-    if !s.in_filter(&tp.filter) {
+    if !bits.in_filter(&tp.filter) {
         return None;
     }
+    let s = slots();
     let v = acl_slot(s.first);
     if v == 0 {
         return None;
@@ -613,7 +615,7 @@ fn tuple_head(
             src: pkt.src[0] & tp.src_mask0,
             dst: pkt.dst[0] & tp.dst_mask0,
         };
-        return acl_head(tp, k.slots(), |rule| k.matches(&rule.key));
+        return acl_head(tp, k.filter_bits(), || k.slots(), |rule| k.matches(&rule.key));
     }
     let w = wide?;
     let k = AclKey {
@@ -637,7 +639,12 @@ fn tuple_head(
             pkt.dst[3] & w.dst[2],
         ],
     };
-    acl_head(tp, k.slots(true), |rule| wide_matches(rule, &k))
+    acl_head(
+        tp,
+        k.filter_bits(true),
+        || k.slots(true),
+        |rule| wide_matches(rule, &k),
+    )
 }
 
 /// Tuple-space search: for each tuple, the packet masked to it is looked up in the ACL

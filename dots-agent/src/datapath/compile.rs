@@ -457,7 +457,7 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
             out.rules[w[0] as usize].next = out.config.rule_base + w[1];
         }
         let wide = order[key.tuple as usize].0.family == 6;
-        key.slots(wide)
+        key.filter_bits(wide)
             .mark(&mut out.config.tuples[key.tuple as usize].filter);
         out.keys.push(IndexEntry {
             key,
