@@ -9,7 +9,7 @@
 //! them without byte swapping.
 #![no_std]
 
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------
 // Capacities (the defaults the program is built with; see the README for the memory cost).
@@ -511,8 +511,8 @@ pub struct Bucket {
 /// One shape of ACL entry: which fields are matched exactly, with which masks. Entries of
 /// one tuple are found through the ACL index by the packet's fields masked to the tuple
 /// (tuple-space search), so lookup cost grows with the number of tuples, never with the
-/// number of entries. One cache line: what probing the tuple reads for an IPv4 packet,
-/// and a small filter of its keys that rejects most packets without touching the index.
+/// number of entries. One cache line: what deciding whether to probe the tuple reads for
+/// an IPv4 packet; the key filter and IPv6 masks are in [`AclTupleKeys`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclTuple {
@@ -525,7 +525,7 @@ pub struct AclTuple {
     /// 16`) the key holds.
     pub proto_mask: u32,
     /// Word 0 of the source and destination masks (all of an IPv4 mask); the other words
-    /// of an IPv6 tuple's are in [`MitigationConfig::wide_masks`].
+    /// of an IPv6 tuple's are in [`AclTupleKeys::wide`].
     pub src_mask0: u32,
     pub dst_mask0: u32,
     /// [`tuple_fields`].
@@ -535,13 +535,37 @@ pub struct AclTuple {
     /// [`tuple_needs`]: what a packet must carry for the tuple to apply to it.
     pub needs: u8,
     pub _pad: u8,
+    /// The bits every key of the tuple agrees on, in the words protocol, ports, source
+    /// word 0, destination word 0 ([`tuple_words`]): a packet that differs in one of them
+    /// (`word & same_mask != same_bits`) has no entry in the tuple. A bounding box that
+    /// rejects most misses (another protocol, a source outside the entries' common
+    /// prefix) with a few ALU operations on this line instead of a hash and the filter's.
+    pub same_mask: [u32; 4],
+    pub same_bits: [u32; 4],
     pub _pad2: u64,
+}
+
+/// Indexes of [`AclTuple::same_mask`] and `same_bits`.
+pub mod tuple_words {
+    pub const PROTO: usize = 0;
+    pub const PORTS: usize = 1;
+    pub const SRC0: usize = 2;
+    pub const DST0: usize = 3;
+}
+
+/// The rest of a tuple: read only when its [`AclTuple`] line says the packet may match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclTupleKeys {
     /// The [`AclFilterBits`] of each of the tuple's keys (256 bits): a clear one means no
     /// entry of the tuple has the packet's key.
     pub filter: [u64; 4],
+    /// Address mask words 1 to 3 of an IPv6 tuple (word 0 is in [`AclTuple`]).
+    pub wide: AclWideMasks,
+    pub _pad: u64,
 }
 
-/// Address mask words 1 to 3 of an IPv6 tuple (word 0 is in [`AclTuple`]).
+/// Address mask words 1 to 3 of an IPv6 tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclWideMasks {
@@ -609,8 +633,7 @@ pub struct MitigationConfig {
     pub source_lengths: [LengthMask; 4],
     pub _pad3: [u64; 7],
     pub tuples: [AclTuple; MAX_TUPLES],
-    pub wide_masks: [AclWideMasks; MAX_TUPLES],
-    pub _pad4: [u64; 8],
+    pub tuple_keys: [AclTupleKeys; MAX_TUPLES],
 }
 
 impl Default for MitigationConfig {
@@ -635,8 +658,7 @@ impl Default for MitigationConfig {
             source_lengths: [[0; 2]; 4],
             _pad3: [0; 7],
             tuples: [AclTuple::default(); MAX_TUPLES],
-            wide_masks: [AclWideMasks::default(); MAX_TUPLES],
-            _pad4: [0; 8],
+            tuple_keys: [AclTupleKeys::default(); MAX_TUPLES],
         }
     }
 }
@@ -672,7 +694,7 @@ fn acl_mix(h: u64, w: u64) -> u64 {
     (h ^ w).wrapping_mul(ACL_HASH_MUL)
 }
 
-/// A key's two bits (0..256 each) in its tuple's [`AclTuple::filter`], both set for every
+/// A key's two bits (0..256 each) in its tuple's [`AclTupleKeys::filter`], both set for every
 /// key of the tuple (two bits per key: about 4% false positives at 28 keys, where one bit
 /// per key gives 10%). From a hash of its own, cheaper than the index's (two multiplies,
 /// and neither the ruleset nor the tuple, which the filter's place already says): a miss,
@@ -691,8 +713,8 @@ const ACL_FILTER_MUL: [u64; 5] = [
 impl AclFilterBits {
     #[inline(always)]
     fn of(proto_ports: u64, addrs: u64) -> AclFilterBits {
-        let h = (proto_ports ^ addrs.wrapping_mul(ACL_FILTER_MUL[0]))
-            .wrapping_mul(ACL_FILTER_MUL[1]);
+        let h =
+            (proto_ports ^ addrs.wrapping_mul(ACL_FILTER_MUL[0])).wrapping_mul(ACL_FILTER_MUL[1]);
         AclFilterBits([(h >> 56) as u32, (h >> 48) as u32 & 255])
     }
 
@@ -801,7 +823,10 @@ impl AclNarrowKey {
     /// The key's bits in its tuple's filter.
     #[inline(always)]
     pub fn filter_bits(&self) -> AclFilterBits {
-        AclFilterBits::of(self.proto_ports(), (self.src as u64) << 32 | self.dst as u64)
+        AclFilterBits::of(
+            self.proto_ports(),
+            (self.src as u64) << 32 | self.dst as u64,
+        )
     }
 
     /// Does `key` (a rule's) equal this one? Branch-free (see the kernel's probe loop).
@@ -983,6 +1008,7 @@ mod tests {
         assert_eq!(size_of::<MitigationConfig>() % 64, 0);
         assert_eq!(core::mem::offset_of!(MitigationConfig, tuples) % 64, 0);
         assert_eq!(size_of::<AclTuple>(), 64);
+        assert_eq!(size_of::<AclTupleKeys>(), 64);
         assert_eq!(size_of::<AclRule>(), 128);
         assert!(core::mem::offset_of!(AclRule, action) < 64);
         assert_eq!(size_of::<RateKey>(), 24);
@@ -1108,11 +1134,18 @@ mod tests {
         assert_eq!(f.iter().map(|w| w.count_ones()).sum::<u32>() <= 2, true);
         // The tuple and ruleset do not count: the filter belongs to one tuple of one
         // generation.
-        let same = AclKey { ruleset: 9, tuple: 0, ..k };
+        let same = AclKey {
+            ruleset: 9,
+            tuple: 0,
+            ..k
+        };
         assert_eq!(same.filter_bits(false), k.filter_bits(false));
         let other = AclKey { dport: 9998, ..k };
         assert_ne!(other.filter_bits(false), k.filter_bits(false));
-        let v6 = AclKey { src: [1, 2, 3, 4], ..k };
+        let v6 = AclKey {
+            src: [1, 2, 3, 4],
+            ..k
+        };
         assert_ne!(v6.filter_bits(true), k.filter_bits(true));
         // 28 keys set at most 56 of 256 bits; a random other key passes rarely.
         let mut f = [0u64; 4];

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use xdp_common::{
     acl_action, bit_op, dst_v4, dst_v4_index, flags, list, prefix_tag, residual, source_kind,
-    summary_index_v6, word_mask, AclKey, AclFilterBits, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple,
-    AclWideMasks, Bucket, Counter,
+    summary_index_v6, word_mask, AclKey, AclFilterBits, AclNarrowKey, AclRule, AclSlots, AclStats, AclTuple, AclTupleKeys,
+    Bucket, Counter,
     DropReason, InterfaceSlot, InterfaceStats, LengthMask, MitigationConfig, MitigationStats, PrefixV4,
     PrefixV6, RateKey, TalkerKey, TargetValue, ACL_INDEX_VALUES, ACL_RULE_SLOTS,
     AMP_PORT_WORDS, BPF_F_MMAPABLE, CONFIG_SLOTS, DST_V4_VALUES, IF_STATS_SLOTS, MAX_CHAIN, SCRATCH_WORDS,
@@ -579,12 +579,12 @@ fn head_if(v: u32, matches: impl Fn(&AclRule) -> bool) -> Option<u32> {
 /// slot means no such key (user space keeps a key in its first slot whenever that is free).
 #[inline(always)]
 fn acl_head(
-    tp: &AclTuple,
+    filter: &[u64; 4],
     bits: AclFilterBits,
     slots: impl FnOnce() -> AclSlots,
     matches: impl Fn(&AclRule) -> bool,
 ) -> Option<u32> {
-    if !bits.in_filter(&tp.filter) {
+    if !bits.in_filter(filter) {
         return None;
     }
     let s = slots();
@@ -601,7 +601,7 @@ fn tuple_head(
     ruleset: u32,
     t: u8,
     tp: &AclTuple,
-    wide: Option<&AclWideMasks>,
+    keys: &AclTupleKeys,
     pkt: &Packet,
 ) -> Option<u32> {
     let fields = t as u32 | (pkt.proto_word() & tp.proto_mask) << 8;
@@ -615,9 +615,11 @@ fn tuple_head(
             src: pkt.src[0] & tp.src_mask0,
             dst: pkt.dst[0] & tp.dst_mask0,
         };
-        return acl_head(tp, k.filter_bits(), || k.slots(), |rule| k.matches(&rule.key));
+        return acl_head(&keys.filter, k.filter_bits(), || k.slots(), |rule| {
+            k.matches(&rule.key)
+        });
     }
-    let w = wide?;
+    let w = &keys.wide;
     let k = AclKey {
         ruleset,
         tuple: t,
@@ -640,7 +642,7 @@ fn tuple_head(
         ],
     };
     acl_head(
-        tp,
+        &keys.filter,
         k.filter_bits(true),
         || k.slots(true),
         |rule| wide_matches(rule, &k),
@@ -697,8 +699,18 @@ fn search_tuple(c: &mut AclSearch, t: u32) -> bool {
     if tp.needs as u32 & !c.carries != 0 {
         return false; // another family, or a field the packet does not carry
     }
-    let wide = cfg.wide_masks.get(t as usize);
-    let Some(mut r) = tuple_head(cfg.ruleset, t as u8, tp, wide, pkt) else {
+    // The bits all of the tuple's keys share: most misses end here.
+    let d = ((pkt.proto_word() & tp.same_mask[0]) ^ tp.same_bits[0])
+        | ((pkt.ports_word() & tp.same_mask[1]) ^ tp.same_bits[1])
+        | ((pkt.src[0] & tp.same_mask[2]) ^ tp.same_bits[2])
+        | ((pkt.dst[0] & tp.same_mask[3]) ^ tp.same_bits[3]);
+    if d != 0 {
+        return false;
+    }
+    let Some(keys) = cfg.tuple_keys.get(t as usize) else {
+        return true;
+    };
+    let Some(mut r) = tuple_head(cfg.ruleset, t as u8, tp, keys, pkt) else {
         return false;
     };
     for _ in 0..MAX_CHAIN {

@@ -19,9 +19,9 @@ use ipnet::IpNet;
 use thiserror::Error;
 use xdp_common::{
     acl_action, bit_op, flags, frag_bits, length_bit, list, prefix_tag, rate_unit, residual,
-    tuple_fields, tuple_needs, AclKey, AclRule, AclTuple, AclWideMasks, MitigationConfig,
-    PortRange as KPortRange, PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES, MAX_CHAIN,
-    MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
+    tuple_fields, tuple_needs, tuple_words, AclKey, AclRule, AclTuple, AclWideMasks,
+    MitigationConfig, PortRange as KPortRange, PrefixV4, PrefixV6, RateSpec, MAX_ACL_ENTRIES,
+    MAX_CHAIN, MAX_PREFIX_LENGTHS, MAX_SCOPE_PORT_RANGES, MAX_TUPLES, NO_RULE,
 };
 
 use super::spec::{
@@ -426,7 +426,7 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
             needs,
             ..Default::default()
         };
-        out.config.wide_masks[i] = AclWideMasks {
+        out.config.tuple_keys[i].wide = AclWideMasks {
             src: [src_mask[1], src_mask[2], src_mask[3]],
             dst: [dst_mask[1], dst_mask[2], dst_mask[3]],
         };
@@ -445,6 +445,7 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
         chains.entry(*key).or_default().push(prio as u32);
         out.rules.push(*rule);
     }
+    let mut keys_of_tuple = vec![Vec::new(); order.len()];
     for (key, members) in chains {
         if members.len() > MAX_CHAIN as usize {
             let names = members
@@ -458,15 +459,50 @@ fn compile_acl(entries: &[AclEntry], out: &mut Compiled) -> Result<(), SpecError
         }
         let wide = order[key.tuple as usize].0.family == 6;
         key.filter_bits(wide)
-            .mark(&mut out.config.tuples[key.tuple as usize].filter);
+            .mark(&mut out.config.tuple_keys[key.tuple as usize].filter);
+        keys_of_tuple[key.tuple as usize].push(key);
         out.keys.push(IndexEntry {
             key,
             wide,
             head: out.config.rule_base + members[0],
         });
     }
+    for (tuple, keys) in out.config.tuples.iter_mut().zip(&keys_of_tuple) {
+        let (mask, bits) = shared_bits(tuple, keys);
+        tuple.same_mask = mask;
+        tuple.same_bits = bits;
+    }
     out.config.rule_count = entries.len() as u32;
     Ok(())
+}
+
+/// The bits all `keys` of `tuple` agree on in the words [`tuple_words`] names (see
+/// [`AclTuple::same_mask`]), as (mask, bits).
+fn shared_bits(tuple: &AclTuple, keys: &[AclKey]) -> ([u32; 4], [u32; 4]) {
+    let words = |k: &AclKey| {
+        let mut w = [0u32; 4];
+        w[tuple_words::PROTO] =
+            k.proto as u32 | (k.icmp_type as u32) << 8 | (k.icmp_code as u32) << 16;
+        w[tuple_words::PORTS] = k.sport as u32 | (k.dport as u32) << 16;
+        w[tuple_words::SRC0] = k.src[0];
+        w[tuple_words::DST0] = k.dst[0];
+        w
+    };
+    let mut mask = [0u32; 4];
+    mask[tuple_words::PROTO] = tuple.proto_mask;
+    mask[tuple_words::PORTS] = tuple.ports_mask;
+    mask[tuple_words::SRC0] = tuple.src_mask0;
+    mask[tuple_words::DST0] = tuple.dst_mask0;
+    let Some(first) = keys.first().map(words) else {
+        return ([0; 4], [0; 4]); // an empty tuple is never probed (n_tuples)
+    };
+    let mut bits = [0u32; 4];
+    for i in 0..4 {
+        let differ = keys.iter().fold(0, |d, k| d | (words(k)[i] ^ first[i]));
+        mask[i] &= !differ;
+        bits[i] = first[i] & mask[i];
+    }
+    (mask, bits)
 }
 
 fn shape_mask(family: u8, len: u8) -> [u32; 4] {
@@ -655,6 +691,29 @@ mod tests {
             .rules
             .iter()
             .all(|r| r.key.ruleset == 14 && r.key.src[0] != 0));
+    }
+
+    #[test]
+    fn a_tuple_keeps_the_bits_its_keys_share() {
+        let word = |a: &str| u32::from_ne_bytes(a.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        let acl = vec![drop_src("a", "10.0.1.0/24"), drop_src("b", "10.0.2.0/24")];
+        let t = compile(&spec(acl), 1, 0).unwrap().config.tuples[0];
+        let (mask, bits) = (
+            t.same_mask[tuple_words::SRC0],
+            t.same_bits[tuple_words::SRC0],
+        );
+        // Both entries' sources pass, as does any source in 10.0.0.0/22; others do not.
+        for inside in ["10.0.1.7", "10.0.2.200", "10.0.3.1"] {
+            assert_eq!(word(inside) & mask, bits, "{inside}");
+        }
+        for outside in ["192.0.2.1", "10.1.1.1", "10.0.4.1"] {
+            assert_ne!(word(outside) & mask, bits, "{outside}");
+        }
+        // No protocol or port in the shape: nothing to check there.
+        assert_eq!(
+            t.same_mask[tuple_words::PROTO] | t.same_mask[tuple_words::PORTS],
+            0
+        );
     }
 
     #[test]
