@@ -1131,7 +1131,7 @@ mod tests {
         let mut f = [0u64; 4];
         k.filter_bits(false).mark(&mut f);
         assert!(k.filter_bits(false).in_filter(&f));
-        assert_eq!(f.iter().map(|w| w.count_ones()).sum::<u32>() <= 2, true);
+        assert!(f.iter().map(|w| w.count_ones()).sum::<u32>() <= 2);
         // The tuple and ruleset do not count: the filter belongs to one tuple of one
         // generation.
         let same = AclKey {
