@@ -32,8 +32,12 @@ pub enum Request {
     /// Re-read server.toml's clients and their policies.
     Reload,
     /// Install or replace operator mitigations, all or none.
-    OperatorAdd { specs: Vec<MitigationSpec> },
-    OperatorRemove { id: u32 },
+    OperatorAdd {
+        specs: Vec<MitigationSpec>,
+    },
+    OperatorRemove {
+        id: u32,
+    },
     OperatorList,
     /// Who each datapath id belongs to (for `xdp status`).
     Names,
@@ -111,8 +115,12 @@ pub fn bind(dir: &Path) -> Result<tokio::net::UnixListener> {
 
 /// Sends one request to the server at `socket` and returns its answer.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to the server's control socket {}", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the server's control socket {}",
+            socket.display()
+        )
+    })?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_vec(req)?;

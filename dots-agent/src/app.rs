@@ -54,7 +54,10 @@ pub fn datapath(config: &ServerConfig) -> Result<Box<dyn Mitigator>> {
                     tracing::warn!("{}: {why}", out.interface);
                 }
                 match out.replaced {
-                    true => tracing::info!("XDP filter on {} (already attached; program replaced)", out.interface),
+                    true => tracing::info!(
+                        "XDP filter on {} (already attached; program replaced)",
+                        out.interface
+                    ),
                     false => tracing::info!("XDP filter on {} ({} mode)", out.interface, out.mode),
                 }
             }
@@ -199,7 +202,10 @@ pub async fn start_with(
     let dir = &config.store.dir;
     if checked.reset_store {
         let aside = crate::store::set_aside(dir)?;
-        tracing::warn!("--reset-store: the store was set aside as {}", aside.display());
+        tracing::warn!(
+            "--reset-store: the store was set aside as {}",
+            aside.display()
+        );
     }
     let datapath = datapath(config)?;
     let store = Store::open(dir)?;
@@ -264,9 +270,11 @@ pub async fn start_with(
     }
     let listener = admin::bind(dir)?;
     let (handle, source) = (control.clone(), config.source.clone());
-    running.tasks.push(tokio::spawn(admin::serve(listener, move |req| {
-        answer(handle.clone(), source.clone(), req)
-    })));
+    running
+        .tasks
+        .push(tokio::spawn(admin::serve(listener, move |req| {
+            answer(handle.clone(), source.clone(), req)
+        })));
     Ok(running)
 }
 
@@ -285,9 +293,7 @@ async fn answer(control: ControlHandle, source: Option<PathBuf>, req: Request) -
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r.map_err(refused))
-            .map(|c| {
-                serde_json::json!(c.map(|c| (c.in_scope.packets, c.dropped_total().packets)))
-            }),
+            .map(|c| serde_json::json!(c.map(|c| (c.in_scope.packets, c.dropped_total().packets)))),
         Request::OperatorList => control
             .run(|c| c.engine.operator_list())
             .await

@@ -263,10 +263,14 @@ pub fn add_clients(dir: &Path, clients: &[String]) -> Result<Written> {
             )
         })
     };
-    let cert = X509::from_pem(&read("ca.pem")?)
-        .map_err(|_| anyhow::anyhow!("{} is not a PEM certificate", dir.join("ca.pem").display()))?;
+    let cert = X509::from_pem(&read("ca.pem")?).map_err(|_| {
+        anyhow::anyhow!("{} is not a PEM certificate", dir.join("ca.pem").display())
+    })?;
     let key = PKey::private_key_from_pem(&read("ca.key")?).map_err(|_| {
-        anyhow::anyhow!("{} is not an unencrypted PEM private key", dir.join("ca.key").display())
+        anyhow::anyhow!(
+            "{} is not an unencrypted PEM private key",
+            dir.join("ca.key").display()
+        )
     })?;
     if !cert.public_key()?.public_eq(&key) {
         bail!("ca.key in {} does not belong to ca.pem", dir.display());
@@ -457,8 +461,10 @@ mod tests {
         b.set_subject_name(cert.subject_name()).unwrap();
         b.set_issuer_name(ca.cert.subject_name()).unwrap();
         b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(1_000_000_000).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::from_unix(1_000_086_400).unwrap()).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(1_000_000_000).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(1_000_086_400).unwrap())
+            .unwrap();
         b.sign(&ca.key, MessageDigest::sha256()).unwrap();
         fs::write(d.join("old.pem"), b.build().to_pem().unwrap()).unwrap();
         fs::write(d.join("old.key"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();

@@ -173,15 +173,22 @@ pub fn check_ports(config: &ServerConfig) -> Result<()> {
         .iter()
         .map(|a| (*a, "signal channel, TLS"))
         .collect();
-    tcp.extend(config.data.iter().flat_map(|d| &d.listen).map(|a| (*a, "data channel")));
+    tcp.extend(
+        config
+            .data
+            .iter()
+            .flat_map(|d| &d.listen)
+            .map(|a| (*a, "data channel")),
+    );
     tcp.extend(config.metrics.listen.iter().map(|a| (*a, "metrics")));
     for (addr, what) in tcp {
         std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}, TCP): {e}"))?;
     }
     for addr in &config.signal.listen {
-        std::net::UdpSocket::bind(addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (signal channel, DTLS on UDP): {e}"))?;
+        std::net::UdpSocket::bind(addr).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} (signal channel, DTLS on UDP): {e}")
+        })?;
     }
     Ok(())
 }

@@ -81,8 +81,8 @@ pub fn inspect(dir: &Path) -> Result<Inspected> {
             path.display()
         );
     }
-    let snapshot = read_snapshot(&conn)
-        .with_context(|| format!("reading the rows of {}", path.display()))?;
+    let snapshot =
+        read_snapshot(&conn).with_context(|| format!("reading the rows of {}", path.display()))?;
     Ok(Inspected::Valid { schema, snapshot })
 }
 
@@ -98,12 +98,19 @@ pub fn backup(dir: &Path, to: &Path) -> Result<Snapshot> {
     }
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {} read-only", path.display()))?;
-    conn.backup(rusqlite::MAIN_DB, to, None::<fn(rusqlite::backup::Progress)>)
-        .with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
+    conn.backup(
+        rusqlite::MAIN_DB,
+        to,
+        None::<fn(rusqlite::backup::Progress)>,
+    )
+    .with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
     let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
-        bail!("the copy {} fails SQLite's integrity check: {check}", to.display());
+        bail!(
+            "the copy {} fails SQLite's integrity check: {check}",
+            to.display()
+        );
     }
     read_snapshot(&copy)
 }

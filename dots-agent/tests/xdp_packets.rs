@@ -805,7 +805,10 @@ fn pinned_state_is_re_adopted_by_a_new_process() {
 
     // A restarted agent: loads the program again onto the same pinned maps, once the first
     // has given up the writer's lock (one writer at a time).
-    assert!(XdpDatapath::load(&lab.root.options()).is_err(), "one writer at a time");
+    assert!(
+        XdpDatapath::load(&lab.root.options()).is_err(),
+        "one writer at a time"
+    );
     lab.dp.relinquish_writer();
     let mut again = XdpDatapath::load(&lab.root.options()).unwrap();
     assert_eq!(again.installed(), vec![42]);

@@ -62,7 +62,11 @@ fn check(config: &ServerConfig, opts: &StartOptions) -> Result<()> {
     let s = &checked.snapshot;
     println!(
         "{}: ok ({} client(s); store {}: {} mitigation(s), {} operator mitigation(s); XDP on {})",
-        config.source.as_deref().unwrap_or(std::path::Path::new("?")).display(),
+        config
+            .source
+            .as_deref()
+            .unwrap_or(std::path::Path::new("?"))
+            .display(),
         config.clients.len(),
         crate::store::file(&config.store.dir).display(),
         s.mitigations.len(),

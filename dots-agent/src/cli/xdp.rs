@@ -190,14 +190,16 @@ fn lock_for_change(pins: &Pins, what: &str) -> Result<Option<WriterLock>> {
     if !pins.pin_root.exists() {
         return Ok(None);
     }
-    WriterLock::acquire(&pins.pin_root, "the pinned XDP datapath").map(Some).map_err(|e| match e {
-        LockError::Held { holder, .. } => anyhow::anyhow!(
-            "the pinned XDP datapath at {} is in use by {holder}: it {what} its [datapath] \
+    WriterLock::acquire(&pins.pin_root, "the pinned XDP datapath")
+        .map(Some)
+        .map_err(|e| match e {
+            LockError::Held { holder, .. } => anyhow::anyhow!(
+                "the pinned XDP datapath at {} is in use by {holder}: it {what} its [datapath] \
              interfaces itself; stop it first to change them by hand",
-            pins.pin_root.display()
-        ),
-        other => other.into(),
-    })
+                pins.pin_root.display()
+            ),
+            other => other.into(),
+        })
 }
 
 /// A mitigation file: one mitigation at top level, or several as `[[mitigation]]`.
@@ -388,7 +390,12 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
             match writer(&pins)? {
                 Writer::Here(dp) => add_here(&pins, dp, &specs),
                 Writer::Server { holder, socket } => {
-                    let v = admin::call(&socket, &Request::OperatorAdd { specs: specs.clone() })?;
+                    let v = admin::call(
+                        &socket,
+                        &Request::OperatorAdd {
+                            specs: specs.clone(),
+                        },
+                    )?;
                     let done: Vec<(u32, Added)> = serde_json::from_value(v)?;
                     for ((id, added), s) in done.iter().zip(&specs) {
                         let what = match added {
@@ -467,11 +474,13 @@ fn list(pins: &Pins, json: bool) -> Result<()> {
     // Operator mitigations pinned while no server ran, which the running server's store
     // does not hold.
     let unmanaged: Vec<u32> = match &socket {
-        Some(s) => serde_json::from_value::<Vec<OperatorView>>(admin::call(s, &Request::OperatorList)?)?
-            .into_iter()
-            .filter(|o| o.spec.is_none())
-            .map(|o| o.id)
-            .collect(),
+        Some(s) => {
+            serde_json::from_value::<Vec<OperatorView>>(admin::call(s, &Request::OperatorList)?)?
+                .into_iter()
+                .filter(|o| o.spec.is_none())
+                .map(|o| o.id)
+                .collect()
+        }
         None => Vec::new(),
     };
     let rows: Vec<(u64, Option<u32>, String, Vec<String>)> = dp
@@ -487,7 +496,12 @@ fn list(pins: &Pins, json: bool) -> Result<()> {
                 who.push_str(" (not in the server's store: add it through the server to keep it)");
             }
             let targets = dp.targets(id).unwrap_or_default();
-            (id, operator_id, who, targets.iter().map(|t| t.to_string()).collect())
+            (
+                id,
+                operator_id,
+                who,
+                targets.iter().map(|t| t.to_string()).collect(),
+            )
         })
         .collect();
     if json {

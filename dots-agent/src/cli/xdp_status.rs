@@ -103,10 +103,15 @@ fn rate(a: Counter, b: Counter, secs: f64) -> Rate {
 /// Who each datapath id belongs to: what the running server says (`server`), else what
 /// the ids tell (operator mitigations carry the operator's id).
 pub fn owner(raw: u64, server: &BTreeMap<u64, String>) -> String {
-    server.get(&raw).cloned().unwrap_or_else(|| match DatapathId::from_raw(raw) {
-        DatapathId::Mitigation(n) => format!("DOTS mitigation (datapath id {n}; no server running to name it)"),
-        other => other.to_string(),
-    })
+    server
+        .get(&raw)
+        .cloned()
+        .unwrap_or_else(|| match DatapathId::from_raw(raw) {
+            DatapathId::Mitigation(n) => {
+                format!("DOTS mitigation (datapath id {n}; no server running to name it)")
+            }
+            other => other.to_string(),
+        })
 }
 
 /// What the pinned filter holds. `names`: owners as the running server names them;
@@ -383,7 +388,10 @@ mod tests {
             occupancy: Vec::new(),
         });
         assert!(text.contains("top talkers"), "{text}");
-        assert!(text.contains("\nclient-a mid 3  targets 198.51.100.0/24"), "{text}");
+        assert!(
+            text.contains("\nclient-a mid 3  targets 198.51.100.0/24"),
+            "{text}"
+        );
         let line = text.lines().find(|l| l.contains("2001:db8::1")).unwrap();
         assert!(
             line.contains("1600 pkts") && line.contains("67200 B"),

@@ -143,11 +143,21 @@ mod tests {
         assert_eq!(holder_in_line(l, 0, 0x1e, 1234), Some(4242));
         assert_eq!(holder_in_line(l, 0, 0x1e, 1235), None);
         assert_eq!(
-            holder_in_line("3: -> FLOCK  ADVISORY  WRITE 7 00:1e:1234 0 EOF", 0, 0x1e, 1234),
+            holder_in_line(
+                "3: -> FLOCK  ADVISORY  WRITE 7 00:1e:1234 0 EOF",
+                0,
+                0x1e,
+                1234
+            ),
             None
         );
         assert_eq!(
-            holder_in_line("1: POSIX  ADVISORY  WRITE 9 00:1e:1234 0 EOF", 0, 0x1e, 1234),
+            holder_in_line(
+                "1: POSIX  ADVISORY  WRITE 9 00:1e:1234 0 EOF",
+                0,
+                0x1e,
+                1234
+            ),
             None
         );
     }

@@ -16,8 +16,8 @@ pub use compile::SpecError;
 pub use memory::MemoryMitigator;
 pub use spec::*;
 pub use xdp::{
-    check_interfaces, interface_index, AttachMode, AttachOutcome, InterfaceCounters, LoadOptions, XdpDatapath,
-    DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
+    check_interfaces, interface_index, AttachMode, AttachOutcome, InterfaceCounters, LoadOptions,
+    XdpDatapath, DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
 };
 
 #[derive(Debug, Error)]

@@ -96,7 +96,10 @@ pub fn datapath_spec(id: u32, spec: &MitigationSpec) -> MitigationSpec {
 impl<M: Mitigator> Engine<M> {
     /// Installs or replaces the operator's mitigations in `specs`, all of them or none
     /// (one store transaction).
-    pub fn operator_add(&mut self, specs: Vec<MitigationSpec>) -> Result<Vec<(u32, Added)>, Refusal> {
+    pub fn operator_add(
+        &mut self,
+        specs: Vec<MitigationSpec>,
+    ) -> Result<Vec<(u32, Added)>, Refusal> {
         let result = self.operator_add_steps(specs);
         self.finish(result)
     }
@@ -119,10 +122,7 @@ impl<M: Mitigator> Engine<M> {
             self.dp
                 .install(datapath_spec(id, &spec))
                 .map_err(|e| self.operator_refusal(id, e))?;
-            self.stage(journal::document(&spec).map(|doc| Change::Operator {
-                id,
-                doc: Some(doc),
-            }));
+            self.stage(journal::document(&spec).map(|doc| Change::Operator { id, doc: Some(doc) }));
             self.operators.set(id, Some(spec));
             out.push((id, added));
         }

@@ -47,10 +47,8 @@ impl<M: Mitigator> Engine<M> {
             .cloned()
             .collect();
         let old = std::mem::replace(&mut self.policies, new);
-        let old_drop = std::mem::replace(
-            &mut self.drop_talkers_of,
-            talker_drop.into_iter().collect(),
-        );
+        let old_drop =
+            std::mem::replace(&mut self.drop_talkers_of, talker_drop.into_iter().collect());
         let mut result = Ok(());
         for client in changes.changed.iter().chain(&changes.added) {
             changes.reinstalled += self

@@ -126,7 +126,11 @@ impl<M: Mitigator> Engine<M> {
                 .filter(|c| self.baseline_spec(c, None).is_some())
                 .map(|c| DatapathId::baseline(c).raw()),
         );
-        wanted.extend(self.operators.ids().map(|id| DatapathId::Operator(id).raw()));
+        wanted.extend(
+            self.operators
+                .ids()
+                .map(|id| DatapathId::Operator(id).raw()),
+        );
         for raw in self.mitigator().installed() {
             if let DatapathId::Operator(n) = DatapathId::from_raw(raw) {
                 if !wanted.contains(&raw) {
@@ -142,7 +146,9 @@ impl<M: Mitigator> Engine<M> {
             }
             if !wanted.contains(&raw) {
                 let id = DatapathId::from_raw(raw);
-                tracing::warn!("removing {id} from the pinned filter: no stored mitigation owns it");
+                tracing::warn!(
+                    "removing {id} from the pinned filter: no stored mitigation owns it"
+                );
                 if let Err(e) = self.dp.remove(id) {
                     tracing::error!("removing {id}: {e}");
                 }

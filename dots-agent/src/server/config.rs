@@ -261,7 +261,10 @@ impl ServerConfig {
         let mut names = std::collections::HashSet::new();
         for c in &self.clients {
             if c.name == crate::engine::OPERATOR_CLIENT {
-                bail!("client name {:?} is reserved for the operator's own mitigations", c.name);
+                bail!(
+                    "client name {:?} is reserved for the operator's own mitigations",
+                    c.name
+                );
             }
             if !names.insert(&c.name) {
                 bail!("client {:?} is configured twice", c.name);

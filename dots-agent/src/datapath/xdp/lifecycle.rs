@@ -429,10 +429,9 @@ impl XdpDatapath {
                 .targets
                 .push(net);
         }
-        let fixed_v4 = index.dst_v4.rebuild(
-            &mut Repair(U32Words(&self.maps.dst_v4), repair),
-            &v4,
-        );
+        let fixed_v4 = index
+            .dst_v4
+            .rebuild(&mut Repair(U32Words(&self.maps.dst_v4), repair), &v4);
         let fixed_v6 = index
             .summary_v6
             .rebuild(&mut Repair(U64Words(&self.maps.sum_v6), repair), &v6);
@@ -675,15 +674,19 @@ fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
     Ok(dir)
 }
 
-/// Whether this process runs in a mount namespace other than init's (false if that
-/// cannot be told).
+/// Whether this process runs in a mount namespace of its own, as `ip netns exec` makes
+/// one per command: other than its parent's or init's (whichever can be read; false if
+/// neither can). A bpffs mounted there goes when the command's processes have exited.
 fn private_mount_namespace() -> bool {
-    match (
-        fs::read_link("/proc/self/ns/mnt"),
-        fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(mine), Ok(init)) => mine != init,
-        _ => false,
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() }.to_string();
+    match ns("self") {
+        Some(mine) => [ns(&parent), ns("1")]
+            .into_iter()
+            .flatten()
+            .any(|other| other != mine),
+        None => false,
     }
 }
 

@@ -242,7 +242,6 @@ impl XdpDatapath {
         Ok(out)
     }
 
-
     /// Waits out and deletes every retiring generation (a process about to exit leaves
     /// nothing behind for the next one to clean).
     pub fn settle(&mut self) {
