@@ -562,3 +562,81 @@ fn xdp_commands_say_what_happened_and_attach_is_all_or_nothing() {
         text(&o)
     );
 }
+
+#[test]
+fn the_shipped_server_and_client_examples_work_together() {
+    let mut site = Site::new("e");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let pki = site.path().join("pki");
+    let o = site.agent(&[
+        "pki",
+        "init",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--server-name",
+        "dots.example",
+        "--server-ip",
+        "127.0.0.1",
+        "--client",
+        "client-a",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // As shipped, but the store in the test's directory instead of /var/lib/dots-agent.
+    let server = std::fs::read_to_string(format!("{examples}/server.toml")).unwrap();
+    assert!(server.contains("dir = \"/var/lib/dots-agent\""));
+    let config = site.path().join("server.toml");
+    std::fs::write(
+        &config,
+        server.replace("dir = \"/var/lib/dots-agent\"", "dir = \"state\""),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{examples}/client.toml"),
+        site.path().join("client.toml"),
+    )
+    .unwrap();
+    let o = site.agent(&["server", "--check", "--config", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    site.start_server(&config, "state");
+    let client = site.path().join("client.toml");
+    let o = site.agent(&[
+        "client",
+        "--config",
+        client.to_str().unwrap(),
+        "mitigate",
+        "--mid",
+        "1",
+        "--target",
+        "198.51.100.0/24",
+    ]);
+    assert!(text(&o).starts_with("2.01"), "{}", text(&o));
+}
+
+#[test]
+fn install_puts_binary_and_unit_in_place_once() {
+    let root = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install.sh");
+    let run = || {
+        Command::new(script)
+            .env("ROOT", root.path())
+            .env("BIN", env!("CARGO_BIN_EXE_dots-agent"))
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "usr/local/bin/dots-agent",
+        "etc/systemd/system/dots-agent.service",
+        "etc/dots-agent/server.toml",
+    ] {
+        assert!(root.path().join(f).is_file(), "{f}");
+    }
+    assert!(root.path().join("var/lib/dots-agent").is_dir());
+    let o = run();
+    assert!(
+        o.status.success() && text(&o).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
+}
