@@ -118,6 +118,8 @@ pub struct Running {
     pub metrics: Vec<SocketAddr>,
     /// The control socket (`dots-agent server reload`, operator mitigations).
     pub admin: PathBuf,
+    /// The configured clients' names, for the data channel (replaced at a reload).
+    pub client_names: server::https::ClientNames,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -221,6 +223,7 @@ pub async fn start_with(
         data: Vec::new(),
         metrics: Vec::new(),
         admin: dir.join(admin::SOCKET),
+        client_names: Arc::new(std::sync::RwLock::new(client_names(config))),
         tasks: Vec::new(),
     };
     for listener in sockets.metrics {
@@ -249,13 +252,7 @@ pub async fn start_with(
         )));
     }
     if let Some(acceptor) = https {
-        let clients = Arc::new(
-            config
-                .clients
-                .iter()
-                .map(|c| c.name.clone())
-                .collect::<Vec<_>>(),
-        );
+        let clients = running.client_names.clone();
         for listener in sockets.data {
             let bound = listener.local_addr()?;
             tracing::info!("data channel: RESTCONF over HTTPS on {bound}");
@@ -269,19 +266,24 @@ pub async fn start_with(
         }
     }
     let listener = admin::bind(dir)?;
-    let (handle, source) = (control.clone(), config.source.clone());
+    let reloader = Reloader {
+        control: control.clone(),
+        source: config.source.clone(),
+        names: running.client_names.clone(),
+    };
     running
         .tasks
         .push(tokio::spawn(admin::serve(listener, move |req| {
-            answer(handle.clone(), source.clone(), req)
+            answer(reloader.clone(), req)
         })));
     Ok(running)
 }
 
 /// A control-socket request, answered on the control thread.
-async fn answer(control: ControlHandle, source: Option<PathBuf>, req: Request) -> Reply {
+async fn answer(reloader: Reloader, req: Request) -> Reply {
+    let control = reloader.control.clone();
     let result: Result<serde_json::Value> = match req {
-        Request::Reload => reload(&control, source).await,
+        Request::Reload => reloader.reload().await,
         Request::OperatorAdd { specs } => control
             .run(move |c| c.engine.operator_add(specs))
             .await
@@ -330,37 +332,56 @@ fn refused(r: crate::engine::Refusal) -> anyhow::Error {
     }
 }
 
-/// Re-reads server.toml and applies its clients and their policies; a file that does not
-/// load, or policies that cannot be installed, are refused and the running ones kept.
-/// Sections other than `[[client]]` need a restart (a change there is reported, not
-/// applied).
-pub async fn reload(control: &ControlHandle, source: Option<PathBuf>) -> Result<serde_json::Value> {
-    let path = source.context("this server was not started from a config file")?;
-    let config = ServerConfig::load(&path).context("the running configuration is kept")?;
-    let (policies, drop, prefixes) = (
-        config.policies(),
-        config.talker_drop_clients(),
-        prefixes(&config),
-    );
-    let changes = control
-        .run(move |c| {
-            let r = c.engine.reload_policies(policies, drop);
-            if r.is_ok() {
-                c.data.lock().set_prefixes(prefixes);
-            }
-            r
-        })
-        .await?
-        .map_err(|r| refused(r).context("the running configuration is kept"))?;
-    tracing::info!(
-        added = ?changes.added,
-        changed = ?changes.changed,
-        removed = ?changes.removed,
-        reinstalled = changes.reinstalled,
-        "reloaded the clients of {}",
-        path.display()
-    );
-    Ok(serde_json::to_value(changes)?)
+fn client_names(config: &ServerConfig) -> Vec<String> {
+    config.clients.iter().map(|c| c.name.clone()).collect()
+}
+
+/// What a reload needs: the control thread, the file the server was started from, the
+/// data channel's client names.
+#[derive(Clone)]
+pub struct Reloader {
+    control: ControlHandle,
+    source: Option<PathBuf>,
+    names: server::https::ClientNames,
+}
+
+impl Reloader {
+    /// Re-reads server.toml and applies its clients and their policies; a file that does
+    /// not load, or policies that cannot be installed, are refused and the running ones
+    /// kept. Sections other than `[[client]]` need a restart (they are not applied).
+    pub async fn reload(&self) -> Result<serde_json::Value> {
+        let path = self
+            .source
+            .clone()
+            .context("this server was not started from a config file")?;
+        let config = ServerConfig::load(&path).context("the running configuration is kept")?;
+        let (policies, drop, prefixes) = (
+            config.policies(),
+            config.talker_drop_clients(),
+            prefixes(&config),
+        );
+        let changes = self
+            .control
+            .run(move |c| {
+                let r = c.engine.reload_policies(policies, drop);
+                if r.is_ok() {
+                    c.data.lock().set_prefixes(prefixes);
+                }
+                r
+            })
+            .await?
+            .map_err(|r| refused(r).context("the running configuration is kept"))?;
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = client_names(&config);
+        tracing::info!(
+            added = ?changes.added,
+            changed = ?changes.changed,
+            removed = ?changes.removed,
+            reinstalled = changes.reinstalled,
+            "reloaded the clients of {}",
+            path.display()
+        );
+        Ok(serde_json::to_value(changes)?)
+    }
 }
 
 /// Runs the server until `shutdown` completes.
@@ -375,14 +396,18 @@ pub async fn run_until_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let running = start_with(&config, &opts, datapath).await?;
-    let (control, source) = (running.control.clone(), config.source.clone());
+    let reloader = Reloader {
+        control: running.control.clone(),
+        source: config.source.clone(),
+        names: running.client_names.clone(),
+    };
     let hup = tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
         while hup.recv().await.is_some() {
-            if let Err(e) = reload(&control, source.clone()).await {
+            if let Err(e) = reloader.reload().await {
                 tracing::error!("SIGHUP: reload refused: {e:#}");
             }
         }

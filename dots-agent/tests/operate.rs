@@ -173,6 +173,42 @@ impl Site {
         self.agent(&all)
     }
 
+    /// Registers `name` on the data channel at 127.0.0.1:`port` with curl; the HTTP status.
+    fn register(&self, name: &str, port: u16) -> String {
+        let pem = std::fs::read(self.path().join(format!("{name}.pem"))).unwrap();
+        let cuid = dots_agent::pki::cuid(&openssl::x509::X509::from_pem(&pem).unwrap()).unwrap();
+        let d = self.path();
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", "Content-Type: application/yang-data+json", "--data"])
+            .arg(format!(
+                "{{\"ietf-dots-data-channel:dots-client\":[{{\"cuid\":\"{cuid}\"}}]}}"
+            ))
+            .arg("--cacert")
+            .arg(d.join("ca.pem"))
+            .arg("--cert")
+            .arg(d.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(d.join(format!("{name}.key")))
+            .args(["--resolve", &format!("dots.example:{port}:127.0.0.1")])
+            .arg(format!(
+                "https://dots.example:{port}/restconf/data/ietf-dots-data-channel:dots-data"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
     fn status(&self) -> serde_json::Value {
         let o = self.xdp(&["status", "--interval", "0", "--json"]);
         assert!(o.status.success(), "{}", text(&o));
@@ -194,7 +230,8 @@ const OPERATOR_FILE: &str = "[[mitigation]]\nid = 7\ntargets = [\"203.0.113.0/24
 #[test]
 fn one_writer_operator_mitigations_through_the_server_and_reload() {
     let mut site = Site::new("w");
-    let config = site.server_toml("one", "state-one", 4646, "\"op0\"", "");
+    let data = "[data]\nlisten = [\"127.0.0.1:4650\"]\n";
+    let config = site.server_toml("one", "state-one", 4646, "\"op0\"", data);
     site.start_server(&config, "state-one");
     let o = site.client(
         4646,
@@ -255,8 +292,9 @@ fn one_writer_operator_mitigations_through_the_server_and_reload() {
         &["mitigate", "--mid", "1", "--target", "192.0.2.0/28"],
     );
     assert!(!text(&o).starts_with("2.01"), "{}", text(&o));
-    let with_b = "[[client]]\nname = \"client-b\"\nprefixes = [\"192.0.2.0/24\"]\n";
-    site.server_toml("one", "state-one", 4646, "\"op0\"", with_b);
+    assert_eq!(site.register("client-b", 4650), "403", "not configured yet");
+    let with_b = format!("{data}[[client]]\nname = \"client-b\"\nprefixes = [\"192.0.2.0/24\"]\n");
+    site.server_toml("one", "state-one", 4646, "\"op0\"", &with_b);
     let o = site.agent(&["server", "reload", "--config", config.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("clients added client-b"), "{}", text(&o));
@@ -296,7 +334,7 @@ fn one_writer_operator_mitigations_through_the_server_and_reload() {
     );
 
     // A restart restores the operator mitigation from the store.
-    site.server_toml("one", "state-one", 4646, "\"op0\"", with_b);
+    site.server_toml("one", "state-one", 4646, "\"op0\"", &with_b);
     kill("-TERM");
     let _ = site.servers[0].wait();
     site.start_server(&config, "state-one");
