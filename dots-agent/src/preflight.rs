@@ -58,6 +58,15 @@ pub fn check(config: &ServerConfig, opts: &StartOptions) -> Result<Checked> {
         );
     }
     check_writable(dir)?;
+    // The control socket lives in the store directory; a Unix socket path has 107 bytes.
+    let socket = dir.join(crate::admin::SOCKET);
+    if socket.as_os_str().len() > 107 {
+        bail!(
+            "[store] dir {}: the control socket {} would be longer than a Unix socket path              may be (107 bytes): choose a shorter directory",
+            dir.display(),
+            socket.display()
+        );
+    }
     let xdp = !config.datapath.interfaces.is_empty();
     let pin_root = &config.datapath.pin_root;
     if xdp {
@@ -75,6 +84,12 @@ pub fn check(config: &ServerConfig, opts: &StartOptions) -> Result<Checked> {
             let bad = crate::engine::unreadable(&snapshot);
             if bad.is_empty() {
                 checked.snapshot = snapshot;
+                if opts.reset_store {
+                    checked.notes.push(format!(
+                        "--reset-store: {} is a valid store and is kept",
+                        store::file(dir).display()
+                    ));
+                }
             } else if opts.reset_store {
                 checked.reset_store = true;
             } else {
