@@ -363,6 +363,28 @@ fn one_writer_operator_mitigations_through_the_server_and_reload() {
         "{}",
         text(&o)
     );
+
+    // 13.2: with the store gone, a start would empty the pinned filter: refused instead.
+    let pid = site.servers[1].id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = site.servers[1].wait();
+    std::fs::rename(site.path().join("state-one"), site.path().join("moved")).unwrap();
+    let o = site.agent(&["server", "--config", config.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("starting with an empty store would remove them"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        owners(&site.status()).len(),
+        3,
+        "the filter kept every mitigation"
+    );
 }
 
 #[test]

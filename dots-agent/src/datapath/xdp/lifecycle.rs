@@ -263,6 +263,22 @@ impl XdpDatapath {
         Ok(done)
     }
 
+    /// Gives up the writer's role (and its lock) while the program stays loaded: another
+    /// loader may then become the writer, as a restarted agent does.
+    pub fn relinquish_writer(&mut self) {
+        self.lock = None;
+    }
+
+    /// Refuses a change through a datapath opened only to read.
+    pub(super) fn writable(&self) -> R<()> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(DatapathError::Setup(
+                "this datapath was opened read-only (another process may be its writer)".into(),
+            )),
+        }
+    }
+
     /// Whether a datapath's maps are pinned under `pin_root` (this layout).
     pub fn is_pinned(pin_root: &Path) -> bool {
         pin_root

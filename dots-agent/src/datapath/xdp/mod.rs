@@ -178,22 +178,6 @@ impl XdpDatapath {
         })
     }
 
-    /// Gives up the writer's role (and its lock) while the program stays loaded: another
-    /// loader may then become the writer, as a restarted agent does.
-    pub fn relinquish_writer(&mut self) {
-        self.lock = None;
-    }
-
-    /// Refuses a change through a datapath opened only to read.
-    fn writable(&self) -> R<()> {
-        match self.lock {
-            Some(_) => Ok(()),
-            None => Err(DatapathError::Setup(
-                "this datapath was opened read-only (another process may be its writer)".into(),
-            )),
-        }
-    }
-
     /// The loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
     pub fn program(&self) -> Option<&Xdp> {
         self.ebpf.as_ref()?.program(PROGRAM_NAME)?.try_into().ok()
