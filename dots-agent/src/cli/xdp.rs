@@ -120,7 +120,7 @@ impl Pins {
 /// Who may change the pinned filter now.
 enum Writer {
     /// This command: nobody else holds the lock.
-    Here(XdpDatapath),
+    Here(Box<XdpDatapath>),
     /// A running server, through its control socket.
     Server { holder: Holder, socket: PathBuf },
 }
@@ -128,7 +128,7 @@ enum Writer {
 /// Opens the pinned filter as its writer, or finds the server that is.
 fn writer(pins: &Pins) -> Result<Writer> {
     match XdpDatapath::adopt_pinned(&pins.pin_root) {
-        Ok(dp) => Ok(Writer::Here(dp)),
+        Ok(dp) => Ok(Writer::Here(Box::new(dp))),
         Err(DatapathError::Locked(LockError::Held { holder, .. })) => {
             match admin::socket_of(holder.pid) {
                 Some(socket) => Ok(Writer::Server { holder, socket }),
@@ -175,9 +175,9 @@ fn operator_specs(
         .collect();
     for raw in dp.installed() {
         if let DatapathId::Operator(n) = DatapathId::from_raw(raw) {
-            if !specs.contains_key(&n) {
+            if let std::collections::btree_map::Entry::Vacant(e) = specs.entry(n) {
                 if let Some(s) = pins.saved_spec(n) {
-                    specs.insert(n, s);
+                    e.insert(s);
                 }
             }
         }
@@ -388,7 +388,7 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
         MitigationCommand::Add { file, pins } => {
             let specs = read_mitigation_file(&file)?;
             match writer(&pins)? {
-                Writer::Here(dp) => add_here(&pins, dp, &specs),
+                Writer::Here(dp) => add_here(&pins, *dp, &specs),
                 Writer::Server { holder, socket } => {
                     let v = admin::call(
                         &socket,

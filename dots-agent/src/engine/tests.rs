@@ -1116,7 +1116,7 @@ fn operator_mitigations_are_stored_restored_and_never_silently_deleted() {
         .collect();
     assert_eq!(ids, vec![(5, false), (7, true)]);
     let mut e2 = e2;
-    assert_eq!(e2.operator_remove(7).unwrap().is_some(), true);
+    assert!(e2.operator_remove(7).unwrap().is_some());
     assert!(journal.snapshot().operator_mitigations.is_empty());
     assert!(matches!(e2.operator_remove(7), Err(Refusal::NotFound(_))));
 }
