@@ -16,7 +16,7 @@ fn text(o: &Output) -> String {
 }
 
 /// A namespace with a veth pair (op0 up, op1 its peer), a pin root and a directory of
-/// certificates (client-a, client-b), all removed on drop.
+/// certificates (client-a), all removed on drop.
 struct Site {
     ns: String,
     pins: PathBuf,
@@ -66,8 +66,6 @@ impl Site {
             "127.0.0.1",
             "--client",
             "client-a",
-            "--client",
-            "client-b",
         ]);
         assert!(o.status.success(), "{}", text(&o));
         site
@@ -285,7 +283,21 @@ fn one_writer_operator_mitigations_through_the_server_and_reload() {
     );
     assert_eq!(site.status()["interfaces"][0]["name"], "op0");
 
-    // 14.19: reload. client-b is not configured yet: refused.
+    // 14.19: a new client's certificate from the existing CA, then a reload. Until the
+    // reload client-b is refused.
+    let o = site.agent(&[
+        "pki",
+        "add-client",
+        "--dir",
+        site.path().to_str().unwrap(),
+        "--client",
+        "client-b",
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("client client-b: cuid "),
+        "{}",
+        text(&o)
+    );
     let o = site.client(
         4646,
         "client-b",
