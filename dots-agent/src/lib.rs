@@ -1,6 +1,8 @@
 //! dots-agent: a DOTS (DDoS Open Threat Signaling) agent that steers an XDP scrubber.
 //!
-//! - [`app`]: the composition root: the one place that assembles the server.
+//! - [`app`]: the composition root: the one place that assembles the server;
+//!   [`preflight`]: what a start checks before it touches anything; [`admin`]: the
+//!   server's control socket (reload, operator mitigations).
 //! - [`control`]: the one writer: engine, data channel and signal sessions on one thread.
 //! - [`engine`]: mitigation state without I/O, the only writer to the datapath and the store.
 //! - [`datapath`]: the XDP program's loader, its maps and the [`datapath::Mitigator`] seam.
@@ -20,6 +22,7 @@
 //! The lab, the traffic generator, the packet builder and the veth and BPF benchmarks live in
 //! the `dots-lab` crate, which depends on this one.
 
+pub mod admin;
 pub mod af_packet;
 pub mod app;
 pub mod cli;
@@ -33,6 +36,7 @@ pub mod engine;
 pub mod measure;
 pub mod metrics;
 pub mod pki;
+pub mod preflight;
 pub mod server;
 pub mod signal;
 pub mod store;

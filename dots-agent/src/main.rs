@@ -19,11 +19,12 @@ enum Command {
     /// Certificates for a lab: a CA, a server and clients.
     #[command(subcommand)]
     Pki(cli::pki::PkiCommand),
-    /// Run the DOTS server (signal and data channels; XDP datapath per its config).
-    Server {
-        #[arg(long)]
-        config: std::path::PathBuf,
-    },
+    /// Run the DOTS server (signal and data channels; XDP datapath per its config);
+    /// `--check` checks without starting, `server reload` re-reads its clients.
+    Server(cli::server::ServerArgs),
+    /// The server's store: check it, back it up (also while the server runs).
+    #[command(subcommand)]
+    Store(cli::store::StoreCommand),
     /// Talk to a DOTS server as a DOTS client.
     Client {
         #[arg(long)]
@@ -53,7 +54,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Xdp(c) => cli::xdp::run(c),
         Command::Pki(c) => cli::pki::run(c),
-        Command::Server { config } => cli::signal::run_server(config),
+        Command::Server(args) => cli::server::run(args),
+        Command::Store(c) => cli::store::run(c),
         Command::Client {
             config,
             json,

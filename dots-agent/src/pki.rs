@@ -183,16 +183,7 @@ pub fn init(
         bail!("--server-name must not be empty");
     }
     for c in clients {
-        if c.is_empty()
-            || !c
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            bail!("client name {c:?}: use letters, digits, '-', '_' or '.' (it becomes a file name and the certificate CN)");
-        }
-        if c == "ca" || c == "server" {
-            bail!("client name {c:?} would overwrite the {c} files; choose another");
-        }
+        check_name(c)?;
     }
     if clients.is_empty() {
         bail!("name at least one client with --client NAME");
@@ -231,6 +222,146 @@ pub fn init(
         put(&format!("{c}.key"), key.private_key_to_pem_pkcs8()?, true)?;
     }
     Ok(Written { files })
+}
+
+fn check_name(c: &str) -> Result<()> {
+    if c.is_empty()
+        || !c
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        bail!("client name {c:?}: use letters, digits, '-', '_' or '.' (it becomes a file name and the certificate CN)");
+    }
+    if c == "ca" || c == "server" {
+        bail!("client name {c:?} would overwrite the {c} files; choose another");
+    }
+    Ok(())
+}
+
+/// Issues certificates for more clients from the CA `pki init` wrote into `dir` (ca.pem and
+/// ca.key): NAME.pem and NAME.key each. An existing NAME.pem is not overwritten.
+pub fn add_clients(dir: &Path, clients: &[String]) -> Result<Written> {
+    if clients.is_empty() {
+        bail!("name at least one client with --client NAME");
+    }
+    for c in clients {
+        check_name(c)?;
+        if dir.join(format!("{c}.pem")).exists() {
+            bail!(
+                "{} already exists: client {c:?} has a certificate (remove it first to issue a new one)",
+                dir.join(format!("{c}.pem")).display()
+            );
+        }
+    }
+    let read = |f: &str| {
+        let p = dir.join(f);
+        fs::read(&p).with_context(|| {
+            format!(
+                "reading {} (the CA that `dots-agent pki init --dir {}` wrote)",
+                p.display(),
+                dir.display()
+            )
+        })
+    };
+    let cert = X509::from_pem(&read("ca.pem")?).map_err(|_| {
+        anyhow::anyhow!("{} is not a PEM certificate", dir.join("ca.pem").display())
+    })?;
+    let key = PKey::private_key_from_pem(&read("ca.key")?).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not an unencrypted PEM private key",
+            dir.join("ca.key").display()
+        )
+    })?;
+    if !cert.public_key()?.public_eq(&key) {
+        bail!("ca.key in {} does not belong to ca.pem", dir.display());
+    }
+    let ca = Ca { cert, key };
+    let mut files = Vec::new();
+    for c in clients {
+        let (cert, key) = issue(&ca, c, Role::Client)?;
+        for (file, data, private) in [
+            (format!("{c}.pem"), cert.to_pem()?, false),
+            (format!("{c}.key"), key.private_key_to_pem_pkcs8()?, true),
+        ] {
+            let p = dir.join(file);
+            write(&p, &data, private)?;
+            files.push(p);
+        }
+    }
+    Ok(Written { files })
+}
+
+/// Checks the server's CA file, certificate (chain) and key as a start would use them, and
+/// says what to fix in words (not OpenSSL's): files readable, PEM of the right kind, the key
+/// unencrypted and belonging to the certificate, the certificates within their validity.
+/// Returns notes worth a warning (e.g. a certificate that expires within 30 days).
+pub fn check_credentials(ca: &Path, cert: &Path, key: &Path) -> Result<Vec<String>> {
+    let read = |what: &str, p: &Path| {
+        fs::read(p).with_context(|| format!("[tls] {what}: cannot read {}", p.display()))
+    };
+    let cas = X509::stack_from_pem(&read("ca", ca)?)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "[tls] ca: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ca.display()
+            )
+        })?;
+    let chain = X509::stack_from_pem(&read("cert", cert)?)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "[tls] cert: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                cert.display()
+            )
+        })?;
+    let pkey = PKey::private_key_from_pem(&read("key", key)?).map_err(|_| {
+        anyhow::anyhow!(
+            "[tls] key: {} is not an unencrypted PEM private key (the server cannot ask for a passphrase)",
+            key.display()
+        )
+    })?;
+    if !chain[0].public_key()?.public_eq(&pkey) {
+        bail!(
+            "[tls] key {} does not belong to the certificate {} (their public keys differ): \
+             give the key that was made with that certificate",
+            key.display(),
+            cert.display()
+        );
+    }
+    let now = Asn1Time::days_from_now(0)?;
+    let soon = Asn1Time::days_from_now(30)?;
+    let mut notes = Vec::new();
+    let named = [("ca", ca, &cas[..]), ("cert", cert, &chain[..])];
+    for (what, path, certs) in named {
+        for c in certs {
+            let subject = common_name(c).unwrap_or_else(|| "(no CN)".into());
+            if c.not_after() < now {
+                bail!(
+                    "[tls] {what}: certificate {subject:?} in {} expired on {}: issue a new one",
+                    path.display(),
+                    c.not_after()
+                );
+            }
+            if c.not_before() > now {
+                bail!(
+                    "[tls] {what}: certificate {subject:?} in {} is not valid before {} (is the clock right?)",
+                    path.display(),
+                    c.not_before()
+                );
+            }
+            if c.not_after() < soon {
+                notes.push(format!(
+                    "[tls] {what}: certificate {subject:?} in {} expires on {}",
+                    path.display(),
+                    c.not_after()
+                ));
+            }
+        }
+    }
+    Ok(notes)
 }
 
 #[cfg(test)]
@@ -286,6 +417,59 @@ mod tests {
         // A second init into the same directory is refused rather than overwriting keys.
         assert!(init(dir.path(), "dots.example", &[], &["client-a".into()]).is_err());
         assert_eq!(cuid(&client).unwrap().len(), 22);
+    }
+
+    #[test]
+    fn add_client_issues_from_the_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "dots.example", &[], &["client-a".into()]).unwrap();
+        let w = add_clients(dir.path(), &["client-b".into()]).unwrap();
+        assert_eq!(w.files.len(), 2);
+        let ca = X509::from_pem(&fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+        let b = X509::from_pem(&fs::read(dir.path().join("client-b.pem")).unwrap()).unwrap();
+        assert!(verifies(&ca, &b));
+        assert_eq!(common_name(&b).as_deref(), Some("client-b"));
+        let again = add_clients(dir.path(), &["client-b".into()]).unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+        let none = add_clients(&dir.path().join("nope"), &["c".into()]).unwrap_err();
+        assert!(format!("{none:#}").contains("reading"), "{none:#}");
+    }
+
+    #[test]
+    fn credentials_are_checked_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init(d, "dots.example", &[], &["client-a".into()]).unwrap();
+        let check = |ca: &str, cert: &str, key: &str| {
+            check_credentials(&d.join(ca), &d.join(cert), &d.join(key))
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(check("ca.pem", "server.pem", "server.key"), Ok(vec![]));
+        let e = check("ca.pem", "server.pem", "client-a.key").unwrap_err();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
+        let e = check("ca.pem", "server.key", "server.key").unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = check("ca.pem", "server.pem", "server.pem").unwrap_err();
+        assert!(e.contains("not an unencrypted PEM private key"), "{e}");
+        let e = check("ca.pem", "server.pem", "missing.key").unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        // An expired certificate (valid from 10 days ago to 1 day ago).
+        let ca = new_ca("old CA").unwrap();
+        let (cert, key) = issue(&ca, "old", Role::Client).unwrap();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(cert.subject_name()).unwrap();
+        b.set_issuer_name(ca.cert.subject_name()).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(1_000_000_000).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(1_000_086_400).unwrap())
+            .unwrap();
+        b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+        fs::write(d.join("old.pem"), b.build().to_pem().unwrap()).unwrap();
+        fs::write(d.join("old.key"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let e = check("ca.pem", "old.pem", "old.key").unwrap_err();
+        assert!(e.contains("expired on"), "{e}");
     }
 
     #[test]

@@ -8,28 +8,175 @@
 //! Versions: 1 = mitigations and session configurations; 2 adds `data_client` (the data
 //! channel's registrations, aliases and ACLs, one document per cuid) and `acl_counts` (ACL
 //! counts of mitigations that have ended, per client). A v1 file is migrated in place on
-//! open; its rows are kept.
+//! open; its rows are kept. 3 adds `operator_mitigation` (the operator's own mitigations,
+//! `dots-agent xdp mitigation add` through the server).
+//!
+//! A file that exists but is not a valid store (zero length included, which SQLite would
+//! take for an empty database) is never opened for writing: [`inspect`] says what is wrong,
+//! and the server refuses to start rather than take it for an empty store.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use rusqlite::{params, Connection};
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OpenFlags};
 
+use crate::datapath::lock::WriterLock;
 use crate::engine::journal::{Change, Journal, JournalError, Snapshot};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+const FILE: &str = "dots-agent.sqlite";
 
 pub struct Store {
     conn: Connection,
     path: std::path::PathBuf,
+    /// One writer per store: a second server on the same directory is refused.
+    _lock: WriterLock,
+}
+
+/// The store file of a state directory.
+pub fn file(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// What is in a state directory, read without changing anything.
+pub enum Inspected {
+    /// No store file yet (a first start).
+    Missing,
+    /// A valid store: its schema version and everything it holds.
+    Valid { schema: i64, snapshot: Snapshot },
+}
+
+/// Reads the store of `dir` read-only and checks it: a SQLite database (not empty) that
+/// passes SQLite's integrity check and holds this agent's schema. The rows' documents are
+/// not decoded here (that is the engine's format: `engine::unreadable`).
+pub fn inspect(dir: &Path) -> Result<Inspected> {
+    let path = file(dir);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Inspected::Missing),
+        Err(e) => bail!("{}: {e}", path.display()),
+    };
+    if meta.len() == 0 {
+        bail!(
+            "{} is empty (0 bytes), not a store; it is not taken for an empty one",
+            path.display()
+        );
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| anyhow::anyhow!("{} is not a valid SQLite database: {e}", path.display()))?;
+    if check != "ok" {
+        bail!("{} fails SQLite's integrity check: {check}", path.display());
+    }
+    let schema: i64 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .map_err(|e| anyhow::anyhow!("{} holds no dots-agent schema: {e}", path.display()))?;
+    if !(1..=SCHEMA_VERSION).contains(&schema) {
+        bail!(
+            "{} has schema version {schema}; this agent knows 1 to {SCHEMA_VERSION}",
+            path.display()
+        );
+    }
+    let snapshot =
+        read_snapshot(&conn).with_context(|| format!("reading the rows of {}", path.display()))?;
+    Ok(Inspected::Valid { schema, snapshot })
+}
+
+/// Copies the store of `dir` to `to` with SQLite's online backup API: a consistent copy
+/// while a server writes to it. Returns the copy's snapshot (read back from the copy).
+pub fn backup(dir: &Path, to: &Path) -> Result<Snapshot> {
+    let path = file(dir);
+    if !path.exists() {
+        bail!("there is no store at {}", path.display());
+    }
+    if to.exists() {
+        bail!("{} exists: name a new file", to.display());
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    conn.backup(
+        rusqlite::MAIN_DB,
+        to,
+        None::<fn(rusqlite::backup::Progress)>,
+    )
+    .with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
+    let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        bail!(
+            "the copy {} fails SQLite's integrity check: {check}",
+            to.display()
+        );
+    }
+    read_snapshot(&copy)
+}
+
+/// Sets a bad store file aside (renamed with a `.bad-<unix time>` suffix, its WAL files
+/// with it), so that the next open starts an empty store. Returns the new name.
+pub fn set_aside(dir: &Path) -> Result<PathBuf> {
+    let path = file(dir);
+    let aside = dir.join(format!("{FILE}.bad-{}", crate::clock::unix_now()));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(aside)
+}
+
+fn read_snapshot(conn: &Connection) -> Result<Snapshot> {
+    let mut stmt = conn.prepare("SELECT cuid, mid, doc FROM mitigation ORDER BY cuid, mid")?;
+    let mitigations = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<(String, u32, String)>>>()?;
+    Ok(Snapshot {
+        mitigations,
+        session_configs: docs(conn, "session_config", "client")?,
+        telemetry_setups: docs(conn, "telemetry_setup", "client")?,
+        data_clients: docs(conn, "data_client", "cuid")?,
+        acl_counts: docs(conn, "acl_counts", "client")?,
+        operator_mitigations: docs(conn, "operator_mitigation", "id")?,
+    })
+}
+
+// One JSON document per key in `table`, keyed by column `key` (names from this file, never
+// from input). A table an older schema lacks reads as empty.
+fn docs(conn: &Connection, table: &str, key: &str) -> Result<Vec<(String, String)>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![table],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT CAST({key} AS TEXT), doc FROM {table} ORDER BY {key}"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 impl Store {
-    /// Opens (creating if needed) `<dir>/dots-agent.sqlite`.
+    /// Opens (creating if needed) `<dir>/dots-agent.sqlite` as its one writer. A file that
+    /// exists must pass [`inspect`] first (the server checks before it starts).
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        let path = dir.join("dots-agent.sqlite");
+        let lock = WriterLock::acquire(dir, "the store")?;
+        let path = file(dir);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            bail!("{} is empty (0 bytes), not a store", path.display());
+        }
         let conn =
             Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.execute_batch(
@@ -41,7 +188,8 @@ impl Store {
                  PRIMARY KEY (cuid, mid));
              CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS data_client (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS acl_counts (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS acl_counts (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS operator_mitigation (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the schema in {}", path.display()))?;
         let version: Option<i64> = conn
@@ -57,8 +205,8 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
-            // v1 -> v2: only a new table, created above.
-            Some(1) => {
+            // v1 -> v2 -> v3: only new tables, created above.
+            Some(1 | 2) => {
                 conn.execute(
                     "UPDATE meta SET value = ?1 WHERE key = 'schema'",
                     params![SCHEMA_VERSION],
@@ -74,36 +222,16 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the telemetry table in {}", path.display()))?;
-        Ok(Store { conn, path })
+        Ok(Store {
+            conn,
+            path,
+            _lock: lock,
+        })
     }
 
     /// Everything stored, as documents (what a restart restores).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT cuid, mid, doc FROM mitigation ORDER BY cuid, mid")?;
-        let mitigations = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<(String, u32, String)>>>()?;
-        Ok(Snapshot {
-            mitigations,
-            session_configs: self.docs("session_config", "client")?,
-            telemetry_setups: self.docs("telemetry_setup", "client")?,
-            data_clients: self.docs("data_client", "cuid")?,
-            acl_counts: self.docs("acl_counts", "client")?,
-        })
-    }
-
-    // One JSON document per key in `table`, keyed by column `key` (names from this file,
-    // never from input).
-    fn docs(&self, table: &str, key: &str) -> Result<Vec<(String, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {key}, doc FROM {table} ORDER BY {key}"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        read_snapshot(&self.conn)
     }
 }
 
@@ -151,6 +279,9 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
         }
         Change::DataClient { cuid, doc } => put_doc(tx, "data_client", "cuid", cuid, doc),
         Change::AclCounts { client, doc } => put_doc(tx, "acl_counts", "client", client, doc),
+        Change::Operator { id, doc } => {
+            put_doc(tx, "operator_mitigation", "id", &id.to_string(), doc)
+        }
     }
 }
 
@@ -282,7 +413,7 @@ mod tests {
                 r.get(0)
             })
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[test]

@@ -155,7 +155,8 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
     assert_eq!(v["interfaces"][0]["name"], "cli0");
-    assert_eq!(v["mitigations"][0]["id"], 1);
+    assert_eq!(v["mitigations"][0]["operator_id"], 1);
+    assert_eq!(v["mitigations"][0]["owner"], "operator mitigation 1");
     assert_eq!(v["mitigations"][0]["acl"][0]["name"], "udp-9999-flood");
     assert_eq!(
         v["mitigations"][0]["top_talkers"],

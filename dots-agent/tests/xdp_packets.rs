@@ -786,7 +786,7 @@ fn pinned_state_is_re_adopted_by_a_new_process() {
         },
         AclAction::Drop,
     )];
-    let lab = lab_with(s.clone());
+    let mut lab = lab_with(s.clone());
     assert_eq!(lab.run(&udp("192.0.2.5", T4, 1, 2)), DROP);
 
     // The CLI's view: maps only, from the pins.
@@ -803,7 +803,13 @@ fn pinned_state_is_re_adopted_by_a_new_process() {
     );
     assert_eq!(pinned.targets(42).unwrap().len(), 2);
 
-    // A restarted agent: loads the program again onto the same pinned maps.
+    // A restarted agent: loads the program again onto the same pinned maps, once the first
+    // has given up the writer's lock (one writer at a time).
+    assert!(
+        XdpDatapath::load(&lab.root.options()).is_err(),
+        "one writer at a time"
+    );
+    lab.dp.relinquish_writer();
     let mut again = XdpDatapath::load(&lab.root.options()).unwrap();
     assert_eq!(again.installed(), vec![42]);
     s.drop_list.clear();

@@ -1,6 +1,9 @@
 //! The `dots-agent` command line.
 pub mod data;
 pub mod pki;
+pub mod server;
 pub mod signal;
+pub mod store;
 pub mod telemetry;
 pub mod xdp;
+mod xdp_status;

@@ -1,4 +1,11 @@
 //! `dots-agent xdp ...`: the datapath without DOTS, in the spirit of xdp-tools' xdp-filter.
+//!
+//! One writer per pinned filter: commands that change it (attach, detach, mitigation add
+//! and remove) take the pin root's lock, as a server does for its lifetime. While a server
+//! holds it, `mitigation add|remove|list` go through that server (found from the lock's
+//! holder) and are kept in its store; attach and detach are refused, naming the server.
+//! Without a server they change the pins directly. Operator mitigations keep the file's
+//! `id`; the datapath holds them under ids of their own, never mistaken for a DOTS client's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
-use xdp_common::{Counter, DropReason, TALKER_SAMPLE};
+use serde::Deserialize;
 
+use super::xdp_status::{owner, render, status};
+use crate::admin::{self, Request};
+use crate::datapath::lock::{Holder, LockError, WriterLock};
 use crate::datapath::{
-    compile, AttachMode, MitigationCounters, MitigationSpec, Mitigator, XdpDatapath,
-    DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
+    compile, AttachMode, DatapathError, DatapathId, LoadOptions, MitigationSpec, Mitigator,
+    XdpDatapath, DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
 };
+use crate::engine::{operator_id, Added, OperatorView};
 
 #[derive(Subcommand, Debug)]
 pub enum XdpCommand {
@@ -91,7 +101,7 @@ pub struct Pins {
     /// bpffs directory holding the pinned maps and links.
     #[arg(long, default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
-    /// Where the specs installed from the command line are kept (for names in `status`).
+    /// Where mitigations added without a server are kept (for names in `status`).
     #[arg(long, default_value = "/run/dots-agent")]
     pub state_dir: PathBuf,
 }
@@ -101,10 +111,95 @@ impl Pins {
         self.state_dir.join("xdp-mitigations")
     }
 
-    fn saved_spec(&self, id: u64) -> Option<MitigationSpec> {
+    pub(super) fn saved_spec(&self, id: u32) -> Option<MitigationSpec> {
         let text = std::fs::read_to_string(self.spec_dir().join(format!("{id}.json"))).ok()?;
         serde_json::from_str(&text).ok()
     }
+}
+
+/// Who may change the pinned filter now.
+enum Writer {
+    /// This command: nobody else holds the lock.
+    Here(Box<XdpDatapath>),
+    /// A running server, through its control socket.
+    Server { holder: Holder, socket: PathBuf },
+}
+
+/// Opens the pinned filter as its writer, or finds the server that is.
+fn writer(pins: &Pins) -> Result<Writer> {
+    match XdpDatapath::adopt_pinned(&pins.pin_root) {
+        Ok(dp) => Ok(Writer::Here(Box::new(dp))),
+        Err(DatapathError::Locked(LockError::Held { holder, .. })) => {
+            match admin::socket_of(holder.pid) {
+                Some(socket) => Ok(Writer::Server { holder, socket }),
+                None => bail!(
+                    "the pinned XDP datapath at {} is in use by {holder}, which has no control \
+                     socket: stop it first",
+                    pins.pin_root.display()
+                ),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The control socket of the server that holds the pins, if one does.
+fn server_socket(pins: &Pins) -> Option<PathBuf> {
+    let holder = crate::datapath::lock::holder(&pins.pin_root)?;
+    admin::socket_of(holder.pid)
+}
+
+/// What the server holding the pins says each datapath id is (empty without a server).
+fn server_names(socket: Option<&Path>) -> BTreeMap<u64, String> {
+    socket
+        .and_then(|s| admin::call(s, &Request::Names).ok())
+        .and_then(|v| serde_json::from_value::<Vec<(u64, String)>>(v).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// The operator mitigations' files, for the names of their ACL entries: from the server's
+/// store while one runs, else as this command line kept them under --state-dir.
+fn operator_specs(
+    pins: &Pins,
+    socket: Option<&Path>,
+    dp: &XdpDatapath,
+) -> BTreeMap<u32, MitigationSpec> {
+    let stored: Vec<OperatorView> = socket
+        .and_then(|s| admin::call(s, &Request::OperatorList).ok())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut specs: BTreeMap<u32, MitigationSpec> = stored
+        .into_iter()
+        .filter_map(|v| Some((v.id, v.spec?)))
+        .collect();
+    for raw in dp.installed() {
+        if let DatapathId::Operator(n) = DatapathId::from_raw(raw) {
+            if let std::collections::btree_map::Entry::Vacant(e) = specs.entry(n) {
+                if let Some(s) = pins.saved_spec(n) {
+                    e.insert(s);
+                }
+            }
+        }
+    }
+    specs
+}
+
+/// Refuses a change a server should make (attach, detach) while one holds the pins.
+fn lock_for_change(pins: &Pins, what: &str) -> Result<Option<WriterLock>> {
+    if !pins.pin_root.exists() {
+        return Ok(None);
+    }
+    WriterLock::acquire(&pins.pin_root, "the pinned XDP datapath")
+        .map(Some)
+        .map_err(|e| match e {
+            LockError::Held { holder, .. } => anyhow::anyhow!(
+                "the pinned XDP datapath at {} is in use by {holder}: it {what} its [datapath] \
+             interfaces itself; stop it first to change them by hand",
+                pins.pin_root.display()
+            ),
+            other => other.into(),
+        })
 }
 
 /// A mitigation file: one mitigation at top level, or several as `[[mitigation]]`.
@@ -134,6 +229,7 @@ pub fn read_mitigation_file(path: &Path) -> Result<Vec<MitigationSpec>> {
     let mut ids = std::collections::HashSet::new();
     for s in &specs {
         compile::validate(s).with_context(|| format!("{}: mitigation {}", path.display(), s.id))?;
+        operator_id(s).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if !ids.insert(s.id) {
             bail!("{}: mitigation id {} appears twice", path.display(), s.id);
         }
@@ -148,66 +244,24 @@ pub fn run(cmd: XdpCommand) -> Result<()> {
             mode,
             amplification_ports,
             pins,
-        } => {
-            let mut dp = XdpDatapath::open_pinned(&pins.pin_root)
-                .or_else(|_| XdpDatapath::load(&crate::datapath::LoadOptions::new(&pins.pin_root)))
-                .context("loading the XDP datapath")?;
-            match amplification_ports {
-                Some(p) => dp.set_amplification_ports(&p)?,
-                None if dp.amplification_ports()?.is_empty() => {
-                    dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)?
-                }
-                None => {}
-            }
-            for iface in &interfaces {
-                let out = dp.attach(iface, mode)?;
-                if let Some(why) = &out.fallback {
-                    eprintln!("note: {iface}: {why}");
-                }
-                if out.replaced {
-                    println!("{iface}: already attached; program replaced atomically");
-                } else {
-                    println!("{iface}: attached in {} mode", out.mode);
-                }
-            }
-            println!("maps and links pinned under {}", dp.pin_dir().display());
-            Ok(())
-        }
+        } => attach(&pins, &interfaces, mode, amplification_ports),
         XdpCommand::Detach {
             interfaces,
             all,
             purge,
             pins,
-        } => {
-            let targets = if all {
-                XdpDatapath::attached(&pins.pin_root)
-            } else {
-                interfaces
-            };
-            if targets.is_empty() && !purge {
-                bail!("name interfaces with --interface, or use --all");
-            }
-            for iface in &targets {
-                if XdpDatapath::detach(&pins.pin_root, iface)? {
-                    println!("{iface}: detached");
-                } else {
-                    println!("{iface}: was not attached");
-                }
-            }
-            if purge {
-                XdpDatapath::purge(&pins.pin_root)?;
-                let _ = std::fs::remove_dir_all(pins.spec_dir());
-                println!("pinned maps removed");
-            }
-            Ok(())
-        }
+        } => detach(&pins, interfaces, all, purge),
         XdpCommand::Status {
             interval,
             watch,
             json,
             pins,
         } => loop {
-            let report = status(&pins, interval)?;
+            let socket = server_socket(&pins);
+            let specs = XdpDatapath::open_pinned(&pins.pin_root)
+                .map(|dp| operator_specs(&pins, socket.as_deref(), &dp))
+                .unwrap_or_default();
+            let report = status(&pins, interval, &server_names(socket.as_deref()), &specs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -224,6 +278,102 @@ pub fn run(cmd: XdpCommand) -> Result<()> {
     }
 }
 
+fn attach(
+    pins: &Pins,
+    interfaces: &[String],
+    mode: AttachMode,
+    amplification_ports: Option<Vec<u16>>,
+) -> Result<()> {
+    // Every interface is checked before anything is loaded or attached.
+    crate::datapath::check_interfaces(interfaces)?;
+    drop(lock_for_change(pins, "attaches")?);
+    let fresh = !XdpDatapath::is_pinned(&pins.pin_root);
+    let mut dp = match fresh {
+        true => XdpDatapath::load(&LoadOptions::new(&pins.pin_root)),
+        false => XdpDatapath::adopt_pinned(&pins.pin_root),
+    }
+    .context("loading the XDP datapath")?;
+    let result = (|| -> Result<Vec<crate::datapath::AttachOutcome>> {
+        match amplification_ports {
+            Some(p) => dp.set_amplification_ports(&p)?,
+            None if dp.amplification_ports()?.is_empty() => {
+                dp.set_amplification_ports(DEFAULT_AMPLIFICATION_PORTS)?
+            }
+            None => {}
+        }
+        Ok(dp.attach_all(interfaces, mode)?)
+    })();
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(e) => {
+            drop(dp);
+            if fresh {
+                let _ = XdpDatapath::purge(&pins.pin_root);
+            }
+            return Err(e.context("nothing was attached"));
+        }
+    };
+    for out in &outcomes {
+        let iface = &out.interface;
+        if let Some(why) = &out.fallback {
+            eprintln!("note: {iface}: {why}");
+        }
+        match (out.replaced, mode) {
+            (false, _) => println!("{iface}: attached in {} mode", out.mode),
+            (true, AttachMode::Auto) => {
+                println!("{iface}: already attached; program replaced atomically")
+            }
+            (true, m) => println!(
+                "{iface}: already attached; program replaced atomically in its current mode \
+                 (--mode {} not applied: `dots-agent xdp detach -i {iface}` first to change it)",
+                format!("{m:?}").to_lowercase()
+            ),
+        }
+    }
+    println!("maps and links pinned under {}", dp.pin_dir().display());
+    Ok(())
+}
+
+fn detach(pins: &Pins, interfaces: Vec<String>, all: bool, purge: bool) -> Result<()> {
+    if !all && interfaces.is_empty() && !purge {
+        bail!("name interfaces with --interface, or use --all");
+    }
+    let _lock = lock_for_change(pins, "detaches")?;
+    let targets = match all {
+        true => XdpDatapath::attached(&pins.pin_root),
+        false => interfaces,
+    };
+    if all && targets.is_empty() {
+        println!(
+            "not attached to any interface (no links pinned under {})",
+            pins.pin_root.display()
+        );
+    }
+    for iface in &targets {
+        if XdpDatapath::detach(&pins.pin_root, iface)? {
+            println!("{iface}: detached");
+        } else {
+            println!("{iface}: was not attached (nothing to detach)");
+        }
+    }
+    if purge {
+        if !XdpDatapath::is_pinned(&pins.pin_root) {
+            println!(
+                "nothing pinned under {}: no maps to remove",
+                pins.pin_root.display()
+            );
+            return Ok(());
+        }
+        let held = XdpDatapath::open_pinned(&pins.pin_root)
+            .map(|d| d.installed().len())
+            .unwrap_or(0);
+        XdpDatapath::purge(&pins.pin_root)?;
+        let _ = std::fs::remove_dir_all(pins.spec_dir());
+        println!("pinned maps removed ({held} mitigation(s) with them)");
+    }
+    Ok(())
+}
+
 fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
     match cmd {
         MitigationCommand::Check { file } => {
@@ -237,423 +387,137 @@ fn run_mitigation(cmd: MitigationCommand) -> Result<()> {
         }
         MitigationCommand::Add { file, pins } => {
             let specs = read_mitigation_file(&file)?;
-            let mut dp = XdpDatapath::open_pinned(&pins.pin_root)?;
-            std::fs::create_dir_all(pins.spec_dir())
-                .with_context(|| format!("creating {}", pins.spec_dir().display()))?;
-            for s in &specs {
-                let replacing = dp.installed().contains(&s.id);
-                let t0 = Instant::now();
-                dp.install(s)
-                    .with_context(|| format!("installing mitigation {}", s.id))?;
-                let path = pins.spec_dir().join(format!("{}.json", s.id));
-                std::fs::write(&path, serde_json::to_vec_pretty(s)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!(
-                    "mitigation {}: {} ({} targets, {} ACL entries) in {:.1} ms",
-                    s.id,
-                    if replacing { "replaced" } else { "installed" },
-                    s.targets.len(),
-                    s.acl.len(),
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
+            match writer(&pins)? {
+                Writer::Here(dp) => add_here(&pins, *dp, &specs),
+                Writer::Server { holder, socket } => {
+                    let v = admin::call(
+                        &socket,
+                        &Request::OperatorAdd {
+                            specs: specs.clone(),
+                        },
+                    )?;
+                    let done: Vec<(u32, Added)> = serde_json::from_value(v)?;
+                    for ((id, added), s) in done.iter().zip(&specs) {
+                        let what = match added {
+                            Added::Installed => "installed",
+                            Added::Replaced => "replaced",
+                            Added::Unchanged => "unchanged (already installed as it is)",
+                        };
+                        println!(
+                            "mitigation {id}: {what} ({} targets, {} ACL entries) through the server, {holder}; kept in its store",
+                            s.targets.len(),
+                            s.acl.len()
+                        );
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         }
         MitigationCommand::Remove { id, pins } => {
-            let mut dp = XdpDatapath::open_pinned(&pins.pin_root)?;
-            match dp.remove(id)? {
-                Some(c) => {
+            let id = u32::try_from(id).context("operator mitigation ids go up to 4294967295")?;
+            let counts = match writer(&pins)? {
+                Writer::Here(mut dp) => {
+                    let c = dp.remove(DatapathId::Operator(id).raw())?;
                     let _ = std::fs::remove_file(pins.spec_dir().join(format!("{id}.json")));
-                    let d = c.dropped_total();
-                    println!(
-                        "mitigation {id}: removed ({} packets in scope, {} dropped)",
-                        c.in_scope.packets, d.packets
-                    );
+                    c.map(|c| (c.in_scope.packets, c.dropped_total().packets))
                 }
+                Writer::Server { socket, .. } => {
+                    let v = admin::call(&socket, &Request::OperatorRemove { id })?;
+                    serde_json::from_value(v)?
+                }
+            };
+            match counts {
+                Some((in_scope, dropped)) => println!(
+                    "mitigation {id}: removed ({in_scope} packets in scope, {dropped} dropped)"
+                ),
                 None => {
                     bail!("no mitigation {id} is installed (see `dots-agent xdp mitigation list`)")
                 }
             }
             Ok(())
         }
-        MitigationCommand::List { json, pins } => {
-            let dp = XdpDatapath::open_pinned(&pins.pin_root)?;
-            let rows: Vec<(u64, Vec<String>)> = dp
-                .installed()
-                .into_iter()
-                .map(|id| {
-                    (
-                        id,
-                        dp.targets(id)
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|t| t.to_string())
-                            .collect(),
-                    )
-                })
-                .collect();
-            if json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(id, t)| serde_json::json!({"id": id, "targets": t}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if rows.is_empty() {
-                println!("no mitigations installed");
-            } else {
-                for (id, t) in rows {
-                    println!("{id:>8}  {}", t.join(" "));
-                }
-            }
-            Ok(())
-        }
+        MitigationCommand::List { json, pins } => list(&pins, json),
     }
 }
 
-#[derive(Serialize, Clone, Copy, Default)]
-pub struct Count {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl From<Counter> for Count {
-    fn from(c: Counter) -> Self {
-        Count {
-            packets: c.packets,
-            bytes: c.bytes,
-        }
+/// Installs from a file with no server running: straight into the pins, the specs kept
+/// under --state-dir for names in `status`.
+fn add_here(pins: &Pins, mut dp: XdpDatapath, specs: &[MitigationSpec]) -> Result<()> {
+    std::fs::create_dir_all(pins.spec_dir())
+        .with_context(|| format!("creating {}", pins.spec_dir().display()))?;
+    for s in specs {
+        let id = operator_id(s).map_err(anyhow::Error::msg)?;
+        let dp_spec = crate::engine::operator_datapath_spec(id, s);
+        let replacing = dp.installed().contains(&dp_spec.id);
+        let t0 = Instant::now();
+        dp.install(&dp_spec)
+            .with_context(|| format!("installing mitigation {id}"))?;
+        let path = pins.spec_dir().join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(s)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "mitigation {id}: {} ({} targets, {} ACL entries) in {:.1} ms",
+            if replacing { "replaced" } else { "installed" },
+            s.targets.len(),
+            s.acl.len(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
+    Ok(())
 }
 
-#[derive(Serialize, Default)]
-pub struct Rate {
-    pub pps: f64,
-    pub bps: f64,
-}
-
-#[derive(Serialize)]
-pub struct InterfaceReport {
-    pub name: String,
-    pub ifindex: Option<u32>,
-    pub rx: Count,
-    pub rx_rate: Option<Rate>,
-    pub to_target: u64,
-    pub dropped: u64,
-    pub parse_errors: u64,
-    pub non_ip: u64,
-}
-
-#[derive(Serialize)]
-pub struct AclReport {
-    pub name: String,
-    pub matched: Count,
-}
-
-/// A source of dropped traffic; counts are estimates from sampled drops.
-#[derive(Serialize)]
-pub struct TalkerReport {
-    pub source: String,
-    pub dropped: Count,
-}
-
-/// Top talkers shown per mitigation.
-const TOP_TALKERS: usize = 5;
-
-#[derive(Serialize)]
-pub struct MitigationReport {
-    pub id: u64,
-    pub targets: Vec<String>,
-    pub in_scope: Count,
-    pub passed: Count,
-    pub accepted: Count,
-    pub dropped: Count,
-    pub dropped_by_reason: BTreeMap<&'static str, Count>,
-    pub rate_limited: Count,
-    pub drop_rate: Option<Rate>,
-    pub pass_rate: Option<Rate>,
-    pub acl: Vec<AclReport>,
-    /// Sources with the most dropped packets, most first (sampled estimates).
-    pub top_talkers: Vec<TalkerReport>,
-}
-
-#[derive(Serialize)]
-pub struct StatusReport {
-    pub pin_dir: String,
-    pub interfaces: Vec<InterfaceReport>,
-    pub mitigations: Vec<MitigationReport>,
-    pub occupancy: Vec<(&'static str, usize, usize)>,
-}
-
-fn rate(a: Counter, b: Counter, secs: f64) -> Rate {
-    Rate {
-        pps: b.packets.saturating_sub(a.packets) as f64 / secs,
-        bps: b.bytes.saturating_sub(a.bytes) as f64 * 8.0 / secs,
-    }
-}
-
-fn status(pins: &Pins, interval: f64) -> Result<StatusReport> {
+/// Every mitigation in the pinned filter, named by its owner.
+fn list(pins: &Pins, json: bool) -> Result<()> {
     let dp = XdpDatapath::open_pinned(&pins.pin_root)?;
-    let names = XdpDatapath::attached(&pins.pin_root);
-    let ifindexes: Vec<Option<u32>> = names
-        .iter()
-        .map(|n| crate::datapath::interface_index(n))
-        .collect();
-    let sample = |dp: &XdpDatapath| -> Result<(Vec<Counter>, BTreeMap<u64, MitigationCounters>)> {
-        let ifs = ifindexes
-            .iter()
-            .map(|i| {
-                Ok(i.map(|i| dp.interface_counters(i))
-                    .transpose()?
-                    .map(|c| c.stats.rx)
-                    .unwrap_or_default())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut ms = BTreeMap::new();
-        for id in dp.installed() {
-            if let Some(c) = dp.counters(id)? {
-                ms.insert(id, c);
-            }
+    let socket = server_socket(pins);
+    let names = server_names(socket.as_deref());
+    // Operator mitigations pinned while no server ran, which the running server's store
+    // does not hold.
+    let unmanaged: Vec<u32> = match &socket {
+        Some(s) => {
+            serde_json::from_value::<Vec<OperatorView>>(admin::call(s, &Request::OperatorList)?)?
+                .into_iter()
+                .filter(|o| o.spec.is_none())
+                .map(|o| o.id)
+                .collect()
         }
-        Ok((ifs, ms))
+        None => Vec::new(),
     };
-    let first = if interval > 0.0 {
-        Some(sample(&dp)?)
-    } else {
-        None
-    };
-    let t0 = Instant::now();
-    if interval > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(interval.min(60.0)));
-    }
-    let (_, now) = sample(&dp)?;
-    let secs = t0.elapsed().as_secs_f64();
-
-    let mut interfaces = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let (stats, rx_rate) = match ifindexes[i] {
-            Some(ix) => {
-                let s = dp.interface_counters(ix)?.stats;
-                let r = first.as_ref().map(|(f, _)| rate(f[i], s.rx, secs));
-                (s, r)
+    let rows: Vec<(u64, Option<u32>, String, Vec<String>)> = dp
+        .installed()
+        .into_iter()
+        .map(|id| {
+            let mut who = owner(id, &names);
+            let operator_id = match DatapathId::from_raw(id) {
+                DatapathId::Operator(n) => Some(n),
+                _ => None,
+            };
+            if operator_id.is_some_and(|n| unmanaged.contains(&n)) {
+                who.push_str(" (not in the server's store: add it through the server to keep it)");
             }
-            None => (Default::default(), None),
-        };
-        interfaces.push(InterfaceReport {
-            name: name.clone(),
-            ifindex: ifindexes[i],
-            rx: stats.rx.into(),
-            rx_rate,
-            to_target: stats.to_target,
-            dropped: stats.dropped,
-            parse_errors: stats.parse_errors,
-            non_ip: stats.non_ip,
-        });
-    }
-    let mut talkers = dp.top_talkers_all(TOP_TALKERS)?;
-    let mut mitigations = Vec::new();
-    for (id, c) in &now {
-        let before = first.as_ref().and_then(|(_, m)| m.get(id));
-        let spec = pins.saved_spec(*id);
-        let acl = c
-            .acl
+            let targets = dp.targets(id).unwrap_or_default();
+            (
+                id,
+                operator_id,
+                who,
+                targets.iter().map(|t| t.to_string()).collect(),
+            )
+        })
+        .collect();
+    if json {
+        let v: Vec<_> = rows
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let name = spec
-                    .as_ref()
-                    .and_then(|s| {
-                        s.acl
-                            .iter()
-                            .find(|e| compile::name_hash(&e.name) == a.name_hash)
-                    })
-                    .map(|e| e.name.clone())
-                    .unwrap_or_else(|| format!("#{i}"));
-                AclReport {
-                    name,
-                    matched: a.matched.into(),
-                }
+            .map(|(id, op, who, t)| {
+                serde_json::json!({"datapath_id": id, "operator_id": op, "owner": who, "targets": t})
             })
             .collect();
-        mitigations.push(MitigationReport {
-            id: *id,
-            targets: dp
-                .targets(*id)
-                .unwrap_or_default()
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
-            in_scope: c.in_scope.into(),
-            passed: c.passed.into(),
-            accepted: c.accepted.into(),
-            dropped: c.dropped_total().into(),
-            dropped_by_reason: DropReason::ALL
-                .iter()
-                .filter(|r| c.dropped(**r).packets > 0)
-                .map(|r| (r.label(), c.dropped(*r).into()))
-                .collect(),
-            rate_limited: c.rate_limited().into(),
-            drop_rate: before.map(|b| rate(b.dropped_total(), c.dropped_total(), secs)),
-            pass_rate: before.map(|b| rate(b.passed, c.passed, secs)),
-            acl,
-            top_talkers: talkers
-                .remove(id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(a, c)| TalkerReport {
-                    source: a.to_string(),
-                    dropped: c.into(),
-                })
-                .collect(),
-        });
-    }
-    Ok(StatusReport {
-        pin_dir: dp.pin_dir().display().to_string(),
-        interfaces,
-        mitigations,
-        occupancy: dp.occupancy(),
-    })
-}
-
-fn si(v: f64) -> String {
-    match v {
-        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
-        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
-        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
-        v => format!("{v:.0}"),
-    }
-}
-
-pub fn render(r: &StatusReport) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let _ = writeln!(o, "XDP datapath at {}", r.pin_dir);
-    if r.interfaces.is_empty() {
-        let _ = writeln!(o, "not attached to any interface");
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if rows.is_empty() {
+        println!("no mitigations installed");
     } else {
-        let _ = writeln!(
-            o,
-            "\n{:<16} {:>7} {:>12} {:>9} {:>12} {:>12} {:>10} {:>10}",
-            "INTERFACE",
-            "IFINDEX",
-            "RX PKTS",
-            "RX PPS",
-            "TO TARGET",
-            "DROPPED",
-            "PARSE ERR",
-            "NON-IP"
-        );
-        for i in &r.interfaces {
-            let _ = writeln!(
-                o,
-                "{:<16} {:>7} {:>12} {:>9} {:>12} {:>12} {:>10} {:>10}",
-                i.name,
-                i.ifindex.map_or("-".into(), |x| x.to_string()),
-                i.rx.packets,
-                i.rx_rate.as_ref().map_or("-".into(), |r| si(r.pps)),
-                i.to_target,
-                i.dropped,
-                i.parse_errors,
-                i.non_ip
-            );
+        for (_, _, who, t) in rows {
+            println!("{who}: {}", t.join(" "));
         }
     }
-    if r.mitigations.is_empty() {
-        let _ = writeln!(o, "\nno mitigations installed");
-    }
-    for m in &r.mitigations {
-        let _ = writeln!(o, "\nmitigation {}  targets {}", m.id, m.targets.join(" "));
-        let _ = writeln!(
-            o,
-            "  in scope {} pkts / {} B   passed {} pkts   dropped {} pkts / {} B   rate-limited {} pkts",
-            m.in_scope.packets, m.in_scope.bytes, m.passed.packets, m.dropped.packets, m.dropped.bytes, m.rate_limited.packets
-        );
-        if let (Some(d), Some(p)) = (&m.drop_rate, &m.pass_rate) {
-            let _ = writeln!(
-                o,
-                "  now: dropping {} pps ({}bit/s), passing {} pps",
-                si(d.pps),
-                si(d.bps),
-                si(p.pps)
-            );
-        }
-        if !m.dropped_by_reason.is_empty() {
-            let reasons: Vec<String> = m
-                .dropped_by_reason
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.packets))
-                .collect();
-            let _ = writeln!(o, "  dropped by reason: {}", reasons.join("  "));
-        }
-        for a in &m.acl {
-            let _ = writeln!(
-                o,
-                "  acl {:<24} {:>12} pkts {:>14} B",
-                a.name, a.matched.packets, a.matched.bytes
-            );
-        }
-        if !m.top_talkers.is_empty() {
-            let _ = writeln!(
-                o,
-                "  top talkers (dropped, estimated from 1 in {TALKER_SAMPLE} drops):"
-            );
-            for t in &m.top_talkers {
-                let _ = writeln!(
-                    o,
-                    "    {:<39} {:>12} pkts {:>14} B",
-                    t.source, t.dropped.packets, t.dropped.bytes
-                );
-            }
-        }
-    }
-    let busy: Vec<String> = r
-        .occupancy
-        .iter()
-        .filter(|(_, u, _)| *u > 0)
-        .map(|(n, u, c)| format!("{n} {u}/{c}"))
-        .collect();
-    if !busy.is_empty() {
-        let _ = writeln!(o, "\nmap occupancy: {}", busy.join(", "));
-    }
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_text_lists_top_talkers() {
-        let m = MitigationReport {
-            id: 3,
-            targets: vec!["198.51.100.0/24".into()],
-            in_scope: Count::default(),
-            passed: Count::default(),
-            accepted: Count::default(),
-            dropped: Count::default(),
-            dropped_by_reason: BTreeMap::new(),
-            rate_limited: Count::default(),
-            drop_rate: None,
-            pass_rate: None,
-            acl: Vec::new(),
-            top_talkers: vec![TalkerReport {
-                source: "2001:db8::1".into(),
-                dropped: Count {
-                    packets: 1600,
-                    bytes: 67_200,
-                },
-            }],
-        };
-        let text = render(&StatusReport {
-            pin_dir: "/x".into(),
-            interfaces: Vec::new(),
-            mitigations: vec![m],
-            occupancy: Vec::new(),
-        });
-        assert!(text.contains("top talkers"), "{text}");
-        let line = text.lines().find(|l| l.contains("2001:db8::1")).unwrap();
-        assert!(
-            line.contains("1600 pkts") && line.contains("67200 B"),
-            "{line}"
-        );
-    }
+    Ok(())
 }

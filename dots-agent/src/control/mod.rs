@@ -6,7 +6,8 @@
 //! async runtime's threads. The same thread runs the clock once a second: the engine's,
 //! the data channel's expiries, and every session's notifications and heartbeats.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -74,18 +75,24 @@ pub struct Stopped;
 #[derive(Clone)]
 pub struct ControlHandle {
     jobs: mpsc::Sender<Job>,
+    /// Set by [`ControlHandle::shutdown`]: the thread ends after the job at hand.
+    stopping: Arc<AtomicBool>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl ControlHandle {
-    /// Starts the control thread; it ends when the last handle is dropped.
+    /// Starts the control thread; it ends when the last handle is dropped, or at
+    /// [`ControlHandle::shutdown`].
     pub fn spawn(mut control: Control) -> std::io::Result<ControlHandle> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 let second = Duration::from_secs(1);
                 let mut next_tick = Instant::now() + second;
-                loop {
+                while !stop.load(Ordering::SeqCst) {
                     let wait = next_tick.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
                         Ok(job) => {
@@ -109,7 +116,29 @@ impl ControlHandle {
                     }
                 }
             })?;
-        Ok(ControlHandle { jobs })
+        Ok(ControlHandle {
+            jobs,
+            stopping,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Stops the control thread after the job at hand and waits until it has ended, so
+    /// that the engine, its datapath and its store (and their writer locks) are released
+    /// when this returns. Later calls through any handle get [`Stopped`].
+    /// Blocks the calling thread for as long as the job at hand takes.
+    pub fn shutdown(&self) {
+        let stop = self.stopping.clone();
+        // A job wakes the thread; the flag ends its loop.
+        let _ = self
+            .jobs
+            .send(Box::new(move |_| stop.store(true, Ordering::SeqCst)));
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
     }
 
     /// Runs `f` on the control thread (inside the caller's tracing span) and returns its

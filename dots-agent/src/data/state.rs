@@ -49,6 +49,17 @@ pub(super) struct Expiring<T> {
     pub(super) expires: u64,
 }
 
+/// The stored data-channel documents (cuid, JSON) that do not decode, named.
+pub fn unreadable(docs: &[(String, String)]) -> Vec<String> {
+    docs.iter()
+        .filter_map(|(cuid, doc)| {
+            serde_json::from_str::<ClientData>(doc)
+                .err()
+                .map(|e| format!("data-channel client {cuid}: {e}"))
+        })
+        .collect()
+}
+
 /// One registered client, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct ClientData {
@@ -99,6 +110,11 @@ impl DataChannel {
             prefixes,
             staged: None,
         }
+    }
+
+    /// The configured clients' prefixes after a reload of server.toml.
+    pub fn set_prefixes(&mut self, prefixes: BTreeMap<String, Vec<IpNet>>) {
+        self.prefixes = prefixes;
     }
 
     /// Loads the stored documents (cuid, JSON). Data of clients no longer configured is

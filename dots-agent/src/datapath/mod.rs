@@ -4,6 +4,7 @@
 //! above this module knows about maps.
 
 pub mod compile;
+pub mod lock;
 mod memory;
 pub mod spec;
 mod xdp;
@@ -15,8 +16,8 @@ pub use compile::SpecError;
 pub use memory::MemoryMitigator;
 pub use spec::*;
 pub use xdp::{
-    interface_index, AttachMode, AttachOutcome, InterfaceCounters, LoadOptions, XdpDatapath,
-    DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
+    check_interfaces, interface_index, AttachMode, AttachOutcome, InterfaceCounters, LoadOptions,
+    XdpDatapath, DEFAULT_AMPLIFICATION_PORTS, DEFAULT_PIN_ROOT,
 };
 
 #[derive(Debug, Error)]
@@ -35,6 +36,9 @@ pub enum DatapathError {
     },
     #[error("{0}")]
     Setup(String),
+    /// Another process is the datapath's writer.
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
 }
 
 impl DatapathError {
@@ -108,10 +112,14 @@ pub enum DatapathId {
     Mitigation(u64),
     /// A client's baseline: its data-channel ACLs over its prefixes, by its name's hash.
     Baseline(u32),
+    /// An operator's mitigation (`dots-agent xdp mitigation add`), by the file's id.
+    Operator(u32),
 }
 
 /// Raw ids from here up are baselines (as earlier agents pinned them).
 const BASELINE_RAW: u64 = 1 << 62;
+/// Raw ids from here up to the baselines are operator mitigations.
+const OPERATOR_RAW: u64 = 1 << 61;
 
 impl DatapathId {
     /// The baseline of a configured client.
@@ -124,13 +132,17 @@ impl DatapathId {
         match self {
             DatapathId::Mitigation(n) => n,
             DatapathId::Baseline(h) => BASELINE_RAW + h as u64,
+            DatapathId::Operator(n) => OPERATOR_RAW + n as u64,
         }
     }
 
     pub fn from_raw(raw: u64) -> DatapathId {
-        match raw.checked_sub(BASELINE_RAW) {
-            Some(h) => DatapathId::Baseline(h as u32),
-            None => DatapathId::Mitigation(raw),
+        if let Some(h) = raw.checked_sub(BASELINE_RAW) {
+            DatapathId::Baseline(h as u32)
+        } else if let Some(n) = raw.checked_sub(OPERATOR_RAW) {
+            DatapathId::Operator(n as u32)
+        } else {
+            DatapathId::Mitigation(raw)
         }
     }
 }
@@ -140,6 +152,7 @@ impl std::fmt::Display for DatapathId {
         match self {
             DatapathId::Mitigation(n) => write!(f, "mitigation {n}"),
             DatapathId::Baseline(h) => write!(f, "baseline {h:08x}"),
+            DatapathId::Operator(n) => write!(f, "operator mitigation {n}"),
         }
     }
 }

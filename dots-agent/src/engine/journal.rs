@@ -28,6 +28,8 @@ pub enum Change {
     DataClient { cuid: String, doc: Option<String> },
     /// Counts of a client's ACL entries inside mitigations that have ended.
     AclCounts { client: String, doc: Option<String> },
+    /// An operator's own mitigation (its spec, with the operator's id).
+    Operator { id: u32, doc: Option<String> },
 }
 
 /// The document of a value, as the store keeps it.
@@ -53,6 +55,8 @@ pub struct Snapshot {
     pub telemetry_setups: Vec<(String, String)>,
     pub data_clients: Vec<(String, String)>,
     pub acl_counts: Vec<(String, String)>,
+    /// By the operator's id (as text).
+    pub operator_mitigations: Vec<(String, String)>,
 }
 
 /// Keeps nothing: an engine without a store (protocol tests, the control plane in a lab).
@@ -71,6 +75,7 @@ struct Documents {
     telemetry_setups: BTreeMap<String, String>,
     data_clients: BTreeMap<String, String>,
     acl_counts: BTreeMap<String, String>,
+    operators: BTreeMap<u32, String>,
     transactions: usize,
 }
 
@@ -115,6 +120,11 @@ impl MemoryJournal {
             telemetry_setups: pairs(&d.telemetry_setups),
             data_clients: pairs(&d.data_clients),
             acl_counts: pairs(&d.acl_counts),
+            operator_mitigations: d
+                .operators
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -145,6 +155,7 @@ impl Journal for MemoryJournal {
                 }
                 Change::DataClient { cuid, doc } => set(&mut d.data_clients, cuid.clone(), doc),
                 Change::AclCounts { client, doc } => set(&mut d.acl_counts, client.clone(), doc),
+                Change::Operator { id, doc } => set(&mut d.operators, *id, doc),
             }
         }
         d.transactions += 1;

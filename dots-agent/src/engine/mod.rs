@@ -26,13 +26,20 @@ mod config;
 pub mod journal;
 mod ledger;
 mod mitigate;
+mod operator;
 mod record;
+mod reload;
 mod restore;
 mod status;
 mod telemetry;
 mod writer;
 
 use journal::{Change, Journal, JournalError};
+pub use operator::{
+    datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
+};
+pub use reload::PolicyChanges;
+pub use restore::unreadable;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
 pub const TERMINATING_DEFAULT: u64 = 120;
@@ -85,7 +92,7 @@ pub trait DataSource: Send {
 }
 
 /// What a configured client may do (from server.toml).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClientPolicy {
     pub name: String,
     /// Targets must lie inside one of these.
@@ -242,6 +249,8 @@ pub struct Engine<M: Mitigator> {
     acls: acl::Acls,
     /// Commits that failed (each a refused request, or a clock tick written later).
     commit_failures: u64,
+    /// The operator's own mitigations (`dots-agent xdp mitigation add` through the server).
+    operators: operator::Operators,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -293,6 +302,7 @@ impl<M: Mitigator> Engine<M> {
             data: None,
             acls: Default::default(),
             commit_failures: 0,
+            operators: Default::default(),
         }
     }
 
@@ -421,6 +431,7 @@ impl<M: Mitigator> Engine<M> {
         }
         self.ledger.committed();
         self.acls.committed();
+        self.operators.committed();
         self.dp.committed();
         Ok(())
     }
@@ -435,6 +446,7 @@ impl<M: Mitigator> Engine<M> {
         self.dp.undo();
         self.ledger.undo();
         self.acls.undo();
+        self.operators.undo();
     }
 }
 

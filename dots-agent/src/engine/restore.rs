@@ -8,6 +8,41 @@ use crate::datapath::{DatapathId, Mitigator};
 use crate::signal::session_config::SessionConfig;
 use crate::signal::telemetry::TelemetrySetup;
 
+/// The stored rows that do not decode, each named with what it is (empty: all readable).
+/// A server does not start on such a store: a skipped row would drop its rule.
+pub fn unreadable(snapshot: &Snapshot) -> Vec<String> {
+    fn check<T: serde::de::DeserializeOwned>(out: &mut Vec<String>, what: String, doc: &str) {
+        if let Err(e) = serde_json::from_str::<T>(doc) {
+            out.push(format!("{what}: {e}"));
+        }
+    }
+    let mut out = Vec::new();
+    for (cuid, mid, doc) in &snapshot.mitigations {
+        check::<Record>(&mut out, format!("mitigation {mid} of {cuid}"), doc);
+    }
+    for (client, doc) in &snapshot.session_configs {
+        check::<SessionConfig>(&mut out, format!("session configuration of {client}"), doc);
+    }
+    for (client, doc) in &snapshot.telemetry_setups {
+        check::<TelemetrySetup>(&mut out, format!("telemetry setup of {client}"), doc);
+    }
+    for (client, doc) in &snapshot.acl_counts {
+        check::<Vec<(u64, u64, u64)>>(&mut out, format!("ACL counts of {client}"), doc);
+    }
+    for (id, doc) in &snapshot.operator_mitigations {
+        if id.parse::<u32>().is_err() {
+            out.push(format!("operator mitigation {id:?}: not an id"));
+        }
+        check::<crate::datapath::MitigationSpec>(
+            &mut out,
+            format!("operator mitigation {id}"),
+            doc,
+        );
+    }
+    out.extend(crate::data::state::unreadable(&snapshot.data_clients));
+    out
+}
+
 impl<M: Mitigator> Engine<M> {
     /// Restores session configurations, telemetry setups, the data channel's ACL entries
     /// (`acls`, by client) with what they counted, and mitigations. Datapath rules nobody
@@ -50,6 +85,7 @@ impl<M: Mitigator> Engine<M> {
             }
         }
         self.staged.extend(changes.into_iter().map(Ok));
+        self.restore_operators(&snapshot.operator_mitigations);
         let mut restored = 0;
         for (cuid, mid, doc) in &snapshot.mitigations {
             let record: Record = match serde_json::from_str(doc) {
@@ -90,10 +126,29 @@ impl<M: Mitigator> Engine<M> {
                 .filter(|c| self.baseline_spec(c, None).is_some())
                 .map(|c| DatapathId::baseline(c).raw()),
         );
+        wanted.extend(
+            self.operators
+                .ids()
+                .map(|id| DatapathId::Operator(id).raw()),
+        );
         for raw in self.mitigator().installed() {
+            if let DatapathId::Operator(n) = DatapathId::from_raw(raw) {
+                if !wanted.contains(&raw) {
+                    // Never deleted silently: the operator put it there.
+                    tracing::warn!(
+                        "the pinned filter holds operator mitigation {n}, which this server's \
+                         store does not know (added while no server ran): kept; add it through \
+                         the server (`dots-agent xdp mitigation add FILE`) to store it, or \
+                         remove it (`dots-agent xdp mitigation remove {n}`)"
+                    );
+                }
+                continue;
+            }
             if !wanted.contains(&raw) {
                 let id = DatapathId::from_raw(raw);
-                tracing::info!("removing datapath {id}: no stored mitigation owns it");
+                tracing::warn!(
+                    "removing {id} from the pinned filter: no stored mitigation owns it"
+                );
                 if let Err(e) = self.dp.remove(id) {
                     tracing::error!("removing {id}: {e}");
                 }

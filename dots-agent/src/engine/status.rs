@@ -22,7 +22,8 @@ impl<M: Mitigator> Engine<M> {
         self.dp.mitigator().counters(m.id().raw()).ok().flatten()
     }
 
-    /// Every mitigation with its status and datapath counters (for metrics).
+    /// Every mitigation with its status and datapath counters (for metrics), the
+    /// operator's included.
     pub fn views(&self, now: u64) -> Vec<MitigationView> {
         self.ledger
             .iter()
@@ -33,6 +34,7 @@ impl<M: Mitigator> Engine<M> {
                 counters: self.counters(m),
                 client_attack: m.client_attack.clone(),
             })
+            .chain(self.operator_views())
             .collect()
     }
 

@@ -1063,3 +1063,77 @@ fn a_change_the_store_cannot_record_is_refused_and_undone() {
         "mid 1 was superseded"
     );
 }
+
+fn operator_spec(id: u32, target: &str) -> MitigationSpec {
+    toml::from_str(&format!("id = {id}\ntargets = [\"{target}\"]")).unwrap()
+}
+
+#[test]
+fn operator_mitigations_are_stored_restored_and_never_silently_deleted() {
+    let journal = MemoryJournal::new();
+    let (mut e, _) = restored(engine(), &journal, 0);
+    let added = e
+        .operator_add(vec![operator_spec(7, "192.0.2.0/24")])
+        .unwrap();
+    assert_eq!(added, vec![(7, Added::Installed)]);
+    assert_eq!(journal.snapshot().operator_mitigations.len(), 1);
+    let raw = DatapathId::Operator(7).raw();
+    assert!(e.mitigator().installed().contains(&raw));
+    assert_eq!(e.describe(raw), "operator mitigation 7");
+    assert_eq!(e.views(0)[0].client, OPERATOR_CLIENT);
+    // A target a client's mitigation holds is refused, naming the owner.
+    e.put("a", "cu-a", 3, scope("198.51.100.0/28", 600), false, 0)
+        .unwrap();
+    match e.operator_add(vec![operator_spec(8, "198.51.100.0/28")]) {
+        Err(Refusal::Conflict { diagnostic, .. }) => {
+            assert!(diagnostic.contains("a mid 3"), "{diagnostic}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not stored, not made: the datapath keeps what it had.
+    journal.fail(true);
+    let before = e.mitigator().installed();
+    assert!(matches!(
+        e.operator_add(vec![operator_spec(9, "203.0.113.0/24")]),
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(e.mitigator().installed(), before);
+    journal.fail(false);
+
+    // A restart restores it; one pinned while no server ran is kept, not deleted.
+    let mut dp = MemoryMitigator::new();
+    dp.install(&operator_datapath_spec(
+        5,
+        &operator_spec(5, "203.0.113.0/24"),
+    ))
+    .unwrap();
+    let fresh = Engine::new(dp, engine().policies.into_values().collect());
+    let (e2, _) = restored(fresh, &journal, 1);
+    let ids: Vec<(u32, bool)> = e2
+        .operator_list()
+        .iter()
+        .map(|v| (v.id, v.spec.is_some()))
+        .collect();
+    assert_eq!(ids, vec![(5, false), (7, true)]);
+    let mut e2 = e2;
+    assert!(e2.operator_remove(7).unwrap().is_some());
+    assert!(journal.snapshot().operator_mitigations.is_empty());
+    assert!(matches!(e2.operator_remove(7), Err(Refusal::NotFound(_))));
+}
+
+#[test]
+fn a_reload_applies_new_policies_or_none() {
+    let mut e = engine();
+    let mut policies: Vec<ClientPolicy> = e.policies.values().cloned().collect();
+    policies.retain(|p| p.name != "b");
+    policies[0].prefixes.push("192.0.2.0/24".parse().unwrap());
+    let changes = e.reload_policies(policies, Vec::new()).unwrap();
+    assert_eq!(changes.changed, vec!["a".to_string()]);
+    assert_eq!(changes.removed, vec!["b".to_string()]);
+    e.put("a", "cu-a", 1, scope("192.0.2.0/28", 600), false, 0)
+        .unwrap();
+    assert!(matches!(
+        e.put("b", "cu-b", 1, scope("203.0.113.0/28", 600), false, 0),
+        Err(Refusal::Forbidden(_))
+    ));
+}

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub clients: Vec<Client>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// The file it was loaded from (what a reload reads again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Prometheus exposition (`GET /metrics`); off unless addresses are given.
@@ -233,6 +236,7 @@ impl ServerConfig {
         }
         c.validate()
             .with_context(|| format!("in {}", path.display()))?;
+        c.source = Some(path.to_path_buf());
         Ok(c)
     }
 
@@ -256,6 +260,12 @@ impl ServerConfig {
         }
         let mut names = std::collections::HashSet::new();
         for c in &self.clients {
+            if c.name == crate::engine::OPERATOR_CLIENT {
+                bail!(
+                    "client name {:?} is reserved for the operator's own mitigations",
+                    c.name
+                );
+            }
             if !names.insert(&c.name) {
                 bail!("client {:?} is configured twice", c.name);
             }

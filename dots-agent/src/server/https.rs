@@ -63,12 +63,15 @@ pub struct Who {
     pub cuid: String,
 }
 
+/// The configured client names; a reload of server.toml replaces them.
+pub type ClientNames = Arc<std::sync::RwLock<Vec<String>>>;
+
 /// Serves until the task is dropped; `clients` are the configured client names.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Arc<SslAcceptor>,
     control: ControlHandle,
-    clients: Arc<Vec<String>>,
+    clients: ClientNames,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -106,7 +109,7 @@ async fn connection(
     tcp: TcpStream,
     acceptor: &SslAcceptor,
     control: ControlHandle,
-    clients: &[String],
+    clients: &ClientNames,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let mut s = SslStream::new(Ssl::new(acceptor.context())?, tcp)?;
@@ -120,7 +123,7 @@ async fn connection(
         .context("no client certificate")?;
     let cn = crate::pki::common_name(&cert).unwrap_or_default();
     let who = Who {
-        client: clients.contains(&cn).then_some(cn),
+        client: clients.read().is_ok_and(|c| c.contains(&cn)).then_some(cn),
         cuid: crate::pki::cuid(&cert)?,
     };
     let span = tracing::Span::current();

@@ -16,8 +16,9 @@ use xdp_common::{
 };
 
 use super::super::compile::{IndexEntry, PrefixEntry};
+use super::super::lock::WriterLock;
 use super::super::DatapathError;
-use super::index::{Index, Installed};
+use super::index::{Index, Installed, Words};
 use super::maps::{Maps, U32Words, U64Words};
 use super::{AttachMode, AttachOutcome, LoadOptions, XdpDatapath, OBJECT, R};
 
@@ -25,9 +26,17 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 impl XdpDatapath {
     /// Loads the program and its maps, re-using maps already pinned under `pin_root`
-    /// (so installed mitigations survive an agent restart), and adopts their contents.
+    /// (so installed mitigations survive an agent restart), and adopts their contents. The
+    /// caller becomes the datapath's one writer: it holds the pin root's lock until dropped,
+    /// and another process's `load` or [`XdpDatapath::adopt_pinned`] is refused meanwhile
+    /// (naming this one).
     pub fn load(opts: &LoadOptions) -> R<Self> {
         let pin_dir = prepare_pin_dir(&opts.pin_root)?;
+        let lock = WriterLock::acquire(&opts.pin_root, "the pinned XDP datapath")?;
+        Self::load_locked(opts, pin_dir, lock)
+    }
+
+    fn load_locked(opts: &LoadOptions, pin_dir: PathBuf, lock: WriterLock) -> R<Self> {
         let map_dir = pin_dir.join("maps");
         fs::create_dir_all(&map_dir)
             .map_err(|e| DatapathError::Setup(format!("creating {}: {e}", map_dir.display())))?;
@@ -55,14 +64,29 @@ impl XdpDatapath {
             ebpf.take_map(name)
                 .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))
         })?;
-        let mut dp = XdpDatapath::new(pin_dir, maps, Some(ebpf))?;
+        let mut dp = XdpDatapath::new(pin_dir, maps, Some(ebpf), Some(lock))?;
         dp.adopt()?;
         Ok(dp)
     }
 
-    /// Opens the maps an attached datapath pinned, without loading a program (for the CLI
-    /// and for an agent that restarts while the program keeps filtering).
+    /// Opens the maps an attached datapath pinned, to read (counters, status): no lock is
+    /// taken and nothing is changed, not even what an interrupted update left to repair.
     pub fn open_pinned(pin_root: &Path) -> R<Self> {
+        Self::open_pins(pin_root, None)
+    }
+
+    /// Opens the pinned maps as their writer (for the CLI's changes): takes the pin root's
+    /// lock (refused, naming the holder, while a server or another command holds it) and
+    /// repairs what an interrupted update left.
+    pub fn adopt_pinned(pin_root: &Path) -> R<Self> {
+        let lock = match pin_root.exists() {
+            true => Some(WriterLock::acquire(pin_root, "the pinned XDP datapath")?),
+            false => None, // nothing pinned: open_pins says so
+        };
+        Self::open_pins(pin_root, lock)
+    }
+
+    fn open_pins(pin_root: &Path, lock: Option<WriterLock>) -> R<Self> {
         let pin_dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
         let map_dir = pin_dir.join("maps");
         if !map_dir.join(names::MITIGATIONS).exists() {
@@ -84,7 +108,7 @@ impl XdpDatapath {
             Map::from_map_data(data)
                 .map_err(|e| DatapathError::bpf(format!("pinned map {name}"), e))
         })?;
-        let mut dp = XdpDatapath::new(pin_dir, maps, None)?;
+        let mut dp = XdpDatapath::new(pin_dir, maps, None, lock)?;
         dp.adopt()?;
         Ok(dp)
     }
@@ -99,10 +123,15 @@ impl XdpDatapath {
             )));
         }
         let ifindex = if_index(iface)?;
+        self.writable()?;
         if self.ebpf.is_none() {
-            // Opened from pins: load the program now, re-using the pinned maps.
-            let mut fresh = XdpDatapath::load(&LoadOptions::new(self.pin_root()))?;
+            // Opened from pins: load the program now, re-using the pinned maps (under the
+            // lock this process already holds).
+            let opts = LoadOptions::new(self.pin_root());
+            let lock = self.lock.take().expect("writable");
+            let mut fresh = XdpDatapath::load_locked(&opts, self.pin_dir.clone(), lock)?;
             self.ebpf = fresh.ebpf.take();
+            self.lock = fresh.lock.take();
         }
         let links = self.pin_dir.join("links");
         fs::create_dir_all(&links)
@@ -202,6 +231,63 @@ impl XdpDatapath {
         })
     }
 
+    /// Attaches to every interface in `ifaces` or to none: all are checked first (valid
+    /// names that exist here, no repeats), and if an attach still fails, the interfaces this
+    /// call attached are detached again before the error is returned. An interface that had
+    /// our link already keeps it (with this program).
+    pub fn attach_all(&mut self, ifaces: &[String], mode: AttachMode) -> R<Vec<AttachOutcome>> {
+        check_interfaces(ifaces)?;
+        let mut done: Vec<AttachOutcome> = Vec::new();
+        for iface in ifaces {
+            match self.attach(iface, mode) {
+                Ok(o) => done.push(o),
+                Err(e) => {
+                    let pin_root = self.pin_root();
+                    let undone: Vec<String> = done
+                        .iter()
+                        .filter(|o| !o.replaced)
+                        .filter(|o| Self::detach(&pin_root, &o.interface).unwrap_or(false))
+                        .map(|o| o.interface.clone())
+                        .collect();
+                    let note = match undone.is_empty() {
+                        true => String::new(),
+                        false => format!(
+                            "; detached again from {} (all or nothing)",
+                            undone.join(", ")
+                        ),
+                    };
+                    return Err(DatapathError::Setup(format!("{e}{note}")));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Gives up the writer's role (and its lock) while the program stays loaded: another
+    /// loader may then become the writer, as a restarted agent does.
+    pub fn relinquish_writer(&mut self) {
+        self.lock = None;
+    }
+
+    /// Refuses a change through a datapath opened only to read.
+    pub(super) fn writable(&self) -> R<()> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(DatapathError::Setup(
+                "this datapath was opened read-only (another process may be its writer)".into(),
+            )),
+        }
+    }
+
+    /// Whether a datapath's maps are pinned under `pin_root` (this layout).
+    pub fn is_pinned(pin_root: &Path) -> bool {
+        pin_root
+            .join(format!("v{LAYOUT_VERSION}"))
+            .join("maps")
+            .join(names::MITIGATIONS)
+            .exists()
+    }
+
     /// Interfaces with a pinned link of ours.
     pub fn attached(pin_root: &Path) -> Vec<String> {
         let dir = pin_root.join(format!("v{LAYOUT_VERSION}")).join("links");
@@ -255,7 +341,9 @@ impl XdpDatapath {
     /// Rebuilds the user-space index from the maps, and repairs what a crash mid-update
     /// left behind: targets split between two generations, lookup arrays that disagree
     /// with the targets, keys, lists and talkers of generations no target points at.
+    /// Only the writer repairs; a reader builds its index and leaves the maps alone.
     pub(super) fn adopt(&mut self) -> R<()> {
+        let repair = self.lock.is_some();
         let mut index = Index::new(
             self.index.slots.len() as u32,
             self.index.rulesets.len() as u32,
@@ -337,7 +425,7 @@ impl XdpDatapath {
             let Some(config) = slot_of.get(&v.ruleset).and_then(|s| configs.get(s)) else {
                 continue;
             };
-            if v.ruleset != config.ruleset {
+            if v.ruleset != config.ruleset && repair {
                 // Finish the interrupted flip.
                 let value = TargetValue {
                     ruleset: config.ruleset,
@@ -357,10 +445,12 @@ impl XdpDatapath {
                 .targets
                 .push(net);
         }
-        let fixed_v4 = index.dst_v4.rebuild(&mut U32Words(&self.maps.dst_v4), &v4);
+        let fixed_v4 = index
+            .dst_v4
+            .rebuild(&mut Repair(U32Words(&self.maps.dst_v4), repair), &v4);
         let fixed_v6 = index
             .summary_v6
-            .rebuild(&mut U64Words(&self.maps.sum_v6), &v6);
+            .rebuild(&mut Repair(U64Words(&self.maps.sum_v6), repair), &v6);
 
         let ruleset_id: HashMap<u32, u64> = configs.values().map(|c| (c.ruleset, c.id)).collect();
         let live_keys: Vec<IndexEntry> = index
@@ -369,7 +459,7 @@ impl XdpDatapath {
             .flat_map(|i| i.acl_keys.iter().copied())
             .collect();
         let fixed_acl = index.acl.rebuild(
-            &mut U32Words(&self.maps.acl_index),
+            &mut Repair(U32Words(&self.maps.acl_index), repair),
             ACL_INDEX_SLOTS as usize,
             &live_keys,
         );
@@ -395,10 +485,11 @@ impl XdpDatapath {
                     index.by_id.get_mut(id).expect("live").sources.push(k);
                     index.sources_live += 1;
                 }
-                None => self.maps.remove_source(&k),
+                None if repair => self.maps.remove_source(&k),
+                None => {}
             }
         }
-        if fixed_v4 + fixed_v6 + fixed_acl > 0 {
+        if fixed_v4 + fixed_v6 + fixed_acl > 0 && repair {
             tracing::info!(
                 dst_v4 = fixed_v4,
                 summary_v6 = fixed_v6,
@@ -410,6 +501,9 @@ impl XdpDatapath {
         // targets and clearing its talkers) would be credited to the slot's next owner.
         let live_slots: HashSet<u32> = configs.keys().copied().collect();
         self.index = index;
+        if !repair {
+            return Ok(());
+        }
         if let Err(e) = self.clear_talkers(|s| !live_slots.contains(&s)) {
             tracing::warn!("clearing top talkers of unused slots: {e}");
         }
@@ -422,6 +516,20 @@ impl XdpDatapath {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"))
+    }
+}
+
+/// The lookup arrays as `adopt` sees them: written only when it may repair.
+struct Repair<A>(A, bool);
+
+impl<W: Copy, A: Words<W>> Words<W> for Repair<A> {
+    fn get(&self, i: usize) -> W {
+        self.0.get(i)
+    }
+    fn set(&mut self, i: usize, w: W) {
+        if self.1 {
+            self.0.set(i, w);
+        }
     }
 }
 
@@ -502,6 +610,26 @@ fn if_index(iface: &str) -> R<u32> {
     Ok(idx)
 }
 
+/// Checks interface names before anything is attached: each valid, existing in this
+/// network namespace, and named once.
+pub fn check_interfaces(ifaces: &[String]) -> R<()> {
+    let mut seen = HashSet::new();
+    for iface in ifaces {
+        if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('/') {
+            return Err(DatapathError::Setup(format!(
+                "{iface:?} is not a valid interface name"
+            )));
+        }
+        if !seen.insert(iface) {
+            return Err(DatapathError::Setup(format!(
+                "interface {iface} is named twice"
+            )));
+        }
+        if_index(iface)?;
+    }
+    Ok(())
+}
+
 fn attach_error(iface: &str, mode: &str, e: aya::programs::ProgramError) -> DatapathError {
     let text = e.to_string();
     let hint = if text.contains("Device or resource busy") || text.contains("EBUSY") {
@@ -520,6 +648,18 @@ fn attach_error(iface: &str, mode: &str, e: aya::programs::ProgramError) -> Data
 fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
     let bpffs = Path::new("/sys/fs/bpf");
     if pin_root.starts_with(bpffs) && !is_bpffs(bpffs) {
+        if private_mount_namespace() {
+            // `ip netns exec` runs commands in a mount namespace of their own with a fresh
+            // /sys: a bpffs mounted there, and every pin in it, vanishes when the command
+            // exits (and the XDP program with its last link).
+            return Err(DatapathError::Setup(
+                "/sys/fs/bpf is not mounted in this process's private mount namespace (as \
+                 `ip netns exec` makes): pins made here would vanish when the command exits, \
+                 and the filter with them. Enter only the network namespace instead: \
+                 `nsenter --net=/run/netns/NS dots-agent ...`"
+                    .into(),
+            ));
+        }
         // SAFETY: constant NUL-terminated strings; mount(2) reads them only.
         let ok = unsafe {
             libc::mount(
@@ -548,6 +688,22 @@ fn prepare_pin_dir(pin_root: &Path) -> R<PathBuf> {
         )));
     }
     Ok(dir)
+}
+
+/// Whether this process runs in a mount namespace of its own, as `ip netns exec` makes
+/// one per command: other than its parent's or init's (whichever can be read; false if
+/// neither can). A bpffs mounted there goes when the command's processes have exited.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() }.to_string();
+    match ns("self") {
+        Some(mine) => [ns(&parent), ns("1")]
+            .into_iter()
+            .flatten()
+            .any(|other| other != mine),
+        None => false,
+    }
 }
 
 fn is_bpffs(p: &Path) -> bool {

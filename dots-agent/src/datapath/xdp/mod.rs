@@ -39,7 +39,7 @@ use super::{AclCounter, DatapathError, MitigationCounters, MitigationSpec, Mitig
 use index::{Index, Installed};
 use maps::{Maps, U32Words, U64Words};
 
-pub use lifecycle::interface_index;
+pub use lifecycle::{check_interfaces, interface_index};
 
 /// The XDP object built from ../xdp-filter by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DOTS_XDP_OBJECT"));
@@ -155,10 +155,18 @@ pub struct XdpDatapath {
     /// Present when this process loaded the program (needed to attach and for test runs).
     ebpf: Option<Ebpf>,
     retiring: VecDeque<Retiring>,
+    /// The writer's lock on the pin root (None: opened to read, see
+    /// [`XdpDatapath::open_pinned`]).
+    lock: Option<super::lock::WriterLock>,
 }
 
 impl XdpDatapath {
-    fn new(pin_dir: PathBuf, maps: Maps, ebpf: Option<Ebpf>) -> R<Self> {
+    fn new(
+        pin_dir: PathBuf,
+        maps: Maps,
+        ebpf: Option<Ebpf>,
+        lock: Option<super::lock::WriterLock>,
+    ) -> R<Self> {
         Ok(XdpDatapath {
             pin_dir,
             maps,
@@ -166,6 +174,7 @@ impl XdpDatapath {
             nr_cpus: lifecycle::cpus()?,
             ebpf,
             retiring: VecDeque::new(),
+            lock,
         })
     }
 
@@ -186,6 +195,7 @@ impl XdpDatapath {
 
     /// Sets the UDP source ports dropped by the amplification countermeasure.
     pub fn set_amplification_ports(&mut self, ports: &[u16]) -> R<()> {
+        self.writable()?;
         let mut words = vec![0u64; AMP_PORT_WORDS as usize];
         for &p in ports {
             words[(p >> 6) as usize] |= 1u64 << (p & 63);
@@ -703,6 +713,7 @@ impl XdpDatapath {
 
 impl Mitigator for XdpDatapath {
     fn install(&mut self, spec: &MitigationSpec) -> R<()> {
+        self.writable()?;
         self.reap(Instant::now());
         compile::validate(spec)?;
         for t in &spec.targets {
@@ -789,6 +800,7 @@ impl Mitigator for XdpDatapath {
     /// period. The counters returned are read when the targets are gone, so a packet that
     /// found the mitigation just before (on another CPU, microseconds ago) may be missing.
     fn remove(&mut self, id: u64) -> R<Option<MitigationCounters>> {
+        self.writable()?;
         self.reap(Instant::now());
         let Some(targets) = self.index.by_id.get(&id).map(|i| i.targets.clone()) else {
             return Ok(None);
@@ -879,7 +891,9 @@ impl Mitigator for XdpDatapath {
     /// Deletes the generations whose grace period is over. Every install and remove does
     /// this first; an owner that goes quiet calls it to release resources sooner.
     fn maintain(&mut self) {
-        self.reap(Instant::now());
+        if self.lock.is_some() {
+            self.reap(Instant::now());
+        }
     }
 
     fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
