@@ -165,7 +165,13 @@ pub async fn start_with(
         )));
     }
     let acceptor = Arc::new(server::acceptor(&config.tls)?);
-    let dtls = server::dtls_context(&config.tls)?;
+    let dtls = server::DtlsSettings {
+        ctx: server::dtls_context(&config.tls)?,
+        idle: config
+            .signal
+            .dtls_idle_seconds
+            .map(std::time::Duration::from_secs),
+    };
     for (listener, socket) in sockets.signal {
         let bound = listener.local_addr()?;
         tracing::info!("signal channel: CoAP over TLS and over DTLS on {bound}");

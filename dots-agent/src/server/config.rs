@@ -68,6 +68,11 @@ pub struct Signal {
     /// Send every client to another server instead (RFC 9132 §4.6), e.g. for maintenance.
     #[serde(default)]
     pub redirect: Option<SignalRedirect>,
+    /// A DTLS session from which nothing arrives this long ends (default: as long as its
+    /// client may stay silent before it is declared lost, heartbeat interval times
+    /// missing-hb-allowed).
+    #[serde(default)]
+    pub dtls_idle_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +255,9 @@ impl ServerConfig {
         }
         if self.signal.attack_quiet_seconds == 0 {
             bail!("[signal] attack_quiet_seconds must be at least 1");
+        }
+        if self.signal.dtls_idle_seconds == Some(0) {
+            bail!("[signal] dtls_idle_seconds must be at least 1");
         }
         if self.signal.listen.is_empty() {
             bail!("[signal] listen is empty: give at least one address, e.g. \"[::]:4646\"");

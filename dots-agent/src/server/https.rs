@@ -18,7 +18,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
+use openssl::ssl::{AlpnError, SslAcceptor, SslMethod};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
@@ -92,7 +92,7 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                if let Err(e) = connection(tcp, &acceptor, control, &clients).await {
+                if let Err(e) = connection(tcp, peer, &acceptor, control, &clients).await {
                     tracing::info!("{e:#}");
                 }
                 drop(slot);
@@ -104,16 +104,21 @@ pub async fn serve(
 
 async fn connection(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     acceptor: &SslAcceptor,
     control: ControlHandle,
     clients: &[String],
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let mut s = SslStream::new(Ssl::new(acceptor.context())?, tcp)?;
-    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept())
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let mut s = SslStream::new(super::peer_ssl(acceptor.context(), peer)?, tcp)?;
+    match tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            super::log_handshake_failure("data channel TLS", peer, s.ssl(), &e);
+            anyhow::bail!("TLS handshake failed");
+        }
+        Err(_) => anyhow::bail!("TLS handshake timed out"),
+    }
     let cert = s
         .ssl()
         .peer_certificate()
