@@ -144,6 +144,8 @@ pub async fn start_with(
     config: &ServerConfig,
     datapath: impl FnOnce(&ServerConfig) -> Result<Box<dyn Mitigator>>,
 ) -> Result<Running> {
+    let budget = server::limits::plan(config);
+    let metrics = server::metrics::MetricsSettings::load(&config.metrics, budget.metrics)?;
     let sockets = bind(config).await?;
     let control = ControlHandle::spawn(control(config, datapath(config)?)?)
         .context("starting the control thread")?;
@@ -156,12 +158,15 @@ pub async fn start_with(
     };
     for listener in sockets.metrics {
         let bound = listener.local_addr()?;
-        tracing::info!("Prometheus metrics on http://{bound}/metrics");
+        tracing::info!(
+            "Prometheus metrics on {}://{bound}/metrics",
+            metrics.scheme()
+        );
         running.metrics.push(bound);
         running.tasks.push(tokio::spawn(server::metrics::serve(
             listener,
             control.clone(),
-            config.metrics.per_mitigation_limit,
+            metrics.clone(),
         )));
     }
     let acceptor = Arc::new(server::acceptor(&config.tls)?);
@@ -180,6 +185,7 @@ pub async fn start_with(
             listener,
             acceptor.clone(),
             control.clone(),
+            budget.signal_tls,
         )));
         running.tasks.push(tokio::spawn(server::serve_dtls(
             socket,
@@ -205,6 +211,7 @@ pub async fn start_with(
                 acceptor.clone(),
                 control.clone(),
                 clients.clone(),
+                budget.data,
             )));
         }
     }

@@ -41,8 +41,9 @@ const HEAD_TIME: Duration = Duration::from_secs(30);
 const BODY_TIME: Duration = Duration::from_secs(30);
 /// A connection with nothing read or written for this long is closed (HTTP/2 included).
 const IDLE: Duration = Duration::from_secs(60);
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once unless the descriptor budget allows fewer; more wait in the
+/// kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests in flight on one HTTP/2 connection.
 const MAX_STREAMS: u32 = 32;
 
@@ -63,14 +64,16 @@ pub struct Who {
     pub cuid: String,
 }
 
-/// Serves until the task is dropped; `clients` are the configured client names.
+/// Serves until the task is dropped, at most `max_connections` at once; `clients` are the
+/// configured client names.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Arc<SslAcceptor>,
     control: ControlHandle,
     clients: Arc<Vec<String>>,
+    max_connections: usize,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;

@@ -6,6 +6,7 @@ pub mod config;
 mod dtls;
 mod dtls_cookie;
 pub mod https;
+pub mod limits;
 pub mod metrics;
 mod tls;
 

@@ -32,8 +32,19 @@ pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     Ok(b.build())
 }
 
-pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, control: ControlHandle) {
+/// Serves until the task is dropped, at most `max_connections` at once (more wait in the
+/// kernel's accept queue).
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: Arc<SslAcceptor>,
+    control: ControlHandle,
+    max_connections: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -56,6 +67,7 @@ pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, contro
                 if let Err(e) = connection(tcp, peer, &acceptor, control).await {
                     tracing::info!("{e:#}");
                 }
+                drop(slot);
             }
             .instrument(span),
         );
