@@ -158,6 +158,22 @@ impl Failure {
     }
 }
 
+/// The peer's refusal found in one link of an error chain (an OpenSSL error, or an I/O
+/// error carrying one): with TLS 1.3 a server checks our certificate after our side of the
+/// handshake completed, so its alert comes with the first read, wrapped by whoever read.
+pub fn peer_refusal_in(link: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    let ssl = link.downcast_ref::<openssl::ssl::Error>().or_else(|| {
+        link.downcast_ref::<std::io::Error>()?
+            .get_ref()?
+            .downcast_ref::<openssl::ssl::Error>()
+    })?;
+    ssl.ssl_error()?
+        .errors()
+        .iter()
+        .find_map(|x| alert_of(x.reason()?))
+        .map(Failure::PeerRefused)
+}
+
 /// The peer's certificate subject, also when its verification failed (then only the
 /// chain it sent is kept).
 fn peer_subject(ssl: &SslRef) -> Option<String> {

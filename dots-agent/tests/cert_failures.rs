@@ -23,12 +23,15 @@ struct Server {
 }
 
 impl Server {
+    /// Signal channel on `port` (UDP and TCP), data channel on `port` + 1.
     fn start(dir: &Path, port: u16) -> Server {
         std::fs::write(
             dir.join("server.toml"),
             format!(
                 "[signal]\nlisten = [\"127.0.0.1:{port}\"]\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-                 [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"2001:db8:6401::/48\"]\n"
+                 [data]\nlisten = [\"127.0.0.1:{}\"]\n\
+                 [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"2001:db8:6401::/48\"]\n",
+                port + 1
             ),
         )
         .unwrap();
@@ -147,12 +150,33 @@ fn expired_certificate(dir: &Path) {
     .unwrap();
 }
 
+fn wrong_name_of(cfg: &ClientConfig) -> ClientConfig {
+    let mut c = cfg.clone();
+    c.server_name = "dots.invalid".into();
+    c
+}
+
 /// The error text of a connection attempt (it must fail).
 async fn refused(cfg: &ClientConfig) -> String {
     match Session::connect(cfg).await {
         Ok(_) => panic!("{cfg:?}: the handshake succeeded"),
         Err(e) => format!("{e:#}"),
     }
+}
+
+/// A port whose UDP and TCP sides are free, and whose next port is free for TCP.
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if p < u16::MAX
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free pair of ports");
 }
 
 #[tokio::test]
@@ -163,10 +187,7 @@ async fn each_side_says_what_it_refused() {
     dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
     dots_agent::pki::init(&other, "dots.example", &[], &["client-a".into()]).unwrap();
     expired_certificate(d);
-    let port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
+    let port = free_port_pair();
     let server = Server::start(d, port);
     let good = config(
         port,
@@ -246,6 +267,37 @@ async fn each_side_says_what_it_refused() {
             "{t}: {e}"
         );
     }
+
+    // The data channel (HTTPS): the same, with an expired certificate and with a server
+    // name the server's certificate does not carry.
+    let data = format!("127.0.0.1:{}", port + 1);
+    let expired = config(
+        port,
+        TransportChoice::Tls,
+        &d.join("ca.pem"),
+        &d.join("expired.pem"),
+        &d.join("expired.key"),
+    );
+    let e =
+        dots_agent::data::client::request(&expired, &data, "GET", "/.well-known/host-meta", None)
+            .await
+            .map(|r| r.status)
+            .map_err(|e| format!("{e:#}"));
+    let e = e.expect_err("the data channel refuses an expired certificate");
+    assert!(
+        e.contains(&format!("TLS handshake with {data} failed"))
+            && e.contains("the server refused our certificate (certificate expired)"),
+        "data channel: {e}"
+    );
+    let e = dots_agent::data::client::request(&wrong_name_of(&good), &data, "GET", "/", None)
+        .await
+        .map(|r| r.status)
+        .map_err(|e| format!("{e:#}"))
+        .expect_err("a server name its certificate does not carry");
+    assert!(
+        e.contains("we refused the server's certificate") && e.contains("hostname mismatch"),
+        "data channel: {e}"
+    );
 
     // The server's side, at WARN, with the peer's address and the subject.
     for parts in [

@@ -64,7 +64,9 @@ pub async fn request(
         .context("TLS handshake timed out")?;
     if let Err(e) = handshake {
         let failure = crate::tls_failure::Failure::of(&e, s.ssl());
-        return Err(crate::client::refusal::explain(cfg, server, "TLS", &failure));
+        return Err(crate::client::refusal::explain(
+            cfg, server, "TLS", &failure,
+        ));
     }
     let mut req = Request::builder()
         .method(method)
@@ -91,7 +93,13 @@ pub async fn request(
             .to_vec();
         anyhow::Ok(HttpResponse { status, body })
     };
-    tokio::time::timeout(TIMEOUT, exchange)
+    let answer = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .context("the server did not answer in time")?
+        .context("the server did not answer in time")?;
+    answer.map_err(
+        |e| match e.chain().find_map(crate::tls_failure::peer_refusal_in) {
+            Some(refusal) => crate::client::refusal::explain(cfg, server, "TLS", &refusal),
+            None => e,
+        },
+    )
 }
