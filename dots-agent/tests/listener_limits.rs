@@ -3,7 +3,8 @@
 //! flood of slow, half-sent connections on /metrics and on the data channel cannot take
 //! the signal channel's, and a flood on the signal channel's TLS port leaves the data
 //! channel and /metrics answering. Counts are bounded, nothing is timed: each check waits
-//! for its answer up to a limit.
+//! for its answer up to a limit. Also read from the binary's /metrics: the DTLS session
+//! gauge counts the sessions that exist (issue 14, item 16).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -138,6 +139,31 @@ fn metrics_answer(port: u16) -> bool {
     })
 }
 
+/// The body of GET /metrics, if it answers 200 within 10 s.
+fn metrics_text(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+/// The value of the series named exactly `series` (name and labels) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The data channel answers curl (a real peer) with client-a's certificate.
 fn data_answers(dir: &Path, port: u16) -> bool {
     let out = Command::new("curl")
@@ -249,4 +275,62 @@ async fn slow_connections_on_one_listener_do_not_starve_the_others() {
     // After the floods, everything answers again, TLS signal included.
     assert!(signal_answers(d, signal, TransportChoice::Tls).await);
     assert!(metrics_answer(metrics));
+}
+
+/// Issue 14 item 16: `dots_signal_sessions{transport="dtls"}` counts sessions that exist.
+/// One-shot DTLS clients (connect, ask, exit) are counted while they are there and not
+/// after they leave; the gauge is read from the binary's /metrics.
+#[tokio::test]
+async fn one_shot_dtls_clients_leave_the_session_gauge_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dots_agent::pki::init(d, "dots.example", &[], &["client-a".into()]).unwrap();
+    let (signal, data, metrics) = (free_port(), free_port(), free_port());
+    let server = start(d, signal, data, metrics);
+    let dtls = "dots_signal_sessions{transport=\"dtls\"}";
+    let gauge = || metrics_text(metrics).and_then(|t| sample(&t, dtls));
+    let mut first = None;
+    for _ in 0..50 {
+        first = gauge();
+        if first.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(first, Some(0.0), "the series exists at 0 from the start");
+
+    let cfg = client(d, signal, TransportChoice::Dtls);
+    let mut held = Session::connect(&cfg).await.unwrap();
+    let path = vec!["mitigate".to_string(), format!("cuid={}", held.cuid())];
+    let r = held
+        .request(coap_lite::RequestType::Get, &path, None, false)
+        .await;
+    assert!(r.is_ok());
+    for _ in 0..5 {
+        assert!(signal_answers(d, signal, TransportChoice::Dtls).await);
+    }
+    // The five one-shot clients have gone; the held one is still there (bounded polling).
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = gauge();
+        if seen == Some(1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        seen,
+        Some(1.0),
+        "one session exists:\n{}",
+        server.log.lock().unwrap()
+    );
+    drop(held);
+    for _ in 0..100 {
+        seen = gauge();
+        if seen == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, Some(0.0), "no session exists");
 }
