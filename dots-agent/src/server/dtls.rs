@@ -273,11 +273,11 @@ pub async fn serve_dtls(socket: UdpSocket, settings: DtlsSettings, control: Cont
         if let Some(h) = &handshake {
             let _ = h.try_send(datagram.to_vec());
         }
-        if let Some(l) = live {
-            if handshake.is_none() || !is_epoch_zero(datagram) {
-                if l.try_send(datagram.to_vec()).is_err() {
-                    tracing::debug!("DTLS {from}: session queue full, datagram dropped");
-                }
+        // Plaintext (epoch 0) records go to the new handshake alone while one runs.
+        let for_live = handshake.is_none() || !is_epoch_zero(datagram);
+        if let Some(l) = live.filter(|_| for_live) {
+            if l.try_send(datagram.to_vec()).is_err() {
+                tracing::debug!("DTLS {from}: session queue full, datagram dropped");
             }
         }
     }
