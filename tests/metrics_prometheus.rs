@@ -2,6 +2,8 @@
 //! `/metrics` while an attack is dropped by the XDP filter on a veth pair; a query through
 //! Prometheus' HTTP API shows a non-zero drop rate for the mitigation, and the dropped
 //! packets Prometheus last scraped equal the pkts-dropped of the DOTS mitigation status.
+//! And /metrics protected: over TLS with client certificates and a bearer token, Prometheus
+//! scrapes with both, and is refused without either.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,12 +23,23 @@ struct Prometheus(Child);
 
 impl Prometheus {
     fn start(ns: &Netns, dir: &Path) -> Prometheus {
+        Self::start_with(
+            ns,
+            dir,
+            &format!(
+                "  - job_name: dots-agent\n    static_configs:\n      - targets: ['{METRICS}']\n"
+            ),
+        )
+    }
+
+    /// Prometheus scraping every second with these `scrape_configs` entries.
+    fn start_with(ns: &Netns, dir: &Path, scrape_configs: &str) -> Prometheus {
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: dots-agent\n    static_configs:\n      - targets: ['{METRICS}']\n"
+                 scrape_configs:\n{scrape_configs}"
             ),
         )
         .unwrap();
@@ -206,6 +219,94 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
         }
     }
     assert!(checked >= 10, "{checked} dashboard queries");
+
+    drop(prometheus);
+    let _ = stop.send(());
+    server.join().unwrap().unwrap();
+}
+
+/// `[metrics]` over TLS, requiring a client certificate from the lab CA and a bearer
+/// token: Prometheus with both scrapes (the build info and the process collector's series
+/// included); without the token, or without a certificate, it is refused (`up` is 0).
+#[test]
+fn prometheus_scrapes_through_tls_with_a_client_certificate_and_a_token() {
+    let ns = Netns::new("pmtls");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dots_agent::pki::init(
+        d,
+        "dots.example",
+        &[],
+        &["client-a".into(), "prometheus".into()],
+    )
+    .unwrap();
+    std::fs::write(d.join("metrics.token"), "s3cr3t-scrape-token\n").unwrap();
+    std::fs::write(d.join("wrong.token"), "not-the-token\n").unwrap();
+    let config = d.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[signal]\nlisten = [\"127.0.0.1:4646\"]\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             [store]\ndir = \"state\"\n\
+             [metrics]\nlisten = [\"{METRICS}\"]\nbearer_token_file = \"metrics.token\"\n\
+             tls = {{ cert = \"server.pem\", key = \"server.key\", client_ca = \"ca.pem\" }}\n\
+             [[client]]\nname = \"client-a\"\nprefixes = [\"2001:db8:6401::/48\"]\n"
+        ),
+    )
+    .unwrap();
+    let (server, stop) = start_server(&ns, &config);
+    let job = |name: &str, cert: bool, token: &str| {
+        let mut j = format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: dots.example\n",
+            ca = d.join("ca.pem").display()
+        );
+        if cert {
+            j += &format!(
+                "      cert_file: {}\n      key_file: {}\n",
+                d.join("prometheus.pem").display(),
+                d.join("prometheus.key").display()
+            );
+        }
+        j += &format!(
+            "    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: ['{METRICS}']\n",
+            d.join(token).display()
+        );
+        j
+    };
+    let scrape_configs = [
+        job("dots-agent", true, "metrics.token"),
+        job("wrong-token", true, "wrong.token"),
+        job("no-certificate", false, "metrics.token"),
+    ]
+    .concat();
+    let prometheus = Prometheus::start_with(&ns, d, &scrape_configs);
+
+    let up = |job: &str| query(&ns, &format!("up{{job=\"{job}\"}}"));
+    assert_eq!(
+        wait_for(Duration::from_secs(30), || up("dots-agent")
+            .filter(|v| *v == 1.0)),
+        Some(1.0),
+        "Prometheus scrapes with certificate and token"
+    );
+    let one = |promql: &str| wait_for(Duration::from_secs(10), || query(&ns, promql));
+    assert_eq!(one("dots_build_info{job=\"dots-agent\"}"), Some(1.0));
+    assert!(one("process_resident_memory_bytes{job=\"dots-agent\"}").is_some_and(|v| v > 0.0));
+    assert_eq!(
+        one("dots_signal_sessions{job=\"dots-agent\",transport=\"dtls\"}"),
+        Some(0.0),
+        "a known series exists from the start, at 0"
+    );
+    // `up` of a job exists once its first scrape is over: 0 for each refused one.
+    assert_eq!(
+        one("up{job=\"wrong-token\"}"),
+        Some(0.0),
+        "a wrong token is refused"
+    );
+    assert_eq!(
+        one("up{job=\"no-certificate\"}"),
+        Some(0.0),
+        "no client certificate: refused"
+    );
 
     drop(prometheus);
     let _ = stop.send(());

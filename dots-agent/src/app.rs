@@ -193,9 +193,17 @@ pub async fn start_with(
     for note in &checked.notes {
         tracing::warn!("{note}");
     }
+    let budget = server::limits::plan(config);
+    let metrics = server::metrics::MetricsSettings::load(&config.metrics, budget.metrics)?;
     let sockets = bind(config).await?;
     let acceptor = Arc::new(server::acceptor(&config.tls)?);
-    let dtls = server::dtls_context(&config.tls)?;
+    let dtls = server::DtlsSettings {
+        ctx: server::dtls_context(&config.tls)?,
+        idle: config
+            .signal
+            .dtls_idle_seconds
+            .map(std::time::Duration::from_secs),
+    };
     let https = match sockets.data.is_empty() {
         true => None,
         false => Some(Arc::new(server::https::acceptor(&config.tls)?)),
@@ -228,12 +236,15 @@ pub async fn start_with(
     };
     for listener in sockets.metrics {
         let bound = listener.local_addr()?;
-        tracing::info!("Prometheus metrics on http://{bound}/metrics");
+        tracing::info!(
+            "Prometheus metrics on {}://{bound}/metrics",
+            metrics.scheme()
+        );
         running.metrics.push(bound);
         running.tasks.push(tokio::spawn(server::metrics::serve(
             listener,
             control.clone(),
-            config.metrics.per_mitigation_limit,
+            metrics.clone(),
         )));
     }
     for (listener, socket) in sockets.signal {
@@ -244,6 +255,7 @@ pub async fn start_with(
             listener,
             acceptor.clone(),
             control.clone(),
+            budget.signal_tls,
         )));
         running.tasks.push(tokio::spawn(server::serve_dtls(
             socket,
@@ -262,6 +274,7 @@ pub async fn start_with(
                 acceptor.clone(),
                 control.clone(),
                 clients.clone(),
+                budget.data,
             )));
         }
     }

@@ -50,3 +50,39 @@ pub fn handle_timeout(s: &mut SslStream<Datagrams>) {
         );
     }
 }
+
+extern "C" {
+    // Not wrapped by the openssl crate; declared as in <openssl/ssl.h> and <openssl/bio.h>
+    // (BIO_ADDR is opaque here).
+    fn DTLSv1_listen(s: *mut openssl_sys::SSL, client: *mut std::ffi::c_void) -> std::ffi::c_int;
+    fn BIO_ADDR_new() -> *mut std::ffi::c_void;
+    fn BIO_ADDR_free(a: *mut std::ffi::c_void);
+}
+
+/// OpenSSL's stateless cookie exchange (`DTLSv1_listen`) over what is in `s`'s inbox: a
+/// ClientHello without a valid cookie draws a HelloVerifyRequest (in the outbox) and
+/// leaves nothing behind; true once a hello carries a valid cookie, which `s` then keeps
+/// for `accept` to continue the handshake from. `s` must be a server-side stream whose
+/// context has cookie callbacks.
+pub fn listen(s: &mut SslStream<Datagrams>) -> Result<bool, openssl::error::ErrorStack> {
+    let ssl = foreign_types::ForeignTypeRef::as_ptr(s.ssl());
+    // SAFETY: a valid SSL pointer whose BIO is `s`'s (alive for the call), and a BIO_ADDR
+    // we allocate and free around it.
+    let r = unsafe {
+        let addr = BIO_ADDR_new();
+        if addr.is_null() {
+            return Err(openssl::error::ErrorStack::get());
+        }
+        let r = DTLSv1_listen(ssl, addr);
+        BIO_ADDR_free(addr);
+        r
+    };
+    // A junk datagram leaves errors on this thread's queue; another peer's next call on the
+    // thread must not find them, so the queue is emptied either way.
+    let errors = openssl::error::ErrorStack::get();
+    s.get_mut().inbox.clear();
+    if r < 0 {
+        return Err(errors);
+    }
+    Ok(r == 1)
+}

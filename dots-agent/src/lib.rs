@@ -11,7 +11,8 @@
 //! - [`pki`]: lab CA and certificates, cuid derivation.
 //! - [`af_packet`]: the AF_PACKET socket (send, batch send, receive, count, statistics).
 //! - [`server`]: the listeners (DTLS, TLS, the data channel's HTTPS, metrics) and server.toml.
-//! - [`client`]: the DOTS client over DTLS or TLS.
+//! - [`client`]: the DOTS client over DTLS or TLS; [`tls_failure`]: which side refused
+//!   a handshake, and what.
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
 //! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
@@ -40,3 +41,4 @@ pub mod preflight;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod tls_failure;

@@ -80,8 +80,37 @@ impl SignalMetrics {
             "Client sessions declared lost (missing heartbeats)",
         )
         .expect("valid metric");
+        // Every series of a known label set exists from the start, at 0, so that rate()
+        // and alerts work from the first scrape.
+        for op in OPERATIONS {
+            for code in CODES {
+                requests.with_label_values(&[op, code]);
+            }
+            latency.with_label_values(&[op]);
+        }
+        for transport in ["dtls", "tls"] {
+            sessions.with_label_values(&[transport]);
+            handshake_failures.with_label_values(&[transport]);
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "dots_build_info",
+                "The running dots-agent's version (always 1)",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(sessions.clone()),
             Box::new(handshake_failures.clone()),
@@ -139,6 +168,29 @@ impl Drop for SessionGuard {
         SIGNAL.sessions.with_label_values(&[self.transport]).dec();
     }
 }
+
+/// The `operation` labels [`operation`] gives to requests (it also counts the client's
+/// responses to our requests as "response").
+const OPERATIONS: [&str; 12] = [
+    "mitigate_put",
+    "mitigate_efficacy",
+    "mitigate_get",
+    "mitigate_observe",
+    "mitigate_delete",
+    "config_get",
+    "config_put",
+    "config_delete",
+    "heartbeat",
+    "telemetry_setup",
+    "telemetry",
+    "other",
+];
+
+/// The response codes the server sends (RFC 9132 §4, §5; RFC 7959 for 4.13).
+const CODES: [&str; 16] = [
+    "2.01", "2.02", "2.04", "2.05", "4.00", "4.01", "4.02", "4.03", "4.04", "4.05", "4.09", "4.13",
+    "4.15", "4.22", "5.00", "5.03",
+];
 
 /// A bounded label for a request: resource and method (efficacy updates and Observe
 /// registrations apart).
@@ -306,6 +358,9 @@ fn datapath_families<M: Mitigator>(
         &["interface"],
     );
 
+    for status in 1..=8 {
+        by_status.with_label_values(&[&status.to_string()]).set(0);
+    }
     let views = engine.views(now);
     for v in &views {
         by_status
@@ -504,6 +559,37 @@ mod tests {
         let text = render(&e, 200, 100);
         assert!(!text.contains("mid=\"1\",reason"), "{text}");
         assert!(text.contains("dots_mitigations{status=\"6\"} 1"));
+    }
+
+    #[test]
+    fn known_series_exist_from_the_start() {
+        let text = render(&engine_with(0), 1, 10);
+        for line in [
+            "dots_signal_requests_total{code=\"2.01\",operation=\"mitigate_put\"}",
+            "dots_signal_requests_total{code=\"5.03\",operation=\"mitigate_delete\"}",
+            "dots_signal_request_duration_seconds_bucket{operation=\"heartbeat\",le=\"0.001\"}",
+            "dots_signal_request_duration_seconds_count{operation=\"telemetry\"}",
+            "dots_signal_sessions{transport=\"dtls\"}",
+            "dots_signal_sessions{transport=\"tls\"}",
+            "dots_signal_handshake_failures_total{transport=\"dtls\"}",
+            "dots_mitigations{status=\"2\"} 0",
+            "dots_store_commit_failures_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "dots_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        // The process collector: memory, descriptors, CPU.
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(text.contains(&format!("\n{name}")), "{name} missing");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_openssl::SslStream;
 
 pub mod guard;
+pub(crate) mod refusal;
 
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
@@ -128,6 +129,19 @@ impl Link {
                     }
                 }
                 Ok(out)
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    /// A DTLS server keeps a session until the client says close_notify or falls silent
+    /// for the server's idle bound: a client that goes says so.
+    fn drop(&mut self) {
+        if let Link::Dtls { socket, stream } = self {
+            let _ = stream.shutdown();
+            for d in std::mem::take(&mut stream.get_mut().outbox) {
+                let _ = socket.try_send(&d);
             }
         }
     }
@@ -550,12 +564,24 @@ async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
     let _ = tcp.set_nodelay(true);
     let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
     let mut stream = SslStream::new(ssl, tcp)?;
-    tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).connect())
+    let handshake = tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).connect())
         .await
-        .context("TLS handshake timed out")?
-        .context(
-            "TLS handshake failed (is the server's certificate from our CA and for server_name?)",
-        )?;
+        .context("TLS handshake timed out")?;
+    if let Err(e) = handshake {
+        let failure = crate::tls_failure::Failure::of(&e, stream.ssl());
+        return Err(refusal::explain(cfg, &cfg.server, "TLS", &failure));
+    }
+    // With TLS 1.3 the server checks our certificate after our side of the handshake has
+    // completed; its refusal arrives before its first bytes (its CSM), so wait for those.
+    if stream.ssl().version2() == Some(SslVersion::TLS1_3) {
+        let mut first = [0u8; 1];
+        if let Ok(Err(e)) =
+            tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).peek(&mut first)).await
+        {
+            let failure = crate::tls_failure::Failure::of(&e, stream.ssl());
+            return Err(refusal::explain(cfg, &cfg.server, "TLS", &failure));
+        }
+    }
     Ok(Link::Tls { stream })
 }
 
@@ -592,7 +618,8 @@ async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
             Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
             Err(e) => {
                 let _ = send_all(&socket, &mut stream).await;
-                bail!("DTLS handshake failed (is the server's certificate from our CA and for server_name?): {e}");
+                let failure = crate::tls_failure::Failure::of(&e, stream.ssl());
+                return Err(refusal::explain(cfg, &cfg.server, "DTLS", &failure));
             }
         }
         send_all(&socket, &mut stream).await?;

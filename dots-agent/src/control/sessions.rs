@@ -188,6 +188,25 @@ impl<M: Mitigator> Control<M> {
         self.sessions.open.remove(&id);
     }
 
+    /// How long a session may stay silent before its client would be declared lost, in
+    /// seconds: heartbeat interval times missing-hb-allowed, the longer of its client's idle
+    /// and mitigating settings (RFC 9132 §4.5; the RFC defaults for a certificate of no
+    /// configured client); 0 with heartbeats off in both.
+    pub fn session_silence_allowed(&self, id: SessionId) -> u64 {
+        let Some(e) = self.sessions.open.get(&id) else {
+            return 0;
+        };
+        let config = match &e.client {
+            Some(client) => self.engine.config(client),
+            None => crate::signal::session_config::SessionConfig::default(),
+        };
+        [&config.idle, &config.mitigating]
+            .iter()
+            .map(|set| set.heartbeat_interval() * set.missing_hb_allowed())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Open sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.open.len()

@@ -59,12 +59,15 @@ pub async fn request(
         .with_context(|| format!("connecting to {server}"))?;
     let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
     let mut s = SslStream::new(ssl, tcp)?;
-    tokio::time::timeout(TIMEOUT, Pin::new(&mut s).connect())
+    let handshake = tokio::time::timeout(TIMEOUT, Pin::new(&mut s).connect())
         .await
-        .context("TLS handshake timed out")?
-        .context(
-            "TLS handshake failed (is the server's certificate from our CA and for server_name?)",
-        )?;
+        .context("TLS handshake timed out")?;
+    if let Err(e) = handshake {
+        let failure = crate::tls_failure::Failure::of(&e, s.ssl());
+        return Err(crate::client::refusal::explain(
+            cfg, server, "TLS", &failure,
+        ));
+    }
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -90,7 +93,13 @@ pub async fn request(
             .to_vec();
         anyhow::Ok(HttpResponse { status, body })
     };
-    tokio::time::timeout(TIMEOUT, exchange)
+    let answer = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .context("the server did not answer in time")?
+        .context("the server did not answer in time")?;
+    answer.map_err(
+        |e| match e.chain().find_map(crate::tls_failure::peer_refusal_in) {
+            Some(refusal) => crate::client::refusal::explain(cfg, server, "TLS", &refusal),
+            None => e,
+        },
+    )
 }

@@ -42,10 +42,32 @@ pub struct Metrics {
     /// per client under mid "other", so series stay bounded.
     #[serde(default = "default_per_mitigation_limit")]
     pub per_mitigation_limit: usize,
+    /// HTTPS instead of HTTP; with `client_ca`, scrapers must present a certificate from it.
+    #[serde(default)]
+    pub tls: Option<MetricsTls>,
+    /// A file holding the token scrapers must send (`Authorization: Bearer <token>`).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Connections served at once per address (at most an eighth of the descriptors).
+    #[serde(default = "default_metrics_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_per_mitigation_limit() -> usize {
     1000
+}
+
+fn default_metrics_connections() -> usize {
+    64
 }
 
 impl Default for Metrics {
@@ -53,6 +75,9 @@ impl Default for Metrics {
         Metrics {
             listen: Vec::new(),
             per_mitigation_limit: default_per_mitigation_limit(),
+            tls: None,
+            bearer_token_file: None,
+            max_connections: default_metrics_connections(),
         }
     }
 }
@@ -71,6 +96,11 @@ pub struct Signal {
     /// Send every client to another server instead (RFC 9132 §4.6), e.g. for maintenance.
     #[serde(default)]
     pub redirect: Option<SignalRedirect>,
+    /// A DTLS session from which nothing arrives this long ends (default: as long as its
+    /// client may stay silent before it is declared lost, heartbeat interval times
+    /// missing-hb-allowed).
+    #[serde(default)]
+    pub dtls_idle_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +264,17 @@ impl ServerConfig {
                 *p = base.join(&*p);
             }
         }
+        let m = &mut c.metrics;
+        let metrics_paths = m.tls.iter_mut().flat_map(|t| {
+            [Some(&mut t.cert), Some(&mut t.key), t.client_ca.as_mut()]
+                .into_iter()
+                .flatten()
+        });
+        for p in metrics_paths.chain(m.bearer_token_file.as_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         c.validate()
             .with_context(|| format!("in {}", path.display()))?;
         c.source = Some(path.to_path_buf());
@@ -254,6 +295,12 @@ impl ServerConfig {
         }
         if self.signal.attack_quiet_seconds == 0 {
             bail!("[signal] attack_quiet_seconds must be at least 1");
+        }
+        if self.signal.dtls_idle_seconds == Some(0) {
+            bail!("[signal] dtls_idle_seconds must be at least 1");
+        }
+        if self.metrics.max_connections == 0 {
+            bail!("[metrics] max_connections must be at least 1");
         }
         if self.signal.listen.is_empty() {
             bail!("[signal] listen is empty: give at least one address, e.g. \"[::]:4646\"");

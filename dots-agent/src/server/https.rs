@@ -18,7 +18,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
+use openssl::ssl::{AlpnError, SslAcceptor, SslMethod};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
@@ -41,8 +41,9 @@ const HEAD_TIME: Duration = Duration::from_secs(30);
 const BODY_TIME: Duration = Duration::from_secs(30);
 /// A connection with nothing read or written for this long is closed (HTTP/2 included).
 const IDLE: Duration = Duration::from_secs(60);
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once unless the descriptor budget allows fewer; more wait in the
+/// kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests in flight on one HTTP/2 connection.
 const MAX_STREAMS: u32 = 32;
 
@@ -66,14 +67,16 @@ pub struct Who {
 /// The configured client names; a reload of server.toml replaces them.
 pub type ClientNames = Arc<std::sync::RwLock<Vec<String>>>;
 
-/// Serves until the task is dropped; `clients` are the configured client names.
+/// Serves until the task is dropped, at most `max_connections` at once; `clients` are the
+/// configured client names.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Arc<SslAcceptor>,
     control: ControlHandle,
     clients: ClientNames,
+    max_connections: usize,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -95,7 +98,7 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                if let Err(e) = connection(tcp, &acceptor, control, &clients).await {
+                if let Err(e) = connection(tcp, peer, &acceptor, control, &clients).await {
                     tracing::info!("{e:#}");
                 }
                 drop(slot);
@@ -107,16 +110,21 @@ pub async fn serve(
 
 async fn connection(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     acceptor: &SslAcceptor,
     control: ControlHandle,
     clients: &ClientNames,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let mut s = SslStream::new(Ssl::new(acceptor.context())?, tcp)?;
-    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept())
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let mut s = SslStream::new(super::peer_ssl(acceptor.context(), peer)?, tcp)?;
+    match tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            super::log_handshake_failure("data channel TLS", peer, s.ssl(), &e);
+            anyhow::bail!("TLS handshake failed");
+        }
+        Err(_) => anyhow::bail!("TLS handshake timed out"),
+    }
     let cert = s
         .ssl()
         .peer_certificate()

@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslMethod};
+use anyhow::Result;
+use openssl::ssl::{AlpnError, SslAcceptor, SslMethod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
@@ -20,6 +20,8 @@ use crate::signal::session::Framing;
 
 /// A connection with nothing received for this long is closed.
 const IDLE: Duration = Duration::from_secs(600);
+/// The TLS handshake must complete within this.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
@@ -30,8 +32,19 @@ pub fn acceptor(tls: &super::config::Tls) -> Result<SslAcceptor> {
     Ok(b.build())
 }
 
-pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, control: ControlHandle) {
+/// Serves until the task is dropped, at most `max_connections` at once (more wait in the
+/// kernel's accept queue).
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: Arc<SslAcceptor>,
+    control: ControlHandle,
+    max_connections: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -51,26 +64,37 @@ pub async fn serve_tls(listener: TcpListener, acceptor: Arc<SslAcceptor>, contro
         );
         tokio::spawn(
             async move {
-                if let Err(e) = connection(tcp, &acceptor, control).await {
+                if let Err(e) = connection(tcp, peer, &acceptor, control).await {
                     tracing::info!("{e:#}");
                 }
+                drop(slot);
             }
             .instrument(span),
         );
     }
 }
 
-async fn connection(tcp: TcpStream, acceptor: &SslAcceptor, control: ControlHandle) -> Result<()> {
+async fn connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: &SslAcceptor,
+    control: ControlHandle,
+) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let ssl = Ssl::new(acceptor.context())?;
+    let ssl = super::peer_ssl(acceptor.context(), peer)?;
     let mut s = SslStream::new(ssl, tcp)?;
-    let handshake = tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).accept()).await;
-    if !matches!(handshake, Ok(Ok(()))) {
-        SIGNAL.handshake_failed("tls");
+    match tokio::time::timeout(HANDSHAKE_TIME, Pin::new(&mut s).accept()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            SIGNAL.handshake_failed("tls");
+            super::log_handshake_failure("TLS", peer, s.ssl(), &e);
+            anyhow::bail!("TLS handshake failed");
+        }
+        Err(_) => {
+            SIGNAL.handshake_failed("tls");
+            anyhow::bail!("TLS handshake timed out");
+        }
     }
-    handshake
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
     let id = super::identity(s.ssl())?;
     let span = tracing::Span::current();
     span.record("client", id.cn.as_str());
