@@ -471,7 +471,10 @@ async fn protocol_details(transport: TransportChoice) {
         .unwrap();
     assert_eq!((code_text(&r), r.payload.len()), ("2.02".into(), 0));
 
-    let scope = Scope::new(vec!["2001:db8:6401::/48".parse().unwrap()], Lifetime::Seconds(60));
+    let scope = Scope::new(
+        vec!["2001:db8:6401::/48".parse().unwrap()],
+        Lifetime::Seconds(60),
+    );
     let body = message::encode_mitigation_request(&scope);
     for spelling in ["mid=01", "mid=+1"] {
         let path = vec![
@@ -494,10 +497,18 @@ async fn protocol_details(transport: TransportChoice) {
     // The same scope with key 0 added inside it.
     use ciborium::value::Value;
     let mut with_key_0 = dots_agent::signal::cbor::parse(&body).unwrap();
-    let Value::Map(top) = &mut with_key_0 else { panic!("a map") };
-    let Value::Map(ms) = &mut top[0].1 else { panic!("mitigation-scope") };
-    let Value::Array(scopes) = &mut ms[0].1 else { panic!("scope list") };
-    let Value::Map(first) = &mut scopes[0] else { panic!("a scope") };
+    let Value::Map(top) = &mut with_key_0 else {
+        panic!("a map")
+    };
+    let Value::Map(ms) = &mut top[0].1 else {
+        panic!("mitigation-scope")
+    };
+    let Value::Array(scopes) = &mut ms[0].1 else {
+        panic!("scope list")
+    };
+    let Value::Map(first) = &mut scopes[0] else {
+        panic!("a scope")
+    };
     first.insert(0, (Value::Integer(0.into()), Value::Integer(1.into())));
     let r = s
         .request(

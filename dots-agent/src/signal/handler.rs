@@ -707,7 +707,12 @@ mod tests {
         // Withdrawing an unknown mid: 2.02 all the same (RFC 9132 §4.4.4), nothing changes.
         let held = e.mitigator().installed().len();
         assert_eq!(
-            code(&handle(&mut e, &PEER, &request(RequestType::Delete, &p9, &[]), 0)),
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Delete, &p9, &[]),
+                0
+            )),
             ResponseType::Deleted
         );
         assert_eq!(e.mitigator().installed().len(), held);

@@ -205,7 +205,9 @@ mod tests {
             ]),
             Err(UriError::Bad(..))
         ));
-        for spelling in ["mid=+1", "mid=01", "mid=-1", "mid= 1", "mid=1 ", "mid=", "mid=0x1"] {
+        for spelling in [
+            "mid=+1", "mid=01", "mid=-1", "mid= 1", "mid=1 ", "mid=", "mid=0x1",
+        ] {
             assert!(
                 matches!(
                     parse(&[".well-known", "dots", "mitigate", "cuid=a", spelling]),
