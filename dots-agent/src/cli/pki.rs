@@ -10,6 +10,7 @@ use clap::Subcommand;
 pub enum PkiCommand {
     /// Write a CA, a server certificate and client certificates (PEM) into a directory.
     Init {
+        /// Where to write them (created; refused if it already holds a CA).
         #[arg(long)]
         dir: PathBuf,
         /// The server's DNS name (certificate CN and subjectAltName).
