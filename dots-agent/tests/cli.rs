@@ -389,6 +389,41 @@ fn server_and_client_from_the_command_line() {
         "{events:?}"
     );
 
+    // A mitigation that does not exist yet is waited for: the watch starts with 4.04, then
+    // follows mid 5 once it is created.
+    let mut waiting = client_cmd(&[
+        "--json",
+        "watch",
+        "--mid",
+        "5",
+        "--interval",
+        "0.2",
+        "--seconds",
+        "60",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let seen = lines_of(&mut waiting);
+    let first = seen
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the first answer");
+    assert!(first.contains("\"code\":\"4.04\""), "{first}");
+    let o = client(&["mitigate", "--mid", "5", "--target", "198.51.100.128/25"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let followed = seen
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("JSON"))
+        .find(|v| {
+            let scope = &v["body"]["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+            scope["mid"] == 5 && scope["status"] == 2
+        });
+    sigterm(&waiting);
+    let _ = waiting.wait();
+    assert!(followed.is_some(), "the watch follows mid 5 once it exists");
+    let o = client(&["withdraw", "--mid", "5"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
     let o = client(&[
         "config",
         "set",

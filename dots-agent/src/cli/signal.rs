@@ -64,7 +64,8 @@ pub enum ClientCommand {
     },
     /// Follow the mitigations (GET with Observe): prints every notification, and while a
     /// mitigation is active its status with the drop counters every --interval seconds;
-    /// heartbeats keep the session, broken sessions are reopened with backoff.
+    /// waits for one that does not exist yet; heartbeats keep the session, broken sessions
+    /// are reopened with backoff.
     Watch {
         /// Only this mitigation (default: all of this client's).
         #[arg(long)]
@@ -506,8 +507,32 @@ impl Watcher<'_> {
     async fn once(&self) -> Result<Exit> {
         let mut s = Session::connect_within(self.cfg, self.timeout).await?;
         let path = status_path(&format!("cuid={}", s.cuid()), self.mid);
-        let (first, token) = s.observe(&path).await?;
+        let (mut first, mut token) = s.observe(&path).await?;
         self.print(&first, "response");
+        // Nothing to follow yet (4.04: no mitigation, or not this mid): ask again on the same
+        // session (which keeps it alive) and observe once there is something.
+        while code_text(&first) == "4.04" {
+            let wait = if self.interval.is_zero() {
+                self.heartbeat_every
+            } else {
+                self.interval
+            };
+            if let Some(d) = self.deadline {
+                if Instant::now() + wait >= d {
+                    tokio::time::sleep(d.saturating_duration_since(Instant::now())).await;
+                    return Ok(Exit::Ok);
+                }
+            }
+            tokio::time::sleep(wait).await;
+            let r = s.request(RequestType::Get, &path, None, false).await?;
+            if is_success(&r) {
+                (first, token) = s.observe(&path).await?;
+                self.print(&first, "response");
+            } else if code_text(&r) != "4.04" {
+                self.print(&r, "poll");
+                return Ok(show::exit_of(&r));
+            }
+        }
         if !is_success(&first) {
             return Ok(show::exit_of(&first));
         }
