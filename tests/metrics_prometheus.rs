@@ -109,7 +109,7 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
     let prometheus = Prometheus::start(&pair.b, dir.path());
 
     let client = lab.client(TransportChoice::Dtls);
-    let ask = |method: RequestType, body: Option<Vec<u8>>| {
+    let ask_with = |method: RequestType, body: Option<Vec<u8>>, efficacy: bool| {
         let cfg = client.clone();
         in_ns(&pair.a, move |rt| {
             rt.block_on(async {
@@ -119,15 +119,35 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
                     format!("cuid={}", s.cuid()),
                     "mid=1".into(),
                 ];
-                s.request(method, &path, body, false).await.unwrap()
+                s.request(method, &path, body, efficacy).await.unwrap()
             })
         })
     };
+    let ask = |method, body| ask_with(method, body, false);
     let body = message::encode_mitigation_request(&Scope::new(
         vec!["198.51.100.0/24".parse().unwrap()],
         Lifetime::Seconds(600),
     ));
     assert_eq!(code_text(&ask(RequestType::Put, Some(body))), "2.01");
+    // An efficacy update: the client says 40 Mbit/s of attack still reaches it (RFC 9244),
+    // which the dashboard shows beside what the filter drops.
+    let mut efficacy = Scope::new(
+        vec!["198.51.100.0/24".parse().unwrap()],
+        Lifetime::Seconds(600),
+    );
+    efficacy.attack_status = Some(1);
+    efficacy.efficacy_attack = vec![(
+        dots_agent::signal::telemetry::Unit::from_code(8).expect("megabit-ps"),
+        dots_agent::signal::telemetry::Stats {
+            current: Some(40),
+            ..Default::default()
+        },
+    )];
+    let body = message::encode_mitigation_request(&efficacy);
+    assert_eq!(
+        code_text(&ask_with(RequestType::Put, Some(body), true)),
+        "2.04"
+    );
 
     // Prometheus is up and has scraped the agent at least once.
     wait_for(Duration::from_secs(30), || {
@@ -191,7 +211,10 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
             let expr = target["expr"]
                 .as_str()
                 .unwrap()
-                .replace("$__rate_interval", "10s");
+                .replace("$__rate_interval", "10s")
+                // The job and instance variables at "All".
+                .replace("$job", ".+")
+                .replace("$instance", ".+");
             let encoded: String = expr
                 .bytes()
                 .map(|b| match b {
@@ -218,7 +241,23 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
             checked += 1;
         }
     }
-    assert!(checked >= 10, "{checked} dashboard queries");
+    assert!(checked >= 12, "{checked} dashboard queries");
+    // The client-reported attack panel shows what the efficacy update said (in bit/s).
+    let reported = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Attack traffic the client still sees")
+        .expect("the panel")["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$job", ".+")
+        .replace("$instance", ".+");
+    assert_eq!(
+        wait_for(Duration::from_secs(10), || query(&pair.b, &reported)),
+        Some(40_000_000.0),
+        "{reported}"
+    );
 
     drop(prometheus);
     let _ = stop.send(());

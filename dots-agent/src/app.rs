@@ -431,27 +431,3 @@ pub async fn run_until_with(
     drop(running);
     Ok(())
 }
-
-/// Runs the server until interrupted (SIGINT or SIGTERM).
-pub async fn run(config: ServerConfig) -> Result<()> {
-    run_with(config, StartOptions::default()).await
-}
-
-/// As [`run`], with the operator's start options.
-pub async fn run_with(config: ServerConfig, opts: StartOptions) -> Result<()> {
-    run_until_with(config, opts, async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-    })
-    .await
-}

@@ -163,6 +163,25 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
         serde_json::json!([]),
         "no drops yet"
     );
+    // --watch --json: one object per line, until stopped.
+    let mut watch = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(env!("CARGO_BIN_EXE_dots-agent"))
+        .args(["xdp", "status", "--watch", "--json", "--interval", "0.1"])
+        .args(["--pin-root", &pins, "--state-dir", &state])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nsenter");
+    let lines = lines_of(&mut watch);
+    for _ in 0..2 {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a sample");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one object per line");
+        assert_eq!(v["mitigations"][0]["id"], 1);
+    }
+    sigterm(&watch);
+    let _ = watch.wait();
     let o = in_ns(&["xdp", "mitigation", "remove", "7"]);
     assert!(
         !o.status.success() && stderr(&o).contains("no mitigation 7"),
@@ -176,16 +195,38 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
     assert!(!std::path::Path::new(&pins).exists());
 }
 
-#[test]
-fn server_and_client_from_the_command_line() {
+/// A server (signal and data channels, no datapath) on loopback ports of its own, with
+/// certificates from `pki init`; killed (and reaped) when dropped unless stopped first.
+struct Server {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    stderr: std::path::PathBuf,
+    data: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pki_and_server() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let pki = d.to_str().unwrap();
     let o = agent(&[
         "pki",
         "init",
         "--dir",
-        pki,
+        d.to_str().unwrap(),
         "--server-name",
         "dots.example",
         "--server-ip",
@@ -194,16 +235,12 @@ fn server_and_client_from_the_command_line() {
         "client-a",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    // A port of our own for this run (loopback only).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, data_port) = (free_port(), free_port());
     std::fs::write(
         d.join("server.toml"),
         format!(
-            "[signal]\nlisten = [\"127.0.0.1:{port}\"]\nterminating_seconds = 0\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+            "[signal]\nlisten = [\"127.0.0.1:{port}\"]\nterminating_seconds = 0\n[data]\nlisten = [\"127.0.0.1:{data_port}\"]\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
              [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"198.51.100.0/24\"]\n"
         ),
     )
@@ -213,30 +250,60 @@ fn server_and_client_from_the_command_line() {
         format!("server = \"127.0.0.1:{port}\"\nserver_name = \"dots.example\"\n[tls]\nca = \"ca.pem\"\ncert = \"client-a.pem\"\nkey = \"client-a.key\"\n"),
     )
     .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+    let stderr = d.join("server.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+        .args([
+            "server",
+            "--config",
+            d.join("server.toml").to_str().unwrap(),
+        ])
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Server {
+        child,
+        dir,
+        stderr,
+        data: format!("127.0.0.1:{data_port}"),
     }
-    let _server = Kill(
-        Command::new(env!("CARGO_BIN_EXE_dots-agent"))
-            .args([
-                "server",
-                "--config",
-                d.join("server.toml").to_str().unwrap(),
-            ])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Lines of a child's stdout, read on a thread so that a test can wait for one with a bound.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+#[test]
+fn server_and_client_from_the_command_line() {
+    let mut server = pki_and_server();
+    let d = server.dir.path().to_path_buf();
     let client_toml = d.join("client.toml");
-    let client = |args: &[&str]| {
-        let mut all = vec!["client", "--config", client_toml.to_str().unwrap()];
-        all.extend_from_slice(args);
-        agent(&all)
+    let client_cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dots-agent"));
+        c.args(["client", "--config", client_toml.to_str().unwrap()]);
+        c.args(args);
+        c
     };
+    let client = |args: &[&str]| client_cmd(args).output().expect("running the client");
     // The server may take a moment to listen.
     let mut created = None;
     for _ in 0..50 {
@@ -258,18 +325,25 @@ fn server_and_client_from_the_command_line() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let created = created.expect("the server answered within 10 s");
-    assert!(
-        String::from_utf8_lossy(&created.stdout).starts_with("2.01 "),
-        "{}",
-        String::from_utf8_lossy(&created.stdout)
-    );
+    assert_eq!(stdout(&created), "2.01 Created: mid 1 granted for 3600 s\n");
+
+    // --json: one object per response on one line, the body an object.
     let o = client(&["--json", "status", "--mid", "1"]);
+    assert_eq!((o.status.code(), stdout(&o).lines().count()), (Some(0), 1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["code"], "2.05");
-    assert!(v["body"]
-        .as_str()
-        .unwrap()
-        .contains("\"target-prefix\":[\"198.51.100.7/32\"]"));
+    let scope = &v["body"]["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+    assert_eq!(
+        scope["target-prefix"],
+        serde_json::json!(["198.51.100.7/32"])
+    );
+    // For people: statuses by name.
+    let o = client(&["status"]);
+    assert!(
+        stdout(&o).starts_with("2.05 Content: mid 1: 2 active (attack-successfully-mitigated), targets 198.51.100.7/32 port 80 protocol 6,"),
+        "{}",
+        stdout(&o)
+    );
     let o = client(&[
         "efficacy",
         "--mid",
@@ -283,16 +357,17 @@ fn server_and_client_from_the_command_line() {
         "--attack-status",
         "mitigated",
     ]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("2.04"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert!(stdout(&o).starts_with("2.04 Changed"), "{}", stdout(&o));
+
+    // Refused by the server: 3, with the diagnostic.
     let o = client(&["mitigate", "--mid", "2", "--target", "203.0.113.0/24"]);
-    assert_eq!(o.status.code(), Some(2), "refusals exit 2");
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("4.03"));
-    // Watching for 3 s with a heartbeat after each quiet second.
+    assert_eq!(o.status.code(), Some(3), "refusals exit 3");
+    assert!(stdout(&o).starts_with("4.03 Forbidden: "), "{}", stdout(&o));
+
+    // Watching for 3 s: the first answer, then the status every half second while the
+    // mitigation is active, one JSON object per line.
     let o = client(&[
+        "--json",
         "watch",
         "--mid",
         "1",
@@ -300,13 +375,56 @@ fn server_and_client_from_the_command_line() {
         "3",
         "--heartbeat-every",
         "1",
+        "--interval",
+        "0.5",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events[0]["source"], "response");
     assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("2.05"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        events.iter().any(|e| e["source"] == "poll"
+            && e["body"]["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["status"] == 2),
+        "{events:?}"
     );
+
+    // A mitigation that does not exist yet is waited for: the watch starts with 4.04, then
+    // follows mid 5 once it is created.
+    let mut waiting = client_cmd(&[
+        "--json",
+        "watch",
+        "--mid",
+        "5",
+        "--interval",
+        "0.2",
+        "--seconds",
+        "60",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let seen = lines_of(&mut waiting);
+    let first = seen
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the first answer");
+    assert!(first.contains("\"code\":\"4.04\""), "{first}");
+    let o = client(&["mitigate", "--mid", "5", "--target", "198.51.100.128/25"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let followed = seen
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("JSON"))
+        .find(|v| {
+            let scope = &v["body"]["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+            scope["mid"] == 5 && scope["status"] == 2
+        });
+    sigterm(&waiting);
+    let _ = waiting.wait();
+    assert!(followed.is_some(), "the watch follows mid 5 once it exists");
+    let o = client(&["withdraw", "--mid", "5"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
     let o = client(&[
         "config",
         "set",
@@ -318,28 +436,48 @@ fn server_and_client_from_the_command_line() {
         "2.5",
     ]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("2.01"),
+        stdout(&o).starts_with("2.01"),
         "{}{}",
-        String::from_utf8_lossy(&o.stdout),
+        stdout(&o),
         stderr(&o)
     );
     let o = client(&["config", "get"]);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = stdout(&o);
     assert!(
-        out.starts_with("2.05")
-            && out.contains("\"current-value\":60")
-            && out.contains("\"current-value-decimal\":\"2.50\""),
+        out.starts_with("2.05 Content\n")
+            && out.contains("\nheartbeat-interval: mitigating 60 (")
+            && out.contains("\nack-timeout: mitigating 2.50 ("),
         "{out}"
     );
     let o = client(&["config", "set", "--sid", "2", "--heartbeat-interval", "5"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stdout(&o).starts_with("4.22"), "{}", stdout(&o));
+
+    // A reader that goes away (`| head`): no panic, no error message.
+    let mut reader_gone = client_cmd(&["status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(reader_gone.stdout.take());
+    let o = reader_gone.wait_with_output().unwrap();
     assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("4.22"),
+        !stderr(&o).contains("panicked") && !stderr(&o).contains("Broken pipe"),
         "{}",
-        String::from_utf8_lossy(&o.stdout)
+        stderr(&o)
     );
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+            "{:?}",
+            o.status
+        );
+    }
+
     let o = client(&["withdraw", "--mid", "1"]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("2.02"));
+    assert_eq!(stdout(&o), "2.02 Deleted\n");
+    // A value the command does not take: a usage error (2) naming the flag.
     let o = client(&[
         "mitigate",
         "--mid",
@@ -349,5 +487,160 @@ fn server_and_client_from_the_command_line() {
         "--lifetime",
         "0",
     ]);
-    assert!(stderr(&o).contains("--lifetime 0"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--lifetime"), "{}", stderr(&o));
+
+    // The data channel: empty lists are empty lists.
+    let data = |args: &[&str]| {
+        let mut all = vec!["data", "--server", server.data.as_str()];
+        all.extend_from_slice(args);
+        client(&all)
+    };
+    let o = data(&["register"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let o = data(&["alias", "list"]);
+    assert_eq!((o.status.code(), stdout(&o)), (Some(0), String::new()));
+    assert!(stderr(&o).contains("no aliases"), "{}", stderr(&o));
+    let o = client(&["--json", "data", "--server", &server.data, "acl", "list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "{\"ietf-dots-data-channel:acls\":{}}\n");
+    let o = data(&["alias", "get", "nosuch"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("404 "), "{}", stderr(&o));
+
+    // The guard runs until stopped, and says so when it is.
+    let mut guard = client_cmd(&[
+        "guard",
+        "--interface",
+        "lo",
+        "--threshold-pps",
+        "1000000000",
+        "--target",
+        "198.51.100.0/24",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let events = lines_of(&mut guard);
+    let first = events
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the guard connects");
+    assert!(first.contains("\"event\":\"connected\""), "{first}");
+    sigterm(&guard);
+    let status = guard.wait().unwrap();
+    let last: Vec<String> = events.iter().collect();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        last.iter()
+            .any(|l| l.contains("\"event\":\"stopped\"") && l.contains("SIGTERM")),
+        "{last:?}"
+    );
+
+    // The server stops on SIGTERM with a line saying so; its log, not on a terminal, has
+    // no colour codes.
+    sigterm(&server.child);
+    assert!(server.child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&server.stderr).unwrap();
+    assert!(log.contains("SIGTERM received: stopping"), "{log}");
+    assert!(log.contains("dots-agent server stopped"), "{log}");
+    assert!(!log.contains('\x1b'), "{log}");
+}
+
+/// A server that does not answer (a filtered port: packets to it vanish) or refuses: exit 4
+/// with a message naming the address and both transports; --log-format json logs JSON.
+#[test]
+fn an_unreachable_server_is_named_with_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = agent(&[
+        "pki",
+        "init",
+        "--dir",
+        d.to_str().unwrap(),
+        "--server-name",
+        "dots.example",
+        "--client",
+        "client-a",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = |server: &str| {
+        let path = d.join(format!("client-{}.toml", server.replace([':', '.'], "-")));
+        std::fs::write(
+            &path,
+            format!("server = \"{server}\"\nserver_name = \"dots.example\"\n[tls]\nca = \"ca.pem\"\ncert = \"client-a.pem\"\nkey = \"client-a.key\"\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // Refused: nothing listens on this loopback port (UDP and TCP).
+    let closed = format!("127.0.0.1:{}", free_port());
+    let o = agent(&[
+        "client",
+        "--config",
+        &config(&closed),
+        "--timeout",
+        "2",
+        "status",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{closed} refused DTLS")),
+        "{}",
+        stderr(&o)
+    );
+
+    // Filtered: in a namespace of its own, the server's address is a neighbour behind a
+    // veth pair whose other end takes no frames for that MAC: nothing ever answers.
+    let ns = format!("dots-cli-to-{}", std::process::id());
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().expect("ip");
+        assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "-n", &ns, "link", "add", "void0", "type", "veth", "peer", "name", "void1",
+    ]);
+    ip(&["-n", &ns, "addr", "add", "192.0.2.1/24", "dev", "void0"]);
+    ip(&["-n", &ns, "link", "set", "void0", "up"]);
+    ip(&["-n", &ns, "link", "set", "void1", "up"]);
+    ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "add",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "void0",
+        "nud",
+        "permanent",
+    ]);
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(env!("CARGO_BIN_EXE_dots-agent"))
+        .args(["--log-format", "json", "client", "--config"])
+        .arg(config("192.0.2.2:4646"))
+        .args(["--timeout", "1", "status"])
+        .output()
+        .expect("nsenter");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.ends_with("error: no answer from 192.0.2.2:4646 over DTLS within 1 s, nor over TLS\n"),
+        "{err}"
+    );
+    let log = err
+        .lines()
+        .find(|l| l.contains("trying TLS"))
+        .expect("a log line");
+    let v: serde_json::Value = serde_json::from_str(log).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO");
 }

@@ -272,7 +272,14 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     let (s, v) = curl
         .send("client-a", "GET", &format!("{c}/aliases"), None)
         .await;
-    assert_eq!((s, error_tag(&v)), (404, "invalid-value"));
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            serde_json::json!({"ietf-dots-data-channel:aliases": {}})
+        ),
+        "none yet: an empty container"
+    );
     let (s, v) = curl
         .send("client-a", "POST", &c, Some(&fixture("aliases.json")))
         .await;
@@ -802,17 +809,17 @@ async fn the_command_line_client() {
     let (_, out, _) = cli(dir, port, &["capabilities"]).await;
     assert!(out.contains("ipv6  cannot:  ecn flow-label"), "{out}");
 
-    // Refusals: the RESTCONF error on stderr, exit 2.
+    // Refusals: the RESTCONF error on stderr, exit 3.
     let bad = dir.join("bad.json");
     std::fs::write(&bad, fixture("acl-unsupported-flow-label.json")).unwrap();
     let (code, _, err) = cli(dir, port, &["acl", "put", bad.to_str().unwrap()]).await;
-    assert_eq!(code, 2);
+    assert_eq!(code, 3);
     assert!(
         err.contains("400 invalid-value") && err.contains("flow-label"),
         "{err}"
     );
     let (code, _, err) = cli(dir, port, &["acl", "delete", "nope"]).await;
-    assert_eq!((code, err.contains("404")), (2, true), "{err}");
+    assert_eq!((code, err.contains("404")), (3, true), "{err}");
     let (code, _, err) = cli(dir, port, &["acl", "put", "/nonexistent.json"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("reading /nonexistent.json"), "{err}");

@@ -454,3 +454,92 @@ async fn the_client_follows_a_redirect_once() {
         vec!["127.0.0.2".parse::<std::net::IpAddr>().unwrap()]
     );
 }
+
+/// RFC 9132 details over each transport: a withdrawal of an unknown mid is 2.02 (§4.4.4,
+/// as go-dots answers), an id under a second spelling (`mid=01`, `mid=+1`) and an unknown
+/// comprehension-required key (0, §6) are 4.00 with a diagnostic, and change nothing.
+async fn protocol_details(transport: TransportChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, running) = start(dir.path()).await;
+    let engine = running.control.clone();
+    let mut s = Session::connect(&client(dir.path(), &addr, "client-a", transport))
+        .await
+        .unwrap();
+    let r = s
+        .request(RequestType::Delete, &mitigate_path(&s, 77), None, false)
+        .await
+        .unwrap();
+    assert_eq!((code_text(&r), r.payload.len()), ("2.02".into(), 0));
+
+    let scope = Scope::new(
+        vec!["2001:db8:6401::/48".parse().unwrap()],
+        Lifetime::Seconds(60),
+    );
+    let body = message::encode_mitigation_request(&scope);
+    for spelling in ["mid=01", "mid=+1"] {
+        let path = vec![
+            "mitigate".to_string(),
+            format!("cuid={}", s.cuid()),
+            spelling.to_string(),
+        ];
+        let r = s
+            .request(RequestType::Put, &path, Some(body.clone()), false)
+            .await
+            .unwrap();
+        assert_eq!(code_text(&r), "4.00", "{spelling}");
+        assert!(
+            String::from_utf8_lossy(&r.payload).contains(spelling),
+            "{spelling}: {}",
+            String::from_utf8_lossy(&r.payload)
+        );
+    }
+
+    // The same scope with key 0 added inside it.
+    use ciborium::value::Value;
+    let mut with_key_0 = dots_agent::signal::cbor::parse(&body).unwrap();
+    let Value::Map(top) = &mut with_key_0 else {
+        panic!("a map")
+    };
+    let Value::Map(ms) = &mut top[0].1 else {
+        panic!("mitigation-scope")
+    };
+    let Value::Array(scopes) = &mut ms[0].1 else {
+        panic!("scope list")
+    };
+    let Value::Map(first) = &mut scopes[0] else {
+        panic!("a scope")
+    };
+    first.insert(0, (Value::Integer(0.into()), Value::Integer(1.into())));
+    let r = s
+        .request(
+            RequestType::Put,
+            &mitigate_path(&s, 1),
+            Some(dots_agent::signal::cbor::encode(&with_key_0)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "4.00");
+    assert!(
+        String::from_utf8_lossy(&r.payload).contains("comprehension-required key(s) [0]"),
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    assert_eq!(installed(&engine).await, 0, "nothing was installed");
+    // The well-formed request is accepted.
+    let r = s
+        .request(RequestType::Put, &mitigate_path(&s, 1), Some(body), false)
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_details_over_dtls() {
+    protocol_details(TransportChoice::Dtls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_details_over_tls() {
+    protocol_details(TransportChoice::Tls).await;
+}

@@ -1,17 +1,19 @@
 //! `dots-agent client data ...`: the data channel (RFC 8783) from the command line:
 //! registration, aliases, ACLs and capabilities. Files are JSON or TOML (by extension), either
 //! the RESTCONF body itself or just its list (`[[alias]]` / `[[acl]]` in TOML). Output is a
-//! table, or the server's JSON with `--json`; an error status prints the RESTCONF error and
-//! exits 2.
+//! table, or the server's JSON on one line with `--json`; an error status prints the
+//! RESTCONF error and exits 3 (4xx) or 4 (5xx).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::exit::Exit;
 use crate::client::ClientConfig;
-use crate::data::client::{cuid_of, request, HttpResponse};
+use crate::data::client::{cuid_of, request_within, HttpResponse};
 use crate::data::restconf::DOTS_DATA;
 
 #[derive(clap::Args, Debug)]
@@ -31,8 +33,10 @@ pub enum DataCommand {
     Unregister,
     /// What the server's filter can match and do.
     Capabilities,
+    /// Aliases: named sets of targets, usable as `mitigate --alias NAME`.
     #[command(subcommand)]
     Alias(AliasCommand),
+    /// ACLs: filtering rules that become XDP filter rules.
     #[command(subcommand)]
     Acl(AclCommand),
 }
@@ -41,13 +45,19 @@ pub enum DataCommand {
 pub enum AliasCommand {
     /// Create or replace the aliases in FILE (each is PUT by name: refreshes its lifetime).
     Put {
+        /// JSON or TOML: the RESTCONF body, or just [[alias]] entries.
         file: PathBuf,
     },
+    /// This client's aliases (none: an empty list, exit 0).
     List,
+    /// One alias.
     Get {
+        /// The alias's name.
         name: String,
     },
+    /// Remove an alias.
     Delete {
+        /// The alias's name.
         name: String,
     },
 }
@@ -56,6 +66,7 @@ pub enum AliasCommand {
 pub enum AclCommand {
     /// Create or replace the ACLs in FILE (each is PUT by name: refreshes its lifetime).
     Put {
+        /// JSON or TOML: the RESTCONF body, or just [[acl]] entries.
         file: PathBuf,
         /// Where a new ACL goes among the existing ones.
         #[arg(long, value_enum, default_value = "last")]
@@ -64,12 +75,17 @@ pub enum AclCommand {
         #[arg(long, required_if_eq_any = [("insert", "before"), ("insert", "after")])]
         point: Option<String>,
     },
-    /// The ACLs with their statistics (matched packets and octets from the XDP counters).
+    /// The ACLs with their statistics (matched packets and octets from the XDP counters);
+    /// none: an empty list, exit 0.
     List,
+    /// One ACL with its statistics.
     Get {
+        /// The ACL's name.
         name: String,
     },
+    /// Remove an ACL (its rules leave the filter).
     Delete {
+        /// The ACL's name.
         name: String,
     },
 }
@@ -139,12 +155,17 @@ fn key(s: &str) -> String {
     out
 }
 
-pub fn run(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<()> {
+pub fn run(cfg: ClientConfig, json_out: bool, timeout: Duration, args: DataArgs) -> Result<Exit> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, json_out, args))
+    rt.block_on(run_async(cfg, json_out, timeout, args))
 }
 
-async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<()> {
+async fn run_async(
+    cfg: ClientConfig,
+    json_out: bool,
+    timeout: Duration,
+    args: DataArgs,
+) -> Result<Exit> {
     let cuid = cuid_of(&cfg)?;
     let client = format!("{DOTS_DATA}/dots-client={cuid}");
     let server = args.server.as_str();
@@ -152,24 +173,25 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
         let cfg = cfg.clone();
         async move {
             let bytes = body.map(|b| serde_json::to_vec(&b)).transpose()?;
-            request(&cfg, server, method, &path, bytes.as_deref()).await
+            request_within(&cfg, server, method, &path, bytes.as_deref(), timeout).await
         }
     };
     let registration = json!({"ietf-dots-data-channel:dots-client": [{"cuid": cuid}]});
     match args.command {
         DataCommand::Register => {
             let r = call("PUT", client.clone(), Some(registration)).await?;
-            done(&r, json_out, &format!("registered {cuid}"))
+            Ok(done(&r, json_out, &format!("registered {cuid}")))
         }
         DataCommand::Unregister => {
             let r = call("DELETE", client.clone(), None).await?;
-            done(&r, json_out, &format!("unregistered {cuid}"))
+            Ok(done(&r, json_out, &format!("unregistered {cuid}")))
         }
         DataCommand::Capabilities => {
             let r = call("GET", format!("{DOTS_DATA}/capabilities"), None).await?;
             show(&r, json_out, print_capabilities)
         }
         DataCommand::Alias(AliasCommand::Put { file }) => {
+            let mut exit = Exit::Ok;
             for a in entries(read_document(&file)?, "aliases", "alias")? {
                 let name = name_of(&a)?;
                 let body = json!({"ietf-dots-data-channel:alias": [a]});
@@ -184,14 +206,21 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
                 } else {
                     "replaced"
                 };
-                done(&r, json_out, &format!("alias {name} {verb}"))?;
+                exit = exit.max(done(&r, json_out, &format!("alias {name} {verb}")));
+                if exit != Exit::Ok {
+                    break;
+                }
             }
-            Ok(())
+            Ok(exit)
         }
         DataCommand::Alias(AliasCommand::List) => {
             let r = call("GET", format!("{client}/aliases"), None).await?;
             show(&r, json_out, |v| {
-                print_aliases(&v["ietf-dots-data-channel:aliases"]["alias"])
+                list_or_none(
+                    &v["ietf-dots-data-channel:aliases"]["alias"],
+                    "aliases",
+                    print_aliases,
+                )
             })
         }
         DataCommand::Alias(AliasCommand::Get { name }) => {
@@ -212,7 +241,7 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
                 None,
             )
             .await?;
-            done(&r, json_out, &format!("alias {name} deleted"))
+            Ok(done(&r, json_out, &format!("alias {name} deleted")))
         }
         DataCommand::Acl(AclCommand::Put {
             file,
@@ -221,6 +250,7 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
         }) => {
             // The first ACL goes where --insert says; the others follow it in file order.
             let mut placement = (format!("{insert:?}").to_ascii_lowercase(), point);
+            let mut exit = Exit::Ok;
             for a in entries(read_document(&file)?, "acls", "acl")? {
                 let name = name_of(&a)?;
                 let mut path = format!("{client}/acls/acl={}?insert={}", key(&name), placement.0);
@@ -237,15 +267,18 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
                 } else {
                     "replaced"
                 };
-                done(&r, json_out, &format!("acl {name} {verb}"))?;
+                exit = exit.max(done(&r, json_out, &format!("acl {name} {verb}")));
+                if exit != Exit::Ok {
+                    break;
+                }
                 placement = ("after".into(), Some(name));
             }
-            Ok(())
+            Ok(exit)
         }
         DataCommand::Acl(AclCommand::List) => {
             let r = call("GET", format!("{client}/acls"), None).await?;
             show(&r, json_out, |v| {
-                print_acls(&v["ietf-dots-data-channel:acls"]["acl"])
+                list_or_none(&v["ietf-dots-data-channel:acls"]["acl"], "ACLs", print_acls)
             })
         }
         DataCommand::Acl(AclCommand::Get { name }) => {
@@ -256,18 +289,20 @@ async fn run_async(cfg: ClientConfig, json_out: bool, args: DataArgs) -> Result<
         }
         DataCommand::Acl(AclCommand::Delete { name }) => {
             let r = call("DELETE", format!("{client}/acls/acl={}", key(&name)), None).await?;
-            done(&r, json_out, &format!("acl {name} deleted"))
+            Ok(done(&r, json_out, &format!("acl {name} deleted")))
         }
     }
 }
 
-/// An error status: print the RESTCONF error (or the body) and exit 2.
-fn fail_on_error(r: &HttpResponse, json_out: bool) {
-    if r.status < 300 {
-        return;
+/// An error status: prints the RESTCONF error (or the body) and returns the exit status it
+/// calls for (3 for 4xx, 4 for 5xx); Ok for a success.
+fn fail_on_error(r: &HttpResponse, json_out: bool) -> Exit {
+    let exit = Exit::for_http(r.status);
+    if exit == Exit::Ok {
+        return exit;
     }
     match r.json() {
-        Some(v) if json_out => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Some(v) if json_out => println!("{}", json!({"status": r.status, "body": v})),
         Some(v) => {
             let e = &v["ietf-restconf:errors"]["error"][0];
             eprintln!(
@@ -279,28 +314,46 @@ fn fail_on_error(r: &HttpResponse, json_out: bool) {
         }
         None => eprintln!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
     }
-    std::process::exit(2);
+    exit
 }
 
-fn done(r: &HttpResponse, json_out: bool, what: &str) -> Result<()> {
-    fail_on_error(r, json_out);
+/// A change's outcome: "201 alias web created" (or `{"status": 201}`), or the error.
+fn done(r: &HttpResponse, json_out: bool, what: &str) -> Exit {
+    let exit = fail_on_error(r, json_out);
+    if exit != Exit::Ok {
+        return exit;
+    }
     if json_out {
         println!("{}", json!({"status": r.status}));
     } else {
         println!("{} {what}", r.status);
     }
-    Ok(())
+    Exit::Ok
 }
 
-fn show(r: &HttpResponse, json_out: bool, table: impl Fn(&Value)) -> Result<()> {
-    fail_on_error(r, json_out);
+/// A reading: a table (or the server's JSON on one line), or the error.
+fn show(r: &HttpResponse, json_out: bool, table: impl Fn(&Value)) -> Result<Exit> {
+    let exit = fail_on_error(r, json_out);
+    if exit != Exit::Ok {
+        return Ok(exit);
+    }
     let v = r.json().context("the server's answer is not JSON")?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{v}");
     } else {
         table(&v);
     }
-    Ok(())
+    Ok(Exit::Ok)
+}
+
+/// A table of a list, or "no aliases" on stderr for an empty one (stdout stays empty for
+/// scripts).
+fn list_or_none(list: &Value, what: &str, table: fn(&Value)) {
+    if list.as_array().is_none_or(|a| a.is_empty()) {
+        eprintln!("no {what}");
+    } else {
+        table(list);
+    }
 }
 
 fn joined(v: &Value) -> String {

@@ -1,7 +1,9 @@
 //! The `dots-agent` command line.
 pub mod data;
+pub mod exit;
 pub mod pki;
 pub mod server;
+pub mod show;
 pub mod signal;
 pub mod store;
 pub mod telemetry;

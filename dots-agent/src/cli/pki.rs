@@ -10,7 +10,7 @@ use clap::Subcommand;
 pub enum PkiCommand {
     /// Write a CA, a server certificate and client certificates (PEM) into a directory.
     Init {
-        /// The directory to write into (created if needed; must not hold a CA yet).
+        /// Where to write them (created if needed; refused if it already holds a CA).
         #[arg(long)]
         dir: PathBuf,
         /// The server's DNS name (certificate CN and subjectAltName).

@@ -48,7 +48,16 @@ pub fn run(args: ServerArgs) -> Result<()> {
         None if args.check => check(&config, &opts),
         None => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(crate::app::run_with(config, opts))
+            rt.block_on(async {
+                let stop = super::signal::stop_signal()?;
+                crate::app::run_until_with(config, opts, async {
+                    let signal = stop.await;
+                    tracing::info!("{signal} received: stopping");
+                })
+                .await
+            })?;
+            tracing::info!("dots-agent server stopped");
+            Ok(())
         }
     }
 }

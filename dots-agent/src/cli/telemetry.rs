@@ -16,11 +16,13 @@ use crate::signal::telemetry::{
 pub enum TelemetryCommand {
     /// Show the server's limits and this client's telemetry setup (or one tsid).
     Get {
+        /// One telemetry setup (default: all of this client's, with the server's limits).
         #[arg(long)]
         tsid: Option<u32>,
     },
     /// Set the telemetry configuration (PUT tm-setup with current-config).
     Configure {
+        /// Telemetry setup id: higher than the last one this client set.
         #[arg(long)]
         tsid: u32,
         /// Ask the server to add telemetry to mitigation status.
@@ -42,8 +44,10 @@ pub enum TelemetryCommand {
     /// Tell the server the capacity of a link (PUT tm-setup with total-pipe-capacity); the
     /// server caps cleaned traffic to it.
     Pipe {
+        /// Telemetry setup id: higher than the last one this client set.
         #[arg(long)]
         tsid: u32,
+        /// The link's name (link-id).
         #[arg(long, default_value = "uplink")]
         link: String,
         /// Capacity in megabit/s.
@@ -52,12 +56,16 @@ pub enum TelemetryCommand {
     },
     /// Measure normal traffic on an interface and send it as a baseline.
     Baseline {
+        /// Telemetry setup id: higher than the last one this client set.
         #[arg(long)]
         tsid: u32,
+        /// The baseline's id within the setup.
         #[arg(long, default_value_t = 1)]
         id: u32,
+        /// The interface to measure (needs root or CAP_NET_RAW).
         #[arg(long)]
         interface: String,
+        /// How long to measure.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Targets the baseline is for (none: the whole domain).
@@ -67,12 +75,16 @@ pub enum TelemetryCommand {
     /// Measure traffic toward targets on an interface and send it, with the top talkers,
     /// as pre-mitigation telemetry (PUT tm).
     Report {
+        /// Telemetry id: higher than the last one this client sent.
         #[arg(long)]
         tmid: u32,
+        /// The interface to measure (needs root or CAP_NET_RAW).
         #[arg(long)]
         interface: String,
+        /// How long to measure.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Target prefix the report is about (repeatable).
         #[arg(long = "target", required = true)]
         targets: Vec<IpNet>,
         /// How many talkers to report.
@@ -81,8 +93,10 @@ pub enum TelemetryCommand {
     },
     /// Remove a setup (one tsid, or all with --all).
     Delete {
-        #[arg(long, conflicts_with = "all")]
+        /// The setup to remove.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         tsid: Option<u32>,
+        /// Remove every setup of this client.
         #[arg(long)]
         all: bool,
     },
@@ -190,12 +204,7 @@ pub async fn run(s: &mut Session, cmd: &TelemetryCommand) -> Result<coap_lite::P
             let path = vec!["tm".to_string(), cuid.clone(), format!("tmid={tmid}")];
             (RequestType::Put, path, Some(body))
         }
-        TelemetryCommand::Delete { tsid, all } => {
-            if tsid.is_none() && !all {
-                bail!("give --tsid N, or --all to remove the whole setup");
-            }
-            (RequestType::Delete, setup(*tsid), None)
-        }
+        TelemetryCommand::Delete { tsid, .. } => (RequestType::Delete, setup(*tsid), None),
     };
     s.request(method, &path, body, false).await
 }

@@ -31,6 +31,7 @@ pub enum XdpCommand {
         /// Interface to attach to (repeat for several).
         #[arg(short, long = "interface", required = true)]
         interfaces: Vec<String>,
+        /// native (driver), skb (generic) or auto (native, else skb with a note why).
         #[arg(long, value_enum, default_value = "auto")]
         mode: AttachMode,
         /// UDP source ports dropped by the amplification countermeasure (comma-separated).
@@ -42,6 +43,7 @@ pub enum XdpCommand {
     },
     /// Detach from interfaces; with --purge also drop the pinned maps (all mitigations).
     Detach {
+        /// Interface to detach from (repeat for several).
         #[arg(short, long = "interface")]
         interfaces: Vec<String>,
         /// Detach from every interface.
@@ -58,9 +60,10 @@ pub enum XdpCommand {
         /// Seconds between the two samples rates are computed from (0: counters only).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
-        /// Repeat until interrupted.
+        /// Repeat until interrupted (on a terminal the screen is redrawn in place).
         #[arg(long)]
         watch: bool,
+        /// Print JSON (with --watch: one object per line).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -75,20 +78,26 @@ pub enum XdpCommand {
 pub enum MitigationCommand {
     /// Install (or atomically replace) the mitigations in a file.
     Add {
+        /// A TOML or JSON mitigation file (see examples/lab-mitigation.toml).
         file: PathBuf,
         #[command(flatten)]
         pins: Pins,
     },
     /// Check a mitigation file without touching the datapath.
-    Check { file: PathBuf },
+    Check {
+        /// A TOML or JSON mitigation file.
+        file: PathBuf,
+    },
     /// Remove a mitigation by id.
     Remove {
+        /// The mitigation's id (as in `mitigation list`).
         id: u64,
         #[command(flatten)]
         pins: Pins,
     },
     /// List installed mitigations.
     List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -262,9 +271,15 @@ pub fn run(cmd: XdpCommand) -> Result<()> {
                 .map(|dp| operator_specs(&pins, socket.as_deref(), &dp))
                 .unwrap_or_default();
             let report = status(&pins, interval, &server_names(socket.as_deref()), &specs)?;
-            if json {
+            if json && watch {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                if watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    // Cursor home, clear the screen: the next sample replaces the last.
+                    print!("\x1b[H\x1b[2J");
+                }
                 print!("{}", render(&report));
             }
             if !watch {

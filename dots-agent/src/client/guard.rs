@@ -28,10 +28,12 @@ pub struct GuardOptions {
     pub lifetime: u32,
     /// How often to sample the interface (and the status while mitigating).
     pub sample: Duration,
-    /// Stop after this long in all.
-    pub max: Duration,
+    /// Stop after this long in all (withdrawing first); None: until SIGINT or SIGTERM.
+    pub max: Option<Duration>,
     /// Exit after the first withdrawal.
     pub once: bool,
+    /// How long to wait for the server (each handshake, each answer).
+    pub timeout: Duration,
 }
 
 pub fn unix_ms() -> u64 {
@@ -111,7 +113,13 @@ fn body_json(p: &coap_lite::Packet) -> Value {
         .unwrap_or(Value::Null)
 }
 
-pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
+/// Runs until `o.max` passes (withdrawing first), or `stop` completes with the name of
+/// what stopped it (a signal).
+pub async fn run(
+    cfg: &ClientConfig,
+    o: &GuardOptions,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> Result<()> {
     if o.threshold_pps == 0 {
         bail!("--threshold-pps must be positive");
     }
@@ -119,7 +127,7 @@ pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
         bail!("name at least one --target prefix to protect");
     }
     let start = Instant::now();
-    let mut session = Session::connect(cfg).await?;
+    let mut session = Session::connect_within(cfg, o.timeout).await?;
     emit(
         "connected",
         json!({"transport": session.transport(), "interface": o.interface, "threshold_pps": o.threshold_pps}),
@@ -160,8 +168,21 @@ pub async fn run(cfg: &ClientConfig, o: &GuardOptions) -> Result<()> {
     let mut quiet_since: Option<Instant> = None;
     let mut last_dropped: Option<(Instant, u64)> = None;
     let mut last_heartbeat = Instant::now();
-    while start.elapsed() < o.max {
-        tokio::time::sleep(o.sample).await;
+    tokio::pin!(stop);
+    while o.max.is_none_or(|max| start.elapsed() < max) {
+        tokio::select! {
+            _ = tokio::time::sleep(o.sample) => {}
+            signal = &mut stop => {
+                // Stopping the guard is not the end of the attack: a requested mitigation
+                // keeps running until its lifetime ends or someone withdraws it.
+                emit(
+                    "stopped",
+                    json!({"signal": signal, "mitigating": mitigating, "mid": o.mid,
+                           "note": if mitigating { "the mitigation stays until its lifetime ends; `client withdraw --mid` ends it" } else { "" }}),
+                );
+                return Ok(());
+            }
+        }
         let now = Instant::now();
         let rx = rx_packets(&o.interface)?;
         let rx_pps = ((rx.saturating_sub(last.1)) as f64 / (now - last.0).as_secs_f64()) as u64;

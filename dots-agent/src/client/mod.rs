@@ -22,6 +22,9 @@ use tokio_openssl::SslStream;
 
 pub mod guard;
 pub(crate) mod refusal;
+mod unreachable;
+use unreachable::{neither, secs};
+pub use unreachable::{Unanswered, Unreachable};
 
 use crate::dtls_io::{handle_timeout, Datagrams};
 use crate::pki;
@@ -198,15 +201,20 @@ pub struct Session {
     /// Servers contacted and when: a redirect to one contacted within REDIRECT_MEMORY is
     /// ignored (no redirect loops).
     contacted: Vec<(String, std::time::Instant)>,
+    /// How long to wait for a handshake per transport, and for each answer.
+    timeout: Duration,
 }
 
 /// RFC 9132 §4.6: redirects to a server contacted this recently are ignored.
 const REDIRECT_MEMORY: Duration = Duration::from_secs(300);
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-/// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): this often.
+/// How long the client waits for a handshake (per transport) and for each answer, unless
+/// told otherwise (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// NON requests over DTLS are repeated until answered (RFC 9132 §4.4.1): at most this
+/// often, at least four times within the timeout.
 const REPEAT: Duration = Duration::from_secs(2);
-const REPEATS: usize = 4;
+const REPEATS: u32 = 4;
 
 /// A random byte (for the retransmission timeout's random factor).
 fn random_byte() -> u8 {
@@ -217,12 +225,18 @@ fn random_byte() -> u8 {
 
 impl Session {
     pub async fn connect(cfg: &ClientConfig) -> Result<Session> {
+        Session::connect_within(cfg, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects, waiting at most `timeout` for each transport's handshake and, later, for
+    /// each answer.
+    pub async fn connect_within(cfg: &ClientConfig, timeout: Duration) -> Result<Session> {
         let cert = X509::from_pem(
             &std::fs::read(&cfg.tls.cert)
                 .with_context(|| format!("reading {}", cfg.tls.cert.display()))?,
         )?;
         let cuid = pki::cuid(&cert)?;
-        let mut link = connect_link(cfg).await?;
+        let mut link = connect_link(cfg, timeout).await?;
         let proto = start(&mut link).await?;
         Ok(Session {
             link,
@@ -235,6 +249,7 @@ impl Session {
             current: cfg.clone(),
             redirected_until: None,
             contacted: vec![(cfg.server.clone(), std::time::Instant::now())],
+            timeout,
         })
     }
 
@@ -245,7 +260,7 @@ impl Session {
 
     /// Moves the session to another server: a fresh link, nothing negotiated yet.
     async fn move_to(&mut self, cfg: ClientConfig) -> Result<()> {
-        self.link = connect_link(&cfg).await?;
+        self.link = connect_link(&cfg, self.timeout).await?;
         self.proto = start(&mut self.link).await?;
         self.config = SessionConfig::default();
         self.active.clear();
@@ -399,7 +414,7 @@ impl Session {
             if let Some(p) = self.proto.notification(token) {
                 return Ok(Some(p));
             }
-            if !self.exchange(deadline).await? {
+            if !self.exchange(deadline).await.map_err(|e| self.broken(e))? {
                 return Ok(None);
             }
         }
@@ -494,7 +509,7 @@ impl Session {
             p.payload = b;
         }
         let delivery = match &self.link {
-            Link::Tls { .. } => proto::Delivery::Once { wait: TIMEOUT },
+            Link::Tls { .. } => proto::Delivery::Once { wait: self.timeout },
             // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
             // message id, the timeout doubling from ACK_TIMEOUT x a random factor, as
             // negotiated in the session configuration.
@@ -503,25 +518,46 @@ impl Session {
                     session_config::retransmission(self.parameters(), random_byte());
                 proto::Delivery::Confirmable { first, retransmits }
             }
-            Link::Dtls { .. } => proto::Delivery::Repeated {
-                every: REPEAT,
-                times: REPEATS as u32,
-            },
+            Link::Dtls { .. } => {
+                let every = REPEAT
+                    .min(self.timeout / REPEATS)
+                    .max(Duration::from_millis(100));
+                proto::Delivery::Repeated {
+                    every,
+                    times: (self.timeout.as_secs_f64() / every.as_secs_f64()).ceil() as u32,
+                }
+            }
         };
         let (token, out) = self.proto.request(crate::clock::now(), p, delivery);
-        self.link.send(out).await?;
+        self.link.send(out).await.map_err(|e| self.broken(e))?;
         loop {
             match self.proto.response(&token) {
                 Some(Ok(r)) => return Ok((token, r)),
-                Some(Err(why)) => bail!("{why} over {}", self.transport().to_uppercase()),
+                Some(Err(why)) => return Err(self.broken(anyhow::anyhow!(why))),
                 None => {}
             }
             // The session's own timer gives up; this bound only guards against a stall.
-            let bound = tokio::time::Instant::now() + 4 * TIMEOUT;
-            if !self.exchange(bound).await? {
-                bail!("no answer from the session");
+            let bound = tokio::time::Instant::now() + 4 * self.timeout;
+            match self.exchange(bound).await {
+                Ok(true) => {}
+                Ok(false) => return Err(self.broken(anyhow::anyhow!("no answer"))),
+                Err(e) => return Err(self.broken(e)),
             }
         }
+    }
+
+    /// The session broke or the server stopped answering: Unreachable (try again later).
+    fn broken(&self, e: anyhow::Error) -> anyhow::Error {
+        let transport = match self.link {
+            Link::Tls { .. } => "TLS",
+            Link::Dtls { .. } => "DTLS",
+        };
+        Unreachable::new(
+            &self.current.server,
+            transport,
+            Unanswered::Other(format!("{e:#}")),
+        )
+        .into()
     }
 }
 
@@ -538,35 +574,60 @@ pub(crate) fn load_credentials(b: &mut SslContextBuilder, tls: &ClientTls) -> Re
 }
 
 /// A (D)TLS link to the configured server, by the configured transport.
-async fn connect_link(cfg: &ClientConfig) -> Result<Link> {
+async fn connect_link(cfg: &ClientConfig, timeout: Duration) -> Result<Link> {
     Ok(match cfg.transport {
-        TransportChoice::Tls => connect_tls(cfg).await?,
-        TransportChoice::Dtls => connect_dtls(cfg).await?,
-        TransportChoice::Auto => match connect_dtls(cfg).await {
+        TransportChoice::Tls => connect_tls(cfg, timeout).await?,
+        TransportChoice::Dtls => connect_dtls(cfg, timeout).await?,
+        TransportChoice::Auto => match connect_dtls(cfg, timeout).await {
             Ok(l) => l,
-            Err(e) => {
-                tracing::info!("DTLS failed ({e:#}); trying TLS");
-                connect_tls(cfg).await?
+            Err(dtls) => {
+                tracing::info!("DTLS failed ({dtls:#}); trying TLS");
+                connect_tls(cfg, timeout)
+                    .await
+                    .map_err(|tls| neither(dtls, tls))?
             }
         },
     })
 }
 
-async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
+/// A TCP connection to `server` within `timeout`; failures to reach it are Unreachable.
+pub(crate) async fn tcp_connect(
+    server: &str,
+    transport: &'static str,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let unreachable = |why| anyhow::Error::new(Unreachable::new(server, transport, why));
+    match tokio::time::timeout(timeout, TcpStream::connect(server)).await {
+        Err(_) => Err(unreachable(Unanswered::NoAnswer(timeout))),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(unreachable(Unanswered::Refused))
+        }
+        Ok(Err(e)) => Err(unreachable(Unanswered::Other(e.to_string()))),
+        Ok(Ok(tcp)) => Ok(tcp),
+    }
+}
+
+async fn connect_tls(cfg: &ClientConfig, timeout: Duration) -> Result<Link> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     load_credentials(&mut b, &cfg.tls)?;
     b.set_alpn_protos(b"\x04coap")?;
     let connector = b.build();
-    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(&cfg.server))
-        .await
-        .with_context(|| format!("connecting to {} timed out", cfg.server))?
-        .with_context(|| format!("connecting to {}", cfg.server))?;
+    let tcp = tcp_connect(&cfg.server, "TLS", timeout).await?;
     let _ = tcp.set_nodelay(true);
     let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
     let mut stream = SslStream::new(ssl, tcp)?;
-    let handshake = tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).connect())
+    let handshake = tokio::time::timeout(timeout, Pin::new(&mut stream).connect())
         .await
-        .context("TLS handshake timed out")?;
+        .map_err(|_| {
+            Unreachable::new(
+                &cfg.server,
+                "TLS",
+                Unanswered::Other(format!(
+                    "connected, but the TLS handshake did not finish within {}",
+                    secs(timeout)
+                )),
+            )
+        })?;
     if let Err(e) = handshake {
         let failure = crate::tls_failure::Failure::of(&e, stream.ssl());
         return Err(refusal::explain(cfg, &cfg.server, "TLS", &failure));
@@ -576,7 +637,7 @@ async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
     if stream.ssl().version2() == Some(SslVersion::TLS1_3) {
         let mut first = [0u8; 1];
         if let Ok(Err(e)) =
-            tokio::time::timeout(TIMEOUT, Pin::new(&mut stream).peek(&mut first)).await
+            tokio::time::timeout(timeout, Pin::new(&mut stream).peek(&mut first)).await
         {
             let failure = crate::tls_failure::Failure::of(&e, stream.ssl());
             return Err(refusal::explain(cfg, &cfg.server, "TLS", &failure));
@@ -585,7 +646,7 @@ async fn connect_tls(cfg: &ClientConfig) -> Result<Link> {
     Ok(Link::Tls { stream })
 }
 
-async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
+async fn connect_dtls(cfg: &ClientConfig, timeout: Duration) -> Result<Link> {
     let mut b = SslContextBuilder::new(SslMethod::dtls_client())?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
     load_credentials(&mut b, &cfg.tls)?;
@@ -612,6 +673,8 @@ async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
         .with_context(|| format!("connecting to {addr}"))?;
     let mut stream = openssl::ssl::SslStream::new(ssl, Datagrams::default())?;
     let started = std::time::Instant::now();
+    let mut answered = false;
+    let unreachable = |why| anyhow::Error::new(Unreachable::new(&cfg.server, "DTLS", why));
     loop {
         match stream.connect() {
             Ok(()) => break,
@@ -623,13 +686,26 @@ async fn connect_dtls(cfg: &ClientConfig) -> Result<Link> {
             }
         }
         send_all(&socket, &mut stream).await?;
-        let left = TIMEOUT
-            .checked_sub(started.elapsed())
-            .context("DTLS handshake timed out")?;
+        let Some(left) = timeout.checked_sub(started.elapsed()) else {
+            return Err(unreachable(if answered {
+                Unanswered::Other(format!(
+                    "the handshake did not finish within {}",
+                    secs(timeout)
+                ))
+            } else {
+                Unanswered::NoAnswer(timeout)
+            }));
+        };
         let mut buf = vec![0u8; 65_535];
         match tokio::time::timeout(left.min(Duration::from_secs(1)), socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => stream.get_mut().inbox.push_back(buf[..n].to_vec()),
-            Ok(Err(e)) => bail!("DTLS: {e} (is the server listening on UDP?)"),
+            Ok(Ok(n)) => {
+                answered = true;
+                stream.get_mut().inbox.push_back(buf[..n].to_vec())
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(unreachable(Unanswered::Refused))
+            }
+            Ok(Err(e)) => return Err(unreachable(Unanswered::Other(e.to_string()))),
             Err(_) => handle_timeout(&mut stream),
         }
     }

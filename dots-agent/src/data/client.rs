@@ -11,13 +11,11 @@ use hyper::body::Bytes;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
 use hyper::Request;
 use openssl::ssl::{SslConnector, SslMethod};
-use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
 use super::restconf::MEDIA_TYPE;
-use crate::client::ClientConfig;
+use crate::client::{ClientConfig, Unanswered, Unreachable, DEFAULT_TIMEOUT};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response accepted.
 const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 
@@ -49,19 +47,36 @@ pub async fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<HttpResponse> {
+    request_within(cfg, server, method, path, body, DEFAULT_TIMEOUT).await
+}
+
+/// The same, waiting at most `timeout` for the connection, the handshake and the answer
+/// (each); a server that cannot be reached or does not answer is [`Unreachable`].
+pub async fn request_within(
+    cfg: &ClientConfig,
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     crate::client::load_credentials(&mut b, &cfg.tls)?;
     b.set_alpn_protos(b"\x08http/1.1")?;
     let connector = b.build();
-    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(server))
-        .await
-        .with_context(|| format!("connecting to {server} timed out"))?
-        .with_context(|| format!("connecting to {server}"))?;
+    let tcp = crate::client::tcp_connect(server, "HTTPS", timeout).await?;
+    let no_answer = |what: &str| {
+        Unreachable::new(
+            server,
+            "HTTPS",
+            Unanswered::Other(format!("{what} within {} s", timeout.as_secs_f64())),
+        )
+    };
     let ssl = connector.configure()?.into_ssl(&cfg.server_name)?;
     let mut s = SslStream::new(ssl, tcp)?;
-    let handshake = tokio::time::timeout(TIMEOUT, Pin::new(&mut s).connect())
+    let handshake = tokio::time::timeout(timeout, Pin::new(&mut s).connect())
         .await
-        .context("TLS handshake timed out")?;
+        .map_err(|_| no_answer("connected, but the TLS handshake did not finish"))?;
     if let Err(e) = handshake {
         let failure = crate::tls_failure::Failure::of(&e, s.ssl());
         return Err(crate::client::refusal::explain(
@@ -93,9 +108,9 @@ pub async fn request(
             .to_vec();
         anyhow::Ok(HttpResponse { status, body })
     };
-    let answer = tokio::time::timeout(TIMEOUT, exchange)
+    let answer = tokio::time::timeout(timeout, exchange)
         .await
-        .context("the server did not answer in time")?;
+        .map_err(|_| no_answer("no answer to the request"))?;
     answer.map_err(
         |e| match e.chain().find_map(crate::tls_failure::peer_refusal_in) {
             Some(refusal) => crate::client::refusal::explain(cfg, server, "TLS", &refusal),

@@ -176,18 +176,12 @@ impl DataChannel {
             (Resource::Aliases(c), "GET") => {
                 own(c)?;
                 let d = self.registered(c)?;
-                if d.aliases.is_empty() {
-                    return Err(RestconfError::not_found("no aliases"));
-                }
                 let list: Vec<Value> = d
                     .aliases
                     .iter()
                     .map(|a| alias_view(a, now, content))
                     .collect();
-                Ok(Response::json(
-                    200,
-                    json!({"ietf-dots-data-channel:aliases": {"alias": list}}),
-                ))
+                Ok(Response::json(200, container("aliases", "alias", list)))
             }
             (Resource::Alias(c, name), m) => {
                 own(c)?;
@@ -235,14 +229,8 @@ impl DataChannel {
             (Resource::Acls(c), "GET") => {
                 own(c)?;
                 let d = self.registered(c)?;
-                if d.acls.is_empty() {
-                    return Err(RestconfError::not_found("no ACLs"));
-                }
                 let list = self.acl_views(d, None, now, content, counts);
-                Ok(Response::json(
-                    200,
-                    json!({"ietf-dots-data-channel:acls": {"acl": list}}),
-                ))
+                Ok(Response::json(200, container("acls", "acl", list)))
             }
             (Resource::Acl(c, name), m) => {
                 own(c)?;
@@ -505,6 +493,18 @@ fn not_allowed(m: &str) -> RestconfError {
         ErrorTag::OperationNotSupported,
         format!("{m} is not allowed on this resource"),
     )
+}
+
+/// A registered client's `aliases` or `acls`: non-presence containers (RFC 8783's YANG),
+/// which exist with their parent, so an empty one is 200 `{"...:aliases": {}}` (RFC 7951
+/// leaves an empty list out), not 404; go-dots answers the same.
+fn container(name: &str, list_name: &str, list: Vec<Value>) -> Value {
+    let inner = if list.is_empty() {
+        json!({})
+    } else {
+        json!({ list_name: list })
+    };
+    json!({ format!("ietf-dots-data-channel:{name}"): inner })
 }
 
 fn quota(what: &str, n: usize) -> RestconfError {
@@ -783,9 +783,16 @@ mod tests {
             "not registered"
         );
         register(&mut f.dc);
+        let empty = call(&mut f.dc, A, "GET", &format!("{c}/aliases"), Value::Null);
         assert_eq!(
-            call(&mut f.dc, A, "GET", &format!("{c}/aliases"), Value::Null).status,
-            404
+            (empty.status, empty.body),
+            (200, Some(json!({"ietf-dots-data-channel:aliases": {}}))),
+            "an empty container is empty, not missing"
+        );
+        let empty = call(&mut f.dc, A, "GET", &format!("{c}/acls"), Value::Null);
+        assert_eq!(
+            (empty.status, empty.body),
+            (200, Some(json!({"ietf-dots-data-channel:acls": {}})))
         );
         assert_eq!(call(&mut f.dc, A, "POST", &c, alias.clone()).status, 201);
         assert_eq!(call(&mut f.dc, A, "POST", &c, alias).status, 409);

@@ -76,10 +76,12 @@ pub fn key_name(key: u64) -> Option<&'static str> {
     })
 }
 
-/// Keys a receiver must understand (RFC 9132 §6): 1-127 and 256-16383. Unknown keys in the
-/// other ranges are ignored.
+/// Keys a receiver must understand (RFC 9132 §6, §10.6.1.1): every key outside the
+/// comprehension-optional ranges 128-255 and 16384-65535. That includes 0 and keys above
+/// 65535, which the registry never assigns: ignoring them would accept a body whose meaning
+/// we cannot know.
 pub fn comprehension_required(key: u64) -> bool {
-    (1..=127).contains(&key) || (256..=16383).contains(&key)
+    !((128..=255).contains(&key) || (16384..=65535).contains(&key))
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -396,13 +398,20 @@ mod tests {
     #[test]
     fn unknown_required_keys_are_named_optional_ones_ignored() {
         let v = map(vec![
+            (0, uint(0)),
             (99, uint(1)),
             (200, uint(2)),
             (300, uint(3)),
+            (20_000, uint(4)),
             (50_000, uint(4)),
+            (70_000, uint(5)),
         ]);
         let f = Fields::new(v, "test").unwrap();
-        assert_eq!(f.finish(), Err(CborError::UnknownKeys(vec![99, 300])));
+        assert_eq!(
+            f.finish(),
+            Err(CborError::UnknownKeys(vec![0, 99, 300, 70_000])),
+            "key 0 and keys beyond the registry are not optional"
+        );
         let v = map(vec![(5, uint(1))]);
         let err = Fields::new(v, "a mitigation request scope")
             .unwrap()

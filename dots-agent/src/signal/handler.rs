@@ -293,6 +293,9 @@ pub fn handle<M: Mitigator>(
                             "mid is required in the path",
                         ));
                     };
+                    // RFC 9132 §4.4.4: 2.02 "even if the 'mid' parameter value conveyed in
+                    // the DELETE request does not exist in its configuration data" (a retried
+                    // withdrawal must not look like a failure); go-dots answers the same.
                     match engine.delete(&cuid, mid, now) {
                         Ok(()) => {
                             Reply::Response(response(req, ResponseType::Deleted, Vec::new(), false))
@@ -701,6 +704,61 @@ mod tests {
         let mut eff = request(RequestType::Put, &p9, FIG8);
         eff.add_option(CoapOption::IfMatch, Vec::new());
         assert!(matches!(handle(&mut e, &PEER, &eff, 0), Reply::Silence));
+        // Withdrawing an unknown mid: 2.02 all the same (RFC 9132 §4.4.4), nothing changes.
+        let held = e.mitigator().installed().len();
+        assert_eq!(
+            code(&handle(
+                &mut e,
+                &PEER,
+                &request(RequestType::Delete, &p9, &[]),
+                0
+            )),
+            ResponseType::Deleted
+        );
+        assert_eq!(e.mitigator().installed().len(), held);
+    }
+
+    /// The body of a response as text (diagnostics are UTF-8).
+    fn text(r: &Reply) -> String {
+        match r {
+            Reply::Response(p) => String::from_utf8_lossy(&p.payload).into_owned(),
+            _ => panic!("not a plain response"),
+        }
+    }
+
+    #[test]
+    fn ids_with_a_second_spelling_and_unknown_required_keys_are_refused() {
+        let mut e = engine();
+        let cuid = format!("cuid={CUID}");
+        for mid in ["mid=+1", "mid=01"] {
+            let path = [".well-known", "dots", "mitigate", &cuid, mid];
+            let r = handle(&mut e, &PEER, &request(RequestType::Put, &path, FIG8), 0);
+            assert_eq!(code(&r), ResponseType::BadRequest, "{mid}");
+            assert!(text(&r).contains(mid), "{mid}: {}", text(&r));
+        }
+        assert!(e.mitigator().installed().is_empty());
+        // Key 0 in the scope (comprehension-required: not in an optional range).
+        let body = cbor::encode(&cbor::map(vec![(
+            1,
+            cbor::map(vec![(
+                2,
+                ciborium::value::Value::Array(vec![cbor::map(vec![
+                    (0, uint(1)),
+                    (
+                        6,
+                        ciborium::value::Value::Array(vec![ciborium::value::Value::Text(
+                            "198.51.100.0/24".into(),
+                        )]),
+                    ),
+                    (14, uint(60)),
+                ])]),
+            )]),
+        )]));
+        let path = [".well-known", "dots", "mitigate", &cuid, "mid=1"];
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &path, &body), 0);
+        assert_eq!(code(&r), ResponseType::BadRequest);
+        assert_eq!(text(&r), "unknown comprehension-required key(s) [0]");
+        assert!(e.mitigator().installed().is_empty());
     }
 
     #[test]

@@ -55,7 +55,15 @@ fn value<'a>(seg: &'a str, name: &str) -> Option<&'a str> {
     seg.strip_prefix(name)?.strip_prefix('=')
 }
 
+/// An id as RFC 9132 writes it: decimal digits, no sign and no leading zero ("mid=+1" and
+/// "mid=01" would otherwise name mid 1 under a second spelling).
 fn number(seg: &str, v: &str) -> Result<u32, UriError> {
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(UriError::Bad(seg.into(), "expected decimal digits only"));
+    }
+    if v.len() > 1 && v.starts_with('0') {
+        return Err(UriError::Bad(seg.into(), "leading zeros are not allowed"));
+    }
     v.parse()
         .map_err(|_| UriError::Bad(seg.into(), "expected an unsigned 32-bit number"))
 }
@@ -195,6 +203,33 @@ mod tests {
                 "cuid=a",
                 "mid=4294967296"
             ]),
+            Err(UriError::Bad(..))
+        ));
+        for spelling in [
+            "mid=+1", "mid=01", "mid=-1", "mid= 1", "mid=1 ", "mid=", "mid=0x1",
+        ] {
+            assert!(
+                matches!(
+                    parse(&[".well-known", "dots", "mitigate", "cuid=a", spelling]),
+                    Err(UriError::Bad(..))
+                ),
+                "{spelling} is refused"
+            );
+        }
+        assert_eq!(
+            parse(&[".well-known", "dots", "mitigate", "cuid=a", "mid=0"]),
+            Ok(Resource::Mitigate {
+                cdid: None,
+                cuid: "a".into(),
+                mid: Some(0)
+            })
+        );
+        assert!(matches!(
+            parse(&[".well-known", "dots", "config", "sid=+7"]),
+            Err(UriError::Bad(..))
+        ));
+        assert!(matches!(
+            parse(&[".well-known", "dots", "tm-setup", "cuid=a", "tsid=007"]),
             Err(UriError::Bad(..))
         ));
         assert_eq!(
