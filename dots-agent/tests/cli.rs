@@ -178,7 +178,7 @@ fn attach_add_status_remove_detach_on_a_namespace_interface() {
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("a sample");
         let v: serde_json::Value = serde_json::from_str(&line).expect("one object per line");
-        assert_eq!(v["mitigations"][0]["id"], 1);
+        assert_eq!(v["mitigations"][0]["operator_id"], 1);
     }
     sigterm(&watch);
     let _ = watch.wait();
