@@ -7,7 +7,9 @@
 #            4,000 mitigations, the restart with them stored, and server memory per idle
 #            DTLS session with 1,000 and 10,000 sessions (about three minutes);
 #  veth drop rate (`dots-lab bench`): packets per second the scrubber drops on the veth
-#            lab with our filter, an empty XDP_DROP, xdp-filter and nftables netdev ingress.
+#            lab with our filter, an empty XDP_DROP, xdp-filter and nftables netdev ingress,
+#            with the time each spends in the program; then the harsh workload (cold
+#            caches) and rate limits measured with the filter on both CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (sudo $0): BPF_PROG_TEST_RUN needs it" >&2; exit 1; }
@@ -17,5 +19,7 @@ bench() { cargo bench --locked -p "$1" --bench "$2" 2>&1 | grep -v '^\s*\(Compil
 bench dots-lab xdp_cost
 bench dots-agent signal_cost
 cargo build --release --locked -q -p dots-lab
-target/release/dots-lab bench
+target/release/dots-lab bench --rounds 5 --seconds 3 --program-time
+target/release/dots-lab bench --workload harsh --rounds 5 --seconds 3 --cases ours,xdp-filter --program-time
+target/release/dots-lab bench --workload rate-limits --rounds 5 --seconds 3
 
