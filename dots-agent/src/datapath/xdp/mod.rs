@@ -12,8 +12,12 @@
 //! - `lifecycle`: load, attach, detach, purge, adopt pinned state after a restart;
 //! - `index`: the bookkeeping and the lookup arrays' logic (pure, unit-tested);
 //! - `maps`: typed map handles and the shared mappings of the arrays;
-//! - `talkers`: the sampled sources of dropped traffic.
+//! - `talkers`: the sampled sources of dropped traffic;
+//! - `counters`: per-CPU sums, the bases that keep totals across replacements, interfaces.
 
+mod counters;
+use counters::fold_acl;
+pub use counters::InterfaceCounters;
 mod index;
 mod lifecycle;
 mod maps;
@@ -24,14 +28,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use aya::programs::Xdp;
-use aya::{Ebpf, Pod};
+use aya::Ebpf;
 use ipnet::IpNet;
 use xdp_common::{
-    acl_action, AclStats, Bucket, Counter, DropReason, InterfaceStats, MitigationConfig,
-    MitigationStats, TargetValue, ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, IF_STATS_SLOTS,
-    MAX_ACL_ENTRIES, MAX_MITIGATIONS, MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
+    AclStats, Bucket, Counter, InterfaceStats, MitigationConfig, MitigationStats, TargetValue,
+    ACL_RULE_SLOTS, AMP_PORT_WORDS, CONFIG_SLOTS, MAX_ACL_ENTRIES, MAX_MITIGATIONS,
+    MAX_SRC_PREFIXES, MAX_TARGETS_PER_FAMILY, PROGRAM_NAME,
 };
 
 use super::compile::{self, Compiled, IndexEntry, PrefixEntry};
@@ -102,12 +105,6 @@ impl LoadOptions {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InterfaceCounters {
-    pub ifindex: u32,
-    pub stats: InterfaceStats,
-}
-
 /// A generation no target points at any more, deleted once `due`.
 struct Retiring {
     due: Instant,
@@ -128,23 +125,6 @@ struct Carried {
     /// The new rule of the same name, or None: the mitigation's base (`MIT_BASE`).
     new_rule: Option<u32>,
     at_flip: AclStats,
-}
-
-/// Adds an ACL entry's counts to its mitigation's, as its action decided them.
-fn fold_acl(out: &mut xdp_common::MitigationStats, action: u8, s: &AclStats) {
-    match action {
-        acl_action::DROP => out.dropped[DropReason::AclDrop as usize].add(&s.matched),
-        acl_action::ACCEPT => {
-            out.passed.add(&s.matched);
-            out.accepted.add(&s.matched);
-        }
-        _ => {
-            let admitted = s.matched.since(&s.limited);
-            out.dropped[DropReason::AclRateLimit as usize].add(&s.limited);
-            out.passed.add(&admitted);
-            out.accepted.add(&admitted);
-        }
-    }
 }
 
 pub struct XdpDatapath {
@@ -312,31 +292,6 @@ impl XdpDatapath {
         }
     }
 
-    fn zero_percpu<T: Pod + Default>(
-        nr: usize,
-        map: &mut PerCpuArray<MapData, T>,
-        idx: u32,
-        what: &str,
-    ) -> R<()> {
-        let v = PerCpuValues::try_from(vec![T::default(); nr])
-            .map_err(|e| DatapathError::bpf(what.to_string(), e))?;
-        map.set(idx, v, 0)
-            .map_err(|e| DatapathError::bpf(what.to_string(), e))
-    }
-
-    fn sum_percpu<T: Pod>(
-        map: &PerCpuArray<MapData, T>,
-        idx: u32,
-        what: &str,
-        mut add: impl FnMut(&T),
-    ) -> R<()> {
-        let values = map
-            .get(&idx, 0)
-            .map_err(|e| DatapathError::bpf(what.to_string(), e))?;
-        values.iter().for_each(&mut add);
-        Ok(())
-    }
-
     /// Points a target at a generation: the lookup arrays first (they name the ruleset
     /// for IPv4 targets up to /24), then the target hash (the authority on which targets
     /// exist, and the lookup of longer IPv4 and all IPv6 targets).
@@ -432,69 +387,6 @@ impl XdpDatapath {
             self.maps.remove_source(k);
         }
         self.index.sources_live -= sources.len();
-    }
-
-    /// A rule's counts: its base plus every CPU's.
-    fn acl_total(&self, idx: u32) -> R<AclStats> {
-        let mut total = self
-            .maps
-            .acl_base
-            .get(&idx, 0)
-            .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
-        Self::sum_percpu(&self.maps.acl_stats, idx, "ACL_STATS", |c| total.add(c))?;
-        Ok(total)
-    }
-
-    fn add_acl_base(&mut self, rule: u32, s: &AclStats) -> R<()> {
-        let mut base = self
-            .maps
-            .acl_base
-            .get(&rule, 0)
-            .map_err(|e| DatapathError::bpf("ACL_BASE", e))?;
-        base.add(s);
-        self.maps
-            .acl_base
-            .set(rule, base, 0)
-            .map_err(|e| DatapathError::bpf("ACL_BASE", e))
-    }
-
-    /// Adds the counts of an ACL entry that no longer exists to its mitigation's base.
-    fn add_mit_base(&mut self, slot: u32, action: u8, s: &AclStats) -> R<()> {
-        let mut base = self
-            .maps
-            .mit_base
-            .get(&slot, 0)
-            .map_err(|e| DatapathError::bpf("MIT_BASE", e))?;
-        fold_acl(&mut base, action, s);
-        self.maps
-            .mit_base
-            .set(slot, base, 0)
-            .map_err(|e| DatapathError::bpf("MIT_BASE", e))
-    }
-
-    /// Per-interface counters for the given ifindex (summed across CPUs).
-    pub fn interface_counters(&self, ifindex: u32) -> R<InterfaceCounters> {
-        let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
-        let mut s = InterfaceStats::default();
-        Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |v| {
-            let v = &v.stats;
-            s.rx.add(&v.rx);
-            s.parse_errors += v.parse_errors;
-            s.non_ip += v.non_ip;
-            s.to_target += v.to_target;
-            s.dropped += v.dropped;
-        })?;
-        Ok(InterfaceCounters { ifindex, stats: s })
-    }
-
-    /// Packets the program saw on an interface, per CPU (how the load spreads).
-    pub fn interface_packets_per_cpu(&self, ifindex: u32) -> R<Vec<u64>> {
-        let slot = if ifindex < IF_STATS_SLOTS { ifindex } else { 0 };
-        let mut v = Vec::with_capacity(self.nr_cpus);
-        Self::sum_percpu(&self.maps.if_stats, slot, "IF_STATS", |s| {
-            v.push(s.stats.rx.packets)
-        })?;
-        Ok(v)
     }
 
     /// The live generation of a mitigation: 0 when installed, one more per replacement.
