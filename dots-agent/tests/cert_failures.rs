@@ -5,37 +5,33 @@
 //! certificate's subject. The server is the `dots-agent server` binary, its log read from
 //! its stderr.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::server_process::ServerProcess;
 use dots_agent::client::{ClientConfig, ClientTls, Session, TransportChoice};
 use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
 use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use openssl::x509::{X509NameBuilder, X509};
 
-/// The server binary, killed on drop; `log()` is what it wrote so far.
-struct Server {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    /// Signal channel on `port` (UDP and TCP), data channel on `port` + 1.
-    fn start(dir: &Path, port: u16) -> Server {
-        std::fs::write(
-            dir.join("server.toml"),
-            format!(
-                "[signal]\nlisten = [\"127.0.0.1:{port}\"]\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-                 [data]\nlisten = [\"127.0.0.1:{}\"]\n\
-                 [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"2001:db8:6401::/48\"]\n",
-                port + 1
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+/// The server binary; signal channel on `port` (UDP and TCP), data channel on `port` + 1.
+fn start_server(dir: &Path, port: u16) -> ServerProcess {
+    std::fs::write(
+        dir.join("server.toml"),
+        format!(
+            "[signal]\nlisten = [\"127.0.0.1:{port}\"]\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             [data]\nlisten = [\"127.0.0.1:{}\"]\n\
+             [store]\ndir = \"state\"\n[[client]]\nname = \"client-a\"\nprefixes = [\"2001:db8:6401::/48\"]\n",
+            port + 1
+        ),
+    )
+    .unwrap();
+    ServerProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_dots-agent"))
             .args([
                 "server",
                 "--config",
@@ -43,52 +39,8 @@ impl Server {
             ])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Server { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits (every 100 ms, up to 10 s) until the log has a line holding all of `parts`.
-    fn logged(&self, parts: &[&str]) -> bool {
-        for _ in 0..100 {
-            if self
-                .log()
-                .lines()
-                .any(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stdout(Stdio::null()),
+    )
 }
 
 fn config(
@@ -188,7 +140,7 @@ async fn each_side_says_what_it_refused() {
     dots_agent::pki::init(&other, "dots.example", &[], &["client-a".into()]).unwrap();
     expired_certificate(d);
     let port = free_port_pair();
-    let server = Server::start(d, port);
+    let server = start_server(d, port);
     let good = config(
         port,
         TransportChoice::Dtls,

@@ -10,26 +10,17 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::server_process::ServerProcess;
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
 
 const LIMIT: u64 = 256;
 /// Connections held open per flood: more than the server's whole descriptor limit.
 const FLOOD: usize = 300;
-
-struct Server {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -38,7 +29,7 @@ fn free_port() -> u16 {
     std::net::UdpSocket::bind(("127.0.0.1", p)).map_or_else(|_| free_port(), |_| p)
 }
 
-fn start(dir: &Path, signal: u16, data: u16, metrics: u16) -> Server {
+fn start(dir: &Path, signal: u16, data: u16, metrics: u16) -> ServerProcess {
     std::fs::write(
         dir.join("server.toml"),
         format!(
@@ -56,8 +47,7 @@ fn start(dir: &Path, signal: u16, data: u16, metrics: u16) -> Server {
     ])
     .env("RUST_LOG", "info")
     .env("NO_COLOR", "1")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .stdout(Stdio::null());
     // SAFETY: setrlimit between fork and exec, async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -71,22 +61,7 @@ fn start(dir: &Path, signal: u16, data: u16, metrics: u16) -> Server {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    Server { child, log }
+    ServerProcess::spawn(&mut cmd)
 }
 
 fn client(dir: &Path, port: u16, transport: TransportChoice) -> ClientConfig {
@@ -224,7 +199,7 @@ async fn slow_connections_on_one_listener_do_not_starve_the_others() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = || server.log.lock().unwrap().clone();
+    let log = || server.log();
     assert!(up, "the server starts:\n{}", log());
     assert!(
         log().contains(&format!("open files limit {LIMIT}")),
@@ -318,12 +293,7 @@ async fn one_shot_dtls_clients_leave_the_session_gauge_at_zero() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        seen,
-        Some(1.0),
-        "one session exists:\n{}",
-        server.log.lock().unwrap()
-    );
+    assert_eq!(seen, Some(1.0), "one session exists:\n{}", server.log());
     drop(held);
     for _ in 0..100 {
         seen = gauge();

@@ -3,6 +3,7 @@
 //! signal-channel tests' fixtures.
 #![allow(dead_code)]
 
+pub mod server_process;
 pub mod signal;
 
 use std::path::PathBuf;
