@@ -117,6 +117,17 @@ impl Bench {
         sample.ns
     }
 
+    /// Measures `base` on `frame`, then `case` on the same frame in alternation with it.
+    fn add_pair(&mut self, base: (&str, &Xdp), case: (&str, &Xdp), frame: &[u8]) {
+        self.add(base.0, base.1, frame, None);
+        let reference = Reference {
+            name: base.0.into(),
+            prog: base.1,
+            frame: frame.to_vec(),
+        };
+        self.add(case.0, case.1, frame, Some(&reference));
+    }
+
     /// The ratio of a row to its reference, as measured in alternation.
     fn ratio(&self, case: &str) -> f64 {
         self.rows
@@ -388,34 +399,22 @@ fn main() {
         one.install(&m).unwrap();
         m.acl = acl_eight_shapes(100);
         eight.install(&m).unwrap();
-        let base_name = "ours, 100 ACL entries, 1 shape (miss)";
-        b.add(base_name, one.program().unwrap(), &legit, None);
-        let reference = Reference {
-            name: base_name.into(),
-            prog: one.program().unwrap(),
-            frame: legit.clone(),
-        };
-        b.add(
-            "ours, 100 ACL entries, 8 shapes (miss) vs 1 shape",
-            eight.program().unwrap(),
+        let (one_p, eight_p) = (one.program().unwrap(), eight.program().unwrap());
+        b.add_pair(
+            ("ours, 100 ACL entries, 1 shape (miss)", one_p),
+            ("ours, 100 ACL entries, 8 shapes (miss) vs 1 shape", eight_p),
             &legit,
-            Some(&reference),
         );
         // A near miss: a source inside the entries' common prefix passes the tuples'
         // shared-bits test, so more tuples cost a hash and a filter probe.
         let near = PacketSpec::udp("10.0.13.77", "198.51.100.7", 40000, 444).build();
-        let near_base = "ours, 100 ACL entries, 1 shape (near miss)";
-        b.add(near_base, one.program().unwrap(), &near, None);
-        let reference = Reference {
-            name: near_base.into(),
-            prog: one.program().unwrap(),
-            frame: near.clone(),
-        };
-        b.add(
-            "ours, 100 ACL entries, 8 shapes (near miss) vs 1 shape",
-            eight.program().unwrap(),
+        b.add_pair(
+            ("ours, 100 ACL entries, 1 shape (near miss)", one_p),
+            (
+                "ours, 100 ACL entries, 8 shapes (near miss) vs 1 shape",
+                eight_p,
+            ),
             &near,
-            Some(&reference),
         );
         drop((one, eight));
         let _ = XdpDatapath::purge(&one_root);
@@ -459,18 +458,16 @@ fn main() {
         ("drop-list drop", &from_listed),
         ("drop-list miss, pass", &legit),
     ] {
-        let base = format!("ours, {what}, talker sampling off");
-        b.add(&base, off.program().unwrap(), frame, None);
-        let reference = Reference {
-            name: base,
-            prog: off.program().unwrap(),
-            frame: frame.clone(),
-        };
-        b.add(
-            &format!("ours, {what}, talker sampling 1/{TALKER_SAMPLE}"),
-            on.program().unwrap(),
+        b.add_pair(
+            (
+                &format!("ours, {what}, talker sampling off"),
+                off.program().unwrap(),
+            ),
+            (
+                &format!("ours, {what}, talker sampling 1/{TALKER_SAMPLE}"),
+                on.program().unwrap(),
+            ),
             frame,
-            Some(&reference),
         );
     }
     // The sampled program dropped the listed frame in its warm-up and its rounds.
@@ -627,22 +624,13 @@ fn compare_with_xdp_filter(
         .expect("program")
         .try_into()
         .expect("XDP");
-    b.add(
-        "xdp-filter: udp dport 9999 flood (drop)",
-        xf_prog,
+    b.add_pair(
+        ("xdp-filter: udp dport 9999 flood (drop)", xf_prog),
+        (
+            "ours: realistic rule set, udp dport 9999 flood (drop)",
+            dp.program().unwrap(),
+        ),
         &flood,
-        None,
-    );
-    let reference = Reference {
-        name: "xdp-filter: udp dport 9999 flood (drop)".into(),
-        prog: xf_prog,
-        frame: flood.clone(),
-    };
-    b.add(
-        "ours: realistic rule set, udp dport 9999 flood (drop)",
-        dp.program().unwrap(),
-        &flood,
-        Some(&reference),
     );
     drop(dp);
     let _ = XdpDatapath::purge(&ours_root);
