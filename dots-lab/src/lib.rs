@@ -7,6 +7,7 @@
 //! - [`packet`]: the frame builder shared by tests, benchmarks and the traffic tools.
 //! - [`cli`]: `dots-lab traffic send|generate|count`.
 //! - [`testrun`]: BPF_PROG_TEST_RUN timing for the benchmarks.
+//! - [`proof`]: `dots-lab soak|loss|bounds`, the server binary under hostile conditions.
 //! - [`xdp_asm`]: the hand-assembled XDP programs' instructions and loading.
 //!
 //! It depends on `dots-agent` (datapath, client, signal); the agent never depends on it.
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod lab;
 pub mod packet;
+pub mod proof;
 pub mod testrun;
 pub mod trafficgen;
 pub mod xdp_asm;

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use dots_lab::{cli, lab};
+use dots_lab::{cli, lab, proof};
 
 /// dots-lab: the dots-agent's lab, traffic tools and benchmarks (root, network namespaces).
 #[derive(Parser, Debug)]
@@ -19,6 +19,15 @@ enum Command {
     /// Packets per second the scrubber drops on a veth pair: our filter (with a realistic
     /// rule set), an empty XDP_DROP program, xdp-tools' xdp-filter, nftables netdev ingress.
     Bench(lab::bench::BenchArgs),
+    /// kill -9 of the server, again and again, during a PUT/DELETE stream with XDP attached
+    /// and an attack flowing: acknowledged vs restored, restart times, attack passed.
+    Soak(proof::soak::SoakArgs),
+    /// The signal channel under 30/50/70 % packet loss both ways (nftables): time to
+    /// mitigate, heartbeats, Observe.
+    Loss(proof::loss::LossArgs),
+    /// 10,000 sessions, a handshake flood and a slow-connection flood at once: a real
+    /// client's time to mitigate, the server's memory and descriptors.
+    Bounds(proof::bounds::BoundsArgs),
     /// Send, generate and count raw frames on an interface.
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -42,5 +51,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => lab::cli(a),
         Command::Bench(b) => lab::bench::run(&b),
         Command::Traffic(c) => cli::traffic::run(c),
+        Command::Soak(a) => proof::soak::run(&a),
+        Command::Loss(a) => proof::loss::run(&a),
+        Command::Bounds(a) => proof::bounds::run(&a),
     }
 }

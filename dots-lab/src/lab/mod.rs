@@ -45,7 +45,7 @@ pub struct LabArgs {
 
 /// The dots-agent binary to run: `--agent`, else `dots-agent` beside this executable (where
 /// cargo puts both).
-fn agent_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+pub(crate) fn agent_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.is_file() {
             bail!("--agent {}: no such file", p.display());

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing (cargo fuzz, libFuzzer) of every parser that reads hostile bytes:
+#   coap_datagram  CoAP over DTLS: datagrams into a server session (handler, engine) and a
+#                  client session; what they send back must be CoAP
+#   coap_stream    RFC 8323 framing: a stream cut into reads, into server and client sessions;
+#                  the frame decoder re-encodes what it decodes
+#   signal_bodies  the CBOR reader and every DOTS body decoder, with encoder round trips
+#   uri_path       the signal channel's Uri-Path parser, with a round trip
+#   restconf       the data channel (RFC 8783 JSON) through the control plane, as sequences
+#                  of requests; never a 500
+#   xdp_parse      the XDP program's parse.rs compiled for user space: raw frames ending at
+#                  an unreadable page, and frames from the packet builder checked field by field
+# Each target starts from seeds written by fuzz/src/bin/seed_corpus.rs (the RFC vectors, the
+# test fixtures, our encoders) plus what earlier runs kept in fuzz/corpus/TARGET, and runs
+# until --runs executions or --seconds, whichever comes first. Prints per target: executions,
+# seconds, executions/s, coverage (edges) when the seeds were loaded and at the end, features
+# and corpus size. A crash stops that target; its input is left in fuzz/artifacts/TARGET/ and
+# the script exits 1.
+#
+# Usage: scripts/fuzz.sh [--runs N] [--seconds S] [TARGET...]   (default 1000000 runs, 1200 s)
+# Runs at nice 19. Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation
+# takes nightly flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNS=1000000
+SECONDS_PER_TARGET=1200
+TARGETS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) RUNS=$2; shift 2 ;;
+        --seconds) SECONDS_PER_TARGET=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) TARGETS+=("$1"); shift ;;
+    esac
+done
+ALL=(coap_datagram coap_stream signal_bodies uri_path restconf xdp_parse)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
+for t in "${TARGETS[@]}"; do
+    [[ " ${ALL[*]} " == *" $t "* ]] || { echo "fuzz.sh: no target $t (targets: ${ALL[*]})" >&2; exit 2; }
+done
+
+[ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || {
+    echo "fuzz.sh: Debian's rustc-web is missing: run sudo scripts/setup.sh" >&2; exit 1; }
+export PATH="/usr/bin:$HOME/.cargo/bin:$PATH"
+if ! command -v cargo-fuzz >/dev/null; then
+    echo "fuzz.sh: installing cargo-fuzz 0.13.2 (once)"
+    nice -n 19 "$HOME/.cargo/bin/cargo" install --locked --quiet cargo-fuzz@0.13.2
+fi
+
+# Debian's cargo and rustc (first on PATH), no sanitizer runtime (none ships with them):
+# coverage instrumentation only; the XDP target guards its frames with an unreadable page.
+export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
+echo "fuzz.sh: building the targets (fuzz/target; the first build takes several minutes)"
+(cd fuzz && nice -n 19 cargo fuzz build --sanitizer none 2>&1 | grep -v '^\s*Compiling' || true)
+BIN=fuzz/target/x86_64-unknown-linux-gnu/release
+[ -x "$BIN/seed_corpus" ] || { echo "fuzz.sh: the build failed" >&2; exit 1; }
+
+SHARED=${DOTS_SHARED:-$ROOT/../shared}
+VECTORS=$SHARED/vectors
+[ -f "$VECTORS/rfc9132-fig8.cbor" ] || VECTORS=$ROOT/dots-agent/tests/fixtures
+"$BIN/seed_corpus" "$ROOT" "$VECTORS/rfc9132-fig8.cbor" fuzz/corpus
+
+printf '\n%-14s %10s %8s %8s %18s %9s %7s  %s\n' target executions seconds exec/s \
+    'coverage start>end' features corpus result
+failed=0
+for t in "${TARGETS[@]}"; do
+    mkdir -p "fuzz/artifacts/$t"
+    log=$(mktemp)
+    start=$(date +%s.%N)
+    set +e
+    nice -n 19 "$BIN/$t" "fuzz/corpus/$t" -runs="$RUNS" -max_total_time="$SECONDS_PER_TARGET" \
+        -max_len=4096 -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1
+    rc=$?
+    set -e
+    secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    inited=$(grep -m1 -E '^#[0-9]+ +INITED' "$log" | grep -oE 'cov: [0-9]+' | grep -oE '[0-9]+' || echo 0)
+    last=$(grep -E '^#[0-9]+ +(DONE|NEW|REDUCE|pulse|INITED)' "$log" | tail -1)
+    cov=$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+    ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+    corp=$(grep -oE 'corp: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+    execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$' || true)
+    [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' <<<"$last" | tr -d '#' || echo 0)
+    if [ $rc -eq 0 ]; then result="ok, no crash"; else
+        result="CRASH (exit $rc): $(ls -t "fuzz/artifacts/$t" | head -1)"; failed=1; fi
+    printf '%-14s %10s %8.0f %8.0f %8s > %-7s %9s %7s  %s\n' "$t" "$execs" "$secs" \
+        "$(awk -v e="$execs" -v s="$secs" 'BEGIN { print e / s }')" "$inited" "$cov" "$ft" "$corp" "$result"
+    if [ $rc -ne 0 ]; then
+        grep -E 'panicked|ERROR: libFuzzer|SUMMARY|deadly signal' "$log" | head -5 | sed 's/^/    /'
+        cp "$log" "fuzz/artifacts/$t/log.txt"
+    fi
+    rm -f "$log"
+done
+echo "(coverage: libFuzzer's count of instrumented edges reached; 'start' once the corpus"
+echo " was loaded, so start>end is what this run found new)"
+exit $failed
