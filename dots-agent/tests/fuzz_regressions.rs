@@ -25,7 +25,9 @@ fn eight_ipv6_extension_headers_are_followed_nine_are_malformed() {
         action: AclAction::Drop,
     }];
     let mut lab = Lab::new();
-    lab.dp.install(&s).unwrap_or_else(|e| panic!("install: {e}"));
+    lab.dp
+        .install(&s)
+        .unwrap_or_else(|e| panic!("install: {e}"));
     let mut eight = PacketSpec::udp("2001:db8:a::1", T6, 1, 53);
     eight.ipv6_ext_headers = 8;
     let mut seven_and_fragment = PacketSpec::udp("2001:db8:a::1", T6, 1, 53);
@@ -45,5 +47,9 @@ fn eight_ipv6_extension_headers_are_followed_nine_are_malformed() {
         2,
         "8 extension headers (a fragment header among them) reach the ACL's port match"
     );
-    assert_eq!(c.dropped(DropReason::Malformed).packets, 1, "9 are over-long");
+    assert_eq!(
+        c.dropped(DropReason::Malformed).packets,
+        1,
+        "9 are over-long"
+    );
 }

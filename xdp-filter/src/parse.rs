@@ -260,6 +260,14 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
 }
 
 #[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT
+    )
+}
+
+#[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseError> {
     let h = at(ctx, off, 40).map_err(|_| ParseError::Invalid)?;
     let b0 = u8_at(h, 0);
@@ -278,7 +286,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
     let mut off = off + 40;
     let mut done = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        if !matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT) {
+        if !is_extension_header(next) {
             done = true;
             break;
         }
@@ -307,6 +315,10 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseE
         };
         next = u8_at(e, 0);
         off += header_len;
+    }
+    // The chain may end right after the last header the loop may follow (8 of them).
+    if !done && !is_extension_header(next) {
+        done = true;
     }
     p.proto = next;
     if !done {
