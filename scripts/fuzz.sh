@@ -53,14 +53,26 @@ fi
 # coverage instrumentation only; the XDP target guards its frames with an unreadable page.
 export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
 echo "fuzz.sh: building the targets (fuzz/target; the first build takes several minutes)"
-(cd fuzz && nice -n 19 cargo fuzz build --sanitizer none 2>&1 | grep -v '^\s*Compiling' || true)
 BIN=fuzz/target/x86_64-unknown-linux-gnu/release
-[ -x "$BIN/seed_corpus" ] || { echo "fuzz.sh: the build failed" >&2; exit 1; }
+SEEDER=fuzz/target/plain/release/seed_corpus
+build() {  # a build's output only when it fails
+    local log; log=$(mktemp)
+    if ! (cd fuzz && nice -n 19 "$@") >"$log" 2>&1; then
+        grep -E '^(error|warning: unused)' -A5 "$log" | head -40 >&2; rm -f "$log"
+        echo "fuzz.sh: the build failed: $*" >&2; exit 1
+    fi
+    rm -f "$log"
+}
+for t in "${TARGETS[@]}"; do build cargo fuzz build --sanitizer none "$t"; done
+# The seed writer is an ordinary program: built without the coverage instrumentation, which
+# only a binary linked with libFuzzer can resolve.
+build cargo build --release --locked --bin seed_corpus --target-dir target/plain
+[ -x "$SEEDER" ] || { echo "fuzz.sh: building seed_corpus failed" >&2; exit 1; }
 
 SHARED=${DOTS_SHARED:-$ROOT/../shared}
 VECTORS=$SHARED/vectors
 [ -f "$VECTORS/rfc9132-fig8.cbor" ] || VECTORS=$ROOT/dots-agent/tests/fixtures
-"$BIN/seed_corpus" "$ROOT" "$VECTORS/rfc9132-fig8.cbor" fuzz/corpus
+"$SEEDER" "$ROOT" "$VECTORS/rfc9132-fig8.cbor" fuzz/corpus
 
 printf '\n%-14s %10s %8s %8s %18s %9s %7s  %s\n' target executions seconds exec/s \
     'coverage start>end' features corpus result

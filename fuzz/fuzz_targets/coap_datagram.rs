@@ -13,7 +13,11 @@ use libfuzzer_sys::fuzz_target;
 
 fn check_sent(out: &[Vec<u8>]) {
     for d in out {
-        assert!(d.len() <= MAX_DATAGRAM + 64, "datagram of {} bytes", d.len());
+        assert!(
+            d.len() <= MAX_DATAGRAM + 64,
+            "datagram of {} bytes",
+            d.len()
+        );
         Packet::from_bytes(d).expect("a session sent a datagram that is not CoAP");
     }
 }

@@ -25,7 +25,10 @@ fuzz_target!(|body: &[u8]| {
         assert_eq!(back, scope, "mitigation request round trip");
     }
     if let Ok(hb) = message::decode_heartbeat(body) {
-        assert_eq!(message::decode_heartbeat(&message::encode_heartbeat(hb)), Ok(hb));
+        assert_eq!(
+            message::decode_heartbeat(&message::encode_heartbeat(hb)),
+            Ok(hb)
+        );
     }
     if let Ok(r) = message::decode_redirect(body) {
         let back = message::decode_redirect(&message::encode_redirect(&r))
@@ -37,7 +40,10 @@ fuzz_target!(|body: &[u8]| {
     if let Ok(c) = session_config::decode_put(body, &base) {
         let back = session_config::decode_response(&session_config::encode(&c))
             .expect("an encoded configuration decodes");
-        assert_eq!(back.mitigating, c.mitigating, "session configuration round trip");
+        assert_eq!(
+            back.mitigating, c.mitigating,
+            "session configuration round trip"
+        );
         assert_eq!(back.idle, c.idle, "session configuration round trip");
     }
     let _ = session_config::decode_response(body);

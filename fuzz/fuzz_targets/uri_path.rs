@@ -46,6 +46,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = uri::parse(&segments) {
         let again = written(&r);
         let again: Vec<&str> = again.iter().map(String::as_str).collect();
-        assert_eq!(uri::parse(&again), Ok(r), "a parsed path written out parses the same");
+        assert_eq!(
+            uri::parse(&again),
+            Ok(r),
+            "a parsed path written out parses the same"
+        );
     }
 });

@@ -128,7 +128,10 @@ fn check(s: &PacketSpec, frame: &[u8], got: &Parsed) {
     assert_eq!(p.ttl, s.ttl);
     assert_eq!(p.dscp, s.dscp);
     let ip_payload_len = frame.len() - l3_at - if v6 { 40 } else { 0 };
-    assert_eq!(p.ip_len as usize, ip_payload_len, "IPv4 total / IPv6 payload length");
+    assert_eq!(
+        p.ip_len as usize, ip_payload_len,
+        "IPv4 total / IPv6 payload length"
+    );
 
     // Fragment bits as the header carries them.
     let mut frag = 0u8;
@@ -157,13 +160,19 @@ fn check(s: &PacketSpec, frame: &[u8], got: &Parsed) {
     let too_long = chain > 8;
     if too_long {
         // The walk stops inside the chain: whatever it reached so far is reported.
-        assert!(p.malformed, "a chain of {chain} extension headers is not malformed");
+        assert!(
+            p.malformed,
+            "a chain of {chain} extension headers is not malformed"
+        );
         assert!(!p.has_ports && !p.has_icmp);
         return;
     }
     assert_eq!(p.frag, frag, "fragment bits");
     assert_eq!(p.later_fragment, later);
-    assert!(!p.malformed, "a well-formed frame parsed as malformed ({chain} ext headers)");
+    assert!(
+        !p.malformed,
+        "a well-formed frame parsed as malformed ({chain} ext headers)"
+    );
     let (proto, ports, icmp, flags) = match s.l4 {
         L4::Udp { sport, dport } => (17, Some((sport, dport)), None, 0),
         L4::Tcp {
@@ -176,7 +185,10 @@ fn check(s: &PacketSpec, frame: &[u8], got: &Parsed) {
     };
     assert_eq!(p.proto, proto);
     if later {
-        assert!(!p.has_ports && !p.has_icmp, "a later fragment has no transport header");
+        assert!(
+            !p.has_ports && !p.has_icmp,
+            "a later fragment has no transport header"
+        );
         return;
     }
     assert_eq!(p.has_ports, ports.is_some());

@@ -60,7 +60,10 @@ fn main() {
 
     // Signal-channel bodies, from the RFC and from our encoders.
     let mut scope = Scope::new(
-        vec!["198.51.100.0/24".parse().unwrap(), "2001:db8:6401::/48".parse().unwrap()],
+        vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:6401::/48".parse().unwrap(),
+        ],
         Lifetime::Seconds(3600),
     );
     scope.target_protocol = vec![6, 17];
@@ -90,7 +93,10 @@ fn main() {
             }),
         ),
         ("config", session_config::encode(&SessionConfig::default())),
-        ("config-put", session_config::encode_put(false, &[(33, 30), (34, 5)])),
+        (
+            "config-put",
+            session_config::encode_put(false, &[(33, 30), (34, 5)]),
+        ),
         (
             "tm-config",
             telemetry::encode_setup_put(&SetupItem::Config(TelemetryConfig::default())),
@@ -128,7 +134,12 @@ fn main() {
     let config = [".well-known", "dots", "config", "sid=1"];
     let tm_setup = [".well-known", "dots", "tm-setup", cuid.as_str(), "tsid=1"];
     let tm = [".well-known", "dots", "tm", cuid.as_str(), "tmid=1"];
-    let body = |n: &str| bodies.iter().find(|(k, _)| *k == n).map(|(_, b)| b.as_slice());
+    let body = |n: &str| {
+        bodies
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, b)| b.as_slice())
+    };
     let mut observe = request(RequestType::Get, &all, None, 3);
     observe.set_observe_value(0);
     let mut block2 = request(RequestType::Get, &all, None, 4);
@@ -138,11 +149,23 @@ fn main() {
         ("get", request(RequestType::Get, &mitigate, None, 2)),
         ("observe", observe),
         ("block2", block2),
-        ("efficacy", request(RequestType::Put, &mitigate, body("efficacy"), 5)),
+        (
+            "efficacy",
+            request(RequestType::Put, &mitigate, body("efficacy"), 5),
+        ),
         ("hb", request(RequestType::Put, &hb, body("heartbeat"), 6)),
-        ("config-get", request(RequestType::Get, &config[..3], None, 7)),
-        ("config-put", request(RequestType::Put, &config, body("config-put"), 8)),
-        ("tm-setup", request(RequestType::Put, &tm_setup, body("tm-pipe"), 9)),
+        (
+            "config-get",
+            request(RequestType::Get, &config[..3], None, 7),
+        ),
+        (
+            "config-put",
+            request(RequestType::Put, &config, body("config-put"), 8),
+        ),
+        (
+            "tm-setup",
+            request(RequestType::Put, &tm_setup, body("tm-pipe"), 9),
+        ),
         ("tm", request(RequestType::Put, &tm, body("tm-report"), 10)),
         ("delete", request(RequestType::Delete, &mitigate, None, 11)),
     ];
@@ -157,7 +180,11 @@ fn main() {
     let mut ack = Packet::new();
     ack.header.set_type(MessageType::Acknowledgement);
     ack.header.message_id = 100;
-    out.put("coap_datagram", "empty-ack", &join(&[ack.to_bytes().unwrap()]));
+    out.put(
+        "coap_datagram",
+        "empty-ack",
+        &join(&[ack.to_bytes().unwrap()]),
+    );
 
     let mut stream = vec![7u8];
     stream.extend(coap_tcp::csm());
@@ -182,7 +209,11 @@ fn main() {
     ] {
         out.put("uri_path", name, path.join("\0").as_bytes());
     }
-    out.put("uri_path", "cdid", b"\0dots\0mitigate\0cdid=x\0cuid=y\0mid=1");
+    out.put(
+        "uri_path",
+        "cdid",
+        b"\0dots\0mitigate\0cdid=x\0cuid=y\0mid=1",
+    );
 
     // The data channel: the RFC 8783 examples of the tests, as a client's session.
     let rfc8783 = fixtures.join("rfc8783");
@@ -197,7 +228,11 @@ fn main() {
         encode_request("POST", DOTS_DATA, &fixture("register.json")),
         encode_request("POST", &c, &fixture("aliases.json")),
         encode_request("POST", &c, &fixture("acls.json")),
-        encode_request("PUT", &format!("{c}/acls/acl=x"), &fixture("acl-ipv6-udp.json")),
+        encode_request(
+            "PUT",
+            &format!("{c}/acls/acl=x"),
+            &fixture("acl-ipv6-udp.json"),
+        ),
         encode_request("GET", &format!("{c}/acls"), b""),
         encode_request("GET", &format!("{c}/aliases?content=config"), b""),
         encode_request("GET", &format!("{DOTS_DATA}/capabilities"), b""),
@@ -206,7 +241,11 @@ fn main() {
     ];
     out.put("restconf", "session", &join(&requests));
     for (i, r) in requests.iter().enumerate() {
-        out.put("restconf", &format!("request-{i}"), &join(&[&requests[0], r]));
+        out.put(
+            "restconf",
+            &format!("request-{i}"),
+            &join(&[&requests[0], r]),
+        );
     }
 
     // Frames for the XDP parser.
