@@ -14,6 +14,9 @@
 //! - server memory per idle DTLS session with 1,000 and 10,000 sessions, each sending a
 //!   heartbeat: the process's RSS before and after, divided by N (control plane only).
 //!
+//! `-- --memory` runs only the memory phase; `DOTS_MEMORY_SESSIONS=N,M` sets its session counts
+//! (default 1000,10000); `DOTS_MEMORY_WRAP=heaptrack` runs its server under heaptrack.
+//!
 //! Each phase has a time budget; a server too slow to finish it is reported with what it
 //! reached. Run: `sudo scripts/bench.sh` (or `cargo bench -p dots-agent --bench signal_cost`
 //! as root). Addresses: 127.0.0.1 in the bench's namespace, and 127.0.0.1 on the host for the
@@ -529,14 +532,25 @@ async fn memory_per_session(dir: &Path, sessions: usize) {
         ),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+    // DOTS_MEMORY_WRAP=heaptrack: where the memory goes (the RSS printed is then the wrapper's).
+    let wrapped = std::env::var("DOTS_MEMORY_WRAP").is_ok();
+    let mut server = match std::env::var("DOTS_MEMORY_WRAP") {
+        Ok(w) => {
+            let mut c = Command::new(w);
+            c.arg(env!("CARGO_BIN_EXE_dots-agent"));
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_dots-agent")),
+    };
+    let mut server = server
         .args(["server", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
         .expect("starting dots-agent server");
     let addr = format!("127.0.0.1:{port}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A wrapped server takes seconds to start.
+    tokio::time::sleep(Duration::from_millis(if wrapped { 8000 } else { 500 })).await;
     let before = rss_kib(server.id());
     let started = Instant::now();
     let mut open = Vec::with_capacity(sessions);
@@ -583,7 +597,11 @@ fn main() {
         &["client-a".into()],
     )
     .unwrap();
-    xdp_phases(dir.path());
+    // `--memory`: only the memory figures (they need no namespace, and take a minute).
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--memory") {
+        xdp_phases(dir.path());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -591,7 +609,11 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("\nServer memory per idle DTLS session (separate dots-agent server process, control plane only)");
-        for n in [1_000, 10_000] {
+        let counts: Vec<usize> = std::env::var("DOTS_MEMORY_SESSIONS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1_000, 10_000]);
+        for n in counts {
             memory_per_session(dir.path(), n).await;
         }
     });
