@@ -51,8 +51,14 @@ pub struct BoundsArgs {
     pub agent: Option<std::path::PathBuf>,
 }
 
-const SIGNAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), super::SIGNAL_PORT);
-const DATA: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), super::DATA_PORT);
+const SIGNAL: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+    super::SIGNAL_PORT,
+);
+const DATA: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+    super::DATA_PORT,
+);
 
 /// The first datagram OpenSSL's DTLS client sends (a ClientHello without a cookie), taken
 /// from a real handshake attempt towards a socket that never answers.
@@ -80,7 +86,12 @@ fn hello_frames(hello: &[u8], src_mac: [u8; 6], n: usize, rng: &mut Rng) -> Vec<
         .map(|_| {
             let src = Ipv4Addr::new(203, 0, 113, rng.below(254) as u8 + 1);
             let sport = 1024 + rng.below(60_000) as u16;
-            let mut s = PacketSpec::udp(&src.to_string(), topology::SERVER_V4, sport, super::SIGNAL_PORT);
+            let mut s = PacketSpec::udp(
+                &src.to_string(),
+                topology::SERVER_V4,
+                sport,
+                super::SIGNAL_PORT,
+            );
             s.src_mac = src_mac;
             s.dst_mac = dst_mac;
             s.payload_len = hello.len();
@@ -102,7 +113,9 @@ fn flood_hellos(frames: Vec<Vec<u8>>, pps: u32, stop: &AtomicBool, sent: &Atomic
     let mut next = Instant::now();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let batch: Vec<&[u8]> = (0..64).map(|k| frames[(i + k) % frames.len()].as_slice()).collect();
+        let batch: Vec<&[u8]> = (0..64)
+            .map(|k| frames[(i + k) % frames.len()].as_slice())
+            .collect();
         i += 64;
         sent.fetch_add(sock.send_batch(&batch)? as u64, Ordering::Relaxed);
         next += period;
@@ -153,7 +166,11 @@ async fn probe(cfg: ClientConfig, stop: Arc<AtomicBool>, t0: Instant) -> (Vec<Du
     let mut failed = 0;
     let mut mid = 1;
     while !stop.load(Ordering::Relaxed) && !interrupted() {
-        let transport = if mid % 2 == 1 { TransportChoice::Dtls } else { TransportChoice::Tls };
+        let transport = if mid % 2 == 1 {
+            TransportChoice::Dtls
+        } else {
+            TransportChoice::Tls
+        };
         let cfg = ClientConfig {
             transport,
             ..cfg.clone()
@@ -164,7 +181,11 @@ async fn probe(cfg: ClientConfig, stop: Arc<AtomicBool>, t0: Instant) -> (Vec<Du
             let target: ipnet::IpNet = format!("198.51.100.{}/32", 100 + mid % 150).parse()?;
             super::put(&mut s, mid, target).await
         };
-        let what = if transport == TransportChoice::Dtls { "dtls" } else { "tls" };
+        let what = if transport == TransportChoice::Dtls {
+            "dtls"
+        } else {
+            "tls"
+        };
         match tokio::time::timeout(Duration::from_secs(15), attempt).await {
             Ok(Ok(code)) if code == "2.01" => {
                 times.push(start.elapsed());
@@ -181,7 +202,10 @@ async fn probe(cfg: ClientConfig, stop: Arc<AtomicBool>, t0: Instant) -> (Vec<Du
                     Ok(Err(e)) => format!("{e:#}"),
                     Err(_) => "no answer within 15 s".into(),
                 };
-                println!("  {:>5.1} s  client over {what}: FAILED: {why}", t0.elapsed().as_secs_f64());
+                println!(
+                    "  {:>5.1} s  client over {what}: FAILED: {why}",
+                    t0.elapsed().as_secs_f64()
+                );
             }
         }
         mid += 1;
@@ -193,7 +217,10 @@ async fn probe(cfg: ClientConfig, stop: Arc<AtomicBool>, t0: Instant) -> (Vec<Du
 
 fn show(what: &str, pid: u32) -> (u64, usize) {
     let (rss, fds) = rss_and_fds(pid);
-    println!("{what:<44} RSS {:>8.1} MiB, {fds:>6} descriptors", rss as f64 / 1024.0);
+    println!(
+        "{what:<44} RSS {:>8.1} MiB, {fds:>6} descriptors",
+        rss as f64 / 1024.0
+    );
     (rss, fds)
 }
 
@@ -298,19 +325,28 @@ pub fn run(a: &BoundsArgs) -> Result<()> {
     let tls_start: &'static [u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
     let http_start: &'static [u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
     let slow = vec![
-        ("signal TLS", scratch.topo.inet.spawn({
-            let (stop, n) = (stop.clone(), a.slow);
-            move || slow_flood(SIGNAL, tls_start, n, &stop)
-        })?),
-        ("data channel", scratch.topo.inet.spawn({
-            let (stop, n) = (stop.clone(), a.slow);
-            move || slow_flood(DATA, tls_start, n, &stop)
-        })?),
-        ("/metrics", scratch.topo.scrubber.spawn({
-            let (stop, n) = (stop.clone(), a.slow);
-            let to: SocketAddr = super::METRICS.parse().expect("constant");
-            move || slow_flood(to, http_start, n, &stop)
-        })?),
+        (
+            "signal TLS",
+            scratch.topo.inet.spawn({
+                let (stop, n) = (stop.clone(), a.slow);
+                move || slow_flood(SIGNAL, tls_start, n, &stop)
+            })?,
+        ),
+        (
+            "data channel",
+            scratch.topo.inet.spawn({
+                let (stop, n) = (stop.clone(), a.slow);
+                move || slow_flood(DATA, tls_start, n, &stop)
+            })?,
+        ),
+        (
+            "/metrics",
+            scratch.topo.scrubber.spawn({
+                let (stop, n) = (stop.clone(), a.slow);
+                let to: SocketAddr = super::METRICS.parse().expect("constant");
+                move || slow_flood(to, http_start, n, &stop)
+            })?,
+        ),
     ];
     let probe_stop = Arc::new(AtomicBool::new(false));
     let prober = scratch.topo.customer.spawn({
@@ -339,13 +375,22 @@ pub fn run(a: &BoundsArgs) -> Result<()> {
     }
     probe_stop.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
-    hellos.join().map_err(|_| anyhow::anyhow!("the hello flood panicked"))??;
+    hellos
+        .join()
+        .map_err(|_| anyhow::anyhow!("the hello flood panicked"))??;
     let mut slow_result = Vec::new();
     for (what, h) in slow {
-        let (opened, held) = h.join().map_err(|_| anyhow::anyhow!("a slow flood panicked"))?;
-        slow_result.push(format!("{what}: {opened} opened, {held} still open after {} s", a.seconds));
+        let (opened, held) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a slow flood panicked"))?;
+        slow_result.push(format!(
+            "{what}: {opened} opened, {held} still open after {} s",
+            a.seconds
+        ));
     }
-    let (times, failed) = prober.join().map_err(|_| anyhow::anyhow!("the probing client panicked"))?;
+    let (times, failed) = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probing client panicked"))?;
     println!(
         "peak during the floods                       RSS {:>8.1} MiB, {:>6} descriptors",
         peak.0 as f64 / 1024.0,
@@ -354,7 +399,9 @@ pub fn run(a: &BoundsArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     show("5 s after the floods (sessions still held)", pid);
     let _ = release_tx.send(());
-    holder.join().map_err(|_| anyhow::anyhow!("the session holder panicked"))?;
+    holder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the session holder panicked"))?;
     std::thread::sleep(Duration::from_secs(10));
     let after = show("10 s after the sessions closed", pid);
 

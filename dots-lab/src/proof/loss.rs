@@ -3,13 +3,15 @@
 //! (`numgen random mod 100 < N drop` on input and output; this machine has no netem). The
 //! server runs with XDP on the scrubber's ingress, as in production. For each rate:
 //!
-//! - time to mitigate: a client connects (the handshake is subject to loss too) and PUTs a
-//!   mitigation until its 2.01 arrives (retrying as a client would: the request again on
-//!   the session, a new session if it ended), per transport;
+//! - time to mitigate: a client holds a session made before the loss (as a DOTS client does
+//!   before an attack) and PUTs a mitigation until its 2.01 arrives (the session's CoAP
+//!   retransmissions, then the request again, a new session if it ended), per transport;
+//!   then a client without a session: handshake and PUT, both under the loss;
 //! - heartbeats: the client set the most demanding configuration the server allows
 //!   (heartbeat every 15 s, 3 missed allowed: dead after 45 s of silence) and keeps one
 //!   session observing its mitigations, sending its own heartbeats and answering the
 //!   server's; the server must never declare it lost (`dots_signal_sessions_lost_total`);
+//!   the session, its configuration and Observe are set up before the loss begins;
 //! - Observe: every 10 s the client changes a mitigation on that session and counts the
 //!   notifications that reach it; once the loss ends, one more change must be notified.
 
@@ -69,7 +71,10 @@ fn set_loss_here(percent: u32) -> Result<()> {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .context("running nft (scripts/setup.sh installs nftables)")?;
-    std::io::Write::write_all(child.stdin.as_mut().context("nft's stdin")?, rules.as_bytes())?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("nft's stdin")?,
+        rules.as_bytes(),
+    )?;
     drop(child.stdin.take());
     if !child.wait()?.success() {
         bail!("nft refused the loss rules");
@@ -82,7 +87,9 @@ fn set_loss(ns: &Netns, percent: u32) -> Result<()> {
 }
 
 fn target(mid: u32) -> ipnet::IpNet {
-    format!("198.51.100.{}/32", 100 + mid % 150).parse().expect("a prefix")
+    format!("198.51.100.{}/32", 100 + mid % 150)
+        .parse()
+        .expect("a prefix")
 }
 
 /// Connects within what is left of `deadline`.
@@ -132,34 +139,54 @@ async fn insist(
 }
 
 struct Mitigated {
+    /// PUTs on a session established before the loss began.
     total: Vec<Duration>,
     failed: u32,
     tries: u32,
+    /// A fresh session (handshake under loss) and a PUT: the time, or why not.
+    fresh: Result<Duration, String>,
 }
 
-async fn time_to_mitigate(cfg: ClientConfig, requests: u32, first_mid: u32) -> Mitigated {
+fn scope_body(mid: u32) -> Vec<u8> {
+    dots_agent::signal::message::encode_mitigation_request(
+        &dots_agent::signal::message::Scope::new(
+            vec![target(mid)],
+            dots_agent::signal::message::Lifetime::Seconds(600),
+        ),
+    )
+}
+
+/// A DOTS client keeps its session before an attack (RFC 9132 §4.7): the session is made
+/// without loss, then `rate` % loss begins and `requests` PUTs are timed on it (resent by
+/// the session's CoAP retransmission, then again by us until the budget). Then one fresh
+/// connect + PUT under the loss, the case of a client without a session.
+async fn time_to_mitigate(
+    cfg: ClientConfig,
+    requests: u32,
+    first_mid: u32,
+    rate: u32,
+) -> Mitigated {
     let mut m = Mitigated {
         total: Vec::new(),
         failed: 0,
         tries: 0,
+        fresh: Err("not tried".into()),
     };
+    let mut s = connect(&cfg, Instant::now() + REQUEST_BUDGET).await.ok();
+    if let Err(e) = set_loss_here(rate) {
+        m.fresh = Err(format!("{e:#}"));
+        return m;
+    }
     for k in 0..requests {
         let mid = first_mid + k;
         let t0 = Instant::now();
-        let mut s = None;
-        let body = dots_agent::signal::message::encode_mitigation_request(
-            &dots_agent::signal::message::Scope::new(
-                vec![target(mid)],
-                dots_agent::signal::message::Lifetime::Seconds(600),
-            ),
-        );
         let r = insist(
             &mut s,
             &cfg,
             t0 + REQUEST_BUDGET,
             RequestType::Put,
             |s| super::mitigate_path(s.cuid(), mid),
-            Some(body),
+            Some(scope_body(mid)),
         )
         .await;
         match r {
@@ -170,9 +197,26 @@ async fn time_to_mitigate(cfg: ClientConfig, requests: u32, first_mid: u32) -> M
             _ => m.failed += 1,
         }
         if interrupted() {
-            break;
+            return m;
         }
     }
+    let mid = first_mid + requests;
+    let t0 = Instant::now();
+    let mut fresh = None;
+    m.fresh = match insist(
+        &mut fresh,
+        &cfg,
+        t0 + REQUEST_BUDGET,
+        RequestType::Put,
+        |s| super::mitigate_path(s.cuid(), mid),
+        Some(scope_body(mid)),
+    )
+    .await
+    {
+        Ok((p, _)) if code_text(&p) == "2.01" => Ok(t0.elapsed()),
+        Ok((p, _)) => Err(code_text(&p)),
+        Err(e) => Err(format!("{e:#}")),
+    };
     m
 }
 
@@ -192,6 +236,7 @@ async fn observe(
     cfg: ClientConfig,
     seconds: u64,
     first_mid: u32,
+    rate: u32,
     lift: impl FnOnce() -> Result<()>,
 ) -> Observed {
     let mut o = Observed {
@@ -208,9 +253,14 @@ async fn observe(
         let values = [(33, HEARTBEAT_INTERVAL), (37, MISSING_ALLOWED)];
         for idle in [false, true] {
             let body = session_config::encode_put(idle, &values);
-            let (r, _) = insist(&mut s, &cfg, deadline, RequestType::Put, |_| {
-                vec!["config".into(), "sid=1".into()]
-            }, Some(body))
+            let (r, _) = insist(
+                &mut s,
+                &cfg,
+                deadline,
+                RequestType::Put,
+                |_| vec!["config".into(), "sid=1".into()],
+                Some(body),
+            )
             .await?;
             if !code_text(&r).starts_with("2.") {
                 bail!("session configuration refused: {}", code_text(&r));
@@ -228,6 +278,8 @@ async fn observe(
                 break token;
             }
         };
+        // The session, its configuration and Observe were set up before the loss.
+        set_loss_here(rate)?;
         let start = Instant::now();
         let mut next_change = start;
         let mut next_heartbeat = start + Duration::from_secs(HEARTBEAT_INTERVAL);
@@ -262,7 +314,9 @@ async fn observe(
             } else if now >= next_heartbeat {
                 next_heartbeat += Duration::from_secs(HEARTBEAT_INTERVAL);
                 o.client_heartbeats.0 += 1;
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), session.heartbeat()).await {
+                if let Ok(Ok(r)) =
+                    tokio::time::timeout(Duration::from_secs(10), session.heartbeat()).await
+                {
                     if code_text(&r) == "2.04" {
                         o.client_heartbeats.1 += 1;
                     }
@@ -286,7 +340,9 @@ async fn observe(
         let t0 = Instant::now();
         let path = super::mitigate_path(session.cuid(), mid);
         let req = if present {
-            session.request(RequestType::Delete, &path, None, false).await
+            session
+                .request(RequestType::Delete, &path, None, false)
+                .await
         } else {
             let body = dots_agent::signal::message::encode_mitigation_request(
                 &dots_agent::signal::message::Scope::new(
@@ -294,7 +350,9 @@ async fn observe(
                     dots_agent::signal::message::Lifetime::Seconds(600),
                 ),
             );
-            session.request(RequestType::Put, &path, Some(body), false).await
+            session
+                .request(RequestType::Put, &path, Some(body), false)
+                .await
         };
         req.context("the change after the loss ended")?;
         if let Ok(Some(_)) = session.notification(&token, Duration::from_secs(10)).await {
@@ -337,33 +395,50 @@ pub fn run(a: &LossArgs) -> Result<()> {
         if interrupted() {
             bail!("interrupted");
         }
-        set_loss(&scratch.topo.customer, rate)?;
         println!("\n{rate} % loss both ways:");
         let mut ttm = Vec::new();
         for t in &a.transports {
-            let transport = if t == "tls" { TransportChoice::Tls } else { TransportChoice::Dtls };
+            let transport = if t == "tls" {
+                TransportChoice::Tls
+            } else {
+                TransportChoice::Dtls
+            };
             let m = block_on(&scratch.topo.customer, {
                 let (cfg, n, first) = (scratch.client(transport), a.requests, mid);
-                move || time_to_mitigate(cfg, n, first)
+                move || time_to_mitigate(cfg, n, first, rate)
             })?;
-            mid += a.requests;
+            set_loss(&scratch.topo.customer, 0)?;
+            mid += a.requests + 1;
             println!(
-                "  time to mitigate over {t} (connect + PUT until its 2.01): {} of {} through, {}; {:.1} sends per request",
+                "  time to mitigate over {t} (PUT on a session made before the loss, until its 2.01): {} of {} through, {}; {:.1} sends per request by us",
                 m.total.len(),
                 a.requests,
                 summary(&m.total),
                 m.tries as f64 / m.total.len().max(1) as f64
             );
+            println!(
+                "  a fresh session under the loss over {t} (handshake + PUT): {}",
+                match &m.fresh {
+                    Ok(d) => human(*d),
+                    Err(e) => format!("NOT through within {REQUEST_BUDGET:?}: {e}"),
+                }
+            );
             ttm.push((t.clone(), m));
         }
-        let lost_before = metric(&scratch.topo.scrubber, "dots_signal_sessions_lost_total").unwrap_or(f64::NAN);
+        let lost_before =
+            metric(&scratch.topo.scrubber, "dots_signal_sessions_lost_total").unwrap_or(f64::NAN);
         let o = block_on(&scratch.topo.customer, {
-            let (cfg, seconds, first) = (scratch.client(TransportChoice::Dtls), a.observe_seconds, mid);
-            move || observe(cfg, seconds, first, || set_loss_here(0))
+            let (cfg, seconds, first) = (
+                scratch.client(TransportChoice::Dtls),
+                a.observe_seconds,
+                mid,
+            );
+            move || observe(cfg, seconds, first, rate, || set_loss_here(0))
         })?;
         mid += 100;
         set_loss(&scratch.topo.customer, 0)?;
-        let lost_after = metric(&scratch.topo.scrubber, "dots_signal_sessions_lost_total").unwrap_or(f64::NAN);
+        let lost_after =
+            metric(&scratch.topo.scrubber, "dots_signal_sessions_lost_total").unwrap_or(f64::NAN);
         let declared_dead = lost_after - lost_before;
         if let Some(f) = &o.failure {
             println!("  observing session: {f}");
@@ -377,15 +452,30 @@ pub fn run(a: &LossArgs) -> Result<()> {
             "  Observe: {} notifications for {} changes under loss; after the loss ended: {}",
             o.notified,
             o.changes,
-            o.recovered.map_or("NO notification within 10 s".to_string(), |d| format!("notified after {}", human(d)))
+            o.recovered
+                .map_or("NO notification within 10 s".to_string(), |d| format!(
+                    "notified after {}",
+                    human(d)
+                ))
         );
         rows.push((rate, ttm, declared_dead, o));
     }
-    println!("\n== loss summary (time to mitigate: connect + PUT until 2.01, p50 / p99 / max)");
+    println!("\n== loss summary (time to mitigate: a PUT on a live session until its 2.01, p50 / p99 / max)");
     for (rate, ttm, dead, o) in &rows {
         let t: Vec<String> = ttm
             .iter()
-            .map(|(t, m)| format!("{t} {} ({}/{} through)", summary(&m.total), m.total.len(), m.total.len() as u32 + m.failed))
+            .map(|(t, m)| {
+                let fresh = m
+                    .fresh
+                    .as_ref()
+                    .map_or("not through".to_string(), |d| human(*d));
+                format!(
+                    "{t} {} ({}/{} through; fresh session {fresh})",
+                    summary(&m.total),
+                    m.total.len(),
+                    m.total.len() as u32 + m.failed
+                )
+            })
             .collect();
         println!(
             "{rate:>3} %: {}; declared dead {dead}; Observe {}/{} notified, recovered: {}",

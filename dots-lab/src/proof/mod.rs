@@ -63,12 +63,20 @@ impl Scratch {
         let pki = std::process::Command::new(&s.agent)
             .args(["pki", "init", "--dir"])
             .arg(s.dir.join("pki"))
-            .args(["--server-name", "dots.lab", "--server-ip", topology::SERVER_V4])
+            .args([
+                "--server-name",
+                "dots.lab",
+                "--server-ip",
+                topology::SERVER_V4,
+            ])
             .args(["--client", CLIENT])
             .output()
             .with_context(|| format!("running {} pki init", s.agent.display()))?;
         if !pki.status.success() {
-            bail!("dots-agent pki init: {}", String::from_utf8_lossy(&pki.stderr));
+            bail!(
+                "dots-agent pki init: {}",
+                String::from_utf8_lossy(&pki.stderr)
+            );
         }
         let config = format!(
             "[signal]\nlisten = [\"{v4}:{SIGNAL_PORT}\"]\n{signal_extra}\n\
@@ -200,7 +208,11 @@ pub fn block_on<T: Send + 'static, F: std::future::Future<Output = T>>(
 
 /// Waits until the server answers a heartbeat over TLS (a bound socket alone does not
 /// count); the time since it was started, or None after `budget`.
-pub async fn until_answering(cfg: ClientConfig, started: Instant, budget: Duration) -> Option<Duration> {
+pub async fn until_answering(
+    cfg: ClientConfig,
+    started: Instant,
+    budget: Duration,
+) -> Option<Duration> {
     let cfg = ClientConfig {
         transport: TransportChoice::Tls,
         ..cfg
@@ -221,14 +233,21 @@ pub async fn until_answering(cfg: ClientConfig, started: Instant, budget: Durati
 }
 
 pub fn mitigate_path(cuid: &str, mid: u32) -> Vec<String> {
-    vec!["mitigate".into(), format!("cuid={cuid}"), format!("mid={mid}")]
+    vec![
+        "mitigate".into(),
+        format!("cuid={cuid}"),
+        format!("mid={mid}"),
+    ]
 }
 
 /// PUT a mitigation of `target`; the response code text.
 pub async fn put(s: &mut Session, mid: u32, target: ipnet::IpNet) -> Result<String> {
-    let body = message::encode_mitigation_request(&Scope::new(vec![target], Lifetime::Seconds(3600)));
+    let body =
+        message::encode_mitigation_request(&Scope::new(vec![target], Lifetime::Seconds(3600)));
     let path = mitigate_path(&s.cuid().to_string(), mid);
-    let r = s.request(RequestType::Put, &path, Some(body), false).await?;
+    let r = s
+        .request(RequestType::Put, &path, Some(body), false)
+        .await?;
     Ok(code_text(&r))
 }
 
@@ -248,7 +267,8 @@ pub async fn held(s: &mut Session) -> Result<Vec<(u32, u64)>> {
         other => bail!("GET of all mitigations: {other}"),
     }
     let v = dots_agent::signal::diag::to_json(
-        &dots_agent::signal::cbor::parse_response(&r.payload).map_err(|e| anyhow::anyhow!("{e}"))?,
+        &dots_agent::signal::cbor::parse_response(&r.payload)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let scopes = v["ietf-dots-signal-channel:mitigation-scope"]["scope"]
         .as_array()
@@ -281,7 +301,8 @@ pub fn rss_and_fds(pid: u32) -> (u64, usize) {
 /// whose line starts with `name` (labels included), summed.
 pub fn metric(ns: &Netns, name: &'static str) -> Result<f64> {
     let text = ns.run_in(|| -> Result<String> {
-        let mut c = std::net::TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(5))?;
+        let mut c =
+            std::net::TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(5))?;
         c.set_read_timeout(Some(Duration::from_secs(5)))?;
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();

@@ -348,7 +348,9 @@ fn violations(windows: &[Window], arrivals: &Arrivals, end: u64) -> (u64, u64) {
     }
     let (mut certain, mut edge) = (0, 0);
     for &(t, sent, read) in arrivals {
-        let Some(ws) = per.get(t as usize) else { continue };
+        let Some(ws) = per.get(t as usize) else {
+            continue;
+        };
         // Windows of one target never overlap and are in order.
         let i = ws.partition_point(|(from, _)| *from <= sent);
         if i == 0 {
@@ -409,9 +411,12 @@ pub fn run(a: &SoakArgs) -> Result<()> {
         .run_in(|| crate::trafficgen::interface_mac(topology::INET_IF))??;
     let receiver = {
         let stop = traffic_stop.clone();
-        scratch.topo.customer.spawn(move || -> Result<(Arrivals, u64)> {
-            receive(PacketSocket::open(topology::CUST_IF)?, &stop)
-        })?
+        scratch
+            .topo
+            .customer
+            .spawn(move || -> Result<(Arrivals, u64)> {
+                receive(PacketSocket::open(topology::CUST_IF)?, &stop)
+            })?
     };
     let generator = {
         let (stop, sent) = (traffic_stop.clone(), offered.clone());
@@ -429,9 +434,17 @@ pub fn run(a: &SoakArgs) -> Result<()> {
         let (cfg, started) = (scratch.client(TransportChoice::Tls), server.started);
         move || until_answering(cfg, started, BUDGET)
     })?;
-    if first.is_none() || !XdpDatapath::attached(&scratch.pins).iter().any(|i| i == topology::SCR_IN) {
+    if first.is_none()
+        || !XdpDatapath::attached(&scratch.pins)
+            .iter()
+            .any(|i| i == topology::SCR_IN)
+    {
         finish_traffic(&traffic_stop);
-        bail!("the server did not start (XDP on {}):\n{}", topology::SCR_IN, scratch.server_log_tail());
+        bail!(
+            "the server did not start (XDP on {}):\n{}",
+            topology::SCR_IN,
+            scratch.server_log_tail()
+        );
     }
 
     let (go_tx, go_rx) = mpsc::channel();
@@ -462,8 +475,13 @@ pub fn run(a: &SoakArgs) -> Result<()> {
     let mut problems = Vec::new();
     let soak_started = Instant::now();
     let result = (|| -> Result<()> {
-        go_tx.send(Go::Stream).ok().context("the client thread ended")?;
-        let r = back_rx.recv_timeout(BUDGET * 2).context("no reconciliation from the client")??;
+        go_tx
+            .send(Go::Stream)
+            .ok()
+            .context("the client thread ended")?;
+        let r = back_rx
+            .recv_timeout(BUDGET * 2)
+            .context("no reconciliation from the client")??;
         debug_assert_eq!(r.acknowledged, 0);
         for kill in 1..=a.kills {
             if interrupted() {
@@ -472,7 +490,10 @@ pub fn run(a: &SoakArgs) -> Result<()> {
             let run_ms = a.min_run_ms + rng.below(a.max_run_ms - a.min_run_ms + 1);
             std::thread::sleep(Duration::from_millis(run_ms));
             if let Some(st) = server.exited() {
-                bail!("the server exited by itself ({st}):\n{}", scratch.server_log_tail());
+                bail!(
+                    "the server exited by itself ({st}):\n{}",
+                    scratch.server_log_tail()
+                );
             }
             server.kill9();
             stream_stop.store(true, Ordering::SeqCst);
@@ -481,10 +502,19 @@ pub fn run(a: &SoakArgs) -> Result<()> {
                 let (cfg, started) = (scratch.client(TransportChoice::Tls), server.started);
                 move || until_answering(cfg, started, BUDGET)
             })?
-            .with_context(|| format!("restart {kill}: not answering after {BUDGET:?}:\n{}", scratch.server_log_tail()))?;
+            .with_context(|| {
+                format!(
+                    "restart {kill}: not answering after {BUDGET:?}:\n{}",
+                    scratch.server_log_tail()
+                )
+            })?;
             restarts.push(up);
             go_tx
-                .send(if kill == a.kills { Go::Finish } else { Go::Stream })
+                .send(if kill == a.kills {
+                    Go::Finish
+                } else {
+                    Go::Stream
+                })
                 .ok()
                 .context("the client thread ended")?;
             let r = back_rx
@@ -498,7 +528,10 @@ pub fn run(a: &SoakArgs) -> Result<()> {
                 problems.push(format!("restart {kill}: lost {:?}", r.lost));
             }
             if !r.resurrected.is_empty() {
-                note += &format!(" RESURRECTED (withdrawal acknowledged, back in force): mids {:?}", r.resurrected);
+                note += &format!(
+                    " RESURRECTED (withdrawal acknowledged, back in force): mids {:?}",
+                    r.resurrected
+                );
                 problems.push(format!("restart {kill}: resurrected {:?}", r.resurrected));
             }
             println!(
@@ -521,7 +554,9 @@ pub fn run(a: &SoakArgs) -> Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     let end = unix_ns();
     finish_traffic(&traffic_stop);
-    generator.join().map_err(|_| anyhow::anyhow!("the generator panicked"))??;
+    generator
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator panicked"))??;
     let (arrivals, receiver_drops) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("the receiver panicked"))??;
@@ -532,7 +567,10 @@ pub fn run(a: &SoakArgs) -> Result<()> {
         .map(|w| Duration::from_nanos(w.to.unwrap_or(end).saturating_sub(w.from)))
         .sum();
 
-    println!("\n== soak summary ({:.0} s)", soak_started.elapsed().as_secs_f64());
+    println!(
+        "\n== soak summary ({:.0} s)",
+        soak_started.elapsed().as_secs_f64()
+    );
     println!(
         "requests acknowledged              {} (PUT 2.01/2.04: {}, DELETE 2.02: {}); unanswered at a kill: {}; refused: {}",
         tally.puts + tally.deletes,
@@ -547,12 +585,19 @@ pub fn run(a: &SoakArgs) -> Result<()> {
     println!(
         "acknowledged vs restored           {acknowledged} vs {restored} over {} restarts{}",
         restarts.len(),
-        if acknowledged == restored && problems.is_empty() { " (equal)" } else { " (NOT EQUAL)" }
+        if acknowledged == restored && problems.is_empty() {
+            " (equal)"
+        } else {
+            " (NOT EQUAL)"
+        }
     );
     for p in &problems {
         println!("    {p}");
     }
-    println!("restart until listening            {} (each: a heartbeat over TLS answered)", summary(&restarts));
+    println!(
+        "restart until listening            {} (each: a heartbeat over TLS answered)",
+        summary(&restarts)
+    );
     println!(
         "attack packets                     {} offered, {} reached the customer (receiver socket drops: {receiver_drops})",
         offered.load(Ordering::Relaxed),
