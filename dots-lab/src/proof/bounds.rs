@@ -240,11 +240,16 @@ fn raise_own_fd_limit() {
 pub fn run(a: &BoundsArgs) -> Result<()> {
     raise_own_fd_limit();
     let scratch = Scratch::new(super::agent(a.agent.as_ref())?, "", "")?;
-    // The server's answers to spoofed sources go back towards the internet namespace.
+    // The server's answers to spoofed sources go back towards the internet namespace, and
+    // the slow connections come from there: the attacker's side of the scrubber.
     scratch
         .topo
         .scrubber
         .ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"])?;
+    scratch
+        .topo
+        .inet
+        .ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.254"])?;
     let server = scratch.start_server(Some(a.server_nofile))?;
     let pid = server.pid();
     let up = block_on(&scratch.topo.customer, {
