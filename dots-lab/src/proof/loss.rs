@@ -230,8 +230,34 @@ struct Observed {
     notified: u32,
     client_heartbeats: (u32, u32),
     server_heartbeats: u32,
-    recovered: Option<Duration>,
+    /// How long after the loss ended a change was notified; whether Observe had to be
+    /// registered again.
+    recovered: Option<(Duration, bool)>,
     failure: Option<String>,
+}
+
+fn recovery(r: Option<(Duration, bool)>) -> String {
+    match r {
+        None => "NO notification within 10 s, nor after registering again".into(),
+        Some((d, false)) => format!("notified after {}", human(d)),
+        Some((d, true)) => format!("notified after {} (Observe registered again)", human(d)),
+    }
+}
+
+/// A mitigation of `mid` created (or, if `present`, withdrawn) on `session`.
+async fn change(session: &mut Session, mid: u32, present: bool) -> Result<()> {
+    let path = super::mitigate_path(session.cuid(), mid);
+    let r = if present {
+        session
+            .request(RequestType::Delete, &path, None, false)
+            .await
+    } else {
+        session
+            .request(RequestType::Put, &path, Some(scope_body(mid)), false)
+            .await
+    };
+    r.context("the change after the loss ended")?;
+    Ok(())
 }
 
 /// One session under loss for `seconds`: demanding heartbeat settings, Observe on all
@@ -341,27 +367,23 @@ async fn observe(
         }
         o.server_heartbeats = session.server_heartbeats();
         lift()?;
-        // Without loss: one more change must come back as a notification.
+        // Without loss: one more change must come back as a notification, on the old
+        // registration, or else on a new one (RFC 7641 §4.5: a server forgets an observer
+        // whose confirmable notification went unacknowledged; a client then registers
+        // again, as `client watch` does).
         let t0 = Instant::now();
-        let path = super::mitigate_path(session.cuid(), mid);
-        let req = if present {
-            session
-                .request(RequestType::Delete, &path, None, false)
-                .await
-        } else {
-            let body = dots_agent::signal::message::encode_mitigation_request(
-                &dots_agent::signal::message::Scope::new(
-                    vec![target(mid)],
-                    dots_agent::signal::message::Lifetime::Seconds(600),
-                ),
-            );
-            session
-                .request(RequestType::Put, &path, Some(body), false)
-                .await
-        };
-        req.context("the change after the loss ended")?;
+        change(&mut session, mid, present).await?;
         if let Ok(Some(_)) = session.notification(&token, Duration::from_secs(10)).await {
-            o.recovered = Some(t0.elapsed());
+            o.recovered = Some((t0.elapsed(), false));
+            return Ok(());
+        }
+        let (_, token) = tokio::time::timeout(Duration::from_secs(10), session.observe(&all))
+            .await
+            .context("registering Observe again: no answer")??;
+        // A mid never used: a creation.
+        change(&mut session, mid + 1, false).await?;
+        if let Ok(Some(_)) = session.notification(&token, Duration::from_secs(10)).await {
+            o.recovered = Some((t0.elapsed(), true));
         }
         Ok(())
     }
@@ -457,15 +479,11 @@ pub fn run(a: &LossArgs) -> Result<()> {
             "  Observe: {} notifications for {} changes under loss; after the loss ended: {}",
             o.notified,
             o.changes,
-            o.recovered
-                .map_or("NO notification within 10 s".to_string(), |d| format!(
-                    "notified after {}",
-                    human(d)
-                ))
+            recovery(o.recovered)
         );
         rows.push((rate, ttm, declared_dead, o));
     }
-    println!("\n== loss summary (time to mitigate: a PUT on a live session until its 2.01, p50 / p99 / max)");
+    println!("\n== loss summary (time to mitigate: a PUT on a live session until its 2.01/2.04, p50 / p99 / max)");
     for (rate, ttm, dead, o) in &rows {
         let t: Vec<String> = ttm
             .iter()
@@ -487,7 +505,7 @@ pub fn run(a: &LossArgs) -> Result<()> {
             t.join("; "),
             o.notified,
             o.changes,
-            o.recovered.map_or("no".to_string(), human)
+            recovery(o.recovered)
         );
     }
     Ok(())
