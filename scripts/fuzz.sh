@@ -17,7 +17,8 @@
 # and corpus size. A crash stops that target; its input is left in fuzz/artifacts/TARGET/ and
 # the script exits 1.
 #
-# Usage: scripts/fuzz.sh [--runs N] [--seconds S] [TARGET...]   (default 1000000 runs, 1200 s)
+# Usage: scripts/fuzz.sh [--runs N] [--seconds S] [--no-build] [TARGET...]
+#   (default 1000000 runs, 1200 s per target; --no-build runs the binaries as last built)
 # Runs at nice 19. Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation
 # takes nightly flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
 set -euo pipefail
@@ -26,10 +27,12 @@ ROOT=$PWD
 RUNS=1000000
 SECONDS_PER_TARGET=1200
 TARGETS=()
+NO_BUILD=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --seconds) SECONDS_PER_TARGET=$2; shift 2 ;;
+        --no-build) NO_BUILD=1; shift ;;
         -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) TARGETS+=("$1"); shift ;;
@@ -63,10 +66,15 @@ build() {  # a build's output only when it fails
     fi
     rm -f "$log"
 }
-for t in "${TARGETS[@]}"; do build cargo fuzz build --sanitizer none "$t"; done
+if [ $NO_BUILD = 0 ]; then
+    for t in "${TARGETS[@]}"; do build cargo fuzz build --sanitizer none "$t"; done
+fi
 # The seed writer is an ordinary program: built without the coverage instrumentation, which
 # only a binary linked with libFuzzer can resolve.
-build cargo build --release --locked --bin seed_corpus --target-dir target/plain
+[ $NO_BUILD = 1 ] || build cargo build --release --locked --bin seed_corpus --target-dir target/plain
+for t in "${TARGETS[@]}"; do
+    [ -x "$BIN/$t" ] || { echo "fuzz.sh: no $BIN/$t: run without --no-build" >&2; exit 1; }
+done
 [ -x "$SEEDER" ] || { echo "fuzz.sh: building seed_corpus failed" >&2; exit 1; }
 
 SHARED=${DOTS_SHARED:-$ROOT/../shared}

@@ -370,7 +370,7 @@ async fn observe(
         // Without loss: one more change must come back as a notification, on the old
         // registration, or else on a new one (RFC 7641 §4.5: a server forgets an observer
         // whose confirmable notification went unacknowledged; a client then registers
-        // again, as `client watch` does).
+        // again).
         let t0 = Instant::now();
         change(&mut session, mid, present).await?;
         if let Ok(Some(_)) = session.notification(&token, Duration::from_secs(10)).await {
