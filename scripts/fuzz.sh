@@ -96,13 +96,16 @@ for t in "${TARGETS[@]}"; do
     rc=$?
     set -e
     secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    inited=$(grep -m1 -E '^#[0-9]+ +INITED' "$log" | grep -oE 'cov: [0-9]+' | grep -oE '[0-9]+' || echo 0)
-    last=$(grep -E '^#[0-9]+ +(DONE|NEW|REDUCE|pulse|INITED)' "$log" | tail -1)
-    cov=$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
-    ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
-    corp=$(grep -oE 'corp: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo 0)
-    execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$' || true)
-    [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' <<<"$last" | tr -d '#' || echo 0)
+    # libFuzzer's status lines: "#N<TAB>KIND cov: C ft: F corp: K/..." (a line may be
+    # interleaved with other output, so each figure is looked up on its own).
+    status() { grep -aE "^#[0-9]+[[:space:]]+($1)" "$log" || true; }
+    figure() { grep -oE "$1: [0-9]+" | grep -oE '[0-9]+' | tail -1 || true; }
+    inited=$(status INITED | head -1 | figure cov)
+    last=$(status 'DONE|NEW|REDUCE|pulse|INITED' | tail -1)
+    cov=$(figure cov <<<"$last"); ft=$(figure ft <<<"$last"); corp=$(figure corp <<<"$last")
+    execs=$(grep -aoE 'stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$' || true)
+    [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' <<<"$last" | tr -d '#' || true)
+    inited=${inited:-?} cov=${cov:-?} ft=${ft:-?} corp=${corp:-?} execs=${execs:-0}
     if [ $rc -eq 0 ]; then result="ok, no crash"; else
         result="CRASH (exit $rc): $(ls -t "fuzz/artifacts/$t" | head -1)"; failed=1; fi
     printf '%-14s %10s %8.0f %8.0f %8s > %-7s %9s %7s  %s\n' "$t" "$execs" "$secs" \
