@@ -143,6 +143,7 @@ fn read_snapshot(conn: &Connection) -> Result<Snapshot> {
         data_clients: docs(conn, "data_client", "cuid")?,
         acl_counts: docs(conn, "acl_counts", "client")?,
         operator_mitigations: docs(conn, "operator_mitigation", "id")?,
+        cuid_bindings: docs(conn, "cuid_binding", "cuid")?,
     })
 }
 
@@ -219,7 +220,8 @@ impl Store {
         }
         // Added after schema 1 shipped; a new table needs no migration.
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS cuid_binding (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the telemetry table in {}", path.display()))?;
         Ok(Store {
@@ -282,6 +284,8 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
         Change::Operator { id, doc } => {
             put_doc(tx, "operator_mitigation", "id", &id.to_string(), doc)
         }
+        // The doc is the client's name.
+        Change::CuidBinding { cuid, client } => put_doc(tx, "cuid_binding", "cuid", cuid, client),
     }
 }
 

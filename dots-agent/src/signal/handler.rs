@@ -164,6 +164,26 @@ fn conflict_body(req: &Packet, info: Vec<(u64, ciborium::value::Value)>) -> Pack
     response(req, ResponseType::Conflict, cbor::encode(&body), true)
 }
 
+/// The cuid a request's path names must be one its client holds or may take (the hash
+/// of its key, or another it chose: RFC 9132 §4.4.1.1); another client's is refused.
+/// The session is alive for it from now on.
+fn claim_path_cuid<M: Mitigator>(
+    engine: &mut Engine<M>,
+    client: &str,
+    resource: &Resource,
+    now: u64,
+) -> Result<(), Refusal> {
+    let cuid = match resource {
+        Resource::Mitigate { cuid, .. }
+        | Resource::TelemetrySetup { cuid, .. }
+        | Resource::Telemetry { cuid, .. } => cuid,
+        Resource::Config { .. } | Resource::Heartbeat => return Ok(()),
+    };
+    engine.claim_cuid(client, cuid)?;
+    engine.seen(client, cuid, now);
+    Ok(())
+}
+
 fn path(req: &Packet) -> Vec<String> {
     req.get_option(CoapOption::UriPath)
         .map(|l| {
@@ -240,15 +260,11 @@ pub fn handle<M: Mitigator>(
             "the payload must be application/dots+cbor (Content-Format 271)",
         ));
     }
+    if let Err(r) = claim_path_cuid(engine, client, &resource, now) {
+        return Reply::Response(refusal(req, r));
+    }
     match (resource, method) {
         (Resource::Mitigate { cuid, mid, .. }, m) => {
-            if cuid != peer.cuid {
-                return Reply::Response(diagnostic(
-                    req,
-                    ResponseType::Forbidden,
-                    "the cuid in the path is not this client's",
-                ));
-            }
             match m {
                 RequestType::Put => {
                     let Some(mid) = mid else {
@@ -409,15 +425,6 @@ pub fn handle<M: Mitigator>(
             ResponseType::MethodNotAllowed,
             "config takes GET, PUT and DELETE",
         )),
-        (Resource::TelemetrySetup { cuid, .. }, _) | (Resource::Telemetry { cuid, .. }, _)
-            if cuid != peer.cuid =>
-        {
-            Reply::Response(diagnostic(
-                req,
-                ResponseType::Forbidden,
-                "the cuid in the path is not this client's",
-            ))
-        }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Get) => {
             match engine.tm_setup_get(client, tsid) {
                 Ok(setup) => Reply::Response(response(
@@ -516,6 +523,13 @@ mod tests {
                     "2001:db8:6401::/48".parse().unwrap(),
                     "198.51.100.0/24".parse().unwrap(),
                 ],
+                countermeasures: Countermeasures::default(),
+                acl: Vec::new(),
+                allow_indefinite: false,
+                max_lifetime: 86_400,
+            }, ClientPolicy {
+                name: "client-b".into(),
+                prefixes: vec!["203.0.113.0/24".parse().unwrap()],
                 countermeasures: Countermeasures::default(),
                 acl: Vec::new(),
                 allow_indefinite: false,
@@ -631,7 +645,8 @@ mod tests {
             0,
         );
         assert_eq!(code(&r), ResponseType::BadRequest);
-        // Another client's cuid.
+        // Another client's cuid: client-b took it first (RFC 9132 §4.4.1.3: cuid
+        // collision, conflict-cause 3).
         let other = [
             ".well-known",
             "dots",
@@ -639,15 +654,40 @@ mod tests {
             "cuid=someoneelse",
             "mid=1",
         ];
+        let client_b = Peer {
+            client: Some("client-b"),
+            cuid: "cuid-of-b",
+        };
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &other, &[]), 0);
+        assert_eq!(code(&r), ResponseType::NotFound, "taken, nothing there yet");
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &other, FIG8), 0);
+        assert_eq!(code(&r), ResponseType::Conflict);
+        let Reply::Response(pk) = r else { panic!() };
+        let v = super::super::diag::to_json(&cbor::parse(&pk.payload).unwrap());
         assert_eq!(
-            code(&handle(
-                &mut e,
-                &PEER,
-                &request(RequestType::Put, &other, FIG8),
-                0
-            )),
-            ResponseType::Forbidden
+            v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["conflict-information"]
+                ["conflict-cause"],
+            3,
+            "{v}"
         );
+        assert!(e.mitigator().installed().is_empty());
+        // A cuid of its own choosing (not its key's hash) is client-a's from then on.
+        let chosen = [
+            ".well-known",
+            "dots",
+            "mitigate",
+            "cuid=operator-chosen-1",
+            "mid=1",
+        ];
+        let v4 = message::encode_mitigation_request(&message::Scope::new(
+            vec!["198.51.100.0/24".parse().unwrap()],
+            message::Lifetime::Seconds(3600),
+        ));
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &chosen, &v4), 0);
+        assert_eq!(code(&r), ResponseType::Created);
+        assert_eq!(e.cuid_holder("operator-chosen-1"), Some("client-a"));
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &chosen, &[]), 0);
+        assert_eq!(code(&r), ResponseType::Conflict, "and nobody else's");
         // No mid on PUT; unknown resource; GET with nothing there.
         let nomid = [".well-known", "dots", "mitigate", &format!("cuid={CUID}")];
         let nomid: Vec<&str> = nomid.iter().map(|s| s.as_ref()).collect();
@@ -1030,10 +1070,17 @@ mod tests {
             3,
         );
         assert_eq!(code(&r), ResponseType::BadRequest);
+        // A cuid client-b holds: 4.09 (cuid collision), as on the mitigate resource.
         let mut wrong = setup("tsid=3");
         wrong[3] = "cuid=someone-else";
+        let client_b = Peer {
+            client: Some("client-b"),
+            cuid: "cuid-of-b",
+        };
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &wrong, &[]), 3);
+        assert_eq!(code(&r), ResponseType::NotFound);
         let r = handle(&mut e, &PEER, &request(RequestType::Put, &wrong, &pipe), 3);
-        assert_eq!(code(&r), ResponseType::Forbidden);
+        assert_eq!(code(&r), ResponseType::Conflict);
         let r = handle(
             &mut e,
             &PEER,
