@@ -292,3 +292,177 @@ async fn libcoap_gets_and_observes_a_large_status_in_blocks_over_dtls() {
         "the notification carried block 0: {log}"
     );
 }
+
+/// The code of the last response line of libcoap's log (after 2.31s and block fetches).
+fn last_code(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains("v:1 t:") && !l.contains(" c:PUT") && !l.contains(" c:GET"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("c:"))
+                .map(String::from)
+        })
+        .filter(|c| c.chars().next().is_some_and(|ch| ch.is_ascii_digit()))
+        .last()
+}
+
+/// RFC 7959 §2.5: libcoap sends a mitigation request of 80 targets (about 2 KB) in
+/// Block1 blocks of 512 bytes with Size1 and Request-Tag; each but the last gets 2.31, the
+/// last 2.01 once the whole body is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_puts_a_large_request_in_block1_blocks_over_dtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (running, cuid) = two_clients(d).await;
+    let port = running.signal[0].port();
+    let targets = (0..80)
+        .map(|i| format!("2001:db8:6401:1::{:x}/128", i + 1).parse().unwrap())
+        .collect();
+    let body = dots_agent::signal::message::encode_mitigation_request(
+        &dots_agent::signal::message::Scope::new(
+            targets,
+            dots_agent::signal::message::Lifetime::Seconds(3600),
+        ),
+    );
+    assert!(body.len() > 1800, "{} bytes", body.len());
+    let last = (body.len() - 1) / 512;
+    let file = d.join("big.cbor");
+    std::fs::write(&file, &body).unwrap();
+    let uri = format!("coaps://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}/mid=1");
+    let log = run_libcoap(
+        d,
+        "client-a",
+        vec![
+            "-m".into(),
+            "put".into(),
+            "-t".into(),
+            "271".into(),
+            "-b".into(),
+            "512".into(),
+            "-f".into(),
+            file.display().to_string(),
+            uri,
+        ],
+    )
+    .await;
+    // libcoap logs the first block it sends and the final answer (the 2.31 Continues in
+    // between stay inside its block layer, which goes on only when it gets them).
+    assert!(log.contains("Block1:0/M/512, Size1:"), "sent in blocks: {log}");
+    assert!(log.contains(&format!("Block1:{last}/_/512")), "the last block: {log}");
+    assert_eq!(last_code(&log).as_deref(), Some("2.01"), "{log}");
+    let held = running
+        .control
+        .run(move |c| {
+            c.engine
+                .status(&cuid, Some(1), dots_agent::clock::unix_now())
+                .map(|s| s[0].scope.target_prefix.len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.ok(), Some(80), "the whole body was read");
+}
+
+/// A cuid the client chose (as go-dots' -cuid), not its key's hash: client-a's from its
+/// first request; client-b using it gets 4.09 with conflict-cause 3 (RFC 9132 §4.4.1.3).
+/// Also over DTLS with libcoap: a CoAP ping (-K, as keepalive) gets a Reset, and an
+/// unrecognised critical option 4.02.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_chosen_cuid_ping_and_critical_options_over_dtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (running, _) = two_clients(d).await;
+    let port = running.signal[0].port();
+    let base = format!("coaps://127.0.0.1:{port}/.well-known/dots");
+    let put = |client: &'static str, prefix: &str, out: &Path| {
+        let body = dots_agent::signal::message::encode_mitigation_request(
+            &dots_agent::signal::message::Scope::new(
+                vec![prefix.parse().unwrap()],
+                dots_agent::signal::message::Lifetime::Seconds(3600),
+            ),
+        );
+        let file = d.join(format!("{client}.cbor"));
+        std::fs::write(&file, body).unwrap();
+        run_libcoap(
+            d,
+            client,
+            vec![
+                "-m".into(),
+                "put".into(),
+                "-t".into(),
+                "271".into(),
+                "-f".into(),
+                file.display().to_string(),
+                "-o".into(),
+                out.display().to_string(),
+                format!("{base}/mitigate/cuid=chosen-by-operator-1/mid=5"),
+            ],
+        )
+    };
+    let a = put("client-a", "2001:db8:6401::/64", &d.join("a.out")).await;
+    assert_eq!(code(&a).as_deref(), Some("2.01"), "{a}");
+    let b = put("client-b", "2001:db8:6402::/64", &d.join("b.out")).await;
+    assert_eq!(code(&b).as_deref(), Some("4.09"), "{b}");
+    // {1: {2: [{17: {19: 3}}]}}: conflict-cause 3, as libcoap logs the body.
+    assert!(
+        b.contains("<<a101a10281a111a11303>>"),
+        "conflict-cause 3: {b}"
+    );
+    let holder = running
+        .control
+        .run(|c| c.engine.cuid_holder("chosen-by-operator-1").map(String::from))
+        .await
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some("client-a"));
+
+    // Observe /config for 3 s with a ping after each second of silence.
+    let log = run_libcoap(
+        d,
+        "client-a",
+        vec![
+            "-v".into(),
+            "7".into(),
+            "-K".into(),
+            "1".into(),
+            "-s".into(),
+            "3".into(),
+            format!("{base}/config"),
+        ],
+    )
+    .await;
+    assert!(log.contains("t:RST"), "the ping was answered with a Reset: {log}");
+
+    let log = run_libcoap(
+        d,
+        "client-a",
+        vec!["-O".into(), "65001,x".into(), format!("{base}/config")],
+    )
+    .await;
+    assert_eq!(code(&log).as_deref(), Some("4.02"), "{log}");
+}
+
+/// RFC 9177 Q-Block2 (option 31, critical) as go-dots' sample configuration asks for it:
+/// libcoap in go-dots' block mode (COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_TRY_Q_BLOCK, -L 5),
+/// once by itself and once with the Q-Block2 option go-dots adds to every GET (NUM 0, M,
+/// SZX 1). This server does not implement Q-Block: it answers 4.02, and the client must
+/// still get the whole status (in Block2 blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trying_q_block2_gets_the_whole_status_over_dtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (running, cuid) = two_clients(d).await;
+    let port = running.signal[0].port();
+    many_mitigations(&running, &cuid, 1..7, 24).await;
+    let uri = format!("coaps://127.0.0.1:{port}/.well-known/dots/mitigate/cuid={cuid}");
+    for (i, extra) in [vec![], vec!["-O".to_string(), "31,0x09".to_string()]]
+        .into_iter()
+        .enumerate()
+    {
+        let out = d.join(format!("q{i}.cbor"));
+        let mut args = vec!["-L".into(), "5".into(), "-o".into(), out.display().to_string()];
+        args.extend(extra);
+        args.push(uri.clone());
+        let log = run_libcoap(d, "client-a", args).await;
+        let got = outputs(&out);
+        assert_eq!(got.iter().map(scopes).last(), Some(6), "run {i}: {log}");
+    }
+}

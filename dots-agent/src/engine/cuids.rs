@@ -99,3 +99,69 @@ impl<M: Mitigator> Engine<M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::engine::journal::MemoryJournal;
+    use crate::engine::ClientPolicy;
+
+    fn engine(journal: &MemoryJournal) -> Engine<MemoryMitigator> {
+        let policy = |name: &str, prefix: &str| ClientPolicy {
+            name: name.into(),
+            prefixes: vec![prefix.parse().unwrap()],
+            countermeasures: Countermeasures::default(),
+            acl: Vec::new(),
+            allow_indefinite: false,
+            max_lifetime: 86_400,
+        };
+        Engine::new(
+            MemoryMitigator::new(),
+            vec![
+                policy("client-a", "198.51.100.0/24"),
+                policy("client-b", "203.0.113.0/24"),
+            ],
+        )
+        .with_journal(Box::new(journal.clone()))
+    }
+
+    #[test]
+    fn a_cuid_is_held_by_its_first_client_across_a_restart() {
+        let journal = MemoryJournal::new();
+        let mut e = engine(&journal);
+        e.claim_cuid("client-a", "uuid-1").unwrap();
+        e.claim_cuid("client-a", "uuid-2").unwrap();
+        e.claim_cuid("client-a", "uuid-1").unwrap();
+        assert_eq!(journal.transactions(), 2, "a new binding is committed once");
+        assert!(matches!(
+            e.claim_cuid("client-b", "uuid-1"),
+            Err(Refusal::Conflict { cause: 3, .. })
+        ));
+        // A restart: the store's bindings come back.
+        let mut again = engine(&journal);
+        again.restore(&journal.snapshot(), Vec::new(), Vec::new(), 0).unwrap();
+        assert_eq!(again.cuid_holder("uuid-2"), Some("client-a"));
+        assert!(again.claim_cuid("client-b", "uuid-2").is_err());
+        again.claim_cuid("client-b", "uuid-3").unwrap();
+    }
+
+    #[test]
+    fn cuids_per_client_are_bounded_and_unstored_bindings_refused() {
+        let journal = MemoryJournal::new();
+        let mut e = engine(&journal);
+        for i in 0..MAX_CUIDS_PER_CLIENT {
+            e.claim_cuid("client-a", &format!("c{i}")).unwrap();
+        }
+        assert!(matches!(
+            e.claim_cuid("client-a", "one-more"),
+            Err(Refusal::Forbidden(_))
+        ));
+        journal.fail(true);
+        assert!(matches!(
+            e.claim_cuid("client-b", "unstored"),
+            Err(Refusal::Unavailable(_))
+        ));
+        assert_eq!(e.cuid_holder("unstored"), None, "not bound without its record");
+    }
+}

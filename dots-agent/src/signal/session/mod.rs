@@ -407,6 +407,17 @@ impl Session {
                 "malformed Block2 option",
             ));
         };
+        // Q-Block2 (go-dots) asks for a block-wise answer: given in Block2 of our size,
+        // only when the body does not fit one message (see options.rs).
+        let block2 = match (block2, Block::of(req, CoapOption::Unknown(options::Q_BLOCK2))) {
+            (Some(b), _) => Some(b),
+            (None, Ok(Some(q))) if q.num > 0 => Some(Block {
+                num: q.num,
+                more: false,
+                szx: q.szx,
+            }),
+            _ => None,
+        };
         let key = blockwise::resource_key(req);
         if let Some(b) = block2.filter(|b| b.num > 0) {
             // The next block of a body being served (else the request runs again).

@@ -6,9 +6,12 @@
 use coap_lite::{CoapOption, Packet};
 
 /// Critical options this server acts on. Uri-Query is kept for the block-wise cache key
-/// and otherwise has no meaning on the signal channel. Q-Block1/Q-Block2 (19, 31: RFC
-/// 9177) are not among them: a client trying Q-Block2 gets 4.02 and falls back to Block2
-/// (RFC 9177 §4.1, as libcoap's COAP_BLOCK_TRY_Q_BLOCK does).
+/// and otherwise has no meaning on the signal channel. Q-Block2 (31, RFC 9177), which
+/// go-dots puts on every GET, is taken as asking for a block-wise answer, given in Block2
+/// (RFC 7959), which libcoap and go-dots follow; answered 4.02, as RFC 9177 §4.1 expects
+/// of a server without Q-Block, a go-dots client gets no data at all (libcoap 4.3.1 does
+/// not retry a request whose Q-Block2 its application added). Q-Block1 (19) stays
+/// unrecognised: go-dots sends no request bodies in blocks.
 const CRITICAL_KNOWN: &[u16] = &[
     1,  // If-Match (efficacy updates, RFC 9132 §4.4.3)
     3,  // Uri-Host
@@ -18,7 +21,11 @@ const CRITICAL_KNOWN: &[u16] = &[
     17, // Accept
     23, // Block2 (RFC 7959)
     27, // Block1 (RFC 7959)
+    Q_BLOCK2,
 ];
+
+/// Q-Block2 (RFC 9177).
+pub const Q_BLOCK2: u16 = 31;
 
 /// The number of a coap-lite option.
 pub fn number(o: CoapOption) -> u16 {
@@ -48,7 +55,9 @@ mod tests {
         assert_eq!(unrecognised_critical(&p), Some(65001));
         let mut q = Packet::new();
         q.add_option(CoapOption::Unknown(31), vec![0x09]); // go-dots' Q-Block2
-        assert_eq!(unrecognised_critical(&q), Some(31));
+        assert_eq!(unrecognised_critical(&q), None);
+        q.add_option(CoapOption::Unknown(19), vec![0x09]); // Q-Block1
+        assert_eq!(unrecognised_critical(&q), Some(19));
         assert_eq!(number(CoapOption::Block1), 27);
     }
 }
