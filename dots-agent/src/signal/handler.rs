@@ -108,6 +108,18 @@ fn diagnostic(req: &Packet, code: ResponseType, text: impl Into<String>) -> Pack
 }
 
 fn refusal(req: &Packet, r: Refusal) -> Packet {
+    refusal_of(req, r, Vec::new())
+}
+
+/// A refused mitigation request: a 4.09's scope entry names the request's mid and
+/// lifetime beside conflict-information, as go-dots' server does and its client reads
+/// (`ScopePut`: mid, lifetime, conflict-information).
+fn put_refusal(req: &Packet, r: Refusal, mid: u32, lifetime: message::Lifetime) -> Packet {
+    refusal_of(req, r, vec![(5, uint(mid as u64)), (14, lifetime.to_cbor())])
+}
+
+/// `entry`: what the 4.09 scope entry carries before conflict-information.
+fn refusal_of(req: &Packet, r: Refusal, entry: Vec<(u64, ciborium::value::Value)>) -> Packet {
     match r {
         Refusal::BadRequest(t) => diagnostic(req, ResponseType::BadRequest, t),
         Refusal::Forbidden(t) => diagnostic(req, ResponseType::Forbidden, t),
@@ -132,7 +144,7 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
                 21,
                 cbor::map(vec![(6, ciborium::value::Value::Array(prefixes))]),
             ));
-            conflict_body(req, info)
+            conflict_body(req, entry, info)
         }
         Refusal::Unprocessable(t) => diagnostic(req, ResponseType::UnprocessableEntity, t),
         Refusal::Conflict { cause, mid, .. } => {
@@ -146,20 +158,22 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
             if let Some(m) = mid {
                 info.push((21, cbor::map(vec![(5, uint(m as u64))])));
             }
-            conflict_body(req, info)
+            conflict_body(req, entry, info)
         }
     }
 }
 
-/// 4.09 with `{1: {2: [{17: conflict-information}]}}`: conflict-information sits in the
-/// scope entry, as the YANG module places it.
-fn conflict_body(req: &Packet, info: Vec<(u64, ciborium::value::Value)>) -> Packet {
+/// 4.09 with `{1: {2: [{(entry,) 17: conflict-information}]}}`: conflict-information
+/// sits in the scope entry, as the YANG module places it.
+fn conflict_body(
+    req: &Packet,
+    mut entry: Vec<(u64, ciborium::value::Value)>,
+    info: Vec<(u64, ciborium::value::Value)>,
+) -> Packet {
+    entry.push((17, cbor::map(info)));
     let body = cbor::map(vec![(
         1,
-        cbor::map(vec![(
-            2,
-            ciborium::value::Value::Array(vec![cbor::map(vec![(17, cbor::map(info))])]),
-        )]),
+        cbor::map(vec![(2, ciborium::value::Value::Array(vec![cbor::map(entry)]))]),
     )]);
     response(req, ResponseType::Conflict, cbor::encode(&body), true)
 }
@@ -287,6 +301,7 @@ pub fn handle<M: Mitigator>(
                     let efficacy = req
                         .get_option(CoapOption::IfMatch)
                         .is_some_and(|l| l.iter().any(|v| v.is_empty()));
+                    let lifetime = scope.lifetime;
                     match engine.put(client, &cuid, mid, scope, efficacy, now) {
                         Ok(PutOutcome::Created { granted }) => Reply::Response(response(
                             req,
@@ -298,7 +313,7 @@ pub fn handle<M: Mitigator>(
                             Reply::Response(response(req, ResponseType::Changed, Vec::new(), false))
                         }
                         Ok(PutOutcome::Discarded) => Reply::Silence,
-                        Err(r) => Reply::Response(refusal(req, r)),
+                        Err(r) => Reply::Response(put_refusal(req, r, mid, lifetime)),
                     }
                 }
                 RequestType::Delete => {
@@ -737,6 +752,14 @@ mod tests {
         assert!(
             format!("{v:?}").contains("Integer(2)"),
             "conflict names mid 2: {v:?}"
+        );
+        // Beside it the request's mid and lifetime, as go-dots' client reads a 4.09.
+        let v = super::super::diag::to_json(&v);
+        let entry = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+        assert_eq!(
+            (entry["mid"].as_u64(), entry["lifetime"].as_u64()),
+            (Some(1), Some(3600)),
+            "{v}"
         );
         // Efficacy update for an unknown mid: silently discarded.
         let p9 = p("mid=9");
