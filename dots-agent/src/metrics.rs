@@ -28,6 +28,7 @@ pub struct SignalMetrics {
     handshake_failures: IntCounterVec,
     pub heartbeats_missed: IntCounter,
     pub sessions_lost: IntCounter,
+    pub unsendable: IntCounter,
 }
 
 pub static SIGNAL: LazyLock<SignalMetrics> = LazyLock::new(SignalMetrics::new);
@@ -80,6 +81,11 @@ impl SignalMetrics {
             "Client sessions declared lost (missing heartbeats)",
         )
         .expect("valid metric");
+        let unsendable = IntCounter::new(
+            "dots_signal_unsendable_messages_total",
+            "Responses and notifications that could not be encoded for their transport (logged)",
+        )
+        .expect("valid metric");
         // Every series of a known label set exists from the start, at 0, so that rate()
         // and alerts work from the first scrape.
         for op in OPERATIONS {
@@ -116,6 +122,7 @@ impl SignalMetrics {
             Box::new(handshake_failures.clone()),
             Box::new(heartbeats_missed.clone()),
             Box::new(sessions_lost.clone()),
+            Box::new(unsendable.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -127,6 +134,7 @@ impl SignalMetrics {
             handshake_failures,
             heartbeats_missed,
             sessions_lost,
+            unsendable,
         }
     }
 

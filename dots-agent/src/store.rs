@@ -9,7 +9,9 @@
 //! channel's registrations, aliases and ACLs, one document per cuid) and `acl_counts` (ACL
 //! counts of mitigations that have ended, per client). A v1 file is migrated in place on
 //! open; its rows are kept. 3 adds `operator_mitigation` (the operator's own mitigations,
-//! `dots-agent xdp mitigation add` through the server).
+//! `dots-agent xdp mitigation add` through the server). `telemetry_setup` and
+//! `cuid_binding` (which client holds which cuid) were added without a version change: a
+//! new table needs no migration.
 //!
 //! A file that exists but is not a valid store (zero length included, which SQLite would
 //! take for an empty database) is never opened for writing: [`inspect`] says what is wrong,
@@ -143,6 +145,7 @@ fn read_snapshot(conn: &Connection) -> Result<Snapshot> {
         data_clients: docs(conn, "data_client", "cuid")?,
         acl_counts: docs(conn, "acl_counts", "client")?,
         operator_mitigations: docs(conn, "operator_mitigation", "id")?,
+        cuid_bindings: docs(conn, "cuid_binding", "cuid")?,
     })
 }
 
@@ -219,7 +222,8 @@ impl Store {
         }
         // Added after schema 1 shipped; a new table needs no migration.
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS telemetry_setup (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS cuid_binding (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the telemetry table in {}", path.display()))?;
         Ok(Store {
@@ -282,6 +286,8 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
         Change::Operator { id, doc } => {
             put_doc(tx, "operator_mitigation", "id", &id.to_string(), doc)
         }
+        // The doc is the client's name.
+        Change::CuidBinding { cuid, client } => put_doc(tx, "cuid_binding", "cuid", cuid, client),
     }
 }
 
@@ -342,8 +348,17 @@ mod tests {
                 doc: None,
             }])
             .unwrap();
+            s.commit(&[Change::CuidBinding {
+                cuid: "chosen-1".into(),
+                client: Some("client-a".into()),
+            }])
+            .unwrap();
         }
         let s = Store::open(dir.path()).unwrap().snapshot().unwrap();
+        assert_eq!(
+            s.cuid_bindings,
+            vec![("chosen-1".to_string(), "client-a".to_string())]
+        );
         assert_eq!(
             s.mitigations,
             vec![("cu".to_string(), 1, r#"{"a":2}"#.to_string())]

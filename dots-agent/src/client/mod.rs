@@ -217,6 +217,12 @@ const REPEAT: Duration = Duration::from_secs(2);
 const REPEATS: u32 = 4;
 
 /// A random byte (for the retransmission timeout's random factor).
+/// Resources whose requests are CON over DTLS: the session configuration (RFC 9132 §4.5)
+/// and the telemetry setup (RFC 9244 §7); the rest are NON, repeated.
+fn is_confirmable(resource: &str) -> bool {
+    matches!(resource, "config" | "tm-setup")
+}
+
 fn random_byte() -> u8 {
     let mut b = [0u8; 1];
     let _ = openssl::rand::rand_bytes(&mut b);
@@ -510,10 +516,10 @@ impl Session {
         }
         let delivery = match &self.link {
             Link::Tls { .. } => proto::Delivery::Once { wait: self.timeout },
-            // Idle-time requests are CON (RFC 9132 §4.5): retransmitted with the same
-            // message id, the timeout doubling from ACK_TIMEOUT x a random factor, as
-            // negotiated in the session configuration.
-            Link::Dtls { .. } if path.first().is_some_and(|p| p == "config") => {
+            // Idle-time requests are CON (RFC 9132 §4.5, and RFC 9244 §7 for tm-setup):
+            // retransmitted with the same message id, the timeout doubling from
+            // ACK_TIMEOUT x a random factor, as negotiated in the session configuration.
+            Link::Dtls { .. } if path.first().is_some_and(|p| is_confirmable(p)) => {
                 let (first, retransmits) =
                     session_config::retransmission(self.parameters(), random_byte());
                 proto::Delivery::Confirmable { first, retransmits }

@@ -3,8 +3,10 @@
 //! transaction) before the data channel makes it, so a refusal changes nothing.
 
 use super::Control;
+use crate::data::restconf::{self, ErrorTag, RestconfError, Resource};
 use crate::data::service::{self as data, Edit, Outcome};
 use crate::datapath::Mitigator;
+use crate::engine::Refusal;
 
 impl<M: Mitigator> Control<M> {
     /// A data-channel request: answered by the data channel, and if it changes a client's
@@ -15,6 +17,18 @@ impl<M: Mitigator> Control<M> {
         req: &data::Request,
         now: u64,
     ) -> data::Response {
+        // The request acts as the cuid it names, which must be one the client holds or may
+        // take (as on the signal channel).
+        let acting = acting_cuid(req);
+        if let (Some(client), Some(cuid)) = (peer.client, &acting) {
+            if let Err(r) = self.engine.claim_cuid(client, cuid) {
+                return cuid_refusal(r).into();
+            }
+        }
+        let peer = &data::Peer {
+            client: peer.client,
+            cuid: acting.as_deref().unwrap_or(peer.cuid),
+        };
         let engine = &self.engine;
         let outcome = self
             .data
@@ -35,6 +49,39 @@ impl<M: Mitigator> Control<M> {
             Ok(()) => self.data.lock().apply(edit),
             Err(r) => data::engine_refusal(r).into(),
         }
+    }
+}
+
+/// The cuid a data-channel request names: `dots-client=<cuid>` in its path, or the one a
+/// registration (POST dots-data) carries in its body. None: it names none (or the body
+/// does not parse, which the data channel itself reports).
+fn acting_cuid(req: &data::Request) -> Option<String> {
+    match restconf::resource(req.path).ok()? {
+        Resource::Client(c)
+        | Resource::Aliases(c)
+        | Resource::Alias(c, _)
+        | Resource::Acls(c)
+        | Resource::Acl(c, _) => Some(c),
+        Resource::DotsData if req.method == "POST" => {
+            let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
+            let cuid = v
+                .get("ietf-dots-data-channel:dots-client")?
+                .get(0)?
+                .get("cuid")?
+                .as_str()?;
+            Some(cuid.to_string())
+        }
+        Resource::DotsData | Resource::Capabilities => None,
+    }
+}
+
+/// A cuid the client may not take: 409 when another client holds it, 403 when the client
+/// holds as many as it may, 503 when the binding could not be stored.
+fn cuid_refusal(r: Refusal) -> RestconfError {
+    match r {
+        Refusal::Conflict { diagnostic, .. } => RestconfError::new(ErrorTag::DataExists, diagnostic),
+        Refusal::Forbidden(t) => RestconfError::new(ErrorTag::AccessDenied, t),
+        other => data::engine_refusal(other),
     }
 }
 

@@ -113,6 +113,10 @@ impl<M: Mitigator> Service for Served<'_, M> {
     fn heartbeat_missed(&mut self) {
         SIGNAL.heartbeats_missed.inc();
     }
+
+    fn unsendable(&mut self, _why: &str) {
+        SIGNAL.unsendable.inc();
+    }
 }
 
 fn random_message_id() -> u16 {

@@ -114,8 +114,17 @@ impl<M: Mitigator> Engine<M> {
             .is_some_and(|m| m.values().any(|x| x.installed))
     }
 
-    /// Records traffic from a client: its session is alive.
+    /// Records traffic from a client: its session is alive, for every cuid it holds (a
+    /// heartbeat names none, and the session's certificate is the client's).
     pub fn seen(&mut self, client: &str, cuid: &str, now: u64) {
+        let held: Vec<String> = self.cuids.of(client).map(str::to_string).collect();
+        for other in held.iter().filter(|c| c.as_str() != cuid) {
+            self.seen_cuid(client, other, now);
+        }
+        self.seen_cuid(client, cuid, now);
+    }
+
+    fn seen_cuid(&mut self, client: &str, cuid: &str, now: u64) {
         self.last_seen
             .insert(cuid.to_string(), (client.to_string(), now));
         if self.lost.remove(cuid) {

@@ -30,6 +30,11 @@ pub enum Change {
     AclCounts { client: String, doc: Option<String> },
     /// An operator's own mitigation (its spec, with the operator's id).
     Operator { id: u32, doc: Option<String> },
+    /// The client holding a cuid (RFC 9132 §4.4.1.1; None: released).
+    CuidBinding {
+        cuid: String,
+        client: Option<String>,
+    },
 }
 
 /// The document of a value, as the store keeps it.
@@ -57,6 +62,8 @@ pub struct Snapshot {
     pub acl_counts: Vec<(String, String)>,
     /// By the operator's id (as text).
     pub operator_mitigations: Vec<(String, String)>,
+    /// (cuid, client).
+    pub cuid_bindings: Vec<(String, String)>,
 }
 
 /// Keeps nothing: an engine without a store (protocol tests, the control plane in a lab).
@@ -76,6 +83,7 @@ struct Documents {
     data_clients: BTreeMap<String, String>,
     acl_counts: BTreeMap<String, String>,
     operators: BTreeMap<u32, String>,
+    cuids: BTreeMap<String, String>,
     transactions: usize,
 }
 
@@ -125,6 +133,7 @@ impl MemoryJournal {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            cuid_bindings: pairs(&d.cuids),
         }
     }
 }
@@ -156,6 +165,7 @@ impl Journal for MemoryJournal {
                 Change::DataClient { cuid, doc } => set(&mut d.data_clients, cuid.clone(), doc),
                 Change::AclCounts { client, doc } => set(&mut d.acl_counts, client.clone(), doc),
                 Change::Operator { id, doc } => set(&mut d.operators, *id, doc),
+                Change::CuidBinding { cuid, client } => set(&mut d.cuids, cuid.clone(), client),
             }
         }
         d.transactions += 1;

@@ -23,6 +23,7 @@ use crate::signal::telemetry::{self as tm, TelemetrySetup};
 mod acl;
 mod clock;
 mod config;
+mod cuids;
 pub mod journal;
 mod ledger;
 mod mitigate;
@@ -39,6 +40,7 @@ pub use operator::{
     datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
 };
 pub use reload::PolicyChanges;
+pub use cuids::MAX_CUIDS_PER_CLIENT;
 pub use restore::unreadable;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.
@@ -251,6 +253,8 @@ pub struct Engine<M: Mitigator> {
     commit_failures: u64,
     /// The operator's own mitigations (`dots-agent xdp mitigation add` through the server).
     operators: operator::Operators,
+    /// Which client holds which cuid (stored).
+    cuids: cuids::Cuids,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -303,6 +307,7 @@ impl<M: Mitigator> Engine<M> {
             acls: Default::default(),
             commit_failures: 0,
             operators: Default::default(),
+            cuids: Default::default(),
         }
     }
 

@@ -111,6 +111,12 @@ impl<M: Mitigator> Engine<M> {
             self.ledger.load(cuid, &client, *mid, m);
             restored += 1;
         }
+        let derived: Vec<(String, String)> = self
+            .ledger
+            .iter()
+            .map(|(cuid, client, _, _)| (cuid.to_string(), client.to_string()))
+            .collect();
+        self.restore_cuids(&snapshot.cuid_bindings, derived);
         // Pinned rules no stored mitigation or baseline owns: a crash between a removal
         // and its record, or a client no longer configured.
         let clients: Vec<String> = self.policies.keys().cloned().collect();

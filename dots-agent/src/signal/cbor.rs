@@ -165,8 +165,16 @@ fn parse_within(body: &[u8], limit: usize) -> Result<Value, CborError> {
     if !rest.is_empty() {
         return Err(CborError::Trailing(rest.len()));
     }
-    Ok(v)
+    // RFC 9132 §10.5 registers tag 271 for a DOTS signal-channel object: the body may
+    // announce itself with it (it is the same map).
+    match v {
+        Value::Tag(DOTS_SIGNAL_TAG, inner) => Ok(*inner),
+        v => Ok(v),
+    }
 }
+
+/// The CBOR tag of a DOTS signal-channel object (RFC 9132 §10.5).
+pub const DOTS_SIGNAL_TAG: u64 = 271;
 
 pub fn encode(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -322,11 +330,18 @@ pub fn as_text_list(v: Value, what: u64) -> Result<Vec<String>, CborError> {
         .collect()
 }
 
-/// A decimal64 with two fraction digits: tag 4 `[-2, mantissa]`, returned as hundredths.
+/// A decimal64 with two fraction digits (YANG fraction-digits 2), returned as hundredths.
+/// Senders pick the exponent the value needs (go-dots: 20.5 as `[-1, 205]`, 2.0 as
+/// `[0, 2]`): any exponent is taken whose value has at most two fraction digits, e.g.
+/// `[-3, 1500]` (1.5); `[-3, 1505]` (1.505) is refused naming the field.
 pub fn as_decimal2(v: Value, what: u64) -> Result<i64, CborError> {
     let bad = || CborError::Type {
         what: label(what),
-        expected: "a decimal fraction (tag 4, exponent -2)",
+        expected: "a decimal fraction (tag 4, [exponent, mantissa])",
+    };
+    let out_of_range = |why: String| CborError::Invalid {
+        what: label(what),
+        why,
     };
     let Value::Tag(4, inner) = v else {
         return Err(bad());
@@ -334,12 +349,40 @@ pub fn as_decimal2(v: Value, what: u64) -> Result<i64, CborError> {
     let Value::Array(parts) = *inner else {
         return Err(bad());
     };
-    match parts.as_slice() {
-        [Value::Integer(e), Value::Integer(m)] if i128::from(*e) == -2 => {
-            i64::try_from(i128::from(*m)).map_err(|_| bad())
+    let [Value::Integer(e), Value::Integer(m)] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let (e, m) = (i128::from(*e), i128::from(*m));
+    // From hundredths' point of view: scale the mantissa by 10^(e + 2).
+    let shift = e + 2;
+    let hundredths = if shift >= 0 {
+        // 10^19 is beyond i64 already; larger exponents cannot give a decimal64.
+        if shift > 18 && m != 0 {
+            return Err(out_of_range(format!("10^{e} is out of range")));
         }
-        _ => Err(bad()),
-    }
+        m.checked_mul(10i128.pow(shift.min(18) as u32))
+    } else {
+        if -shift > 38 {
+            // Smaller than any non-zero hundredth: only 0 fits.
+            return if m == 0 {
+                Ok(0)
+            } else {
+                Err(out_of_range(format!(
+                    "{m}e{e} has more than two fraction digits (fraction-digits 2)"
+                )))
+            };
+        }
+        let div = 10i128.pow((-shift) as u32);
+        if m % div != 0 {
+            return Err(out_of_range(format!(
+                "{m}e{e} has more than two fraction digits (fraction-digits 2)"
+            )));
+        }
+        Some(m / div)
+    };
+    hundredths
+        .and_then(|h| i64::try_from(h).ok())
+        .ok_or_else(|| out_of_range(format!("{m}e{e} is out of range")))
 }
 
 pub fn decimal2(hundredths: i64) -> Value {
@@ -392,7 +435,30 @@ mod tests {
             as_decimal2(parse(&[0xc4, 0x82, 0x21, 0x18, 0x96]).unwrap(), 40),
             Ok(150)
         );
-        assert!(as_decimal2(parse(&[0xc4, 0x82, 0x20, 0x18, 0x96]).unwrap(), 40).is_err());
+        // go-dots' encoding: the exponent the value needs.
+        let dec = |e: i64, m: i64| Value::Tag(4, Box::new(Value::Array(vec![int(e), int(m)])));
+        assert_eq!(as_decimal2(dec(-1, 205), 40), Ok(2050), "20.5");
+        assert_eq!(as_decimal2(dec(0, 2), 40), Ok(200), "2.0");
+        assert_eq!(as_decimal2(dec(1, 3), 40), Ok(3000), "30");
+        assert_eq!(as_decimal2(dec(-3, 1500), 40), Ok(150), "1.500");
+        assert_eq!(as_decimal2(dec(-40, 0), 40), Ok(0));
+        let three = as_decimal2(dec(-3, 1505), 40).unwrap_err().to_string();
+        assert!(
+            three.contains("ack-random-factor (40)") && three.contains("fraction digits"),
+            "{three}"
+        );
+        assert!(as_decimal2(dec(30, 1), 40).is_err(), "out of range");
+        assert!(as_decimal2(dec(i64::MIN, 1), 40).is_err());
+        assert!(as_decimal2(dec(i64::MAX, 1), 40).is_err());
+        assert!(as_decimal2(uint(2), 40).is_err());
+    }
+
+    #[test]
+    fn a_body_tagged_271_is_the_same_object() {
+        // RFC 9132 §10.5: d9 010f = tag 271.
+        let tagged = [0xd9, 0x01, 0x0f, 0xa1, 0x05, 0x01];
+        assert_eq!(parse(&tagged), parse(&tagged[3..]));
+        assert_eq!(parse(&tagged).unwrap(), map(vec![(5, uint(1))]));
     }
 
     #[test]

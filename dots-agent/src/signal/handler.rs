@@ -108,6 +108,18 @@ fn diagnostic(req: &Packet, code: ResponseType, text: impl Into<String>) -> Pack
 }
 
 fn refusal(req: &Packet, r: Refusal) -> Packet {
+    refusal_of(req, r, Vec::new())
+}
+
+/// A refused mitigation request: a 4.09's scope entry names the request's mid and
+/// lifetime beside conflict-information, as go-dots' server does and its client reads
+/// (`ScopePut`: mid, lifetime, conflict-information).
+fn put_refusal(req: &Packet, r: Refusal, mid: u32, lifetime: message::Lifetime) -> Packet {
+    refusal_of(req, r, vec![(5, uint(mid as u64)), (14, lifetime.to_cbor())])
+}
+
+/// `entry`: what the 4.09 scope entry carries before conflict-information.
+fn refusal_of(req: &Packet, r: Refusal, entry: Vec<(u64, ciborium::value::Value)>) -> Packet {
     match r {
         Refusal::BadRequest(t) => diagnostic(req, ResponseType::BadRequest, t),
         Refusal::Forbidden(t) => diagnostic(req, ResponseType::Forbidden, t),
@@ -132,7 +144,7 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
                 21,
                 cbor::map(vec![(6, ciborium::value::Value::Array(prefixes))]),
             ));
-            conflict_body(req, info)
+            conflict_body(req, entry, info)
         }
         Refusal::Unprocessable(t) => diagnostic(req, ResponseType::UnprocessableEntity, t),
         Refusal::Conflict { cause, mid, .. } => {
@@ -146,22 +158,44 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
             if let Some(m) = mid {
                 info.push((21, cbor::map(vec![(5, uint(m as u64))])));
             }
-            conflict_body(req, info)
+            conflict_body(req, entry, info)
         }
     }
 }
 
-/// 4.09 with `{1: {2: [{17: conflict-information}]}}`: conflict-information sits in the
-/// scope entry, as the YANG module places it.
-fn conflict_body(req: &Packet, info: Vec<(u64, ciborium::value::Value)>) -> Packet {
+/// 4.09 with `{1: {2: [{(entry,) 17: conflict-information}]}}`: conflict-information
+/// sits in the scope entry, as the YANG module places it.
+fn conflict_body(
+    req: &Packet,
+    mut entry: Vec<(u64, ciborium::value::Value)>,
+    info: Vec<(u64, ciborium::value::Value)>,
+) -> Packet {
+    entry.push((17, cbor::map(info)));
     let body = cbor::map(vec![(
         1,
-        cbor::map(vec![(
-            2,
-            ciborium::value::Value::Array(vec![cbor::map(vec![(17, cbor::map(info))])]),
-        )]),
+        cbor::map(vec![(2, ciborium::value::Value::Array(vec![cbor::map(entry)]))]),
     )]);
     response(req, ResponseType::Conflict, cbor::encode(&body), true)
+}
+
+/// The cuid a request's path names must be one its client holds or may take (the hash
+/// of its key, or another it chose: RFC 9132 §4.4.1.1); another client's is refused.
+/// The session is alive for it from now on.
+fn claim_path_cuid<M: Mitigator>(
+    engine: &mut Engine<M>,
+    client: &str,
+    resource: &Resource,
+    now: u64,
+) -> Result<(), Refusal> {
+    let cuid = match resource {
+        Resource::Mitigate { cuid, .. }
+        | Resource::TelemetrySetup { cuid, .. }
+        | Resource::Telemetry { cuid, .. } => cuid,
+        Resource::Config { .. } | Resource::Heartbeat => return Ok(()),
+    };
+    engine.claim_cuid(client, cuid)?;
+    engine.seen(client, cuid, now);
+    Ok(())
 }
 
 fn path(req: &Packet) -> Vec<String> {
@@ -240,15 +274,11 @@ pub fn handle<M: Mitigator>(
             "the payload must be application/dots+cbor (Content-Format 271)",
         ));
     }
+    if let Err(r) = claim_path_cuid(engine, client, &resource, now) {
+        return Reply::Response(refusal(req, r));
+    }
     match (resource, method) {
         (Resource::Mitigate { cuid, mid, .. }, m) => {
-            if cuid != peer.cuid {
-                return Reply::Response(diagnostic(
-                    req,
-                    ResponseType::Forbidden,
-                    "the cuid in the path is not this client's",
-                ));
-            }
             match m {
                 RequestType::Put => {
                     let Some(mid) = mid else {
@@ -271,6 +301,7 @@ pub fn handle<M: Mitigator>(
                     let efficacy = req
                         .get_option(CoapOption::IfMatch)
                         .is_some_and(|l| l.iter().any(|v| v.is_empty()));
+                    let lifetime = scope.lifetime;
                     match engine.put(client, &cuid, mid, scope, efficacy, now) {
                         Ok(PutOutcome::Created { granted }) => Reply::Response(response(
                             req,
@@ -282,7 +313,7 @@ pub fn handle<M: Mitigator>(
                             Reply::Response(response(req, ResponseType::Changed, Vec::new(), false))
                         }
                         Ok(PutOutcome::Discarded) => Reply::Silence,
-                        Err(r) => Reply::Response(refusal(req, r)),
+                        Err(r) => Reply::Response(put_refusal(req, r, mid, lifetime)),
                     }
                 }
                 RequestType::Delete => {
@@ -409,15 +440,6 @@ pub fn handle<M: Mitigator>(
             ResponseType::MethodNotAllowed,
             "config takes GET, PUT and DELETE",
         )),
-        (Resource::TelemetrySetup { cuid, .. }, _) | (Resource::Telemetry { cuid, .. }, _)
-            if cuid != peer.cuid =>
-        {
-            Reply::Response(diagnostic(
-                req,
-                ResponseType::Forbidden,
-                "the cuid in the path is not this client's",
-            ))
-        }
         (Resource::TelemetrySetup { tsid, .. }, RequestType::Get) => {
             match engine.tm_setup_get(client, tsid) {
                 Ok(setup) => Reply::Response(response(
@@ -516,6 +538,13 @@ mod tests {
                     "2001:db8:6401::/48".parse().unwrap(),
                     "198.51.100.0/24".parse().unwrap(),
                 ],
+                countermeasures: Countermeasures::default(),
+                acl: Vec::new(),
+                allow_indefinite: false,
+                max_lifetime: 86_400,
+            }, ClientPolicy {
+                name: "client-b".into(),
+                prefixes: vec!["203.0.113.0/24".parse().unwrap()],
                 countermeasures: Countermeasures::default(),
                 acl: Vec::new(),
                 allow_indefinite: false,
@@ -631,7 +660,8 @@ mod tests {
             0,
         );
         assert_eq!(code(&r), ResponseType::BadRequest);
-        // Another client's cuid.
+        // Another client's cuid: client-b took it first (RFC 9132 §4.4.1.3: cuid
+        // collision, conflict-cause 3).
         let other = [
             ".well-known",
             "dots",
@@ -639,15 +669,40 @@ mod tests {
             "cuid=someoneelse",
             "mid=1",
         ];
+        let client_b = Peer {
+            client: Some("client-b"),
+            cuid: "cuid-of-b",
+        };
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &other, &[]), 0);
+        assert_eq!(code(&r), ResponseType::NotFound, "taken, nothing there yet");
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &other, FIG8), 0);
+        assert_eq!(code(&r), ResponseType::Conflict);
+        let Reply::Response(pk) = r else { panic!() };
+        let v = super::super::diag::to_json(&cbor::parse(&pk.payload).unwrap());
         assert_eq!(
-            code(&handle(
-                &mut e,
-                &PEER,
-                &request(RequestType::Put, &other, FIG8),
-                0
-            )),
-            ResponseType::Forbidden
+            v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["conflict-information"]
+                ["conflict-cause"],
+            3,
+            "{v}"
         );
+        assert!(e.mitigator().installed().is_empty());
+        // A cuid of its own choosing (not its key's hash) is client-a's from then on.
+        let chosen = [
+            ".well-known",
+            "dots",
+            "mitigate",
+            "cuid=operator-chosen-1",
+            "mid=1",
+        ];
+        let v4 = message::encode_mitigation_request(&message::Scope::new(
+            vec!["198.51.100.0/24".parse().unwrap()],
+            message::Lifetime::Seconds(3600),
+        ));
+        let r = handle(&mut e, &PEER, &request(RequestType::Put, &chosen, &v4), 0);
+        assert_eq!(code(&r), ResponseType::Created);
+        assert_eq!(e.cuid_holder("operator-chosen-1"), Some("client-a"));
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &chosen, &[]), 0);
+        assert_eq!(code(&r), ResponseType::Conflict, "and nobody else's");
         // No mid on PUT; unknown resource; GET with nothing there.
         let nomid = [".well-known", "dots", "mitigate", &format!("cuid={CUID}")];
         let nomid: Vec<&str> = nomid.iter().map(|s| s.as_ref()).collect();
@@ -697,6 +752,14 @@ mod tests {
         assert!(
             format!("{v:?}").contains("Integer(2)"),
             "conflict names mid 2: {v:?}"
+        );
+        // Beside it the request's mid and lifetime, as go-dots' client reads a 4.09.
+        let v = super::super::diag::to_json(&v);
+        let entry = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+        assert_eq!(
+            (entry["mid"].as_u64(), entry["lifetime"].as_u64()),
+            (Some(1), Some(3600)),
+            "{v}"
         );
         // Efficacy update for an unknown mid: silently discarded.
         let p9 = p("mid=9");
@@ -1030,10 +1093,17 @@ mod tests {
             3,
         );
         assert_eq!(code(&r), ResponseType::BadRequest);
+        // A cuid client-b holds: 4.09 (cuid collision), as on the mitigate resource.
         let mut wrong = setup("tsid=3");
         wrong[3] = "cuid=someone-else";
+        let client_b = Peer {
+            client: Some("client-b"),
+            cuid: "cuid-of-b",
+        };
+        let r = handle(&mut e, &client_b, &request(RequestType::Get, &wrong, &[]), 3);
+        assert_eq!(code(&r), ResponseType::NotFound);
         let r = handle(&mut e, &PEER, &request(RequestType::Put, &wrong, &pipe), 3);
-        assert_eq!(code(&r), ResponseType::Forbidden);
+        assert_eq!(code(&r), ResponseType::Conflict);
         let r = handle(
             &mut e,
             &PEER,

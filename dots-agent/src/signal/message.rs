@@ -16,7 +16,7 @@ pub enum Lifetime {
 }
 
 impl Lifetime {
-    fn to_cbor(self) -> Value {
+    pub fn to_cbor(self) -> Value {
         match self {
             Lifetime::Seconds(s) => uint(s as u64),
             Lifetime::Indefinite => cbor::int(-1),

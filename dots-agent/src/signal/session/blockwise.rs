@@ -1,6 +1,8 @@
-//! Block-wise transfer of large bodies (RFC 7959 Block2): a server cuts a response too big
-//! for one message into blocks of at most 1024 bytes and keeps the whole body for the
-//! follow-up requests; a client fetches the blocks in order and puts the body together.
+//! Block-wise transfer of large bodies (RFC 7959): a server cuts a response too big for
+//! one message into Block2 blocks of at most 1024 bytes and keeps the whole body for the
+//! follow-up requests; a client fetches the blocks in order and puts the body together; a
+//! server puts a request body sent in Block1 blocks together (in order, bounded) before
+//! the request runs.
 //! The option is coded here rather than with coap-lite's `BlockValue`, whose 16-bit NUM
 //! wraps at 4,096 blocks.
 
@@ -170,6 +172,111 @@ fn size2(n: usize) -> Vec<u8> {
     bytes[skip..].to_vec()
 }
 
+/// Request bodies a server is receiving in blocks (RFC 7959 §2.5 Block1, atomic: the
+/// request runs once the last block is in), per session.
+#[derive(Default)]
+pub struct Received {
+    bodies: VecDeque<Incoming>,
+}
+
+struct Incoming {
+    /// The request's Uri-Path and Uri-Query, and its Request-Tag (RFC 9175).
+    key: Vec<u8>,
+    body: Vec<u8>,
+    at: Instant,
+}
+
+/// Bodies received at once per session: a client sends one body at a time; a second
+/// covers a retry beside a stale one.
+const RECEIVING: usize = 2;
+
+/// What a Block1 block amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// More blocks to come: 2.31 Continue, echoing this Block1.
+    Continue(Block),
+    /// The last block: the whole body (the response carries this Block1).
+    Complete(Vec<u8>, Block),
+    /// A block out of order, or a last block without its beginning: 4.08.
+    Incomplete(String),
+    /// The body would exceed `limit` bytes: 4.13 with Size1 = limit.
+    TooLarge { limit: usize },
+}
+
+impl Received {
+    /// Takes block `block` of the body of the request kept under `key` (`size1`: the
+    /// client's announced total, if any), holding at most `limit` bytes.
+    pub fn add(
+        &mut self,
+        now: Instant,
+        key: Vec<u8>,
+        block: Block,
+        payload: &[u8],
+        size1: Option<usize>,
+        limit: usize,
+    ) -> Progress {
+        self.bodies.retain(|b| now.duration_since(b.at) < KEEP_FOR);
+        let block = Block {
+            szx: block.szx.min(6),
+            ..block
+        };
+        if size1.is_some_and(|n| n > limit) {
+            self.bodies.retain(|b| b.key != key);
+            return Progress::TooLarge { limit };
+        }
+        if block.more && payload.len() != block.size() {
+            self.bodies.retain(|b| b.key != key);
+            return Progress::Incomplete(format!(
+                "Block1 {} carries {} bytes, not its size {}",
+                block.num,
+                payload.len(),
+                block.size()
+            ));
+        }
+        if block.num == 0 {
+            // A new body (a new sequence to the same resource replaces the old one).
+            self.bodies.retain(|b| b.key != key);
+            if self.bodies.len() == RECEIVING {
+                self.bodies.pop_front();
+            }
+            self.bodies.push_back(Incoming {
+                key: key.clone(),
+                body: Vec::new(),
+                at: now,
+            });
+        }
+        let Some(i) = self.bodies.iter().position(|b| b.key == key) else {
+            return Progress::Incomplete(format!(
+                "Block1 {} arrived without the blocks before it: send the body from block 0",
+                block.num
+            ));
+        };
+        let b = &mut self.bodies[i];
+        // The offset is what counts: a client may reduce the block size after block 0.
+        if (block.num as usize).saturating_mul(block.size()) != b.body.len() {
+            let expected = b.body.len();
+            self.bodies.remove(i);
+            return Progress::Incomplete(format!(
+                "Block1 {} (offset {}) does not follow the {expected} bytes received: send the \
+                 body again from block 0",
+                block.num,
+                (block.num as usize).saturating_mul(block.size())
+            ));
+        }
+        if b.body.len() + payload.len() > limit {
+            self.bodies.remove(i);
+            return Progress::TooLarge { limit };
+        }
+        b.body.extend_from_slice(payload);
+        b.at = now;
+        if block.more {
+            return Progress::Continue(block);
+        }
+        let body = self.bodies.remove(i).map(|b| b.body).unwrap_or_default();
+        Progress::Complete(body, block)
+    }
+}
+
 /// A body a client is putting together from blocks.
 #[derive(Debug)]
 pub struct Assembly {
@@ -239,6 +346,39 @@ mod tests {
         assert_eq!(szx_for(1024), 6);
         assert_eq!(szx_for(1000), 5);
         assert_eq!(szx_for(3), 0);
+    }
+
+    #[test]
+    fn a_body_is_received_in_order_and_bounded() {
+        let now = Instant::now();
+        let mut r = Received::default();
+        let b = |num, more| Block { num, more, szx: 0 };
+        let key = || b"k".to_vec();
+        assert_eq!(r.add(now, key(), b(0, true), &[1; 16], Some(40), 64), Progress::Continue(b(0, true)));
+        assert_eq!(r.add(now, key(), b(1, true), &[2; 16], None, 64), Progress::Continue(b(1, true)));
+        let Progress::Complete(body, last) = r.add(now, key(), b(2, false), &[3; 8], None, 64) else {
+            panic!("complete")
+        };
+        assert_eq!((body.len(), body[16], body[39], last), (40, 2, 3, b(2, false)));
+        // Out of order: 4.08, and the body is gone.
+        r.add(now, key(), b(0, true), &[1; 16], None, 64);
+        assert!(matches!(r.add(now, key(), b(2, false), &[1; 4], None, 64), Progress::Incomplete(_)));
+        assert!(matches!(r.add(now, key(), b(1, false), &[1; 4], None, 64), Progress::Incomplete(_)));
+        // A last block alone, a short middle block.
+        assert!(matches!(r.add(now, key(), b(3, false), &[1; 4], None, 64), Progress::Incomplete(_)));
+        assert!(matches!(r.add(now, key(), b(0, true), &[1; 15], None, 64), Progress::Incomplete(_)));
+        // Too large: announced, or reached.
+        assert_eq!(r.add(now, key(), b(0, true), &[1; 16], Some(65), 64), Progress::TooLarge { limit: 64 });
+        for n in 0..4 {
+            assert_eq!(r.add(now, key(), b(n, true), &[1; 16], None, 64), Progress::Continue(b(n, true)));
+        }
+        assert_eq!(r.add(now, key(), b(4, true), &[1; 16], None, 64), Progress::TooLarge { limit: 64 });
+        // At most two bodies per session; forgotten after a while.
+        for k in [b"a", b"b", b"c"] {
+            r.add(now, k.to_vec(), b(0, true), &[1; 16], None, 64);
+        }
+        assert_eq!(r.bodies.len(), RECEIVING);
+        assert!(matches!(r.add(now + KEEP_FOR, b"c".to_vec(), b(1, false), &[1; 4], None, 64), Progress::Incomplete(_)));
     }
 
     #[test]

@@ -20,10 +20,11 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 
 pub mod blockwise;
 mod observe;
+pub mod options;
 #[cfg(test)]
 mod tests;
 
-use blockwise::{Assembly, Block, Served};
+use blockwise::{Assembly, Block, Progress, Received, Served};
 pub use observe::{heartbeat_request, PERIODIC_NOTIFY};
 
 use super::coap_tcp::{self, Frame};
@@ -57,6 +58,8 @@ pub enum Role {
 pub const MAX_DATAGRAM: usize = 1152;
 /// RFC 8323 §5.3.1: what a peer takes until its CSM says otherwise.
 const DEFAULT_MAX_MESSAGE: usize = 1152;
+/// Request-Tag (RFC 9175): libcoap sends it with every block of a body.
+const REQUEST_TAG: u16 = 292;
 /// Answers remembered for duplicate detection (datagrams).
 const DEDUP: usize = 16;
 /// Notifications and unrelated responses kept for a client's caller (the oldest go first).
@@ -128,6 +131,9 @@ pub trait Service {
     }
     /// A heartbeat interval passed with nothing heard from the peer.
     fn heartbeat_missed(&mut self) {}
+    /// A message could not be put on the wire (`why`); it was logged, and a response was
+    /// replaced by a short 5.00 if that fits.
+    fn unsendable(&mut self, _why: &str) {}
 }
 
 /// How a client's request is delivered.
@@ -173,6 +179,8 @@ pub struct Session {
     observations: observe::Observations,
     heartbeats: observe::Heartbeats,
     served: Served,
+    /// Request bodies arriving in Block1 blocks.
+    received: Received,
     /// The largest message the peer takes.
     peer_max: usize,
     /// Why the peer or the stream ended the session.
@@ -198,6 +206,7 @@ impl Session {
             observations: Default::default(),
             heartbeats: observe::Heartbeats::new(now),
             served: Served::default(),
+            received: Received::default(),
             peer_max: match framing {
                 Framing::Datagram => MAX_DATAGRAM,
                 Framing::Stream => DEFAULT_MAX_MESSAGE,
@@ -280,6 +289,17 @@ impl Session {
     }
 
     fn receive(&mut self, now: Now, p: Packet, svc: &mut dyn Service, out: &mut Vec<Vec<u8>>) {
+        if self.framing == Framing::Datagram
+            && p.header.code == MessageClass::Empty
+            && p.header.get_type() == MessageType::Confirmable
+        {
+            // A CoAP ping (RFC 7252 §4.3): answered with a Reset; it is traffic too.
+            out.extend(self.encode(&reset(p.header.message_id), svc));
+            if self.role == Role::Server {
+                let _ = svc.handle(&p, now.unix);
+            }
+            return;
+        }
         match p.header.code {
             MessageClass::Request(_) | MessageClass::Reserved(_) => self.serve(now, p, svc, out),
             MessageClass::Response(_) | MessageClass::Empty => {
@@ -315,11 +335,24 @@ impl Session {
                 return;
             }
         }
+        let confirmable = req.header.get_type() == MessageType::Confirmable;
         let Some(mut response) = self.respond(now, &req, svc) else {
+            // No response (an efficacy update for an unknown mid): a CON request is still
+            // acknowledged (RFC 7252 §4.2), so that the client stops retransmitting it.
+            if datagram && confirmable {
+                let mut ack = Packet::new();
+                ack.header.code = MessageClass::Empty;
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = req.header.message_id;
+                if let Some(bytes) = self.encode(&ack, svc) {
+                    self.remember(req.header.message_id, &bytes);
+                    out.push(bytes);
+                }
+            }
             return;
         };
         if datagram {
-            if req.header.get_type() == MessageType::Confirmable {
+            if confirmable {
                 // Piggybacked on the acknowledgement.
                 response.header.set_type(MessageType::Acknowledgement);
                 response.header.message_id = req.header.message_id;
@@ -328,26 +361,62 @@ impl Session {
                 response.header.message_id = self.next_message_id();
             }
         }
-        let Some(bytes) = self.encode(&response) else {
-            return;
+        let bytes = match self.encode(&response, svc) {
+            Some(b) => b,
+            None => {
+                // Still an answer: 5.00 saying why, rather than a request left hanging.
+                let mut short = diagnostic(
+                    &req,
+                    ResponseType::InternalServerError,
+                    "the response could not be encoded within the message size",
+                );
+                short.header = response.header.clone();
+                short.header.code = MessageClass::Response(ResponseType::InternalServerError);
+                let Some(b) = self.encode(&short, svc) else {
+                    return;
+                };
+                b
+            }
         };
         if datagram {
-            if self.answered.len() == DEDUP {
-                self.answered.pop_front();
-            }
-            self.answered
-                .push_back((req.header.message_id, bytes.clone()));
+            self.remember(req.header.message_id, &bytes);
         }
         out.push(bytes);
     }
 
+    /// Keeps the answer to a request for its retransmissions (datagrams).
+    fn remember(&mut self, message_id: u16, bytes: &[u8]) {
+        if self.answered.len() == DEDUP {
+            self.answered.pop_front();
+        }
+        self.answered.push_back((message_id, bytes.to_vec()));
+    }
+
     fn respond(&mut self, now: Now, req: &Packet, svc: &mut dyn Service) -> Option<Packet> {
+        if let Some(n) = options::unrecognised_critical(req) {
+            return Some(diagnostic(
+                req,
+                ResponseType::BadOption,
+                &format!("critical option {n} is not supported by this server (RFC 7252 §5.4.1)"),
+            ));
+        }
         let Ok(block2) = Block::of(req, CoapOption::Block2) else {
             return Some(diagnostic(
                 req,
                 ResponseType::BadOption,
                 "malformed Block2 option",
             ));
+        };
+        // Q-Block2 (go-dots) asks for a block-wise answer: given in Block2 of our size,
+        // only when the body does not fit one message (see options.rs).
+        let block2 = match (block2, Block::of(req, CoapOption::Unknown(options::Q_BLOCK2))) {
+            (Some(b), _) => Some(b),
+            (None, Ok(Some(q))) if q.num > 0 => Some(Block {
+                num: q.num,
+                more: false,
+                szx: q.szx,
+            }),
+            _ => None,
         };
         let key = blockwise::resource_key(req);
         if let Some(b) = block2.filter(|b| b.num > 0) {
@@ -358,13 +427,12 @@ impl Session {
                 return Some(p);
             }
         }
-        if req.get_first_option(CoapOption::Block1).is_some() {
-            return Some(diagnostic(
-                req,
-                ResponseType::BadOption,
-                "Block1 is not supported: send the request in one message (RFC 9132 §7.3)",
-            ));
-        }
+        let (whole, block1) = match self.block1(now, req) {
+            Ok(Some((whole, b))) => (Some(whole), Some(b)),
+            Ok(None) => (None, None),
+            Err(answer) => return Some(answer),
+        };
+        let req = whole.as_ref().unwrap_or(req);
         let mut response = match svc.handle(req, now.unix) {
             Reply::Silence => return None,
             Reply::Response(p) => p,
@@ -382,6 +450,9 @@ impl Session {
                 response
             }
         };
+        if let Some(b) = block1 {
+            b.set(&mut response, CoapOption::Block1);
+        }
         let asked = block2.map(|b| self.block_for(b));
         if self.too_big(&response) || asked.is_some_and(|b| response.payload.len() > b.size()) {
             let b = asked.unwrap_or(Block {
@@ -392,6 +463,62 @@ impl Session {
             response = self.served.first(now.at, key, response, b);
         }
         Some(response)
+    }
+
+    /// A request body in Block1 blocks (RFC 7959 §2.5): Ok(None) without Block1;
+    /// Ok(Some) with the request carrying the whole body once its last block is in (and the
+    /// Block1 its response echoes); Err with the answer otherwise (2.31 Continue, 4.08,
+    /// 4.13 with Size1).
+    fn block1(&mut self, now: Now, req: &Packet) -> Result<Option<(Packet, Block)>, Packet> {
+        let block = match Block::of(req, CoapOption::Block1) {
+            Ok(None) => return Ok(None),
+            Ok(Some(b)) => b,
+            Err(_) => {
+                return Err(diagnostic(req, ResponseType::BadOption, "malformed Block1 option"))
+            }
+        };
+        let mut key = blockwise::resource_key(req);
+        key.extend(req.get_first_option(CoapOption::Unknown(REQUEST_TAG)).into_iter().flatten());
+        let size1 = req
+            .get_first_option(CoapOption::Size1)
+            .filter(|v| v.len() <= 4)
+            .map(|v| v.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize));
+        // Blocks of at most our largest size: a larger one is taken, and the answer asks
+        // for smaller ones from then on (RFC 7959 §2.5).
+        let ours = self.largest_block();
+        match self.received.add(now.at, key, block, &req.payload, size1, super::cbor::MAX_BODY) {
+            Progress::Continue(b) => {
+                let mut p = diagnostic(req, ResponseType::Continue, "");
+                Block {
+                    num: b.num,
+                    more: true,
+                    szx: b.szx.min(ours),
+                }
+                .set(&mut p, CoapOption::Block1);
+                Err(p)
+            }
+            Progress::Complete(body, b) => {
+                let mut whole = req.clone();
+                whole.payload = body;
+                whole.clear_option(CoapOption::Block1);
+                whole.clear_option(CoapOption::Size1);
+                Ok(Some((whole, b)))
+            }
+            Progress::Incomplete(why) => Err(diagnostic(
+                req,
+                ResponseType::RequestEntityIncomplete,
+                &why,
+            )),
+            Progress::TooLarge { limit } => {
+                let mut p = diagnostic(
+                    req,
+                    ResponseType::RequestEntityTooLarge,
+                    &format!("a request body may hold at most {limit} bytes"),
+                );
+                p.add_option(CoapOption::Size1, (limit as u32).to_be_bytes().to_vec());
+                Err(p)
+            }
+        }
     }
 
     /// What is due now: notifications and heartbeats (a server), retransmissions and
@@ -413,7 +540,7 @@ impl Session {
                 }
                 p.header.set_type(MessageType::NonConfirmable);
                 p.header.message_id = self.next_message_id();
-                out.extend(self.encode(&p));
+                out.extend(self.encode(&p, svc));
             }
         }
         let mut failed = Vec::new();
@@ -454,7 +581,7 @@ impl Session {
                 o.packet.header.message_id = mid;
             }
             let p = o.packet.clone();
-            out.extend(self.encode(&p));
+            out.extend(self.encode_request(&p));
         }
         for (i, why) in failed.into_iter().rev() {
             let o = self.outstanding.remove(i);
@@ -493,7 +620,7 @@ impl Session {
         };
         p.header.set_type(kind);
         p.header.message_id = self.next_message_id();
-        let out = self.encode(&p).into_iter().collect();
+        let out = self.encode_request(&p).into_iter().collect();
         self.outstanding.push(Outstanding {
             token: token.clone(),
             packet: p,
@@ -607,7 +734,7 @@ impl Session {
         p.set_token(self.next_token.to_be_bytes().to_vec());
         self.next_token = self.next_token.wrapping_add(1);
         p.header.message_id = self.next_message_id();
-        out.extend(self.encode(&p));
+        out.extend(self.encode_request(&p));
         o.packet = p;
         o.sent = 1;
         o.timeout = match o.delivery {
@@ -703,20 +830,51 @@ impl Session {
             .map_or(true, |b| b.len().saturating_sub(4) > limit)
     }
 
-    /// A message as it goes on the wire (None: it cannot be encoded; logged).
-    fn encode(&self, p: &Packet) -> Option<Vec<u8>> {
+    /// A message as it goes on the wire (None: it cannot be encoded; logged and counted).
+    fn encode(&self, p: &Packet, svc: &mut dyn Service) -> Option<Vec<u8>> {
+        self.wire(p)
+            .map_err(|why| {
+                tracing::warn!("{why}");
+                svc.unsendable(&why);
+            })
+            .ok()
+    }
+
+    /// A message as it goes on the wire, or why it cannot be encoded.
+    fn wire(&self, p: &Packet) -> Result<Vec<u8>, String> {
         let encoded = match self.framing {
             Framing::Datagram => p.to_bytes().map_err(|e| format!("{e:?}")),
             Framing::Stream => coap_tcp::encode(p).map_err(|e| e.to_string()),
         };
-        match encoded {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!("a CoAP message could not be encoded: {e}");
-                None
-            }
-        }
+        encoded.map_err(|e| {
+            format!(
+                "a CoAP message ({}, {} bytes of payload) could not be encoded: {e}",
+                code_name(p),
+                p.payload.len()
+            )
+        })
     }
+
+    /// One of our own requests on the wire (None: it cannot be encoded; logged, and the
+    /// request then times out for its caller).
+    fn encode_request(&self, p: &Packet) -> Option<Vec<u8>> {
+        self.wire(p).map_err(|why| tracing::warn!("{why}")).ok()
+    }
+}
+
+/// A Reset answering message `message_id` (empty, no token).
+fn reset(message_id: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Empty;
+    p.header.set_type(MessageType::Reset);
+    p.header.message_id = message_id;
+    p
+}
+
+/// "2.05" and the like, for logs.
+fn code_name(p: &Packet) -> String {
+    let c = u8::from(p.header.code);
+    format!("{}.{:02}", c >> 5, c & 0x1f)
 }
 
 fn diagnostic(req: &Packet, code: ResponseType, text: &str) -> Packet {

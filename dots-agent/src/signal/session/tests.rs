@@ -401,26 +401,132 @@ fn release_and_malformed_frames_end_a_stream_session() {
     assert!(r.closed().is_some());
 }
 
-#[test]
-fn a_request_in_blocks_is_refused_with_a_diagnostic() {
+fn datagram_server() -> (Now, Session, Server) {
     let now = Now {
         at: Instant::now(),
         unix: 0,
     };
-    let mut s = Session::new(Role::Server, Framing::Datagram, now.at, 1);
-    let mut svc = server();
-    let mut p = put_mitigation(1, "198.51.100.1/32");
-    Block {
-        num: 0,
-        more: true,
-        szx: 0,
+    (now, Session::new(Role::Server, Framing::Datagram, now.at, 1), server())
+}
+
+/// Sends `p` to a server session; its one answer.
+fn answer(now: Now, s: &mut Session, svc: &mut dyn Service, p: &Packet) -> Packet {
+    let out = s.on_message(now, &p.to_bytes().unwrap(), svc);
+    assert_eq!(out.len(), 1, "one answer");
+    Packet::from_bytes(&out[0]).unwrap()
+}
+
+#[test]
+fn a_request_body_in_block1_blocks_is_put_together() {
+    let (now, mut s, mut svc) = datagram_server();
+    let whole = put_mitigation(1, "198.51.100.1/32");
+    let body = whole.payload.clone();
+    let blocks: Vec<&[u8]> = body.chunks(16).collect();
+    for (n, chunk) in blocks.iter().enumerate() {
+        let mut p = whole.clone();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = 40 + n as u16;
+        p.payload = chunk.to_vec();
+        let last = n + 1 == blocks.len();
+        Block { num: n as u32, more: !last, szx: 0 }.set(&mut p, CoapOption::Block1);
+        p.add_option(CoapOption::Size1, vec![body.len() as u8]);
+        p.add_option(CoapOption::Unknown(REQUEST_TAG), vec![0x82, 0xfb]);
+        let r = answer(now, &mut s, &mut svc, &p);
+        let echoed = Block::of(&r, CoapOption::Block1).unwrap().unwrap();
+        assert_eq!(echoed.num, n as u32);
+        if last {
+            assert_eq!(code(&r), "2.01", "{}", String::from_utf8_lossy(&r.payload));
+        } else {
+            assert_eq!((code(&r), echoed.more), ("2.31".into(), true));
+            assert!(svc.engine.mitigator().installed().is_empty(), "atomic");
+        }
     }
-    .set(&mut p, CoapOption::Block1);
-    let out = s.on_message(now, &p.to_bytes().unwrap(), &mut svc);
-    let r = Packet::from_bytes(&out[0]).unwrap();
+    assert_eq!(svc.engine.mitigator().installed().len(), 1);
+    // A block out of order: 4.08; a body over the limit: 4.13 with Size1.
+    let mut p = whole.clone();
+    p.payload = vec![0; 16];
+    Block { num: 3, more: true, szx: 0 }.set(&mut p, CoapOption::Block1);
+    p.header.message_id = 90;
+    assert_eq!(code(&answer(now, &mut s, &mut svc, &p)), "4.08");
+    p.header.message_id = 91;
+    Block { num: 0, more: true, szx: 0 }.set(&mut p, CoapOption::Block1);
+    p.add_option(CoapOption::Size1, vec![0x01, 0x00, 0x00, 0x00]);
+    let r = answer(now, &mut s, &mut svc, &p);
+    assert_eq!(code(&r), "4.13");
+    let size1 = r.get_first_option(CoapOption::Size1).unwrap();
+    assert_eq!(
+        size1.iter().fold(0usize, |a, b| (a << 8) | *b as usize),
+        crate::signal::cbor::MAX_BODY
+    );
+}
+
+#[test]
+fn a_ping_gets_a_reset_and_a_con_without_answer_an_ack() {
+    let (now, mut s, mut svc) = datagram_server();
+    let mut ping = Packet::new();
+    ping.header.code = MessageClass::Empty;
+    ping.header.set_type(MessageType::Confirmable);
+    ping.header.message_id = 7;
+    let r = answer(now, &mut s, &mut svc, &ping);
+    assert_eq!((r.header.get_type(), r.header.message_id), (MessageType::Reset, 7));
+    assert_eq!(r.header.code, MessageClass::Empty);
+    // An efficacy update for a mid the server does not hold has no response (RFC 9132
+    // §4.4.3), but a CON one is acknowledged.
+    let mut eff = put_mitigation(9, "198.51.100.1/32");
+    eff.add_option(CoapOption::IfMatch, Vec::new());
+    eff.header.set_type(MessageType::Confirmable);
+    eff.header.message_id = 8;
+    let r = answer(now, &mut s, &mut svc, &eff);
+    assert_eq!((r.header.get_type(), r.header.message_id), (MessageType::Acknowledgement, 8));
+    assert_eq!(r.header.code, MessageClass::Empty);
+    // Again (a retransmission): the same ACK.
+    let again = answer(now, &mut s, &mut svc, &eff);
+    assert_eq!(again.header.message_id, 8);
+    eff.header.set_type(MessageType::NonConfirmable);
+    eff.header.message_id = 9;
+    assert!(s.on_message(now, &eff.to_bytes().unwrap(), &mut svc).is_empty(), "NON: nothing");
+}
+
+#[test]
+fn unrecognised_critical_options_get_4_02() {
+    let (now, mut s, mut svc) = datagram_server();
+    let mut p = get(&["config"]);
+    p.add_option(CoapOption::Unknown(65001), Vec::new());
+    let r = answer(now, &mut s, &mut svc, &p);
     assert_eq!(code(&r), "4.02");
-    assert!(String::from_utf8_lossy(&r.payload).contains("Block1"));
-    assert!(svc.engine.mitigator().installed().is_empty());
+    assert!(String::from_utf8_lossy(&r.payload).contains("65001"));
+    let mut q = get(&["config"]);
+    q.header.message_id = 2;
+    q.add_option(CoapOption::Unknown(65000), Vec::new()); // elective: ignored
+    assert_eq!(code(&answer(now, &mut s, &mut svc, &q)), "2.05");
+}
+
+/// A service whose answer cannot be put in any datagram (options alone over the limit).
+struct Oversized {
+    unsendable: Vec<String>,
+}
+
+impl Service for Oversized {
+    fn handle(&mut self, msg: &Packet, _unix: u64) -> Reply {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Response(ResponseType::Content);
+        p.set_token(msg.get_token().to_vec());
+        p.add_option(CoapOption::Unknown(65000), vec![0; 1300]);
+        Reply::Response(p)
+    }
+    fn unsendable(&mut self, why: &str) {
+        self.unsendable.push(why.into());
+    }
+}
+
+#[test]
+fn a_response_that_cannot_be_sent_is_counted_and_replaced_by_5_00() {
+    let (now, mut s, _) = datagram_server();
+    let mut svc = Oversized { unsendable: Vec::new() };
+    let r = answer(now, &mut s, &mut svc, &get(&["config"]));
+    assert_eq!(code(&r), "5.00");
+    assert_eq!(svc.unsendable.len(), 1, "{:?}", svc.unsendable);
+    assert!(svc.unsendable[0].contains("2.05"), "{:?}", svc.unsendable);
 }
 
 #[test]
