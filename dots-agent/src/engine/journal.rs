@@ -30,6 +30,9 @@ pub enum Change {
     AclCounts { client: String, doc: Option<String> },
     /// An operator's own mitigation (its spec, with the operator's id).
     Operator { id: u32, doc: Option<String> },
+    /// A downstream mitigation relayed upstream (gateway, recursion): its upstream mid and
+    /// what was relayed, keyed by `cuid/mid`.
+    Upstream { key: String, doc: Option<String> },
 }
 
 /// The document of a value, as the store keeps it.
@@ -57,6 +60,8 @@ pub struct Snapshot {
     pub acl_counts: Vec<(String, String)>,
     /// By the operator's id (as text).
     pub operator_mitigations: Vec<(String, String)>,
+    /// Relayed mitigations, by `cuid/mid`.
+    pub upstream_mappings: Vec<(String, String)>,
 }
 
 /// Keeps nothing: an engine without a store (protocol tests, the control plane in a lab).
@@ -76,6 +81,7 @@ struct Documents {
     data_clients: BTreeMap<String, String>,
     acl_counts: BTreeMap<String, String>,
     operators: BTreeMap<u32, String>,
+    upstream: BTreeMap<String, String>,
     transactions: usize,
 }
 
@@ -125,6 +131,7 @@ impl MemoryJournal {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            upstream_mappings: pairs(&d.upstream),
         }
     }
 }
@@ -156,6 +163,7 @@ impl Journal for MemoryJournal {
                 Change::DataClient { cuid, doc } => set(&mut d.data_clients, cuid.clone(), doc),
                 Change::AclCounts { client, doc } => set(&mut d.acl_counts, client.clone(), doc),
                 Change::Operator { id, doc } => set(&mut d.operators, *id, doc),
+                Change::Upstream { key, doc } => set(&mut d.upstream, key.clone(), doc),
             }
         }
         d.transactions += 1;
