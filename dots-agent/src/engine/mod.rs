@@ -23,6 +23,7 @@ use crate::signal::telemetry::{self as tm, TelemetrySetup};
 mod acl;
 mod clock;
 mod config;
+pub mod escalation;
 pub mod journal;
 mod ledger;
 mod mitigate;
@@ -251,6 +252,8 @@ pub struct Engine<M: Mitigator> {
     commit_failures: u64,
     /// The operator's own mitigations (`dots-agent xdp mitigation add` through the server).
     operators: operator::Operators,
+    /// Where accepted mitigations are carried upstream (gateway, recursive server).
+    escalation: Option<Box<dyn escalation::Escalation>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -303,6 +306,7 @@ impl<M: Mitigator> Engine<M> {
             acls: Default::default(),
             commit_failures: 0,
             operators: Default::default(),
+            escalation: None,
         }
     }
 
@@ -408,6 +412,10 @@ impl<M: Mitigator> Engine<M> {
             self.ledger.keep_pending();
             self.acls.keep_pending();
             self.dp.committed();
+            if let Some(e) = self.escalation.as_mut() {
+                // Planned again from the ledger's pending entries with the next commit.
+                e.undone();
+            }
         }
     }
 
@@ -423,6 +431,9 @@ impl<M: Mitigator> Engine<M> {
         for c in self.acls.touched_counts() {
             changes.push(c?);
         }
+        for c in self.escalate_touched() {
+            changes.push(c?);
+        }
         for c in std::mem::take(&mut self.staged) {
             changes.push(c?);
         }
@@ -433,6 +444,9 @@ impl<M: Mitigator> Engine<M> {
         self.acls.committed();
         self.operators.committed();
         self.dp.committed();
+        if let Some(e) = self.escalation.as_mut() {
+            e.committed();
+        }
         Ok(())
     }
 
@@ -447,6 +461,9 @@ impl<M: Mitigator> Engine<M> {
         self.ledger.undo();
         self.acls.undo();
         self.operators.undo();
+        if let Some(e) = self.escalation.as_mut() {
+            e.undone();
+        }
     }
 }
 
