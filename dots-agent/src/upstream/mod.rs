@@ -1,0 +1,137 @@
+//! Gateways and recursive signalling (draft-ietf-dots-architecture §2.2.3, §3.2.3): the
+//! server's `[upstream]`, a DOTS server further up that accepted mitigations are carried to.
+//! [`relay::Relay`] is the engine's [`crate::engine::escalation::Escalation`]: it maps each
+//! downstream (cuid, mid) to a mid of the server's own upstream session and keeps the
+//! mapping in the store; [`link`] is the one upstream client session (the project's DOTS
+//! client, `client::Session`), which makes upstream what the relay wants and reports back.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+
+use crate::client::{ClientConfig, ClientTls, TransportChoice};
+
+pub mod link;
+pub mod relay;
+mod status;
+
+/// When a request goes upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Escalate {
+    /// Every accepted request (a gateway; a recursive server that always asks for help).
+    #[default]
+    Always,
+    /// Only when the local filter cannot hold it (not supported yet: refused at load).
+    Exceeded,
+    /// Never (a server that mitigates alone; `[upstream]` then only names the next hop).
+    Never,
+}
+
+/// Which domain the gateway serves (RFC 9132 §4.4.1.2: a server-domain gateway adds cdid).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    #[default]
+    Client,
+    Server,
+}
+
+/// `[upstream]` in server.toml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// host:port of the next DOTS server's signal channel.
+    pub server: String,
+    /// The name its certificate must carry.
+    pub server_name: String,
+    /// Our client identity towards it, and the CA its certificate must chain to.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub transport: TransportChoice,
+    #[serde(default)]
+    pub domain: Domain,
+    #[serde(default)]
+    pub escalate: Escalate,
+    /// How long a withdrawn request stays upstream after the downstream withdrawal
+    /// (default: the `[signal] terminating_seconds` of this server).
+    #[serde(default)]
+    pub terminating_seconds: Option<u64>,
+}
+
+impl UpstreamConfig {
+    /// Relative paths are taken from `base` (the config file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks what can be checked without the network. `gateway`: no datapath of its own.
+    pub fn validate(&self, gateway: bool) -> Result<()> {
+        if self
+            .server
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            bail!(
+                "[upstream] server {:?} is not host:port (e.g. \"192.0.2.1:4646\")",
+                self.server
+            );
+        }
+        if self.server_name.trim().is_empty() {
+            bail!("[upstream] server_name is empty: give the name the upstream server's certificate carries");
+        }
+        for (what, p) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if !p.exists() {
+                bail!(
+                    "[upstream] {what}: {} does not exist (the upstream operator's CA, and a \
+                     certificate and key it issued for this server)",
+                    p.display()
+                );
+            }
+        }
+        match self.escalate {
+            Escalate::Never if gateway => bail!(
+                "[upstream] escalate = \"never\" with no [datapath] interfaces: a gateway \
+                 mitigates nothing itself; use escalate = \"always\" or give interfaces"
+            ),
+            Escalate::Exceeded => bail!(
+                "[upstream] escalate = \"exceeded\" is not supported yet: use \"always\" or \"never\""
+            ),
+            _ => {}
+        }
+        if self.domain == Domain::Server {
+            bail!("[upstream] domain = \"server\" (cdid) is not supported yet: use \"client\"");
+        }
+        if self
+            .terminating_seconds
+            .is_some_and(|t| t > crate::engine::TERMINATING_MAX)
+        {
+            bail!(
+                "[upstream] terminating_seconds is at most {}",
+                crate::engine::TERMINATING_MAX
+            );
+        }
+        Ok(())
+    }
+
+    /// The DOTS client configuration of the upstream session.
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig {
+            server: self.server.clone(),
+            transport: self.transport,
+            server_name: self.server_name.clone(),
+            tls: ClientTls {
+                ca: self.ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            },
+        }
+    }
+}

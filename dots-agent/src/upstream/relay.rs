@@ -1,0 +1,368 @@
+//! The relay: which downstream mitigations are carried upstream, under which upstream mid,
+//! and what upstream last said of them. The engine tells it every change
+//! ([`Escalation`]); the mapping rows it keeps are stored in the engine's transaction, so
+//! a restart keeps every mapping. What it wants upstream goes to the link as a
+//! [`Desired`] set (a `watch` channel: the link always works on the latest), and the link's
+//! reports come back through [`crate::engine::Engine::escalation_event`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::status::UpStatus;
+use crate::engine::escalation::{Escalated, Escalation, UpstreamShare};
+use crate::engine::journal::{document, Change, JournalError};
+use crate::signal::message::{encode_mitigation_request, Status};
+
+/// One relayed mitigation, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    pub cuid: String,
+    pub mid: u32,
+    pub client: String,
+    pub upstream_mid: u32,
+    /// The mitigation request relayed (CBOR), and its version (each new body, +1).
+    pub body: Vec<u8>,
+    pub version: u64,
+    /// Withdrawn downstream (or ended): withdrawn upstream at `withdraw_at`, set once the
+    /// clock has seen it (None while not yet scheduled).
+    pub withdrawn: bool,
+    pub withdraw_at: Option<u64>,
+}
+
+fn key(cuid: &str, mid: u32) -> String {
+    format!("{cuid}/{mid}")
+}
+
+/// What one upstream mid should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Want {
+    Present { body: Vec<u8>, version: u64 },
+    Absent,
+}
+
+/// What the relay wants upstream, by upstream mid.
+pub type Desired = BTreeMap<u32, Want>;
+
+/// The state of the upstream session, as the link reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Session {
+    Connecting,
+    Up { transport: &'static str },
+    Lost(String),
+}
+
+/// What upstream last said of one mitigation.
+#[derive(Clone, Debug, Default)]
+struct Heard {
+    /// The version upstream accepted (2.01 / 2.04).
+    accepted: Option<u64>,
+    /// Upstream's refusal of the latest version (code and diagnostic).
+    refused: Option<String>,
+    status: Option<UpStatus>,
+}
+
+enum Edit {
+    Put(Row),
+    Remove(String),
+}
+
+pub struct Relay {
+    rows: BTreeMap<String, Row>,
+    pending: Vec<Edit>,
+    heard: HashMap<u32, Heard>,
+    session: Session,
+    /// A gateway (no datapath of its own) reports upstream's status as its own.
+    gateway: bool,
+    terminating: u64,
+    now: u64,
+    desired: watch::Sender<Desired>,
+}
+
+impl Relay {
+    /// A relay holding the stored `rows` (documents by key); unreadable rows are reported
+    /// and skipped. Returns it and the receiving end for the link.
+    pub fn restore(
+        stored: &[(String, String)],
+        gateway: bool,
+        terminating: u64,
+        now: u64,
+    ) -> (Relay, watch::Receiver<Desired>) {
+        let mut rows = BTreeMap::new();
+        for (k, doc) in stored {
+            match serde_json::from_str::<Row>(doc) {
+                Ok(r) => {
+                    rows.insert(k.clone(), r);
+                }
+                Err(e) => tracing::error!("upstream mapping {k} is unreadable, skipped: {e}"),
+            }
+        }
+        let (desired, rx) = watch::channel(Desired::new());
+        let mut relay = Relay {
+            rows,
+            pending: Vec::new(),
+            heard: HashMap::new(),
+            session: Session::Connecting,
+            gateway,
+            terminating,
+            now,
+            desired,
+        };
+        relay.publish();
+        (relay, rx)
+    }
+
+    fn current(&self, k: &str) -> Option<Row> {
+        for e in self.pending.iter().rev() {
+            match e {
+                Edit::Put(r) if key(&r.cuid, r.mid) == k => return Some(r.clone()),
+                Edit::Remove(x) if x == k => return None,
+                _ => {}
+            }
+        }
+        self.rows.get(k).cloned()
+    }
+
+    fn put(&mut self, row: Row) -> Result<Change, JournalError> {
+        let k = key(&row.cuid, row.mid);
+        let doc = document(&row);
+        self.pending.push(Edit::Put(row));
+        Ok(Change::Upstream {
+            key: k,
+            doc: Some(doc?),
+        })
+    }
+
+    fn next_upstream_mid(&self) -> u32 {
+        let pending = self.pending.iter().filter_map(|e| match e {
+            Edit::Put(r) => Some(r.upstream_mid),
+            Edit::Remove(_) => None,
+        });
+        self.rows
+            .values()
+            .map(|r| r.upstream_mid)
+            .chain(pending)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    fn publish(&mut self) {
+        let now = self.now;
+        let want: Desired = self
+            .rows
+            .values()
+            .map(|r| {
+                let gone = r.withdraw_at.is_some_and(|t| t <= now);
+                let w = match gone {
+                    true => Want::Absent,
+                    false => Want::Present {
+                        body: r.body.clone(),
+                        version: r.version,
+                    },
+                };
+                (r.upstream_mid, w)
+            })
+            .collect();
+        self.desired.send_if_modified(|d| {
+            let changed = *d != want;
+            *d = want;
+            changed
+        });
+    }
+
+    /// The upstream session is up, connecting again, or lost (why).
+    pub fn session(&mut self, s: Session) {
+        match &s {
+            Session::Lost(why) => tracing::warn!("upstream session lost: {why}; retrying"),
+            Session::Up { transport } => tracing::info!("upstream session up over {transport}"),
+            Session::Connecting => {}
+        }
+        self.session = s;
+    }
+
+    pub fn session_state(&self) -> &Session {
+        &self.session
+    }
+
+    /// Upstream answered a PUT of `version` of `upstream_mid` (`refusal`: its 4.xx/5.xx).
+    pub fn answered(&mut self, upstream_mid: u32, version: u64, refusal: Option<String>) {
+        let h = self.heard.entry(upstream_mid).or_default();
+        match refusal {
+            None => {
+                h.accepted = Some(version);
+                h.refused = None;
+            }
+            Some(why) => {
+                tracing::warn!("upstream refused mid {upstream_mid}: {why}");
+                h.refused = Some(why);
+            }
+        }
+    }
+
+    /// Upstream no longer holds `upstream_mid` (2.02 to our DELETE): the mapping ends.
+    pub fn deleted(&mut self, upstream_mid: u32) -> Vec<Result<Change, JournalError>> {
+        self.heard.remove(&upstream_mid);
+        let Some(k) = self
+            .rows
+            .iter()
+            .find(|(_, r)| r.upstream_mid == upstream_mid)
+            .map(|(k, _)| k.clone())
+        else {
+            return Vec::new();
+        };
+        self.pending.push(Edit::Remove(k.clone()));
+        vec![Ok(Change::Upstream { key: k, doc: None })]
+    }
+
+    /// Upstream's status of every mitigation of our session.
+    pub fn statuses(&mut self, all: Vec<UpStatus>) {
+        for h in self.heard.values_mut() {
+            h.status = None;
+        }
+        for s in all {
+            let mid = s.mid;
+            self.heard.entry(mid).or_default().status = Some(s);
+        }
+    }
+
+    /// The upstream mid of a downstream mitigation.
+    pub fn upstream_mid(&self, cuid: &str, mid: u32) -> Option<u32> {
+        self.rows.get(&key(cuid, mid)).map(|r| r.upstream_mid)
+    }
+
+    /// Why a relayed mitigation is not (yet) held upstream, if it is not.
+    pub fn problem(&self, cuid: &str, mid: u32) -> Option<String> {
+        let r = self.rows.get(&key(cuid, mid))?;
+        if let Session::Lost(why) = &self.session {
+            return Some(format!("upstream session lost: {why}"));
+        }
+        self.heard.get(&r.upstream_mid)?.refused.clone()
+    }
+}
+
+/// Relayed while the downstream mitigation is in force.
+fn in_force(s: Status) -> bool {
+    matches!(
+        s,
+        Status::InProgress | Status::SuccessfullyMitigated | Status::Stopped
+    )
+}
+
+impl Escalation for Relay {
+    fn mitigation_changed(
+        &mut self,
+        cuid: &str,
+        mid: u32,
+        now: Option<Escalated<'_>>,
+    ) -> Vec<Result<Change, JournalError>> {
+        let k = key(cuid, mid);
+        let existing = self.current(&k);
+        let change = match now {
+            Some(m) if in_force(m.status) => {
+                let body = encode_mitigation_request(m.scope);
+                match existing {
+                    Some(r) if r.body == body && !r.withdrawn => return Vec::new(),
+                    Some(r) => Row {
+                        body,
+                        version: r.version + 1,
+                        withdrawn: false,
+                        withdraw_at: None,
+                        ..r
+                    },
+                    None => Row {
+                        cuid: cuid.to_string(),
+                        mid,
+                        client: m.client.to_string(),
+                        upstream_mid: self.next_upstream_mid(),
+                        body,
+                        version: 1,
+                        withdrawn: false,
+                        withdraw_at: None,
+                    },
+                }
+            }
+            // Withdrawn (the terminating period starts at the next tick), ended, armed or
+            // forgotten: withdrawn upstream; a withdrawal already under way goes on.
+            other => match existing {
+                Some(r) if !r.withdrawn => Row {
+                    withdrawn: true,
+                    withdraw_at: match other.map(|m| m.status) {
+                        Some(Status::ClientWithdrawn) => None,
+                        _ => Some(0),
+                    },
+                    ..r
+                },
+                _ => return Vec::new(),
+            },
+        };
+        vec![self.put(change)]
+    }
+
+    fn committed(&mut self) {
+        for e in std::mem::take(&mut self.pending) {
+            match e {
+                Edit::Put(r) => {
+                    self.rows.insert(key(&r.cuid, r.mid), r);
+                }
+                Edit::Remove(k) => {
+                    self.rows.remove(&k);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn undone(&mut self) {
+        self.pending.clear();
+    }
+
+    fn tick(&mut self, at: u64) -> Vec<Result<Change, JournalError>> {
+        self.now = at;
+        let due: Vec<Row> = self
+            .rows
+            .values()
+            .filter(|r| r.withdrawn && r.withdraw_at.is_none())
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for r in due {
+            out.push(self.put(Row {
+                withdraw_at: Some(at + self.terminating),
+                ..r
+            }));
+        }
+        if out.is_empty() {
+            self.publish();
+        }
+        out
+    }
+
+    fn share(&self, cuid: &str, mid: u32) -> Option<UpstreamShare> {
+        let r = self.rows.get(&key(cuid, mid))?;
+        let heard = self.heard.get(&r.upstream_mid);
+        let up = heard.and_then(|h| h.status.clone()).unwrap_or_default();
+        let status = self.gateway.then(|| {
+            let held = heard.is_some_and(|h| h.accepted == Some(r.version));
+            match (&self.session, heard) {
+                // Nobody mitigates it: upstream refused it or cannot be reached.
+                (Session::Lost(_), _) => Status::ExceededCapability,
+                (_, Some(h)) if h.refused.is_some() => Status::ExceededCapability,
+                _ if held => up.status.unwrap_or(Status::InProgress),
+                _ => Status::InProgress,
+            }
+        });
+        Some(UpstreamShare {
+            status,
+            pkts_dropped: up.pkts_dropped,
+            bytes_dropped: up.bytes_dropped,
+            pps_dropped: up.pps_dropped,
+            bps_dropped: up.bps_dropped,
+        })
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
