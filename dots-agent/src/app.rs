@@ -28,6 +28,7 @@ use crate::preflight::{self, StartOptions};
 use crate::server::{self, ServerConfig};
 use crate::store::Store;
 use crate::upstream::relay::{Desired, Relay};
+use crate::upstream::Escalate;
 use tokio::sync::watch;
 
 /// The datapath the config asks for: XDP on its interfaces (all or none), or none
@@ -94,7 +95,11 @@ pub fn control(
         .with_talker_drop(config.talker_drop_clients())
         .with_data_source(Box::new(data.clone()))
         .with_journal(Box::new(store));
-    if let Some(u) = &config.upstream {
+    let relaying = config
+        .upstream
+        .as_ref()
+        .filter(|u| u.escalate != Escalate::Never);
+    if let Some(u) = relaying {
         let terminating = u
             .terminating_seconds
             .unwrap_or(config.signal.terminating_seconds);

@@ -29,6 +29,17 @@ pub enum Escalate {
     Never,
 }
 
+impl Escalate {
+    /// As server.toml spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Escalate::Always => "always",
+            Escalate::Exceeded => "exceeded",
+            Escalate::Never => "never",
+        }
+    }
+}
+
 /// Which domain the gateway serves (RFC 9132 §4.4.1.2: a server-domain gateway adds cdid).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,5 +144,95 @@ impl UpstreamConfig {
                 key: self.key.clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::ServerConfig;
+
+    /// Loads a server.toml with this `[upstream]` (and `[datapath]`) in a directory holding
+    /// the files it names; the error's text.
+    fn load_error(upstream: &str, datapath: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "server.pem", "server.key", "gw.pem", "gw.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[signal]\nlisten = [\"127.0.0.1:4646\"]\n[tls]\nca = \"ca.pem\"\n\
+                 cert = \"server.pem\"\nkey = \"server.key\"\n{datapath}\n[upstream]\n{upstream}"
+            ),
+        )
+        .unwrap();
+        match ServerConfig::load(&path) {
+            Ok(c) => {
+                let u = c.upstream.unwrap();
+                assert_eq!(u.cert, dir.path().join("gw.pem"), "relative to the file");
+                "ok".into()
+            }
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    const GOOD: &str = "server = \"192.0.2.1:4646\"\nserver_name = \"dots.example\"\n\
+        ca = \"ca.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\n";
+
+    #[test]
+    fn the_issue_example_loads() {
+        assert_eq!(load_error(GOOD, ""), "ok");
+        let all =
+            format!("{GOOD}transport = \"tls\"\ndomain = \"client\"\nescalate = \"always\"\n");
+        assert_eq!(load_error(&all, ""), "ok");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (
+                GOOD.replace("192.0.2.1:4646", "192.0.2.1"),
+                "",
+                "is not host:port",
+            ),
+            (GOOD.replace("gw.key", "nosuch.key"), "", "[upstream] key: "),
+            (
+                format!("{GOOD}escalate = \"never\"\n"),
+                "",
+                "a gateway mitigates nothing",
+            ),
+            (
+                format!("{GOOD}escalate = \"sometimes\"\n"),
+                "",
+                "unknown variant `sometimes`",
+            ),
+            (
+                format!("{GOOD}transport = \"quic\"\n"),
+                "",
+                "unknown variant `quic`",
+            ),
+            (
+                format!("{GOOD}terminating_seconds = 301\n"),
+                "",
+                "at most 300",
+            ),
+            (format!("{GOOD}color = 1\n"), "", "unknown field `color`"),
+            (
+                GOOD.replace("server_name = \"dots.example\"", "server_name = \" \""),
+                "",
+                "server_name is empty",
+            ),
+        ];
+        for (upstream, datapath, want) in cases {
+            let got = load_error(&upstream, datapath);
+            assert!(got.contains(want), "{upstream}: {got}");
+        }
+        // With a datapath of its own, a server may keep its requests (escalate = never).
+        let never = format!("{GOOD}escalate = \"never\"\n");
+        assert_eq!(
+            load_error(&never, "[datapath]\ninterfaces = [\"eth9\"]"),
+            "ok"
+        );
     }
 }

@@ -366,3 +366,136 @@ impl Escalation for Relay {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::MemoryMitigator;
+    use crate::engine::journal::MemoryJournal;
+    use crate::engine::{ClientPolicy, Engine};
+    use crate::signal::message::{Lifetime, Scope};
+
+    const T: u64 = 1_000;
+
+    fn engine(journal: &MemoryJournal) -> (Engine<MemoryMitigator>, watch::Receiver<Desired>) {
+        let policy = ClientPolicy {
+            name: "a".into(),
+            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
+            countermeasures: Default::default(),
+            acl: Vec::new(),
+            allow_indefinite: false,
+            max_lifetime: 86_400,
+        };
+        let (relay, rx) = Relay::restore(&journal.snapshot().upstream_mappings, true, 5, T);
+        let e = Engine::new(MemoryMitigator::new(), vec![policy])
+            .with_terminating_period(0)
+            .with_journal(Box::new(journal.clone()))
+            .with_escalation(Box::new(relay));
+        (e, rx)
+    }
+
+    fn scope() -> Scope {
+        Scope::new(
+            vec!["203.0.113.0/24".parse().unwrap()],
+            Lifetime::Seconds(600),
+        )
+    }
+
+    fn present(rx: &watch::Receiver<Desired>) -> Vec<(u32, u64)> {
+        rx.borrow()
+            .iter()
+            .filter_map(|(m, w)| match w {
+                Want::Present { version, .. } => Some((*m, *version)),
+                Want::Absent => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accepted_requests_get_upstream_mids_that_a_restart_keeps() {
+        let j = MemoryJournal::new();
+        let (mut e, rx) = engine(&j);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        e.put(
+            "a",
+            "cv",
+            7,
+            Scope::new(
+                vec!["203.0.113.8/29".parse().unwrap()],
+                Lifetime::Seconds(60),
+            ),
+            false,
+            T,
+        )
+        .unwrap_err(); // overlaps another client's mitigation: refused, nothing relayed
+        assert_eq!(present(&rx), vec![(1, 1)]);
+        // A refresh with another lifetime is a new version of the same upstream mid.
+        let mut longer = scope();
+        longer.lifetime = Lifetime::Seconds(900);
+        e.put("a", "cu", 7, longer, false, T + 1).unwrap();
+        assert_eq!(present(&rx), vec![(1, 2)]);
+        assert_eq!(j.snapshot().upstream_mappings.len(), 1);
+        // After a restart: the same mapping, the same wish.
+        let (e2, rx2) = engine(&j);
+        drop(e2);
+        assert_eq!(present(&rx2), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_stored_is_not_relayed() {
+        let j = MemoryJournal::new();
+        let (mut e, rx) = engine(&j);
+        j.fail(true);
+        assert!(e.put("a", "cu", 7, scope(), false, T).is_err());
+        assert!(rx.borrow().is_empty());
+        j.fail(false);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        assert_eq!(present(&rx), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn withdrawal_reaches_upstream_after_the_terminating_period() {
+        let j = MemoryJournal::new();
+        let (mut e, rx) = engine(&j);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        e.delete("cu", 7, T + 1).unwrap();
+        e.tick(T + 2);
+        assert_eq!(present(&rx), vec![(1, 1)], "still upstream for 5 s");
+        e.tick(T + 7);
+        assert_eq!(*rx.borrow(), Desired::from([(1, Want::Absent)]));
+        // Upstream confirms: the mapping ends, in the store too.
+        e.escalation_event::<Relay, ()>(|r| ((), r.deleted(1)))
+            .unwrap();
+        assert!(rx.borrow().is_empty());
+        assert!(j.snapshot().upstream_mappings.is_empty());
+    }
+
+    #[test]
+    fn a_gateway_reports_upstream_status_and_counters() {
+        let j = MemoryJournal::new();
+        let (mut e, _rx) = engine(&j);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        let shown = |e: &Engine<MemoryMitigator>| {
+            let s = &e.status("cu", Some(7), T).unwrap()[0];
+            (s.status, s.pkts_dropped)
+        };
+        assert_eq!(
+            shown(&e),
+            (Status::InProgress, Some(0)),
+            "until upstream accepts"
+        );
+        let r = e.escalation_mut::<Relay>().unwrap();
+        r.answered(1, 1, None);
+        r.statuses(vec![UpStatus {
+            mid: 1,
+            status: Some(Status::SuccessfullyMitigated),
+            pkts_dropped: 42,
+            ..Default::default()
+        }]);
+        assert_eq!(shown(&e), (Status::SuccessfullyMitigated, Some(42)));
+        let r = e.escalation_mut::<Relay>().unwrap();
+        r.session(Session::Lost("no answer".into()));
+        assert!(r.problem("cu", 7).unwrap().contains("no answer"));
+        assert_eq!(shown(&e).0, Status::ExceededCapability);
+    }
+}
