@@ -107,6 +107,7 @@ pub fn control(
         let (relay, desired) = Relay::restore(
             &snapshot.upstream_mappings,
             gateway,
+            u.mode(),
             terminating,
             crate::clock::unix_now(),
         );

@@ -18,6 +18,17 @@ pub struct Escalated<'a> {
     pub terminating_until: Option<u64>,
 }
 
+/// What reached an installed mitigation's targets in scope so far (the datapath's
+/// counters), for an escalation that decides by traffic.
+#[derive(Clone, Debug)]
+pub struct InScope<'a> {
+    pub cuid: &'a str,
+    pub mid: u32,
+    pub mitigation: Escalated<'a>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// The upstream share of a mitigation's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpstreamShare {
@@ -43,9 +54,10 @@ pub trait Escalation: Send {
     fn committed(&mut self);
     /// The operation was refused or could not be stored: its changes are dropped.
     fn undone(&mut self);
-    /// Once a second: changes due by time (a withdrawal's terminating period ending).
-    /// `at` is the engine's clock (epoch seconds).
-    fn tick(&mut self, at: u64) -> Vec<Result<Change, JournalError>>;
+    /// Once a second: changes due by time (a withdrawal's terminating period ending, a
+    /// mitigation whose traffic exceeds what this server can hold). `at` is the engine's
+    /// clock (epoch seconds); `traffic` what each installed mitigation in force has seen.
+    fn tick(&mut self, at: u64, traffic: &[InScope<'_>]) -> Vec<Result<Change, JournalError>>;
     /// The upstream share of the status of the mitigation (None: not escalated).
     fn share(&self, cuid: &str, mid: u32) -> Option<UpstreamShare>;
     /// Lets the concrete type be reached (what upstream reported goes to it).
@@ -84,10 +96,35 @@ impl<M: Mitigator> Engine<M> {
 
     /// The escalation's clock, once a second.
     pub(super) fn tick_escalation(&mut self, now: u64) {
+        if self.escalation.is_none() {
+            return;
+        }
+        let traffic: Vec<InScope<'_>> = self
+            .ledger
+            .iter()
+            .filter(|(_, _, _, m)| m.installed && m.ended_at.is_none())
+            .filter_map(|(cuid, client, mid, m)| {
+                let c = self.counters(m)?;
+                Some(InScope {
+                    cuid,
+                    mid,
+                    mitigation: Escalated {
+                        client,
+                        scope: &m.scope,
+                        status: m.status,
+                        expires: m.expires,
+                        terminating_until: m.terminating_until,
+                    },
+                    packets: c.in_scope.packets,
+                    bytes: c.in_scope.bytes,
+                })
+            })
+            .collect();
         let Some(e) = self.escalation.as_mut() else {
             return;
         };
-        let changes = e.tick(now);
+        let changes = e.tick(now, &traffic);
+        drop(traffic);
         if changes.is_empty() {
             return;
         }

@@ -23,7 +23,7 @@ pub enum Escalate {
     /// Every accepted request (a gateway; a recursive server that always asks for help).
     #[default]
     Always,
-    /// Only when the local filter cannot hold it (not supported yet: refused at load).
+    /// Only once the traffic to its targets exceeds `capacity_pps` or `capacity_bps`.
     Exceeded,
     /// Never (a server that mitigates alone; `[upstream]` then only names the next hop).
     Never,
@@ -71,6 +71,12 @@ pub struct UpstreamConfig {
     /// (default: the `[signal] terminating_seconds` of this server).
     #[serde(default)]
     pub terminating_seconds: Option<u64>,
+    /// With escalate = "exceeded": what this server's filter can hold, measured as the
+    /// traffic to a mitigation's targets in scope (packets/s, bit/s).
+    #[serde(default)]
+    pub capacity_pps: Option<u64>,
+    #[serde(default)]
+    pub capacity_bps: Option<u64>,
 }
 
 impl UpstreamConfig {
@@ -112,10 +118,27 @@ impl UpstreamConfig {
                 "[upstream] escalate = \"never\" with no [datapath] interfaces: a gateway \
                  mitigates nothing itself; use escalate = \"always\" or give interfaces"
             ),
-            Escalate::Exceeded => bail!(
-                "[upstream] escalate = \"exceeded\" is not supported yet: use \"always\" or \"never\""
+            Escalate::Exceeded if gateway => bail!(
+                "[upstream] escalate = \"exceeded\" with no [datapath] interfaces: a gateway \
+                 measures no traffic; use escalate = \"always\""
             ),
+            Escalate::Exceeded if self.capacity_pps.is_none() && self.capacity_bps.is_none() => {
+                bail!(
+                    "[upstream] escalate = \"exceeded\" needs capacity_pps or capacity_bps (what \
+                     this server's filter can hold)"
+                )
+            }
+            Escalate::Always | Escalate::Never
+                if self.capacity_pps.is_some() || self.capacity_bps.is_some() =>
+            {
+                bail!(
+                    "[upstream] capacity_pps and capacity_bps apply only with escalate = \"exceeded\""
+                )
+            }
             _ => {}
+        }
+        if self.capacity_pps == Some(0) || self.capacity_bps == Some(0) {
+            bail!("[upstream] a capacity of 0 escalates everything: use escalate = \"always\"");
         }
         if self.domain == Domain::Server {
             bail!("[upstream] domain = \"server\" (cdid) is not supported yet: use \"client\"");
@@ -130,6 +153,17 @@ impl UpstreamConfig {
             );
         }
         Ok(())
+    }
+
+    /// How the relay decides what goes upstream.
+    pub fn mode(&self) -> relay::Mode {
+        match self.escalate {
+            Escalate::Exceeded => relay::Mode::Exceeded {
+                pps: self.capacity_pps,
+                bps: self.capacity_bps,
+            },
+            _ => relay::Mode::Always,
+        }
     }
 
     /// The DOTS client configuration of the upstream session.
@@ -218,6 +252,16 @@ mod tests {
                 "at most 300",
             ),
             (format!("{GOOD}color = 1\n"), "", "unknown field `color`"),
+            (
+                format!("{GOOD}escalate = \"exceeded\"\ncapacity_pps = 5\n"),
+                "",
+                "a gateway measures no traffic",
+            ),
+            (
+                format!("{GOOD}capacity_pps = 5\n"),
+                "",
+                "apply only with escalate = \"exceeded\"",
+            ),
             (
                 GOOD.replace("server_name = \"dots.example\"", "server_name = \" \""),
                 "",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::status::UpStatus;
-use crate::engine::escalation::{Escalated, Escalation, UpstreamShare};
+use crate::engine::escalation::{Escalated, Escalation, InScope, UpstreamShare};
 use crate::engine::journal::{document, Change, JournalError};
 use crate::signal::message::{encode_mitigation_request, Status};
 
@@ -29,6 +29,10 @@ pub struct Row {
     /// clock has seen it (None while not yet scheduled).
     pub withdrawn: bool,
     pub withdraw_at: Option<u64>,
+    /// Escalated because the traffic exceeded this server's capacity: status 4
+    /// (attack-exceeded-capability) until upstream confirms it mitigates.
+    #[serde(default)]
+    pub for_capacity: bool,
 }
 
 fn key(cuid: &str, mid: u32) -> String {
@@ -68,8 +72,22 @@ enum Edit {
     Remove(String),
 }
 
+/// When an accepted request goes upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Always,
+    /// Once the traffic to its targets in scope exceeds either capacity (per second).
+    Exceeded {
+        pps: Option<u64>,
+        bps: Option<u64>,
+    },
+}
+
 pub struct Relay {
     rows: BTreeMap<String, Row>,
+    mode: Mode,
+    /// In-scope counters of mitigations not escalated (yet), as last read: (at, pkts, bytes).
+    samples: HashMap<String, (u64, u64, u64)>,
     pending: Vec<Edit>,
     heard: HashMap<u32, Heard>,
     session: Session,
@@ -86,6 +104,7 @@ impl Relay {
     pub fn restore(
         stored: &[(String, String)],
         gateway: bool,
+        mode: Mode,
         terminating: u64,
         now: u64,
     ) -> (Relay, watch::Receiver<Desired>) {
@@ -101,6 +120,8 @@ impl Relay {
         let (desired, rx) = watch::channel(Desired::new());
         let mut relay = Relay {
             rows,
+            mode,
+            samples: HashMap::new(),
             pending: Vec::new(),
             heard: HashMap::new(),
             session: Session::Connecting,
@@ -263,6 +284,8 @@ impl Escalation for Relay {
             Some(m) if in_force(m.status) => {
                 let body = encode_mitigation_request(m.scope);
                 match existing {
+                    // Not escalated (yet): the clock decides by its traffic.
+                    None if self.mode != Mode::Always => return Vec::new(),
                     Some(r) if r.body == body && !r.withdrawn => return Vec::new(),
                     Some(r) => Row {
                         body,
@@ -280,6 +303,7 @@ impl Escalation for Relay {
                         version: 1,
                         withdrawn: false,
                         withdraw_at: None,
+                        for_capacity: false,
                     },
                 }
             }
@@ -318,15 +342,15 @@ impl Escalation for Relay {
         self.pending.clear();
     }
 
-    fn tick(&mut self, at: u64) -> Vec<Result<Change, JournalError>> {
+    fn tick(&mut self, at: u64, traffic: &[InScope<'_>]) -> Vec<Result<Change, JournalError>> {
         self.now = at;
+        let mut out = self.escalate_exceeded(at, traffic);
         let due: Vec<Row> = self
             .rows
             .values()
             .filter(|r| r.withdrawn && r.withdraw_at.is_none())
             .cloned()
             .collect();
-        let mut out = Vec::new();
         for r in due {
             out.push(self.put(Row {
                 withdraw_at: Some(at + self.terminating),
@@ -343,6 +367,27 @@ impl Escalation for Relay {
         let r = self.rows.get(&key(cuid, mid))?;
         let heard = self.heard.get(&r.upstream_mid);
         let up = heard.and_then(|h| h.status.clone()).unwrap_or_default();
+        let confirmed = heard.is_some_and(|h| {
+            h.accepted == Some(r.version)
+                && h.status.as_ref().is_some_and(|s| {
+                    matches!(
+                        s.status,
+                        Some(Status::SuccessfullyMitigated | Status::Stopped)
+                    )
+                })
+        });
+        if !self.gateway {
+            // A recursive server reports its own status, but one escalated because it
+            // cannot hold the attack is attack-exceeded-capability until upstream mitigates.
+            return Some(UpstreamShare {
+                status: (r.for_capacity && !r.withdrawn && !confirmed)
+                    .then_some(Status::ExceededCapability),
+                pkts_dropped: up.pkts_dropped,
+                bytes_dropped: up.bytes_dropped,
+                pps_dropped: up.pps_dropped,
+                bps_dropped: up.bps_dropped,
+            });
+        }
         let status = self.gateway.then(|| {
             let held = heard.is_some_and(|h| h.accepted == Some(r.version));
             match (&self.session, heard) {
@@ -367,6 +412,69 @@ impl Escalation for Relay {
     }
 }
 
+impl Relay {
+    /// In `exceeded` mode: the mitigations in force, not escalated yet, whose traffic in
+    /// scope since the last reading (at least a second ago) is above a capacity.
+    fn escalate_exceeded(
+        &mut self,
+        at: u64,
+        traffic: &[InScope<'_>],
+    ) -> Vec<Result<Change, JournalError>> {
+        let Mode::Exceeded {
+            pps: cap_pps,
+            bps: cap_bps,
+        } = self.mode
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in traffic {
+            let k = key(t.cuid, t.mid);
+            if !in_force(t.mitigation.status) || self.current(&k).is_some() {
+                continue;
+            }
+            seen.insert(k.clone());
+            let now = (at, t.packets, t.bytes);
+            let Some(then) = self.samples.insert(k.clone(), now) else {
+                continue;
+            };
+            let secs = at.saturating_sub(then.0);
+            if secs == 0 {
+                self.samples.insert(k, then); // measure over a second at least
+                continue;
+            }
+            let pps = t.packets.saturating_sub(then.1) / secs;
+            let bps = t.bytes.saturating_sub(then.2) * 8 / secs;
+            let over = match (cap_pps, cap_bps) {
+                (Some(c), _) if pps > c => format!("{pps} packets/s > capacity_pps {c}"),
+                (_, Some(c)) if bps > c => format!("{bps} bit/s > capacity_bps {c}"),
+                _ => continue,
+            };
+            tracing::info!(
+                "escalating mitigation {} of {}: {over}",
+                t.mid,
+                t.mitigation.client
+            );
+            let row = Row {
+                cuid: t.cuid.to_string(),
+                mid: t.mid,
+                client: t.mitigation.client.to_string(),
+                upstream_mid: self.next_upstream_mid(),
+                body: encode_mitigation_request(t.mitigation.scope),
+                version: 1,
+                withdrawn: false,
+                withdraw_at: None,
+                for_capacity: true,
+            };
+            self.samples.remove(&k);
+            out.push(self.put(row));
+        }
+        self.samples.retain(|k, _| seen.contains(k));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,7 +494,13 @@ mod tests {
             allow_indefinite: false,
             max_lifetime: 86_400,
         };
-        let (relay, rx) = Relay::restore(&journal.snapshot().upstream_mappings, true, 5, T);
+        let (relay, rx) = Relay::restore(
+            &journal.snapshot().upstream_mappings,
+            true,
+            Mode::Always,
+            5,
+            T,
+        );
         let e = Engine::new(MemoryMitigator::new(), vec![policy])
             .with_terminating_period(0)
             .with_journal(Box::new(journal.clone()))
@@ -497,5 +611,75 @@ mod tests {
         r.session(Session::Lost("no answer".into()));
         assert!(r.problem("cu", 7).unwrap().contains("no answer"));
         assert_eq!(shown(&e).0, Status::ExceededCapability);
+    }
+}
+
+#[cfg(test)]
+mod exceeded {
+    use super::*;
+    use crate::datapath::{MemoryMitigator, MitigationCounters, Mitigator};
+    use crate::engine::journal::MemoryJournal;
+    use crate::engine::{ClientPolicy, Engine};
+    use crate::signal::message::{Lifetime, Scope};
+    use xdp_common::Counter;
+
+    #[test]
+    fn a_recursive_server_escalates_what_exceeds_its_capacity_and_says_so() {
+        let policy = ClientPolicy {
+            name: "a".into(),
+            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
+            countermeasures: Default::default(),
+            acl: Vec::new(),
+            allow_indefinite: false,
+            max_lifetime: 86_400,
+        };
+        let mode = Mode::Exceeded {
+            pps: Some(1_000),
+            bps: None,
+        };
+        let (relay, rx) = Relay::restore(&[], false, mode, 0, 0);
+        let mut e = Engine::new(MemoryMitigator::new(), vec![policy])
+            .with_journal(Box::new(MemoryJournal::new()))
+            .with_escalation(Box::new(relay));
+        let scope = Scope::new(
+            vec!["203.0.113.0/24".parse().unwrap()],
+            Lifetime::Seconds(600),
+        );
+        e.put("a", "cu", 7, scope, false, 100).unwrap();
+        let in_scope = |e: &mut Engine<MemoryMitigator>, packets: u64| {
+            let id = e.mitigator().installed()[0];
+            let c = MitigationCounters {
+                in_scope: Counter {
+                    packets,
+                    bytes: packets * 100,
+                },
+                ..Default::default()
+            };
+            assert!(e.mitigator_mut().set_counters(id, c));
+        };
+        let shown = |e: &Engine<MemoryMitigator>| e.status("cu", Some(7), 100).unwrap()[0].status;
+        in_scope(&mut e, 0);
+        e.tick(101);
+        in_scope(&mut e, 900);
+        e.tick(102);
+        assert!(rx.borrow().is_empty(), "900 packets/s: held here");
+        assert_eq!(shown(&e), Status::SuccessfullyMitigated);
+        in_scope(&mut e, 900 + 5_000);
+        e.tick(103);
+        assert_eq!(rx.borrow().len(), 1, "5,000 packets/s: escalated");
+        assert_eq!(
+            shown(&e),
+            Status::ExceededCapability,
+            "until upstream mitigates"
+        );
+        let r = e.escalation_mut::<Relay>().unwrap();
+        r.answered(1, 1, None);
+        r.statuses(vec![UpStatus {
+            mid: 1,
+            status: Some(Status::SuccessfullyMitigated),
+            pkts_dropped: 10,
+            ..Default::default()
+        }]);
+        assert_eq!(shown(&e), Status::SuccessfullyMitigated);
     }
 }
