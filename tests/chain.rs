@@ -128,7 +128,8 @@ acl = [{{ name = "udp-9999", action = "drop", matches = {{ protocol = 17, destin
         )
     }
 
-    fn provider_config(&self) -> PathBuf {
+    /// `escalate`: the provider's escalate line(s) in `[upstream]`.
+    fn provider_config(&self, escalate: &str) -> PathBuf {
         self.write(
             "provider",
             format!(
@@ -153,7 +154,7 @@ ca = "ca.pem"
 cert = "provider.pem"
 key = "provider.key"
 transport = "dtls"
-escalate = "always"
+{escalate}
 terminating_seconds = 0
 [[client]]
 name = "gateway"
@@ -161,7 +162,8 @@ prefixes = ["198.51.100.0/24"]
 countermeasures = {{ amplification = true }}
 "#,
                 self.prov_pins.0.display()
-            ),
+            )
+            .replace("{escalate}", escalate),
         )
     }
 
@@ -334,7 +336,8 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
         "before any request everything arrives"
     );
     let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
-    let (provider, stop_prov) = start_server(&chain.prov, &chain.provider_config());
+    let config = chain.provider_config("escalate = \"always\"");
+    let (provider, stop_prov) = start_server(&chain.prov, &config);
     let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
 
     let me = chain.identity("127.0.0.1:4747", "client-a");
@@ -402,6 +405,50 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
         chain.attack(200),
         BTreeMap::from([(4444, 200), (9999, 200)])
     );
+
+    for (thread, stop) in [
+        (gateway, stop_gw),
+        (provider, stop_prov),
+        (upstream, stop_up),
+    ] {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
+    let chain = Chain::new();
+    chain.attack(5); // the upstream scrubber learns the provider's MAC address
+    let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
+    let config = chain.provider_config("escalate = \"exceeded\"\ncapacity_pps = 100");
+    let (provider, stop_prov) = start_server(&chain.prov, &config);
+    let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
+    let me = chain.identity("127.0.0.1:4747", "client-a");
+    let as_provider = chain.identity("203.0.113.1:4646", "provider");
+    assert_eq!(customer(&chain.prov, &me, RequestType::Put), "2.01");
+    until(&chain.prov, &me, 1, "mitigated by the provider", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    assert_eq!(
+        status(&chain.prov, &as_provider, 1),
+        None,
+        "not escalated yet"
+    );
+
+    // 600 packets within a second: above the provider's 100 packets/s. It drops the NTP
+    // reflection itself, and escalates.
+    assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 300)]));
+    until(&chain.prov, &as_provider, 1, "escalated", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    until(&chain.prov, &me, 1, "upstream confirmed", |s| {
+        s == Some((2, 300))
+    });
+
+    // Now both drop, and the customer's status counts both.
+    assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
+    until(&chain.prov, &me, 1, "summed", |s| s == Some((2, 900)));
 
     for (thread, stop) in [
         (gateway, stop_gw),
