@@ -111,7 +111,9 @@ pub fn control(
             terminating,
             crate::clock::unix_now(),
         );
-        engine = engine.with_escalation(Box::new(relay));
+        let listen: Vec<String> = config.signal.listen.iter().map(|a| a.to_string()).collect();
+        let here = format!("the DOTS gateway on {}", listen.join(", "));
+        engine = engine.with_escalation(Box::new(relay.named(here)));
         upstream = Some(desired);
     }
     let restored = engine

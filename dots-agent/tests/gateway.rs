@@ -385,3 +385,126 @@ fn s_cuid(d: &Path) -> String {
     )
     .unwrap()
 }
+
+/// A port free on 127.0.0.1 for both TCP and UDP (bound and released: the servers of a
+/// loop must know each other's address before either starts).
+fn free_port() -> u16 {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// Two gateways, each the other's upstream: the request comes back to the gateway it
+/// started from, which holds it for client-a already: a conflict (4.09) ends the loop at
+/// the second visit, and gw-b reports it. Each relay decrements Hop-Limit (16, then 15),
+/// and a request that arrives with 1 left ends in 5.08 naming where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_gateways_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dots_agent::pki::init(
+        d,
+        "dots.example",
+        &[],
+        &["client-a".into(), "gw-a".into(), "gw-b".into()],
+    )
+    .unwrap();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let upstream = |to: &str, me: &str| {
+        format!(
+            "[upstream]\nserver = \"{to}\"\nserver_name = \"dots.example\"\nca = \"ca.pem\"\n\
+             cert = \"{me}.pem\"\nkey = \"{me}.key\"\ntransport = \"tls\"\n"
+        )
+    };
+    let client = |name: &str| {
+        format!("[[client]]\nname = \"{name}\"\nprefixes = [\"2001:db8:6401::/48\"]\ncountermeasures = {{}}\n")
+    };
+    let gw_a = start(
+        d,
+        "gw-a",
+        &a,
+        &format!(
+            "{}{}{}",
+            client("client-a"),
+            client("gw-b"),
+            upstream(&b, "gw-a")
+        ),
+    )
+    .await;
+    let gw_b = start(
+        d,
+        "gw-b",
+        &b,
+        &format!("{}{}", client("gw-a"), upstream(&a, "gw-b")),
+    )
+    .await;
+
+    let mut s = Session::connect(&client_at(d, &a)).await.unwrap();
+    let r = s
+        .request(
+            RequestType::Put,
+            &path(&s, Some(1)),
+            Some(put_body("2001:db8:6401:1::/64")),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "2.01");
+
+    let mut refusals = Vec::new();
+    for _ in 0..80 {
+        refusals = relay(&gw_b, |r| r.refusals()).await;
+        if !refusals.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].2.starts_with("4.09"), "{refusals:?}");
+    assert_eq!(relay(&gw_a, |r| r.relayed()).await, 1);
+    assert_eq!(relay(&gw_b, |r| r.relayed()).await, 1);
+    let a_cuid = s_cuid(d);
+    assert_eq!(
+        relay(&gw_a, move |r| r.hop_limit(&a_cuid, 1)).await,
+        Some(16)
+    );
+    let (b_cuid, b_mid) = (refusals[0].0.clone(), refusals[0].1);
+    assert_eq!(
+        relay(&gw_b, move |r| r.hop_limit(&b_cuid, b_mid)).await,
+        Some(15)
+    );
+
+    // What arrives with Hop-Limit 1 goes no further.
+    let hop = [(coap_lite::CoapOption::Unknown(16), vec![1u8])];
+    let r = s
+        .request_with(
+            RequestType::Put,
+            &path(&s, Some(2)),
+            Some(put_body("2001:db8:6401:2::/64")),
+            false,
+            &hop,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "5.08");
+    let why = String::from_utf8(r.payload).unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "hop limit reached at the DOTS gateway on {a} on a request relayed by client-a"
+        )),
+        "{why}"
+    );
+    assert_eq!(relay(&gw_a, |r| r.relayed()).await, 1, "not relayed");
+}
+
+fn client_at(d: &Path, addr: &str) -> ClientConfig {
+    client(d, addr, TransportChoice::Tls)
+}

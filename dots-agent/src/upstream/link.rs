@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use coap_lite::{Packet, RequestType};
+use coap_lite::{CoapOption, Packet, RequestType};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -98,7 +98,11 @@ async fn serve(
         let want = desired.borrow_and_update().clone();
         for (mid, w) in want {
             match w {
-                Want::Present { body, version } => {
+                Want::Present {
+                    body,
+                    version,
+                    hop_limit,
+                } => {
                     if upstream.accepted.get(&mid) == Some(&version) {
                         continue;
                     }
@@ -107,8 +111,9 @@ async fn serve(
                             continue;
                         }
                     }
+                    let hop = [(CoapOption::Unknown(super::hop::OPTION), vec![hop_limit])];
                     let r = session
-                        .request(RequestType::Put, &path(Some(mid)), Some(body), false)
+                        .request_with(RequestType::Put, &path(Some(mid)), Some(body), false, &hop)
                         .await?;
                     let refusal = (!is_success(&r)).then(|| describe(&r));
                     match &refusal {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::client::{ClientConfig, ClientTls, TransportChoice};
 
+pub mod hop;
 pub mod link;
 pub mod relay;
 mod status;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::hop;
 use super::status::UpStatus;
 use crate::engine::escalation::{Escalated, Escalation, InScope, UpstreamShare};
 use crate::engine::journal::{document, Change, JournalError};
@@ -33,6 +34,13 @@ pub struct Row {
     /// (attack-exceeded-capability) until upstream confirms it mitigates.
     #[serde(default)]
     pub for_capacity: bool,
+    /// The Hop-Limit it carries upstream (RFC 8768: one less than arrived, or 16).
+    #[serde(default = "initial_hop_limit")]
+    pub hop_limit: u8,
+}
+
+fn initial_hop_limit() -> u8 {
+    super::hop::INITIAL
 }
 
 fn key(cuid: &str, mid: u32) -> String {
@@ -42,7 +50,11 @@ fn key(cuid: &str, mid: u32) -> String {
 /// What one upstream mid should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Want {
-    Present { body: Vec<u8>, version: u64 },
+    Present {
+        body: Vec<u8>,
+        version: u64,
+        hop_limit: u8,
+    },
     Absent,
 }
 
@@ -96,6 +108,10 @@ pub struct Relay {
     terminating: u64,
     now: u64,
     desired: watch::Sender<Desired>,
+    /// The Hop-Limit of the request being handled (set around one request).
+    arrived_hop: Option<u8>,
+    /// How this server is named in a 5.08's diagnostic.
+    here: String,
 }
 
 impl Relay {
@@ -129,6 +145,8 @@ impl Relay {
             terminating,
             now,
             desired,
+            arrived_hop: None,
+            here: "this server".into(),
         };
         relay.publish();
         (relay, rx)
@@ -181,6 +199,7 @@ impl Relay {
                     false => Want::Present {
                         body: r.body.clone(),
                         version: r.version,
+                        hop_limit: r.hop_limit,
                     },
                 };
                 (r.upstream_mid, w)
@@ -191,6 +210,21 @@ impl Relay {
             *d = want;
             changed
         });
+    }
+
+    /// Names this server in diagnostics (a 5.08 ending a loop).
+    pub fn named(mut self, here: String) -> Self {
+        self.here = here;
+        self
+    }
+
+    pub fn here(&self) -> &str {
+        &self.here
+    }
+
+    /// The Hop-Limit of the request about to be handled (None: without one, or done).
+    pub fn set_arrived_hop(&mut self, hop: Option<u8>) {
+        self.arrived_hop = hop;
     }
 
     /// The upstream session is up, connecting again, or lost (why).
@@ -253,6 +287,27 @@ impl Relay {
         self.rows.get(&key(cuid, mid)).map(|r| r.upstream_mid)
     }
 
+    /// Every relayed mitigation upstream refuses: (cuid, mid, code and diagnostic).
+    pub fn refusals(&self) -> Vec<(String, u32, String)> {
+        self.rows
+            .values()
+            .filter_map(|r| {
+                let why = self.heard.get(&r.upstream_mid)?.refused.clone()?;
+                Some((r.cuid.clone(), r.mid, why))
+            })
+            .collect()
+    }
+
+    /// The Hop-Limit a relayed mitigation carries upstream.
+    pub fn hop_limit(&self, cuid: &str, mid: u32) -> Option<u8> {
+        self.rows.get(&key(cuid, mid)).map(|r| r.hop_limit)
+    }
+
+    /// How many mitigations are relayed (withdrawn ones until upstream confirms).
+    pub fn relayed(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Why a relayed mitigation is not (yet) held upstream, if it is not.
     pub fn problem(&self, cuid: &str, mid: u32) -> Option<String> {
         let r = self.rows.get(&key(cuid, mid))?;
@@ -292,6 +347,7 @@ impl Escalation for Relay {
                         version: r.version + 1,
                         withdrawn: false,
                         withdraw_at: None,
+                        hop_limit: self.arrived_hop.map_or(r.hop_limit, |h| hop::next(Some(h))),
                         ..r
                     },
                     None => Row {
@@ -304,6 +360,7 @@ impl Escalation for Relay {
                         withdrawn: false,
                         withdraw_at: None,
                         for_capacity: false,
+                        hop_limit: hop::next(self.arrived_hop),
                     },
                 }
             }
@@ -466,6 +523,7 @@ impl Relay {
                 withdrawn: false,
                 withdraw_at: None,
                 for_capacity: true,
+                hop_limit: hop::INITIAL,
             };
             self.samples.remove(&k);
             out.push(self.put(row));
@@ -681,5 +739,32 @@ mod exceeded {
             ..Default::default()
         }]);
         assert_eq!(shown(&e), Status::SuccessfullyMitigated);
+    }
+}
+
+/// On a relaying server, the Hop-Limit check of a request before the handler (RFC 8768):
+/// Err with the reply that ends it; the value that arrived is kept for the operation.
+pub fn hop_limited<M: crate::datapath::Mitigator>(
+    engine: &mut crate::engine::Engine<M>,
+    peer: &crate::signal::handler::Peer<'_>,
+    msg: &coap_lite::Packet,
+) -> Result<(), crate::signal::session::Reply> {
+    let put = coap_lite::MessageClass::Request(coap_lite::RequestType::Put);
+    let Some(relay) = engine
+        .escalation_mut::<Relay>()
+        .filter(|_| msg.header.code == put)
+    else {
+        return Ok(()); // not relaying, or nothing to relay: Hop-Limit is for proxies
+    };
+    let from = peer.client.unwrap_or(peer.cuid);
+    let arrived = hop::check(msg, &relay.here, from)?;
+    relay.set_arrived_hop(arrived);
+    Ok(())
+}
+
+/// After the request: its Hop-Limit no longer applies.
+pub fn hop_done<M: crate::datapath::Mitigator>(engine: &mut crate::engine::Engine<M>) {
+    if let Some(relay) = engine.escalation_mut::<Relay>() {
+        relay.set_arrived_hop(None);
     }
 }
