@@ -27,6 +27,9 @@ use crate::engine::Engine;
 use crate::preflight::{self, StartOptions};
 use crate::server::{self, ServerConfig};
 use crate::store::Store;
+use crate::upstream::relay::{Desired, Relay};
+use crate::upstream::Escalate;
+use tokio::sync::watch;
 
 /// The datapath the config asks for: XDP on its interfaces (all or none), or none
 /// (control plane only). A datapath this call pinned afresh is removed again if attaching
@@ -80,7 +83,8 @@ pub fn control(
     datapath: Box<dyn Mitigator>,
     store: Store,
     snapshot: &Snapshot,
-) -> Result<Control> {
+) -> Result<(Control, Option<watch::Receiver<Desired>>)> {
+    let mut upstream = None;
     let (channel, cleanup) = DataChannel::restore(prefixes(config), &snapshot.data_clients);
     let acls = channel.acl_entries();
     let data = SharedData::new(channel);
@@ -91,6 +95,27 @@ pub fn control(
         .with_talker_drop(config.talker_drop_clients())
         .with_data_source(Box::new(data.clone()))
         .with_journal(Box::new(store));
+    let relaying = config
+        .upstream
+        .as_ref()
+        .filter(|u| u.escalate != Escalate::Never);
+    if let Some(u) = relaying {
+        let terminating = u
+            .terminating_seconds
+            .unwrap_or(config.signal.terminating_seconds);
+        let gateway = config.datapath.interfaces.is_empty();
+        let (relay, desired) = Relay::restore(
+            &snapshot.upstream_mappings,
+            gateway,
+            u.mode(),
+            terminating,
+            crate::clock::unix_now(),
+        );
+        let listen: Vec<String> = config.signal.listen.iter().map(|a| a.to_string()).collect();
+        let here = format!("the DOTS gateway on {}", listen.join(", "));
+        engine = engine.with_escalation(Box::new(relay.named(here)));
+        upstream = Some(desired);
+    }
     let restored = engine
         .restore(snapshot, acls, cleanup, crate::clock::unix_now())
         .context("storing what the restart cleaned up")?;
@@ -98,7 +123,7 @@ pub fn control(
         "restored {restored} mitigation(s) from {}",
         config.store.dir.display()
     );
-    Ok(Control::new(engine, data))
+    Ok((Control::new(engine, data), upstream))
 }
 
 fn prefixes(config: &ServerConfig) -> BTreeMap<String, Vec<ipnet::IpNet>> {
@@ -223,8 +248,8 @@ pub async fn start_with(
         true => Snapshot::default(),
         false => store.snapshot()?,
     };
-    let control = ControlHandle::spawn(control(config, datapath, store, &snapshot)?)
-        .context("starting the control thread")?;
+    let (control_plane, upstream) = control(config, datapath, store, &snapshot)?;
+    let control = ControlHandle::spawn(control_plane).context("starting the control thread")?;
     let mut running = Running {
         control: control.clone(),
         signal: Vec::new(),
@@ -277,6 +302,14 @@ pub async fn start_with(
                 budget.data,
             )));
         }
+    }
+    if let (Some(u), Some(desired)) = (&config.upstream, upstream) {
+        tracing::info!("upstream: {} ({})", u.server, u.server_name);
+        running.tasks.push(tokio::spawn(crate::upstream::link::run(
+            u.client(),
+            desired,
+            control.clone(),
+        )));
     }
     let listener = admin::bind(dir)?;
     let reloader = Reloader {

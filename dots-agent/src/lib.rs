@@ -18,6 +18,8 @@
 //! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
 //! - [`store`]: the embedded SQLite store, the engine's journal; [`clock`]: the process's
 //!   time, which the core takes as an argument.
+//! - [`upstream`]: gateways and recursive signalling: the relay of accepted mitigations to
+//!   the next DOTS server, over one client session of the server's own.
 //! - [`cli`]: the command line.
 //!
 //! The lab, the traffic generator, the packet builder and the veth and BPF benchmarks live in
@@ -42,3 +44,4 @@ pub mod server;
 pub mod signal;
 pub mod store;
 pub mod tls_failure;
+pub mod upstream;

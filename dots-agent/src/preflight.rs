@@ -49,6 +49,13 @@ pub fn check(config: &ServerConfig, opts: &StartOptions) -> Result<Checked> {
         notes: crate::pki::check_credentials(&config.tls.ca, &config.tls.cert, &config.tls.key)?,
         ..Default::default()
     };
+    if let Some(u) = &config.upstream {
+        // The same checks as [tls], named for the section they are about.
+        let named = |e: String| e.replace("[tls]", "[upstream]");
+        let notes = crate::pki::check_credentials(&u.ca, &u.cert, &u.key)
+            .map_err(|e| anyhow::anyhow!(named(format!("{e:#}"))))?;
+        checked.notes.extend(notes.into_iter().map(named));
+    }
     let dir = &config.store.dir;
     if let Some(holder) = lock::holder(dir) {
         bail!(

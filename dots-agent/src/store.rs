@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use crate::datapath::lock::WriterLock;
 use crate::engine::journal::{Change, Journal, JournalError, Snapshot};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const FILE: &str = "dots-agent.sqlite";
 
 pub struct Store {
@@ -146,6 +146,7 @@ fn read_snapshot(conn: &Connection) -> Result<Snapshot> {
         acl_counts: docs(conn, "acl_counts", "client")?,
         operator_mitigations: docs(conn, "operator_mitigation", "id")?,
         cuid_bindings: docs(conn, "cuid_binding", "cuid")?,
+        upstream_mappings: docs(conn, "upstream_mapping", "key")?,
     })
 }
 
@@ -192,7 +193,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS session_config (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS data_client (cuid TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS acl_counts (client TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS operator_mitigation (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS operator_mitigation (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS upstream_mapping (key TEXT PRIMARY KEY, doc TEXT NOT NULL);",
         )
         .with_context(|| format!("creating the schema in {}", path.display()))?;
         let version: Option<i64> = conn
@@ -208,8 +210,8 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
-            // v1 -> v2 -> v3: only new tables, created above.
-            Some(1 | 2) => {
+            // v1 -> v2 -> v3 -> v4: only new tables, created above.
+            Some(1..=3) => {
                 conn.execute(
                     "UPDATE meta SET value = ?1 WHERE key = 'schema'",
                     params![SCHEMA_VERSION],
@@ -288,6 +290,7 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
         }
         // The doc is the client's name.
         Change::CuidBinding { cuid, client } => put_doc(tx, "cuid_binding", "cuid", cuid, client),
+        Change::Upstream { key, doc } => put_doc(tx, "upstream_mapping", "key", key, doc),
     }
 }
 

@@ -70,7 +70,7 @@ fn check(config: &ServerConfig, opts: &StartOptions) -> Result<()> {
     }
     let s = &checked.snapshot;
     println!(
-        "{}: ok ({} client(s); store {}: {} mitigation(s), {} operator mitigation(s); XDP on {})",
+        "{}: ok ({} client(s); store {}: {} mitigation(s), {} operator mitigation(s); XDP on {}{})",
         config
             .source
             .as_deref()
@@ -83,6 +83,16 @@ fn check(config: &ServerConfig, opts: &StartOptions) -> Result<()> {
         match config.datapath.interfaces.is_empty() {
             true => "no interface (control plane only)".to_string(),
             false => config.datapath.interfaces.join(", "),
+        },
+        match &config.upstream {
+            None => String::new(),
+            Some(u) => format!(
+                "; upstream {} ({}, escalate {}, {} relayed)",
+                u.server,
+                u.server_name,
+                u.escalate.name(),
+                s.upstream_mappings.len()
+            ),
         }
     );
     Ok(())

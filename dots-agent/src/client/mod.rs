@@ -403,11 +403,11 @@ impl Session {
     pub async fn observe(&mut self, path: &[String]) -> Result<(Packet, Vec<u8>)> {
         self.return_if_redirect_expired().await?;
         let (mut token, mut r) = self
-            .send(RequestType::Get, path, None, false, Some(0))
+            .send(RequestType::Get, path, None, false, Some(0), &[])
             .await?;
         if self.follow_redirect(&r).await? {
             (token, r) = self
-                .send(RequestType::Get, path, None, false, Some(0))
+                .send(RequestType::Get, path, None, false, Some(0), &[])
                 .await?;
         }
         Ok((r, token))
@@ -474,12 +474,26 @@ impl Session {
         body: Option<Vec<u8>>,
         efficacy: bool,
     ) -> Result<Packet> {
+        self.request_with(method, path, body, efficacy, &[]).await
+    }
+
+    /// The same with more options (a relay's Hop-Limit, RFC 8768).
+    pub async fn request_with(
+        &mut self,
+        method: RequestType,
+        path: &[String],
+        body: Option<Vec<u8>>,
+        efficacy: bool,
+        options: &[(CoapOption, Vec<u8>)],
+    ) -> Result<Packet> {
         self.return_if_redirect_expired().await?;
         let sent = body.clone();
-        let (_, mut r) = self.send(method, path, body, efficacy, None).await?;
+        let (_, mut r) = self
+            .send(method, path, body, efficacy, None, options)
+            .await?;
         if self.follow_redirect(&r).await? {
             (_, r) = self
-                .send(method, path, sent.clone(), efficacy, None)
+                .send(method, path, sent.clone(), efficacy, None, options)
                 .await?;
         }
         self.learn(method, path, sent.as_deref(), &r);
@@ -494,8 +508,12 @@ impl Session {
         body: Option<Vec<u8>>,
         efficacy: bool,
         observe: Option<u32>,
+        options: &[(CoapOption, Vec<u8>)],
     ) -> Result<(Vec<u8>, Packet)> {
         let mut p = Packet::new();
+        for (o, v) in options {
+            p.add_option(*o, v.clone());
+        }
         p.header.code = MessageClass::Request(method);
         for s in [".well-known", "dots"]
             .iter()

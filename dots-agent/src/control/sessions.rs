@@ -83,7 +83,11 @@ struct Served<'a, M: Mitigator> {
 impl<M: Mitigator> Service for Served<'_, M> {
     fn handle(&mut self, msg: &Packet, unix: u64) -> Reply {
         let started = Instant::now();
-        let reply = handler::handle(self.engine, &self.peer, msg, unix);
+        let reply = match crate::upstream::relay::hop_limited(self.engine, &self.peer, msg) {
+            Err(refused) => refused,
+            Ok(()) => handler::handle(self.engine, &self.peer, msg, unix),
+        };
+        crate::upstream::relay::hop_done(self.engine);
         SIGNAL.request(msg, &reply, started);
         reply
     }

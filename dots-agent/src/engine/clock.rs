@@ -60,6 +60,7 @@ impl<M: Mitigator> Engine<M> {
             }
         }
         self.finish_unattended();
+        self.tick_escalation(now);
         ended
     }
 

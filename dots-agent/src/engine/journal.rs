@@ -35,6 +35,9 @@ pub enum Change {
         cuid: String,
         client: Option<String>,
     },
+    /// A downstream mitigation relayed upstream (gateway, recursion): its upstream mid and
+    /// what was relayed, keyed by `cuid/mid`.
+    Upstream { key: String, doc: Option<String> },
 }
 
 /// The document of a value, as the store keeps it.
@@ -64,6 +67,8 @@ pub struct Snapshot {
     pub operator_mitigations: Vec<(String, String)>,
     /// (cuid, client).
     pub cuid_bindings: Vec<(String, String)>,
+    /// Relayed mitigations, by `cuid/mid`.
+    pub upstream_mappings: Vec<(String, String)>,
 }
 
 /// Keeps nothing: an engine without a store (protocol tests, the control plane in a lab).
@@ -84,6 +89,7 @@ struct Documents {
     acl_counts: BTreeMap<String, String>,
     operators: BTreeMap<u32, String>,
     cuids: BTreeMap<String, String>,
+    upstream: BTreeMap<String, String>,
     transactions: usize,
 }
 
@@ -134,6 +140,7 @@ impl MemoryJournal {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             cuid_bindings: pairs(&d.cuids),
+            upstream_mappings: pairs(&d.upstream),
         }
     }
 }
@@ -166,6 +173,7 @@ impl Journal for MemoryJournal {
                 Change::AclCounts { client, doc } => set(&mut d.acl_counts, client.clone(), doc),
                 Change::Operator { id, doc } => set(&mut d.operators, *id, doc),
                 Change::CuidBinding { cuid, client } => set(&mut d.cuids, cuid.clone(), client),
+                Change::Upstream { key, doc } => set(&mut d.upstream, key.clone(), doc),
             }
         }
         d.transactions += 1;

@@ -24,6 +24,7 @@ mod acl;
 mod clock;
 mod config;
 mod cuids;
+pub mod escalation;
 pub mod journal;
 mod ledger;
 mod mitigate;
@@ -255,6 +256,8 @@ pub struct Engine<M: Mitigator> {
     operators: operator::Operators,
     /// Which client holds which cuid (stored).
     cuids: cuids::Cuids,
+    /// Where accepted mitigations are carried upstream (gateway, recursive server).
+    escalation: Option<Box<dyn escalation::Escalation>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -308,6 +311,7 @@ impl<M: Mitigator> Engine<M> {
             commit_failures: 0,
             operators: Default::default(),
             cuids: Default::default(),
+            escalation: None,
         }
     }
 
@@ -413,6 +417,10 @@ impl<M: Mitigator> Engine<M> {
             self.ledger.keep_pending();
             self.acls.keep_pending();
             self.dp.committed();
+            if let Some(e) = self.escalation.as_mut() {
+                // Planned again from the ledger's pending entries with the next commit.
+                e.undone();
+            }
         }
     }
 
@@ -428,6 +436,9 @@ impl<M: Mitigator> Engine<M> {
         for c in self.acls.touched_counts() {
             changes.push(c?);
         }
+        for c in self.escalate_touched() {
+            changes.push(c?);
+        }
         for c in std::mem::take(&mut self.staged) {
             changes.push(c?);
         }
@@ -438,6 +449,9 @@ impl<M: Mitigator> Engine<M> {
         self.acls.committed();
         self.operators.committed();
         self.dp.committed();
+        if let Some(e) = self.escalation.as_mut() {
+            e.committed();
+        }
         Ok(())
     }
 
@@ -452,6 +466,9 @@ impl<M: Mitigator> Engine<M> {
         self.ledger.undo();
         self.acls.undo();
         self.operators.undo();
+        if let Some(e) = self.escalation.as_mut() {
+            e.undone();
+        }
     }
 }
 

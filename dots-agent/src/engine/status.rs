@@ -77,6 +77,25 @@ impl<M: Mitigator> Engine<M> {
                 };
                 let dropped = counters.as_ref().map(|c| c.dropped_total());
                 let rate = dropped.and_then(|d| self.drop_rate(m.datapath_id, d, now));
+                let mut status = self.shown_status(m, now);
+                let (mut bytes, mut bps) = (dropped.map(|d| d.bytes), rate.map(|r| r.0));
+                let (mut pkts, mut pps) = (dropped.map(|d| d.packets), rate.map(|r| r.1));
+                // Escalated: upstream's drops count too (draft-ietf-dots-architecture
+                // §3.2.3: the recursed mitigation's counters are incorporated).
+                if let Some(up) = self.upstream_share(cuid, mid) {
+                    let add = |v: Option<u64>, x: u64| Some(v.unwrap_or(0).saturating_add(x));
+                    bytes = add(bytes, up.bytes_dropped);
+                    bps = add(bps, up.bps_dropped);
+                    pkts = add(pkts, up.pkts_dropped);
+                    pps = add(pps, up.pps_dropped);
+                    let in_force = matches!(
+                        status,
+                        Status::InProgress | Status::SuccessfullyMitigated | Status::Stopped
+                    );
+                    if let (Some(s), true) = (up.status, in_force) {
+                        status = s;
+                    }
+                }
                 MitigationStatus {
                     mid,
                     scope: Scope {
@@ -84,11 +103,11 @@ impl<M: Mitigator> Engine<M> {
                         ..m.scope.clone()
                     },
                     mitigation_start: m.start,
-                    status: self.shown_status(m, now),
-                    bytes_dropped: dropped.map(|d| d.bytes),
-                    bps_dropped: rate.map(|r| r.0),
-                    pkts_dropped: dropped.map(|d| d.packets),
-                    pps_dropped: rate.map(|r| r.1),
+                    status,
+                    bytes_dropped: bytes,
+                    bps_dropped: bps,
+                    pkts_dropped: pkts,
+                    pps_dropped: pps,
                     telemetry: client.and_then(|c| self.status_telemetry(c, m)),
                 }
             })

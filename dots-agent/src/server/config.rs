@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub clients: Vec<Client>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// The next DOTS server up (a gateway, a recursive server); absent: none.
+    #[serde(default)]
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// The file it was loaded from (what a reload reads again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -275,6 +278,9 @@ impl ServerConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(u) = c.upstream.as_mut() {
+            u.resolve(base);
+        }
         c.validate()
             .with_context(|| format!("in {}", path.display()))?;
         c.source = Some(path.to_path_buf());
@@ -334,6 +340,9 @@ impl ServerConfig {
             if c.max_lifetime == 0 {
                 bail!("client {:?}: max_lifetime must be positive", c.name);
             }
+        }
+        if let Some(u) = &self.upstream {
+            u.validate(self.datapath.interfaces.is_empty())?;
         }
         for (what, p) in [
             ("ca", &self.tls.ca),

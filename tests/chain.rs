@@ -1,0 +1,461 @@
+//! End to end, recursive signalling through three agents, each with its own role:
+//! a customer's client asks its gateway (no datapath), which relays to the provider's
+//! scrubber (a recursive server: XDP, and `[upstream]` with escalate = "always"), which
+//! escalates to the upstream provider's scrubber (XDP). The attack crosses both filters:
+//! the upstream one drops the UDP flood on port 9999 (its ACL for the provider), the
+//! provider's drops the NTP reflection (amplification); the customer's status counts both.
+//! The gateway restarts in the middle of the mitigation; the withdrawal goes through the
+//! chain and the attack flows again.
+//!
+//! ```text
+//! ns A (inet) 192.0.2.1 --veth-- 192.0.2.2 ns U (XDP) 203.0.113.1 --veth-- 203.0.113.2 ns P (XDP)
+//!                                 upstream scrubber :4646                  provider :4646,
+//!                                                                          gateway 127.0.0.1:4747
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coap_lite::RequestType;
+use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
+use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::signal::message::{self, Lifetime, Scope};
+use dots_e2e::dots::{connect, in_ns, start_server};
+use dots_e2e::{Netns, PinRoot};
+use dots_lab::packet::PacketSpec;
+use dots_lab::trafficgen::socket::send_paced;
+
+struct Chain {
+    inet: Netns,
+    up: Netns,
+    prov: Netns,
+    dir: tempfile::TempDir,
+    up_pins: PinRoot,
+    prov_pins: PinRoot,
+}
+
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name",
+        ])
+        .args([b_if, "netns", &b.name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+impl Chain {
+    fn new() -> Chain {
+        let (inet, up, prov) = (Netns::new("cha"), Netns::new("chu"), Netns::new("chp"));
+        veth(&inet, "v1a", &up, "v1b");
+        veth(&up, "v2a", &prov, "v2b");
+        inet.ip(&["addr", "add", "192.0.2.1/24", "dev", "v1a"]);
+        up.ip(&["addr", "add", "192.0.2.2/24", "dev", "v1b"]);
+        up.ip(&["addr", "add", "203.0.113.1/24", "dev", "v2a"]);
+        prov.ip(&["addr", "add", "203.0.113.2/24", "dev", "v2b"]);
+        // The upstream scrubber forwards what it lets through towards the customer.
+        up.ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2"]);
+        let fwd = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &up.name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()
+            .unwrap();
+        assert!(fwd.status.success());
+        let dir = tempfile::tempdir().unwrap();
+        dots_agent::pki::init(
+            dir.path(),
+            "dots.example",
+            &[],
+            &["client-a".into(), "gateway".into(), "provider".into()],
+        )
+        .unwrap();
+        Chain {
+            inet,
+            up,
+            prov,
+            dir,
+            up_pins: PinRoot::new("chu-pin"),
+            prov_pins: PinRoot::new("chp-pin"),
+        }
+    }
+
+    fn write(&self, name: &str, text: String) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn upstream_config(&self) -> PathBuf {
+        self.write(
+            "upstream",
+            format!(
+                r#"
+[signal]
+listen = ["0.0.0.0:4646"]
+terminating_seconds = 0
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state-upstream"
+[datapath]
+interfaces = ["v1b"]
+xdp_mode = "native"
+pin_root = "{}"
+[[client]]
+name = "provider"
+prefixes = ["198.51.100.0/24"]
+countermeasures = {{}}
+acl = [{{ name = "udp-9999", action = "drop", matches = {{ protocol = 17, destination_port = {{ lower = 9999, upper = 9999 }} }} }}]
+"#,
+                self.up_pins.0.display()
+            ),
+        )
+    }
+
+    /// `escalate`: the provider's escalate line(s) in `[upstream]`.
+    fn provider_config(&self, escalate: &str) -> PathBuf {
+        self.write(
+            "provider",
+            format!(
+                r#"
+[signal]
+listen = ["203.0.113.2:4646"]
+terminating_seconds = 0
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state-provider"
+[datapath]
+interfaces = ["v2b"]
+xdp_mode = "native"
+pin_root = "{}"
+[upstream]
+server = "203.0.113.1:4646"
+server_name = "dots.example"
+ca = "ca.pem"
+cert = "provider.pem"
+key = "provider.key"
+transport = "dtls"
+{escalate}
+terminating_seconds = 0
+[[client]]
+name = "gateway"
+prefixes = ["198.51.100.0/24"]
+countermeasures = {{ amplification = true }}
+"#,
+                self.prov_pins.0.display()
+            )
+            .replace("{escalate}", escalate),
+        )
+    }
+
+    fn gateway_config(&self) -> PathBuf {
+        self.write(
+            "gateway",
+            r#"
+[signal]
+listen = ["127.0.0.1:4747"]
+terminating_seconds = 0
+[tls]
+ca = "ca.pem"
+cert = "server.pem"
+key = "server.key"
+[store]
+dir = "state-gateway"
+[upstream]
+server = "203.0.113.2:4646"
+server_name = "dots.example"
+ca = "ca.pem"
+cert = "gateway.pem"
+key = "gateway.key"
+transport = "tls"
+terminating_seconds = 0
+[[client]]
+name = "client-a"
+prefixes = ["198.51.100.0/24"]
+"#
+            .to_string(),
+        )
+    }
+
+    fn identity(&self, server: &str, who: &str) -> ClientConfig {
+        let d = self.dir.path();
+        ClientConfig {
+            server: server.into(),
+            transport: TransportChoice::Dtls,
+            server_name: "dots.example".into(),
+            tls: ClientTls {
+                ca: d.join("ca.pem"),
+                cert: d.join(format!("{who}.pem")),
+                key: d.join(format!("{who}.key")),
+            },
+        }
+    }
+
+    /// NTP reflection (source port 123) and a UDP flood on port 9999, `each` of both, sent
+    /// from the internet to the customer through the upstream scrubber; what reaches the
+    /// provider's interface, by destination port.
+    fn attack(&self, each: u64) -> BTreeMap<u16, u64> {
+        let receiver = self.prov.run(|| {
+            PacketSocket::open("v2b")
+                .unwrap()
+                .count_flows(Duration::from_millis(2500))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mac = mac_of(&self.up, "v1b");
+        self.inet
+            .run(move || {
+                let frames: Vec<Vec<u8>> = [(123, 4444), (5555, 9999)]
+                    .into_iter()
+                    .map(|(sport, dport)| {
+                        let mut p = PacketSpec::udp("192.0.2.77", "198.51.100.10", sport, dport);
+                        p.dst_mac = mac;
+                        p.build()
+                    })
+                    .collect();
+                let sock = PacketSocket::open("v1a").unwrap();
+                send_paced(&sock, &frames, 2 * each, 20_000, Duration::from_secs(5)).unwrap()
+            })
+            .join()
+            .unwrap();
+        let got: BTreeMap<FlowKey, FlowCount> = receiver.join().unwrap();
+        let mut by_port = BTreeMap::from([(4444, 0), (9999, 0)]);
+        for (k, v) in got {
+            if k.dst.to_string() == "198.51.100.10" {
+                *by_port.entry(k.dport).or_default() += v.packets;
+            }
+        }
+        by_port
+    }
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-br", "link", "show", iface])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mac = text.split_whitespace().nth(2).unwrap().to_string();
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
+
+/// (status, pkts-dropped) of mid `mid` of `who` at `server`, asked from namespace `ns`.
+fn status(ns: &Netns, cfg: &ClientConfig, mid: u32) -> Option<(u64, u64)> {
+    let cfg = cfg.clone();
+    in_ns(ns, move |rt| {
+        rt.block_on(async {
+            let mut s = connect(&cfg).await;
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                format!("mid={mid}"),
+            ];
+            let r = s.request(RequestType::Get, &path, None, false).await.ok()?;
+            if code_text(&r) != "2.05" {
+                return None;
+            }
+            let v = dots_agent::signal::diag::to_json(
+                &dots_agent::signal::cbor::parse_response(&r.payload).ok()?,
+            );
+            let scope = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+            Some((scope["status"].as_u64()?, scope["pkts-dropped"].as_u64()?))
+        })
+    })
+}
+
+/// Asks until `ok`, at most 40 times, 250 ms apart; the last answer.
+fn until(
+    ns: &Netns,
+    cfg: &ClientConfig,
+    mid: u32,
+    what: &str,
+    ok: impl Fn(Option<(u64, u64)>) -> bool,
+) -> Option<(u64, u64)> {
+    let mut last = None;
+    for _ in 0..40 {
+        last = status(ns, cfg, mid);
+        if ok(last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: last answer {last:?}");
+}
+
+fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
+    let cfg = cfg.clone();
+    in_ns(ns, move |rt| {
+        rt.block_on(async {
+            let mut s: Session = connect(&cfg).await;
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            let body = (method == RequestType::Put).then(|| {
+                message::encode_mitigation_request(&Scope::new(
+                    vec!["198.51.100.0/24".parse().unwrap()],
+                    Lifetime::Seconds(600),
+                ))
+            });
+            code_text(&s.request(method, &path, body, false).await.unwrap())
+        })
+    })
+}
+
+#[test]
+fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
+    let chain = Chain::new();
+    chain.attack(5); // the upstream scrubber learns the provider's MAC address
+    assert_eq!(
+        chain.attack(200),
+        BTreeMap::from([(4444, 200), (9999, 200)]),
+        "before any request everything arrives"
+    );
+    let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
+    let config = chain.provider_config("escalate = \"always\"");
+    let (provider, stop_prov) = start_server(&chain.prov, &config);
+    let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
+
+    let me = chain.identity("127.0.0.1:4747", "client-a");
+    assert_eq!(customer(&chain.prov, &me, RequestType::Put), "2.01");
+    // The request went through the chain: the provider holds the gateway's mid 1, the
+    // upstream scrubber the provider's mid 1, both active.
+    let as_gateway = chain.identity("203.0.113.2:4646", "gateway");
+    let as_provider = chain.identity("203.0.113.1:4646", "provider");
+    until(&chain.prov, &as_gateway, 1, "at the provider", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    until(&chain.prov, &as_provider, 1, "upstream", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+
+    // Each filter drops its part.
+    assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
+    let up = until(&chain.prov, &as_provider, 1, "upstream drops", |s| {
+        s.is_some_and(|s| s.1 == 300)
+    });
+    assert_eq!(
+        up,
+        Some((2, 300)),
+        "the UDP flood, at the upstream scrubber"
+    );
+    // The provider's own status sums its drops (the NTP reflection) and upstream's.
+    until(&chain.prov, &as_gateway, 1, "summed at the provider", |s| {
+        s == Some((2, 600))
+    });
+    // The customer sees both, through its gateway.
+    until(&chain.prov, &me, 1, "summed at the customer", |s| {
+        s == Some((2, 600))
+    });
+
+    // The gateway restarts in the middle of the mitigation: the customer notices a pause.
+    let _ = stop_gw.send(());
+    gateway.join().unwrap().unwrap();
+    let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
+    until(&chain.prov, &me, 1, "after the gateway's restart", |s| {
+        s == Some((2, 600))
+    });
+    until(&chain.prov, &as_gateway, 1, "still one mitigation", |s| {
+        s == Some((2, 600))
+    });
+    assert_eq!(
+        status(&chain.prov, &as_gateway, 2),
+        None,
+        "not relayed twice"
+    );
+
+    // The withdrawal goes through the chain; the attack flows again.
+    assert_eq!(customer(&chain.prov, &me, RequestType::Delete), "2.02");
+    // Status 6: the terminating period (0 s here) is over and the rules are out.
+    until(
+        &chain.prov,
+        &as_gateway,
+        1,
+        "withdrawn at the provider",
+        |s| s.is_none_or(|s| s.0 == 6),
+    );
+    until(&chain.prov, &as_provider, 1, "withdrawn upstream", |s| {
+        s.is_none_or(|s| s.0 == 6)
+    });
+    assert_eq!(
+        chain.attack(200),
+        BTreeMap::from([(4444, 200), (9999, 200)])
+    );
+
+    for (thread, stop) in [
+        (gateway, stop_gw),
+        (provider, stop_prov),
+        (upstream, stop_up),
+    ] {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
+    let chain = Chain::new();
+    chain.attack(5); // the upstream scrubber learns the provider's MAC address
+    let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
+    let config = chain.provider_config("escalate = \"exceeded\"\ncapacity_pps = 100");
+    let (provider, stop_prov) = start_server(&chain.prov, &config);
+    let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
+    let me = chain.identity("127.0.0.1:4747", "client-a");
+    let as_provider = chain.identity("203.0.113.1:4646", "provider");
+    assert_eq!(customer(&chain.prov, &me, RequestType::Put), "2.01");
+    until(&chain.prov, &me, 1, "mitigated by the provider", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    assert_eq!(
+        status(&chain.prov, &as_provider, 1),
+        None,
+        "not escalated yet"
+    );
+
+    // 600 packets within a second: above the provider's 100 packets/s. It drops the NTP
+    // reflection itself, and escalates.
+    assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 300)]));
+    until(&chain.prov, &as_provider, 1, "escalated", |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    until(&chain.prov, &me, 1, "upstream confirmed", |s| {
+        s == Some((2, 300))
+    });
+
+    // Now both drop, and the customer's status counts both.
+    assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
+    until(&chain.prov, &me, 1, "summed", |s| s == Some((2, 900)));
+
+    for (thread, stop) in [
+        (gateway, stop_gw),
+        (provider, stop_prov),
+        (upstream, stop_up),
+    ] {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
+}
