@@ -21,6 +21,7 @@ use crate::signal::session_config::SessionConfig;
 use crate::signal::telemetry::{self as tm, TelemetrySetup};
 
 mod acl;
+mod announce;
 mod clock;
 mod config;
 pub mod journal;
@@ -38,6 +39,7 @@ use journal::{Change, Journal, JournalError};
 pub use operator::{
     datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
 };
+pub use announce::RuleAnnouncer;
 pub use reload::PolicyChanges;
 pub use restore::unreadable;
 
@@ -251,6 +253,8 @@ pub struct Engine<M: Mitigator> {
     commit_failures: u64,
     /// The operator's own mitigations (`dots-agent xdp mitigation add` through the server).
     operators: operator::Operators,
+    /// Told about committed changes to DOTS mitigations (BGP FlowSpec); None: off.
+    announcer: Option<Box<dyn RuleAnnouncer>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -303,6 +307,7 @@ impl<M: Mitigator> Engine<M> {
             acls: Default::default(),
             commit_failures: 0,
             operators: Default::default(),
+            announcer: None,
         }
     }
 
@@ -407,7 +412,8 @@ impl<M: Mitigator> Engine<M> {
             tracing::error!("store: {e}; retried with the next change");
             self.ledger.keep_pending();
             self.acls.keep_pending();
-            self.dp.committed();
+            let changed = self.dp.committed();
+            self.announce_changes(changed);
         }
     }
 
@@ -432,7 +438,8 @@ impl<M: Mitigator> Engine<M> {
         self.ledger.committed();
         self.acls.committed();
         self.operators.committed();
-        self.dp.committed();
+        let changed = self.dp.committed();
+        self.announce_changes(changed);
         Ok(())
     }
 

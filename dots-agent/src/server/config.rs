@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub clients: Vec<Client>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// BGP FlowSpec announcements of accepted mitigations; absent: off.
+    #[serde(default)]
+    pub flowspec: Option<crate::flowspec::FlowspecConfig>,
     /// The file it was loaded from (what a reload reads again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -282,6 +285,9 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(fs) = &self.flowspec {
+            fs.check()?;
+        }
         if self.signal.terminating_seconds > crate::engine::TERMINATING_MAX {
             bail!(
                 "[signal] terminating_seconds is at most {}",
