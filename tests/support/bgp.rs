@@ -1,5 +1,6 @@
-//! Real BGP daemons for the FlowSpec tests: gobgpd (the DOTS server's and the nodes'
-//! speaker) and bird2 (a border router), each started inside a test namespace with its own
+//! Real daemons for the FlowSpec tests: gobgpd (the DOTS server's and the nodes'
+//! speaker), bird2 (a border router) and Prometheus (scraping the nodes), each started inside
+//! a test namespace with its own
 //! config and log in the test's directory, peering only with addresses in the test's
 //! namespaces, and killed by its pid when dropped.
 
@@ -216,4 +217,29 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Prometheus in `ns`, listening on `listen`, scraping every second with these
+/// `scrape_configs` entries (YAML lines), its data in `dir`.
+pub fn prometheus(ns: &Netns, dir: &Path, listen: &str, scrape_configs: &str) -> Daemon {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n{scrape_configs}"
+        ),
+    )
+    .expect("prometheus.yml");
+    Daemon::start(
+        ns,
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address={listen}"),
+            "--log.level=warn",
+        ],
+        &dir.join("prometheus.log"),
+    )
 }

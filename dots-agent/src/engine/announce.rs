@@ -17,6 +17,10 @@ pub trait RuleAnnouncer: Send {
     fn metrics(&self) -> String {
         String::new()
     }
+    /// What the other scrubbers dropped to these targets (None: not counted).
+    fn fleet_dropped(&self, _targets: &[IpNet]) -> Option<xdp_common::Counter> {
+        None
+    }
 }
 
 impl<M: Mitigator> Engine<M> {
@@ -31,6 +35,22 @@ impl<M: Mitigator> Engine<M> {
             .map(|(_, _, _, m)| m.datapath_id)
             .collect();
         self.announce_changes(ids);
+    }
+
+    /// This box's drops plus the fleet's, for the status of a mitigation of `targets`.
+    pub(super) fn with_fleet(
+        &self,
+        local: Option<xdp_common::Counter>,
+        targets: &[IpNet],
+    ) -> Option<xdp_common::Counter> {
+        let fleet = self.announcer.as_ref().and_then(|a| a.fleet_dropped(targets));
+        match (local, fleet) {
+            (Some(l), Some(f)) => Some(xdp_common::Counter {
+                packets: l.packets + f.packets,
+                bytes: l.bytes + f.bytes,
+            }),
+            (l, _) => l,
+        }
     }
 
     pub fn announcer_metrics(&self) -> String {

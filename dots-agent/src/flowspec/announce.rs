@@ -50,6 +50,8 @@ pub struct Report {
 pub struct Announcer {
     tx: Sender<Change>,
     report: Arc<Mutex<Report>>,
+    /// The nodes' drop counters through Prometheus (None: not configured).
+    fleet: Option<super::fleet::FleetCounts>,
 }
 
 struct Mitigation {
@@ -76,10 +78,18 @@ impl Announcer {
             report: report.clone(),
         };
         let every = Duration::from_secs(config.resync_seconds);
+        let fleet = match &config.prometheus {
+            Some(p) => Some(super::fleet::FleetCounts::start(
+                p,
+                &config.fleet_job,
+                Duration::from_secs(config.fleet_query_seconds),
+            )?),
+            None => None,
+        };
         std::thread::Builder::new()
             .name("flowspec".into())
             .spawn(move || worker.run(rx, every))?;
-        Ok(Announcer { tx, report })
+        Ok(Announcer { tx, report, fleet })
     }
 
     pub fn report(&self) -> Report {
@@ -102,7 +112,13 @@ impl RuleAnnouncer for Announcer {
     }
 
     fn metrics(&self) -> String {
-        render(&self.report())
+        let fleet = self.fleet.as_ref().map(|f| f.view().render()).unwrap_or_default();
+        render(&self.report()) + &fleet
+    }
+
+    fn fleet_dropped(&self, targets: &[IpNet]) -> Option<xdp_common::Counter> {
+        let view = self.fleet.as_ref()?.view();
+        Some(view.dropped_within(targets))
     }
 }
 

@@ -5,8 +5,11 @@
 //! - [`rule`]: one rule, its `gobgp` words, the ACL entries it becomes on a node.
 //! - [`translate`]: a mitigation's datapath spec as rules, under the guard rails.
 //! - [`gobgp`]: the local gobgpd through its command-line client, JSON read back.
+//! - [`fleet`]: the nodes' drop counters, served by each node and summed through Prometheus.
 
 pub mod announce;
+pub mod fleet;
+pub mod follow;
 pub mod gobgp;
 pub mod rule;
 pub mod translate;
@@ -42,6 +45,22 @@ pub struct FlowspecConfig {
     /// restarted daemon has forgotten every rule).
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+    /// Prometheus (`http://host:port`) scraping the nodes: their drops are added to the
+    /// status. Absent: the status counts this box only.
+    #[serde(default)]
+    pub prometheus: Option<String>,
+    /// The scrape job of the nodes in Prometheus.
+    #[serde(default = "default_job")]
+    pub fleet_job: String,
+    #[serde(default = "default_fleet_query")]
+    pub fleet_query_seconds: u64,
+}
+
+fn default_job() -> String {
+    "dots-nodes".into()
+}
+fn default_fleet_query() -> u64 {
+    5
 }
 
 pub(crate) fn default_api() -> String {
@@ -103,8 +122,13 @@ impl FlowspecConfig {
         if self.max_rules_per_client == 0 || self.max_rules_total == 0 {
             bail!("[flowspec] max_rules_per_client and max_rules_total must be at least 1");
         }
-        if self.resync_seconds == 0 {
-            bail!("[flowspec] resync_seconds must be at least 1");
+        if let Some(p) = &self.prometheus {
+            if !p.starts_with("http://") {
+                bail!("[flowspec] prometheus = {p:?}: give http://host:port");
+            }
+        }
+        if self.resync_seconds == 0 || self.fleet_query_seconds == 0 {
+            bail!("[flowspec] resync_seconds and fleet_query_seconds must be at least 1");
         }
         if !self.gobgp.is_file() {
             bail!(
