@@ -17,7 +17,13 @@ const METRICS: &str = "127.0.0.1:9464";
 const SERVER_BGP: &str = "203.0.113.253";
 const BORDER_BGP: &str = "203.0.113.254";
 
-fn ask(ns: &Netns, cfg: &ClientConfig, method: RequestType, mid: u32, target: Option<&str>) -> String {
+fn ask(
+    ns: &Netns,
+    cfg: &ClientConfig,
+    method: RequestType,
+    mid: u32,
+    target: Option<&str>,
+) -> String {
     let cfg = cfg.clone();
     let body = target.map(|t| {
         message::encode_mitigation_request(&Scope::new(
@@ -56,10 +62,29 @@ fn mitigations_reach_a_border_router_as_flowspec_and_leave_it() {
     let b = &lab.pair.b;
     // The server's BGP link to the border router.
     std::process::Command::new("ip")
-        .args(["link", "add", "veth-bgp", "netns", &b.name, "type", "veth", "peer", "name", "veth-up", "netns", &border.name])
+        .args([
+            "link",
+            "add",
+            "veth-bgp",
+            "netns",
+            &b.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-up",
+            "netns",
+            &border.name,
+        ])
         .status()
         .unwrap();
-    b.ip(&["addr", "add", &format!("{SERVER_BGP}/30"), "dev", "veth-bgp"]);
+    b.ip(&[
+        "addr",
+        "add",
+        &format!("{SERVER_BGP}/30"),
+        "dev",
+        "veth-bgp",
+    ]);
     b.ip(&["link", "set", "veth-bgp", "up"]);
     border.ip(&["addr", "add", &format!("{BORDER_BGP}/30"), "dev", "veth-up"]);
     border.ip(&["link", "set", "veth-up", "up"]);
@@ -72,9 +97,11 @@ fn mitigations_reach_a_border_router_as_flowspec_and_leave_it() {
     }];
     let mut speaker = gobgpd(b, dir, "gobgpd", 64512, &[SERVER_BGP], &to_border);
     let router = bird(&border, dir, BORDER_BGP, 64513, SERVER_BGP, 64512);
-    wait_for("bird's session with gobgpd", Duration::from_secs(30), || {
-        router.established().then_some(())
-    });
+    wait_for(
+        "bird's session with gobgpd",
+        Duration::from_secs(30),
+        || router.established().then_some(()),
+    );
 
     let config = lab.server_config(
         r#""198.51.100.0/24", "2001:db8:6401::/48""#,
@@ -100,40 +127,104 @@ acl = [{ name = "ntp", matches = { protocol = 17, source_port = { lower = 123 } 
     let wait_table = |what: &str, f: &dyn Fn() -> Vec<String>, want: &[String]| {
         let mut want = want.to_vec();
         want.sort();
-        wait_for(what, Duration::from_secs(20), || (f() == want).then_some(()));
+        wait_for(what, Duration::from_secs(20), || {
+            (f() == want).then_some(())
+        });
     };
 
     // Announced on acceptance: the ACL entry (discard) and the pipe cap (traffic-rate);
     // the per-source SYN limit stays local.
-    assert_eq!(ask(a, &client, RequestType::Put, 1, Some("198.51.100.0/25")), "2.01");
-    wait_table("mitigation 1 at the border", &v4, &expect_v4("198.51.100.0/25"));
+    assert_eq!(
+        ask(a, &client, RequestType::Put, 1, Some("198.51.100.0/25")),
+        "2.01"
+    );
+    wait_table(
+        "mitigation 1 at the border",
+        &v4,
+        &expect_v4("198.51.100.0/25"),
+    );
 
     // Replaced (RFC 9132: a higher mid over an overlapping scope supersedes): the new
     // target's rules, and the old ones gone.
-    assert_eq!(ask(a, &client, RequestType::Put, 10, Some("198.51.100.0/24")), "2.01");
-    wait_table("mitigation 10 replacing 1 at the border", &v4, &expect_v4("198.51.100.0/24"));
+    assert_eq!(
+        ask(a, &client, RequestType::Put, 10, Some("198.51.100.0/24")),
+        "2.01"
+    );
+    wait_table(
+        "mitigation 10 replacing 1 at the border",
+        &v4,
+        &expect_v4("198.51.100.0/24"),
+    );
 
     // IPv6, then a third mitigation past max_rules_per_client (4): kept local, counted.
-    assert_eq!(ask(a, &client, RequestType::Put, 2, Some("2001:db8:6401:100::/56")), "2.01");
-    wait_for("mitigation 2 at the border", Duration::from_secs(20), || {
-        let rules = v6();
-        (rules.len() == 2 && rules.iter().all(|r| r.contains("dst 2001:db8:6401:100::/56"))).then_some(rules)
-    });
-    assert_eq!(ask(a, &client, RequestType::Put, 3, Some("2001:db8:6401:200::/56")), "2.01");
+    assert_eq!(
+        ask(
+            a,
+            &client,
+            RequestType::Put,
+            2,
+            Some("2001:db8:6401:100::/56")
+        ),
+        "2.01"
+    );
+    wait_for(
+        "mitigation 2 at the border",
+        Duration::from_secs(20),
+        || {
+            let rules = v6();
+            (rules.len() == 2
+                && rules
+                    .iter()
+                    .all(|r| r.contains("dst 2001:db8:6401:100::/56")))
+            .then_some(rules)
+        },
+    );
+    assert_eq!(
+        ask(
+            a,
+            &client,
+            RequestType::Put,
+            3,
+            Some("2001:db8:6401:200::/56")
+        ),
+        "2.01"
+    );
     wait_for("the rule limit counted", Duration::from_secs(20), || {
-        metric(b, "dots_flowspec_over_limit_mitigations{client=\"client-a\"}").filter(|v| v == "1")
+        metric(
+            b,
+            "dots_flowspec_over_limit_mitigations{client=\"client-a\"}",
+        )
+        .filter(|v| v == "1")
     });
-    assert_eq!(metric(b, "dots_flowspec_local_only{client=\"client-a\"}").as_deref(), Some("3"));
-    assert_eq!(metric(b, "dots_flowspec_rules_announced").as_deref(), Some("4"));
-    assert!(v6().iter().all(|r| !r.contains("2001:db8:6401:200::")), "{:?}", v6());
+    assert_eq!(
+        metric(b, "dots_flowspec_local_only{client=\"client-a\"}").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        metric(b, "dots_flowspec_rules_announced").as_deref(),
+        Some("4")
+    );
+    assert!(
+        v6().iter().all(|r| !r.contains("2001:db8:6401:200::")),
+        "{:?}",
+        v6()
+    );
 
     // gobgpd killed: the border router loses the rules; restarted, it has forgotten them,
     // and the server announces them again.
     speaker.kill();
     wait_table("the border without its peer", &v4, &[]);
     speaker = gobgpd(b, dir, "gobgpd", 64512, &[SERVER_BGP], &to_border);
-    wait_table("mitigation 1 announced again", &v4, &expect_v4("198.51.100.0/24"));
-    wait_for("mitigation 2 announced again", Duration::from_secs(20), || (v6().len() == 2).then_some(()));
+    wait_table(
+        "mitigation 1 announced again",
+        &v4,
+        &expect_v4("198.51.100.0/24"),
+    );
+    wait_for(
+        "mitigation 2 announced again",
+        Duration::from_secs(20),
+        || (v6().len() == 2).then_some(()),
+    );
 
     // Withdrawn when the mitigation ends (terminating period 0: at the next tick).
     assert_eq!(ask(a, &client, RequestType::Delete, 10, None), "2.02");

@@ -23,7 +23,10 @@ const NODES: usize = 2;
 
 /// The server's end and the node's end of node `i`'s BGP link.
 fn link(i: usize) -> (String, String) {
-    (format!("203.0.113.{}", 4 * i + 1), format!("203.0.113.{}", 4 * i + 2))
+    (
+        format!("203.0.113.{}", 4 * i + 1),
+        format!("203.0.113.{}", 4 * i + 2),
+    )
 }
 
 fn node_metrics_addr(i: usize) -> &'static str {
@@ -52,14 +55,39 @@ fn node(i: usize, server: &Netns, dir: &std::path::Path) -> Node {
     let (rr_end, node_end) = link(i);
     let (s_if, n_if) = (format!("veth-n{i}"), "veth-rr".to_string());
     std::process::Command::new("ip")
-        .args(["link", "add", &s_if, "netns", &server.name, "type", "veth", "peer", "name", &n_if, "netns", &pair.b.name])
+        .args([
+            "link",
+            "add",
+            &s_if,
+            "netns",
+            &server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &n_if,
+            "netns",
+            &pair.b.name,
+        ])
         .status()
         .unwrap();
     server.ip(&["addr", "add", &format!("{rr_end}/30"), "dev", &s_if]);
     server.ip(&["link", "set", &s_if, "up"]);
-    pair.b.ip(&["addr", "add", &format!("{node_end}/30"), "dev", &n_if]);
+    pair.b
+        .ip(&["addr", "add", &format!("{node_end}/30"), "dev", &n_if]);
     pair.b.ip(&["link", "set", &n_if, "up"]);
-    let bgp = gobgpd(&pair.b, dir, &format!("node{i}"), 64512, &[&node_end], &[Neighbor { address: &rr_end, asn: 64512, rr_client: false }]);
+    let bgp = gobgpd(
+        &pair.b,
+        dir,
+        &format!("node{i}"),
+        64512,
+        &[&node_end],
+        &[Neighbor {
+            address: &rr_end,
+            asn: 64512,
+            rr_client: false,
+        }],
+    );
     let pins = PinRoot::new(&format!("ffpin{i}"));
     let path = dir.join(format!("follow{i}.toml"));
     std::fs::write(
@@ -80,7 +108,13 @@ fn node(i: usize, server: &Netns, dir: &std::path::Path) -> Node {
         let dp = dots_agent::app::xdp_datapath(&config.datapath)?;
         follow::run(&config, dp, &|| flag.load(Ordering::SeqCst))
     });
-    Node { pair, _pins: pins, _bgp: bgp, stop, follower: Some(follower) }
+    Node {
+        pair,
+        _pins: pins,
+        _bgp: bgp,
+        stop,
+        follower: Some(follower),
+    }
 }
 
 fn status_dropped(ns: &Netns, cfg: &ClientConfig) -> Option<u64> {
@@ -88,8 +122,14 @@ fn status_dropped(ns: &Netns, cfg: &ClientConfig) -> Option<u64> {
     let r = in_ns(ns, move |rt| {
         rt.block_on(async {
             let mut s = connect(&cfg).await;
-            let path = vec!["mitigate".into(), format!("cuid={}", s.cuid()), "mid=1".into()];
-            s.request(RequestType::Get, &path, None, false).await.unwrap()
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            s.request(RequestType::Get, &path, None, false)
+                .await
+                .unwrap()
         })
     });
     let v = dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(&r.payload).ok()?);
@@ -97,7 +137,8 @@ fn status_dropped(ns: &Netns, cfg: &ClientConfig) -> Option<u64> {
 }
 
 fn node_dropped(n: &Node, i: usize) -> u64 {
-    let (_, text) = http_get(&n.pair.b, node_metrics_addr(i), "/metrics".into()).expect("node /metrics");
+    let (_, text) =
+        http_get(&n.pair.b, node_metrics_addr(i), "/metrics".into()).expect("node /metrics");
     text.lines()
         .find(|l| l.starts_with("dots_node_dropped_packets_total{target=\"198.51.100.0/24\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -114,15 +155,24 @@ fn the_dots_status_counts_the_drops_of_every_node() {
     let nodes: Vec<Node> = (0..NODES).map(|i| node(i, server_ns, dir)).collect();
     let rr_neighbors: Vec<Neighbor> = neighbors
         .iter()
-        .map(|(_, n)| Neighbor { address: n, asn: 64512, rr_client: true })
+        .map(|(_, n)| Neighbor {
+            address: n,
+            asn: 64512,
+            rr_client: true,
+        })
         .collect();
     let _rr = gobgpd(server_ns, dir, "rr", 64512, &locals, &rr_neighbors);
-    let targets: Vec<String> = (0..NODES).map(|i| format!("'{}'", node_metrics_addr(i))).collect();
+    let targets: Vec<String> = (0..NODES)
+        .map(|i| format!("'{}'", node_metrics_addr(i)))
+        .collect();
     let _prometheus = prometheus(
         server_ns,
         dir,
         PROMETHEUS,
-        &format!("  - job_name: dots-nodes\n    static_configs:\n      - targets: [{}]\n", targets.join(", ")),
+        &format!(
+            "  - job_name: dots-nodes\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
     );
     wait_for("every node's BGP session", Duration::from_secs(30), || {
         let t = gobgp(server_ns, &["neighbor"]).ok()?;
@@ -148,8 +198,16 @@ fn the_dots_status_counts_the_drops_of_every_node() {
     let created = in_ns(a, move |rt| {
         rt.block_on(async {
             let mut s = connect(&cfg).await;
-            let path = vec!["mitigate".into(), format!("cuid={}", s.cuid()), "mid=1".into()];
-            code_text(&s.request(RequestType::Put, &path, Some(body), false).await.unwrap())
+            let path = vec![
+                "mitigate".into(),
+                format!("cuid={}", s.cuid()),
+                "mid=1".into(),
+            ];
+            code_text(
+                &s.request(RequestType::Put, &path, Some(body), false)
+                    .await
+                    .unwrap(),
+            )
         })
     });
     assert_eq!(created, "2.01");
@@ -160,13 +218,22 @@ fn the_dots_status_counts_the_drops_of_every_node() {
             (arrived(&attack(&n.pair, 300, 20_000)) == 0).then_some(())
         });
     }
-    let sum: u64 = nodes.iter().enumerate().map(|(i, n)| node_dropped(n, i)).sum();
-    assert!(sum >= 300 * NODES as u64, "each node counted its drops: {sum}");
+    let sum: u64 = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| node_dropped(n, i))
+        .sum();
+    assert!(
+        sum >= 300 * NODES as u64,
+        "each node counted its drops: {sum}"
+    );
     // The traffic has stopped: the status reaches the nodes' sum once Prometheus has
     // scraped them and the server has asked it (each every second).
-    wait_for("the fleet's drops in the DOTS status", Duration::from_secs(30), || {
-        (status_dropped(a, &client) == Some(sum)).then_some(())
-    });
+    wait_for(
+        "the fleet's drops in the DOTS status",
+        Duration::from_secs(30),
+        || (status_dropped(a, &client) == Some(sum)).then_some(()),
+    );
 
     // Node 1 unreachable for Prometheus: named in /metrics, its count still in the sum.
     nodes[1].pair.b.ip(&["link", "set", "veth-rr", "down"]);
@@ -175,8 +242,15 @@ fn the_dots_status_counts_the_drops_of_every_node() {
         text.contains("dots_fleet_nodes_down 1").then_some(text)
     });
     let (_, n1) = link(1);
-    assert!(down.contains(&format!("dots_fleet_node_up{{instance=\"{n1}:9500\"}} 0")), "{down}");
-    assert_eq!(status_dropped(a, &client), Some(sum), "a node down is not missing from the sum");
+    assert!(
+        down.contains(&format!("dots_fleet_node_up{{instance=\"{n1}:9500\"}} 0")),
+        "{down}"
+    );
+    assert_eq!(
+        status_dropped(a, &client),
+        Some(sum),
+        "a node down is not missing from the sum"
+    );
 
     let _ = stop.send(());
     server.join().unwrap().unwrap();

@@ -69,7 +69,11 @@ pub fn gobgpd(
     let mut conf = format!(
         "[global.config]\n  as = {asn}\n  router-id = \"{}\"\n  local-address-list = [{}]\n",
         local[0],
-        local.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+        local
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for n in neighbors {
         conf += &format!(
@@ -187,9 +191,10 @@ impl Bird {
                 out.extend(current.take());
                 let rule = line.split("  [").next().unwrap_or(line).trim();
                 current = Some(rule.to_string());
-            } else if let (Some(c), Some(ec)) =
-                (current.as_mut(), line.trim().strip_prefix("BGP.ext_community: "))
-            {
+            } else if let (Some(c), Some(ec)) = (
+                current.as_mut(),
+                line.trim().strip_prefix("BGP.ext_community: "),
+            ) {
                 c.push_str(&format!(" => {ec}"));
             }
         }

@@ -43,7 +43,10 @@ impl<M: Mitigator> Engine<M> {
         local: Option<xdp_common::Counter>,
         targets: &[IpNet],
     ) -> Option<xdp_common::Counter> {
-        let fleet = self.announcer.as_ref().and_then(|a| a.fleet_dropped(targets));
+        let fleet = self
+            .announcer
+            .as_ref()
+            .and_then(|a| a.fleet_dropped(targets));
         match (local, fleet) {
             (Some(l), Some(f)) => Some(xdp_common::Counter {
                 packets: l.packets + f.packets,
@@ -54,7 +57,10 @@ impl<M: Mitigator> Engine<M> {
     }
 
     pub fn announcer_metrics(&self) -> String {
-        self.announcer.as_ref().map(|a| a.metrics()).unwrap_or_default()
+        self.announcer
+            .as_ref()
+            .map(|a| a.metrics())
+            .unwrap_or_default()
     }
 
     /// Tells the announcer what became of the datapath ids a committed operation changed.
@@ -131,21 +137,39 @@ mod tests {
         let mut e = Engine::new(MemoryMitigator::new(), vec![policy])
             .with_terminating_period(30)
             .with_journal(Box::new(journal.clone()));
-        e.put("a", "cu-a", 1, scope("198.51.100.0/28"), false, 0).unwrap();
+        e.put("a", "cu-a", 1, scope("198.51.100.0/28"), false, 0)
+            .unwrap();
         let told = Told::default();
         e.set_announcer(Box::new(told.clone()));
-        assert_eq!(told.take(), ["active 1 a [198.51.100.0/24] [198.51.100.0/28]"]);
+        assert_eq!(
+            told.take(),
+            ["active 1 a [198.51.100.0/24] [198.51.100.0/28]"]
+        );
 
         journal.fail(true);
-        assert!(e.put("a", "cu-a", 2, scope("198.51.100.64/28"), false, 1).is_err());
-        assert_eq!(told.take(), Vec::<String>::new(), "an undone request is not announced");
+        assert!(e
+            .put("a", "cu-a", 2, scope("198.51.100.64/28"), false, 1)
+            .is_err());
+        assert_eq!(
+            told.take(),
+            Vec::<String>::new(),
+            "an undone request is not announced"
+        );
         journal.fail(false);
 
-        e.put("a", "cu-a", 3, scope("198.51.100.64/28"), false, 2).unwrap();
-        assert_eq!(told.take(), ["active 3 a [198.51.100.0/24] [198.51.100.64/28]"]);
+        e.put("a", "cu-a", 3, scope("198.51.100.64/28"), false, 2)
+            .unwrap();
+        assert_eq!(
+            told.take(),
+            ["active 3 a [198.51.100.0/24] [198.51.100.64/28]"]
+        );
         e.delete("cu-a", 3, 10).unwrap();
         e.tick(20);
-        assert_eq!(told.take(), Vec::<String>::new(), "still filtering while terminating");
+        assert_eq!(
+            told.take(),
+            Vec::<String>::new(),
+            "still filtering while terminating"
+        );
         e.tick(40);
         assert_eq!(told.take(), ["ended 3"]);
     }

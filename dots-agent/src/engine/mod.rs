@@ -35,11 +35,11 @@ mod status;
 mod telemetry;
 mod writer;
 
+pub use announce::RuleAnnouncer;
 use journal::{Change, Journal, JournalError};
 pub use operator::{
     datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
 };
-pub use announce::RuleAnnouncer;
 pub use reload::PolicyChanges;
 pub use restore::unreadable;
 

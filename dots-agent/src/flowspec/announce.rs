@@ -93,7 +93,10 @@ impl Announcer {
     }
 
     pub fn report(&self) -> Report {
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -112,7 +115,11 @@ impl RuleAnnouncer for Announcer {
     }
 
     fn metrics(&self) -> String {
-        let fleet = self.fleet.as_ref().map(|f| f.view().render()).unwrap_or_default();
+        let fleet = self
+            .fleet
+            .as_ref()
+            .map(|f| f.view().render())
+            .unwrap_or_default();
         render(&self.report()) + &fleet
     }
 
@@ -234,7 +241,9 @@ impl Worker {
             }
         }
         if !foreign.is_empty() {
-            tracing::warn!("flowspec: rules in gobgpd this server did not make, left alone: {foreign:?}");
+            tracing::warn!(
+                "flowspec: rules in gobgpd this server did not make, left alone: {foreign:?}"
+            );
         }
         let mut count = have.len();
         for (key, rule) in wanted {
@@ -258,13 +267,35 @@ impl Worker {
 fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce");
-    let _ = writeln!(s, "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}", r.wanted);
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}",
+        r.wanted
+    );
     let _ = writeln!(s, "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation");
-    let _ = writeln!(s, "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}", r.announced);
-    let _ = writeln!(s, "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded");
-    let _ = writeln!(s, "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}", r.daemon_up as u8);
-    let _ = writeln!(s, "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed");
-    let _ = writeln!(s, "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}", r.daemon_errors);
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}",
+        r.announced
+    );
+    let _ = writeln!(
+        s,
+        "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded"
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}",
+        r.daemon_up as u8
+    );
+    let _ = writeln!(
+        s,
+        "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed"
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}",
+        r.daemon_errors
+    );
     let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
     let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");
     for (client, n) in &r.local_only {
@@ -273,7 +304,10 @@ fn render(r: &Report) -> String {
     let _ = writeln!(s, "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit");
     let _ = writeln!(s, "# TYPE dots_flowspec_over_limit_mitigations gauge");
     for (client, n) in &r.over_limit {
-        let _ = writeln!(s, "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}");
+        let _ = writeln!(
+            s,
+            "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}"
+        );
     }
     s
 }

@@ -50,21 +50,35 @@ impl FleetView {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# HELP dots_fleet_prometheus_up Whether the last query of Prometheus for the fleet's counters succeeded");
-        let _ = writeln!(s, "# TYPE dots_fleet_prometheus_up gauge\ndots_fleet_prometheus_up {}", self.prometheus_up as u8);
+        let _ = writeln!(
+            s,
+            "# TYPE dots_fleet_prometheus_up gauge\ndots_fleet_prometheus_up {}",
+            self.prometheus_up as u8
+        );
         let _ = writeln!(s, "# HELP dots_fleet_node_up Whether Prometheus' last scrape of a scrubber node succeeded");
         let _ = writeln!(s, "# TYPE dots_fleet_node_up gauge");
         for (node, up) in &self.nodes {
-            let _ = writeln!(s, "dots_fleet_node_up{{instance=\"{}\"}} {}", escape(node), *up as u8);
+            let _ = writeln!(
+                s,
+                "dots_fleet_node_up{{instance=\"{}\"}} {}",
+                escape(node),
+                *up as u8
+            );
         }
         let down = self.nodes.values().filter(|u| !**u).count();
         let _ = writeln!(s, "# HELP dots_fleet_nodes_down Scrubber nodes Prometheus cannot scrape (their last counts stay in the sums)");
-        let _ = writeln!(s, "# TYPE dots_fleet_nodes_down gauge\ndots_fleet_nodes_down {down}");
+        let _ = writeln!(
+            s,
+            "# TYPE dots_fleet_nodes_down gauge\ndots_fleet_nodes_down {down}"
+        );
         s
     }
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Queries Prometheus on a thread of its own every `every`.
@@ -77,7 +91,9 @@ impl FleetCounts {
     pub fn start(prometheus: &str, job: &str, every: Duration) -> Result<FleetCounts> {
         let addr = prometheus
             .strip_prefix("http://")
-            .with_context(|| format!("[flowspec] prometheus {prometheus:?}: give http://host:port"))?
+            .with_context(|| {
+                format!("[flowspec] prometheus {prometheus:?}: give http://host:port")
+            })?
             .trim_end_matches('/')
             .to_string();
         let view = Arc::new(Mutex::new(FleetView::default()));
@@ -135,7 +151,10 @@ async fn query_fleet(addr: &str, job: &str) -> Result<FleetView> {
     ] {
         let q = format!("sum by (target) (last_over_time({metric}{sel}[{LAST_SEEN_WINDOW}]))");
         for (labels, value) in query(addr, &q).await? {
-            let Some(prefix) = labels["target"].as_str().and_then(|t| t.parse::<IpNet>().ok()) else {
+            let Some(prefix) = labels["target"]
+                .as_str()
+                .and_then(|t| t.parse::<IpNet>().ok())
+            else {
                 continue;
             };
             let c = view.dropped.entry(prefix).or_default();
@@ -190,7 +209,9 @@ async fn http_get(addr: &str, path: &str) -> Result<Bytes> {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -201,7 +222,8 @@ fn percent_encode(s: &str) -> String {
 pub fn serve_node_metrics(addrs: &[SocketAddr], text: Arc<Mutex<String>>) -> Result<MetricsServer> {
     let mut listeners = Vec::new();
     for a in addrs {
-        let l = std::net::TcpListener::bind(a).with_context(|| format!("listening on {a} (metrics)"))?;
+        let l = std::net::TcpListener::bind(a)
+            .with_context(|| format!("listening on {a} (metrics)"))?;
         l.set_nonblocking(true)?;
         listeners.push(l);
     }
@@ -210,43 +232,54 @@ pub fn serve_node_metrics(addrs: &[SocketAddr], text: Arc<Mutex<String>>) -> Res
         .build()
         .context("a runtime for /metrics")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        rt.block_on(async move {
-            let mut tasks = Vec::new();
-            for l in listeners {
-                let text = text.clone();
-                tasks.push(tokio::spawn(async move {
-                    let Ok(l) = tokio::net::TcpListener::from_std(l) else { return };
-                    let slots = Arc::new(tokio::sync::Semaphore::new(16));
-                    loop {
-                        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                        let Ok((tcp, _)) = l.accept().await else { continue };
-                        let text = text.clone();
-                        tokio::spawn(async move {
-                            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                                let body = text.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                                async move {
-                                    Response::builder()
-                                        .header("content-type", "text/plain; version=0.0.4")
-                                        .body(Full::new(Bytes::from(body)))
-                                }
+    let thread = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for l in listeners {
+                    let text = text.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                            return;
+                        };
+                        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+                        loop {
+                            let Ok(slot) = slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let Ok((tcp, _)) = l.accept().await else {
+                                continue;
+                            };
+                            let text = text.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(
+                                    move |_req: Request<hyper::body::Incoming>| {
+                                        let body =
+                                            text.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                        async move {
+                                            Response::builder()
+                                                .header("content-type", "text/plain; version=0.0.4")
+                                                .body(Full::new(Bytes::from(body)))
+                                        }
+                                    },
+                                );
+                                let conn = hyper::server::conn::http1::Builder::new()
+                                    .timer(TokioTimer::new())
+                                    .header_read_timeout(HTTP_TIME)
+                                    .serve_connection(TokioIo::new(tcp), service);
+                                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                                drop(slot);
                             });
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(HTTP_TIME)
-                                .serve_connection(TokioIo::new(tcp), service);
-                            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-                            drop(slot);
-                        });
-                    }
-                }));
-            }
-            let _ = stopped.await;
-            for t in tasks {
-                t.abort();
-            }
-        })
-    })?;
+                        }
+                    }));
+                }
+                let _ = stopped.await;
+                for t in tasks {
+                    t.abort();
+                }
+            })
+        })?;
     Ok(MetricsServer {
         stop: Some(stop),
         thread: Some(thread),
@@ -276,15 +309,29 @@ pub fn node_exposition(drops: &[(IpNet, Counter)], rules: usize) -> String {
     let _ = writeln!(s, "# HELP dots_node_dropped_packets_total Packets this node's filter dropped, per FlowSpec destination prefix");
     let _ = writeln!(s, "# TYPE dots_node_dropped_packets_total counter");
     for (p, c) in drops {
-        let _ = writeln!(s, "dots_node_dropped_packets_total{{target=\"{p}\"}} {}", c.packets);
+        let _ = writeln!(
+            s,
+            "dots_node_dropped_packets_total{{target=\"{p}\"}} {}",
+            c.packets
+        );
     }
     let _ = writeln!(s, "# HELP dots_node_dropped_bytes_total Bytes this node's filter dropped, per FlowSpec destination prefix");
     let _ = writeln!(s, "# TYPE dots_node_dropped_bytes_total counter");
     for (p, c) in drops {
-        let _ = writeln!(s, "dots_node_dropped_bytes_total{{target=\"{p}\"}} {}", c.bytes);
+        let _ = writeln!(
+            s,
+            "dots_node_dropped_bytes_total{{target=\"{p}\"}} {}",
+            c.bytes
+        );
     }
-    let _ = writeln!(s, "# HELP dots_node_flowspec_rules FlowSpec rules installed in this node's filter");
-    let _ = writeln!(s, "# TYPE dots_node_flowspec_rules gauge\ndots_node_flowspec_rules {rules}");
+    let _ = writeln!(
+        s,
+        "# HELP dots_node_flowspec_rules FlowSpec rules installed in this node's filter"
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE dots_node_flowspec_rules gauge\ndots_node_flowspec_rules {rules}"
+    );
     s
 }
 
@@ -295,7 +342,10 @@ mod tests {
     #[test]
     fn the_fleet_sum_takes_node_prefixes_inside_the_targets() {
         let mut v = FleetView::default();
-        let c = |p| Counter { packets: p, bytes: p * 100 };
+        let c = |p| Counter {
+            packets: p,
+            bytes: p * 100,
+        };
         v.dropped.insert("198.51.100.0/24".parse().unwrap(), c(5));
         v.dropped.insert("198.51.100.7/32".parse().unwrap(), c(2));
         v.dropped.insert("203.0.113.0/24".parse().unwrap(), c(1000));

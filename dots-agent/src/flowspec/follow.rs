@@ -66,8 +66,8 @@ fn default_poll() -> u64 {
 
 impl FollowConfig {
     pub fn load(path: &Path) -> Result<FollowConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut c: FollowConfig =
             toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -75,10 +75,16 @@ impl FollowConfig {
             c.datapath.pin_root = base.join(&c.datapath.pin_root);
         }
         if c.datapath.interfaces.is_empty() {
-            anyhow::bail!("{}: [datapath] interfaces is empty: a node filters on at least one interface", path.display());
+            anyhow::bail!(
+                "{}: [datapath] interfaces is empty: a node filters on at least one interface",
+                path.display()
+            );
         }
         if c.flowspec.poll_seconds == 0 {
-            anyhow::bail!("{}: [flowspec] poll_seconds must be at least 1", path.display());
+            anyhow::bail!(
+                "{}: [flowspec] poll_seconds must be at least 1",
+                path.display()
+            );
         }
         let fs = super::FlowspecConfig {
             gobgp_api: c.flowspec.gobgp_api.clone(),
@@ -127,10 +133,8 @@ pub fn plan(rules: &BTreeMap<String, FlowRule>) -> (BTreeMap<u64, MitigationSpec
     }
     let mut specs = BTreeMap::new();
     for dest in by_dest.keys() {
-        let mut covering: Vec<(&IpNet, &Vec<(&String, &FlowRule)>)> = by_dest
-            .iter()
-            .filter(|(d, _)| d.contains(dest))
-            .collect();
+        let mut covering: Vec<(&IpNet, &Vec<(&String, &FlowRule)>)> =
+            by_dest.iter().filter(|(d, _)| d.contains(dest)).collect();
         covering.sort_by_key(|(d, _)| std::cmp::Reverse(d.prefix_len()));
         let mut spec = MitigationSpec::new(mitigation_id(dest), vec![*dest]);
         for (_, rs) in covering {
@@ -203,7 +207,12 @@ impl<M: Mitigator> Follower<M> {
             .installed
             .iter()
             .map(|(id, spec)| {
-                let c = self.dp.counters(*id).ok().flatten().map(|c| c.dropped_total());
+                let c = self
+                    .dp
+                    .counters(*id)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.dropped_total());
                 (spec.targets[0], c.unwrap_or_default())
             })
             .collect();
@@ -270,21 +279,34 @@ impl<M: Mitigator> Follower<M> {
             .collect();
         let (specs, refused) = plan(&wanted);
         problems.extend(refused);
-        self.apply(specs, all_up && now - self.started >= Duration::from_secs(2), &mut problems);
+        self.apply(
+            specs,
+            all_up && now - self.started >= Duration::from_secs(2),
+            &mut problems,
+        );
         problems
     }
 
     /// Installs what changed first, then removes what is no longer wanted (an adopted
     /// mitigation only once the sessions are up and had time to send the table, or after
     /// the hold time).
-    fn apply(&mut self, specs: BTreeMap<u64, MitigationSpec>, settled: bool, problems: &mut Vec<String>) {
+    fn apply(
+        &mut self,
+        specs: BTreeMap<u64, MitigationSpec>,
+        settled: bool,
+        problems: &mut Vec<String>,
+    ) {
         for (id, spec) in &specs {
             if self.installed.get(id) == Some(spec) {
                 continue;
             }
             match self.dp.install(spec) {
                 Ok(()) => {
-                    tracing::info!("follow: {} installed ({} rules)", spec.targets[0], spec.acl.len());
+                    tracing::info!(
+                        "follow: {} installed ({} rules)",
+                        spec.targets[0],
+                        spec.acl.len()
+                    );
                     self.installed.insert(*id, spec.clone());
                 }
                 Err(e) => problems.push(format!("{}: {e}", spec.targets[0])),
@@ -297,7 +319,11 @@ impl<M: Mitigator> Follower<M> {
             .keys()
             .filter(|id| !specs.contains_key(id))
             .copied()
-            .chain(if settled || expired { std::mem::take(&mut self.adopted) } else { Vec::new() })
+            .chain(if settled || expired {
+                std::mem::take(&mut self.adopted)
+            } else {
+                Vec::new()
+            })
             .collect();
         for id in stale {
             match self.dp.remove(id) {
@@ -346,19 +372,28 @@ fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<()>) -> Vec<Child> {
 /// `poll_seconds` (sessions, hold times, a daemon that restarted).
 pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> bool) -> Result<()> {
     let gobgp = config.gobgp()?;
-    let mut follower = Follower::new(dp, gobgp.clone(), Duration::from_secs(config.flowspec.hold_seconds));
+    let mut follower = Follower::new(
+        dp,
+        gobgp.clone(),
+        Duration::from_secs(config.flowspec.hold_seconds),
+    );
     let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = mpsc::channel();
     let mut monitors: Vec<Child> = Vec::new();
     let poll = Duration::from_secs(config.flowspec.poll_seconds);
     let mut last_problems = Vec::new();
     let exposition = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &config.metrics {
-        Some(m) => Some(super::fleet::serve_node_metrics(&m.listen, exposition.clone())?),
+        Some(m) => Some(super::fleet::serve_node_metrics(
+            &m.listen,
+            exposition.clone(),
+        )?),
         None => None,
     };
     while !stop() {
         // A monitor that ended (the daemon restarted) is started again.
-        let alive = monitors.iter_mut().all(|c| matches!(c.try_wait(), Ok(None)));
+        let alive = monitors
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(None)));
         if !alive || monitors.is_empty() {
             for mut c in monitors.drain(..) {
                 let _ = c.kill();
@@ -417,13 +452,24 @@ mod tests {
         assert!(refused.is_empty());
         assert_eq!(specs.len(), 3);
         let host = &specs[&mitigation_id(&"198.51.100.7/32".parse().unwrap())];
-        let kinds: Vec<(Option<u8>, &AclAction)> =
-            host.acl.iter().map(|e| (e.matches.protocol, &e.action)).collect();
+        let kinds: Vec<(Option<u8>, &AclAction)> = host
+            .acl
+            .iter()
+            .map(|e| (e.matches.protocol, &e.action))
+            .collect();
         assert_eq!(kinds.len(), 2);
         assert_eq!(kinds[0].0, Some(6), "its own rule first");
         assert_eq!(kinds[1], (Some(17), &AclAction::Drop));
         let net = &specs[&mitigation_id(&"198.51.100.0/24".parse().unwrap())];
-        assert_eq!(net.acl.len(), 1, "a shorter destination does not take longer ones' rules");
-        assert_eq!(plan(&rules).0, specs, "the same rules, the same specs (names and ids)");
+        assert_eq!(
+            net.acl.len(),
+            1,
+            "a shorter destination does not take longer ones' rules"
+        );
+        assert_eq!(
+            plan(&rules).0,
+            specs,
+            "the same rules, the same specs (names and ids)"
+        );
     }
 }

@@ -65,7 +65,10 @@ impl Gobgp {
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("gobgp {} took over {COMMAND_TIMEOUT:?}", args.join(" ")));
+                    return Err(format!(
+                        "gobgp {} took over {COMMAND_TIMEOUT:?}",
+                        args.join(" ")
+                    ));
                 }
                 Err(e) => return Err(format!("waiting for gobgp: {e}")),
             }
@@ -87,10 +90,17 @@ impl Gobgp {
 
     /// Announces `rule` (replacing the action of a rule with the same match).
     pub fn add(&self, rule: &FlowRule) -> Result<(), String> {
-        let mut a = vec!["global", "rib", "-a", family(rule.matches.is_ipv6()), "add", "match"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
+        let mut a = vec![
+            "global",
+            "rib",
+            "-a",
+            family(rule.matches.is_ipv6()),
+            "add",
+            "match",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
         a.extend(rule.matches.gobgp_args());
         a.push("then".into());
         a.extend(rule.action.gobgp_args());
@@ -124,7 +134,8 @@ impl Gobgp {
     /// (established, configured) BGP sessions of the daemon.
     pub fn sessions(&self) -> Result<(usize, usize), String> {
         let text = self.run(&["neighbor".to_string(), "-j".to_string()])?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("gobgp neighbor -j: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("gobgp neighbor -j: {e}"))?;
         let peers = v.as_array().cloned().unwrap_or_default();
         let up = peers
             .iter()
@@ -161,7 +172,9 @@ pub fn parse_table(text: &str) -> Result<Vec<TableRule>, String> {
 /// One path: its NLRI components and its traffic-rate extended community.
 pub fn parse_path(path: &Value) -> Result<FlowRule, String> {
     let mut m = FlowMatch::default();
-    let components = path["nlri"]["value"].as_array().ok_or("no NLRI components")?;
+    let components = path["nlri"]["value"]
+        .as_array()
+        .ok_or("no NLRI components")?;
     for c in components {
         let ty = c["type"].as_u64().ok_or("a component without a type")?;
         match ty {
@@ -173,14 +186,23 @@ pub fn parse_path(path: &Value) -> Result<FlowRule, String> {
                 if c["offset"].as_u64().unwrap_or(0) != 0 {
                     return Err("an IPv6 prefix offset (RFC 8956) the filter cannot match".into());
                 }
-                *(if ty == 1 { &mut m.destination } else { &mut m.source }) = Some(p);
+                *(if ty == 1 {
+                    &mut m.destination
+                } else {
+                    &mut m.source
+                }) = Some(p);
             }
             _ => {
                 let items: Vec<(u8, u64)> = c["value"]
                     .as_array()
                     .ok_or("a component without items")?
                     .iter()
-                    .map(|i| (i["op"].as_u64().unwrap_or(0) as u8, i["value"].as_u64().unwrap_or(0)))
+                    .map(|i| {
+                        (
+                            i["op"].as_u64().unwrap_or(0) as u8,
+                            i["value"].as_u64().unwrap_or(0),
+                        )
+                    })
                     .collect();
                 numeric_component(&mut m, ty, &items)?;
             }
@@ -220,7 +242,13 @@ fn numeric_component(m: &mut FlowMatch, ty: u64, items: &[(u8, u64)]) -> Result<
         Ok(ranges_of(items, 65535)?
             .into_iter()
             .map(|(a, b)| PortRange::new(a.min(65535) as u16, b.min(65535) as u16))
-            .map(|r| if r.lower == r.upper() { PortRange::single(r.lower) } else { r })
+            .map(|r| {
+                if r.lower == r.upper() {
+                    PortRange::single(r.lower)
+                } else {
+                    r
+                }
+            })
             .collect())
     };
     match ty {
@@ -278,6 +306,10 @@ mod tests {
             "destination 2001:db8:1::/48 protocol ==17 icmp-type ==8 then discard"
         );
         assert_eq!(rules[0].neighbor.as_deref(), Some("192.0.2.1"));
-        assert!(rules[2].rule.as_ref().unwrap_err().contains("no traffic-rate"));
+        assert!(rules[2]
+            .rule
+            .as_ref()
+            .unwrap_err()
+            .contains("no traffic-rate"));
     }
 }

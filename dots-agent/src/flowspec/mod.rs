@@ -97,13 +97,15 @@ impl FlowspecConfig {
 
     /// The daemon's client, from `gobgp_api` (`host:port`).
     pub fn gobgp(&self) -> Result<gobgp::Gobgp> {
-        let (host, port) = self
-            .gobgp_api
-            .rsplit_once(':')
-            .with_context(|| format!("[flowspec] gobgp_api {:?}: give host:port", self.gobgp_api))?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("[flowspec] gobgp_api {:?}: the port is not a number", self.gobgp_api))?;
+        let (host, port) = self.gobgp_api.rsplit_once(':').with_context(|| {
+            format!("[flowspec] gobgp_api {:?}: give host:port", self.gobgp_api)
+        })?;
+        let port: u16 = port.parse().with_context(|| {
+            format!(
+                "[flowspec] gobgp_api {:?}: the port is not a number",
+                self.gobgp_api
+            )
+        })?;
         Ok(gobgp::Gobgp {
             program: self.gobgp.clone(),
             host: host.trim_matches(['[', ']']).to_string(),
@@ -114,10 +116,16 @@ impl FlowspecConfig {
     /// What a start checks: values in range, the client program present.
     pub fn check(&self) -> Result<()> {
         if self.shortest_prefix_v4 == 0 || self.shortest_prefix_v4 > 32 {
-            bail!("[flowspec] shortest_prefix_v4 = {}: give 1 to 32", self.shortest_prefix_v4);
+            bail!(
+                "[flowspec] shortest_prefix_v4 = {}: give 1 to 32",
+                self.shortest_prefix_v4
+            );
         }
         if self.shortest_prefix_v6 == 0 || self.shortest_prefix_v6 > 128 {
-            bail!("[flowspec] shortest_prefix_v6 = {}: give 1 to 128", self.shortest_prefix_v6);
+            bail!(
+                "[flowspec] shortest_prefix_v6 = {}: give 1 to 128",
+                self.shortest_prefix_v6
+            );
         }
         if self.max_rules_per_client == 0 || self.max_rules_total == 0 {
             bail!("[flowspec] max_rules_per_client and max_rules_total must be at least 1");

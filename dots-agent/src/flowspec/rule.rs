@@ -198,7 +198,11 @@ pub fn ranges_of(items: &Items, max: u64) -> Result<Vec<(u64, u64)>, String> {
             OP_GT => (value.saturating_add(1), max),
             x if x == OP_LT | OP_EQ => (0, value),
             OP_LT if value > 0 => (0, value - 1),
-            other => return Err(format!("numeric operator {other:#x} on {value} is not a range")),
+            other => {
+                return Err(format!(
+                    "numeric operator {other:#x} on {value} is not a range"
+                ))
+            }
         };
         let and = op & OP_AND != 0 && i > 0;
         current = match (current, and) {
@@ -357,7 +361,10 @@ mod tests {
             ranges_of(&[(0x01, 53), (0x03, 100), (0xc5, 200)], 65535).unwrap(),
             vec![(53, 53), (100, 200)]
         );
-        assert!(ranges_of(&[(0x86, 80)], 65535).is_err(), "!= is not a range");
+        assert!(
+            ranges_of(&[(0x86, 80)], 65535).is_err(),
+            "!= is not a range"
+        );
         assert!(ranges_of(&[(0x03, 200), (0xc5, 100)], 65535).is_err());
     }
 
@@ -376,8 +383,15 @@ mod tests {
             };
             // Encode as RFC 8955 items the way the words say.
             let flag = |o: u8| o | if not { OP_NOT } else { 0 };
-            let base = if op == BitOperator::Match { OP_MATCH } else { 0 };
-            let and = matches!((op, not), (BitOperator::Match, false) | (BitOperator::Any, true));
+            let base = if op == BitOperator::Match {
+                OP_MATCH
+            } else {
+                0
+            };
+            let and = matches!(
+                (op, not),
+                (BitOperator::Match, false) | (BitOperator::Any, true)
+            );
             let items = [
                 (flag(base), 0x02),
                 (flag(base) | OP_END | if and { OP_AND } else { 0 }, 0x10),
@@ -394,6 +408,9 @@ mod tests {
         assert_eq!(e[3].matches.protocol, Some(17));
         let mut big = rule();
         big.matches.source_ports = (1..=5).map(PortRange::single).collect();
-        assert!(big.acl_entries("x").unwrap_err().contains("20 protocol/port"));
+        assert!(big
+            .acl_entries("x")
+            .unwrap_err()
+            .contains("20 protocol/port"));
     }
 }

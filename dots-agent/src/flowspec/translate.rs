@@ -53,8 +53,9 @@ pub fn translate(spec: &MitigationSpec, allowed: &[IpNet], rails: &GuardRails) -
         (cm.syn_pps.is_some(), "the per-source SYN limit"),
     ] {
         if on {
-            t.local_only
-                .push(format!("{what}: FlowSpec has no per-source or port-set action"));
+            t.local_only.push(format!(
+                "{what}: FlowSpec has no per-source or port-set action"
+            ));
         }
     }
     if !spec.accept_list.is_empty() {
@@ -127,7 +128,10 @@ fn target_refusal(target: &IpNet, allowed: &[IpNet], rails: &GuardRails) -> Opti
 }
 
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
-    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 struct Scope<'a> {
