@@ -24,6 +24,9 @@ PACKAGES=(
   prometheus
   # an independent HTTPS client for the data-channel tests
   curl
+  # BGP FlowSpec: gobgpd (and its gobgp client) speaks for the server and the nodes, bird2
+  # plays the border router in the tests and the lab
+  gobgpd bird2
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -45,6 +48,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   changed=1
+  # The tests and the lab run their own BGP daemons inside namespaces: the packages' units
+  # (a gobgpd and a bird on the host's addresses) are not wanted. Only just installed ones.
+  if [ -d /run/systemd/system ]; then
+    for unit in gobgpd bird; do
+      if printf '%s\n' "${missing[@]}" | grep -qx "${unit/bird/bird2}"; then
+        systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 [ -e "$LLVM_SO" ] || die "$LLVM_SO missing after installing libllvm22"

@@ -35,11 +35,15 @@ use tokio::sync::watch;
 /// (control plane only). A datapath this call pinned afresh is removed again if attaching
 /// fails, so a failed start leaves no pins behind.
 pub fn datapath(config: &ServerConfig) -> Result<Box<dyn Mitigator>> {
-    let d = &config.datapath;
-    if d.interfaces.is_empty() {
+    if config.datapath.interfaces.is_empty() {
         tracing::warn!("no [datapath] interfaces: running the control plane without XDP");
         return Ok(Box::new(MemoryMitigator::new()));
     }
+    xdp_datapath(&config.datapath)
+}
+
+/// The pinned XDP filter on the interfaces of a `[datapath]` section (server or node).
+pub fn xdp_datapath(d: &server::config::Datapath) -> Result<Box<dyn Mitigator>> {
     let fresh = !XdpDatapath::is_pinned(&d.pin_root);
     let mut dp =
         XdpDatapath::load(&LoadOptions::new(&d.pin_root)).context("loading the XDP datapath")?;
@@ -119,6 +123,9 @@ pub fn control(
     let restored = engine
         .restore(snapshot, acls, cleanup, crate::clock::unix_now())
         .context("storing what the restart cleaned up")?;
+    if let Some(fs) = &config.flowspec {
+        engine.set_announcer(Box::new(crate::flowspec::Announcer::start(fs)?));
+    }
     tracing::info!(
         "restored {restored} mitigation(s) from {}",
         config.store.dir.display()

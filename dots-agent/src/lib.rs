@@ -15,6 +15,7 @@
 //!   a handshake, and what.
 //! - [`metrics`]: Prometheus exposition of the signal channel and the datapath.
 //! - [`measure`]: what a client measures on its interface for telemetry.
+//! - [`flowspec`]: BGP FlowSpec through gobgpd: announce mitigations, follow them on a node.
 //! - [`data`]: the DOTS data channel (RFC 8783): aliases and ACLs that drive the filter.
 //! - [`store`]: the embedded SQLite store, the engine's journal; [`clock`]: the process's
 //!   time, which the core takes as an argument.
@@ -36,6 +37,7 @@ pub mod data;
 pub mod datapath;
 pub mod dtls_io;
 pub mod engine;
+pub mod flowspec;
 pub mod measure;
 pub mod metrics;
 pub mod pki;

@@ -43,6 +43,9 @@ enum Command {
     Store(cli::store::StoreCommand),
     /// Talk to a DOTS server as a DOTS client.
     Client(cli::signal::ClientArgs),
+    /// Run a scrubber node without DOTS listeners: install the BGP FlowSpec rules the
+    /// local gobgpd learns into the XDP filter, until SIGINT or SIGTERM.
+    Follow(cli::follow::FollowArgs),
 }
 
 /// Logs go to stderr; RUST_LOG filters them (default: info).
@@ -64,7 +67,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Server(_)) {
+    if !matches!(cli.command, Command::Server(_) | Command::Follow(_)) {
         // A command whose output goes into `| head` ends quietly when the reader leaves, as
         // Unix tools do, rather than panicking in println!. The server keeps Rust's default
         // (SIGPIPE ignored): its sockets must never kill it.
@@ -91,6 +94,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Server(args) => cli::server::run(args).map(|()| Exit::Ok),
         Command::Store(c) => cli::store::run(c).map(|()| Exit::Ok),
         Command::Client(args) => cli::signal::run_client(args),
+        Command::Follow(args) => cli::follow::run(args).map(|()| Exit::Ok),
     }
 }
 

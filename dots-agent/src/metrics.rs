@@ -250,7 +250,9 @@ pub fn render<M: Mitigator>(engine: &Engine<M>, now: u64, per_mitigation_limit: 
     TextEncoder::new()
         .encode(&families, &mut out)
         .expect("text encoding of valid families");
-    String::from_utf8(out).unwrap_or_default()
+    let mut text = String::from_utf8(out).unwrap_or_default();
+    text.push_str(&engine.announcer_metrics());
+    text
 }
 
 /// The datapath's families, built afresh in a registry of their own at each scrape.

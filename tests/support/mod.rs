@@ -6,6 +6,8 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod bgp;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) {

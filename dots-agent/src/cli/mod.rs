@@ -1,6 +1,7 @@
 //! The `dots-agent` command line.
 pub mod data;
 pub mod exit;
+pub mod follow;
 pub mod pki;
 pub mod server;
 pub mod show;

@@ -21,6 +21,7 @@ use crate::signal::session_config::SessionConfig;
 use crate::signal::telemetry::{self as tm, TelemetrySetup};
 
 mod acl;
+mod announce;
 mod clock;
 mod config;
 mod cuids;
@@ -36,6 +37,7 @@ mod status;
 mod telemetry;
 mod writer;
 
+pub use announce::RuleAnnouncer;
 use journal::{Change, Journal, JournalError};
 pub use operator::{
     datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
@@ -258,6 +260,8 @@ pub struct Engine<M: Mitigator> {
     cuids: cuids::Cuids,
     /// Where accepted mitigations are carried upstream (gateway, recursive server).
     escalation: Option<Box<dyn escalation::Escalation>>,
+    /// Told about committed changes to DOTS mitigations (BGP FlowSpec); None: off.
+    announcer: Option<Box<dyn RuleAnnouncer>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -312,6 +316,7 @@ impl<M: Mitigator> Engine<M> {
             operators: Default::default(),
             cuids: Default::default(),
             escalation: None,
+            announcer: None,
         }
     }
 
@@ -416,7 +421,8 @@ impl<M: Mitigator> Engine<M> {
             tracing::error!("store: {e}; retried with the next change");
             self.ledger.keep_pending();
             self.acls.keep_pending();
-            self.dp.committed();
+            let changed = self.dp.committed();
+            self.announce_changes(changed);
             if let Some(e) = self.escalation.as_mut() {
                 // Planned again from the ledger's pending entries with the next commit.
                 e.undone();
@@ -448,7 +454,8 @@ impl<M: Mitigator> Engine<M> {
         self.ledger.committed();
         self.acls.committed();
         self.operators.committed();
-        self.dp.committed();
+        let changed = self.dp.committed();
+        self.announce_changes(changed);
         if let Some(e) = self.escalation.as_mut() {
             e.committed();
         }

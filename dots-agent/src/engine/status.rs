@@ -75,7 +75,9 @@ impl<M: Mitigator> Engine<M> {
                     None => Lifetime::Indefinite,
                     Some(e) => Lifetime::Seconds(e.saturating_sub(now).min(u32::MAX as u64) as u32),
                 };
-                let dropped = counters.as_ref().map(|c| c.dropped_total());
+                // With FlowSpec nodes counted (announce.rs), the whole fleet's drops.
+                let local = counters.as_ref().map(|c| c.dropped_total());
+                let dropped = self.with_fleet(local, &m.scope.target_prefix);
                 let rate = dropped.and_then(|d| self.drop_rate(m.datapath_id, d, now));
                 let mut status = self.shown_status(m, now);
                 let (mut bytes, mut bps) = (dropped.map(|d| d.bytes), rate.map(|r| r.0));

@@ -73,9 +73,17 @@ impl<M: Mitigator> Writer<M> {
         self.mitigator.maintain();
     }
 
-    /// The operation is stored (or needs no undo).
-    pub fn committed(&mut self) {
-        self.undo.clear();
+    /// The operation is stored (or needs no undo): the raw ids it changed.
+    pub fn committed(&mut self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.undo.drain(..).map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The spec installed under `id` by this process.
+    pub fn spec(&self, id: u64) -> Option<&MitigationSpec> {
+        self.installed.get(&id)
     }
 
     /// Puts back what the operation changed, newest first (a prefix freed by one step is

@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// The next DOTS server up (a gateway, a recursive server); absent: none.
     #[serde(default)]
     pub upstream: Option<crate::upstream::UpstreamConfig>,
+    /// BGP FlowSpec announcements of accepted mitigations; absent: off.
+    #[serde(default)]
+    pub flowspec: Option<crate::flowspec::FlowspecConfig>,
     /// The file it was loaded from (what a reload reads again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -288,6 +291,9 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(fs) = &self.flowspec {
+            fs.check()?;
+        }
         if self.signal.terminating_seconds > crate::engine::TERMINATING_MAX {
             bail!(
                 "[signal] terminating_seconds is at most {}",

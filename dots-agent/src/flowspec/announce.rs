@@ -1,0 +1,313 @@
+//! The announcer: a thread of its own that keeps the local gobgpd's table equal to the rules
+//! the DOTS server's committed mitigations should announce. The engine hands it changes
+//! ([`crate::engine::RuleAnnouncer`]) without waiting; the thread translates them, applies
+//! the guard rails and reconciles the daemon's table: new rules first, then withdrawals, so
+//! a changed mitigation is never without rules (make before break). The same reconciliation,
+//! every `resync_seconds`, re-announces everything to a daemon that restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::gobgp::Gobgp;
+use super::rule::FlowRule;
+use super::translate::{translate, GuardRails, Translation};
+use super::FlowspecConfig;
+use crate::datapath::MitigationSpec;
+use crate::engine::RuleAnnouncer;
+
+enum Change {
+    Active {
+        id: u64,
+        client: String,
+        prefixes: Vec<IpNet>,
+        spec: MitigationSpec,
+    },
+    Ended(u64),
+}
+
+/// What the announcer last achieved, for metrics and logs.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Rules that should be in the daemon's table.
+    pub wanted: usize,
+    /// Rules in the daemon's table from this server at the last reconciliation.
+    pub announced: usize,
+    /// Per client: parts of its mitigations kept on this box only.
+    pub local_only: BTreeMap<String, usize>,
+    /// Per client: mitigations whose rules the rule limits kept back.
+    pub over_limit: BTreeMap<String, usize>,
+    pub daemon_up: bool,
+    pub daemon_errors: u64,
+    pub reconciliations: u64,
+}
+
+/// The engine's side: sends changes to the thread.
+pub struct Announcer {
+    tx: Sender<Change>,
+    report: Arc<Mutex<Report>>,
+    /// The nodes' drop counters through Prometheus (None: not configured).
+    fleet: Option<super::fleet::FleetCounts>,
+}
+
+struct Mitigation {
+    client: String,
+    translation: Translation,
+}
+
+struct Worker {
+    gobgp: Gobgp,
+    rails: GuardRails,
+    mitigations: BTreeMap<u64, Mitigation>,
+    report: Arc<Mutex<Report>>,
+}
+
+impl Announcer {
+    /// Starts the thread (it runs until the engine drops the announcer).
+    pub fn start(config: &FlowspecConfig) -> anyhow::Result<Announcer> {
+        let (tx, rx) = mpsc::channel();
+        let report = Arc::new(Mutex::new(Report::default()));
+        let worker = Worker {
+            gobgp: config.gobgp()?,
+            rails: config.rails(),
+            mitigations: BTreeMap::new(),
+            report: report.clone(),
+        };
+        let every = Duration::from_secs(config.resync_seconds);
+        let fleet = match &config.prometheus {
+            Some(p) => Some(super::fleet::FleetCounts::start(
+                p,
+                &config.fleet_job,
+                Duration::from_secs(config.fleet_query_seconds),
+            )?),
+            None => None,
+        };
+        std::thread::Builder::new()
+            .name("flowspec".into())
+            .spawn(move || worker.run(rx, every))?;
+        Ok(Announcer { tx, report, fleet })
+    }
+
+    pub fn report(&self) -> Report {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl RuleAnnouncer for Announcer {
+    fn active(&mut self, id: u64, client: &str, prefixes: &[IpNet], spec: &MitigationSpec) {
+        let _ = self.tx.send(Change::Active {
+            id,
+            client: client.into(),
+            prefixes: prefixes.to_vec(),
+            spec: spec.clone(),
+        });
+    }
+
+    fn ended(&mut self, id: u64) {
+        let _ = self.tx.send(Change::Ended(id));
+    }
+
+    fn metrics(&self) -> String {
+        let fleet = self
+            .fleet
+            .as_ref()
+            .map(|f| f.view().render())
+            .unwrap_or_default();
+        render(&self.report()) + &fleet
+    }
+
+    fn fleet_dropped(&self, targets: &[IpNet]) -> Option<xdp_common::Counter> {
+        let view = self.fleet.as_ref()?.view();
+        Some(view.dropped_within(targets))
+    }
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Change>, every: Duration) {
+        loop {
+            let first = match rx.recv_timeout(every) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Everything queued goes into one reconciliation.
+            for change in first.into_iter().chain(rx.try_iter()) {
+                self.apply(change);
+            }
+            self.reconcile();
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Active {
+                id,
+                client,
+                prefixes,
+                spec,
+            } => {
+                let translation = translate(&spec, &prefixes, &self.rails);
+                for why in &translation.local_only {
+                    tracing::warn!("flowspec: {client} mitigation {id}: kept local: {why}");
+                }
+                self.mitigations.insert(
+                    id,
+                    Mitigation {
+                        client,
+                        translation,
+                    },
+                );
+            }
+            Change::Ended(id) => {
+                self.mitigations.remove(&id);
+            }
+        }
+    }
+
+    /// The rules to announce: each mitigation's, oldest first, unless its rules would take
+    /// its client or the server past a limit (then none of them: a mitigation is announced
+    /// whole or not at all).
+    fn wanted(&self, report: &mut Report) -> BTreeMap<String, FlowRule> {
+        let mut out: BTreeMap<String, FlowRule> = BTreeMap::new();
+        let mut per_client: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, m) in &self.mitigations {
+            *report.local_only.entry(m.client.clone()).or_default() +=
+                m.translation.local_only.len();
+            let n = m.translation.rules.len();
+            let client_n = per_client.entry(&m.client).or_default();
+            if *client_n + n > self.rails.max_rules_per_client
+                || out.len() + n > self.rails.max_rules_total
+            {
+                *report.over_limit.entry(m.client.clone()).or_default() += 1;
+                tracing::warn!(
+                    "flowspec: {} mitigation {id}: {n} rules would pass max_rules_per_client ({}) or max_rules_total ({}); kept local",
+                    m.client,
+                    self.rails.max_rules_per_client,
+                    self.rails.max_rules_total
+                );
+                continue;
+            }
+            *client_n += n;
+            for r in &m.translation.rules {
+                out.entry(r.matches.gobgp_args().join(" "))
+                    .or_insert_with(|| r.clone());
+            }
+        }
+        out
+    }
+
+    fn reconcile(&mut self) {
+        let mut report = Report::default();
+        let wanted = self.wanted(&mut report);
+        report.wanted = wanted.len();
+        let result = self.sync(&wanted);
+        let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.daemon_errors = shared.daemon_errors;
+        report.reconciliations = shared.reconciliations + 1;
+        match result {
+            Ok(announced) => {
+                report.daemon_up = true;
+                report.announced = announced;
+            }
+            Err(e) => {
+                tracing::error!("flowspec: {e}; retried in the next reconciliation");
+                report.daemon_errors += 1;
+                report.announced = shared.announced;
+            }
+        }
+        *shared = report;
+    }
+
+    /// Makes the daemon's own rules equal to `wanted`; returns how many it holds.
+    fn sync(&self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
+        let table = self.gobgp.table()?;
+        let mut have: BTreeMap<String, FlowRule> = BTreeMap::new();
+        let mut foreign = BTreeSet::new();
+        for t in table.into_iter().filter(|t| t.neighbor.is_none()) {
+            match t.rule {
+                Ok(r) => {
+                    have.insert(r.matches.gobgp_args().join(" "), r);
+                }
+                Err(_) => {
+                    foreign.insert(t.nlri);
+                }
+            }
+        }
+        if !foreign.is_empty() {
+            tracing::warn!(
+                "flowspec: rules in gobgpd this server did not make, left alone: {foreign:?}"
+            );
+        }
+        let mut count = have.len();
+        for (key, rule) in wanted {
+            if have.get(key).map(|h| h.action) != Some(rule.action) {
+                self.gobgp.add(rule)?;
+                if !have.contains_key(key) {
+                    count += 1;
+                }
+            }
+        }
+        for (key, rule) in &have {
+            if !wanted.contains_key(key) {
+                self.gobgp.del(&rule.matches)?;
+                count -= 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce");
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}",
+        r.wanted
+    );
+    let _ = writeln!(s, "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation");
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}",
+        r.announced
+    );
+    let _ = writeln!(
+        s,
+        "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded"
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}",
+        r.daemon_up as u8
+    );
+    let _ = writeln!(
+        s,
+        "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed"
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}",
+        r.daemon_errors
+    );
+    let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
+    let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");
+    for (client, n) in &r.local_only {
+        let _ = writeln!(s, "dots_flowspec_local_only{{client=\"{client}\"}} {n}");
+    }
+    let _ = writeln!(s, "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit");
+    let _ = writeln!(s, "# TYPE dots_flowspec_over_limit_mitigations gauge");
+    for (client, n) in &r.over_limit {
+        let _ = writeln!(
+            s,
+            "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}"
+        );
+    }
+    s
+}

@@ -1,0 +1,475 @@
+//! `dots-agent follow`: a scrubber node without DOTS listeners. It installs the FlowSpec
+//! rules its local gobgpd learned (from the DOTS server's daemon or a route reflector) into
+//! its own XDP filter: one datapath mitigation per destination prefix, replaced atomically
+//! when its rules change, pinned like the server's (the filter keeps dropping while the
+//! agent is down; a restarted agent adopts and re-learns).
+//!
+//! A rule leaves the filter when it is withdrawn while the daemon's BGP sessions are up. When
+//! a session is down (or the daemon is), rules missing from the table are kept for
+//! `hold_seconds`: a session loss must not open the gates by itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::gobgp::Gobgp;
+use super::rule::FlowRule;
+use crate::datapath::{DatapathId, MitigationSpec, Mitigator};
+use crate::server::config::Datapath;
+
+/// node.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowConfig {
+    pub datapath: Datapath,
+    pub flowspec: FollowFlowspec,
+    /// `GET /metrics`: the filter's drops per destination prefix, for Prometheus.
+    #[serde(default)]
+    pub metrics: Option<NodeMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMetrics {
+    pub listen: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowFlowspec {
+    #[serde(default = "super::default_api")]
+    pub gobgp_api: String,
+    #[serde(default = "super::default_program")]
+    pub gobgp: std::path::PathBuf,
+    /// How long rules missing from the table are kept while a BGP session is down.
+    #[serde(default = "default_hold")]
+    pub hold_seconds: u64,
+    /// How often the table is read without a change announced by the daemon.
+    #[serde(default = "default_poll")]
+    pub poll_seconds: u64,
+}
+
+fn default_hold() -> u64 {
+    90
+}
+fn default_poll() -> u64 {
+    2
+}
+
+impl FollowConfig {
+    pub fn load(path: &Path) -> Result<FollowConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut c: FollowConfig =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if c.datapath.pin_root.is_relative() {
+            c.datapath.pin_root = base.join(&c.datapath.pin_root);
+        }
+        if c.datapath.interfaces.is_empty() {
+            anyhow::bail!(
+                "{}: [datapath] interfaces is empty: a node filters on at least one interface",
+                path.display()
+            );
+        }
+        if c.flowspec.poll_seconds == 0 {
+            anyhow::bail!(
+                "{}: [flowspec] poll_seconds must be at least 1",
+                path.display()
+            );
+        }
+        let fs = super::FlowspecConfig {
+            gobgp_api: c.flowspec.gobgp_api.clone(),
+            gobgp: c.flowspec.gobgp.clone(),
+            ..toml::from_str("").expect("defaults")
+        };
+        fs.check()?;
+        Ok(c)
+    }
+
+    fn gobgp(&self) -> Result<Gobgp> {
+        super::FlowspecConfig {
+            gobgp_api: self.flowspec.gobgp_api.clone(),
+            gobgp: self.flowspec.gobgp.clone(),
+            ..toml::from_str("").expect("defaults")
+        }
+        .gobgp()
+    }
+}
+
+/// The datapath id of the mitigation for destination `prefix` (stable across restarts, so
+/// a restarted node replaces what it installed before).
+pub fn mitigation_id(prefix: &IpNet) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    prefix.hash(&mut h);
+    // Below the operator and baseline ranges, never 0.
+    (h.finish() & ((1 << 60) - 1)) | 1
+}
+
+fn rule_name(key: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    format!("fs-{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// The filter for a set of rules: per destination prefix, its own rules and then those of
+/// every shorter prefix containing it (longer destinations take precedence, RFC 8955
+/// §5.1), as ACL entries. Rules that cannot become entries are returned with the reason.
+pub fn plan(rules: &BTreeMap<String, FlowRule>) -> (BTreeMap<u64, MitigationSpec>, Vec<String>) {
+    let mut refused = Vec::new();
+    let mut by_dest: BTreeMap<IpNet, Vec<(&String, &FlowRule)>> = BTreeMap::new();
+    for (key, rule) in rules {
+        if let Some(d) = rule.matches.destination {
+            by_dest.entry(d).or_default().push((key, rule));
+        }
+    }
+    let mut specs = BTreeMap::new();
+    for dest in by_dest.keys() {
+        let mut covering: Vec<(&IpNet, &Vec<(&String, &FlowRule)>)> =
+            by_dest.iter().filter(|(d, _)| d.contains(dest)).collect();
+        covering.sort_by_key(|(d, _)| std::cmp::Reverse(d.prefix_len()));
+        let mut spec = MitigationSpec::new(mitigation_id(dest), vec![*dest]);
+        for (_, rs) in covering {
+            for (key, rule) in rs {
+                match rule.acl_entries(&rule_name(key)) {
+                    Ok(mut entries) => {
+                        // A covering rule's own destination is wider than this target.
+                        for e in &mut entries {
+                            e.matches.destination = None;
+                        }
+                        spec.acl.extend(entries)
+                    }
+                    Err(why) if d_is(rule, dest) => refused.push(format!("{key}: {why}")),
+                    Err(_) => {}
+                }
+            }
+        }
+        specs.insert(spec.id, spec);
+    }
+    (specs, refused)
+}
+
+fn d_is(rule: &FlowRule, dest: &IpNet) -> bool {
+    rule.matches.destination.as_ref() == Some(dest)
+}
+
+/// A learned rule and what the node knows of it.
+struct Held {
+    rule: FlowRule,
+    /// When it went missing from the table while it could not be told withdrawn.
+    missing_since: Option<Instant>,
+}
+
+pub struct Follower<M: Mitigator> {
+    dp: M,
+    gobgp: Gobgp,
+    hold: Duration,
+    rules: BTreeMap<String, Held>,
+    installed: HashMap<u64, MitigationSpec>,
+    /// Adopted from the pins at start, not yet seen in the table.
+    adopted: Vec<u64>,
+    started: Instant,
+}
+
+impl<M: Mitigator> Follower<M> {
+    pub fn new(dp: M, gobgp: Gobgp, hold: Duration) -> Self {
+        let adopted = dp
+            .installed()
+            .into_iter()
+            .filter(|id| matches!(DatapathId::from_raw(*id), DatapathId::Mitigation(_)))
+            .collect();
+        Follower {
+            dp,
+            gobgp,
+            hold,
+            rules: BTreeMap::new(),
+            installed: HashMap::new(),
+            adopted,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn mitigator(&self) -> &M {
+        &self.dp
+    }
+
+    /// The node's exposition: drops per installed destination prefix.
+    pub fn exposition(&self) -> String {
+        let mut drops: Vec<(IpNet, xdp_common::Counter)> = self
+            .installed
+            .iter()
+            .map(|(id, spec)| {
+                let c = self
+                    .dp
+                    .counters(*id)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.dropped_total());
+                (spec.targets[0], c.unwrap_or_default())
+            })
+            .collect();
+        drops.sort_by_key(|(p, _)| *p);
+        super::fleet::node_exposition(&drops, self.rules.len())
+    }
+
+    /// Reads the daemon's table and sessions and brings the filter in line. Returns what
+    /// it could not install.
+    pub fn step(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        let sessions = self.gobgp.sessions();
+        let all_up = matches!(sessions, Ok((up, total)) if up == total && total > 0);
+        let table = match self.gobgp.table() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("follow: reading gobgpd's table: {e}; keeping the rules");
+                None
+            }
+        };
+        let mut problems = Vec::new();
+        if let Some(table) = table {
+            let mut present = BTreeMap::new();
+            for t in table {
+                match t.rule {
+                    Ok(r) => {
+                        present.insert(r.matches.gobgp_args().join(" "), r);
+                    }
+                    Err(why) => problems.push(format!("{}: {why}", t.nlri)),
+                }
+            }
+            for (key, held) in self.rules.iter_mut() {
+                if !present.contains_key(key) && held.missing_since.is_none() {
+                    held.missing_since = Some(now);
+                }
+            }
+            let hold = self.hold;
+            // Missing with every session up: withdrawn. Otherwise held for the hold time.
+            self.rules.retain(|key, held| {
+                present.contains_key(key)
+                    || (!all_up && held.missing_since.is_some_and(|t| now - t < hold))
+            });
+            for (key, rule) in present {
+                self.rules.insert(
+                    key,
+                    Held {
+                        rule,
+                        missing_since: None,
+                    },
+                );
+            }
+        } else {
+            let hold = self.hold;
+            for held in self.rules.values_mut() {
+                held.missing_since.get_or_insert(now);
+            }
+            self.rules
+                .retain(|_, h| h.missing_since.is_some_and(|t| now - t < hold));
+        }
+        let wanted: BTreeMap<String, FlowRule> = self
+            .rules
+            .iter()
+            .map(|(k, h)| (k.clone(), h.rule.clone()))
+            .collect();
+        let (specs, refused) = plan(&wanted);
+        problems.extend(refused);
+        self.apply(
+            specs,
+            all_up && now - self.started >= Duration::from_secs(2),
+            &mut problems,
+        );
+        problems
+    }
+
+    /// Installs what changed first, then removes what is no longer wanted (an adopted
+    /// mitigation only once the sessions are up and had time to send the table, or after
+    /// the hold time).
+    fn apply(
+        &mut self,
+        specs: BTreeMap<u64, MitigationSpec>,
+        settled: bool,
+        problems: &mut Vec<String>,
+    ) {
+        for (id, spec) in &specs {
+            if self.installed.get(id) == Some(spec) {
+                continue;
+            }
+            match self.dp.install(spec) {
+                Ok(()) => {
+                    tracing::info!(
+                        "follow: {} installed ({} rules)",
+                        spec.targets[0],
+                        spec.acl.len()
+                    );
+                    self.installed.insert(*id, spec.clone());
+                }
+                Err(e) => problems.push(format!("{}: {e}", spec.targets[0])),
+            }
+        }
+        self.adopted.retain(|id| !specs.contains_key(id));
+        let expired = self.started.elapsed() >= self.hold;
+        let stale: Vec<u64> = self
+            .installed
+            .keys()
+            .filter(|id| !specs.contains_key(id))
+            .copied()
+            .chain(if settled || expired {
+                std::mem::take(&mut self.adopted)
+            } else {
+                Vec::new()
+            })
+            .collect();
+        for id in stale {
+            match self.dp.remove(id) {
+                Ok(_) => {
+                    if let Some(s) = self.installed.remove(&id) {
+                        tracing::info!("follow: {} removed", s.targets[0]);
+                    }
+                }
+                Err(e) => problems.push(format!("removing {}: {e}", DatapathId::from_raw(id))),
+            }
+        }
+    }
+}
+
+/// `gobgp monitor global rib -j` for each family: a line per change, which wakes the loop.
+fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<()>) -> Vec<Child> {
+    let mut children = Vec::new();
+    for family in ["ipv4-flowspec", "ipv6-flowspec"] {
+        let child = Command::new(&gobgp.program)
+            .args(["-u", &gobgp.host, "-p", &gobgp.port.to_string()])
+            .args(["monitor", "global", "rib", "-a", family, "-j"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut c) => {
+                let out = c.stdout.take().expect("piped");
+                let wake = wake.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(out).lines() {
+                        if line.is_err() || wake.send(()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                children.push(c);
+            }
+            Err(e) => tracing::warn!("follow: starting gobgp monitor: {e}"),
+        }
+    }
+    children
+}
+
+/// Runs the follower until `stop` says so: on every change the daemon reports, and every
+/// `poll_seconds` (sessions, hold times, a daemon that restarted).
+pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> bool) -> Result<()> {
+    let gobgp = config.gobgp()?;
+    let mut follower = Follower::new(
+        dp,
+        gobgp.clone(),
+        Duration::from_secs(config.flowspec.hold_seconds),
+    );
+    let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = mpsc::channel();
+    let mut monitors: Vec<Child> = Vec::new();
+    let poll = Duration::from_secs(config.flowspec.poll_seconds);
+    let mut last_problems = Vec::new();
+    let exposition = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let _metrics = match &config.metrics {
+        Some(m) => Some(super::fleet::serve_node_metrics(
+            &m.listen,
+            exposition.clone(),
+        )?),
+        None => None,
+    };
+    while !stop() {
+        // A monitor that ended (the daemon restarted) is started again.
+        let alive = monitors
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(None)));
+        if !alive || monitors.is_empty() {
+            for mut c in monitors.drain(..) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            monitors = spawn_monitors(&gobgp, &wake_tx);
+        }
+        let problems = follower.step();
+        if problems != last_problems {
+            for p in &problems {
+                tracing::warn!("follow: not installed: {p}");
+            }
+            last_problems = problems;
+        }
+        *exposition.lock().unwrap_or_else(|p| p.into_inner()) = follower.exposition();
+        let _ = wake_rx.recv_timeout(poll);
+        while wake_rx.try_recv().is_ok() {}
+    }
+    for mut c in monitors {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::AclAction;
+    use crate::flowspec::rule::{FlowAction, FlowMatch};
+
+    fn rule(dest: &str, protocols: Vec<u8>, action: FlowAction) -> (String, FlowRule) {
+        let r = FlowRule {
+            matches: FlowMatch {
+                destination: Some(dest.parse().unwrap()),
+                protocols,
+                ..Default::default()
+            },
+            action,
+        };
+        (r.matches.gobgp_args().join(" "), r)
+    }
+
+    /// One mitigation per destination; a longer destination also carries the rules of the
+    /// shorter ones containing it, after its own (FlowSpec's precedence).
+    #[test]
+    fn rules_become_one_mitigation_per_destination() {
+        let rules: BTreeMap<String, FlowRule> = [
+            rule("198.51.100.0/24", vec![17], FlowAction::Discard),
+            rule("198.51.100.7/32", vec![6], FlowAction::RateBytes(1000.0)),
+            rule("2001:db8::/48", vec![], FlowAction::Discard),
+        ]
+        .into_iter()
+        .collect();
+        let (specs, refused) = plan(&rules);
+        assert!(refused.is_empty());
+        assert_eq!(specs.len(), 3);
+        let host = &specs[&mitigation_id(&"198.51.100.7/32".parse().unwrap())];
+        let kinds: Vec<(Option<u8>, &AclAction)> = host
+            .acl
+            .iter()
+            .map(|e| (e.matches.protocol, &e.action))
+            .collect();
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(kinds[0].0, Some(6), "its own rule first");
+        assert_eq!(kinds[1], (Some(17), &AclAction::Drop));
+        let net = &specs[&mitigation_id(&"198.51.100.0/24".parse().unwrap())];
+        assert_eq!(
+            net.acl.len(),
+            1,
+            "a shorter destination does not take longer ones' rules"
+        );
+        assert_eq!(
+            plan(&rules).0,
+            specs,
+            "the same rules, the same specs (names and ids)"
+        );
+    }
+}
