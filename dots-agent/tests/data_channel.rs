@@ -246,8 +246,8 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     let (s, v) = curl.send("client-b", "POST", D, Some(&register)).await;
     assert_eq!(
         (s, error_tag(&v)),
-        (403, "access-denied"),
-        "client-b may not register client-a's cuid"
+        (409, "data-exists"),
+        "client-b may not register client-a's cuid (a cuid collision, RFC 9132 §4.4.1.3)"
     );
     let (s, v) = curl
         .send("client-x", "GET", &format!("{D}/capabilities"), None)
@@ -304,7 +304,7 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     let (s, _) = curl
         .send("client-b", "GET", &format!("{c}/aliases"), None)
         .await;
-    assert_eq!(s, 403, "client-b may not read client-a's aliases");
+    assert_eq!(s, 409, "client-b may not read client-a's aliases (the cuid is a's)");
     let web = r#"{"ietf-dots-data-channel:alias": [{"name": "web", "target-prefix": ["198.51.100.80/28"], "target-fqdn": ["www.example.com"]}]}"#;
     let (s, _) = curl
         .send(

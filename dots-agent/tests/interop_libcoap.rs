@@ -466,3 +466,74 @@ async fn a_client_trying_q_block2_gets_the_whole_status_over_dtls() {
         assert_eq!(got.iter().map(scopes).last(), Some(6), "run {i}: {log}");
     }
 }
+
+/// RFC 9244 §7: our client sends /tm-setup as CON over DTLS (as /config), seen by
+/// libcoap's coap-server-openssl, which logs every PDU it receives.
+#[test]
+fn our_client_sends_telemetry_setup_as_con_to_a_libcoap_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dots_agent::pki::init(
+        d,
+        "dots.example",
+        &["127.0.0.1".parse().unwrap()],
+        &["client-a".into()],
+    )
+    .unwrap();
+    // coap-server takes UDP on the port and DTLS on the next one: find two free ones.
+    let port = (0..50)
+        .find_map(|_| {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let p = a.local_addr().ok()?.port();
+            std::net::UdpSocket::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+            Some(p)
+        })
+        .expect("two free UDP ports");
+    let log_path = d.join("coap-server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let pki = |f: &str| d.join(f).display().to_string();
+    let mut server = Command::new("coap-server-openssl")
+        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-v", "7", "-d", "10"])
+        .args(["-c", &pki("server.pem"), "-j", &pki("server.key"), "-C", &pki("ca.pem")])
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("coap-server-openssl (libcoap3-bin)");
+    // Listening once its DTLS port is taken (at most 5 s).
+    for _ in 0..50 {
+        if std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let config = d.join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"127.0.0.1:{}\"\nserver_name = \"dots.example\"\ntransport = \"dtls\"\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"client-a.pem\"\nkey = \"client-a.key\"\n",
+            port + 1
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
+        .args(["client", "--config", config.to_str().unwrap(), "--timeout", "3"])
+        .args(["telemetry", "configure", "--tsid", "1", "--server-originated"])
+        .output()
+        .unwrap();
+    // The server's log is complete once it has exited.
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let put = log
+        .lines()
+        .find(|l| l.contains("c:PUT") && l.contains("tm-setup"))
+        .unwrap_or_default();
+    assert!(
+        put.contains("t:CON"),
+        "tm-setup is CON: {put}\n{log}\n{:?} {} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

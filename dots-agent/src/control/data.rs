@@ -189,6 +189,23 @@ mod tests {
         r.status == 200 && r.body == Some(json!({"ietf-dots-data-channel:acls": {}}))
     }
 
+    /// A data-channel client may register and use a cuid of its choosing (as on the signal
+    /// channel); a cuid another client holds gets 409, in the body or in the path.
+    #[test]
+    fn a_chosen_cuid_is_the_clients_and_nobody_elses() {
+        let mut f = fixture(None);
+        let reg = |cuid: &str| json!({"ietf-dots-data-channel:dots-client": [{"cuid": cuid}]});
+        assert_eq!(call(&mut f, A, "POST", D, reg("chosen-1")).status, 201);
+        assert_eq!(f.engine.cuid_holder("chosen-1"), Some("a"));
+        let b = ("b", "cuid-b");
+        let r = call(&mut f, b, "POST", D, reg("chosen-1"));
+        assert_eq!((r.status, tag(&r)), (409, "data-exists".to_string()));
+        let r = call(&mut f, b, "GET", &format!("{D}/dots-client=chosen-1"), Value::Null);
+        assert_eq!(r.status, 409);
+        let r = call(&mut f, A, "GET", &format!("{D}/dots-client=chosen-1"), Value::Null);
+        assert_eq!(r.status, 200);
+    }
+
     fn register(c: &mut Control<MemoryMitigator>) {
         let r = call(
             c,
