@@ -27,6 +27,8 @@ pub struct InScope<'a> {
     pub mitigation: Escalated<'a>,
     pub packets: u64,
     pub bytes: u64,
+    /// Epoch seconds it became active (its counters count from then).
+    pub start: Option<u64>,
 }
 
 /// The upstream share of a mitigation's status.
@@ -58,6 +60,9 @@ pub trait Escalation: Send {
     /// mitigation whose traffic exceeds what this server can hold). `at` is the engine's
     /// clock (epoch seconds); `traffic` what each installed mitigation in force has seen.
     fn tick(&mut self, at: u64, traffic: &[InScope<'_>]) -> Vec<Result<Change, JournalError>>;
+    /// Whether [`Escalation::tick`] needs `traffic` (reading every mitigation's counters
+    /// each second is skipped otherwise).
+    fn wants_traffic(&self) -> bool;
     /// The upstream share of the status of the mitigation (None: not escalated).
     fn share(&self, cuid: &str, mid: u32) -> Option<UpstreamShare>;
     /// Lets the concrete type be reached (what upstream reported goes to it).
@@ -96,13 +101,13 @@ impl<M: Mitigator> Engine<M> {
 
     /// The escalation's clock, once a second.
     pub(super) fn tick_escalation(&mut self, now: u64) {
-        if self.escalation.is_none() {
+        let Some(wants) = self.escalation.as_ref().map(|e| e.wants_traffic()) else {
             return;
-        }
+        };
         let traffic: Vec<InScope<'_>> = self
             .ledger
             .iter()
-            .filter(|(_, _, _, m)| m.installed && m.ended_at.is_none())
+            .filter(|(_, _, _, m)| wants && m.installed && m.ended_at.is_none())
             .filter_map(|(cuid, client, mid, m)| {
                 let c = self.counters(m)?;
                 Some(InScope {
@@ -117,6 +122,7 @@ impl<M: Mitigator> Engine<M> {
                     },
                     packets: c.in_scope.packets,
                     bytes: c.in_scope.bytes,
+                    start: m.start,
                 })
             })
             .collect();

@@ -464,6 +464,10 @@ impl Escalation for Relay {
         })
     }
 
+    fn wants_traffic(&self) -> bool {
+        self.mode != Mode::Always
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }
@@ -493,9 +497,12 @@ impl Relay {
             }
             seen.insert(k.clone());
             let now = (at, t.packets, t.bytes);
-            let Some(then) = self.samples.insert(k.clone(), now) else {
-                continue;
-            };
+            // Before the first reading: the counters count from the mitigation's start (an
+            // attack that came before the first tick counts too).
+            let then = self
+                .samples
+                .insert(k.clone(), now)
+                .unwrap_or((t.start.unwrap_or(at), 0, 0));
             let secs = at.saturating_sub(then.0);
             if secs == 0 {
                 self.samples.insert(k, then); // measure over a second at least
