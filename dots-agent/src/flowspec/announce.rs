@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::fleet::escape;
 use super::gobgp::Gobgp;
 use super::rule::FlowRule;
 use super::translate::{translate, GuardRails, Translation};
@@ -299,11 +300,13 @@ fn render(r: &Report) -> String {
     let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
     let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");
     for (client, n) in &r.local_only {
+        let client = escape(client);
         let _ = writeln!(s, "dots_flowspec_local_only{{client=\"{client}\"}} {n}");
     }
     let _ = writeln!(s, "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit");
     let _ = writeln!(s, "# TYPE dots_flowspec_over_limit_mitigations gauge");
     for (client, n) in &r.over_limit {
+        let client = escape(client);
         let _ = writeln!(
             s,
             "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}"

@@ -75,7 +75,8 @@ impl FleetView {
     }
 }
 
-fn escape(v: &str) -> String {
+/// A Prometheus label value in the text format: backslash, quote and newline escaped.
+pub(super) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
