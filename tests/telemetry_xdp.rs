@@ -159,6 +159,7 @@ fn telemetry_caps_the_scope_reports_traffic_and_drops_the_top_talker() {
         ),
         attack: Vec::new(),
         talkers,
+        ..PreMitigation::default()
     };
     let r = request(
         vec!["tm".into(), "tmid=1".into()],

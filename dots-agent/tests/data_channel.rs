@@ -863,3 +863,229 @@ async fn http2_is_spoken_when_the_client_offers_it() {
     .unwrap();
     assert_eq!(versions, ["2 200".to_string(), "1.1 200".to_string()]);
 }
+
+/// RFC 9244 telemetry targets over a real DTLS session: a baseline on ports and a
+/// protocol is accepted and read back, an alias-name in a baseline and in pre-mitigation
+/// telemetry resolves through the client's data-channel aliases, an FQDN is refused with
+/// 4.00 naming it, and the baselines survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_targets_over_dtls() {
+    use ciborium::value::Value;
+    use dots_agent::signal::{cbor, diag};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    dots_agent::pki::init(dir, "dots.example", &[], &["client-a".into()]).unwrap();
+    write_config(dir);
+    let server = start(dir).await;
+    let cuid = cuid_of(dir, "client-a");
+    let data = client_config(dir, "unused:1", "client-a");
+    let data_server = format!("127.0.0.1:{}", server.data_port);
+    let register = fixture("register.json").replace("dz6pHjaADkaFTbjr0JGBpw", &cuid);
+    let r = dots_agent::data::client::request(
+        &data,
+        &data_server,
+        "POST",
+        D,
+        Some(register.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let c = format!("{D}/dots-client={cuid}");
+    let aliases = fixture("aliases.json");
+    let r = dots_agent::data::client::request(
+        &data,
+        &data_server,
+        "POST",
+        &c,
+        Some(aliases.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    let mut signal = client_config(dir, &server.signal_addr, "client-a");
+    signal.transport = TransportChoice::Dtls;
+    let mut session = Session::connect(&signal).await.unwrap();
+    let texts = |v: &[&str]| Value::Array(v.iter().map(|t| Value::Text((*t).into())).collect());
+    let baseline = |target: Vec<(u64, Value)>| {
+        let mut b = vec![(163, cbor::uint(1))];
+        b.extend(target);
+        b.push((
+            139,
+            Value::Array(vec![cbor::map(vec![
+                (134, cbor::uint(1)),
+                (143, cbor::uint(1000)),
+            ])]),
+        ));
+        cbor::encode(&cbor::map(vec![(
+            203,
+            cbor::map(vec![(
+                129,
+                Value::Array(vec![cbor::map(vec![(
+                    174,
+                    Value::Array(vec![cbor::map(b)]),
+                )])]),
+            )]),
+        )]))
+    };
+    let setup = |tsid: Option<u32>| {
+        let mut p = vec!["tm-setup".to_string(), format!("cuid={cuid}")];
+        p.extend(tsid.map(|t| format!("tsid={t}")));
+        p
+    };
+    let ranges = Value::Array(vec![
+        cbor::map(vec![(8, cbor::uint(443))]),
+        cbor::map(vec![(8, cbor::uint(8000)), (9, cbor::uint(8080))]),
+    ]);
+    let r = session
+        .request(
+            RequestType::Put,
+            &setup(Some(1)),
+            Some(baseline(vec![
+                (6, texts(&["198.51.100.0/24"])),
+                (7, ranges),
+                (10, Value::Array(vec![cbor::uint(6)])),
+            ])),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        code_text(&r),
+        "2.01",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    let r = session
+        .request(
+            RequestType::Put,
+            &setup(Some(2)),
+            Some(baseline(vec![(13, texts(&["https1"]))])),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        code_text(&r),
+        "2.01",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    let r = session
+        .request(
+            RequestType::Put,
+            &setup(Some(3)),
+            Some(baseline(vec![(11, texts(&["www.example.com"]))])),
+            false,
+        )
+        .await
+        .unwrap();
+    let diagnostic = String::from_utf8_lossy(&r.payload).to_string();
+    assert_eq!(code_text(&r), "4.00");
+    assert!(diagnostic.contains("target-fqdn (11)"), "{diagnostic}");
+
+    async fn read_back(session: &mut Session, path: &[String]) -> serde_json::Value {
+        let r = session
+            .request(RequestType::Get, path, None, false)
+            .await
+            .unwrap();
+        assert_eq!(code_text(&r), "2.05");
+        dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(&r.payload).unwrap())
+    }
+    let check = |j: &serde_json::Value| {
+        let entries = &j["ietf-dots-telemetry:telemetry-setup"]["telemetry"];
+        assert_eq!(
+            entries.as_array().map(Vec::len),
+            Some(2),
+            "tsids 1 and 2 only: {j}"
+        );
+        let ports = &entries[0]["baseline"][0];
+        assert_eq!(ports["target-port-range"][1]["upper-port"], 8080, "{j}");
+        assert_eq!(ports["target-port-range"][0]["lower-port"], 443, "{j}");
+        assert_eq!(ports["target-protocol"][0], 6, "{j}");
+        let alias = &entries[1]["baseline"][0];
+        assert_eq!(alias["alias-name"][0], "https1", "{j}");
+        assert_eq!(
+            alias["target-prefix"],
+            serde_json::json!(["2001:db8:6401::1/128", "2001:db8:6401::2/128"]),
+            "the alias's prefixes: {j}"
+        );
+        assert_eq!(alias["target-port-range"][0]["lower-port"], 443, "{j}");
+    };
+    check(&read_back(&mut session, &setup(None)).await);
+
+    // Pre-mitigation telemetry: an alias-name is a target; an FQDN is refused by name.
+    let tm = |target: Vec<(u64, Value)>| {
+        cbor::encode(&cbor::map(vec![(
+            208,
+            cbor::map(vec![(
+                138,
+                Value::Array(vec![cbor::map(vec![
+                    (189, cbor::map(target)),
+                    (
+                        145,
+                        Value::Array(vec![cbor::map(vec![
+                            (134, cbor::uint(1)),
+                            (143, cbor::uint(9)),
+                        ])]),
+                    ),
+                ])]),
+            )]),
+        )]))
+    };
+    let tm_path = vec![
+        "tm".to_string(),
+        format!("cuid={cuid}"),
+        "tmid=1".to_string(),
+    ];
+    let r = session
+        .request(
+            RequestType::Put,
+            &tm_path,
+            Some(tm(vec![(13, texts(&["https1"]))])),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        code_text(&r),
+        "2.04",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    let r = session
+        .request(RequestType::Get, &tm_path, None, false)
+        .await
+        .unwrap();
+    let j = diag::to_json(&cbor::parse(&r.payload).unwrap());
+    let target = &j["ietf-dots-telemetry:telemetry"]["pre-or-ongoing-mitigation"][0]["target"];
+    assert_eq!(target["target-prefix"][0], "2001:db8:6401::1/128", "{j}");
+    assert_eq!(target["alias-name"][0], "https1", "{j}");
+    let tm_path2 = vec![
+        "tm".to_string(),
+        format!("cuid={cuid}"),
+        "tmid=2".to_string(),
+    ];
+    let r = session
+        .request(
+            RequestType::Put,
+            &tm_path2,
+            Some(tm(vec![(11, texts(&["www.example.com"]))])),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code_text(&r), "4.00");
+    assert!(String::from_utf8_lossy(&r.payload).contains("target-fqdn (11)"));
+    drop(session);
+
+    // A restart: the baselines, with their ports, protocols and alias, come back.
+    drop(server);
+    let server = start(dir).await;
+    let mut signal = client_config(dir, &server.signal_addr, "client-a");
+    signal.transport = TransportChoice::Dtls;
+    let mut session = Session::connect(&signal).await.unwrap();
+    check(&read_back(&mut session, &setup(None)).await);
+}

@@ -178,6 +178,7 @@ pub async fn run(s: &mut Session, cmd: &TelemetryCommand) -> Result<coap_lite::P
                 id: *id,
                 targets: targets.clone(),
                 normal: m.traffic(&CLASSES, &PercentileSet::default()),
+                ..Baseline::default()
             };
             if baseline.normal.is_empty() {
                 bail!("nothing measured on {interface}");
@@ -199,6 +200,7 @@ pub async fn run(s: &mut Session, cmd: &TelemetryCommand) -> Result<coap_lite::P
                 total: m.traffic(&CLASSES, &PercentileSet::default()),
                 attack: Vec::new(),
                 talkers: m.top_talkers((*top).min(telemetry::MAX_TALKERS), &CLASSES),
+                ..PreMitigation::default()
             };
             let body = telemetry::encode_pre_mitigation(&[(None, report)]);
             let path = vec!["tm".to_string(), cuid.clone(), format!("tmid={tmid}")];

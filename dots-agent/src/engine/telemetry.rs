@@ -6,7 +6,8 @@ use ipnet::IpNet;
 
 use super::journal::{self, Change};
 use super::{overlaps, Engine, Mitigation, Refusal};
-use crate::datapath::Mitigator;
+use crate::datapath::{Mitigator, PortRange};
+use crate::signal::message::{Lifetime, Scope};
 use crate::signal::telemetry::{self, TelemetryError, TelemetrySetup};
 
 /// Traffic to a mitigation's targets (in scope) and the dropped part, sampled at the
@@ -63,6 +64,101 @@ impl<M: Mitigator> Engine<M> {
         out.dedup();
         out.truncate(telemetry::MAX_TALKERS);
         out
+    }
+
+    /// Adds what alias-names (the client's data-channel aliases, as for mitigation
+    /// requests) and mids (the client's mitigations: their target prefixes) stand for to
+    /// explicit targets. An unknown alias or mid is refused (4.00): telemetry about
+    /// targets the server cannot place would be silently useless.
+    fn resolve_targets(
+        &self,
+        cuid: &str,
+        aliases: &[String],
+        mids: &[u32],
+        prefixes: &mut Vec<IpNet>,
+        ports: &mut Vec<PortRange>,
+        protocols: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        if !aliases.is_empty() {
+            let mut scope = Scope::new(Vec::new(), Lifetime::Indefinite);
+            scope.alias_name = aliases.to_vec();
+            let scope = self.expand_aliases(cuid, scope)?;
+            for p in scope.target_prefix {
+                if !prefixes.contains(&p) {
+                    prefixes.push(p);
+                }
+            }
+            for r in scope.target_port_range {
+                if !ports.contains(&r) {
+                    ports.push(r);
+                }
+            }
+            for p in scope.target_protocol {
+                if !protocols.contains(&p) {
+                    protocols.push(p);
+                }
+            }
+        }
+        for mid in mids {
+            let m = self
+                .ledger
+                .of(cuid)
+                .and_then(|m| m.get(mid))
+                .ok_or_else(|| {
+                    Refusal::BadRequest(format!(
+                        "mid-list (186): no mitigation {mid} of this client"
+                    ))
+                })?;
+            for p in &m.scope.target_prefix {
+                if !prefixes.contains(p) {
+                    prefixes.push(*p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A telemetry-setup PUT with its baselines' alias-names resolved (see
+    /// `resolve_targets`); other items pass unchanged.
+    pub fn tm_setup_resolve(
+        &self,
+        cuid: &str,
+        item: telemetry::SetupItem,
+    ) -> Result<telemetry::SetupItem, Refusal> {
+        let telemetry::SetupItem::Baselines(mut baselines) = item else {
+            return Ok(item);
+        };
+        for b in &mut baselines {
+            let aliases = b.aliases.clone();
+            self.resolve_targets(
+                cuid,
+                &aliases,
+                &[],
+                &mut b.targets,
+                &mut b.ports,
+                &mut b.protocols,
+            )?;
+        }
+        Ok(telemetry::SetupItem::Baselines(baselines))
+    }
+
+    /// A pre-mitigation report with its alias-names and mid-list resolved (see
+    /// `resolve_targets`).
+    pub fn tm_resolve(
+        &self,
+        cuid: &str,
+        mut report: telemetry::PreMitigation,
+    ) -> Result<telemetry::PreMitigation, Refusal> {
+        let (aliases, mids) = (report.aliases.clone(), report.mids.clone());
+        self.resolve_targets(
+            cuid,
+            &aliases,
+            &mids,
+            &mut report.targets,
+            &mut report.ports,
+            &mut report.protocols,
+        )?;
+        Ok(report)
     }
 
     /// PUT /tm/cuid/tmid: a client's pre-mitigation telemetry. A higher tmid supersedes

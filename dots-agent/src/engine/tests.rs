@@ -403,6 +403,7 @@ fn reported_top_talkers_are_dropped_only_by_policy() {
                     attack: vec![],
                 })
                 .collect(),
+            ..PreMitigation::default()
         };
         encode_pre_mitigation(&[(None, r)])
     };
@@ -769,6 +770,72 @@ fn alias_names_resolve_through_the_clients_aliases() {
     assert!(matches!(
         e.put("a", "cu-a", 2, named, false, 0),
         Err(Refusal::BadRequest(_))
+    ));
+}
+
+#[test]
+fn telemetry_targets_resolve_aliases_and_mids_like_mitigations() {
+    let mut e = engine().with_data_source(Box::new(OneAlias));
+    let baseline = tm::Baseline {
+        id: 1,
+        aliases: vec!["web".into()],
+        normal: vec![(tm::Unit::from_code(1).unwrap(), tm::Stats::default())],
+        ..Default::default()
+    };
+    let item = e
+        .tm_setup_resolve("cu-a", tm::SetupItem::Baselines(vec![baseline.clone()]))
+        .unwrap();
+    assert_eq!(e.tm_setup_put("a", 1, item, 0), Ok(true));
+    let stored = &e.tm_setup_get("a", Some(1)).unwrap().baselines[0].1;
+    assert_eq!(
+        (
+            stored.targets.clone(),
+            stored.ports.clone(),
+            stored.protocols.clone(),
+            stored.aliases.clone()
+        ),
+        (
+            vec!["198.51.100.80/28".parse().unwrap()],
+            vec![PortRange::single(443)],
+            vec![6],
+            vec!["web".to_string()]
+        ),
+        "the alias's targets, and its name kept"
+    );
+    // The same refusals as mitigation requests: another cuid's alias, an FQDN alias.
+    for (cuid, name) in [("cu-b", "web"), ("cu-a", "named"), ("cu-a", "nope")] {
+        let b = tm::Baseline {
+            aliases: vec![name.into()],
+            ..baseline.clone()
+        };
+        assert!(matches!(
+            e.tm_setup_resolve(cuid, tm::SetupItem::Baselines(vec![b])),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+    assert!(matches!(
+        engine().tm_setup_resolve("cu-a", tm::SetupItem::Baselines(vec![baseline])),
+        Err(Refusal::BadRequest(t)) if t.contains("no data channel")
+    ));
+    // mid-list: the mitigation's prefixes join the report's targets; unknown mids are 4.00.
+    e.put("a", "cu-a", 4, scope("198.51.100.0/28", 60), false, 0)
+        .unwrap();
+    let report = tm::PreMitigation {
+        mids: vec![4],
+        total: vec![(tm::Unit::from_code(1).unwrap(), tm::Stats::default())],
+        ..Default::default()
+    };
+    let r = e.tm_resolve("cu-a", report.clone()).unwrap();
+    assert_eq!(r.targets, vec!["198.51.100.0/28".parse().unwrap()]);
+    assert_eq!(e.tm_put("a", 1, r, 0), Ok(()));
+    assert_eq!(e.tm_get("a", Some(1)).unwrap()[0].1.mids, vec![4]);
+    let unknown = tm::PreMitigation {
+        mids: vec![5],
+        ..report
+    };
+    assert!(matches!(
+        e.tm_resolve("cu-a", unknown),
+        Err(Refusal::BadRequest(t)) if t.contains("mid-list (186)")
     ));
 }
 

@@ -453,11 +453,14 @@ pub fn handle<M: Mitigator>(
         }
         (
             Resource::TelemetrySetup {
-                tsid: Some(tsid), ..
+                cuid,
+                tsid: Some(tsid),
+                ..
             },
             RequestType::Put,
         ) => match telemetry::decode_setup_put(&req.payload)
             .map_err(Refusal::from)
+            .and_then(|item| engine.tm_setup_resolve(&cuid, item))
             .and_then(|item| engine.tm_setup_put(client, tsid, item, now))
         {
             Ok(true) => Reply::Response(response(req, ResponseType::Created, Vec::new(), false)),
@@ -484,11 +487,14 @@ pub fn handle<M: Mitigator>(
         )),
         (
             Resource::Telemetry {
-                tmid: Some(tmid), ..
+                cuid,
+                tmid: Some(tmid),
+                ..
             },
             RequestType::Put,
         ) => match telemetry::decode_pre_mitigation(&req.payload)
             .map_err(Refusal::from)
+            .and_then(|report| engine.tm_resolve(&cuid, report))
             .and_then(|report| engine.tm_put(client, tmid, report, now))
         {
             Ok(()) => Reply::Response(response(req, ResponseType::Changed, Vec::new(), false)),

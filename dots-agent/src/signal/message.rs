@@ -92,18 +92,7 @@ impl Scope {
             ));
         }
         if !self.target_port_range.is_empty() {
-            let ranges = self
-                .target_port_range
-                .iter()
-                .map(|r| {
-                    let mut m = vec![(8, uint(r.lower as u64))];
-                    if let Some(u) = r.upper {
-                        m.push((9, uint(u as u64)));
-                    }
-                    cbor::map(m)
-                })
-                .collect();
-            e.push((7, Value::Array(ranges)));
+            e.push((7, encode_port_ranges(&self.target_port_range)));
         }
         if !self.target_protocol.is_empty() {
             e.push((
@@ -184,25 +173,10 @@ fn decode_scope(v: Value) -> Result<Scope, CborError> {
         }
     }
     if let Some(v) = f.take(7) {
-        for r in cbor::as_array(v, 7)? {
-            let mut rf = Fields::new(r, "target-port-range")?;
-            let lower = port(rf.require(8, "lower-port (8)")?, 8)?;
-            let upper = rf.take(9).map(|u| port(u, 9)).transpose()?;
-            rf.finish()?;
-            if upper.is_some_and(|u| u < lower) {
-                return Err(invalid(9, format!("upper-port below lower-port {lower}")));
-            }
-            s.target_port_range.push(PortRange { lower, upper });
-        }
+        s.target_port_range = decode_port_ranges(v)?;
     }
     if let Some(v) = f.take(10) {
-        for p in cbor::as_array(v, 10)? {
-            let n = cbor::as_u64(p, 10)?;
-            s.target_protocol.push(
-                u8::try_from(n)
-                    .map_err(|_| invalid(10, format!("{n} is not a protocol number")))?,
-            );
-        }
+        s.target_protocol = decode_protocols(v)?;
     }
     if let Some(v) = f.take(11) {
         s.target_fqdn = cbor::as_text_list(v, 11)?;
@@ -263,6 +237,49 @@ fn decode_scope(v: Value) -> Result<Scope, CborError> {
         ));
     }
     Ok(s)
+}
+
+/// A target-port-range list (7), as in mitigation requests and telemetry targets.
+pub(crate) fn decode_port_ranges(v: Value) -> Result<Vec<PortRange>, CborError> {
+    let mut out = Vec::new();
+    for r in cbor::as_array(v, 7)? {
+        let mut rf = Fields::new(r, "target-port-range")?;
+        let lower = port(rf.require(8, "lower-port (8)")?, 8)?;
+        let upper = rf.take(9).map(|u| port(u, 9)).transpose()?;
+        rf.finish()?;
+        if upper.is_some_and(|u| u < lower) {
+            return Err(invalid(9, format!("upper-port below lower-port {lower}")));
+        }
+        out.push(PortRange { lower, upper });
+    }
+    Ok(out)
+}
+
+/// A target-protocol list (10): IANA protocol numbers.
+pub(crate) fn decode_protocols(v: Value) -> Result<Vec<u8>, CborError> {
+    cbor::as_array(v, 10)?
+        .into_iter()
+        .map(|p| {
+            let n = cbor::as_u64(p, 10)?;
+            u8::try_from(n).map_err(|_| invalid(10, format!("{n} is not a protocol number")))
+        })
+        .collect()
+}
+
+/// The CBOR of a target-port-range list (7).
+pub(crate) fn encode_port_ranges(ranges: &[PortRange]) -> Value {
+    Value::Array(
+        ranges
+            .iter()
+            .map(|r| {
+                let mut m = vec![(8, uint(r.lower as u64))];
+                if let Some(u) = r.upper {
+                    m.push((9, uint(u as u64)));
+                }
+                cbor::map(m)
+            })
+            .collect(),
+    )
 }
 
 fn port(v: Value, key: u64) -> Result<u16, CborError> {

@@ -118,6 +118,7 @@ fn main() {
                     total: vec![(unit, stats)],
                     attack: vec![(unit, stats)],
                     talkers: Vec::new(),
+                    ..PreMitigation::default()
                 },
             )]),
         ),

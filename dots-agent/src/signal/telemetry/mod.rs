@@ -87,6 +87,7 @@ pub use units::*;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::PortRange;
 
     #[test]
     fn units_scale_by_thousands_within_their_class() {
@@ -316,6 +317,7 @@ mod tests {
                     },
                 )],
             }],
+            ..PreMitigation::default()
         };
         let put = encode_pre_mitigation(&[(None, report.clone())]);
         assert_eq!(decode_pre_mitigation(&put), Ok(report.clone()));
@@ -356,5 +358,206 @@ mod tests {
             "unit required"
         );
         assert!(Stats::decode(cbor::map(vec![(134, uint(99))])).is_err());
+    }
+
+    fn texts(v: &[&str]) -> Value {
+        Value::Array(v.iter().map(|t| Value::Text((*t).into())).collect())
+    }
+
+    fn baseline_body(targets: Vec<(u64, Value)>) -> Vec<u8> {
+        let mut b = vec![(163, uint(1))];
+        b.extend(targets);
+        b.push((
+            139,
+            Value::Array(vec![cbor::map(vec![(134, uint(1)), (143, uint(100))])]),
+        ));
+        put_body((174, Value::Array(vec![cbor::map(b)])))
+    }
+
+    fn tm_body(target: Vec<(u64, Value)>) -> Vec<u8> {
+        cbor::encode(&cbor::map(vec![(
+            208,
+            cbor::map(vec![(
+                138,
+                Value::Array(vec![cbor::map(vec![
+                    (189, cbor::map(target)),
+                    (
+                        145,
+                        Value::Array(vec![cbor::map(vec![(134, uint(1)), (143, uint(5))])]),
+                    ),
+                ])]),
+            )]),
+        )]))
+    }
+
+    fn bad_text<T: std::fmt::Debug>(r: Result<T, TelemetryError>) -> String {
+        match r {
+            Err(TelemetryError::Bad(t)) => t,
+            other => panic!("expected 4.00, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn baselines_take_every_target_kind_but_fqdn_and_uri() {
+        let ranges = Value::Array(vec![
+            cbor::map(vec![(8, uint(443))]),
+            cbor::map(vec![(8, uint(8000)), (9, uint(8080))]),
+        ]);
+        let body = baseline_body(vec![
+            (6, texts(&["198.51.100.0/24"])),
+            (7, ranges),
+            (10, Value::Array(vec![uint(6), uint(17)])),
+            (13, texts(&["web"])),
+        ]);
+        let item = decode_setup_put(&body).unwrap();
+        let SetupItem::Baselines(b) = &item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(
+            b[0].ports,
+            vec![
+                PortRange::single(443),
+                PortRange {
+                    lower: 8000,
+                    upper: Some(8080)
+                }
+            ]
+        );
+        assert_eq!(
+            (b[0].protocols.clone(), b[0].aliases.clone()),
+            (vec![6, 17], vec!["web".to_string()])
+        );
+        assert_eq!(encode_setup_put(&item), body, "round trip, byte for byte");
+        // Stored as JSON (the journal): a setup stored before ports existed still loads.
+        let json = serde_json::to_value(&b[0]).unwrap();
+        assert_eq!(serde_json::from_value::<Baseline>(json).unwrap(), b[0]);
+        let old = serde_json::json!({"id": 2, "targets": ["198.51.100.0/24"], "normal": []});
+        let old: Baseline = serde_json::from_value(old).unwrap();
+        assert!(old.ports.is_empty() && old.protocols.is_empty() && old.aliases.is_empty());
+        // FQDN and URI targets are refused by name, never dropped.
+        let t = bad_text(decode_setup_put(&baseline_body(vec![(
+            11,
+            texts(&["www.example.com"]),
+        )])));
+        assert!(
+            t.contains("target-fqdn (11)") && t.contains("no resolver"),
+            "{t}"
+        );
+        let t = bad_text(decode_setup_put(&baseline_body(vec![(
+            12,
+            texts(&["https://example.com/"]),
+        )])));
+        assert!(t.contains("target-uri (12)"), "{t}");
+        // mid-list belongs to /tm only; hostile ports and protocols are 4.00, not panics.
+        bad_text(decode_setup_put(&baseline_body(vec![(
+            186,
+            Value::Array(vec![uint(1)]),
+        )])));
+        for hostile in [
+            (7, Value::Array(vec![cbor::map(vec![(8, uint(70_000))])])),
+            (
+                7,
+                Value::Array(vec![cbor::map(vec![(8, uint(90)), (9, uint(80))])]),
+            ),
+            (7, Value::Array(vec![cbor::map(vec![(9, uint(80))])])),
+            (7, texts(&["80"])),
+            (10, Value::Array(vec![uint(300)])),
+            (10, uint(6)),
+            (13, Value::Array(vec![uint(1)])),
+            (11, uint(1)),
+        ] {
+            bad_text(decode_setup_put(&baseline_body(vec![hostile])));
+        }
+    }
+
+    #[test]
+    fn baselines_supersede_only_on_overlapping_ports_and_protocols() {
+        let on = |ports: &[(u16, Option<u16>)], protocols: &[u8]| Baseline {
+            id: 1,
+            targets: vec!["198.51.100.0/24".parse().unwrap()],
+            ports: ports
+                .iter()
+                .map(|(lower, upper)| PortRange {
+                    lower: *lower,
+                    upper: *upper,
+                })
+                .collect(),
+            protocols: protocols.to_vec(),
+            ..Baseline::default()
+        };
+        let mut s = TelemetrySetup::default();
+        s.put(1, SetupItem::Baselines(vec![on(&[(443, None)], &[6])]))
+            .unwrap();
+        s.put(2, SetupItem::Baselines(vec![on(&[(53, None)], &[17])]))
+            .unwrap();
+        assert_eq!(s.baselines.len(), 2, "disjoint ports: both stand");
+        s.put(3, SetupItem::Baselines(vec![on(&[(400, Some(500))], &[])]))
+            .unwrap();
+        assert_eq!(
+            s.baselines.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![2, 3],
+            "400-500, any protocol, supersedes 443/tcp"
+        );
+        assert!(
+            s.put(1, SetupItem::Baselines(vec![on(&[(53, None)], &[])]))
+                .is_err(),
+            "stale"
+        );
+    }
+
+    #[test]
+    fn pre_mitigation_targets_take_every_kind_and_mid_list() {
+        let body = tm_body(vec![
+            (7, Value::Array(vec![cbor::map(vec![(8, uint(53))])])),
+            (10, Value::Array(vec![uint(17)])),
+            (13, texts(&["dns"])),
+            (186, Value::Array(vec![uint(7), uint(9)])),
+        ]);
+        let r = decode_pre_mitigation(&body).unwrap();
+        assert!(r.targets.is_empty());
+        assert_eq!(
+            (
+                r.ports.clone(),
+                r.protocols.clone(),
+                r.aliases.clone(),
+                r.mids.clone()
+            ),
+            (
+                vec![PortRange::single(53)],
+                vec![17],
+                vec!["dns".to_string()],
+                vec![7, 9]
+            )
+        );
+        assert_eq!(
+            decode_pre_mitigation(&encode_pre_mitigation(&[(None, r.clone())])),
+            Ok(r)
+        );
+        // mid-list alone is a target.
+        let r = decode_pre_mitigation(&tm_body(vec![(186, Value::Array(vec![uint(1)]))])).unwrap();
+        assert_eq!(r.mids, vec![1]);
+        // Ports alone say nothing about where: 4.00.
+        let t = bad_text(decode_pre_mitigation(&tm_body(vec![(
+            7,
+            Value::Array(vec![cbor::map(vec![(8, uint(53))])]),
+        )])));
+        assert!(t.contains("mid-list (186)"), "{t}");
+        let t = bad_text(decode_pre_mitigation(&tm_body(vec![
+            (6, texts(&["198.51.100.0/24"])),
+            (11, texts(&["www.example.com"])),
+        ])));
+        assert!(t.contains("target-fqdn (11)"), "{t}");
+        let t = bad_text(decode_pre_mitigation(&tm_body(vec![(
+            12,
+            texts(&["https://example.com/"]),
+        )])));
+        assert!(t.contains("target-uri (12)"), "{t}");
+        for hostile in [
+            Value::Array(vec![uint(1 << 40)]),
+            Value::Array(vec![Value::Text("1".into())]),
+            uint(1),
+        ] {
+            bad_text(decode_pre_mitigation(&tm_body(vec![(186, hostile)])));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! pre-mitigation telemetry a client sends (`/tm`, §8), with their bodies.
 
 use super::*;
+use crate::datapath::PortRange;
 
 /// A source of attack traffic the datapath dropped, with its rate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +74,21 @@ pub struct ReportedTalker {
 
 /// Pre-or-ongoing-mitigation telemetry from a client (`/tm`, RFC 9244 §8): what it sees
 /// arriving at its targets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreMitigation {
+    /// Target prefixes, with those of the aliases and mitigations named below once the
+    /// engine has resolved them.
     pub targets: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    /// Empty: any protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// mid-list (186): the client's mitigations this telemetry is about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mids: Vec<u32>,
     pub total: Vec<(Unit, Stats)>,
     pub attack: Vec<(Unit, Stats)>,
     pub talkers: Vec<ReportedTalker>,
@@ -150,7 +163,8 @@ pub(super) fn decode_talkers(v: Value) -> Result<Vec<ReportedTalker>, TelemetryE
 }
 
 /// A PUT /tm body `{208: {138: [{189: target, 145?, 144?, 162?}]}}`: one entry, with a
-/// target prefix and at least one measurement.
+/// target (prefix, alias-name or mid-list; ports and protocols narrow it) and at least
+/// one measurement.
 pub fn decode_pre_mitigation(body: &[u8]) -> Result<PreMitigation, TelemetryError> {
     let mut top = Fields::new(cbor::parse(body)?, "the request")?;
     let tm = top.require(208, "ietf-dots-telemetry:telemetry (208)")?;
@@ -165,20 +179,12 @@ pub fn decode_pre_mitigation(body: &[u8]) -> Result<PreMitigation, TelemetryErro
         return Err(bad("tmid belongs in the path, not the body"));
     }
     let mut target = Fields::new(e.require(189, "target (189)")?, "target")?;
-    let targets = match target.take(6) {
-        Some(v) => prefixes(v)?,
-        None => Vec::new(),
-    };
-    for k in [7, 8, 10, 11, 12, 13, 186] {
-        if target.take(k).is_some() {
-            return Err(bad(
-                "this server takes telemetry targets as target-prefix (6) only",
-            ));
-        }
-    }
+    let t = take_targets(&mut target, true)?;
     target.finish()?;
-    if targets.is_empty() {
-        return Err(bad("target (189) needs a target-prefix (6)"));
+    if t.prefixes.is_empty() && t.aliases.is_empty() && t.mids.is_empty() {
+        return Err(bad(
+            "target (189) needs a target-prefix (6), alias-name (13) or mid-list (186)",
+        ));
     }
     let total = e.take(145).map(|v| traffic_of(v, 145)).transpose()?;
     let attack = e.take(144).map(|v| traffic_of(v, 144)).transpose()?;
@@ -193,7 +199,11 @@ pub fn decode_pre_mitigation(body: &[u8]) -> Result<PreMitigation, TelemetryErro
         ));
     }
     Ok(PreMitigation {
-        targets,
+        targets: t.prefixes,
+        ports: t.ports,
+        protocols: t.protocols,
+        aliases: t.aliases,
+        mids: t.mids,
         total: total.unwrap_or_default(),
         attack: attack.unwrap_or_default(),
         talkers: talkers.unwrap_or_default(),
@@ -210,7 +220,16 @@ pub fn encode_pre_mitigation(reports: &[(Option<u32>, PreMitigation)]) -> Vec<u8
             if let Some(t) = tmid {
                 e.push((181, uint(*t as u64)));
             }
-            e.push((189, cbor::map(vec![(6, prefix_list(&r.targets))])));
+            e.push((
+                189,
+                cbor::map(target_entries(
+                    &r.targets,
+                    &r.ports,
+                    &r.protocols,
+                    &r.aliases,
+                    &r.mids,
+                )),
+            ));
             if !r.total.is_empty() {
                 e.push((145, traffic_list(&r.total)));
             }

@@ -2,6 +2,7 @@
 //! pipe capacity and baselines, the server's limits, and their bodies.
 
 use super::*;
+use crate::datapath::PortRange;
 
 /// Measurement intervals (RFC 9244 §7.1.2), in seconds: 5 min, 10 min, 30 min, hour,
 /// day, week, month (30 days).
@@ -120,11 +121,138 @@ impl PipeCapacity {
 }
 
 /// A normal traffic baseline (RFC 9244 §7.3) for some targets (none: the whole domain).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Alias names are kept as given, with what they stood for added to the explicit targets
+/// (as in mitigation requests), so a restored setup needs no data channel to mean the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Baseline {
     pub id: u32,
     pub targets: Vec<IpNet>,
+    // serde(default): setups stored before these fields existed still load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    /// Empty: any protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub normal: Vec<(Unit, Stats)>,
+}
+
+/// The target fields of a baseline (RFC 9244 §7.3) or of a pre-mitigation `target`
+/// (189, §8.1.1), as decoded (aliases and mids not yet resolved).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetFields {
+    pub prefixes: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+    pub protocols: Vec<u8>,
+    pub aliases: Vec<String>,
+    pub mids: Vec<u32>,
+}
+
+/// Takes the target fields 6, 7, 10, 11, 12, 13 (and 186 mid-list where `mid_list`) from
+/// `f`. FQDN and URI targets are refused (4.00), as in mitigation requests: this server
+/// has no resolver, and ignoring them would measure or report against the wrong targets.
+pub(super) fn take_targets(f: &mut Fields, mid_list: bool) -> Result<TargetFields, TelemetryError> {
+    let mut t = TargetFields::default();
+    if let Some(v) = f.take(6) {
+        t.prefixes = prefixes(v)?;
+    }
+    if let Some(v) = f.take(7) {
+        t.ports = super::super::message::decode_port_ranges(v)?;
+    }
+    if let Some(v) = f.take(10) {
+        t.protocols = super::super::message::decode_protocols(v)?;
+    }
+    for (key, name, what) in [(11, "target-fqdn", "FQDNs"), (12, "target-uri", "URIs")] {
+        if let Some(v) = f.take(key) {
+            let given = cbor::as_text_list(v, key)?;
+            return Err(bad(format!(
+                "{name} ({key}) {given:?} refused: this server does not resolve {what} (no resolver); give target-prefix (6) or an alias-name (13) of prefixes"
+            )));
+        }
+    }
+    if let Some(v) = f.take(13) {
+        t.aliases = cbor::as_text_list(v, 13)?;
+    }
+    if let Some(v) = f.take(186) {
+        // Telemetry keys are comprehension-optional: refuse it here, or it would pass unseen.
+        if !mid_list {
+            return Err(bad(
+                "mid-list (186) belongs to pre-mitigation telemetry, not a baseline",
+            ));
+        }
+        for m in cbor::as_array(v, 186)? {
+            t.mids.push(cbor::as_u32(m, 186)?);
+        }
+    }
+    Ok(t)
+}
+
+/// The target fields as CBOR entries (key order), the inverse of `take_targets`.
+pub(super) fn target_entries(
+    prefixes: &[IpNet],
+    ports: &[PortRange],
+    protocols: &[u8],
+    aliases: &[String],
+    mids: &[u32],
+) -> Vec<(u64, Value)> {
+    let mut e = Vec::new();
+    if !prefixes.is_empty() {
+        e.push((6, prefix_list(prefixes)));
+    }
+    if !ports.is_empty() {
+        e.push((7, super::super::message::encode_port_ranges(ports)));
+    }
+    if !protocols.is_empty() {
+        e.push((
+            10,
+            Value::Array(protocols.iter().map(|p| uint(*p as u64)).collect()),
+        ));
+    }
+    if !aliases.is_empty() {
+        e.push((
+            13,
+            Value::Array(aliases.iter().map(|a| Value::Text(a.clone())).collect()),
+        ));
+    }
+    if !mids.is_empty() {
+        e.push((
+            186,
+            Value::Array(mids.iter().map(|m| uint(*m as u64)).collect()),
+        ));
+    }
+    e
+}
+
+/// Whether two target sets can share traffic: prefixes, ports and protocols each
+/// overlap, an empty list standing for all.
+pub(super) fn targets_overlap(
+    a: (&[IpNet], &[PortRange], &[u8]),
+    b: (&[IpNet], &[PortRange], &[u8]),
+) -> bool {
+    let prefixes = a.0.is_empty()
+        || b.0.is_empty()
+        || a.0.iter().any(|x| {
+            b.0.iter()
+                .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
+        });
+    let span = |r: &PortRange| (r.lower, r.upper.unwrap_or(r.lower));
+    let ports = a.1.is_empty()
+        || b.1.is_empty()
+        || a.1.iter().any(|x| {
+            b.1.iter().any(|y| {
+                let (x, y) = (span(x), span(y));
+                x.0 <= y.1 && y.0 <= x.1
+            })
+        });
+    let protocols = a.2.is_empty() || b.2.is_empty() || a.2.iter().any(|p| b.2.contains(p));
+    prefixes && ports && protocols
+}
+
+impl Baseline {
+    fn scope(&self) -> (&[IpNet], &[PortRange], &[u8]) {
+        (&self.targets, &self.ports, &self.protocols)
+    }
 }
 
 /// One telemetry-setup PUT: exactly one kind of content.
@@ -309,10 +437,7 @@ pub(super) fn decode_baselines(v: Value) -> Result<Vec<Baseline>, TelemetryError
         if id == 0 {
             return Err(bad("baseline id must be at least 1"));
         }
-        let targets = match f.take(6) {
-            Some(v) => prefixes(v)?,
-            None => Vec::new(),
-        };
+        let t = take_targets(&mut f, false)?;
         let mut normal = Vec::new();
         if let Some(v) = f.take(139) {
             for t in cbor::as_array(v, 139)? {
@@ -327,7 +452,10 @@ pub(super) fn decode_baselines(v: Value) -> Result<Vec<Baseline>, TelemetryError
         }
         out.push(Baseline {
             id,
-            targets,
+            targets: t.prefixes,
+            ports: t.ports,
+            protocols: t.protocols,
+            aliases: t.aliases,
             normal,
         });
     }
@@ -374,9 +502,13 @@ pub(super) fn encode_pipe(p: &PipeCapacity) -> Value {
 
 pub(super) fn encode_baseline(b: &Baseline) -> Value {
     let mut m = vec![(163, uint(b.id as u64))];
-    if !b.targets.is_empty() {
-        m.push((6, prefix_list(&b.targets)));
-    }
+    m.extend(target_entries(
+        &b.targets,
+        &b.ports,
+        &b.protocols,
+        &b.aliases,
+        &[],
+    ));
     m.push((
         139,
         Value::Array(b.normal.iter().map(|(u, s)| s.encode(*u)).collect()),
@@ -460,15 +592,7 @@ impl TelemetrySetup {
                 );
             }
             SetupItem::Baselines(baselines) => {
-                let overlap = |a: &Baseline, b: &Baseline| {
-                    a.targets.is_empty()
-                        || b.targets.is_empty()
-                        || a.targets.iter().any(|x| {
-                            b.targets
-                                .iter()
-                                .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
-                        })
-                };
+                let overlap = |a: &Baseline, b: &Baseline| targets_overlap(a.scope(), b.scope());
                 for b in &baselines {
                     if let Some((t, _)) = self
                         .baselines
