@@ -8,11 +8,13 @@
 //! - [`state`]: registrations, aliases and ACLs per client, and their changes, applied by
 //!   the engine (datapath and store) before they are made; the restart.
 //! - [`source`]: the data channel as the engine asks it (aliases, RFC 9133 acl-list).
+//! - [`gateway`]: what a DOTS gateway's data channel does not relay (ACLs: 501).
 //! - [`client`]: the HTTPS client behind `dots-agent client data`.
 //!
 //! All but `client` are free of I/O; the server's HTTPS listener is `server::https`.
 
 pub mod client;
+pub mod gateway;
 pub mod mapping;
 pub mod model;
 pub mod restconf;

@@ -23,6 +23,8 @@ pub enum ErrorTag {
     InvalidValueNotFound,
     /// 405
     OperationNotSupported,
+    /// 501 (RFC 8040 §7: operation-not-supported, 405 or 501): not done by this server.
+    OperationNotImplemented,
     /// 408: the request did not arrive in time (error-tag operation-failed).
     RequestTimeout,
     /// 409
@@ -46,6 +48,7 @@ impl ErrorTag {
             ErrorTag::AccessDenied => 403,
             ErrorTag::InvalidValueNotFound => 404,
             ErrorTag::OperationNotSupported => 405,
+            ErrorTag::OperationNotImplemented => 501,
             ErrorTag::RequestTimeout => 408,
             ErrorTag::DataExists | ErrorTag::ResourceDenied => 409,
             ErrorTag::TooBig => 413,
@@ -62,7 +65,9 @@ impl ErrorTag {
             ErrorTag::UnknownElement => "unknown-element",
             ErrorTag::MalformedMessage => "malformed-message",
             ErrorTag::AccessDenied => "access-denied",
-            ErrorTag::OperationNotSupported => "operation-not-supported",
+            ErrorTag::OperationNotSupported | ErrorTag::OperationNotImplemented => {
+                "operation-not-supported"
+            }
             ErrorTag::DataExists => "data-exists",
             ErrorTag::ResourceDenied => "resource-denied",
             ErrorTag::TooBig => "too-big",
@@ -74,6 +79,7 @@ impl ErrorTag {
         match self {
             ErrorTag::MalformedMessage
             | ErrorTag::OperationNotSupported
+            | ErrorTag::OperationNotImplemented
             | ErrorTag::TooBig
             | ErrorTag::UnsupportedMedia
             | ErrorTag::RequestTimeout

@@ -137,6 +137,11 @@ impl DataChannel {
             }
         };
         let method = req.method;
+        if self.gateway {
+            if let Some(e) = super::gateway::not_relayed(&resource, method, req.body) {
+                return Err(e);
+            }
+        }
         match (&resource, method) {
             (Resource::Capabilities, "GET") => Ok(Response::json(200, mapping::capabilities())),
             (Resource::DotsData, "POST") => self.register(client, peer.cuid, req.body, true),

@@ -76,6 +76,8 @@ pub struct DataChannel {
     pub(super) prefixes: BTreeMap<String, Vec<IpNet>>,
     /// The change the request being routed makes (see [`DataChannel::handle`]).
     pub(super) staged: Option<Edit>,
+    /// A DOTS gateway (no filter of its own): ACL writes are answered 501 (`gateway.rs`).
+    pub(super) gateway: bool,
 }
 
 pub(super) type Result<T> = std::result::Result<T, RestconfError>;
@@ -109,7 +111,13 @@ impl DataChannel {
             clients: BTreeMap::new(),
             prefixes,
             staged: None,
+            gateway: false,
         }
+    }
+
+    /// Serves as a DOTS gateway's data channel (ACLs are not relayed: 501).
+    pub fn set_gateway(&mut self, gateway: bool) {
+        self.gateway = gateway;
     }
 
     /// The configured clients' prefixes after a reload of server.toml.
