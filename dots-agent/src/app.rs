@@ -89,7 +89,9 @@ pub fn control(
     snapshot: &Snapshot,
 ) -> Result<(Control, Option<watch::Receiver<Desired>>)> {
     let mut upstream = None;
-    let (channel, cleanup) = DataChannel::restore(prefixes(config), &snapshot.data_clients);
+    let (mut channel, cleanup) = DataChannel::restore(prefixes(config), &snapshot.data_clients);
+    // A gateway's data channel does not relay ACLs (501), having no filter to apply them.
+    channel.set_gateway(config.upstream.is_some() && config.datapath.interfaces.is_empty());
     let acls = channel.acl_entries();
     let data = SharedData::new(channel);
     let mut engine = Engine::new(datapath, config.policies())
@@ -97,6 +99,7 @@ pub fn control(
         .with_attack_quiet(config.signal.attack_quiet_seconds)
         .with_redirect(config.signal.redirect.as_ref().map(|r| r.message()))
         .with_talker_drop(config.talker_drop_clients())
+        .with_cdid_gateways(config.cdid_gateways())
         .with_data_source(Box::new(data.clone()))
         .with_journal(Box::new(store));
     let relaying = config
@@ -117,7 +120,11 @@ pub fn control(
         );
         let listen: Vec<String> = config.signal.listen.iter().map(|a| a.to_string()).collect();
         let here = format!("the DOTS gateway on {}", listen.join(", "));
-        engine = engine.with_escalation(Box::new(relay.named(here)));
+        let relay = relay
+            .named(here)
+            .towards(format!("the DOTS server at {}", u.server))
+            .server_domain(u.domain == crate::upstream::Domain::Server);
+        engine = engine.with_escalation(Box::new(relay));
         upstream = Some(desired);
     }
     let restored = engine
@@ -413,12 +420,14 @@ impl Reloader {
             config.talker_drop_clients(),
             prefixes(&config),
         );
+        let gateways = config.cdid_gateways();
         let changes = self
             .control
             .run(move |c| {
                 let r = c.engine.reload_policies(policies, drop);
                 if r.is_ok() {
                     c.data.lock().set_prefixes(prefixes);
+                    c.engine.set_cdid_gateways(gateways);
                 }
                 r
             })

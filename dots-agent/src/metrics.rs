@@ -368,10 +368,22 @@ fn datapath_families<M: Mitigator>(
         &["interface"],
     );
 
+    let cdid = gauge(
+        "dots_mitigation_cdid",
+        "1 for a mitigation a trusted gateway asked for a client domain (cdid, RFC 9132 \
+         4.4.1.2); join on client and mid",
+        &["client", "mid", "cdid"],
+    );
+
     for status in 1..=8 {
         by_status.with_label_values(&[&status.to_string()]).set(0);
     }
     let views = engine.views(now);
+    let with_cdid = views.iter().filter_map(|v| Some((v, v.cdid.as_deref()?)));
+    for (v, c) in with_cdid.take(limit) {
+        cdid.with_label_values(&[v.client.as_str(), &v.mid.to_string(), c])
+            .set(1);
+    }
     for v in &views {
         by_status
             .with_label_values(&[&(v.status as u8).to_string()])

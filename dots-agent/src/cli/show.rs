@@ -355,6 +355,7 @@ mod tests {
             pkts_dropped: Some(100),
             pps_dropped: Some(1),
             telemetry: None,
+            conflict_information: None,
         }]);
         let p = packet(ResponseType::Content, body, true);
         assert_eq!(

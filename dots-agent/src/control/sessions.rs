@@ -83,11 +83,11 @@ struct Served<'a, M: Mitigator> {
 impl<M: Mitigator> Service for Served<'_, M> {
     fn handle(&mut self, msg: &Packet, unix: u64) -> Reply {
         let started = Instant::now();
-        let reply = match crate::upstream::relay::hop_limited(self.engine, &self.peer, msg) {
+        let reply = match crate::upstream::request::admit(self.engine, &self.peer, msg) {
             Err(refused) => refused,
             Ok(()) => handler::handle(self.engine, &self.peer, msg, unix),
         };
-        crate::upstream::relay::hop_done(self.engine);
+        crate::upstream::request::after(self.engine, &self.peer, msg, &reply);
         SIGNAL.request(msg, &reply, started);
         reply
     }

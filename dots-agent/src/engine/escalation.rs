@@ -36,6 +36,8 @@ pub struct InScope<'a> {
 pub struct UpstreamShare {
     /// The status to report instead of the local one (a gateway reports upstream's).
     pub status: Option<Status>,
+    /// Upstream's conflict-information (CBOR), mapped to the downstream client's mids.
+    pub conflict_information: Option<Vec<u8>>,
     pub pkts_dropped: u64,
     pub bytes_dropped: u64,
     pub pps_dropped: u64,

@@ -175,6 +175,9 @@ impl<M: Mitigator> Engine<M> {
                     .into(),
             ));
         }
+        // A mitigation of another client domain (cdid) behind the same gateway is not
+        // this request's to change.
+        self.check_domain(cuid, mid)?;
         let existing = self
             .ledger
             .get(cuid, mid)
@@ -215,8 +218,8 @@ impl<M: Mitigator> Engine<M> {
         let mut superseded = Vec::new();
         let mut deactivated = Vec::new();
         for (other_mid, m) in self.ledger.of(cuid).into_iter().flatten() {
-            if !m.live() || !scopes_overlap(&m.scope, &scope) {
-                continue;
+            if !m.live() || !scopes_overlap(&m.scope, &scope) || !self.same_domain(m) {
+                continue; // another cdid's: a conflict with another client (below)
             }
             if scope.trigger_mitigation && !m.scope.trigger_mitigation && m.installed {
                 deactivated.push(*other_mid);
@@ -240,7 +243,11 @@ impl<M: Mitigator> Engine<M> {
         if let Some((_, _, _, other)) = self
             .ledger
             .iter()
-            .find(|(c, _, _, m)| *c != cuid && m.installed && scopes_overlap(&m.scope, &scope))
+            .find(|(c, _, _, m)| {
+                (*c != cuid || !self.same_domain(m))
+                    && m.installed
+                    && scopes_overlap(&m.scope, &scope)
+            })
         {
             let targets = scope
                 .target_prefix
@@ -282,6 +289,7 @@ impl<M: Mitigator> Engine<M> {
             announce_until: None,
             activity: Activity::default(),
             client_attack: Vec::new(),
+            cdid: self.request_cdid().map(str::to_string),
         };
         if m.scope.trigger_mitigation {
             self.install(&mut m, &policy, now)?;
@@ -480,7 +488,9 @@ impl<M: Mitigator> Engine<M> {
     /// DELETE /mitigate/cuid/mid: always succeeds (2.02) unless it cannot be stored; an
     /// active mitigation keeps filtering for the active-but-terminating period.
     pub fn delete(&mut self, cuid: &str, mid: u32, now: u64) -> Result<(), Refusal> {
-        let result = self.withdraw(cuid, mid, now);
+        let result = self
+            .check_domain(cuid, mid)
+            .and_then(|()| self.withdraw(cuid, mid, now));
         self.finish(result)
     }
 

@@ -22,6 +22,7 @@ use crate::signal::telemetry::{self as tm, TelemetrySetup};
 
 mod acl;
 mod announce;
+mod cdid;
 mod clock;
 mod config;
 mod cuids;
@@ -170,6 +171,8 @@ struct Mitigation {
     activity: Activity,
     /// The attack traffic the client last said still reaches it (efficacy telemetry).
     client_attack: tm::Traffic,
+    /// The client domain a trusted gateway asked for it (cdid, RFC 9132 §4.4.1.2).
+    cdid: Option<String>,
 }
 
 /// One mitigation as metrics see it.
@@ -182,6 +185,8 @@ pub struct MitigationView {
     pub counters: Option<crate::datapath::MitigationCounters>,
     /// The attack traffic the client reports still reaching it (efficacy telemetry).
     pub client_attack: tm::Traffic,
+    /// The client domain a trusted gateway named (cdid).
+    pub cdid: Option<String>,
 }
 
 /// The drop counter as last read, and when it last moved.
@@ -262,6 +267,8 @@ pub struct Engine<M: Mitigator> {
     escalation: Option<Box<dyn escalation::Escalation>>,
     /// Told about committed changes to DOTS mitigations (BGP FlowSpec); None: off.
     announcer: Option<Box<dyn RuleAnnouncer>>,
+    /// Trusted server-domain gateways and the cdid of the request at hand.
+    cdid: cdid::CdidState,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -317,6 +324,7 @@ impl<M: Mitigator> Engine<M> {
             cuids: Default::default(),
             escalation: None,
             announcer: None,
+            cdid: Default::default(),
         }
     }
 

@@ -195,6 +195,7 @@ impl<M: Mitigator> Engine<M> {
                     .ok()
                     .flatten(),
                 client_attack: Default::default(),
+                cdid: None,
             })
             .collect()
     }

@@ -31,6 +31,9 @@ pub(super) struct Record {
     ended_at: Option<u64>,
     #[serde(default)]
     announce_until: Option<u64>,
+    /// The client domain a trusted gateway named (cdid); absent in older rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cdid: Option<String>,
 }
 
 fn status_from(n: u8) -> Status {
@@ -73,6 +76,7 @@ impl Record {
             datapath_id: m.datapath_id,
             ended_at: m.ended_at,
             announce_until: m.announce_until,
+            cdid: m.cdid.clone(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Record {
             announce_until: self.announce_until,
             activity: Activity::default(),
             client_attack: Vec::new(),
+            cdid: self.cdid,
         };
         (self.client, m)
     }

@@ -33,6 +33,7 @@ impl<M: Mitigator> Engine<M> {
                 status: self.shown_status(m, now),
                 counters: self.counters(m),
                 client_attack: m.client_attack.clone(),
+                cdid: m.cdid.clone(),
             })
             .chain(self.operator_views())
             .collect()
@@ -56,11 +57,15 @@ impl<M: Mitigator> Engine<M> {
         now: u64,
     ) -> Result<Vec<MitigationStatus>, Refusal> {
         let client = self.ledger.client_of(cuid);
-        let selected: Vec<(u32, &Mitigation)> = match (self.ledger.of(cuid), mid) {
+        let mut selected: Vec<(u32, &Mitigation)> = match (self.ledger.of(cuid), mid) {
             (Some(m), Some(mid)) => m.get(&mid).map(|x| vec![(mid, x)]).unwrap_or_default(),
             (Some(m), None) => m.iter().map(|(k, v)| (*k, v)).collect(),
             (None, _) => Vec::new(),
         };
+        // A gateway's GET for one client domain (cdid) reads that domain's mitigations.
+        if self.request_cdid().is_some() {
+            selected.retain(|(_, m)| self.same_domain(m));
+        }
         if selected.is_empty() {
             return Err(Refusal::NotFound(match mid {
                 Some(mid) => format!("no mitigation {mid}"),
@@ -82,6 +87,7 @@ impl<M: Mitigator> Engine<M> {
                 let mut status = self.shown_status(m, now);
                 let (mut bytes, mut bps) = (dropped.map(|d| d.bytes), rate.map(|r| r.0));
                 let (mut pkts, mut pps) = (dropped.map(|d| d.packets), rate.map(|r| r.1));
+                let mut conflict = None;
                 // Escalated: upstream's drops count too (draft-ietf-dots-architecture
                 // §3.2.3: the recursed mitigation's counters are incorporated).
                 if let Some(up) = self.upstream_share(cuid, mid) {
@@ -97,6 +103,7 @@ impl<M: Mitigator> Engine<M> {
                     if let (Some(s), true) = (up.status, in_force) {
                         status = s;
                     }
+                    conflict = up.conflict_information.filter(|_| in_force);
                 }
                 MitigationStatus {
                     mid,
@@ -111,6 +118,7 @@ impl<M: Mitigator> Engine<M> {
                     pkts_dropped: pkts,
                     pps_dropped: pps,
                     telemetry: client.and_then(|c| self.status_telemetry(c, m)),
+                    conflict_information: conflict,
                 }
             })
             .collect())

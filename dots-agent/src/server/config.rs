@@ -229,6 +229,10 @@ pub struct Client {
     /// Drop the top talkers this client reports in pre-mitigation telemetry (RFC 9244).
     #[serde(default)]
     pub drop_top_talkers: bool,
+    /// A server-domain DOTS gateway trusted to name its clients' domain (cdid, RFC 9132
+    /// §4.4.1.2); a cdid from any other client is refused (4.03).
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 fn default_max_lifetime() -> u32 {
@@ -374,6 +378,15 @@ impl ServerConfig {
             .collect()
     }
 
+    /// Clients trusted to supply cdid (`gateway = true`).
+    pub fn cdid_gateways(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .filter(|c| c.gateway)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     pub fn policies(&self) -> Vec<ClientPolicy> {
         self.clients
             .iter()
@@ -451,6 +464,9 @@ prefixes = ["203.0.113.0/24", "2001:db8:6401::/48"]
             "{GOOD}\n[[client]]\nname = \"client-a\"\nprefixes = [\"192.0.2.0/24\"]\n"
         ))
         .contains("twice"));
+        assert!(err(&format!("{GOOD}gateway = \"yes\"\n")).contains("invalid type"));
+        let gw = ServerConfig::load(&write(dir.path(), &format!("{GOOD}gateway = true\n")));
+        assert_eq!(gw.unwrap().cdid_gateways(), vec!["client-a"]);
         let redirect = |body: &str| {
             GOOD.replace(
                 "[tls]",

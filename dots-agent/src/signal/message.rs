@@ -355,6 +355,8 @@ pub struct MitigationStatus {
     pub pps_dropped: Option<u64>,
     /// Mitigation-status telemetry (RFC 9244 §9.2), for clients that asked for it.
     pub telemetry: Option<super::telemetry::StatusTelemetry>,
+    /// conflict-information (17, CBOR), e.g. an upstream server's conflict relayed back.
+    pub conflict_information: Option<Vec<u8>>,
 }
 
 /// `{1: {2: [{5: mid, ...targets, 14: lifetime, 15?, 16, 25-28?}]}}`.
@@ -395,6 +397,9 @@ pub fn encode_status(entries: &[MitigationStatus]) -> Vec<u8> {
             }
             if let Some(t) = &m.telemetry {
                 e.extend(t.entries());
+            }
+            if let Some(info) = m.conflict_information.as_deref() {
+                e.extend(cbor::parse(info).ok().map(|v| (17, v)));
             }
             cbor::map(e)
         })
@@ -654,6 +659,7 @@ mod tests {
             pkts_dropped: Some(1_000),
             pps_dropped: Some(10),
             telemetry: None,
+            conflict_information: None,
         };
         let v = cbor::parse(&encode_status(&[st])).unwrap();
         let text = format!("{v:?}");

@@ -31,7 +31,7 @@ pub fn next(arrived: Option<u8>) -> u8 {
 }
 
 /// A response with `code` and a diagnostic, for the request `msg`.
-fn refuse(msg: &Packet, code: ResponseType, diagnostic: String) -> Reply {
+pub(super) fn refuse(msg: &Packet, code: ResponseType, diagnostic: String) -> Reply {
     let mut p = Packet::new();
     p.set_token(msg.get_token().to_vec());
     p.header.code = MessageClass::Response(code);

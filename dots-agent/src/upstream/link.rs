@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::relay::{Desired, Relay, Session as State, Want};
+use super::telemetry::TmWant;
 use super::status;
 use crate::client::{code_text, is_success, ClientConfig, Session};
 use crate::control::ControlHandle;
@@ -79,6 +80,11 @@ async fn report(control: &ControlHandle, s: State) -> Result<(), crate::control:
 struct Upstream {
     accepted: HashMap<u32, u64>,
     retry_at: HashMap<u32, (u64, Instant, Duration)>,
+    /// The efficacy update (its version) sent for each mid.
+    efficacy_sent: HashMap<u32, u64>,
+    /// The telemetry (its version) sent for each upstream tmid. A refused report is not
+    /// sent again: it describes a moment that has passed (the next report replaces it).
+    tm_sent: HashMap<u32, u64>,
 }
 
 /// Works on one session until it fails (Err) or the control plane stops (Ok).
@@ -88,10 +94,26 @@ async fn serve(
     control: &ControlHandle,
 ) -> anyhow::Result<()> {
     let cuid = session.cuid().to_string();
-    let path = |mid: Option<u32>| {
-        let mut p = vec!["mitigate".to_string(), format!("cuid={cuid}")];
+    // cdid, when a server-domain gateway names its client's domain, comes before cuid.
+    let path = |mid: Option<u32>, cdid: Option<&str>| {
+        let mut p = vec!["mitigate".to_string()];
+        p.extend(cdid.map(|c| format!("cdid={c}")));
+        p.push(format!("cuid={cuid}"));
         p.extend(mid.map(|m| format!("mid={m}")));
         p
+    };
+    let tm_path = |tmid: u32, cdid: Option<&str>| {
+        let mut p = vec!["tm".to_string()];
+        p.extend(cdid.map(|c| format!("cdid={c}")));
+        p.push(format!("cuid={cuid}"));
+        p.push(format!("tmid={tmid}"));
+        p
+    };
+    let wants = control
+        .run(|c| c.engine.escalation_mut::<Relay>().map(|r| r.telemetry_wants()))
+        .await;
+    let Ok(Some(mut tm)) = wants else {
+        return Ok(()); // the control plane stopped
     };
     let mut upstream = Upstream::default();
     loop {
@@ -102,8 +124,29 @@ async fn serve(
                     body,
                     version,
                     hop_limit,
+                    cdid,
+                    efficacy,
                 } => {
+                    let hop = [(CoapOption::Unknown(super::hop::OPTION), vec![hop_limit])];
                     if upstream.accepted.get(&mid) == Some(&version) {
+                        // Held upstream: the client's latest efficacy update follows it.
+                        let Some((ev, update)) = efficacy else {
+                            continue;
+                        };
+                        if upstream.efficacy_sent.get(&mid) == Some(&ev) {
+                            continue;
+                        }
+                        let p = path(Some(mid), cdid.as_deref());
+                        let r = session
+                            .request_with(RequestType::Put, &p, Some(update), true, &hop)
+                            .await?;
+                        if !is_success(&r) {
+                            tracing::warn!(
+                                "upstream refused the efficacy update of mid {mid}: {}",
+                                describe(&r)
+                            );
+                        }
+                        upstream.efficacy_sent.insert(mid, ev);
                         continue;
                     }
                     if let Some((v, at, _)) = upstream.retry_at.get(&mid) {
@@ -111,11 +154,21 @@ async fn serve(
                             continue;
                         }
                     }
-                    let hop = [(CoapOption::Unknown(super::hop::OPTION), vec![hop_limit])];
                     let r = session
-                        .request_with(RequestType::Put, &path(Some(mid)), Some(body), false, &hop)
+                        .request_with(
+                            RequestType::Put,
+                            &path(Some(mid), cdid.as_deref()),
+                            Some(body),
+                            false,
+                            &hop,
+                        )
                         .await?;
                     let refusal = (!is_success(&r)).then(|| describe(&r));
+                    // A conflict upstream: its conflict-information goes to the relay, to
+                    // come back to the downstream client (RFC 9132 §4.4.1.3).
+                    let conflict = (code_text(&r) == "4.09")
+                        .then(|| status::conflict_information(&r.payload))
+                        .flatten();
                     match &refusal {
                         None => {
                             upstream.accepted.insert(mid, version);
@@ -135,16 +188,21 @@ async fn serve(
                         .run(move |c| {
                             c.engine
                                 .escalation_mut::<Relay>()
-                                .map(|r| r.answered(mid, version, refusal));
+                                .map(|r| r.answered(mid, version, refusal, conflict));
                         })
                         .await;
                     if sent.is_err() {
                         return Ok(());
                     }
                 }
-                Want::Absent => {
+                Want::Absent { cdid } => {
                     let r = session
-                        .request(RequestType::Delete, &path(Some(mid)), None, false)
+                        .request(
+                            RequestType::Delete,
+                            &path(Some(mid), cdid.as_deref()),
+                            None,
+                            false,
+                        )
                         .await?;
                     // 2.02, or 4.04 (upstream had already forgotten it): gone either way.
                     if is_success(&r) || code_text(&r) == "4.04" {
@@ -164,8 +222,17 @@ async fn serve(
                 }
             }
         }
+        let tm_want = tm.borrow_and_update().clone();
+        for (tmid, w) in tm_want {
+            if relay_telemetry(session, control, &mut upstream, tmid, w, &tm_path)
+                .await?
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
         let r = session
-            .request(RequestType::Get, &path(None), None, false)
+            .request(RequestType::Get, &path(None, None), None, false)
             .await?;
         let all = match code_text(&r).as_str() {
             "2.05" => match status::decode(&r.payload) {
@@ -194,7 +261,59 @@ async fn serve(
         }
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return Ok(()) },
+            changed = tm.changed() => if changed.is_err() { return Ok(()) },
             _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Makes upstream's telemetry `tmid` what the relay wants: Err when the session failed,
+/// Ok(Err) when the control plane stopped.
+async fn relay_telemetry(
+    session: &mut Session,
+    control: &ControlHandle,
+    upstream: &mut Upstream,
+    tmid: u32,
+    want: TmWant,
+    tm_path: &impl Fn(u32, Option<&str>) -> Vec<String>,
+) -> anyhow::Result<Result<(), crate::control::Stopped>> {
+    match want {
+        TmWant::Present {
+            body,
+            version,
+            cdid,
+        } => {
+            if upstream.tm_sent.get(&tmid) == Some(&version) {
+                return Ok(Ok(()));
+            }
+            let p = tm_path(tmid, cdid.as_deref());
+            let r = session
+                .request(RequestType::Put, &p, Some(body), false)
+                .await?;
+            let refusal = (!is_success(&r)).then(|| describe(&r));
+            upstream.tm_sent.insert(tmid, version);
+            Ok(control
+                .run(move |c| {
+                    c.engine
+                        .escalation_mut::<Relay>()
+                        .map(|r| r.telemetry_answered(tmid, refusal));
+                })
+                .await)
+        }
+        TmWant::Absent { cdid } => {
+            let p = tm_path(tmid, cdid.as_deref());
+            let r = session.request(RequestType::Delete, &p, None, false).await?;
+            if !is_success(&r) && code_text(&r) != "4.04" {
+                tracing::warn!("upstream refused to delete telemetry {tmid}: {}", describe(&r));
+                return Ok(Ok(()));
+            }
+            upstream.tm_sent.remove(&tmid);
+            Ok(control
+                .run(move |c| {
+                    c.engine
+                        .escalation_event::<Relay, ()>(|r| ((), r.telemetry_deleted(tmid)));
+                })
+                .await)
         }
     }
 }
@@ -207,7 +326,7 @@ fn describe(r: &Packet) -> String {
         true => format!(
             "{}: {}",
             code_text(r),
-            text.chars().take(200).collect::<String>()
+            text.chars().take(512).collect::<String>()
         ),
         false => code_text(r),
     }

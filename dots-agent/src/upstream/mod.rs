@@ -15,7 +15,9 @@ use crate::client::{ClientConfig, ClientTls, TransportChoice};
 pub mod hop;
 pub mod link;
 pub mod relay;
+pub mod request;
 mod status;
+pub mod telemetry;
 
 /// When a request goes upstream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -45,8 +47,10 @@ impl Escalate {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Domain {
+    /// A client-domain gateway: its clients' domain is its own.
     #[default]
     Client,
+    /// A server-domain gateway: relayed requests name each client's domain (cdid).
     Server,
 }
 
@@ -141,9 +145,6 @@ impl UpstreamConfig {
         if self.capacity_pps == Some(0) || self.capacity_bps == Some(0) {
             bail!("[upstream] a capacity of 0 escalates everything: use escalate = \"always\"");
         }
-        if self.domain == Domain::Server {
-            bail!("[upstream] domain = \"server\" (cdid) is not supported yet: use \"client\"");
-        }
         if self
             .terminating_seconds
             .is_some_and(|t| t > crate::engine::TERMINATING_MAX)
@@ -221,6 +222,10 @@ mod tests {
         let all =
             format!("{GOOD}transport = \"tls\"\ndomain = \"client\"\nescalate = \"always\"\n");
         assert_eq!(load_error(&all, ""), "ok");
+        // A server-domain gateway (cdid).
+        assert_eq!(load_error(&format!("{GOOD}domain = \"server\"\n"), ""), "ok");
+        let bad = load_error(&format!("{GOOD}domain = \"isp\"\n"), "");
+        assert!(bad.contains("unknown variant `isp`"), "{bad}");
     }
 
     #[test]

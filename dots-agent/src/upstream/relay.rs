@@ -7,14 +7,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use ciborium::Value;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::hop;
 use super::status::UpStatus;
+use super::telemetry::{TmDesired, TmRelay, TmRow};
+use crate::signal::telemetry::PreMitigation;
 use crate::engine::escalation::{Escalated, Escalation, InScope, UpstreamShare};
 use crate::engine::journal::{document, Change, JournalError};
-use crate::signal::message::{encode_mitigation_request, Status};
+use crate::signal::message::{
+    decode_mitigation_request, encode_mitigation_request, Scope, Status,
+};
 
 /// One relayed mitigation, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,30 @@ pub struct Row {
     /// The Hop-Limit it carries upstream (RFC 8768: one less than arrived, or 16).
     #[serde(default = "initial_hop_limit")]
     pub hop_limit: u8,
+    /// The client domain a server-domain gateway names upstream (cdid, RFC 9132
+    /// §4.4.1.2): the one a trusted gateway below named, else the downstream client's
+    /// identity (its certificate's hash, as a cuid is made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdid: Option<String>,
+    /// The client's latest efficacy update (RFC 9132 §4.4.3: attack-status, and RFC 9244
+    /// efficacy telemetry), relayed as one (a PUT with an empty If-Match), and its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficacy: Option<Vec<u8>>,
+    #[serde(default)]
+    pub efficacy_version: u64,
+}
+
+/// What arrived with the request at hand (set around one request).
+#[derive(Clone, Debug, Default)]
+pub struct Arrived {
+    /// Its Hop-Limit (RFC 8768).
+    pub hop: Option<u8>,
+    /// The cdid a trusted gateway below named.
+    pub cdid: Option<String>,
+    /// The downstream client's identity (the cuid of its certificate).
+    pub identity: Option<String>,
+    /// An efficacy update's request (a PUT with an empty If-Match).
+    pub efficacy: Option<Scope>,
 }
 
 fn initial_hop_limit() -> u8 {
@@ -54,8 +83,13 @@ pub enum Want {
         body: Vec<u8>,
         version: u64,
         hop_limit: u8,
+        cdid: Option<String>,
+        /// The latest efficacy update to send once upstream holds `version`.
+        efficacy: Option<(u64, Vec<u8>)>,
     },
-    Absent,
+    Absent {
+        cdid: Option<String>,
+    },
 }
 
 /// What the relay wants upstream, by upstream mid.
@@ -76,6 +110,8 @@ struct Heard {
     accepted: Option<u64>,
     /// Upstream's refusal of the latest version (code and diagnostic).
     refused: Option<String>,
+    /// With a 4.09: upstream's conflict-information (RFC 9132 §4.4.1.3).
+    conflict: Option<Value>,
     status: Option<UpStatus>,
 }
 
@@ -108,10 +144,16 @@ pub struct Relay {
     terminating: u64,
     now: u64,
     desired: watch::Sender<Desired>,
-    /// The Hop-Limit of the request being handled (set around one request).
-    arrived_hop: Option<u8>,
+    /// What arrived with the request being handled.
+    arrived: Arrived,
+    /// A server-domain gateway: relayed requests carry cdid.
+    server_domain: bool,
     /// How this server is named in a 5.08's diagnostic.
     here: String,
+    /// How the upstream server is named there.
+    upstream: String,
+    /// Relayed telemetry (RFC 9244 pre-or-ongoing-mitigation).
+    tm: TmRelay,
 }
 
 impl Relay {
@@ -125,12 +167,18 @@ impl Relay {
         now: u64,
     ) -> (Relay, watch::Receiver<Desired>) {
         let mut rows = BTreeMap::new();
+        let mut tm_rows = BTreeMap::new();
         for (k, doc) in stored {
-            match serde_json::from_str::<Row>(doc) {
-                Ok(r) => {
+            let read = match k.starts_with(super::telemetry::KEY_PREFIX) {
+                true => serde_json::from_str::<TmRow>(doc).map(|r| {
+                    tm_rows.insert(k.clone(), r);
+                }),
+                false => serde_json::from_str::<Row>(doc).map(|r| {
                     rows.insert(k.clone(), r);
-                }
-                Err(e) => tracing::error!("upstream mapping {k} is unreadable, skipped: {e}"),
+                }),
+            };
+            if let Err(e) = read {
+                tracing::error!("upstream mapping {k} is unreadable, skipped: {e}");
             }
         }
         let (desired, rx) = watch::channel(Desired::new());
@@ -145,8 +193,11 @@ impl Relay {
             terminating,
             now,
             desired,
-            arrived_hop: None,
+            arrived: Arrived::default(),
+            server_domain: false,
             here: "this server".into(),
+            upstream: "the upstream server".into(),
+            tm: TmRelay::new(tm_rows),
         };
         relay.publish();
         (relay, rx)
@@ -194,12 +245,15 @@ impl Relay {
             .values()
             .map(|r| {
                 let gone = r.withdraw_at.is_some_and(|t| t <= now);
+                let cdid = r.cdid.clone();
                 let w = match gone {
-                    true => Want::Absent,
+                    true => Want::Absent { cdid },
                     false => Want::Present {
                         body: r.body.clone(),
                         version: r.version,
                         hop_limit: r.hop_limit,
+                        cdid,
+                        efficacy: r.efficacy.clone().map(|b| (r.efficacy_version, b)),
                     },
                 };
                 (r.upstream_mid, w)
@@ -222,9 +276,111 @@ impl Relay {
         &self.here
     }
 
-    /// The Hop-Limit of the request about to be handled (None: without one, or done).
-    pub fn set_arrived_hop(&mut self, hop: Option<u8>) {
-        self.arrived_hop = hop;
+    /// Relayed requests carry cdid (`[upstream] domain = "server"`).
+    pub fn server_domain(mut self, yes: bool) -> Self {
+        self.server_domain = yes;
+        self
+    }
+
+    /// What arrived with the request about to be handled (default: none, or done).
+    pub fn set_arrived(&mut self, arrived: Arrived) {
+        self.arrived = arrived;
+    }
+
+    /// The cdid a new relayed request of `cuid` carries upstream, if any.
+    fn cdid_for(&self, cuid: &str) -> Option<String> {
+        self.server_domain.then(|| {
+            let a = &self.arrived;
+            a.cdid.clone().or_else(|| a.identity.clone()).unwrap_or_else(|| cuid.into())
+        })
+    }
+
+    /// A relayed request (arrived with Hop-Limit `hop`, under `cuid`) that is one this
+    /// server relays upstream come back: the same targets, ports and protocols as a
+    /// mitigation it relays for another cuid, with fewer hops left than it sent that one
+    /// with (so it went round at least one more relay). Returns (downstream mid, client,
+    /// the Hop-Limit it sent). A request of another client for the same targets that did
+    /// not pass through here arrives with as many hops left or more, and stays a conflict.
+    pub fn came_back(&self, scope: &Scope, hop: u8, cuid: &str) -> Option<(u32, String, u8)> {
+        let same = |a: &Scope| {
+            let sorted = |s: &Scope| {
+                let mut t = s.target_prefix.clone();
+                t.sort();
+                let mut p = s.target_protocol.clone();
+                p.sort();
+                (t, p, s.target_port_range.len())
+            };
+            sorted(a) == sorted(scope)
+                && a.target_port_range.iter().all(|r| scope.target_port_range.contains(r))
+        };
+        self.rows
+            .values()
+            .filter(|r| !r.withdrawn && r.cuid != cuid && r.hop_limit > hop)
+            .find(|r| decode_mitigation_request(&r.body).is_ok_and(|s| same(&s)))
+            .map(|r| (r.mid, r.client.clone(), r.hop_limit))
+    }
+
+    /// The upstream server's address (a 5.08's diagnostic names it).
+    pub fn upstream_name(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Names the upstream server in diagnostics.
+    pub fn towards(mut self, upstream: String) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// What the link should make of upstream's telemetry.
+    pub fn telemetry_wants(&self) -> watch::Receiver<TmDesired> {
+        self.tm.subscribe()
+    }
+
+    /// A client's pre-or-ongoing-mitigation telemetry changed (RFC 9244 §8): `report`, as
+    /// the engine resolved it, is its report `tmid` now (None: deleted), `keep` the tmids
+    /// it still has. Its mid-list is mapped to our upstream mids (a mitigation not relayed
+    /// is left out) and its aliases (this hop's) are not named: their targets are among
+    /// its prefixes.
+    pub fn telemetry_changed(
+        &mut self,
+        cuid: &str,
+        client: &str,
+        tmid: Option<u32>,
+        report: Option<PreMitigation>,
+        keep: &[u32],
+    ) -> Vec<Result<Change, JournalError>> {
+        let report = report.map(|r| PreMitigation {
+            mids: r
+                .mids
+                .iter()
+                .filter_map(|m| self.current(&key(cuid, *m)).map(|row| row.upstream_mid))
+                .collect(),
+            aliases: Vec::new(),
+            ..r
+        });
+        let cdid = self.cdid_for(cuid);
+        self.tm
+            .changed(cuid, client, tmid, report.as_ref(), keep, cdid)
+    }
+
+    /// Upstream answered the PUT of telemetry `upstream_tmid` (`refusal`: its 4.xx/5.xx).
+    pub fn telemetry_answered(&mut self, upstream_tmid: u32, refusal: Option<String>) {
+        self.tm.answered(upstream_tmid, refusal);
+    }
+
+    /// Upstream no longer holds telemetry `upstream_tmid` (2.02): the mapping ends.
+    pub fn telemetry_deleted(&mut self, upstream_tmid: u32) -> Vec<Result<Change, JournalError>> {
+        self.tm.deleted(upstream_tmid)
+    }
+
+    /// The upstream tmid of a relayed report, and upstream's refusal of it if any.
+    pub fn telemetry_upstream(&self, cuid: &str, tmid: u32) -> Option<(u32, Option<String>)> {
+        self.tm.upstream(cuid, tmid)
+    }
+
+    /// The cdid a relayed mitigation carries upstream.
+    pub fn cdid(&self, cuid: &str, mid: u32) -> Option<String> {
+        self.rows.get(&key(cuid, mid))?.cdid.clone()
     }
 
     /// The upstream session is up, connecting again, or lost (why).
@@ -241,9 +397,17 @@ impl Relay {
         &self.session
     }
 
-    /// Upstream answered a PUT of `version` of `upstream_mid` (`refusal`: its 4.xx/5.xx).
-    pub fn answered(&mut self, upstream_mid: u32, version: u64, refusal: Option<String>) {
+    /// Upstream answered a PUT of `version` of `upstream_mid` (`refusal`: its 4.xx/5.xx;
+    /// `conflict`: a 4.09's conflict-information).
+    pub fn answered(
+        &mut self,
+        upstream_mid: u32,
+        version: u64,
+        refusal: Option<String>,
+        conflict: Option<Value>,
+    ) {
         let h = self.heard.entry(upstream_mid).or_default();
+        h.conflict = conflict.filter(|_| refusal.is_some());
         match refusal {
             None => {
                 h.accepted = Some(version);
@@ -318,6 +482,17 @@ impl Relay {
     }
 }
 
+/// The request as relayed: alias-name and acl-list name this hop's data-channel entries
+/// (upstream does not know them), so they stay here; the targets an alias stands for are
+/// already among the scope's.
+fn relayed_body(scope: &Scope) -> Vec<u8> {
+    encode_mitigation_request(&Scope {
+        alias_name: Vec::new(),
+        acl_list: Vec::new(),
+        ..scope.clone()
+    })
+}
+
 /// Relayed while the downstream mitigation is in force.
 fn in_force(s: Status) -> bool {
     matches!(
@@ -337,17 +512,31 @@ impl Escalation for Relay {
         let existing = self.current(&k);
         let change = match now {
             Some(m) if in_force(m.status) => {
-                let body = encode_mitigation_request(m.scope);
+                let body = relayed_body(m.scope);
+                let efficacy = self.arrived.efficacy.as_ref().map(|e| {
+                    encode_mitigation_request(&Scope {
+                        attack_status: e.attack_status,
+                        efficacy_attack: e.efficacy_attack.clone(),
+                        ..decode_mitigation_request(&body).unwrap_or_else(|_| m.scope.clone())
+                    })
+                });
                 match existing {
                     // Not escalated (yet): the clock decides by its traffic.
                     None if self.mode != Mode::Always => return Vec::new(),
-                    Some(r) if r.body == body && !r.withdrawn => return Vec::new(),
+                    Some(r) if r.body == body && !r.withdrawn && efficacy.is_none() => {
+                        return Vec::new()
+                    }
                     Some(r) => Row {
+                        version: match r.body == body && !r.withdrawn {
+                            true => r.version, // an efficacy update: the request stands
+                            false => r.version + 1,
+                        },
+                        efficacy_version: r.efficacy_version + u64::from(efficacy.is_some()),
+                        efficacy: efficacy.or(r.efficacy),
                         body,
-                        version: r.version + 1,
                         withdrawn: false,
                         withdraw_at: None,
-                        hop_limit: self.arrived_hop.map_or(r.hop_limit, |h| hop::next(Some(h))),
+                        hop_limit: self.arrived.hop.map_or(r.hop_limit, |h| hop::next(Some(h))),
                         ..r
                     },
                     None => Row {
@@ -360,7 +549,10 @@ impl Escalation for Relay {
                         withdrawn: false,
                         withdraw_at: None,
                         for_capacity: false,
-                        hop_limit: hop::next(self.arrived_hop),
+                        hop_limit: hop::next(self.arrived.hop),
+                        cdid: self.cdid_for(cuid),
+                        efficacy: None,
+                        efficacy_version: 0,
                     },
                 }
             }
@@ -382,6 +574,7 @@ impl Escalation for Relay {
     }
 
     fn committed(&mut self) {
+        self.tm.committed();
         for e in std::mem::take(&mut self.pending) {
             match e {
                 Edit::Put(r) => {
@@ -397,6 +590,7 @@ impl Escalation for Relay {
 
     fn undone(&mut self) {
         self.pending.clear();
+        self.tm.undone();
     }
 
     fn tick(&mut self, at: u64, traffic: &[InScope<'_>]) -> Vec<Result<Change, JournalError>> {
@@ -433,12 +627,17 @@ impl Escalation for Relay {
                     )
                 })
         });
+        let conflict = heard
+            .filter(|h| h.refused.is_some())
+            .and_then(|h| h.conflict.as_ref())
+            .map(|info| self.mapped_conflict(r, info, !self.gateway));
         if !self.gateway {
             // A recursive server reports its own status, but one escalated because it
             // cannot hold the attack is attack-exceeded-capability until upstream mitigates.
             return Some(UpstreamShare {
                 status: (r.for_capacity && !r.withdrawn && !confirmed)
                     .then_some(Status::ExceededCapability),
+                conflict_information: conflict,
                 pkts_dropped: up.pkts_dropped,
                 bytes_dropped: up.bytes_dropped,
                 pps_dropped: up.pps_dropped,
@@ -448,6 +647,10 @@ impl Escalation for Relay {
         let status = self.gateway.then(|| {
             let held = heard.is_some_and(|h| h.accepted == Some(r.version));
             match (&self.session, heard) {
+                // Upstream holds another client's request on these targets: withdrawn
+                // because of a conflict (status 7 with conflict-information, RFC 9132
+                // §4.4.1.3), until upstream accepts it on a retry.
+                _ if conflict.is_some() => Status::Withdrawn,
                 // Nobody mitigates it: upstream refused it or cannot be reached.
                 (Session::Lost(_), _) => Status::ExceededCapability,
                 (_, Some(h)) if h.refused.is_some() => Status::ExceededCapability,
@@ -457,6 +660,7 @@ impl Escalation for Relay {
         });
         Some(UpstreamShare {
             status,
+            conflict_information: conflict,
             pkts_dropped: up.pkts_dropped,
             bytes_dropped: up.bytes_dropped,
             pps_dropped: up.pps_dropped,
@@ -474,6 +678,48 @@ impl Escalation for Relay {
 }
 
 impl Relay {
+    /// Upstream's conflict-information for the downstream client of `r`, encoded: a mid in
+    /// its conflict-scope is one of our upstream mids, so it becomes that client's own mid
+    /// (or is left out when it is another client's, which is not this client's to know).
+    /// A recursive server still mitigates locally: its request is active (conflict-status
+    /// 2, request-active) whatever upstream holds.
+    fn mapped_conflict(&self, r: &Row, info: &Value, recursive: bool) -> Vec<u8> {
+        let key = |k: &Value| k.as_integer().and_then(|i| u64::try_from(i).ok());
+        let mapped_scope = |scope: &Value| match scope {
+            Value::Map(entries) => Value::Map(
+                entries
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        if key(k) != Some(5) {
+                            return Some((k.clone(), v.clone()));
+                        }
+                        let up = v.as_integer().and_then(|i| u32::try_from(i).ok())?;
+                        let down = self
+                            .rows
+                            .values()
+                            .find(|o| o.upstream_mid == up && o.cuid == r.cuid)?;
+                        Some((k.clone(), Value::from(down.mid)))
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        let mapped = match info {
+            Value::Map(entries) => Value::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| match key(k) {
+                        Some(18) if recursive => (k.clone(), Value::from(2u8)),
+                        Some(21) => (k.clone(), mapped_scope(v)),
+                        _ => (k.clone(), v.clone()),
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        crate::signal::cbor::encode(&mapped)
+    }
+
     /// In `exceeded` mode: the mitigations in force, not escalated yet, whose traffic in
     /// scope since the last reading (at least a second ago) is above a capacity.
     fn escalate_exceeded(
@@ -525,12 +771,16 @@ impl Relay {
                 mid: t.mid,
                 client: t.mitigation.client.to_string(),
                 upstream_mid: self.next_upstream_mid(),
-                body: encode_mitigation_request(t.mitigation.scope),
+                body: relayed_body(t.mitigation.scope),
                 version: 1,
                 withdrawn: false,
                 withdraw_at: None,
                 for_capacity: true,
                 hop_limit: hop::INITIAL,
+                // No request at hand: the path's cuid stands for the client's identity.
+                cdid: self.server_domain.then(|| t.cuid.to_string()),
+                efficacy: None,
+                efficacy_version: 0,
             };
             self.samples.remove(&k);
             out.push(self.put(row));
@@ -585,7 +835,7 @@ mod tests {
             .iter()
             .filter_map(|(m, w)| match w {
                 Want::Present { version, .. } => Some((*m, *version)),
-                Want::Absent => None,
+                Want::Absent { .. } => None,
             })
             .collect()
     }
@@ -641,12 +891,64 @@ mod tests {
         e.tick(T + 2);
         assert_eq!(present(&rx), vec![(1, 1)], "still upstream for 5 s");
         e.tick(T + 7);
-        assert_eq!(*rx.borrow(), Desired::from([(1, Want::Absent)]));
+        assert_eq!(*rx.borrow(), Desired::from([(1, Want::Absent { cdid: None })]));
         // Upstream confirms: the mapping ends, in the store too.
         e.escalation_event::<Relay, ()>(|r| ((), r.deleted(1)))
             .unwrap();
         assert!(rx.borrow().is_empty());
         assert!(j.snapshot().upstream_mappings.is_empty());
+    }
+
+    #[test]
+    fn a_request_of_ours_that_comes_back_is_told_from_a_conflict() {
+        let j = MemoryJournal::new();
+        let (mut e, _rx) = engine(&j);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        let r = e.escalation_mut::<Relay>().unwrap();
+        assert_eq!(r.hop_limit("cu", 7), Some(16));
+        // Back through another relay (15 left), under that relay's cuid: ours.
+        assert_eq!(r.came_back(&scope(), 15, "cb"), Some((7, "a".into(), 16)));
+        // As many hops left as we sent with: another client's request that did not pass
+        // through here, a conflict; other targets, or under our client's own cuid: not ours.
+        assert_eq!(r.came_back(&scope(), 16, "cb"), None);
+        let other = Scope::new(
+            vec!["203.0.113.0/25".parse().unwrap()],
+            Lifetime::Seconds(600),
+        );
+        assert_eq!(r.came_back(&other, 15, "cb"), None);
+        assert_eq!(r.came_back(&scope(), 15, "cu"), None);
+    }
+
+    #[test]
+    fn an_upstream_conflict_is_mapped_to_the_client_mids() {
+        let j = MemoryJournal::new();
+        let (mut e, _rx) = engine(&j);
+        e.put("a", "cu", 7, scope(), false, T).unwrap();
+        use crate::signal::cbor::{map, uint};
+        // Upstream: our mid 1 conflicts with our mid 1 (cause 1), then with mid 99 (not
+        // ours to name).
+        for (up_mid, want) in [(1u64, Some(7u64)), (99, None)] {
+            let info = map(vec![
+                (18, uint(1)),
+                (19, uint(1)),
+                (21, map(vec![(5, uint(up_mid))])),
+            ]);
+            let r = e.escalation_mut::<Relay>().unwrap();
+            r.answered(1, 1, Some("4.09".into()), Some(info));
+            let shown = &e.status("cu", Some(7), T).unwrap()[0];
+            assert_eq!(shown.status, Status::Withdrawn);
+            let got = crate::signal::cbor::parse(shown.conflict_information.as_ref().unwrap())
+                .unwrap();
+            let json = crate::signal::diag::to_json(&map(vec![(17, got)]));
+            assert_eq!(json["conflict-information"]["conflict-status"], 1, "{json}");
+            let mid = json["conflict-information"]["conflict-scope"]["mid"].as_u64();
+            assert_eq!(mid, want, "{json}");
+        }
+        // Accepted on a retry: no conflict any more.
+        let r = e.escalation_mut::<Relay>().unwrap();
+        r.answered(1, 1, None, None);
+        let shown = &e.status("cu", Some(7), T).unwrap()[0];
+        assert_eq!((shown.status, shown.conflict_information.clone()), (Status::InProgress, None));
     }
 
     #[test]
@@ -664,7 +966,7 @@ mod tests {
             "until upstream accepts"
         );
         let r = e.escalation_mut::<Relay>().unwrap();
-        r.answered(1, 1, None);
+        r.answered(1, 1, None, None);
         r.statuses(vec![UpStatus {
             mid: 1,
             status: Some(Status::SuccessfullyMitigated),
@@ -738,7 +1040,7 @@ mod exceeded {
             "until upstream mitigates"
         );
         let r = e.escalation_mut::<Relay>().unwrap();
-        r.answered(1, 1, None);
+        r.answered(1, 1, None, None);
         r.statuses(vec![UpStatus {
             mid: 1,
             status: Some(Status::SuccessfullyMitigated),
@@ -746,32 +1048,5 @@ mod exceeded {
             ..Default::default()
         }]);
         assert_eq!(shown(&e), Status::SuccessfullyMitigated);
-    }
-}
-
-/// On a relaying server, the Hop-Limit check of a request before the handler (RFC 8768):
-/// Err with the reply that ends it; the value that arrived is kept for the operation.
-pub fn hop_limited<M: crate::datapath::Mitigator>(
-    engine: &mut crate::engine::Engine<M>,
-    peer: &crate::signal::handler::Peer<'_>,
-    msg: &coap_lite::Packet,
-) -> Result<(), crate::signal::session::Reply> {
-    let put = coap_lite::MessageClass::Request(coap_lite::RequestType::Put);
-    let Some(relay) = engine
-        .escalation_mut::<Relay>()
-        .filter(|_| msg.header.code == put)
-    else {
-        return Ok(()); // not relaying, or nothing to relay: Hop-Limit is for proxies
-    };
-    let from = peer.client.unwrap_or(peer.cuid);
-    let arrived = hop::check(msg, &relay.here, from)?;
-    relay.set_arrived_hop(arrived);
-    Ok(())
-}
-
-/// After the request: its Hop-Limit no longer applies.
-pub fn hop_done<M: crate::datapath::Mitigator>(engine: &mut crate::engine::Engine<M>) {
-    if let Some(relay) = engine.escalation_mut::<Relay>() {
-        relay.set_arrived_hop(None);
     }
 }

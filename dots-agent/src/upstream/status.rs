@@ -42,6 +42,19 @@ fn entries(v: Value) -> Vec<(u64, Value)> {
     }
 }
 
+/// The conflict-information (17) of a 4.09's scope entry (RFC 9132 §4.4.1.3), as sent:
+/// `{1: {2: [{..., 17: {18?, 19, 20?, 21?}}]}}`. None when the body holds none.
+pub fn conflict_information(body: &[u8]) -> Option<Value> {
+    let top = entries(cbor::parse_response(body).ok()?);
+    let ms = entries(top.into_iter().find(|(k, _)| *k == 1)?.1);
+    let Value::Array(scopes) = ms.into_iter().find(|(k, _)| *k == 2)?.1 else {
+        return None;
+    };
+    let first = entries(scopes.into_iter().next()?);
+    let info = first.into_iter().find(|(k, _)| *k == 17)?.1;
+    matches!(info, Value::Map(_)).then_some(info)
+}
+
 /// `{1: {2: [{5: mid, 16: status, 25-28: counters, ...}]}}`.
 pub fn decode(body: &[u8]) -> Result<Vec<UpStatus>, String> {
     let v = cbor::parse_response(body).map_err(|e| format!("status body: {e}"))?;
@@ -105,6 +118,7 @@ mod tests {
             pkts_dropped: Some(100),
             pps_dropped: Some(10),
             telemetry: None,
+            conflict_information: None,
         }]);
         let got = decode(&body).unwrap();
         assert_eq!(
