@@ -260,8 +260,9 @@ pub struct Engine<M: Mitigator> {
     cuids: cuids::Cuids,
     /// Where accepted mitigations are carried upstream (gateway, recursive server).
     escalation: Option<Box<dyn escalation::Escalation>>,
-    /// Told about committed changes to DOTS mitigations (BGP FlowSpec); None: off.
-    announcer: Option<Box<dyn RuleAnnouncer>>,
+    /// Told about committed changes to DOTS mitigations (BGP FlowSpec, diversion). The
+    /// escalation is not one of them: it takes part in the transaction itself.
+    announcers: Vec<Box<dyn RuleAnnouncer>>,
 }
 
 /// A drop-counter reading: the counter, its time, and the rate last computed from it.
@@ -316,7 +317,7 @@ impl<M: Mitigator> Engine<M> {
             operators: Default::default(),
             cuids: Default::default(),
             escalation: None,
-            announcer: None,
+            announcers: Vec::new(),
         }
     }
 
