@@ -126,6 +126,9 @@ pub fn control(
     if let Some(fs) = &config.flowspec {
         engine.add_announcer(Box::new(crate::flowspec::Announcer::start(fs)?));
     }
+    if let Some(d) = &config.diversion {
+        engine.add_announcer(Box::new(crate::flowspec::divert::Diverter::start(d)?));
+    }
     tracing::info!(
         "restored {restored} mitigation(s) from {}",
         config.store.dir.display()

@@ -6,9 +6,12 @@
 //! - [`translate`]: a mitigation's datapath spec as rules, under the guard rails.
 //! - [`gobgp`]: the local gobgpd through its command-line client, JSON read back.
 //! - [`fleet`]: the nodes' drop counters, served by each node and summed through Prometheus.
+//! - [`divert`]: diversion: the targets of active mitigations announced as unicast routes
+//!   with this scrubber as next hop, re-injection checked.
 //! - [`reconcile`]: the thread and table reconciliation the announcer and the diverter share.
 
 pub mod announce;
+pub mod divert;
 pub mod fleet;
 pub mod follow;
 pub mod gobgp;
