@@ -185,6 +185,9 @@ impl DiversionConfig {
         if self.max_routes == 0 || self.resync_seconds == 0 {
             bail!("[diversion] max_routes and resync_seconds must be at least 1");
         }
+        if datapath_interfaces.is_empty() {
+            bail!("[diversion] needs [datapath] interfaces: without the XDP filter the scrubber would divert traffic it does not scrub");
+        }
         if self.reinject_via.is_empty() {
             bail!("[diversion] reinject_via is empty: name the interfaces scrubbed traffic goes back to customers by (e.g. [\"gre-cust1\"]); see README \"Diversion\"");
         }
@@ -743,6 +746,7 @@ mod tests {
         let err =
             |extra: &str, dp: &[String]| format!("{:#}", config(extra).check(dp).unwrap_err());
         assert!(err("", &["gre1".into()]).contains("would loop"));
+        assert!(err("", &[]).contains("needs [datapath] interfaces"));
         let bad: DiversionConfig = toml::from_str(
             "next_hop_v4 = \"192.0.2.2\"\ncommunity = \"70000:1\"\nreinject_via = [\"gre1\"]",
         )
