@@ -387,7 +387,12 @@ impl Setup {
         )
     }
 
-    fn stop(&mut self, name: &str) {
+    /// kill -9 (a crash, as far as its peers can tell), by its pid.
+    fn kill(&mut self, name: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.name == name) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
         self.procs.retain(|p| p.name != name);
     }
 
@@ -670,8 +675,9 @@ pub fn run(args: &DivertArgs) -> Result<DivertReport> {
     report.untunnelled_at_border = s.bird_routes()?.iter().any(|r| r.starts_with(UNTUNNELLED));
     request(&s, RequestType::Delete, 2, &[])?;
 
-    // gobgpd restarted: it has forgotten the routes; the diverter announces them again.
-    s.stop("gobgpd");
+    // gobgpd killed -9 and restarted: it has forgotten the routes; the diverter announces
+    // them again.
+    s.kill("gobgpd");
     wait("the border without the scrubber's routes", || {
         Ok(s.bird_routes()?.is_empty().then_some(()))
     })?;
@@ -719,7 +725,7 @@ pub fn print(r: &DivertReport) {
     }
     println!("bird: {}", r.bird_route.replace('\n', "\n      "));
     println!(
-        "gobgpd killed and restarted: routes announced again {} ms after the restart",
+        "gobgpd killed (-9) and restarted: routes announced again {} ms after the restart",
         r.reannounce_ms
     );
     println!(
