@@ -131,7 +131,10 @@ pub fn control(
         .restore(snapshot, acls, cleanup, crate::clock::unix_now())
         .context("storing what the restart cleaned up")?;
     if let Some(fs) = &config.flowspec {
-        engine.set_announcer(Box::new(crate::flowspec::Announcer::start(fs)?));
+        engine.add_announcer(Box::new(crate::flowspec::Announcer::start(fs)?));
+    }
+    if let Some(d) = &config.diversion {
+        engine.add_announcer(Box::new(crate::flowspec::divert::Diverter::start(d)?));
     }
     tracing::info!(
         "restored {restored} mitigation(s) from {}",

@@ -86,6 +86,14 @@ pub fn check(config: &ServerConfig, opts: &StartOptions) -> Result<Checked> {
             );
         }
     }
+    if let Some(d) = &config.diversion {
+        let clients: Vec<_> = config
+            .clients
+            .iter()
+            .map(|c| (c.name.clone(), c.prefixes.clone()))
+            .collect();
+        checked.notes.extend(d.preflight(&clients)?);
+    }
     match store::inspect(dir) {
         Ok(Inspected::Valid { snapshot, .. }) => {
             let bad = crate::engine::unreadable(&snapshot);

@@ -28,6 +28,10 @@ enum Command {
     /// 10,000 sessions, a handshake flood and a slow-connection flood at once: a real
     /// client's time to mitigate, the server's memory and descriptors.
     Bounds(proof::bounds::BoundsArgs),
+    /// Diversion with the loop closed: a border router (bird2) learns the scrubber's
+    /// diversion routes on a DOTS 2.01, scrubbed traffic goes back to the customer through a
+    /// tunnel, the routes leave after the withdrawal; what the customer received, by path.
+    Divert(lab::divert::DivertArgs),
     /// Send, generate and count raw frames on an interface.
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -54,5 +58,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Soak(a) => proof::soak::run(&a),
         Command::Loss(a) => proof::loss::run(&a),
         Command::Bounds(a) => proof::bounds::run(&a),
+        Command::Divert(a) => lab::divert::cli(a),
     }
 }

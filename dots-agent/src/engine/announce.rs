@@ -24,10 +24,10 @@ pub trait RuleAnnouncer: Send {
 }
 
 impl<M: Mitigator> Engine<M> {
-    /// Announces every DOTS mitigation in the datapath now (after a restore), and each
-    /// committed change from now on.
-    pub fn set_announcer(&mut self, announcer: Box<dyn RuleAnnouncer>) {
-        self.announcer = Some(announcer);
+    /// Tells `announcer` every DOTS mitigation in the datapath now (after a restore), and
+    /// each committed change from now on (beside the announcers added before).
+    pub fn add_announcer(&mut self, announcer: Box<dyn RuleAnnouncer>) {
+        let earlier = std::mem::replace(&mut self.announcers, vec![announcer]);
         let ids: Vec<u64> = self
             .ledger
             .iter()
@@ -35,6 +35,7 @@ impl<M: Mitigator> Engine<M> {
             .map(|(_, _, _, m)| m.datapath_id)
             .collect();
         self.announce_changes(ids);
+        self.announcers.splice(0..0, earlier);
     }
 
     /// This box's drops plus the fleet's, for the status of a mitigation of `targets`.
@@ -44,9 +45,9 @@ impl<M: Mitigator> Engine<M> {
         targets: &[IpNet],
     ) -> Option<xdp_common::Counter> {
         let fleet = self
-            .announcer
-            .as_ref()
-            .and_then(|a| a.fleet_dropped(targets));
+            .announcers
+            .iter()
+            .find_map(|a| a.fleet_dropped(targets));
         match (local, fleet) {
             (Some(l), Some(f)) => Some(xdp_common::Counter {
                 packets: l.packets + f.packets,
@@ -57,17 +58,14 @@ impl<M: Mitigator> Engine<M> {
     }
 
     pub fn announcer_metrics(&self) -> String {
-        self.announcer
-            .as_ref()
-            .map(|a| a.metrics())
-            .unwrap_or_default()
+        self.announcers.iter().map(|a| a.metrics()).collect()
     }
 
     /// Tells the announcer what became of the datapath ids a committed operation changed.
     pub(super) fn announce_changes(&mut self, ids: Vec<u64>) {
-        let Some(announcer) = self.announcer.as_mut() else {
+        if self.announcers.is_empty() {
             return;
-        };
+        }
         for id in ids {
             if !matches!(DatapathId::from_raw(id), DatapathId::Mitigation(_)) {
                 continue;
@@ -78,9 +76,11 @@ impl<M: Mitigator> Engine<M> {
                 .find(|(_, _, _, m)| m.datapath_id == id && m.installed)
                 .map(|(_, client, _, _)| client);
             let policy = owner.and_then(|c| self.policies.get(c));
-            match (policy, self.dp.spec(id)) {
-                (Some(p), Some(spec)) => announcer.active(id, &p.name, &p.prefixes, spec),
-                _ => announcer.ended(id),
+            for announcer in self.announcers.iter_mut() {
+                match (policy, self.dp.spec(id)) {
+                    (Some(p), Some(spec)) => announcer.active(id, &p.name, &p.prefixes, spec),
+                    _ => announcer.ended(id),
+                }
             }
         }
     }
@@ -140,7 +140,7 @@ mod tests {
         e.put("a", "cu-a", 1, scope("198.51.100.0/28"), false, 0)
             .unwrap();
         let told = Told::default();
-        e.set_announcer(Box::new(told.clone()));
+        e.add_announcer(Box::new(told.clone()));
         assert_eq!(
             told.take(),
             ["active 1 a [198.51.100.0/24] [198.51.100.0/28]"]

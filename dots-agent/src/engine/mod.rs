@@ -265,8 +265,9 @@ pub struct Engine<M: Mitigator> {
     cuids: cuids::Cuids,
     /// Where accepted mitigations are carried upstream (gateway, recursive server).
     escalation: Option<Box<dyn escalation::Escalation>>,
-    /// Told about committed changes to DOTS mitigations (BGP FlowSpec); None: off.
-    announcer: Option<Box<dyn RuleAnnouncer>>,
+    /// Told about committed changes to DOTS mitigations (BGP FlowSpec, diversion). The
+    /// escalation is not one of them: it takes part in the transaction itself.
+    announcers: Vec<Box<dyn RuleAnnouncer>>,
     /// Trusted server-domain gateways and the cdid of the request at hand.
     cdid: cdid::CdidState,
 }
@@ -323,7 +324,7 @@ impl<M: Mitigator> Engine<M> {
             operators: Default::default(),
             cuids: Default::default(),
             escalation: None,
-            announcer: None,
+            announcers: Vec::new(),
             cdid: Default::default(),
         }
     }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ impl Announcer {
         };
         std::thread::Builder::new()
             .name("flowspec".into())
-            .spawn(move || worker.run(rx, every))?;
+            .spawn(move || super::reconcile::drive(worker, rx, every))?;
         Ok(Announcer { tx, report, fleet })
     }
 
@@ -130,21 +130,8 @@ impl RuleAnnouncer for Announcer {
     }
 }
 
-impl Worker {
-    fn run(mut self, rx: Receiver<Change>, every: Duration) {
-        loop {
-            let first = match rx.recv_timeout(every) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            // Everything queued goes into one reconciliation.
-            for change in first.into_iter().chain(rx.try_iter()) {
-                self.apply(change);
-            }
-            self.reconcile();
-        }
-    }
+impl super::reconcile::Worker for Worker {
+    type Change = Change;
 
     fn apply(&mut self, change: Change) {
         match change {
@@ -172,6 +159,12 @@ impl Worker {
         }
     }
 
+    fn reconcile(&mut self) {
+        Worker::reconcile(self)
+    }
+}
+
+impl Worker {
     /// The rules to announce: each mitigation's, oldest first, unless its rules would take
     /// its client or the server past a limit (then none of them: a mitigation is announced
     /// whole or not at all).
@@ -226,12 +219,19 @@ impl Worker {
         *shared = report;
     }
 
-    /// Makes the daemon's own rules equal to `wanted`; returns how many it holds.
     fn sync(&self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
-        let table = self.gobgp.table()?;
-        let mut have: BTreeMap<String, FlowRule> = BTreeMap::new();
+        super::reconcile::sync(&self.gobgp, wanted)
+    }
+}
+
+/// The daemon's FlowSpec rules, as far as this server made them.
+impl super::reconcile::Table for Gobgp {
+    type Route = FlowRule;
+
+    fn read(&self) -> Result<BTreeMap<String, FlowRule>, String> {
+        let mut have = BTreeMap::new();
         let mut foreign = BTreeSet::new();
-        for t in table.into_iter().filter(|t| t.neighbor.is_none()) {
+        for t in self.table()?.into_iter().filter(|t| t.neighbor.is_none()) {
             match t.rule {
                 Ok(r) => {
                     have.insert(r.matches.gobgp_args().join(" "), r);
@@ -246,22 +246,20 @@ impl Worker {
                 "flowspec: rules in gobgpd this server did not make, left alone: {foreign:?}"
             );
         }
-        let mut count = have.len();
-        for (key, rule) in wanted {
-            if have.get(key).map(|h| h.action) != Some(rule.action) {
-                self.gobgp.add(rule)?;
-                if !have.contains_key(key) {
-                    count += 1;
-                }
-            }
-        }
-        for (key, rule) in &have {
-            if !wanted.contains_key(key) {
-                self.gobgp.del(&rule.matches)?;
-                count -= 1;
-            }
-        }
-        Ok(count)
+        Ok(have)
+    }
+
+    fn add(&self, rule: &FlowRule) -> Result<(), String> {
+        Gobgp::add(self, rule)
+    }
+
+    fn del(&self, rule: &FlowRule) -> Result<(), String> {
+        Gobgp::del(self, &rule.matches)
+    }
+
+    /// The key is the match's words; only the action can differ.
+    fn same(have: &FlowRule, wanted: &FlowRule) -> bool {
+        have.action == wanted.action
     }
 }
 

@@ -46,7 +46,7 @@ fn family(ipv6: bool) -> &'static str {
 }
 
 impl Gobgp {
-    fn run(&self, args: &[String]) -> Result<String, String> {
+    pub(super) fn run(&self, args: &[String]) -> Result<String, String> {
         let mut child = Command::new(&self.program)
             .args(["-u", &self.host, "-p", &self.port.to_string()])
             .args(args)

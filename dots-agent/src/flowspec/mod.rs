@@ -6,11 +6,16 @@
 //! - [`translate`]: a mitigation's datapath spec as rules, under the guard rails.
 //! - [`gobgp`]: the local gobgpd through its command-line client, JSON read back.
 //! - [`fleet`]: the nodes' drop counters, served by each node and summed through Prometheus.
+//! - [`divert`]: diversion: the targets of active mitigations announced as unicast routes
+//!   with this scrubber as next hop, re-injection checked.
+//! - [`reconcile`]: the thread and table reconciliation the announcer and the diverter share.
 
 pub mod announce;
+pub mod divert;
 pub mod fleet;
 pub mod follow;
 pub mod gobgp;
+pub mod reconcile;
 pub mod rule;
 pub mod translate;
 
@@ -97,20 +102,7 @@ impl FlowspecConfig {
 
     /// The daemon's client, from `gobgp_api` (`host:port`).
     pub fn gobgp(&self) -> Result<gobgp::Gobgp> {
-        let (host, port) = self.gobgp_api.rsplit_once(':').with_context(|| {
-            format!("[flowspec] gobgp_api {:?}: give host:port", self.gobgp_api)
-        })?;
-        let port: u16 = port.parse().with_context(|| {
-            format!(
-                "[flowspec] gobgp_api {:?}: the port is not a number",
-                self.gobgp_api
-            )
-        })?;
-        Ok(gobgp::Gobgp {
-            program: self.gobgp.clone(),
-            host: host.trim_matches(['[', ']']).to_string(),
-            port,
-        })
+        gobgp_client("[flowspec]", &self.gobgp_api, &self.gobgp)
     }
 
     /// What a start checks: values in range, the client program present.
@@ -146,4 +138,23 @@ impl FlowspecConfig {
         }
         self.gobgp().map(|_| ())
     }
+}
+
+/// The client of the gobgpd at `api` (`host:port`), for the config section `section`.
+pub(crate) fn gobgp_client(
+    section: &str,
+    api: &str,
+    program: &std::path::Path,
+) -> Result<gobgp::Gobgp> {
+    let (host, port) = api
+        .rsplit_once(':')
+        .with_context(|| format!("{section} gobgp_api {api:?}: give host:port"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{section} gobgp_api {api:?}: the port is not a number"))?;
+    Ok(gobgp::Gobgp {
+        program: program.to_path_buf(),
+        host: host.trim_matches(['[', ']']).to_string(),
+        port,
+    })
 }

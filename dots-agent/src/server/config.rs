@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// BGP FlowSpec announcements of accepted mitigations; absent: off.
     #[serde(default)]
     pub flowspec: Option<crate::flowspec::FlowspecConfig>,
+    /// Diversion of active mitigations' targets through this scrubber (BGP); absent: off.
+    #[serde(default)]
+    pub diversion: Option<crate::flowspec::divert::DiversionConfig>,
     /// The file it was loaded from (what a reload reads again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -297,6 +300,9 @@ impl ServerConfig {
     fn validate(&self) -> Result<()> {
         if let Some(fs) = &self.flowspec {
             fs.check()?;
+        }
+        if let Some(d) = &self.diversion {
+            d.check(&self.datapath.interfaces)?;
         }
         if self.signal.terminating_seconds > crate::engine::TERMINATING_MAX {
             bail!(

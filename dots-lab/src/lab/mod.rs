@@ -6,10 +6,12 @@
 //! - [`run`]: the scenario itself (server, guard, generators, receiver), progress, summary.
 //! - [`plot`]: the SVG of the rates over time.
 //! - [`bench`]: drop rates of our filter, an empty XDP_DROP, xdp-filter and nftables.
+//! - [`divert`]: `dots-lab divert`, diversion through BGP and re-injection, the loop closed.
 
 pub mod bench;
 pub mod bench_rates;
 pub mod bench_workloads;
+pub mod divert;
 pub mod plot;
 pub mod run;
 pub mod scenario;
