@@ -170,6 +170,9 @@ struct Mitigation {
     activity: Activity,
     /// The attack traffic the client last said still reaches it (efficacy telemetry).
     client_attack: tm::Traffic,
+    /// Why its spec does not fit this datapath: not installed, carried upstream
+    /// (escalation.rs; not stored: the relay's mapping keeps it upstream).
+    unfit: Option<String>,
 }
 
 /// One mitigation as metrics see it.

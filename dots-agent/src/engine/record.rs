@@ -111,6 +111,7 @@ impl Record {
             announce_until: self.announce_until,
             activity: Activity::default(),
             client_attack: Vec::new(),
+            unfit: None,
         };
         (self.client, m)
     }
