@@ -266,21 +266,23 @@ mod tests {
         // Inline values, inside the [[client]] table they follow.
         let up = policy_toml(&c.upstream).unwrap();
         assert!(up.contains("\nacl = [{"), "{up}");
-        let table = format!(
-            "[[client]]\nname = \"p\"\n{up}\n{}",
-            policy_toml(&s.filters).unwrap()
-        );
+        let table = format!("[[client]]\nname = \"p\"\n{up}");
         let parsed: toml::Table = table.parse().unwrap();
         let client = &parsed["client"][0];
         assert_eq!(client["acl"][0]["name"].as_str(), Some("udp-9999-flood"));
+        // The upstream scrubber leaves the reflection to the provider.
         assert_eq!(
             client["countermeasures"]["amplification"].as_bool(),
-            Some(true)
+            Some(false)
         );
         let no_capacity = CHAIN.replace("capacity_pps", "# capacity_pps");
         let e = format!("{:#}", Scenario::parse(&no_capacity).unwrap_err());
         assert!(e.contains("[chain] needs capacity_pps"), "{e}");
-        let elsewhere = CHAIN.replacen("198.51.100.10", "198.51.100.11", 1);
+        let elsewhere = CHAIN.replacen(
+            "destination = \"198.51.100.10\"",
+            "destination = \"198.51.100.11\"",
+            1,
+        );
         let e = format!("{:#}", Scenario::parse(&elsewhere).unwrap_err());
         assert!(e.contains("every flow goes to the customer's host"), "{e}");
     }

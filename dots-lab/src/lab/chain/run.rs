@@ -126,6 +126,23 @@ impl Filter {
     }
 }
 
+/// Whether a UDP socket is bound to `addr` (an IPv4 host:port) in the calling thread's
+/// network namespace (its /proc/thread-self/net/udp).
+fn udp_listening(addr: &str) -> bool {
+    let Some((ip, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let (Ok(ip), Ok(port)) = (ip.parse::<std::net::Ipv4Addr>(), port.parse::<u16>()) else {
+        return false;
+    };
+    // The kernel prints the address as the native-endian u32 in hex.
+    let want = format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets()));
+    std::fs::read_to_string("/proc/thread-self/net/udp").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(&want))
+    })
+}
+
 /// The reason the provider's log gives for escalating, once it has (its `escalating
 /// mitigation ...` line).
 fn escalation_in(log: &Path) -> Option<String> {
@@ -241,7 +258,21 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
         &mut prov_server,
         &prov_log,
     )?;
-    let (_gateway, gw_log) = server(&cust, &gw_cfg, "gateway.log", "customer's gateway")?;
+    let (mut gateway, gw_log) = server(&cust, &gw_cfg, "gateway.log", "customer's gateway")?;
+    // The guard gives up on a refused first datagram: wait for the gateway's socket.
+    let t = std::time::Instant::now();
+    while !cust.run_in(|| udp_listening(net::GATEWAY_SERVER))? {
+        if let Ok(Some(st)) = gateway.child.try_wait() {
+            bail!("the customer's gateway exited ({st}):\n{}", tail(&gw_log));
+        }
+        if t.elapsed() > Duration::from_secs(20) || interrupted() {
+            bail!(
+                "the customer's gateway did not listen within 20 s:\n{}",
+                tail(&gw_log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let capacity = chain
         .capacity_pps
         .map(|c| format!("{c} packets/s"))
