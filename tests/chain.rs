@@ -5,12 +5,18 @@
 //! the upstream one drops the UDP flood on port 9999 (its ACL for the provider), the
 //! provider's drops the NTP reflection (amplification); the customer's status counts both.
 //! The gateway restarts in the middle of the mitigation; the withdrawal goes through the
-//! chain and the attack flows again.
+//! chain and the attack flows again. With escalate = "exceeded": escalated once the
+//! measured attack exceeds the provider's capacity, or at once when the request itself
+//! reports more (RFC 9244 total-attack-traffic), status 4 until upstream confirms.
+//!
+//! The network and the agents' configurations are the lab's (`dots-lab run
+//! examples/scenarios/chain.toml`: dots-lab/src/lab/chain/net.rs), without the customer's
+//! namespace; the gateway runs beside the provider here.
 //!
 //! ```text
-//! ns A (inet) 192.0.2.1 --veth-- 192.0.2.2 ns U (XDP) 203.0.113.1 --veth-- 203.0.113.2 ns P (XDP)
-//!                                 upstream scrubber :4646                  provider :4646,
-//!                                                                          gateway 127.0.0.1:4747
+//! inet 192.0.2.1 --veth-- 192.0.2.2 up (XDP) 203.0.113.1 --veth-- 203.0.113.2 prov (XDP)
+//!                          upstream scrubber :4646               provider :4646,
+//!                                                                gateway 127.0.0.1:4747
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,8 +27,10 @@ use coap_lite::RequestType;
 use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
 use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
+use dots_agent::signal::telemetry::{Stats, Unit};
 use dots_e2e::dots::{connect, in_ns, start_server};
 use dots_e2e::{Netns, PinRoot};
+use dots_lab::lab::chain::net::{self, Configs};
 use dots_lab::packet::PacketSpec;
 use dots_lab::trafficgen::socket::send_paced;
 
@@ -35,46 +43,19 @@ struct Chain {
     prov_pins: PinRoot,
 }
 
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    let out = std::process::Command::new("ip")
-        .args([
-            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name",
-        ])
-        .args([b_if, "netns", &b.name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    a.ip(&["link", "set", a_if, "up"]);
-    b.ip(&["link", "set", b_if, "up"]);
-}
+/// The upstream scrubber's policy for the provider: UDP to port 9999 is dropped.
+const UPSTREAM_POLICY: &str =
+    "countermeasures = {}\nacl = [{ name = \"udp-9999\", action = \"drop\", \
+    matches = { protocol = 17, destination_port = { lower = 9999, upper = 9999 } } }]";
+/// The provider's policy for the customer's gateway: reflection from well-known ports.
+const PROVIDER_POLICY: &str = "countermeasures = { amplification = true }";
 
 impl Chain {
     fn new() -> Chain {
         let (inet, up, prov) = (Netns::new("cha"), Netns::new("chu"), Netns::new("chp"));
-        veth(&inet, "v1a", &up, "v1b");
-        veth(&up, "v2a", &prov, "v2b");
-        inet.ip(&["addr", "add", "192.0.2.1/24", "dev", "v1a"]);
-        up.ip(&["addr", "add", "192.0.2.2/24", "dev", "v1b"]);
-        up.ip(&["addr", "add", "203.0.113.1/24", "dev", "v2a"]);
-        prov.ip(&["addr", "add", "203.0.113.2/24", "dev", "v2b"]);
-        // The upstream scrubber forwards what it lets through towards the customer.
-        up.ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.2"]);
-        let fwd = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &up.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .output()
-            .unwrap();
-        assert!(fwd.status.success());
+        // The lab's chain network (dots-lab/src/lab/chain/net.rs) without the customer's
+        // namespace: what the provider's filter lets through is counted on its ingress.
+        net::wire(&inet.name, &up.name, &prov.name, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         dots_agent::pki::init(
             dir.path(),
@@ -93,6 +74,15 @@ impl Chain {
         }
     }
 
+    fn configs(&self) -> Configs<'static> {
+        Configs {
+            pki: "",
+            server_name: "dots.example",
+            customer: "client-a",
+            terminating_seconds: 0,
+        }
+    }
+
     fn write(&self, name: &str, text: String) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -100,100 +90,20 @@ impl Chain {
     }
 
     fn upstream_config(&self) -> PathBuf {
-        self.write(
-            "upstream",
-            format!(
-                r#"
-[signal]
-listen = ["0.0.0.0:4646"]
-terminating_seconds = 0
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state-upstream"
-[datapath]
-interfaces = ["v1b"]
-xdp_mode = "native"
-pin_root = "{}"
-[[client]]
-name = "provider"
-prefixes = ["198.51.100.0/24"]
-countermeasures = {{}}
-acl = [{{ name = "udp-9999", action = "drop", matches = {{ protocol = 17, destination_port = {{ lower = 9999, upper = 9999 }} }} }}]
-"#,
-                self.up_pins.0.display()
-            ),
-        )
+        let text = self.configs().upstream(&self.up_pins.0, UPSTREAM_POLICY);
+        self.write("upstream", text)
     }
 
     /// `escalate`: the provider's escalate line(s) in `[upstream]`.
     fn provider_config(&self, escalate: &str) -> PathBuf {
-        self.write(
-            "provider",
-            format!(
-                r#"
-[signal]
-listen = ["203.0.113.2:4646"]
-terminating_seconds = 0
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state-provider"
-[datapath]
-interfaces = ["v2b"]
-xdp_mode = "native"
-pin_root = "{}"
-[upstream]
-server = "203.0.113.1:4646"
-server_name = "dots.example"
-ca = "ca.pem"
-cert = "provider.pem"
-key = "provider.key"
-transport = "dtls"
-{escalate}
-terminating_seconds = 0
-[[client]]
-name = "gateway"
-prefixes = ["198.51.100.0/24"]
-countermeasures = {{ amplification = true }}
-"#,
-                self.prov_pins.0.display()
-            )
-            .replace("{escalate}", escalate),
-        )
+        let text = self
+            .configs()
+            .provider(&self.prov_pins.0, escalate, PROVIDER_POLICY);
+        self.write("provider", text)
     }
 
     fn gateway_config(&self) -> PathBuf {
-        self.write(
-            "gateway",
-            r#"
-[signal]
-listen = ["127.0.0.1:4747"]
-terminating_seconds = 0
-[tls]
-ca = "ca.pem"
-cert = "server.pem"
-key = "server.key"
-[store]
-dir = "state-gateway"
-[upstream]
-server = "203.0.113.2:4646"
-server_name = "dots.example"
-ca = "ca.pem"
-cert = "gateway.pem"
-key = "gateway.key"
-transport = "tls"
-terminating_seconds = 0
-[[client]]
-name = "client-a"
-prefixes = ["198.51.100.0/24"]
-"#
-            .to_string(),
-        )
+        self.write("gateway", self.configs().gateway())
     }
 
     fn identity(&self, server: &str, who: &str) -> ClientConfig {
@@ -215,24 +125,23 @@ prefixes = ["198.51.100.0/24"]
     /// provider's interface, by destination port.
     fn attack(&self, each: u64) -> BTreeMap<u16, u64> {
         let receiver = self.prov.run(|| {
-            PacketSocket::open("v2b")
+            PacketSocket::open(net::PROV_IN)
                 .unwrap()
                 .count_flows(Duration::from_millis(2500))
                 .unwrap()
         });
         std::thread::sleep(Duration::from_millis(300));
-        let mac = mac_of(&self.up, "v1b");
         self.inet
             .run(move || {
                 let frames: Vec<Vec<u8>> = [(123, 4444), (5555, 9999)]
                     .into_iter()
                     .map(|(sport, dport)| {
                         let mut p = PacketSpec::udp("192.0.2.77", "198.51.100.10", sport, dport);
-                        p.dst_mac = mac;
+                        p.dst_mac = net::UP_IN_MAC;
                         p.build()
                     })
                     .collect();
-                let sock = PacketSocket::open("v1a").unwrap();
+                let sock = PacketSocket::open(net::INET_IF).unwrap();
                 send_paced(&sock, &frames, 2 * each, 20_000, Duration::from_secs(5)).unwrap()
             })
             .join()
@@ -246,20 +155,6 @@ prefixes = ["198.51.100.0/24"]
         }
         by_port
     }
-}
-
-fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &ns.name, "-br", "link", "show", iface])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mac = text.split_whitespace().nth(2).unwrap().to_string();
-    let b: Vec<u8> = mac
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
-    b.try_into().unwrap()
 }
 
 /// (status, pkts-dropped) of mid `mid` of `who` at `server`, asked from namespace `ns`.
@@ -294,8 +189,20 @@ fn until(
     what: &str,
     ok: impl Fn(Option<(u64, u64)>) -> bool,
 ) -> Option<(u64, u64)> {
+    until_within(ns, cfg, mid, what, 40, ok)
+}
+
+/// Asks until `ok`, at most `tries` times, 250 ms apart; the last answer.
+fn until_within(
+    ns: &Netns,
+    cfg: &ClientConfig,
+    mid: u32,
+    what: &str,
+    tries: u32,
+    ok: impl Fn(Option<(u64, u64)>) -> bool,
+) -> Option<(u64, u64)> {
     let mut last = None;
-    for _ in 0..40 {
+    for _ in 0..tries {
         last = status(ns, cfg, mid);
         if ok(last) {
             return last;
@@ -306,6 +213,15 @@ fn until(
 }
 
 fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
+    let scope = Scope::new(
+        vec!["198.51.100.0/24".parse().unwrap()],
+        Lifetime::Seconds(600),
+    );
+    customer_asks(ns, cfg, method, scope)
+}
+
+/// The customer's request for mid 1 with `scope` (PUT), or its withdrawal (DELETE).
+fn customer_asks(ns: &Netns, cfg: &ClientConfig, method: RequestType, scope: Scope) -> String {
     let cfg = cfg.clone();
     in_ns(ns, move |rt| {
         rt.block_on(async {
@@ -315,12 +231,8 @@ fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
                 format!("cuid={}", s.cuid()),
                 "mid=1".into(),
             ];
-            let body = (method == RequestType::Put).then(|| {
-                message::encode_mitigation_request(&Scope::new(
-                    vec!["198.51.100.0/24".parse().unwrap()],
-                    Lifetime::Seconds(600),
-                ))
-            });
+            let body =
+                (method == RequestType::Put).then(|| message::encode_mitigation_request(&scope));
             code_text(&s.request(method, &path, body, false).await.unwrap())
         })
     })
@@ -329,7 +241,6 @@ fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
 #[test]
 fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
     let chain = Chain::new();
-    chain.attack(5); // the upstream scrubber learns the provider's MAC address
     assert_eq!(
         chain.attack(200),
         BTreeMap::from([(4444, 200), (9999, 200)]),
@@ -419,7 +330,6 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
 #[test]
 fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
     let chain = Chain::new();
-    chain.attack(5); // the upstream scrubber learns the provider's MAC address
     let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
     let config = chain.provider_config("escalate = \"exceeded\"\ncapacity_pps = 100");
     let (provider, stop_prov) = start_server(&chain.prov, &config);
@@ -450,6 +360,58 @@ fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
     assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
     until(&chain.prov, &me, 1, "summed", |s| s == Some((2, 900)));
 
+    for (thread, stop) in [
+        (gateway, stop_gw),
+        (provider, stop_prov),
+        (upstream, stop_up),
+    ] {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_request_reporting_more_attack_than_the_scrubber_holds_is_escalated_at_once() {
+    let chain = Chain::new();
+    // The upstream scrubber is not there yet: whatever escalates waits for it.
+    let config = chain.provider_config("escalate = \"exceeded\"\ncapacity_pps = 1000");
+    let (provider, stop_prov) = start_server(&chain.prov, &config);
+    let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
+    let me = chain.identity("127.0.0.1:4747", "client-a");
+    let as_provider = chain.identity("203.0.113.1:4646", "provider");
+    // RFC 9244 total-attack-traffic in the request: 5 kilopackets/s now, above the
+    // provider's 1,000 packets/s. No traffic is sent: the report alone decides.
+    let mut scope = Scope::new(
+        vec!["198.51.100.0/24".parse().unwrap()],
+        Lifetime::Seconds(600),
+    );
+    scope.efficacy_attack = vec![(
+        Unit::from_code(4).unwrap(),
+        Stats {
+            current: Some(5),
+            ..Default::default()
+        },
+    )];
+    assert_eq!(
+        customer_asks(&chain.prov, &me, RequestType::Put, scope),
+        "2.01"
+    );
+    // Attack-exceeded-capability (4) while upstream has not confirmed.
+    until(
+        &chain.prov,
+        &me,
+        1,
+        "exceeded until upstream confirms",
+        |s| s.is_some_and(|s| s.0 == 4),
+    );
+    let (upstream, stop_up) = start_server(&chain.up, &chain.upstream_config());
+    // The provider's session upstream is retried with backoff (up to 8 s apart by now).
+    until_within(&chain.prov, &as_provider, 1, "escalated", 80, |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
+    until_within(&chain.prov, &me, 1, "upstream confirmed", 80, |s| {
+        s.is_some_and(|s| s.0 == 2)
+    });
     for (thread, stop) in [
         (gateway, stop_gw),
         (provider, stop_prov),

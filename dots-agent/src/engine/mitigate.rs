@@ -290,9 +290,10 @@ impl<M: Mitigator> Engine<M> {
             activity: Activity::default(),
             client_attack: Vec::new(),
             cdid: self.request_cdid().map(str::to_string),
+            unfit: None,
         };
         if m.scope.trigger_mitigation {
-            self.install(&mut m, &policy, now)?;
+            self.install_or_escalate(&mut m, &policy, now)?;
         }
         for old_mid in &deactivated {
             self.announce(cuid, *old_mid, Status::Withdrawn, now);
@@ -347,7 +348,17 @@ impl<M: Mitigator> Engine<M> {
         policy: &ClientPolicy,
         now: u64,
     ) -> Result<(), Refusal> {
-        self.dp.install(self.spec(m, policy)).map_err(refusal)?;
+        self.put_in_datapath(m, policy, now).map_err(refusal)
+    }
+
+    /// [`Engine::put_in`], with the datapath's own error (which tells an unfit spec).
+    pub(super) fn put_in_datapath(
+        &mut self,
+        m: &mut Mitigation,
+        policy: &ClientPolicy,
+        now: u64,
+    ) -> Result<(), crate::datapath::DatapathError> {
+        self.dp.install(self.spec(m, policy))?;
         m.installed = true;
         m.status = Status::SuccessfullyMitigated;
         m.start = Some(now);

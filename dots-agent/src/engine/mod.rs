@@ -173,6 +173,9 @@ struct Mitigation {
     client_attack: tm::Traffic,
     /// The client domain a trusted gateway asked for it (cdid, RFC 9132 §4.4.1.2).
     cdid: Option<String>,
+    /// Why its spec does not fit this datapath: not installed, carried upstream
+    /// (escalation.rs; not stored: the relay's mapping keeps it upstream).
+    unfit: Option<String>,
 }
 
 /// One mitigation as metrics see it.

@@ -116,6 +116,7 @@ impl Record {
             activity: Activity::default(),
             client_attack: Vec::new(),
             cdid: self.cdid,
+            unfit: None,
         };
         (self.client, m)
     }

@@ -100,7 +100,10 @@ impl<M: Mitigator> Engine<M> {
                         status,
                         Status::InProgress | Status::SuccessfullyMitigated | Status::Stopped
                     );
-                    if let (Some(s), true) = (up.status, in_force) {
+                    // Not installed here (its spec did not fit): upstream's status is
+                    // the mitigation's.
+                    let held_upstream_only = (!m.installed).then_some(up.upstream).flatten();
+                    if let (Some(s), true) = (up.status.or(held_upstream_only), in_force) {
                         status = s;
                     }
                     conflict = up.conflict_information.filter(|_| in_force);

@@ -26,7 +26,8 @@ pub enum Escalate {
     /// Every accepted request (a gateway; a recursive server that always asks for help).
     #[default]
     Always,
-    /// Only once the traffic to its targets exceeds `capacity_pps` or `capacity_bps`.
+    /// Only once this filter cannot hold it: measured or client-reported traffic above
+    /// `capacity_pps` / `capacity_bps`, or a spec that does not fit (engine/escalation/triggers.rs).
     Exceeded,
     /// Never (a server that mitigates alone; `[upstream]` then only names the next hop).
     Never,

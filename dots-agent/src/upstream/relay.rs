@@ -15,6 +15,7 @@ use super::hop;
 use super::status::UpStatus;
 use super::telemetry::{TmDesired, TmRelay, TmRow};
 use crate::signal::telemetry::PreMitigation;
+use crate::engine::escalation::triggers::{self, Capacity, Rate};
 use crate::engine::escalation::{Escalated, Escalation, InScope, UpstreamShare};
 use crate::engine::journal::{document, Change, JournalError};
 use crate::signal::message::{
@@ -520,9 +521,19 @@ impl Escalation for Relay {
                         ..decode_mitigation_request(&body).unwrap_or_else(|_| m.scope.clone())
                     })
                 });
+                // Exceeded at once (unfit here, or the client reports more than we hold)?
+                let at_once = match (self.mode, &existing) {
+                    (Mode::Exceeded { pps, bps }, None) => {
+                        triggers::why(Capacity::configured(pps, bps), &m.facts, None)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = &at_once {
+                    tracing::info!("escalating mitigation {mid} of {}: {why}", m.client);
+                }
                 match existing {
                     // Not escalated (yet): the clock decides by its traffic.
-                    None if self.mode != Mode::Always => return Vec::new(),
+                    None if self.mode != Mode::Always && at_once.is_none() => return Vec::new(),
                     Some(r) if r.body == body && !r.withdrawn && efficacy.is_none() => {
                         return Vec::new()
                     }
@@ -548,7 +559,7 @@ impl Escalation for Relay {
                         version: 1,
                         withdrawn: false,
                         withdraw_at: None,
-                        for_capacity: false,
+                        for_capacity: at_once.is_some(),
                         hop_limit: hop::next(self.arrived.hop),
                         cdid: self.cdid_for(cuid),
                         efficacy: None,
@@ -642,6 +653,7 @@ impl Escalation for Relay {
                 bytes_dropped: up.bytes_dropped,
                 pps_dropped: up.pps_dropped,
                 bps_dropped: up.bps_dropped,
+                upstream: up.status.filter(|_| confirmed),
             });
         }
         let status = self.gateway.then(|| {
@@ -665,6 +677,7 @@ impl Escalation for Relay {
             bytes_dropped: up.bytes_dropped,
             pps_dropped: up.pps_dropped,
             bps_dropped: up.bps_dropped,
+            upstream: None,
         })
     }
 
@@ -750,16 +763,19 @@ impl Relay {
                 .insert(k.clone(), now)
                 .unwrap_or((t.start.unwrap_or(at), 0, 0));
             let secs = at.saturating_sub(then.0);
-            if secs == 0 {
-                self.samples.insert(k, then); // measure over a second at least
+            let measured = if secs == 0 {
+                self.samples.insert(k.clone(), then); // measure over a second at least
+                None
+            } else {
+                Some(Rate {
+                    pps: Some(t.packets.saturating_sub(then.1) / secs),
+                    bps: Some(t.bytes.saturating_sub(then.2) * 8 / secs),
+                })
+            };
+            // Pre-mitigation telemetry and pipe capacities arrive between requests.
+            let capacity = Capacity::configured(cap_pps, cap_bps);
+            let Some(over) = triggers::why(capacity, &t.mitigation.facts, measured) else {
                 continue;
-            }
-            let pps = t.packets.saturating_sub(then.1) / secs;
-            let bps = t.bytes.saturating_sub(then.2) * 8 / secs;
-            let over = match (cap_pps, cap_bps) {
-                (Some(c), _) if pps > c => format!("{pps} packets/s > capacity_pps {c}"),
-                (_, Some(c)) if bps > c => format!("{bps} bit/s > capacity_bps {c}"),
-                _ => continue,
             };
             tracing::info!(
                 "escalating mitigation {} of {}: {over}",

@@ -3,14 +3,19 @@
 //!
 //! - [`scenario`]: the TOML scenario format and its checks.
 //! - [`topology`]: namespaces, veth pairs, processes inside namespaces, cleanup.
+//! - [`actors`]: the receiver, the guard and the generators a run starts.
+//! - [`chain`]: a scenario's `[chain]`: the customer's gateway, the provider's recursive
+//!   scrubber and the upstream scrubber, each hop measured.
 //! - [`run`]: the scenario itself (server, guard, generators, receiver), progress, summary.
 //! - [`plot`]: the SVG of the rates over time.
 //! - [`bench`]: drop rates of our filter, an empty XDP_DROP, xdp-filter and nftables.
 //! - [`divert`]: `dots-lab divert`, diversion through BGP and re-injection, the loop closed.
 
+pub mod actors;
 pub mod bench;
 pub mod bench_rates;
 pub mod bench_workloads;
+pub mod chain;
 pub mod divert;
 pub mod plot;
 pub mod run;
@@ -85,6 +90,18 @@ pub fn cli(a: LabArgs) -> Result<()> {
         progress: true,
         sender: a.sender,
     };
+    if opts.scenario.chain.is_some() {
+        let summary = chain::run(&opts)?;
+        std::fs::write(&a.plot, chain::svg(&opts.scenario, &summary))
+            .with_context(|| format!("writing the plot to {}", a.plot.display()))?;
+        chain::print_summary(&summary);
+        println!("plot: {}", a.plot.display());
+        if let Some(j) = &a.json {
+            std::fs::write(j, serde_json::to_string_pretty(&summary)?)
+                .with_context(|| format!("writing {}", j.display()))?;
+        }
+        return Ok(());
+    }
     let summary = run::run(&opts)?;
     // Written here, not in run: the plot reads the run's summary, so run does not call it.
     std::fs::write(&a.plot, plot::svg(&opts.scenario, &summary))

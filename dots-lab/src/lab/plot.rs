@@ -14,134 +14,172 @@ const RIGHT: f64 = 170.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
+/// One line of a chart: (seconds, per second) points.
+pub struct Series {
+    pub name: String,
+    pub colour: &'static str,
+    /// Dashed (what was offered), or solid.
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A rate-over-time chart: the lab's plot, and the chain scenario's (one line per hop).
+pub struct Chart {
+    pub title: String,
+    /// The time axis ends here at least (seconds).
+    pub t_max: f64,
+    /// A shaded span (start, end) and its label, e.g. the attack phase.
+    pub shade: Option<(f64, f64, String)>,
+    /// Vertical dashed lines: (seconds, label).
+    pub marks: Vec<(f64, String)>,
+    pub series: Vec<Series>,
+}
+
+/// The lab run's plot.
 pub fn svg(sc: &Scenario, s: &Summary) -> String {
-    let t_max = s
-        .samples
-        .last()
-        .map(|x| x.t)
-        .unwrap_or(1.0)
-        .max(sc.total_seconds())
-        .max(1.0);
-    let peak = s
-        .samples
-        .iter()
-        .flat_map(|x| {
-            [
-                x.offered_legit,
-                x.offered_attack,
-                x.delivered_legit,
-                x.delivered_attack,
-                x.dropped,
-            ]
-        })
-        .fold(10.0f64, f64::max);
-    let decades = peak.log10().ceil().max(2.0);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let x = |t: f64| LEFT + pw * (t / t_max).clamp(0.0, 1.0);
-    // Rates under 1 pps sit on the axis.
-    let y = |v: f64| TOP + ph * (1.0 - (v.max(1.0).log10() / decades).clamp(0.0, 1.0));
-    let mut o = String::new();
-    let _ = write!(
-        o,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="22" font-size="15">dots-agent lab: {} — packets per second</text>
-"##,
-        esc(&sc.name)
-    );
-    let a0 = sc.phases.legit_seconds;
-    let a1 = a0 + sc.phases.attack_seconds;
-    let _ = writeln!(
-        o,
-        r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fbe3e3"/><text x="{:.1}" y="{:.1}" fill="#a33">attack</text>"##,
-        x(a0),
-        x(a1) - x(a0),
-        x(a0) + 4.0,
-        TOP + 14.0
-    );
-    for d in 0..=decades as i32 {
-        let v = 10f64.powi(d);
-        let _ = writeln!(
-            o,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + pw,
-            LEFT - 6.0,
-            y(v) + 4.0,
-            label(v),
-            y = y(v)
-        );
-    }
-    let step = if t_max > 60.0 { 10.0 } else { 5.0 };
-    let mut t = 0.0;
-    while t <= t_max + 1e-9 {
-        let _ = writeln!(
-            o,
-            r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{:.1}" y2="{:.1}" stroke="#999"/><text x="{xv:.1}" y="{:.1}" text-anchor="middle">{t:.0}</text>"##,
-            TOP + ph,
-            TOP + ph + 5.0,
-            TOP + ph + 18.0,
-            xv = x(t)
-        );
-        t += step;
-    }
-    let _ = writeln!(
-        o,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds</text><rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##,
-        LEFT + pw / 2.0,
-        H - 12.0
-    );
-    for (at, what, colour) in [
-        (s.requested_at, "request", "#333"),
-        (s.withdrawn_at, "withdraw", "#333"),
-    ] {
-        if let Some(at) = at {
-            let _ = writeln!(
-                o,
-                r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{TOP}" y2="{:.1}" stroke="{colour}" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="{colour}">{what}</text>"##,
-                TOP + ph,
-                x(at) + 3.0,
-                TOP + ph - 6.0,
-                xv = x(at)
-            );
-        }
-    }
     type Pick = fn(&super::run::Sample) -> f64;
-    let series: [(&str, &str, Pick); 5] = [
+    let lines: [(&str, &'static str, Pick); 5] = [
         ("attack offered", "#d62728", |x| x.offered_attack),
         ("attack delivered", "#ff7f0e", |x| x.delivered_attack),
         ("XDP dropped", "#9467bd", |x| x.dropped),
         ("legit offered", "#1f77b4", |x| x.offered_legit),
         ("legit delivered", "#2ca02c", |x| x.delivered_legit),
     ];
-    for (i, (name, colour, pick)) in series.iter().enumerate() {
-        let pts: Vec<String> = s
-            .samples
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", x(p.t), y(pick(p))))
-            .collect();
-        let dash = if name.ends_with("offered") {
-            r#" stroke-dasharray="6 3""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            o,
-            r##"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"##,
-            pts.join(" ")
-        );
-        let ly = TOP + 10.0 + i as f64 * 20.0;
-        let _ = writeln!(
-            o,
-            r##"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{name}</text>"##,
-            W - RIGHT + 12.0,
-            W - RIGHT + 36.0,
-            W - RIGHT + 42.0,
-            ly + 4.0
-        );
+    let a0 = sc.phases.legit_seconds;
+    Chart {
+        title: sc.name.clone(),
+        t_max: sc.total_seconds(),
+        shade: Some((a0, a0 + sc.phases.attack_seconds, "attack".into())),
+        marks: [(s.requested_at, "request"), (s.withdrawn_at, "withdraw")]
+            .into_iter()
+            .filter_map(|(at, what)| Some((at?, what.to_string())))
+            .collect(),
+        series: lines
+            .into_iter()
+            .map(|(name, colour, pick)| Series {
+                name: name.into(),
+                colour,
+                dashed: name.ends_with("offered"),
+                points: s.samples.iter().map(|p| (p.t, pick(p))).collect(),
+            })
+            .collect(),
     }
-    o.push_str("</svg>\n");
-    o
+    .svg()
+}
+
+impl Chart {
+    pub fn svg(&self) -> String {
+        let t_max = self
+            .series
+            .iter()
+            .flat_map(|l| l.points.last().map(|p| p.0))
+            .fold(self.t_max, f64::max)
+            .max(1.0);
+        let peak = self
+            .series
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .fold(10.0f64, f64::max);
+        let decades = peak.log10().ceil().max(2.0);
+        let pw = W - LEFT - RIGHT;
+        let ph = H - TOP - BOTTOM;
+        let x = |t: f64| LEFT + pw * (t / t_max).clamp(0.0, 1.0);
+        // Rates under 1 pps sit on the axis.
+        let y = |v: f64| TOP + ph * (1.0 - (v.max(1.0).log10() / decades).clamp(0.0, 1.0));
+        let mut o = String::new();
+        let _ = write!(
+            o,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="22" font-size="15">dots-agent lab: {} — packets per second</text>
+"##,
+            esc(&self.title)
+        );
+        if let Some((a0, a1, what)) = &self.shade {
+            let _ = writeln!(
+                o,
+                r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fbe3e3"/><text x="{:.1}" y="{:.1}" fill="#a33">{}</text>"##,
+                x(*a0),
+                x(*a1) - x(*a0),
+                x(*a0) + 4.0,
+                TOP + 14.0,
+                esc(what)
+            );
+        }
+        for d in 0..=decades as i32 {
+            let v = 10f64.powi(d);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LEFT + pw,
+                LEFT - 6.0,
+                y(v) + 4.0,
+                label(v),
+                y = y(v)
+            );
+        }
+        let step = if t_max > 60.0 { 10.0 } else { 5.0 };
+        let mut t = 0.0;
+        while t <= t_max + 1e-9 {
+            let _ = writeln!(
+                o,
+                r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{:.1}" y2="{:.1}" stroke="#999"/><text x="{xv:.1}" y="{:.1}" text-anchor="middle">{t:.0}</text>"##,
+                TOP + ph,
+                TOP + ph + 5.0,
+                TOP + ph + 18.0,
+                xv = x(t)
+            );
+            t += step;
+        }
+        let _ = writeln!(
+            o,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds</text><rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##,
+            LEFT + pw / 2.0,
+            H - 12.0
+        );
+        for (i, (at, what)) in self.marks.iter().enumerate() {
+            // Labels of marks close together are stacked, not overprinted.
+            let ly = TOP + ph - 6.0 - 14.0 * (i % 3) as f64;
+            let _ = writeln!(
+                o,
+                r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{TOP}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/><text x="{:.1}" y="{ly:.1}" fill="#333">{}</text>"##,
+                TOP + ph,
+                x(*at) + 3.0,
+                esc(what),
+                xv = x(*at)
+            );
+        }
+        for (i, l) in self.series.iter().enumerate() {
+            let pts: Vec<String> = l
+                .points
+                .iter()
+                .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+                .collect();
+            let dash = if l.dashed {
+                r#" stroke-dasharray="6 3""#
+            } else {
+                ""
+            };
+            let colour = l.colour;
+            let _ = writeln!(
+                o,
+                r##"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"##,
+                pts.join(" ")
+            );
+            let ly = TOP + 10.0 + i as f64 * 20.0;
+            let _ = writeln!(
+                o,
+                r##"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"##,
+                W - RIGHT + 12.0,
+                W - RIGHT + 36.0,
+                W - RIGHT + 42.0,
+                ly + 4.0,
+                esc(&l.name)
+            );
+        }
+        o.push_str("</svg>\n");
+        o
+    }
 }
 
 fn label(v: f64) -> String {

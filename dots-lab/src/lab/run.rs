@@ -2,20 +2,19 @@
 //! customer's guard (threshold-triggered DOTS client), the generators on the internet side,
 //! the receiver on the customer side; live progress, then a summary.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
+use super::actors::{start_generators, start_guard, start_receiver};
 use super::scenario::{Role, Scenario, CUSTOMER_PREFIXES};
 use super::topology::{self, interrupted, Netns, Proc, Topology};
-use crate::trafficgen::{self, receiver, Backend, Pace, Sender};
+use crate::trafficgen::{self, Backend};
 use dots_agent::client::guard::unix_ms;
 use dots_agent::datapath::XdpDatapath;
 
@@ -77,7 +76,7 @@ pub struct Summary {
 }
 
 /// Removes a directory tree on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -85,7 +84,7 @@ impl Drop for TempDir {
 }
 
 /// Unpins the lab's datapath on drop.
-struct Pins(PathBuf);
+pub(crate) struct Pins(pub(crate) PathBuf);
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = XdpDatapath::purge(&self.0);
@@ -94,14 +93,14 @@ impl Drop for Pins {
 }
 
 /// Sets a flag on drop, so threads stop whichever way `run` returns.
-struct StopOnDrop(Arc<AtomicBool>);
+pub(crate) struct StopOnDrop(pub(crate) Arc<AtomicBool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
 }
 
-fn fmt_rate(v: f64) -> String {
+pub(crate) fn fmt_rate(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e3 {
@@ -111,7 +110,7 @@ fn fmt_rate(v: f64) -> String {
     }
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -185,7 +184,8 @@ fn write_configs(dir: &Path, s: &Scenario, pins: &Path) -> Result<()> {
     Ok(())
 }
 
-fn spawn_in(
+/// Starts the agent inside `ns`, its output (logged at info: the lab reads it) to `log`.
+pub(crate) fn spawn_in(
     ns: &Netns,
     agent: &Path,
     args: &[&str],
@@ -196,6 +196,7 @@ fn spawn_in(
     let child = ns
         .command(agent)?
         .args(args)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -303,88 +304,20 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
     let _stop_guard = StopOnDrop(stop.clone());
 
     // The customer's receiver: counts arrivals per flow (by source prefix).
-    let counts = receiver::Counts::new(
-        s.traffic
-            .iter()
-            .map(|t| (t.name.clone(), vec![t.sources]))
-            .collect(),
-    );
-    let total = Duration::from_secs_f64(s.total_seconds());
-    let max_run = total + Duration::from_secs(30);
-    let receiver = {
-        let counts = counts.clone();
-        let stop = stop.clone();
-        topo.customer.spawn(move || -> Result<()> {
-            let sock = dots_agent::af_packet::PacketSocket::open(topology::CUST_IF)?;
-            receiver::count_into(&sock, &counts, &stop, max_run)?;
-            Ok(())
-        })?
-    };
+    let (counts, receiver) = start_receiver(s, &topo.customer, topology::CUST_IF, &stop)?;
 
     // The customer's DOTS client in threshold mode.
     let client_cfg = state.0.join("client.toml");
     let guard_log = state.0.join("guard.log");
-    let threshold = s.guard.threshold_pps.to_string();
-    let quiet = s.guard.quiet_seconds.to_string();
-    let lifetime = s.guard.lifetime.to_string();
-    let guard_max = (s.total_seconds() + 20.0).to_string();
-    let mut guard_args: Vec<&str> = vec![
-        "client",
-        "--config",
-        client_cfg.to_str().unwrap_or_default(),
-        "guard",
-        "--interface",
+    let (mut guard, events, connected) = start_guard(
+        s,
+        &topo.customer,
+        &o.agent,
+        &client_cfg,
         topology::CUST_IF,
-        "--threshold-pps",
-        &threshold,
-        "--quiet-seconds",
-        &quiet,
-        "--lifetime",
-        &lifetime,
-        "--sample-seconds",
-        "0.5",
-        "--max-seconds",
-        &guard_max,
-        "--once",
-    ];
-    for p in CUSTOMER_PREFIXES {
-        guard_args.extend(["--target", p]);
-    }
-    let child = topo
-        .customer
-        .command(&o.agent)?
-        .args(&guard_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&guard_log)?)
-        .spawn()
-        .context("starting the DOTS client (guard)")?;
-    let mut guard = Proc {
-        name: "guard",
-        child,
-    };
-    let (ev_tx, events) = mpsc::channel::<Value>();
-    let stdout = guard.child.stdout.take().context("guard stdout")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if ev_tx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let connected = events
-        .recv_timeout(Duration::from_secs(20))
-        .ok()
-        .filter(|v| v["event"] == "connected");
-    let Some(connected) = connected else {
-        bail!(
-            "the DOTS client did not connect to the server:\n{}\n(server log:)\n{}",
-            tail(&guard_log),
-            tail(&server_log)
-        );
-    };
+        &guard_log,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\n(server log:)\n{}", tail(&server_log)))?;
     say(format!(
         "lab: customer: DOTS client connected over {}, guarding {} (threshold {} pps)",
         connected["transport"].as_str().unwrap_or("?"),
@@ -393,75 +326,20 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
     ));
 
     // The generators, one thread per flow on the internet side.
-    let src_mac = [0x02, 0x00, 0x5e, 0x00, 0x01, 0x01];
-    let dst_mac = trafficgen::parse_mac(topology::SCR_IN_MAC)?;
-    let start_at = Instant::now() + Duration::from_millis(500);
-    let legit_span = Duration::from_secs_f64(s.phases.legit_seconds);
-    let attack_span = Duration::from_secs_f64(s.phases.attack_seconds);
-    let mut sent: Vec<Arc<AtomicU64>> = Vec::new();
-    let mut gens = Vec::new();
-    let (ready_tx, ready) = mpsc::channel::<Result<(&'static str, Option<String>)>>();
-    let backend = o.sender;
-    for tr in &s.traffic {
-        let template = s.flow(tr, src_mac, dst_mac).template()?;
-        let (offset, span) = match tr.role {
-            Role::Legit => (Duration::ZERO, total),
-            Role::Attack => (legit_span, attack_span),
-        };
-        let counter = Arc::new(AtomicU64::new(0));
-        sent.push(counter.clone());
-        let stop = stop.clone();
-        let ready_tx = ready_tx.clone();
-        let pps = tr.pps;
-        gens.push(topo.inet.spawn(move || -> Result<()> {
-            let sender = match Sender::open(&template, topology::INET_IF, backend) {
-                Ok((s, fallback)) => {
-                    let _ = ready_tx.send(Ok((s.name(), fallback)));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
-                    return Ok(());
-                }
-            };
-            while Instant::now() < start_at + offset {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            sender.run(
-                Pace {
-                    pps,
-                    duration: span,
-                    count: u64::MAX,
-                },
-                &counter,
-                &stop,
-            )?;
-            Ok(())
-        })?);
-    }
-    drop(ready_tx);
-    let mut told = false;
-    for _ in 0..s.traffic.len() {
-        match ready.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok((name, fallback))) => {
-                if o.progress && !told {
-                    told = true;
-                    println!("{}", trafficgen::announce(name, fallback.as_deref()));
-                }
-            }
-            Ok(Err(e)) => bail!("a generator could not start: {e}"),
-            Err(_) => bail!("a generator did not start within 10 s"),
-        }
-    }
-    // Wait for the generators' start (the ready phase took part of the 500 ms, or more).
-    let now = Instant::now();
-    if now < start_at {
-        std::thread::sleep(start_at - now);
-    }
-    let t0 = start_at;
+    let gens = start_generators(
+        s,
+        &topo.inet,
+        topology::INET_IF,
+        (
+            [0x02, 0x00, 0x5e, 0x00, 0x01, 0x01],
+            trafficgen::parse_mac(topology::SCR_IN_MAC)?,
+        ),
+        o.sender,
+        &stop,
+        o.progress,
+    )?;
+    let sent = gens.sent.clone();
+    let t0 = gens.t0;
     let t0_ms = unix_ms() - t0.elapsed().as_millis() as u64;
 
     // The run: sample the scrubber's drop counter every few ms (to time the first drop),
@@ -603,13 +481,7 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
 
     // Stop traffic, then the receiver's last counts.
     stop.store(true, Ordering::SeqCst);
-    for g in gens {
-        match g.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("a generator failed: {e:#}"),
-            Err(_) => bail!("a generator thread panicked"),
-        }
-    }
+    gens.join()?;
     std::thread::sleep(Duration::from_millis(200));
     match receiver.join() {
         Ok(r) => r.context("the customer-side receiver")?,

@@ -30,6 +30,10 @@ pub struct Scenario {
     pub filters: Filters,
     #[serde(rename = "traffic")]
     pub traffic: Vec<Traffic>,
+    /// A chain of agents instead of one scrubber (`[filters]` is then the provider's
+    /// policy): see `lab/chain`.
+    #[serde(default)]
+    pub chain: Option<super::chain::ChainSpec>,
 }
 
 /// Seconds of each phase: legitimate only, attack, after the attack.
@@ -221,6 +225,9 @@ impl Scenario {
         }
         dots_agent::datapath::compile::validate(&spec)
             .map_err(|e| anyhow::anyhow!("[filters]: {e}"))?;
+        if let Some(chain) = &self.chain {
+            chain.validate(self)?;
+        }
         Ok(())
     }
 
