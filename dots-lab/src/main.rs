@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use dots_lab::{cli, lab, proof};
+use dots_lab::{cli, fleet, lab, proof};
 
 /// dots-lab: the dots-agent's lab, traffic tools and benchmarks (root, network namespaces).
 #[derive(Parser, Debug)]
@@ -28,6 +28,10 @@ enum Command {
     /// 10,000 sessions, a handshake flood and a slow-connection flood at once: a real
     /// client's time to mitigate, the server's memory and descriptors.
     Bounds(proof::bounds::BoundsArgs),
+    /// A scrubber fleet steered through BGP FlowSpec (gobgpd, dots-agent follow, bird2,
+    /// Prometheus): `measure` prints how fast it follows, `attack` is its lab scenario.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Send, generate and count raw frames on an interface.
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -54,5 +58,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Soak(a) => proof::soak::run(&a),
         Command::Loss(a) => proof::loss::run(&a),
         Command::Bounds(a) => proof::bounds::run(&a),
+        Command::Fleet(c) => fleet::run(c),
     }
 }

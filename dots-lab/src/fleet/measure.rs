@@ -1,0 +1,370 @@
+//! `dots-lab fleet measure`: how fast the fleet follows the DOTS server, measured with the
+//! real daemons (bench-style: it prints figures, it asserts nothing about them).
+//!
+//! "Live on a node" means: a read-only open of the node's pinned maps (what the XDP program
+//! looks every packet up in; `XdpDatapath::open_pinned`, as `dots-agent xdp status` reads
+//! them) lists the follower's mitigation for the target prefix. "At the border" means bird2's
+//! FlowSpec table (`birdc show route table flowtab4|6`) holds a rule for it. Both are read
+//! every `--poll-ms`, so each time is late by up to that much plus one read. The stages in
+//! between come from `gobgp monitor` on the route reflector's and each node's gobgpd (a line
+//! per change, stamped on arrival).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ipnet::IpNet;
+
+use super::daemons::RibWatch;
+use super::topology::Fleet;
+use super::{target, Common, DotsClient};
+use crate::lab::topology::interrupted;
+use crate::proof::{human, metric, summary};
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Mitigations created one after the other (each waited for everywhere), then withdrawn.
+    #[arg(long, default_value_t = 100)]
+    pub mitigations: usize,
+    /// How often the nodes' pinned filters and the border's table are read while waiting.
+    #[arg(long, default_value_t = 20)]
+    pub poll_ms: u64,
+}
+
+/// How long one change may take to arrive everywhere before the run gives up on it.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// When one change arrived where: each node's filter, the border router.
+struct Arrival {
+    nodes: Vec<Option<Duration>>,
+    border: Option<Duration>,
+}
+
+impl Arrival {
+    fn every_node(&self) -> Option<Duration> {
+        self.nodes
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max()
+    }
+}
+
+/// Waits until every node's filter and the border hold (`present`) or no longer hold the
+/// rules of `targets`; times from `since`. Nodes in `skip` are not waited for.
+fn wait_everywhere(
+    fleet: &Fleet,
+    targets: &[IpNet],
+    present: bool,
+    since: Instant,
+    poll: Duration,
+    skip: &[usize],
+) -> Result<Arrival> {
+    let mut a = Arrival {
+        nodes: vec![None; fleet.nodes.len()],
+        border: None,
+    };
+    for &i in skip {
+        a.nodes[i] = Some(Duration::ZERO);
+    }
+    loop {
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            if a.nodes[i].is_none() {
+                let ids = node.installed()?;
+                if targets.iter().all(|t| node.holds(&ids, t) == present) {
+                    a.nodes[i] = Some(since.elapsed());
+                }
+            }
+        }
+        if a.border.is_none() {
+            let dests: HashSet<IpNet> = fleet.border.destinations().into_iter().collect();
+            if targets.iter().all(|t| dests.contains(t) == present) {
+                a.border = Some(since.elapsed());
+            }
+        }
+        if a.border.is_some() && a.nodes.iter().all(Option::is_some) {
+            return Ok(a);
+        }
+        if since.elapsed() > LIMIT || interrupted() {
+            return Ok(a);
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// Per change: the stages' times from the DOTS answer.
+#[derive(Default)]
+struct Stages {
+    reflector: Vec<Duration>,
+    node_bgp: Vec<Duration>,
+    node_xdp: Vec<Duration>,
+    border: Vec<Duration>,
+    missing: usize,
+}
+
+impl Stages {
+    fn add(&mut self, a: &Arrival, t: &IpNet, withdrawn: bool, at: Instant, rr: &RibWatch, nodes: &[RibWatch]) {
+        let since = |w: &RibWatch| w.seen(t, withdrawn).map(|s| s.saturating_duration_since(at));
+        self.reflector.extend(since(rr));
+        if let Some(m) = nodes.iter().map(since).collect::<Option<Vec<_>>>() {
+            self.node_bgp.extend(m.into_iter().max());
+        }
+        match (a.every_node(), a.border) {
+            (Some(n), Some(b)) => {
+                self.node_xdp.push(n);
+                self.border.push(b);
+            }
+            _ => self.missing += 1,
+        }
+    }
+
+    fn print(&self, what: &str, answer: &str) {
+        println!("{what} ({} changes):", self.node_xdp.len() + self.missing);
+        println!("  {answer} -> route reflector's gobgpd   {}", summary(&self.reflector));
+        println!("  {answer} -> every node's gobgpd         {}", summary(&self.node_bgp));
+        println!("  {answer} -> every node's XDP filter     {}", summary(&self.node_xdp));
+        println!("  {answer} -> border router (bird2)       {}", summary(&self.border));
+        if self.missing > 0 {
+            println!("  not everywhere within {LIMIT:?}: {}", self.missing);
+        }
+    }
+}
+
+pub fn run(a: &MeasureArgs) -> Result<()> {
+    if a.mitigations < 10 || a.mitigations > 3000 {
+        bail!("--mitigations {}: give 10 to 3000", a.mitigations);
+    }
+    let poll = Duration::from_millis(a.poll_ms.clamp(1, 1000));
+    let agent = crate::proof::agent(a.common.agent.as_ref())?;
+    let n = a.mitigations;
+    let extra = 5;
+    let mut fleet = Fleet::build(agent, a.common.nodes, n + extra)?;
+    println!(
+        "fleet: {} nodes and a border router peered with the server's gobgpd; state and logs in {}",
+        fleet.nodes.len(),
+        fleet.dir().display()
+    );
+    fleet.start_server()?;
+    let client = DotsClient::start(&fleet)?;
+    let rr = RibWatch::start(&fleet.scratch.topo.scrubber.path())?;
+    let node_watch = fleet
+        .nodes
+        .iter()
+        .map(|n| RibWatch::start(&n.ns.path()))
+        .collect::<Result<Vec<_>>>()?;
+
+    // 1. Mitigations one after the other, each waited for everywhere.
+    let mut announce = Stages::default();
+    let started = Instant::now();
+    for k in 0..n {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        let t = target(k);
+        let at = client.put(k as u32 + 1, t)?;
+        let arrival = wait_everywhere(&fleet, &[t], true, at, poll, &[])?;
+        announce.add(&arrival, &t, false, at, &rr, &node_watch);
+        if (k + 1) % (n / 10).max(1) == 0 {
+            println!(
+                "  {:>5} mitigations: the last live on every node after {}, at the border after {}",
+                k + 1,
+                arrival.every_node().map_or("-".into(), human),
+                arrival.border.map_or("-".into(), human)
+            );
+        }
+    }
+    println!("created {n} mitigations in {}", human(started.elapsed()));
+    announce.print("create (PUT, one at a time)", "2.01");
+    let tenth = (n / 10).max(1);
+    println!(
+        "  2.01 -> route reflector, first {tenth}: {}; last {tenth}: {}",
+        summary(&announce.reflector[..tenth.min(announce.reflector.len())]),
+        summary(&announce.reflector[announce.reflector.len().saturating_sub(tenth)..])
+    );
+    println!(
+        "  2.01 -> every node's filter, first {tenth}: {}; last {tenth}: {}",
+        summary(&announce.node_xdp[..tenth.min(announce.node_xdp.len())]),
+        summary(&announce.node_xdp[announce.node_xdp.len().saturating_sub(tenth)..])
+    );
+
+    // 2. The fleet's drops in the DOTS status against the nodes' own counters.
+    count_drops(&fleet, &client)?;
+
+    // 3. One node killed -9 and restarted.
+    let mut live: Vec<usize> = (0..n).collect();
+    if fleet.nodes.len() >= 2 {
+        kill_and_restart(&mut fleet, &client, &mut live, n, extra, poll)?;
+    }
+
+    // 4. Withdrawals, one after the other.
+    let mut withdraw = Stages::default();
+    let started = Instant::now();
+    for &k in &live {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        let t = target(k);
+        let at = client.delete(k as u32 + 1)?;
+        let arrival = wait_everywhere(&fleet, &[t], false, at, poll, &[])?;
+        withdraw.add(&arrival, &t, true, at, &rr, &node_watch);
+    }
+    println!("withdrew {} mitigations in {}", live.len(), human(started.elapsed()));
+    withdraw.print("withdraw (DELETE, terminating period 0)", "2.02");
+    Ok(())
+}
+
+/// An NTP reflection attack on every node (node i: 1000 * (i+1) packets over the first
+/// two mitigations' targets); then the DOTS status against the sum of the nodes' own
+/// counters, until they agree.
+fn count_drops(fleet: &Fleet, client: &DotsClient) -> Result<()> {
+    let targets = [target(0), target(1)];
+    for i in 0..fleet.nodes.len() {
+        fleet.attack(i, &targets, 1000 * (i as u64 + 1), 20_000)?;
+    }
+    let stopped = Instant::now();
+    let own = |t: &IpNet| -> Result<Vec<u64>> { fleet.nodes.iter().map(|n| n.dropped(t)).collect() };
+    println!("fleet drops (attack sent to every node, then stopped):");
+    for (m, t) in targets.iter().enumerate() {
+        let per_node = own(t)?;
+        let sum: u64 = per_node.iter().sum();
+        let at_stop = client.dropped(m as u32 + 1)?;
+        let mut agreed = None;
+        while stopped.elapsed() < LIMIT && !interrupted() {
+            if client.dropped(m as u32 + 1)? == sum {
+                agreed = Some(stopped.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "  mid {} ({t}): nodes' own counters {per_node:?} = {sum}; DOTS status at the stop {at_stop}, equal to the sum {}",
+            m + 1,
+            agreed.map_or(format!("not within {LIMIT:?}"), |d| format!("{} after the stop", human(d)))
+        );
+    }
+    println!("  (Prometheus scrapes every 1 s, the server asks it every 1 s)");
+    Ok(())
+}
+
+/// Node 1's follower and gobgpd killed -9: what the server says while it is down, its
+/// pinned filter still dropping, changes made meanwhile, and how long a restart takes to
+/// catch up. `live`: the run's live mitigations (updated with the changes made here).
+fn kill_and_restart(
+    fleet: &mut Fleet,
+    client: &DotsClient,
+    live: &mut Vec<usize>,
+    n: usize,
+    extra: usize,
+    poll: Duration,
+) -> Result<()> {
+    let victim = 1;
+    let scr = &fleet.scratch.topo.scrubber;
+    fleet.nodes[victim].kill9();
+    let killed = Instant::now();
+    println!("node {victim}: follower and gobgpd killed -9 (its pinned filter stays)");
+    let mut seen_down = None;
+    while killed.elapsed() < LIMIT && !interrupted() {
+        if metric(scr, "dots_fleet_nodes_down").unwrap_or(0.0) >= 1.0 {
+            seen_down = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // proof::metric takes a 'static name (it moves it into the namespace's thread).
+    let up_metric: &'static str = Box::leak(
+        format!("dots_fleet_node_up{{instance=\"{}:9500\"}}", super::topology::link(victim).1)
+            .into_boxed_str(),
+    );
+    println!(
+        "  server /metrics: dots_fleet_nodes_down 1 {}; {up_metric} {}",
+        seen_down.map_or("not seen".into(), |d| format!("after {}", human(d))),
+        metric(scr, up_metric).unwrap_or(-1.0),
+    );
+    let t0 = target(0);
+    let before = fleet.nodes[victim].dropped(&t0)?;
+    let status_before = client.dropped(1)?;
+    let sent = fleet.attack(victim, &[t0], 500, 20_000)?;
+    let kept = fleet.nodes[victim].dropped(&t0)? - before;
+    println!(
+        "  attack on the dead node: {kept} of {sent} packets dropped by its pinned filter; DOTS status of mid 1 {status_before} -> {} (its last scraped count stays in the sum)",
+        client.dropped(1)?
+    );
+
+    // Changes while it is down: the last five withdrawn, five new ones.
+    let gone: Vec<usize> = live.split_off(live.len() - extra);
+    let new: Vec<usize> = (n..n + extra).collect();
+    let skip = [victim];
+    let changed = Instant::now();
+    for &k in &gone {
+        client.delete(k as u32 + 1)?;
+    }
+    for &k in &new {
+        client.put(k as u32 + 1, target(k))?;
+    }
+    let gone_t: Vec<IpNet> = gone.iter().map(|&k| target(k)).collect();
+    let new_t: Vec<IpNet> = new.iter().map(|&k| target(k)).collect();
+    let a = wait_everywhere(fleet, &gone_t, false, changed, poll, &skip)?;
+    let b = wait_everywhere(fleet, &new_t, true, changed, poll, &skip)?;
+    println!(
+        "  while it is down: {extra} withdrawn and {extra} created; on the other nodes after {} and {}",
+        a.every_node().map_or("-".into(), human),
+        b.every_node().map_or("-".into(), human)
+    );
+    live.extend(&new);
+
+    // Restarted: time until its filter holds exactly the live mitigations.
+    fleet.nodes[victim].restart()?;
+    let restarted = Instant::now();
+    let node = &fleet.nodes[victim];
+    let (mut has_new, mut lost_gone, mut up_again) = (None, None, None);
+    while restarted.elapsed() < LIMIT * 2 && !interrupted() {
+        let ids = node.installed()?;
+        if has_new.is_none() && new_t.iter().all(|t| node.holds(&ids, t)) {
+            has_new = Some(restarted.elapsed());
+        }
+        if lost_gone.is_none() && gone_t.iter().all(|t| !node.holds(&ids, t)) {
+            lost_gone = Some(restarted.elapsed());
+        }
+        if up_again.is_none() && metric(scr, "dots_fleet_nodes_down").unwrap_or(1.0) == 0.0 {
+            up_again = Some(restarted.elapsed());
+        }
+        if has_new.is_some() && lost_gone.is_some() && up_again.is_some() {
+            break;
+        }
+        std::thread::sleep(poll);
+    }
+    let ids = node.installed()?;
+    let holds_all = live.iter().all(|&k| node.holds(&ids, &target(k)));
+    let fmt = |d: Option<Duration>| d.map_or("not within the limit".to_string(), human);
+    println!(
+        "  restarted: the {extra} new rules live after {}, the {extra} withdrawn ones gone after {}, Prometheus scraping it again after {}; it holds all {} live mitigations: {holds_all}",
+        fmt(has_new),
+        fmt(lost_gone),
+        fmt(up_again),
+        live.len()
+    );
+    let sum: u64 = fleet
+        .nodes
+        .iter()
+        .map(|n| n.dropped(&t0))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .sum();
+    let mut agreed = None;
+    while restarted.elapsed() < LIMIT * 2 && !interrupted() {
+        if client.dropped(1).context("status")? == sum {
+            agreed = Some(restarted.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "  DOTS status of mid 1 equal to the nodes' sum ({sum}, with what the dead node dropped) {}",
+        agreed.map_or("not within the limit".into(), |d| format!("{} after the restart", human(d)))
+    );
+    Ok(())
+}
