@@ -2,14 +2,16 @@
 //! the DOTS server's committed mitigations should announce. The engine hands it changes
 //! ([`crate::engine::RuleAnnouncer`]) without waiting; the thread translates them, applies
 //! the guard rails and reconciles the daemon's table: new rules first, then withdrawals, so
-//! a changed mitigation is never without rules (make before break). The same reconciliation,
-//! every `resync_seconds`, re-announces everything to a daemon that restarted.
+//! a changed mitigation is never without rules (make before break). A change is compared
+//! with what the thread last announced, so its cost does not grow with the table; every
+//! `resync_seconds` (and after any failure) the daemon's own table is read back and
+//! compared instead, which re-announces everything to a daemon that restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -64,6 +66,9 @@ struct Worker {
     gobgp: Gobgp,
     rails: GuardRails,
     mitigations: BTreeMap<u64, Mitigation>,
+    /// What the daemon holds from this server, as far as the thread knows: None until the
+    /// table is read back (at the first reconciliation, and after a failure).
+    announced: Option<BTreeMap<String, FlowRule>>,
     report: Arc<Mutex<Report>>,
 }
 
@@ -76,6 +81,7 @@ impl Announcer {
             gobgp: config.gobgp()?,
             rails: config.rails(),
             mitigations: BTreeMap::new(),
+            announced: None,
             report: report.clone(),
         };
         let every = Duration::from_secs(config.resync_seconds);
@@ -132,8 +138,12 @@ impl RuleAnnouncer for Announcer {
 
 impl Worker {
     fn run(mut self, rx: Receiver<Change>, every: Duration) {
+        // The table is read back on a clock of its own: a steady stream of changes must not
+        // postpone it (a restarted daemon would wait for a quiet moment otherwise).
+        let mut resync_at = Instant::now() + every;
         loop {
-            let first = match rx.recv_timeout(every) {
+            let wait = resync_at.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -141,6 +151,10 @@ impl Worker {
             // Everything queued goes into one reconciliation.
             for change in first.into_iter().chain(rx.try_iter()) {
                 self.apply(change);
+            }
+            if Instant::now() >= resync_at {
+                self.announced = None;
+                resync_at = Instant::now() + every;
             }
             self.reconcile();
         }
@@ -209,6 +223,9 @@ impl Worker {
         let wanted = self.wanted(&mut report);
         report.wanted = wanted.len();
         let result = self.sync(&wanted);
+        if result.is_err() {
+            self.announced = None; // a command failed half-way: read the table next time
+        }
         let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
         report.daemon_errors = shared.daemon_errors;
         report.reconciliations = shared.reconciliations + 1;
@@ -226,8 +243,39 @@ impl Worker {
         *shared = report;
     }
 
-    /// Makes the daemon's own rules equal to `wanted`; returns how many it holds.
-    fn sync(&self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
+    /// Makes the daemon's own rules equal to `wanted`; returns how many it holds. Compared
+    /// with what was last announced, or with the daemon's table read back when that is not
+    /// known.
+    fn sync(&mut self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
+        let mut have = match self.announced.take() {
+            Some(a) => a,
+            None => self.read_back()?,
+        };
+        for (key, rule) in wanted {
+            if have.get(key).map(|h| h.action) != Some(rule.action) {
+                self.gobgp.add(rule)?;
+                have.insert(key.clone(), rule.clone());
+            }
+        }
+        let stale: Vec<String> = have
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(rule) = have.get(&key) {
+                self.gobgp.del(&rule.matches)?;
+            }
+            have.remove(&key);
+        }
+        let count = have.len();
+        self.announced = Some(have);
+        Ok(count)
+    }
+
+    /// The rules this daemon originates, read from its table (rules of other origins are
+    /// logged and left alone).
+    fn read_back(&self) -> Result<BTreeMap<String, FlowRule>, String> {
         let table = self.gobgp.table()?;
         let mut have: BTreeMap<String, FlowRule> = BTreeMap::new();
         let mut foreign = BTreeSet::new();
@@ -246,22 +294,7 @@ impl Worker {
                 "flowspec: rules in gobgpd this server did not make, left alone: {foreign:?}"
             );
         }
-        let mut count = have.len();
-        for (key, rule) in wanted {
-            if have.get(key).map(|h| h.action) != Some(rule.action) {
-                self.gobgp.add(rule)?;
-                if !have.contains_key(key) {
-                    count += 1;
-                }
-            }
-        }
-        for (key, rule) in &have {
-            if !wanted.contains_key(key) {
-                self.gobgp.del(&rule.matches)?;
-                count -= 1;
-            }
-        }
-        Ok(count)
+        Ok(have)
     }
 }
 
