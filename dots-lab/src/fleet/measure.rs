@@ -29,10 +29,17 @@ pub struct MeasureArgs {
     /// Mitigations created one after the other (each waited for everywhere), then withdrawn.
     #[arg(long, default_value_t = 100)]
     pub mitigations: usize,
+    /// Mitigations created first, back to back, and waited for as a batch: the measured
+    /// ones then change a fleet that already holds these (e.g. 900 + 100 for 1,000).
+    #[arg(long, default_value_t = 0)]
+    pub preload: usize,
     /// How often the nodes' pinned filters and the border's table are read while waiting.
     #[arg(long, default_value_t = 20)]
     pub poll_ms: u64,
 }
+
+/// The node killed -9 and restarted.
+const VICTIM: usize = 1;
 
 /// How long one change may take to arrive everywhere before the run gives up on it.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -61,7 +68,7 @@ fn wait_everywhere(
     targets: &[IpNet],
     present: bool,
     since: Instant,
-    poll: Duration,
+    poll: &mut Poll,
     skip: &[usize],
 ) -> Result<Arrival> {
     let mut a = Arrival {
@@ -72,6 +79,7 @@ fn wait_everywhere(
         a.nodes[i] = Some(Duration::ZERO);
     }
     loop {
+        let read = Instant::now();
         for (i, node) in fleet.nodes.iter().enumerate() {
             if a.nodes[i].is_none() {
                 let ids = node.installed()?;
@@ -86,14 +94,22 @@ fn wait_everywhere(
                 a.border = Some(since.elapsed());
             }
         }
+        poll.reads.push(read.elapsed());
         if a.border.is_some() && a.nodes.iter().all(Option::is_some) {
             return Ok(a);
         }
         if since.elapsed() > LIMIT || interrupted() {
             return Ok(a);
         }
-        std::thread::sleep(poll);
+        std::thread::sleep(poll.every);
     }
+}
+
+/// How often the nodes and the border are read, and how long each read of all of them
+/// took (the resolution of the times printed).
+struct Poll {
+    every: Duration,
+    reads: Vec<Duration>,
 }
 
 /// Per change: the stages' times from the DOTS answer.
@@ -135,14 +151,21 @@ impl Stages {
 }
 
 pub fn run(a: &MeasureArgs) -> Result<()> {
-    if a.mitigations < 10 || a.mitigations > 3000 {
-        bail!("--mitigations {}: give 10 to 3000", a.mitigations);
+    if a.mitigations < 10 || a.mitigations + a.preload > 3000 {
+        bail!(
+            "--mitigations {} --preload {}: give at least 10 mitigations, at most 3000 in all",
+            a.mitigations,
+            a.preload
+        );
     }
-    let poll = Duration::from_millis(a.poll_ms.clamp(1, 1000));
+    let mut poll = Poll {
+        every: Duration::from_millis(a.poll_ms.clamp(1, 1000)),
+        reads: Vec::new(),
+    };
     let agent = crate::proof::agent(a.common.agent.as_ref())?;
-    let n = a.mitigations;
+    let (pre, n) = (a.preload, a.mitigations);
     let extra = 5;
-    let mut fleet = Fleet::build(agent, a.common.nodes, n + extra)?;
+    let mut fleet = Fleet::build(agent, a.common.nodes, pre + n + extra)?;
     println!(
         "fleet: {} nodes and a border router peered with the server's gobgpd; state and logs in {}",
         fleet.nodes.len(),
@@ -151,24 +174,41 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
     fleet.start_server()?;
     let client = DotsClient::start(&fleet)?;
     let rr = RibWatch::start(&fleet.scratch.topo.scrubber.path())?;
-    let node_watch = fleet
+    let mut node_watch = fleet
         .nodes
         .iter()
         .map(|n| RibWatch::start(&n.ns.path()))
         .collect::<Result<Vec<_>>>()?;
 
+    // 0. The preloaded ones, as one batch.
+    if pre > 0 {
+        let targets: Vec<IpNet> = (0..pre).map(target).collect();
+        let started = Instant::now();
+        for (k, t) in targets.iter().enumerate() {
+            client.put(k as u32 + 1, *t)?;
+        }
+        let sent = started.elapsed();
+        let arrival = wait_everywhere(&fleet, &targets, true, started, &mut poll, &[])?;
+        println!(
+            "preload: {pre} mitigations created back to back in {}; all live on every node after {}, at the border after {}",
+            human(sent),
+            arrival.every_node().map_or("-".into(), human),
+            arrival.border.map_or("-".into(), human)
+        );
+    }
+
     // 1. Mitigations one after the other, each waited for everywhere.
     let mut announce = Stages::default();
     let started = Instant::now();
-    for k in 0..n {
+    for k in pre..pre + n {
         if interrupted() {
             bail!("interrupted");
         }
         let t = target(k);
         let at = client.put(k as u32 + 1, t)?;
-        let arrival = wait_everywhere(&fleet, &[t], true, at, poll, &[])?;
+        let arrival = wait_everywhere(&fleet, &[t], true, at, &mut poll, &[])?;
         announce.add(&arrival, &t, false, at, &rr, &node_watch);
-        if (k + 1) % (n / 10).max(1) == 0 {
+        if (k + 1 - pre) % (n / 10).max(1) == 0 {
             println!(
                 "  {:>5} mitigations: the last live on every node after {}, at the border after {}",
                 k + 1,
@@ -177,7 +217,7 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
             );
         }
     }
-    println!("created {n} mitigations in {}", human(started.elapsed()));
+    println!("created {n} mitigations one at a time in {}", human(started.elapsed()));
     announce.print("create (PUT, one at a time)", "2.01");
     let tenth = (n / 10).max(1);
     println!(
@@ -195,9 +235,11 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
     count_drops(&fleet, &client)?;
 
     // 3. One node killed -9 and restarted.
-    let mut live: Vec<usize> = (0..n).collect();
+    let mut live: Vec<usize> = (pre..pre + n).collect();
     if fleet.nodes.len() >= 2 {
-        kill_and_restart(&mut fleet, &client, &mut live, n, extra, poll)?;
+        kill_and_restart(&mut fleet, &client, &mut live, pre + n, extra, &mut poll)?;
+        // Its monitor ended with the killed gobgpd.
+        node_watch[VICTIM] = RibWatch::start(&fleet.nodes[VICTIM].ns.path())?;
     }
 
     // 4. Withdrawals, one after the other.
@@ -209,11 +251,29 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
         }
         let t = target(k);
         let at = client.delete(k as u32 + 1)?;
-        let arrival = wait_everywhere(&fleet, &[t], false, at, poll, &[])?;
+        let arrival = wait_everywhere(&fleet, &[t], false, at, &mut poll, &[])?;
         withdraw.add(&arrival, &t, true, at, &rr, &node_watch);
     }
     println!("withdrew {} mitigations in {}", live.len(), human(started.elapsed()));
     withdraw.print("withdraw (DELETE, terminating period 0)", "2.02");
+    if pre > 0 {
+        let targets: Vec<IpNet> = (0..pre).map(target).collect();
+        let started = Instant::now();
+        for k in 0..pre {
+            client.delete(k as u32 + 1)?;
+        }
+        let arrival = wait_everywhere(&fleet, &targets, false, started, &mut poll, &[])?;
+        println!(
+            "preload: {pre} withdrawn back to back; gone from every node after {}, from the border after {}",
+            arrival.every_node().map_or("-".into(), human),
+            arrival.border.map_or("-".into(), human)
+        );
+    }
+    println!(
+        "one read of every node's pinned filter and the border's table took {} (every {} ms; the times above are late by up to both)",
+        summary(&poll.reads),
+        poll.every.as_millis()
+    );
     Ok(())
 }
 
@@ -259,9 +319,9 @@ fn kill_and_restart(
     live: &mut Vec<usize>,
     n: usize,
     extra: usize,
-    poll: Duration,
+    poll: &mut Poll,
 ) -> Result<()> {
-    let victim = 1;
+    let victim = VICTIM;
     let scr = &fleet.scratch.topo.scrubber;
     fleet.nodes[victim].kill9();
     let killed = Instant::now();
@@ -335,7 +395,7 @@ fn kill_and_restart(
         if has_new.is_some() && lost_gone.is_some() && up_again.is_some() {
             break;
         }
-        std::thread::sleep(poll);
+        std::thread::sleep(poll.every);
     }
     let ids = node.installed()?;
     let holds_all = live.iter().all(|&k| node.holds(&ids, &target(k)));
