@@ -52,7 +52,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     );
     let client = DotsClient::start(&fleet)?;
     let target: IpNet = TARGET.parse()?;
-    let at = client.put(1, target)?;
+    let at = client.put(1, target)?.at;
     println!("customer: mitigation for {TARGET} (NTP reflection dropped): 2.01");
     loop {
         let ready = fleet

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -246,6 +246,26 @@ impl Bird {
     pub fn established(&self) -> bool {
         self.show("protocols upstream").contains("Established")
     }
+
+    /// Each rule's destination and the time of day bird imported it (its own stamp, to the
+    /// millisecond: `[upstream 13:02:53.400 from ...]`).
+    pub fn import_times(&self) -> Vec<(IpNet, String)> {
+        ["flowtab4", "flowtab6"]
+            .iter()
+            .flat_map(|t| import_times_in(&self.show(&format!("route table {t}"))))
+            .collect()
+    }
+}
+
+fn import_times_in(text: &str) -> Vec<(IpNet, String)> {
+    text.lines()
+        .filter(|l| l.starts_with("flow"))
+        .filter_map(|l| {
+            let dst = l.split("dst ").nth(1)?.split(';').next()?.trim().parse().ok()?;
+            let stamp = l.split(" [").nth(1)?.split_whitespace().nth(1)?;
+            Some((dst, stamp.to_string()))
+        })
+        .collect()
 }
 
 /// The `dst` of each rule line in `birdc show route table flowtabN` output.
@@ -285,11 +305,12 @@ pub fn prometheus(netns: &Path, dir: &Path, listen: &str, scrape_configs: &str) 
 }
 
 /// When a gobgpd's table first showed each FlowSpec destination arriving and leaving:
-/// `gobgp monitor global rib -j` (one JSON line per event, stamped on arrival here), read by
+/// `gobgp monitor global rib -j` (one JSON line per event, stamped with the wall clock on
+/// arrival here), read by
 /// a thread of its own. Killed with the daemon's session (the monitor ends) or on drop.
 pub struct RibWatch {
     child: Child,
-    seen: Arc<Mutex<HashMap<(IpNet, bool), Instant>>>,
+    seen: Arc<Mutex<HashMap<(IpNet, bool), SystemTime>>>,
 }
 
 impl RibWatch {
@@ -303,12 +324,12 @@ impl RibWatch {
             .spawn()
             .context("starting gobgp monitor")?;
         let out = child.stdout.take().context("the monitor's output")?;
-        let seen: Arc<Mutex<HashMap<(IpNet, bool), Instant>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<(IpNet, bool), SystemTime>>> = Arc::default();
         let shared = seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let now = Instant::now();
+                let now = SystemTime::now();
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 for event in monitor_events(&line) {
                     s.entry(event).or_insert(now);
@@ -319,7 +340,7 @@ impl RibWatch {
     }
 
     /// When `dst` was first announced (`withdrawn` false) or withdrawn (true).
-    pub fn seen(&self, dst: &IpNet, withdrawn: bool) -> Option<Instant> {
+    pub fn seen(&self, dst: &IpNet, withdrawn: bool) -> Option<SystemTime> {
         let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         s.get(&(*dst, withdrawn)).copied()
     }
@@ -365,6 +386,10 @@ mod tests {
             flow4 { dst 203.0.113.10/32; proto 17; sport 123; }  [gobgp_rr 03:39:08.546 from 192.0.2.5] * (100) [AS64512?]\n\
             \tBGP.ext_community: (generic, 0x80060000, 0x0)\n\
             flow6 { dst 2001:db8:6401::/48; next header 6; tcp flags !0x0/0x2; }  [x]\n";
+        assert_eq!(
+            import_times_in(bird)[0],
+            ("203.0.113.10/32".parse().unwrap(), "03:39:08.546".to_string())
+        );
         assert_eq!(
             destinations_in(bird),
             vec![

@@ -9,8 +9,8 @@
 //! between come from `gobgp monitor` on the route reflector's and each node's gobgpd (a line
 //! per change, stamped on arrival).
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -61,45 +61,76 @@ impl Arrival {
     }
 }
 
+/// A time of day bird printed (`13:02:53.400`, UTC on this machine) on the day of `near`.
+fn time_of_day(stamp: &str, near: SystemTime) -> Option<SystemTime> {
+    let mut p = stamp.split(':');
+    let (h, m) = (p.next()?.parse::<u64>().ok()?, p.next()?.parse::<u64>().ok()?);
+    let s: f64 = p.next()?.parse().ok()?;
+    let base = near.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let day = UNIX_EPOCH + Duration::from_secs(base - base % 86_400);
+    Some(day + Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s))
+}
+
 /// Waits until every node's filter and the border hold (`present`) or no longer hold the
-/// rules of `targets`; times from `since`. Nodes in `skip` are not waited for.
+/// rules of `targets`. The times are the components' own: the follower's log line
+/// ("installed"/"removed", written when the datapath's change had returned), confirmed by a
+/// read of the node's pinned maps, and bird's import stamp; a withdrawal at the border is
+/// timed by the read of its table that no longer shows it. Nodes in `skip` are not waited for.
 fn wait_everywhere(
     fleet: &Fleet,
     targets: &[IpNet],
     present: bool,
-    since: Instant,
+    since: SystemTime,
     poll: &mut Poll,
     skip: &[usize],
 ) -> Result<Arrival> {
-    let mut a = Arrival {
-        nodes: vec![None; fleet.nodes.len()],
-        border: None,
-    };
+    let started = Instant::now();
+    let after = |t: SystemTime| t.duration_since(since).unwrap_or_default();
+    let what = if present { "installed" } else { "removed" };
+    let mut nodes: Vec<Option<Duration>> = vec![None; fleet.nodes.len()];
     for &i in skip {
-        a.nodes[i] = Some(Duration::ZERO);
+        nodes[i] = Some(Duration::ZERO);
     }
+    let mut border = None;
     loop {
         let read = Instant::now();
-        for (i, node) in fleet.nodes.iter().enumerate() {
-            if a.nodes[i].is_none() {
-                let ids = node.installed()?;
-                if targets.iter().all(|t| node.holds(&ids, t) == present) {
-                    a.nodes[i] = Some(since.elapsed());
+        if border.is_none() {
+            if present {
+                let stamps: HashMap<IpNet, String> =
+                    fleet.border.import_times().into_iter().collect();
+                let times: Option<Vec<Duration>> = targets
+                    .iter()
+                    .map(|t| Some(after(time_of_day(stamps.get(t)?, since)?)))
+                    .collect();
+                border = times.and_then(|t| t.into_iter().max());
+            } else {
+                let dests: HashSet<IpNet> = fleet.border.destinations().into_iter().collect();
+                if targets.iter().all(|t| !dests.contains(t)) {
+                    border = Some(after(SystemTime::now()));
                 }
             }
         }
-        if a.border.is_none() {
-            let dests: HashSet<IpNet> = fleet.border.destinations().into_iter().collect();
-            if targets.iter().all(|t| dests.contains(t) == present) {
-                a.border = Some(since.elapsed());
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            if nodes[i].is_some() {
+                continue;
+            }
+            let logged = node.logged(what, since);
+            let Some(times) = targets
+                .iter()
+                .map(|t| logged.get(t).copied())
+                .collect::<Option<Vec<SystemTime>>>()
+            else {
+                continue;
+            };
+            let ids = node.installed()?;
+            if targets.iter().all(|t| node.holds(&ids, t) == present) {
+                nodes[i] = times.into_iter().max().map(after);
             }
         }
         poll.reads.push(read.elapsed());
-        if a.border.is_some() && a.nodes.iter().all(Option::is_some) {
-            return Ok(a);
-        }
-        if since.elapsed() > LIMIT || interrupted() {
-            return Ok(a);
+        let done = border.is_some() && nodes.iter().all(Option::is_some);
+        if done || started.elapsed() > LIMIT || interrupted() {
+            return Ok(Arrival { nodes, border });
         }
         std::thread::sleep(poll.every);
     }
@@ -123,8 +154,11 @@ struct Stages {
 }
 
 impl Stages {
-    fn add(&mut self, a: &Arrival, t: &IpNet, withdrawn: bool, at: Instant, rr: &RibWatch, nodes: &[RibWatch]) {
-        let since = |w: &RibWatch| w.seen(t, withdrawn).map(|s| s.saturating_duration_since(at));
+    fn add(&mut self, a: &Arrival, t: &IpNet, withdrawn: bool, at: SystemTime, rr: &RibWatch, nodes: &[RibWatch]) {
+        let since = |w: &RibWatch| {
+            w.seen(t, withdrawn)
+                .map(|s| s.duration_since(at).unwrap_or_default())
+        };
         self.reflector.extend(since(rr));
         if let Some(m) = nodes.iter().map(since).collect::<Option<Vec<_>>>() {
             self.node_bgp.extend(m.into_iter().max());
@@ -183,12 +217,12 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
     // 0. The preloaded ones, as one batch.
     if pre > 0 {
         let targets: Vec<IpNet> = (0..pre).map(target).collect();
-        let started = Instant::now();
+        let (started, wall) = (Instant::now(), SystemTime::now());
         for (k, t) in targets.iter().enumerate() {
             client.put(k as u32 + 1, *t)?;
         }
         let sent = started.elapsed();
-        let arrival = wait_everywhere(&fleet, &targets, true, started, &mut poll, &[])?;
+        let arrival = wait_everywhere(&fleet, &targets, true, wall, &mut poll, &[])?;
         println!(
             "preload: {pre} mitigations created back to back in {}; all live on every node after {}, at the border after {}",
             human(sent),
@@ -205,7 +239,7 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
             bail!("interrupted");
         }
         let t = target(k);
-        let at = client.put(k as u32 + 1, t)?;
+        let at = client.put(k as u32 + 1, t)?.wall;
         let arrival = wait_everywhere(&fleet, &[t], true, at, &mut poll, &[])?;
         announce.add(&arrival, &t, false, at, &rr, &node_watch);
         if (k + 1 - pre) % (n / 10).max(1) == 0 {
@@ -250,7 +284,7 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
             bail!("interrupted");
         }
         let t = target(k);
-        let at = client.delete(k as u32 + 1)?;
+        let at = client.delete(k as u32 + 1)?.wall;
         let arrival = wait_everywhere(&fleet, &[t], false, at, &mut poll, &[])?;
         withdraw.add(&arrival, &t, true, at, &rr, &node_watch);
     }
@@ -258,11 +292,11 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
     withdraw.print("withdraw (DELETE, terminating period 0)", "2.02");
     if pre > 0 {
         let targets: Vec<IpNet> = (0..pre).map(target).collect();
-        let started = Instant::now();
+        let wall = SystemTime::now();
         for k in 0..pre {
             client.delete(k as u32 + 1)?;
         }
-        let arrival = wait_everywhere(&fleet, &targets, false, started, &mut poll, &[])?;
+        let arrival = wait_everywhere(&fleet, &targets, false, wall, &mut poll, &[])?;
         println!(
             "preload: {pre} withdrawn back to back; gone from every node after {}, from the border after {}",
             arrival.every_node().map_or("-".into(), human),
@@ -270,7 +304,7 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
         );
     }
     println!(
-        "one read of every node's pinned filter and the border's table took {} (every {} ms; the times above are late by up to both)",
+        "one round of reads (the border's table, the followers' logs, a node's pinned maps once its log names the change) took {}, every {} ms",
         summary(&poll.reads),
         poll.every.as_millis()
     );
@@ -288,10 +322,13 @@ fn count_drops(fleet: &Fleet, client: &DotsClient) -> Result<()> {
     let stopped = Instant::now();
     let own = |t: &IpNet| -> Result<Vec<u64>> { fleet.nodes.iter().map(|n| n.dropped(t)).collect() };
     println!("fleet drops (attack sent to every node, then stopped):");
+    let mut at_stop = Vec::new();
     for (m, t) in targets.iter().enumerate() {
         let per_node = own(t)?;
+        at_stop.push((per_node, client.dropped(m as u32 + 1)?));
+    }
+    for (m, (t, (per_node, status))) in targets.iter().zip(at_stop).enumerate() {
         let sum: u64 = per_node.iter().sum();
-        let at_stop = client.dropped(m as u32 + 1)?;
         let mut agreed = None;
         while stopped.elapsed() < LIMIT && !interrupted() {
             if client.dropped(m as u32 + 1)? == sum {
@@ -301,7 +338,7 @@ fn count_drops(fleet: &Fleet, client: &DotsClient) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
         println!(
-            "  mid {} ({t}): nodes' own counters {per_node:?} = {sum}; DOTS status at the stop {at_stop}, equal to the sum {}",
+            "  mid {} ({t}): nodes' own counters {per_node:?} = {sum}; DOTS status at the stop {status}, equal to the sum {}",
             m + 1,
             agreed.map_or(format!("not within {LIMIT:?}"), |d| format!("{} after the stop", human(d)))
         );
@@ -358,7 +395,7 @@ fn kill_and_restart(
     let gone: Vec<usize> = live.split_off(live.len() - extra);
     let new: Vec<usize> = (n..n + extra).collect();
     let skip = [victim];
-    let changed = Instant::now();
+    let changed = SystemTime::now();
     for &k in &gone {
         client.delete(k as u32 + 1)?;
     }
@@ -378,7 +415,7 @@ fn kill_and_restart(
 
     // Restarted: time until its filter holds exactly the live mitigations.
     fleet.nodes[victim].restart()?;
-    let restarted = Instant::now();
+    let (restarted, restarted_wall) = (Instant::now(), SystemTime::now());
     let node = &fleet.nodes[victim];
     let (mut has_new, mut lost_gone, mut up_again) = (None, None, None);
     while restarted.elapsed() < LIMIT * 2 && !interrupted() {
@@ -399,6 +436,19 @@ fn kill_and_restart(
     }
     let ids = node.installed()?;
     let holds_all = live.iter().all(|&k| node.holds(&ids, &target(k)));
+    // The reads above confirm; the times are the restarted follower's log lines.
+    let logged = |ts: &[IpNet], what: &str| -> Option<Duration> {
+        let lines = node.logged(what, restarted_wall);
+        ts.iter()
+            .map(|t| lines.get(t).copied())
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max()?
+            .duration_since(restarted_wall)
+            .ok()
+    };
+    let has_new = has_new.and(logged(&new_t, "installed")).or(has_new);
+    let lost_gone = lost_gone.and(logged(&gone_t, "removed")).or(lost_gone);
     let fmt = |d: Option<Duration>| d.map_or("not within the limit".to_string(), human);
     println!(
         "  restarted: the {extra} new rules live after {}, the {extra} withdrawn ones gone after {}, Prometheus scraping it again after {}; it holds all {} live mitigations: {holds_all}",

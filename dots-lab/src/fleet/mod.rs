@@ -18,7 +18,7 @@ pub mod topology;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
@@ -78,6 +78,8 @@ enum Ask {
 pub struct Answer {
     pub code: String,
     pub at: Instant,
+    /// The same moment on the wall clock (what the daemons' own stamps compare with).
+    pub wall: SystemTime,
     pub dropped: Option<u64>,
 }
 
@@ -129,21 +131,21 @@ impl DotsClient {
     }
 
     /// PUT mitigation `mid` for `target`; fails unless the server answers 2.01.
-    pub fn put(&self, mid: u32, target: IpNet) -> Result<Instant> {
+    pub fn put(&self, mid: u32, target: IpNet) -> Result<Answer> {
         let a = self.ask(Ask::Put(mid, target))?;
         if a.code != "2.01" {
             bail!("PUT mid={mid} ({target}): the server answered {}", a.code);
         }
-        Ok(a.at)
+        Ok(a)
     }
 
     /// DELETE mitigation `mid`; fails unless the server answers 2.02.
-    pub fn delete(&self, mid: u32) -> Result<Instant> {
+    pub fn delete(&self, mid: u32) -> Result<Answer> {
         let a = self.ask(Ask::Delete(mid))?;
         if a.code != "2.02" {
             bail!("DELETE mid={mid}: the server answered {}", a.code);
         }
-        Ok(a.at)
+        Ok(a)
     }
 
     /// The `pkts-dropped` of mitigation `mid`'s status (this box's and the fleet's).
@@ -178,12 +180,17 @@ async fn one(s: &mut Session, ask: Ask) -> Result<Answer> {
             (code_text(&r), Some(r.payload))
         }
     };
-    let at = Instant::now();
+    let (at, wall) = (Instant::now(), SystemTime::now());
     let dropped = payload.and_then(|p| {
         let v = dots_agent::signal::diag::to_json(
             &dots_agent::signal::cbor::parse_response(&p).ok()?,
         );
         v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
     });
-    Ok(Answer { code, at, dropped })
+    Ok(Answer {
+        code,
+        at,
+        wall,
+        dropped,
+    })
 }

@@ -14,9 +14,9 @@
 //! border router is an eBGP peer. Prometheus scrapes each node's /metrics on its BGP
 //! address. Everything is removed on drop: processes (by pid), pins, namespaces.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use dots_agent::af_packet::PacketSocket;
@@ -77,14 +77,49 @@ fn node_gobgpd(ns: &Netns, dir: &Path, i: usize, start: u32) -> Result<Daemon> {
     )
 }
 
-/// Node `i`'s `dots-agent follow`, its log `follow<i>.<start>.log`.
+/// Node `i`'s `dots-agent follow`, its log `follow<i>.<start>.log` at level info (it names
+/// each prefix installed and removed, with the time).
 fn node_follower(ns: &Netns, dir: &Path, agent: &Path, config: &Path, i: usize, start: u32) -> Result<Daemon> {
     Daemon::start(
         &ns.path(),
-        agent.to_str().context("a UTF-8 path")?,
-        &["follow", "--config", config.to_str().context("a UTF-8 path")?],
-        &dir.join(format!("follow{i}.{start}.log")),
+        "/usr/bin/env",
+        &[
+            "RUST_LOG=info",
+            agent.to_str().context("a UTF-8 path")?,
+            "follow",
+            "--config",
+            config.to_str().context("a UTF-8 path")?,
+        ],
+        &follower_log(dir, i, start),
     )
+}
+
+fn follower_log(dir: &Path, i: usize, start: u32) -> PathBuf {
+    dir.join(format!("follow{i}.{start}.log"))
+}
+
+/// The time of a log line the agent wrote (`2026-12-07T13:02:53.326806Z  INFO ...`).
+pub fn log_time(line: &str) -> Option<SystemTime> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (t.next()?.parse::<u64>().ok()?, t.next()?.parse::<u64>().ok()?);
+    let field = t.next()?;
+    let (sec, frac) = field.split_once('.').unwrap_or((field, ""));
+    let sec: u64 = sec.parse().ok()?;
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm): no date crate is
+    // a dependency here for one conversion.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 impl Node {
@@ -119,6 +154,28 @@ impl Node {
             .counters(mitigation_id(target))
             .map_err(|e| anyhow::anyhow!("node {}'s counters: {e}", self.index))?
             .map_or(0, |c| c.dropped_total().packets))
+    }
+
+    /// When the follower logged each prefix "installed" or "removed" (`what`; written when
+    /// its datapath's install or removal had returned), the first time at or after `after`.
+    pub fn logged(&self, what: &str, after: SystemTime) -> HashMap<IpNet, SystemTime> {
+        let text =
+            std::fs::read_to_string(follower_log(&self.dir, self.index, self.starts)).unwrap_or_default();
+        let mut out = HashMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.split("follow: ").nth(1) else { continue };
+            let mut words = rest.split_whitespace();
+            let (Some(prefix), Some(verb)) = (words.next(), words.next()) else { continue };
+            if verb != what {
+                continue;
+            }
+            if let (Ok(p), Some(t)) = (prefix.parse::<IpNet>(), log_time(line)) {
+                if t >= after {
+                    out.entry(p).or_insert(t);
+                }
+            }
+        }
+        out
     }
 
     /// Whether the node's filter holds a rule for `target` (see [`Node::installed`]).
@@ -375,4 +432,18 @@ fn run_ip(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_log_lines_give_their_wall_clock_time() {
+        let t = super::log_time("2026-12-07T13:02:53.326806Z  INFO dots_agent::flowspec::follow: x")
+            .unwrap();
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        // date -u -d 2026-12-07T13:02:53Z +%s
+        assert_eq!(since.as_secs(), 1_796_648_573);
+        assert_eq!(since.subsec_micros(), 326_806);
+        assert!(super::log_time("no time here").is_none());
+    }
 }
