@@ -94,6 +94,32 @@ fn node_follower(ns: &Netns, dir: &Path, agent: &Path, config: &Path, i: usize, 
     )
 }
 
+/// The prefixes a follower's log names with `what` ("follow: PREFIX installed (N rules)"),
+/// each at its first line at or after `after`.
+fn logged_in(text: &str, what: &str, after: SystemTime) -> HashMap<IpNet, SystemTime> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        // The message follows the target `dots_agent::flowspec::follow:`, itself ending in
+        // "follow: ": the last occurrence starts the message.
+        let Some(message) = line.rsplit("follow: ").next() else {
+            continue;
+        };
+        let mut words = message.split_whitespace();
+        let (Some(prefix), Some(verb)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if verb != what {
+            continue;
+        }
+        if let (Ok(p), Some(t)) = (prefix.parse::<IpNet>(), log_time(line)) {
+            if t >= after {
+                out.entry(p).or_insert(t);
+            }
+        }
+    }
+    out
+}
+
 fn follower_log(dir: &Path, i: usize, start: u32) -> PathBuf {
     dir.join(format!("follow{i}.{start}.log"))
 }
@@ -159,23 +185,8 @@ impl Node {
     /// When the follower logged each prefix "installed" or "removed" (`what`; written when
     /// its datapath's install or removal had returned), the first time at or after `after`.
     pub fn logged(&self, what: &str, after: SystemTime) -> HashMap<IpNet, SystemTime> {
-        let text =
-            std::fs::read_to_string(follower_log(&self.dir, self.index, self.starts)).unwrap_or_default();
-        let mut out = HashMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.split("follow: ").nth(1) else { continue };
-            let mut words = rest.split_whitespace();
-            let (Some(prefix), Some(verb)) = (words.next(), words.next()) else { continue };
-            if verb != what {
-                continue;
-            }
-            if let (Ok(p), Some(t)) = (prefix.parse::<IpNet>(), log_time(line)) {
-                if t >= after {
-                    out.entry(p).or_insert(t);
-                }
-            }
-        }
-        out
+        let log = follower_log(&self.dir, self.index, self.starts);
+        logged_in(&std::fs::read_to_string(log).unwrap_or_default(), what, after)
     }
 
     /// Whether the node's filter holds a rule for `target` (see [`Node::installed`]).
@@ -445,5 +456,20 @@ mod tests {
         assert_eq!(since.as_secs(), 1_796_648_573);
         assert_eq!(since.subsec_micros(), 326_806);
         assert!(super::log_time("no time here").is_none());
+    }
+
+    #[test]
+    fn a_follower_log_names_what_it_installed_and_removed() {
+        let log = "2026-12-07T13:25:40.913241Z  INFO dots_agent::flowspec::follow: follow: 2001:db8:6401::384/128 installed (1 rules)\n\
+                   2026-12-07T13:25:41.000000Z  INFO dots_agent::flowspec::follow: follow: 198.51.100.20/32 removed\n\
+                   2026-12-07T13:25:42.000000Z  WARN dots_agent::flowspec::follow: follow: not installed: x";
+        let early = super::log_time("2026-12-07T13:00:00Z x").unwrap();
+        let installed = super::logged_in(log, "installed", early);
+        let v6: ipnet::IpNet = "2001:db8:6401::384/128".parse().unwrap();
+        assert_eq!(installed.len(), 1);
+        assert_eq!(installed[&v6], super::log_time(log).unwrap());
+        assert_eq!(super::logged_in(log, "removed", early).len(), 1);
+        let late = super::log_time("2026-12-07T14:00:00Z x").unwrap();
+        assert!(super::logged_in(log, "installed", late).is_empty());
     }
 }
