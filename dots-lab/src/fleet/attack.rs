@@ -61,7 +61,10 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             .map(|n| Ok(n.holds(&n.installed()?, &target)))
             .collect::<Result<Vec<bool>>>()?;
         if ready.iter().all(|r| *r) {
-            println!("  its FlowSpec rule is live on every node's XDP filter after {}", human(at.elapsed()));
+            println!(
+                "  its FlowSpec rule is live on every node's XDP filter after {}",
+                human(at.elapsed())
+            );
             break;
         }
         if at.elapsed() > Duration::from_secs(60) || interrupted() {
@@ -88,14 +91,20 @@ pub fn run(a: &AttackArgs) -> Result<()> {
                     let fleet = &fleet;
                     s.spawn(move || {
                         let dests: Vec<IpNet> = (0..10)
-                            .map(|j| format!("198.51.100.{}/32", 100 + 10 * i + j).parse().expect("an address"))
+                            .map(|j| {
+                                format!("198.51.100.{}/32", 100 + 10 * i + j)
+                                    .parse()
+                                    .expect("an address")
+                            })
                             .collect();
                         fleet.attack(i, &dests, per_node, per_node)
                     })
                 })
                 .collect();
             for (i, h) in handles.into_iter().enumerate() {
-                sent[i] += h.join().map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+                sent[i] += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a sender panicked"))??;
             }
             Ok(())
         })?;

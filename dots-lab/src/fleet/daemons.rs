@@ -261,7 +261,14 @@ fn import_times_in(text: &str) -> Vec<(IpNet, String)> {
     text.lines()
         .filter(|l| l.starts_with("flow"))
         .filter_map(|l| {
-            let dst = l.split("dst ").nth(1)?.split(';').next()?.trim().parse().ok()?;
+            let dst = l
+                .split("dst ")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
             let stamp = l.split(" [").nth(1)?.split_whitespace().nth(1)?;
             Some((dst, stamp.to_string()))
         })
@@ -388,7 +395,10 @@ mod tests {
             flow6 { dst 2001:db8:6401::/48; next header 6; tcp flags !0x0/0x2; }  [x]\n";
         assert_eq!(
             import_times_in(bird)[0],
-            ("203.0.113.10/32".parse().unwrap(), "03:39:08.546".to_string())
+            (
+                "203.0.113.10/32".parse().unwrap(),
+                "03:39:08.546".to_string()
+            )
         );
         assert_eq!(
             destinations_in(bird),

@@ -64,7 +64,10 @@ impl Arrival {
 /// A time of day bird printed (`13:02:53.400`, UTC on this machine) on the day of `near`.
 fn time_of_day(stamp: &str, near: SystemTime) -> Option<SystemTime> {
     let mut p = stamp.split(':');
-    let (h, m) = (p.next()?.parse::<u64>().ok()?, p.next()?.parse::<u64>().ok()?);
+    let (h, m) = (
+        p.next()?.parse::<u64>().ok()?,
+        p.next()?.parse::<u64>().ok()?,
+    );
     let s: f64 = p.next()?.parse().ok()?;
     let base = near.duration_since(UNIX_EPOCH).ok()?.as_secs();
     let day = UNIX_EPOCH + Duration::from_secs(base - base % 86_400);
@@ -154,7 +157,15 @@ struct Stages {
 }
 
 impl Stages {
-    fn add(&mut self, a: &Arrival, t: &IpNet, withdrawn: bool, at: SystemTime, rr: &RibWatch, nodes: &[RibWatch]) {
+    fn add(
+        &mut self,
+        a: &Arrival,
+        t: &IpNet,
+        withdrawn: bool,
+        at: SystemTime,
+        rr: &RibWatch,
+        nodes: &[RibWatch],
+    ) {
         let since = |w: &RibWatch| {
             w.seen(t, withdrawn)
                 .map(|s| s.duration_since(at).unwrap_or_default())
@@ -174,10 +185,22 @@ impl Stages {
 
     fn print(&self, what: &str, answer: &str) {
         println!("{what} ({} changes):", self.node_xdp.len() + self.missing);
-        println!("  {answer} -> route reflector's gobgpd   {}", summary(&self.reflector));
-        println!("  {answer} -> every node's gobgpd         {}", summary(&self.node_bgp));
-        println!("  {answer} -> every node's XDP filter     {}", summary(&self.node_xdp));
-        println!("  {answer} -> border router (bird2)       {}", summary(&self.border));
+        println!(
+            "  {answer} -> route reflector's gobgpd   {}",
+            summary(&self.reflector)
+        );
+        println!(
+            "  {answer} -> every node's gobgpd         {}",
+            summary(&self.node_bgp)
+        );
+        println!(
+            "  {answer} -> every node's XDP filter     {}",
+            summary(&self.node_xdp)
+        );
+        println!(
+            "  {answer} -> border router (bird2)       {}",
+            summary(&self.border)
+        );
         if self.missing > 0 {
             println!("  not everywhere within {LIMIT:?}: {}", self.missing);
         }
@@ -251,7 +274,10 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
             );
         }
     }
-    println!("created {n} mitigations one at a time in {}", human(started.elapsed()));
+    println!(
+        "created {n} mitigations one at a time in {}",
+        human(started.elapsed())
+    );
     announce.print("create (PUT, one at a time)", "2.01");
     let tenth = (n / 10).max(1);
     println!(
@@ -288,7 +314,11 @@ pub fn run(a: &MeasureArgs) -> Result<()> {
         let arrival = wait_everywhere(&fleet, &[t], false, at, &mut poll, &[])?;
         withdraw.add(&arrival, &t, true, at, &rr, &node_watch);
     }
-    println!("withdrew {} mitigations in {}", live.len(), human(started.elapsed()));
+    println!(
+        "withdrew {} mitigations in {}",
+        live.len(),
+        human(started.elapsed())
+    );
     withdraw.print("withdraw (DELETE, terminating period 0)", "2.02");
     if pre > 0 {
         let targets: Vec<IpNet> = (0..pre).map(target).collect();
@@ -320,7 +350,8 @@ fn count_drops(fleet: &Fleet, client: &DotsClient) -> Result<()> {
         fleet.attack(i, &targets, 1000 * (i as u64 + 1), 20_000)?;
     }
     let stopped = Instant::now();
-    let own = |t: &IpNet| -> Result<Vec<u64>> { fleet.nodes.iter().map(|n| n.dropped(t)).collect() };
+    let own =
+        |t: &IpNet| -> Result<Vec<u64>> { fleet.nodes.iter().map(|n| n.dropped(t)).collect() };
     println!("fleet drops (attack sent to every node, then stopped):");
     let mut at_stop = Vec::new();
     for (m, t) in targets.iter().enumerate() {
@@ -373,8 +404,11 @@ fn kill_and_restart(
     }
     // proof::metric takes a 'static name (it moves it into the namespace's thread).
     let up_metric: &'static str = Box::leak(
-        format!("dots_fleet_node_up{{instance=\"{}:9500\"}}", super::topology::link(victim).1)
-            .into_boxed_str(),
+        format!(
+            "dots_fleet_node_up{{instance=\"{}:9500\"}}",
+            super::topology::link(victim).1
+        )
+        .into_boxed_str(),
     );
     println!(
         "  server /metrics: dots_fleet_nodes_down 1 {}; {up_metric} {}",

@@ -175,16 +175,20 @@ async fn one(s: &mut Session, ask: Ask) -> Result<Answer> {
         Ask::Delete(mid) => (crate::proof::delete(s, mid).await?, None),
         Ask::Dropped(mid) => {
             let r = s
-                .request(RequestType::Get, &crate::proof::mitigate_path(&cuid, mid), None, false)
+                .request(
+                    RequestType::Get,
+                    &crate::proof::mitigate_path(&cuid, mid),
+                    None,
+                    false,
+                )
                 .await?;
             (code_text(&r), Some(r.payload))
         }
     };
     let (at, wall) = (Instant::now(), SystemTime::now());
     let dropped = payload.and_then(|p| {
-        let v = dots_agent::signal::diag::to_json(
-            &dots_agent::signal::cbor::parse_response(&p).ok()?,
-        );
+        let v =
+            dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse_response(&p).ok()?);
         v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
     });
     Ok(Answer {

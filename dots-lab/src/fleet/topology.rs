@@ -79,7 +79,14 @@ fn node_gobgpd(ns: &Netns, dir: &Path, i: usize, start: u32) -> Result<Daemon> {
 
 /// Node `i`'s `dots-agent follow`, its log `follow<i>.<start>.log` at level info (it names
 /// each prefix installed and removed, with the time).
-fn node_follower(ns: &Netns, dir: &Path, agent: &Path, config: &Path, i: usize, start: u32) -> Result<Daemon> {
+fn node_follower(
+    ns: &Netns,
+    dir: &Path,
+    agent: &Path,
+    config: &Path,
+    i: usize,
+    start: u32,
+) -> Result<Daemon> {
     Daemon::start(
         &ns.path(),
         "/usr/bin/env",
@@ -131,7 +138,10 @@ pub fn log_time(line: &str) -> Option<SystemTime> {
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.split(':');
-    let (h, min) = (t.next()?.parse::<u64>().ok()?, t.next()?.parse::<u64>().ok()?);
+    let (h, min) = (
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?.parse::<u64>().ok()?,
+    );
     let field = t.next()?;
     let (sec, frac) = field.split_once('.').unwrap_or((field, ""));
     let sec: u64 = sec.parse().ok()?;
@@ -186,7 +196,11 @@ impl Node {
     /// its datapath's install or removal had returned), the first time at or after `after`.
     pub fn logged(&self, what: &str, after: SystemTime) -> HashMap<IpNet, SystemTime> {
         let log = follower_log(&self.dir, self.index, self.starts);
-        logged_in(&std::fs::read_to_string(log).unwrap_or_default(), what, after)
+        logged_in(
+            &std::fs::read_to_string(log).unwrap_or_default(),
+            what,
+            after,
+        )
     }
 
     /// Whether the node's filter holds a rule for `target` (see [`Node::installed`]).
@@ -252,8 +266,8 @@ impl Fleet {
             let bgp_if = format!("bgp-n{i}");
             let to_node = format!("to-n{i}");
             run_ip(&[
-                "link", "add", &bgp_if, "netns", &scr.name, "type", "veth", "peer", "name", "uplink",
-                "netns", &ns.name,
+                "link", "add", &bgp_if, "netns", &scr.name, "type", "veth", "peer", "name",
+                "uplink", "netns", &ns.name,
             ])?;
             run_ip(&[
                 "link",
@@ -276,10 +290,7 @@ impl Fleet {
             ns.ip(&["addr", "add", &format!("{node_end}/30"), "dev", "uplink"])?;
             ns.ip(&["link", "set", "uplink", "up"])?;
             ns.ip(&["link", "set", "in0", "up"])?;
-            scratch
-                .topo
-                .inet
-                .ip(&["link", "set", &to_node, "up"])?;
+            scratch.topo.inet.ip(&["link", "set", &to_node, "up"])?;
             let pins = PathBuf::from(format!("/sys/fs/bpf/dots-fleet-{pid}-n{i}"));
             let config = dir.join(format!("node{i}.toml"));
             std::fs::write(
@@ -306,8 +317,18 @@ impl Fleet {
         }
         let border_ns = Netns::create(format!("dfleet{pid}-border"))?;
         run_ip(&[
-            "link", "add", "bgp-b", "netns", &scr.name, "type", "veth", "peer", "name", "uplink",
-            "netns", &border_ns.name,
+            "link",
+            "add",
+            "bgp-b",
+            "netns",
+            &scr.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            &border_ns.name,
         ])?;
         scr.ip(&["addr", "add", &format!("{BORDER_RR}/30"), "dev", "bgp-b"])?;
         scr.ip(&["link", "set", "bgp-b", "up"])?;
@@ -331,7 +352,14 @@ impl Fleet {
             rr_client: false,
         });
         let rr = daemons::gobgpd(&scr.path(), &dir, "rr", RR_AS, &locals, &neighbors)?;
-        let border = daemons::bird(&border_ns.path(), &dir, BORDER_UP, BORDER_AS, BORDER_RR, RR_AS)?;
+        let border = daemons::bird(
+            &border_ns.path(),
+            &dir,
+            BORDER_UP,
+            BORDER_AS,
+            BORDER_RR,
+            RR_AS,
+        )?;
         let targets: Vec<String> = links.iter().map(|(_, a)| format!("'{a}:9500'")).collect();
         let prometheus = daemons::prometheus(
             &scr.path(),
@@ -375,7 +403,9 @@ impl Fleet {
         let server = self.scratch.start_server(None)?;
         let started = server.started;
         self.server = Some(server);
-        let cfg = self.scratch.client(dots_agent::client::TransportChoice::Tls);
+        let cfg = self
+            .scratch
+            .client(dots_agent::client::TransportChoice::Tls);
         let up = crate::proof::block_on(&self.scratch.topo.customer, move || {
             crate::proof::until_answering(cfg, started, Duration::from_secs(30))
         })?;
@@ -405,7 +435,8 @@ impl Fleet {
             .collect();
         let iface = format!("to-n{i}");
         self.scratch.topo.inet.run_in(move || -> Result<u64> {
-            let sock = PacketSocket::open(&iface).with_context(|| format!("a socket on {iface}"))?;
+            let sock =
+                PacketSocket::open(&iface).with_context(|| format!("a socket on {iface}"))?;
             Ok(crate::trafficgen::socket::send_paced(
                 &sock,
                 &frames,
@@ -423,7 +454,10 @@ impl Fleet {
 
 fn node_mac(i: usize) -> String {
     let m = mac_bytes(i);
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn mac_bytes(i: usize) -> [u8; 6] {
@@ -449,8 +483,9 @@ fn run_ip(args: &[&str]) -> Result<()> {
 mod tests {
     #[test]
     fn agent_log_lines_give_their_wall_clock_time() {
-        let t = super::log_time("2026-12-07T13:02:53.326806Z  INFO dots_agent::flowspec::follow: x")
-            .unwrap();
+        let t =
+            super::log_time("2026-12-07T13:02:53.326806Z  INFO dots_agent::flowspec::follow: x")
+                .unwrap();
         let since = t.duration_since(std::time::UNIX_EPOCH).unwrap();
         // date -u -d 2026-12-07T13:02:53Z +%s
         assert_eq!(since.as_secs(), 1_796_648_573);
