@@ -8,11 +8,14 @@
 //! - [`cli`]: `dots-lab traffic send|generate|count`.
 //! - [`testrun`]: BPF_PROG_TEST_RUN timing for the benchmarks.
 //! - [`proof`]: `dots-lab soak|loss|bounds`, the server binary under hostile conditions.
+//! - [`fleet`]: `dots-lab fleet measure|attack`, a scrubber fleet steered through BGP
+//!   FlowSpec, with gobgpd, bird2 and Prometheus (also the FlowSpec tests' daemons).
 //! - [`xdp_asm`]: the hand-assembled XDP programs' instructions and loading.
 //!
 //! It depends on `dots-agent` (datapath, client, signal); the agent never depends on it.
 
 pub mod cli;
+pub mod fleet;
 pub mod lab;
 pub mod packet;
 pub mod proof;

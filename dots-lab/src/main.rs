@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use dots_lab::{cli, lab, proof};
+use dots_lab::{cli, fleet, lab, proof};
 
 /// dots-lab: the dots-agent's lab, traffic tools and benchmarks (root, network namespaces).
 #[derive(Parser, Debug)]
@@ -32,6 +32,10 @@ enum Command {
     /// diversion routes on a DOTS 2.01, scrubbed traffic goes back to the customer through a
     /// tunnel, the routes leave after the withdrawal; what the customer received, by path.
     Divert(lab::divert::DivertArgs),
+    /// A scrubber fleet steered through BGP FlowSpec (gobgpd, dots-agent follow, bird2,
+    /// Prometheus): `measure` prints how fast it follows, `attack` is its lab scenario.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Send, generate and count raw frames on an interface.
     #[command(subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -59,5 +63,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Loss(a) => proof::loss::run(&a),
         Command::Bounds(a) => proof::bounds::run(&a),
         Command::Divert(a) => lab::divert::cli(a),
+        Command::Fleet(c) => fleet::run(c),
     }
 }

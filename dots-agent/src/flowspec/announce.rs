@@ -2,8 +2,11 @@
 //! the DOTS server's committed mitigations should announce. The engine hands it changes
 //! ([`crate::engine::RuleAnnouncer`]) without waiting; the thread translates them, applies
 //! the guard rails and reconciles the daemon's table: new rules first, then withdrawals, so
-//! a changed mitigation is never without rules (make before break). The same reconciliation,
-//! every `resync_seconds`, re-announces everything to a daemon that restarted.
+//! a changed mitigation is never without rules (make before break). A change is compared
+//! with what the thread last announced, so its cost does not grow with the table; every
+//! `resync_seconds` (and after any failure) the daemon's own table is read back and
+//! compared instead, which re-announces everything to a daemon that restarted
+//! (`reconcile.rs`, shared with the diverter).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -65,6 +68,8 @@ struct Worker {
     rails: GuardRails,
     mitigations: BTreeMap<u64, Mitigation>,
     report: Arc<Mutex<Report>>,
+    /// What gobgpd holds of this server's rules, as far as the thread knows.
+    announced: super::reconcile::Known<FlowRule>,
 }
 
 impl Announcer {
@@ -77,6 +82,7 @@ impl Announcer {
             rails: config.rails(),
             mitigations: BTreeMap::new(),
             report: report.clone(),
+            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
         let fleet = match &config.prometheus {
@@ -159,7 +165,10 @@ impl super::reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self) {
+    fn reconcile(&mut self, read_back: bool) {
+        if read_back {
+            self.announced = None;
+        }
         Worker::reconcile(self)
     }
 }
@@ -219,8 +228,8 @@ impl Worker {
         *shared = report;
     }
 
-    fn sync(&self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
-        super::reconcile::sync(&self.gobgp, wanted)
+    fn sync(&mut self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
+        super::reconcile::sync(&self.gobgp, &mut self.announced, wanted)
     }
 }
 

@@ -487,6 +487,8 @@ struct Worker {
     report: Arc<Mutex<Report>>,
     /// What was refused at the last reconciliation (logged again only when it changes).
     logged: BTreeSet<String>,
+    /// What gobgpd holds of this server's routes, as far as the thread knows.
+    announced: reconcile::Known<DivertRoute>,
 }
 
 impl Diverter {
@@ -506,6 +508,7 @@ impl Diverter {
             mitigations: BTreeMap::new(),
             report: report.clone(),
             logged: BTreeSet::new(),
+            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
         std::thread::Builder::new()
@@ -561,11 +564,14 @@ impl reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self) {
+    fn reconcile(&mut self, read_back: bool) {
+        if read_back {
+            self.announced = None;
+        }
         let mut report = Report::default();
         let wanted = self.wanted(&mut report);
         report.wanted = wanted.len();
-        let result = reconcile::sync(&self.table, &wanted);
+        let result = reconcile::sync(&self.table, &mut self.announced, &wanted);
         let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
         report.daemon_errors = shared.daemon_errors;
         match result {

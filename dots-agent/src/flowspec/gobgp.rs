@@ -55,32 +55,55 @@ impl Gobgp {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.program.display()))?;
+        // Both pipes are drained while it runs: a table larger than the pipe's buffer (64
+        // KiB, about 90 rules as JSON) would otherwise block gobgp until the timeout.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
-                Ok(Some(s)) => break s,
+                Ok(Some(s)) => break Ok(s),
                 Ok(None) if started.elapsed() < COMMAND_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(2))
                 }
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!(
+                    break Err(format!(
                         "gobgp {} took over {COMMAND_TIMEOUT:?}",
                         args.join(" ")
                     ));
                 }
-                Err(e) => return Err(format!("waiting for gobgp: {e}")),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!("waiting for gobgp: {e}"));
+                }
             }
         };
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
+        // The pipes close when it exits (or is killed), so the readers end.
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        let status = status?;
         if !status.success() {
             let said = format!("{} {}", err.trim(), out.trim());
             return Err(format!("gobgp {}: {}", args.join(" "), said.trim()));
@@ -284,6 +307,28 @@ fn numeric_component(m: &mut FlowMatch, ty: u64, items: &[(u8, u64)]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table read larger than a pipe's buffer comes back whole: a stand-in `gobgp` (a
+    /// shell script) prints 200 KB, as gobgpd's JSON for about 280 rules would be.
+    #[test]
+    fn output_larger_than_a_pipe_buffer_is_read_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("gobgp");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\nhead -c 200000 /dev/zero | tr '\\0' x\necho 'said on stderr' >&2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let g = Gobgp {
+            program,
+            host: "127.0.0.1".into(),
+            port: 50051,
+        };
+        let out = g.run(&["global".into()]).unwrap();
+        assert_eq!(out.len(), 200_000);
+    }
 
     /// What gobgpd 3.10 printed for rules added by the gobgp CLI (flowspec-bgp.md §4 and a
     /// run here), read back to the words that added them.

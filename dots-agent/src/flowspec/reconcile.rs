@@ -1,16 +1,18 @@
 //! What the FlowSpec announcer and the diverter share: a thread that takes changes from the
 //! engine and keeps a table of the local gobgpd equal to what they should announce. Changes
-//! queued together go into one reconciliation; with nothing queued it reconciles every
-//! `every` anyway, which puts everything back into a gobgpd that restarted (it forgets
-//! routes added through its API).
+//! queued together go into one reconciliation, compared with what the thread last announced
+//! so that a change costs the same whatever the table's size. Every `every` (on a clock of
+//! its own: a steady stream of changes must not postpone it) and after any failure, the
+//! daemon's table is read back instead, which puts everything back into a gobgpd that
+//! restarted (it forgets routes added through its API).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One kind of route in the local daemon, as this server announces it.
 pub trait Table {
-    type Route: PartialEq;
+    type Route: Clone + PartialEq;
     /// The routes this server announced that the daemon holds now, by key.
     fn read(&self) -> Result<BTreeMap<String, Self::Route>, String>;
     /// Announces `route` (replacing one with the same key).
@@ -22,26 +24,41 @@ pub trait Table {
     }
 }
 
+/// What a worker believes the daemon holds of its routes, by key: None until read back.
+pub type Known<R> = Option<BTreeMap<String, R>>;
+
 /// Makes the daemon's routes equal to `wanted`: new and changed ones first, withdrawals
-/// after (a changed mitigation is never without routes: make before break). Returns how
-/// many of this server's routes the daemon holds.
-pub fn sync<T: Table>(table: &T, wanted: &BTreeMap<String, T::Route>) -> Result<usize, String> {
-    let have = table.read()?;
-    let mut count = have.len();
+/// after (a changed mitigation is never without routes: make before break). Compares with
+/// `known`, or with the daemon's table read back when that is None; leaves `known` None
+/// after a failure (a command may have failed half-way). Returns how many of this server's
+/// routes the daemon holds.
+pub fn sync<T: Table>(
+    table: &T,
+    known: &mut Known<T::Route>,
+    wanted: &BTreeMap<String, T::Route>,
+) -> Result<usize, String> {
+    let mut have = match known.take() {
+        Some(have) => have,
+        None => table.read()?,
+    };
     for (key, route) in wanted {
         if !have.get(key).is_some_and(|h| T::same(h, route)) {
             table.add(route)?;
-            if !have.contains_key(key) {
-                count += 1;
-            }
+            have.insert(key.clone(), route.clone());
         }
     }
-    for (key, route) in &have {
-        if !wanted.contains_key(key) {
-            table.del(route)?;
-            count -= 1;
+    let stale: Vec<String> = have
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in stale {
+        if let Some(route) = have.remove(&key) {
+            table.del(&route)?;
         }
     }
+    let count = have.len();
+    *known = Some(have);
     Ok(count)
 }
 
@@ -49,13 +66,16 @@ pub fn sync<T: Table>(table: &T, wanted: &BTreeMap<String, T::Route>) -> Result<
 pub trait Worker {
     type Change;
     fn apply(&mut self, change: Self::Change);
-    fn reconcile(&mut self);
+    /// `read_back`: compare with the daemon's table read back, not with what is known.
+    fn reconcile(&mut self, read_back: bool);
 }
 
 /// Runs `worker` until the sending side is dropped (the engine with it).
 pub fn drive<W: Worker>(mut worker: W, rx: Receiver<W::Change>, every: Duration) {
+    let mut read_back_at = Instant::now() + every;
     loop {
-        let first = match rx.recv_timeout(every) {
+        let wait = read_back_at.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -64,7 +84,11 @@ pub fn drive<W: Worker>(mut worker: W, rx: Receiver<W::Change>, every: Duration)
         for change in first.into_iter().chain(rx.try_iter()) {
             worker.apply(change);
         }
-        worker.reconcile();
+        let read_back = Instant::now() >= read_back_at;
+        if read_back {
+            read_back_at = Instant::now() + every;
+        }
+        worker.reconcile(read_back);
     }
 }
 
@@ -78,11 +102,13 @@ mod tests {
     struct Fake {
         have: RefCell<BTreeMap<String, u32>>,
         log: RefCell<Vec<String>>,
+        reads: RefCell<u32>,
     }
 
     impl Table for Fake {
         type Route = (String, u32);
         fn read(&self) -> Result<BTreeMap<String, (String, u32)>, String> {
+            *self.reads.borrow_mut() += 1;
             Ok(self
                 .have
                 .borrow()
@@ -103,8 +129,10 @@ mod tests {
     }
 
     /// Changed and new routes go in before stale ones leave; equal ones are left alone.
+    /// What was announced is remembered: the table is read once, and again only when asked
+    /// to (a restarted daemon) or after a failure.
     #[test]
-    fn sync_makes_before_it_breaks() {
+    fn sync_makes_before_it_breaks_and_reads_back_only_when_told() {
         let t = Fake::default();
         t.have
             .borrow_mut()
@@ -113,10 +141,19 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), (k.to_string(), v)))
             .collect();
-        assert_eq!(sync(&t, &wanted), Ok(3));
+        let mut known = None;
+        assert_eq!(sync(&t, &mut known, &wanted), Ok(3));
         assert_eq!(*t.log.borrow(), ["add b=2", "add d=1", "del a"]);
         t.log.borrow_mut().clear();
-        assert_eq!(sync(&t, &wanted), Ok(3));
+        assert_eq!(sync(&t, &mut known, &wanted), Ok(3));
         assert!(t.log.borrow().is_empty());
+        assert_eq!(*t.reads.borrow(), 1, "the second sync compared with what it knew");
+        // The daemon restarted empty: only a read-back notices.
+        t.have.borrow_mut().clear();
+        assert_eq!(sync(&t, &mut known, &wanted), Ok(3));
+        assert!(t.log.borrow().is_empty());
+        let mut read_back = None;
+        assert_eq!(sync(&t, &mut read_back, &wanted), Ok(3));
+        assert_eq!(*t.log.borrow(), ["add b=2", "add c=1", "add d=1"]);
     }
 }

@@ -129,20 +129,26 @@ impl Netns {
     /// A command that will run inside this namespace. The namespace is entered with setns
     /// between fork and exec (not `ip netns exec`, which remounts /sys and hides bpffs).
     pub fn command(&self, program: &Path) -> Result<Command> {
-        let file = std::fs::File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
-        let mut c = Command::new(program);
-        // SAFETY: only setns(2), async-signal-safe, runs in the child before exec.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(c)
+        command_in(&self.path(), program)
     }
+}
+
+/// A command that will run inside the network namespace at `netns` (/run/netns/NAME),
+/// entered with setns between fork and exec (see [`Netns::command`]).
+pub fn command_in(netns: &Path, program: &Path) -> Result<Command> {
+    let file =
+        std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let mut c = Command::new(program);
+    // SAFETY: only setns(2), async-signal-safe, runs in the child before exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(c)
 }
 
 impl Drop for Netns {

@@ -46,18 +46,30 @@ impl Scratch {
     /// Namespaces, certificates (`dots-agent pki init`, as a user makes them) and the
     /// server's configuration with `extra` appended to its `[signal]` table.
     pub fn new(agent: PathBuf, client_policy: &str, signal_extra: &str) -> Result<Scratch> {
+        Self::with_sections("proof", agent, client_policy, signal_extra, "")
+    }
+
+    /// As [`Scratch::new`], named `d<tag><pid>` (namespaces), `dots-<tag>-<pid>` (state and
+    /// pins), with whole `sections` (e.g. `[flowspec]`) added to server.toml.
+    pub fn with_sections(
+        tag: &str,
+        agent: PathBuf,
+        client_policy: &str,
+        signal_extra: &str,
+        sections: &str,
+    ) -> Result<Scratch> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!("this run needs root (network namespaces, XDP): run it with sudo");
         }
         topology::install_signal_handlers();
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("dots-proof-{pid}"));
+        let dir = std::env::temp_dir().join(format!("dots-{tag}-{pid}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let s = Scratch {
-            topo: Topology::build(&format!("dproof{pid}"))?,
+            topo: Topology::build(&format!("d{tag}{pid}"))?,
             dir,
-            pins: PathBuf::from(format!("/sys/fs/bpf/dots-proof-{pid}")),
+            pins: PathBuf::from(format!("/sys/fs/bpf/dots-{tag}-{pid}")),
             agent,
         };
         let pki = std::process::Command::new(&s.agent)
@@ -85,6 +97,7 @@ impl Scratch {
              [store]\ndir = \"store\"\n\
              [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
              [datapath]\ninterfaces = [\"{scr_in}\"]\nxdp_mode = \"auto\"\npin_root = \"{pins}\"\n\
+             {sections}\n\
              [[client]]\nname = \"{CLIENT}\"\nprefixes = [\"198.51.100.0/24\", \"2001:db8:6401::/48\"]\n\
              allow_indefinite = true\n{client_policy}\n",
             v4 = topology::SERVER_V4,
