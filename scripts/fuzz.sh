@@ -21,7 +21,8 @@
 #   (default 1000000 runs, 1200 s per target; --no-build runs the binaries as last built)
 # Builds and runs at nice 19 unless --nice says otherwise (at 19 on a machine busy with
 # other work a target gets almost no CPU: use --nice 0 to reach --runs in --seconds).
-# Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation takes nightly flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
+# Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation takes nightly
+# flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
