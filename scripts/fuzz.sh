@@ -17,10 +17,12 @@
 # and corpus size. A crash stops that target; its input is left in fuzz/artifacts/TARGET/ and
 # the script exits 1.
 #
-# Usage: scripts/fuzz.sh [--runs N] [--seconds S] [--no-build] [TARGET...]
+# Usage: scripts/fuzz.sh [--runs N] [--seconds S] [--nice N] [--no-build] [TARGET...]
 #   (default 1000000 runs, 1200 s per target; --no-build runs the binaries as last built)
-# Runs at nice 19. Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation
-# takes nightly flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
+# Builds and runs at nice 19 unless --nice says otherwise (at 19 on a machine busy with
+# other work a target gets almost no CPU: use --nice 0 to reach --runs in --seconds).
+# Needs Debian's rustc-web (scripts/setup.sh): libFuzzer's instrumentation takes nightly
+# flags, which that rustc gives with RUSTC_BOOTSTRAP=1 (rustup's stable does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,12 +30,14 @@ RUNS=1000000
 SECONDS_PER_TARGET=1200
 TARGETS=()
 NO_BUILD=0
+NICE=19
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --seconds) SECONDS_PER_TARGET=$2; shift 2 ;;
+        --nice) NICE=$2; shift 2 ;;
         --no-build) NO_BUILD=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) TARGETS+=("$1"); shift ;;
     esac
@@ -60,7 +64,7 @@ BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 SEEDER=fuzz/target/plain/release/seed_corpus
 build() {  # a build's output only when it fails
     local log; log=$(mktemp)
-    if ! (cd fuzz && nice -n 19 "$@") >"$log" 2>&1; then
+    if ! (cd fuzz && nice -n "$NICE" "$@") >"$log" 2>&1; then
         grep -E '^(error|warning: unused)' -A5 "$log" | head -40 >&2; rm -f "$log"
         echo "fuzz.sh: the build failed: $*" >&2; exit 1
     fi
@@ -90,7 +94,7 @@ for t in "${TARGETS[@]}"; do
     log=$(mktemp)
     start=$(date +%s.%N)
     set +e
-    nice -n 19 "$BIN/$t" "fuzz/corpus/$t" -runs="$RUNS" -max_total_time="$SECONDS_PER_TARGET" \
+    nice -n "$NICE" "$BIN/$t" "fuzz/corpus/$t" -runs="$RUNS" -max_total_time="$SECONDS_PER_TARGET" \
         -max_len=4096 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1
     rc=$?

@@ -267,6 +267,7 @@ pub async fn start_with(
     };
     let (control_plane, upstream) = control(config, datapath, store, &snapshot)?;
     let control = ControlHandle::spawn(control_plane).context("starting the control thread")?;
+    server::heap::spawn_trimmer();
     let mut running = Running {
         control: control.clone(),
         signal: Vec::new(),

@@ -1,6 +1,6 @@
 //! CoAP over DTLS as the server and a client see it: each piece of the input is one
-//! decrypted datagram, handed to a server session (the handler and engine behind it) and
-//! to a client session; time advances a second per datagram and the sessions' timers run.
+//! decrypted datagram, handed to a server session (through the control plane, as the DTLS
+//! listener hands it) and to a client session; time advances a second per datagram and the sessions' timers run.
 //! Whatever they send back must be a CoAP message that fits a datagram.
 #![no_main]
 
@@ -28,8 +28,8 @@ fuzz_target!(|data: &[u8]| {
         at,
         unix: START_UNIX,
     };
-    let mut server = Session::new(Role::Server, Framing::Datagram, at, 5000);
-    let mut svc = SignalServer::new();
+    let (mut server, first) = SignalServer::open(Framing::Datagram, at);
+    check_sent(&first);
     let mut client = Session::new(Role::Client, Framing::Datagram, at, 100);
     let mut quiet = QuietClient;
     // The client has asked something, so that answers can match its token (1).
@@ -44,12 +44,18 @@ fuzz_target!(|data: &[u8]| {
         },
     );
     check_sent(&first);
+    let mut open = true;
     for d in pieces(data) {
-        check_sent(&server.on_message(now, d, &mut svc));
+        if open {
+            match server.receive(now, d) {
+                Ok(out) => check_sent(&out),
+                Err(_) => open = false,
+            }
+        }
         check_sent(&client.on_message(now, d, &mut quiet));
         now.at += Duration::from_secs(1);
         now.unix += 1;
-        check_sent(&server.on_tick(now, &mut svc));
+        check_sent(&server.tick(now));
         check_sent(&client.on_tick(now, &mut quiet));
         let _ = client.response(&1u32.to_be_bytes());
     }

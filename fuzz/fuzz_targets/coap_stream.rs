@@ -1,7 +1,8 @@
 //! CoAP over TLS (RFC 8323 framing): the input's first byte sets how the stream is cut
-//! into reads, the rest is the stream, given to a server session (handler and engine
-//! behind it) and a client session. Every frame they send must decode whole. The frame
-//! decoder alone must also re-encode every message it decodes to the same message.
+//! into reads, the rest is the stream, given to a server session (through the control
+//! plane, as the TLS listener hands it) and a client session. Every frame they send must
+//! decode whole. The frame decoder alone must also re-encode every message it decodes to
+//! the same message.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -57,22 +58,25 @@ fuzz_target!(|data: &[u8]| {
         at,
         unix: START_UNIX,
     };
-    let mut server = Session::new(Role::Server, Framing::Stream, at, 0);
-    let mut svc = SignalServer::new();
+    let (mut server, first) = SignalServer::open(Framing::Stream, at);
     let mut client = Session::new(Role::Client, Framing::Stream, at, 0);
     let mut quiet = QuietClient;
-    check_sent(&server.start());
+    check_sent(&first);
     check_sent(&client.start());
+    let mut open = true;
     for chunk in stream.chunks(read) {
-        if server.closed().is_none() {
-            check_sent(&server.on_message(now, chunk, &mut svc));
+        if open {
+            match server.receive(now, chunk) {
+                Ok(out) => check_sent(&out),
+                Err(_) => open = false,
+            }
         }
         if client.closed().is_none() {
             check_sent(&client.on_message(now, chunk, &mut quiet));
         }
         now.at += Duration::from_millis(500);
         now.unix += 1;
-        check_sent(&server.on_tick(now, &mut svc));
+        check_sent(&server.tick(now));
         check_sent(&client.on_tick(now, &mut quiet));
     }
 });

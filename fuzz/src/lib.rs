@@ -1,17 +1,20 @@
-//! What the fuzz targets share: the signal server behind a session (the engine on the
-//! in-memory datapath, as in the session tests), the data channel through the control plane,
+//! What the fuzz targets share: the signal channel's server side (the control plane and a
+//! session, as the listeners drive them), the data channel through the control plane,
 //! the length-prefixed sequences a target cuts its input into, and the XDP program's own
 //! parser compiled for user space.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use coap_lite::Packet;
+use dots_agent::control::sessions::{Identity, Outbox, SessionId};
 use dots_agent::control::Control;
 use dots_agent::data::{DataChannel, SharedData};
 use dots_agent::datapath::MemoryMitigator;
 use dots_agent::engine::{ClientPolicy, Engine};
-use dots_agent::signal::handler::{self, Peer};
-use dots_agent::signal::session::{Observation, Reply, Service};
+use dots_agent::signal::session::{Framing, Now, Reply, Service};
 use ipnet::IpNet;
 
 pub mod xdp;
@@ -33,52 +36,52 @@ fn policy(name: &str, prefixes: &[&str]) -> ClientPolicy {
     }
 }
 
-/// The server's side of a signal session: the handler and engine as `control/sessions.rs`
-/// wires them, for client-a (198.51.100.0/24, 2001:db8:6401::/48), heartbeats every 15 s.
+/// The signal channel's server side as the DTLS and TLS listeners drive it: the control
+/// plane (engine on the in-memory datapath, client-a with 198.51.100.0/24 and
+/// 2001:db8:6401::/48) with one session of client-a's, opened as after a handshake. The
+/// production `Service` behind the session is fuzzed, not a stand-in.
 pub struct SignalServer {
-    pub engine: Engine<MemoryMitigator>,
+    pub control: Control<MemoryMitigator>,
+    pub session: SessionId,
+    /// What the session sends unasked (notifications, heartbeats).
+    pub outbox: Arc<Outbox>,
 }
 
 impl SignalServer {
-    pub fn new() -> Self {
-        SignalServer {
-            engine: Engine::new(
-                MemoryMitigator::new(),
-                vec![policy(CLIENT, &["198.51.100.0/24", "2001:db8:6401::/48"])],
-            ),
-        }
-    }
-}
-
-impl Default for SignalServer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Service for SignalServer {
-    fn handle(&mut self, msg: &Packet, unix: u64) -> Reply {
-        let peer = Peer {
-            client: Some(CLIENT),
-            cuid: CUID,
+    /// Returns the server and what its session sends first (a CSM over a stream).
+    pub fn open(framing: Framing, at: Instant) -> (Self, Vec<Vec<u8>>) {
+        let engine = Engine::new(
+            MemoryMitigator::new(),
+            vec![policy(CLIENT, &["198.51.100.0/24", "2001:db8:6401::/48"])],
+        );
+        let mut control = Control::new(engine, SharedData::new(DataChannel::new(BTreeMap::new())));
+        let outbox = Arc::new(Outbox::default());
+        let identity = Identity {
+            cn: CLIENT.into(),
+            cuid: CUID.into(),
         };
-        handler::handle(&mut self.engine, &peer, msg, unix)
+        let (session, first) = control.open_session(identity, framing, outbox.clone(), at);
+        (
+            SignalServer {
+                control,
+                session,
+                outbox,
+            },
+            first,
+        )
     }
-    fn fingerprint(&mut self, obs: &Observation, unix: u64) -> Option<Vec<u8>> {
-        handler::fingerprint(&self.engine, obs, unix)
+
+    /// What arrived; what the session answers, or Err once it has ended.
+    pub fn receive(&mut self, now: Now, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        self.control.session_message(self.session, now, bytes)
     }
-    fn notification(
-        &mut self,
-        obs: &Observation,
-        last: &mut Vec<u8>,
-        periodic: bool,
-        sequence: u32,
-        unix: u64,
-    ) -> Option<(Packet, bool)> {
-        handler::notification(&self.engine, obs, last, periodic, sequence, unix)
-    }
-    fn heartbeat_interval(&mut self) -> u64 {
-        15
+
+    /// A second of the control thread's clock: the engine, then the sessions; returns what
+    /// the session sent unasked.
+    pub fn tick(&mut self, now: Now) -> Vec<Vec<u8>> {
+        self.control.tick(now.unix);
+        self.control.tick_sessions(now);
+        self.outbox.take()
     }
 }
 

@@ -390,7 +390,7 @@ fn mitigate(
     if !in_scope(cfg, pkt) {
         return xdp_action::XDP_PASS;
     }
-    let verdict = decide(cfg, slot, pkt, len, scratch);
+    let verdict = decide(cfg, slot, pkt, len);
     // An ACL entry's verdict is counted in its ACL_STATS only (see AclStats).
     match verdict {
         Verdict::AclPass => return xdp_action::XDP_PASS,
@@ -490,7 +490,7 @@ enum Verdict {
 }
 
 #[inline(always)]
-fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64, scratch: *mut Scratch) -> Verdict {
+fn decide(cfg: &MitigationConfig, slot: u32, pkt: &Packet, len: u64) -> Verdict {
     if pkt.malformed {
         return Verdict::Drop(DropReason::Malformed);
     }

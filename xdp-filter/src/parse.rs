@@ -137,8 +137,10 @@ fn at(ctx: &XdpContext, off: usize, size: usize) -> Result<*const u8, ()> {
 }
 
 // Field loads from a bounds-checked header pointer. Packet data has no alignment guarantee;
-// these are plain word loads, which the verifier accepts (no BPF_F_STRICT_ALIGNMENT) and the
-// x86-64/arm64 JITs execute unaligned. `read_unaligned` would compile to one load per byte.
+// in BPF these are plain word loads, which the verifier accepts (no BPF_F_STRICT_ALIGNMENT)
+// and the x86-64/arm64 JITs execute unaligned; `read_unaligned` would compile to one load
+// per byte there. The same source compiled for user space (the fuzz target) must not rely
+// on that: a misaligned dereference is undefined behaviour in Rust, so it reads unaligned.
 #[inline(always)]
 fn u8_at(p: *const u8, off: usize) -> u8 {
     // SAFETY: inside the range checked by `at`.
@@ -147,14 +149,26 @@ fn u8_at(p: *const u8, off: usize) -> u8 {
 
 #[inline(always)]
 fn be16_at(p: *const u8, off: usize) -> u16 {
-    // SAFETY: inside the range checked by `at`; see above on alignment.
-    u16::from_be(unsafe { *(p.add(off) as *const u16) })
+    u16::from_be(load::<u16>(p, off))
 }
 
 #[inline(always)]
 fn raw32_at(p: *const u8, off: usize) -> u32 {
+    load::<u32>(p, off)
+}
+
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn load<T: Copy>(p: *const u8, off: usize) -> T {
     // SAFETY: inside the range checked by `at`; see above on alignment.
-    unsafe { *(p.add(off) as *const u32) }
+    unsafe { *(p.add(off) as *const T) }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+fn load<T: Copy>(p: *const u8, off: usize) -> T {
+    // SAFETY: inside the range checked by `at`.
+    unsafe { (p.add(off) as *const T).read_unaligned() }
 }
 
 /// Where the IP header starts, after Ethernet and up to two VLAN tags.

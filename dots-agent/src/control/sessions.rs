@@ -61,11 +61,15 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// What is waiting now (perhaps nothing).
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// What is waiting, once there is something.
     pub async fn next(&self) -> Vec<Vec<u8>> {
         loop {
-            let waiting =
-                std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            let waiting = self.take();
             if !waiting.is_empty() {
                 return waiting;
             }
@@ -222,7 +226,7 @@ impl<M: Mitigator> Control<M> {
 
     /// Runs every session's clock: what is due goes to its transport. Sessions whose
     /// transport has gone are dropped.
-    pub(super) fn tick_sessions(&mut self, now: Now) {
+    pub fn tick_sessions(&mut self, now: Now) {
         let engine = &mut self.engine;
         self.sessions.open.retain(|_, e| {
             // The transport has gone (its task ended without closing the session).

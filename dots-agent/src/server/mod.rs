@@ -5,6 +5,7 @@
 pub mod config;
 mod dtls;
 mod dtls_cookie;
+pub mod heap;
 pub mod https;
 pub mod limits;
 pub mod metrics;

@@ -25,10 +25,13 @@ pub enum FrameError {
     Malformed(String),
 }
 
-/// A decoded frame: a CoAP message (requests, responses) or a signal.
+/// A decoded frame: a CoAP message (requests, responses), a signal, or an Empty message.
 #[derive(Debug)]
 pub enum Frame {
     Message(Packet),
+    /// Code 0.00: over a reliable transport it "MUST be ignored" (RFC 8323 §3.3), whatever
+    /// options or payload it carries, so they are not even parsed.
+    Empty,
     Signal {
         code: u8,
         token: Vec<u8>,
@@ -85,6 +88,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             },
             total,
         )));
+    }
+    if code == 0 {
+        return Ok(Some((Frame::Empty, total)));
     }
     // Rebuild the UDP form: version 1, type NON (ignored over TCP), message id 0.
     let mut udp = Vec::with_capacity(4 + token.len() + rest.len());
@@ -210,6 +216,10 @@ mod tests {
             decode(&[0xf0, 0x7f, 0xff, 0xff, 0xff]),
             Err(FrameError::TooLarge(_))
         ));
+        // An Empty message is ignored whole, even with options and a payload (what a
+        // re-encode of it as a Message lost: found by fuzzing, fuzz/found/).
+        let empty_with_payload = [0x41, 0x00, 0xaa, 0x11, 0x41, 0xff, 0x01];
+        assert!(matches!(decode(&empty_with_payload), Ok(Some((Frame::Empty, 7)))));
         // An option header promising bytes that are not there.
         assert!(matches!(
             decode(&[0x10, 0x45, 0xd0]),

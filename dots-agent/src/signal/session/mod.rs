@@ -285,6 +285,7 @@ impl Session {
                 }
             }
             Frame::Signal { .. } => {} // Pong: nothing to answer
+            Frame::Empty => {}
             Frame::Message(p) => self.receive(now, p, svc, out),
         }
     }

@@ -390,6 +390,12 @@ fn release_and_malformed_frames_end_a_stream_session() {
             _
         )))
     ));
+    // An Empty message (0.00), even with options and a payload, is ignored: no answer,
+    // the session stays (RFC 8323 §3.3; fuzz/found/coap_stream-payload-ff-roundtrip).
+    assert!(s
+        .on_message(now, &[0x41, 0x00, 0xaa, 0x11, 0x41, 0xff, 0x01], &mut svc)
+        .is_empty());
+    assert!(s.closed().is_none());
     // Half a frame waits for the rest.
     let p = coap_tcp::encode(&put_mitigation(1, "198.51.100.1/32")).unwrap();
     assert!(s.on_message(now, &p[..5], &mut svc).is_empty());
