@@ -8,19 +8,20 @@
 //! a session is down (or the daemon is), rules missing from the table are kept for
 //! `hold_seconds`: a session loss must not open the gates by itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::gobgp::Gobgp;
+use super::gobgp::{parse_monitor_line, Gobgp, RibEvent};
 use super::rule::FlowRule;
 use crate::datapath::{DatapathId, MitigationSpec, Mitigator};
 use crate::server::config::Datapath;
@@ -52,7 +53,8 @@ pub struct FollowFlowspec {
     /// How long rules missing from the table are kept while a BGP session is down.
     #[serde(default = "default_hold")]
     pub hold_seconds: u64,
-    /// How often the table is read without a change announced by the daemon.
+    /// How often the whole table is read (sessions, hold times, anything a monitor missed);
+    /// changes are applied as the daemon's monitor reports them.
     #[serde(default = "default_poll")]
     pub poll_seconds: u64,
 }
@@ -61,7 +63,7 @@ fn default_hold() -> u64 {
     90
 }
 fn default_poll() -> u64 {
-    2
+    10
 }
 
 impl FollowConfig {
@@ -124,37 +126,52 @@ fn rule_name(key: &str) -> String {
 /// every shorter prefix containing it (longer destinations take precedence, RFC 8955
 /// §5.1), as ACL entries. Rules that cannot become entries are returned with the reason.
 pub fn plan(rules: &BTreeMap<String, FlowRule>) -> (BTreeMap<u64, MitigationSpec>, Vec<String>) {
+    let by_dest = by_destination(rules);
     let mut refused = Vec::new();
-    let mut by_dest: BTreeMap<IpNet, Vec<(&String, &FlowRule)>> = BTreeMap::new();
+    let specs = by_dest
+        .keys()
+        .map(|dest| {
+            let spec = spec_for(&by_dest, dest, &mut refused);
+            (spec.id, spec)
+        })
+        .collect();
+    (specs, refused)
+}
+
+type ByDestination<'a> = BTreeMap<IpNet, Vec<(&'a String, &'a FlowRule)>>;
+
+fn by_destination(rules: &BTreeMap<String, FlowRule>) -> ByDestination<'_> {
+    let mut by_dest: ByDestination = BTreeMap::new();
     for (key, rule) in rules {
         if let Some(d) = rule.matches.destination {
             by_dest.entry(d).or_default().push((key, rule));
         }
     }
-    let mut specs = BTreeMap::new();
-    for dest in by_dest.keys() {
-        let mut covering: Vec<(&IpNet, &Vec<(&String, &FlowRule)>)> =
-            by_dest.iter().filter(|(d, _)| d.contains(dest)).collect();
-        covering.sort_by_key(|(d, _)| std::cmp::Reverse(d.prefix_len()));
-        let mut spec = MitigationSpec::new(mitigation_id(dest), vec![*dest]);
-        for (_, rs) in covering {
-            for (key, rule) in rs {
-                match rule.acl_entries(&rule_name(key)) {
-                    Ok(mut entries) => {
-                        // A covering rule's own destination is wider than this target.
-                        for e in &mut entries {
-                            e.matches.destination = None;
-                        }
-                        spec.acl.extend(entries)
+    by_dest
+}
+
+/// The mitigation for one destination of `by_dest`.
+fn spec_for(by_dest: &ByDestination, dest: &IpNet, refused: &mut Vec<String>) -> MitigationSpec {
+    let mut covering: Vec<(&IpNet, &Vec<(&String, &FlowRule)>)> =
+        by_dest.iter().filter(|(d, _)| d.contains(dest)).collect();
+    covering.sort_by_key(|(d, _)| std::cmp::Reverse(d.prefix_len()));
+    let mut spec = MitigationSpec::new(mitigation_id(dest), vec![*dest]);
+    for (_, rs) in covering {
+        for (key, rule) in rs {
+            match rule.acl_entries(&rule_name(key)) {
+                Ok(mut entries) => {
+                    // A covering rule's own destination is wider than this target.
+                    for e in &mut entries {
+                        e.matches.destination = None;
                     }
-                    Err(why) if d_is(rule, dest) => refused.push(format!("{key}: {why}")),
-                    Err(_) => {}
+                    spec.acl.extend(entries)
                 }
+                Err(why) if d_is(rule, dest) => refused.push(format!("{key}: {why}")),
+                Err(_) => {}
             }
         }
-        specs.insert(spec.id, spec);
     }
-    (specs, refused)
+    spec
 }
 
 fn d_is(rule: &FlowRule, dest: &IpNet) -> bool {
@@ -177,6 +194,8 @@ pub struct Follower<M: Mitigator> {
     /// Adopted from the pins at start, not yet seen in the table.
     adopted: Vec<u64>,
     started: Instant,
+    /// Whether every BGP session was up at the last look.
+    sessions_up: bool,
 }
 
 impl<M: Mitigator> Follower<M> {
@@ -194,6 +213,7 @@ impl<M: Mitigator> Follower<M> {
             installed: HashMap::new(),
             adopted,
             started: Instant::now(),
+            sessions_up: false,
         }
     }
 
@@ -201,7 +221,7 @@ impl<M: Mitigator> Follower<M> {
         &self.dp
     }
 
-    /// The node's exposition: drops per installed destination prefix.
+    /// The node's exposition: drops per installed destination prefix, read now.
     pub fn exposition(&self) -> String {
         let mut drops: Vec<(IpNet, xdp_common::Counter)> = self
             .installed
@@ -220,12 +240,17 @@ impl<M: Mitigator> Follower<M> {
         super::fleet::node_exposition(&drops, self.rules.len())
     }
 
-    /// Reads the daemon's table and sessions and brings the filter in line. Returns what
-    /// it could not install.
+    fn read_sessions(&mut self) {
+        let sessions = self.gobgp.sessions();
+        self.sessions_up = matches!(sessions, Ok((up, total)) if up == total && total > 0);
+    }
+
+    /// Reads the daemon's table and sessions and brings the whole filter in line. Returns
+    /// what it could not install.
     pub fn step(&mut self) -> Vec<String> {
         let now = Instant::now();
-        let sessions = self.gobgp.sessions();
-        let all_up = matches!(sessions, Ok((up, total)) if up == total && total > 0);
+        self.read_sessions();
+        let all_up = self.sessions_up;
         let table = match self.gobgp.table() {
             Ok(t) => Some(t),
             Err(e) => {
@@ -272,27 +297,103 @@ impl<M: Mitigator> Follower<M> {
             self.rules
                 .retain(|_, h| h.missing_since.is_some_and(|t| now - t < hold));
         }
-        let wanted: BTreeMap<String, FlowRule> = self
-            .rules
-            .iter()
-            .map(|(k, h)| (k.clone(), h.rule.clone()))
-            .collect();
+        let wanted = self.wanted();
         let (specs, refused) = plan(&wanted);
         problems.extend(refused);
-        self.apply(
-            specs,
-            all_up && now - self.started >= Duration::from_secs(2),
-            &mut problems,
-        );
+        let settled = all_up && now - self.started >= Duration::from_secs(2);
+        self.apply(specs, None, settled, &mut problems);
         problems
     }
 
-    /// Installs what changed first, then removes what is no longer wanted (an adopted
-    /// mitigation only once the sessions are up and had time to send the table, or after
-    /// the hold time).
+    /// Applies what the daemon's monitor reported, without reading the table: a change
+    /// costs the rules of the destinations it touches, not the whole table (reading that
+    /// took 1.2 s at 1,000 rules). A withdrawal counts as one only while every session is
+    /// up (asked once per batch); otherwise the rule is held as in [`Self::step`], which
+    /// the poll runs and which ends the hold. Returns what it could not install.
+    pub fn learn(&mut self, events: Vec<RibEvent>) -> Vec<String> {
+        let now = Instant::now();
+        let mut problems = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut withdrawn = Vec::new();
+        for event in events {
+            let key = match event {
+                RibEvent::Learned(rule) => {
+                    touched.extend(rule.matches.destination);
+                    let key = rule.matches.gobgp_args().join(" ");
+                    self.rules.insert(
+                        key,
+                        Held {
+                            rule,
+                            missing_since: None,
+                        },
+                    );
+                    continue;
+                }
+                RibEvent::Unusable(None, why) => {
+                    problems.push(why);
+                    continue;
+                }
+                RibEvent::Unusable(Some(key), why) => {
+                    problems.push(format!("{key}: {why}"));
+                    key
+                }
+                RibEvent::Withdrawn(key) => key,
+            };
+            if let Some(held) = self.rules.get_mut(&key) {
+                held.missing_since.get_or_insert(now);
+                touched.extend(held.rule.matches.destination);
+                withdrawn.push(key);
+            }
+        }
+        if !withdrawn.is_empty() {
+            self.read_sessions();
+            if self.sessions_up {
+                for key in withdrawn {
+                    if self.rules.get(&key).is_some_and(|h| h.missing_since.is_some()) {
+                        self.rules.remove(&key);
+                    }
+                }
+            }
+        }
+        if touched.is_empty() {
+            return problems;
+        }
+        // A destination's mitigation also carries the rules of every shorter one containing
+        // it, so a change to a prefix touches the longer ones inside it.
+        let wanted = self.wanted();
+        let by_dest = by_destination(&wanted);
+        let scope: BTreeSet<IpNet> = by_dest
+            .keys()
+            .copied()
+            .chain(self.installed.values().map(|s| s.targets[0]))
+            .filter(|d| touched.iter().any(|t| t.contains(d)))
+            .collect();
+        let mut specs = BTreeMap::new();
+        let mut refused = Vec::new();
+        for dest in scope.iter().filter(|d| by_dest.contains_key(d)) {
+            let spec = spec_for(&by_dest, dest, &mut refused);
+            specs.insert(spec.id, spec);
+        }
+        problems.extend(refused);
+        let settled = self.sessions_up && now - self.started >= Duration::from_secs(2);
+        self.apply(specs, Some(&scope), settled, &mut problems);
+        problems
+    }
+
+    fn wanted(&self) -> BTreeMap<String, FlowRule> {
+        self.rules
+            .iter()
+            .map(|(k, h)| (k.clone(), h.rule.clone()))
+            .collect()
+    }
+
+    /// Installs what changed first, then removes what is no longer wanted: of the
+    /// destinations in `scope` (all when None), and the adopted mitigations once the
+    /// sessions are up and had time to send the table, or after the hold time.
     fn apply(
         &mut self,
         specs: BTreeMap<u64, MitigationSpec>,
+        scope: Option<&BTreeSet<IpNet>>,
         settled: bool,
         problems: &mut Vec<String>,
     ) {
@@ -316,9 +417,11 @@ impl<M: Mitigator> Follower<M> {
         let expired = self.started.elapsed() >= self.hold;
         let stale: Vec<u64> = self
             .installed
-            .keys()
-            .filter(|id| !specs.contains_key(id))
-            .copied()
+            .iter()
+            .filter(|(id, s)| {
+                !specs.contains_key(id) && scope.is_none_or(|d| d.contains(&s.targets[0]))
+            })
+            .map(|(id, _)| *id)
             .chain(if settled || expired {
                 std::mem::take(&mut self.adopted)
             } else {
@@ -338,10 +441,28 @@ impl<M: Mitigator> Follower<M> {
     }
 }
 
-/// `gobgp monitor global rib -j` for each family: a line per change, which wakes the loop.
-fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<()>) -> Vec<Child> {
+/// What wakes the follower's loop.
+enum Wake {
+    /// Changes a monitor read.
+    Rib(Vec<RibEvent>),
+    /// A monitor ended or printed what it cannot read: read the table.
+    Resync(String),
+    /// A scrape of `/metrics`: the exposition goes back on the channel.
+    Scrape(SyncSender<String>),
+}
+
+/// The shortest time between two reads of the table that a monitor asks for: a daemon that
+/// is down ends every monitor at once, which must not become a busy loop.
+const RESYNC_GAP: Duration = Duration::from_millis(500);
+/// How long a scrape waits for the loop (busy reading the table, say) before it is served
+/// the last exposition.
+const SCRAPE_WAIT: Duration = Duration::from_secs(2);
+
+/// `gobgp monitor global rib -j`, one per family: each line's paths of that family go to
+/// the loop as events; the end of the stream, or a line it cannot read, as a resync.
+fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<Wake>) -> Vec<Child> {
     let mut children = Vec::new();
-    for family in ["ipv4-flowspec", "ipv6-flowspec"] {
+    for (family, ipv6) in [("ipv4-flowspec", false), ("ipv6-flowspec", true)] {
         let child = Command::new(&gobgp.program)
             .args(["-u", &gobgp.host, "-p", &gobgp.port.to_string()])
             .args(["monitor", "global", "rib", "-a", family, "-j"])
@@ -355,10 +476,17 @@ fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<()>) -> Vec<Child> {
                 let wake = wake.clone();
                 std::thread::spawn(move || {
                     for line in BufReader::new(out).lines() {
-                        if line.is_err() || wake.send(()).is_err() {
-                            break;
+                        let Ok(line) = line else { break };
+                        let sent = match parse_monitor_line(&line, ipv6) {
+                            Ok(events) if events.is_empty() => Ok(()),
+                            Ok(events) => wake.send(Wake::Rib(events)),
+                            Err(why) => wake.send(Wake::Resync(why)),
+                        };
+                        if sent.is_err() {
+                            return;
                         }
                     }
+                    let _ = wake.send(Wake::Resync(format!("the {family} monitor ended")));
                 });
                 children.push(c);
             }
@@ -368,8 +496,9 @@ fn spawn_monitors(gobgp: &Gobgp, wake: &Sender<()>) -> Vec<Child> {
     children
 }
 
-/// Runs the follower until `stop` says so: on every change the daemon reports, and every
-/// `poll_seconds` (sessions, hold times, a daemon that restarted).
+/// Runs the follower until `stop` says so: every change the daemon's monitor reports is
+/// applied as it comes; the table is read at start, every `poll_seconds` (sessions, hold
+/// times, anything a monitor missed) and when a monitor ends or cannot be read.
 pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> bool) -> Result<()> {
     let gobgp = config.gobgp()?;
     let mut follower = Follower::new(
@@ -377,46 +506,99 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
         gobgp.clone(),
         Duration::from_secs(config.flowspec.hold_seconds),
     );
-    let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = mpsc::channel();
+    let (wake_tx, wake_rx): (Sender<Wake>, Receiver<Wake>) = mpsc::channel();
     let mut monitors: Vec<Child> = Vec::new();
     let poll = Duration::from_secs(config.flowspec.poll_seconds);
     let mut last_problems = Vec::new();
-    let exposition = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &config.metrics {
         Some(m) => Some(super::fleet::serve_node_metrics(
             &m.listen,
-            exposition.clone(),
+            scrape_through(wake_tx.clone()),
         )?),
         None => None,
     };
+    let mut last_step = Instant::now();
+    let mut next_step = last_step;
     while !stop() {
-        // A monitor that ended (the daemon restarted) is started again.
-        let alive = monitors
-            .iter_mut()
-            .all(|c| matches!(c.try_wait(), Ok(None)));
-        if !alive || monitors.is_empty() {
-            for mut c in monitors.drain(..) {
-                let _ = c.kill();
-                let _ = c.wait();
+        if Instant::now() >= next_step {
+            // A monitor that ended (the daemon restarted) is started again.
+            let alive = monitors
+                .iter_mut()
+                .all(|c| matches!(c.try_wait(), Ok(None)));
+            if !alive || monitors.is_empty() {
+                for mut c in monitors.drain(..) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                monitors = spawn_monitors(&gobgp, &wake_tx);
             }
-            monitors = spawn_monitors(&gobgp, &wake_tx);
+            // What the monitors reported so far is in the table about to be read; what
+            // comes after the read is applied on top of it, in order.
+            while let Ok(w) = wake_rx.try_recv() {
+                if let Wake::Scrape(reply) = w {
+                    let _ = reply.send(follower.exposition());
+                }
+            }
+            let problems = follower.step();
+            if problems != last_problems {
+                for p in &problems {
+                    tracing::warn!("follow: not installed: {p}");
+                }
+                last_problems = problems;
+            }
+            last_step = Instant::now();
+            next_step = last_step + poll;
         }
-        let problems = follower.step();
-        if problems != last_problems {
-            for p in &problems {
+        let wait = next_step.saturating_duration_since(Instant::now());
+        let mut events = Vec::new();
+        let mut scrapes = Vec::new();
+        match wake_rx.recv_timeout(wait) {
+            Ok(first) => {
+                // Everything already queued goes in one batch.
+                for w in std::iter::once(first).chain(std::iter::from_fn(|| wake_rx.try_recv().ok())) {
+                    match w {
+                        Wake::Rib(e) => events.extend(e),
+                        Wake::Scrape(reply) => scrapes.push(reply),
+                        Wake::Resync(why) => {
+                            tracing::debug!("follow: {why}: reading the table");
+                            next_step = next_step.min(last_step + RESYNC_GAP);
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+        }
+        if !events.is_empty() {
+            for p in follower.learn(events) {
                 tracing::warn!("follow: not installed: {p}");
             }
-            last_problems = problems;
         }
-        *exposition.lock().unwrap_or_else(|p| p.into_inner()) = follower.exposition();
-        let _ = wake_rx.recv_timeout(poll);
-        while wake_rx.try_recv().is_ok() {}
+        for reply in scrapes {
+            let _ = reply.send(follower.exposition());
+        }
     }
     for mut c in monitors {
         let _ = c.kill();
         let _ = c.wait();
     }
     Ok(())
+}
+
+/// `/metrics`' renderer: asks the loop for the exposition, so a scrape reads the counters
+/// as they are now (not as of the last change); the last answer if the loop is busy.
+fn scrape_through(wake: Sender<Wake>) -> super::fleet::Render {
+    let last = Mutex::new(String::new());
+    std::sync::Arc::new(move || {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if wake.send(Wake::Scrape(reply)).is_ok() {
+            if let Ok(text) = answer.recv_timeout(SCRAPE_WAIT) {
+                *last = text;
+            }
+        }
+        last.clone()
+    })
 }
 
 #[cfg(test)]

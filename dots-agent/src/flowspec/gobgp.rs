@@ -194,6 +194,13 @@ pub fn parse_table(text: &str) -> Result<Vec<TableRule>, String> {
 
 /// One path: its NLRI components and its traffic-rate extended community.
 pub fn parse_path(path: &Value) -> Result<FlowRule, String> {
+    let matches = parse_match(path)?;
+    let action = parse_action(path)?;
+    Ok(FlowRule { matches, action })
+}
+
+/// A path's NLRI: the match of the rule.
+fn parse_match(path: &Value) -> Result<FlowMatch, String> {
     let mut m = FlowMatch::default();
     let components = path["nlri"]["value"]
         .as_array()
@@ -234,7 +241,12 @@ pub fn parse_path(path: &Value) -> Result<FlowRule, String> {
     if m.destination.is_none() {
         return Err("no destination prefix: a node filters only named destinations".into());
     }
-    let action = path["attrs"]
+    Ok(m)
+}
+
+/// A path's traffic-rate extended community: discard (rate 0) or a byte rate.
+fn parse_action(path: &Value) -> Result<FlowAction, String> {
+    path["attrs"]
         .as_array()
         .into_iter()
         .flatten()
@@ -249,8 +261,55 @@ pub fn parse_path(path: &Value) -> Result<FlowRule, String> {
                 FlowAction::RateBytes(r as f32)
             }
         })
-        .ok_or("no traffic-rate action (only discard and traffic-rate are installed)")?;
-    Ok(FlowRule { matches: m, action })
+        .ok_or_else(|| {
+            "no traffic-rate action (only discard and traffic-rate are installed)".into()
+        })
+}
+
+/// What one path in a `gobgp monitor global rib -j` line says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RibEvent {
+    /// A best path for the rule (new or replacing one with the same match).
+    Learned(FlowRule),
+    /// No best path for this match any more; the key is [`FlowMatch::gobgp_args`] joined.
+    Withdrawn(String),
+    /// A path that cannot be installed. Its match's key, when the match could be read
+    /// (a rule whose action changed to one the filter lacks must leave it), and why.
+    Unusable(Option<String>, String),
+}
+
+/// One line of `gobgp monitor global rib -j` (a JSON array of paths), keeping the paths of
+/// one family: gobgp 3.10 ignores `-a` here and prints every family on every monitor
+/// (../shared/reference/flowspec-bgp.md §5), so the family is told by the destination.
+pub fn parse_monitor_line(line: &str, ipv6: bool) -> Result<Vec<RibEvent>, String> {
+    let v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| format!("gobgp monitor: {e}"))?;
+    let paths = v.as_array().ok_or("gobgp monitor: not an array of paths")?;
+    let mut out = Vec::new();
+    for path in paths {
+        let matches = match parse_match(path) {
+            Ok(m) => m,
+            Err(why) => {
+                if path["withdrawal"].as_bool() != Some(true) {
+                    out.push(RibEvent::Unusable(None, why));
+                }
+                continue;
+            }
+        };
+        if matches.destination.is_some_and(|d| d.addr().is_ipv6() != ipv6) {
+            continue;
+        }
+        let key = matches.gobgp_args().join(" ");
+        if path["withdrawal"].as_bool() == Some(true) {
+            out.push(RibEvent::Withdrawn(key));
+            continue;
+        }
+        out.push(match parse_action(path) {
+            Ok(action) => RibEvent::Learned(FlowRule { matches, action }),
+            Err(why) => RibEvent::Unusable(Some(key), why),
+        });
+    }
+    Ok(out)
 }
 
 fn single(items: &[(u8, u64)], what: &str, max: u64) -> Result<u8, String> {
@@ -356,5 +415,35 @@ mod tests {
             .as_ref()
             .unwrap_err()
             .contains("no traffic-rate"));
+    }
+
+    /// Monitor lines: a learned rule, its withdrawal, another family's path (skipped), and
+    /// a rule whose action the filter lacks (unusable, with its key so it leaves the filter).
+    #[test]
+    fn monitor_lines_become_rib_events() {
+        let learned = r#"[{"nlri":{"value":[{"type":1,"value":{"prefix":"203.0.113.10/32"}},{"type":3,"value":[{"op":129,"value":17}]}]},"age":1796614748,"best":false,"attrs":[{"type":16,"value":[{"type":128,"subtype":6,"as":0,"rate":0}]},{"type":14,"nexthop":"0.0.0.0","afi":1,"safi":133}],"stale":false,"source-id":"192.0.2.1","neighbor-ip":"192.0.2.1"}]"#;
+        let events = parse_monitor_line(learned, false).unwrap();
+        let RibEvent::Learned(rule) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            rule.to_string(),
+            "destination 203.0.113.10/32 protocol ==17 then discard"
+        );
+        assert!(
+            parse_monitor_line(learned, true).unwrap().is_empty(),
+            "the IPv6 monitor skips IPv4 paths"
+        );
+        let withdrawn = learned.replace(r#""stale":false"#, r#""stale":false,"withdrawal":true"#);
+        assert_eq!(
+            parse_monitor_line(&withdrawn, false).unwrap(),
+            vec![RibEvent::Withdrawn(rule.matches.gobgp_args().join(" "))]
+        );
+        let redirect = learned.replace(r#""subtype":6,"as":0,"rate":0"#, r#""subtype":8,"value":"64514:100""#);
+        assert!(matches!(
+            &parse_monitor_line(&redirect, false).unwrap()[..],
+            [RibEvent::Unusable(Some(k), why)] if *k == rule.matches.gobgp_args().join(" ") && why.contains("no traffic-rate")
+        ));
+        assert!(parse_monitor_line("{not json", false).is_err());
     }
 }

@@ -297,7 +297,7 @@ impl Fleet {
                 &config,
                 format!(
                     "[datapath]\ninterfaces = [\"in0\"]\nxdp_mode = \"auto\"\npin_root = \"{}\"\n\
-                     [flowspec]\npoll_seconds = 1\nhold_seconds = 90\n\
+                     [flowspec]\npoll_seconds = 10\nhold_seconds = 90\n\
                      [metrics]\nlisten = [\"{node_end}:9500\"]\n",
                     pins.display()
                 ),
