@@ -90,6 +90,7 @@ impl Announcer {
                 p,
                 &config.fleet_job,
                 Duration::from_secs(config.fleet_query_seconds),
+                Duration::from_millis(config.fleet_probe_ms),
             )?),
             None => None,
         };

@@ -82,14 +82,16 @@ pub(super) fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Queries Prometheus on a thread of its own every `every`.
+/// Queries Prometheus on a thread of its own: the counts right after Prometheus scraped a
+/// node (asked every `probe`), and at least every `every`. Querying on a fixed clock instead
+/// would add up to a whole period to the scrape interval before the status moves.
 pub struct FleetCounts {
     view: Arc<Mutex<FleetView>>,
 }
 
 impl FleetCounts {
     /// `prometheus`: `http://host:port`; `job`: the scrape job of the nodes.
-    pub fn start(prometheus: &str, job: &str, every: Duration) -> Result<FleetCounts> {
+    pub fn start(prometheus: &str, job: &str, every: Duration, probe: Duration) -> Result<FleetCounts> {
         let addr = prometheus
             .strip_prefix("http://")
             .with_context(|| {
@@ -108,27 +110,20 @@ impl FleetCounts {
             .name("fleet".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let mut scrapes = Scrapes::default();
+                    let mut last_query: Option<tokio::time::Instant> = None;
                     loop {
-                        let next = query_fleet(&addr, &job).await;
-                        let mut v = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        match next {
-                            Ok(n) => {
-                                for (node, up) in &n.nodes {
-                                    if v.nodes.get(node) != Some(up) && !up {
-                                        tracing::warn!("fleet: node {node} is down (Prometheus cannot scrape it); its last counts stay in the sums");
-                                    }
-                                }
-                                *v = n;
+                        let due = last_query.is_none_or(|t| t.elapsed() >= every);
+                        match scrapes.probe(&addr, &job).await {
+                            Ok(scraped) if scraped || due => {
+                                last_query = Some(tokio::time::Instant::now());
+                                let next = query_fleet(&addr, &job).await;
+                                update(&shared, next, &addr);
                             }
-                            Err(e) => {
-                                if v.prometheus_up {
-                                    tracing::warn!("fleet: querying Prometheus at {addr}: {e}");
-                                }
-                                v.prometheus_up = false;
-                            }
+                            Ok(_) => {}
+                            Err(e) => update(&shared, Err(e), &addr),
                         }
-                        drop(v);
-                        tokio::time::sleep(every).await;
+                        tokio::time::sleep(probe).await;
                     }
                 })
             })?;
@@ -137,6 +132,47 @@ impl FleetCounts {
 
     pub fn view(&self) -> FleetView {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// When Prometheus last scraped each node, as far as the thread knows.
+#[derive(Default)]
+struct Scrapes {
+    last: BTreeMap<String, f64>,
+}
+
+impl Scrapes {
+    /// Whether Prometheus scraped a node since the last probe (the time stamp of its `up`
+    /// sample moved: a scrape's samples and its `up` are committed together).
+    async fn probe(&mut self, addr: &str, job: &str) -> Result<bool> {
+        let mut moved = false;
+        for (labels, at) in query(addr, &format!("timestamp(up{{job=\"{job}\"}})")).await? {
+            if let Some(i) = labels["instance"].as_str() {
+                moved |= self.last.insert(i.to_string(), at) != Some(at);
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Takes a query's answer into the shared view, logging what changed for the worse.
+fn update(shared: &Mutex<FleetView>, next: Result<FleetView>, addr: &str) {
+    let mut v = shared.lock().unwrap_or_else(|p| p.into_inner());
+    match next {
+        Ok(n) => {
+            for (node, up) in &n.nodes {
+                if v.nodes.get(node) != Some(up) && !up {
+                    tracing::warn!("fleet: node {node} is down (Prometheus cannot scrape it); its last counts stay in the sums");
+                }
+            }
+            *v = n;
+        }
+        Err(e) => {
+            if v.prometheus_up {
+                tracing::warn!("fleet: querying Prometheus at {addr}: {e}");
+            }
+            v.prometheus_up = false;
+        }
     }
 }
 
@@ -218,9 +254,12 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Serves `text` (the node's exposition, refreshed by the follower) on `GET /metrics` at
-/// each address, each connection bounded in time.
-pub fn serve_node_metrics(addrs: &[SocketAddr], text: Arc<Mutex<String>>) -> Result<MetricsServer> {
+/// Renders the node's exposition when it is scraped (it may block: it runs off the runtime).
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves what `render` gives (the node's exposition) on `GET /metrics` at each address,
+/// each connection bounded in time.
+pub fn serve_node_metrics(addrs: &[SocketAddr], render: Render) -> Result<MetricsServer> {
     let mut listeners = Vec::new();
     for a in addrs {
         let l = std::net::TcpListener::bind(a)
@@ -239,7 +278,7 @@ pub fn serve_node_metrics(addrs: &[SocketAddr], text: Arc<Mutex<String>>) -> Res
             rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for l in listeners {
-                    let text = text.clone();
+                    let render = render.clone();
                     tasks.push(tokio::spawn(async move {
                         let Ok(l) = tokio::net::TcpListener::from_std(l) else {
                             return;
@@ -252,13 +291,15 @@ pub fn serve_node_metrics(addrs: &[SocketAddr], text: Arc<Mutex<String>>) -> Res
                             let Ok((tcp, _)) = l.accept().await else {
                                 continue;
                             };
-                            let text = text.clone();
+                            let render = render.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(
                                     move |_req: Request<hyper::body::Incoming>| {
-                                        let body =
-                                            text.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                        let render = render.clone();
                                         async move {
+                                            let body = tokio::task::spawn_blocking(move || render())
+                                                .await
+                                                .unwrap_or_default();
                                             Response::builder()
                                                 .header("content-type", "text/plain; version=0.0.4")
                                                 .body(Full::new(Bytes::from(body)))

@@ -57,8 +57,14 @@ pub struct FlowspecConfig {
     /// The scrape job of the nodes in Prometheus.
     #[serde(default = "default_job")]
     pub fleet_job: String,
+    /// The longest time between two queries of the fleet's counts.
     #[serde(default = "default_fleet_query")]
     pub fleet_query_seconds: u64,
+    /// How often Prometheus is asked whether it scraped a node since the last query (a
+    /// cheap query); the counts are queried right after each scrape, so the status is as
+    /// fresh as Prometheus.
+    #[serde(default = "default_fleet_probe")]
+    pub fleet_probe_ms: u64,
 }
 
 fn default_job() -> String {
@@ -66,6 +72,9 @@ fn default_job() -> String {
 }
 fn default_fleet_query() -> u64 {
     5
+}
+fn default_fleet_probe() -> u64 {
+    100
 }
 
 pub(crate) fn default_api() -> String {
@@ -129,6 +138,12 @@ impl FlowspecConfig {
         }
         if self.resync_seconds == 0 || self.fleet_query_seconds == 0 {
             bail!("[flowspec] resync_seconds and fleet_query_seconds must be at least 1");
+        }
+        if !(10..=self.fleet_query_seconds.saturating_mul(1000)).contains(&self.fleet_probe_ms) {
+            bail!(
+                "[flowspec] fleet_probe_ms = {}: give 10 to fleet_query_seconds * 1000",
+                self.fleet_probe_ms
+            );
         }
         if !self.gobgp.is_file() {
             bail!(

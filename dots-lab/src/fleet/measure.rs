@@ -374,7 +374,7 @@ fn count_drops(fleet: &Fleet, client: &DotsClient) -> Result<()> {
             agreed.map_or(format!("not within {LIMIT:?}"), |d| format!("{} after the stop", human(d)))
         );
     }
-    println!("  (Prometheus scrapes every 1 s, the server asks it every 1 s)");
+    println!("  (Prometheus scrapes every 1 s; the server asks it within 0.1 s of each scrape)");
     Ok(())
 }
 
