@@ -91,7 +91,12 @@ pub struct FleetCounts {
 
 impl FleetCounts {
     /// `prometheus`: `http://host:port`; `job`: the scrape job of the nodes.
-    pub fn start(prometheus: &str, job: &str, every: Duration, probe: Duration) -> Result<FleetCounts> {
+    pub fn start(
+        prometheus: &str,
+        job: &str,
+        every: Duration,
+        probe: Duration,
+    ) -> Result<FleetCounts> {
         let addr = prometheus
             .strip_prefix("http://")
             .with_context(|| {
@@ -297,9 +302,10 @@ pub fn serve_node_metrics(addrs: &[SocketAddr], render: Render) -> Result<Metric
                                     move |_req: Request<hyper::body::Incoming>| {
                                         let render = render.clone();
                                         async move {
-                                            let body = tokio::task::spawn_blocking(move || render())
-                                                .await
-                                                .unwrap_or_default();
+                                            let body =
+                                                tokio::task::spawn_blocking(move || render())
+                                                    .await
+                                                    .unwrap_or_default();
                                             Response::builder()
                                                 .header("content-type", "text/plain; version=0.0.4")
                                                 .body(Full::new(Bytes::from(body)))

@@ -349,7 +349,11 @@ impl<M: Mitigator> Follower<M> {
             self.read_sessions();
             if self.sessions_up {
                 for key in withdrawn {
-                    if self.rules.get(&key).is_some_and(|h| h.missing_since.is_some()) {
+                    if self
+                        .rules
+                        .get(&key)
+                        .is_some_and(|h| h.missing_since.is_some())
+                    {
                         self.rules.remove(&key);
                     }
                 }
@@ -555,7 +559,9 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
         match wake_rx.recv_timeout(wait) {
             Ok(first) => {
                 // Everything already queued goes in one batch.
-                for w in std::iter::once(first).chain(std::iter::from_fn(|| wake_rx.try_recv().ok())) {
+                for w in
+                    std::iter::once(first).chain(std::iter::from_fn(|| wake_rx.try_recv().ok()))
+                {
                     match w {
                         Wake::Rib(e) => events.extend(e),
                         Wake::Scrape(reply) => scrapes.push(reply),
@@ -653,5 +659,69 @@ mod tests {
             specs,
             "the same rules, the same specs (names and ids)"
         );
+    }
+
+    /// A `gobgp` that answers `neighbor -j` with one session, up or down.
+    fn fake_gobgp(dir: &std::path::Path, up: bool) -> Gobgp {
+        let program = dir.join(if up { "gobgp-up" } else { "gobgp-down" });
+        let state = if up { 6 } else { 1 };
+        std::fs::write(
+            &program,
+            format!("#!/bin/sh\necho '[{{\"state\":{{\"session_state\":{state}}}}}]'\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Gobgp {
+            program,
+            host: "127.0.0.1".into(),
+            port: 50051,
+        }
+    }
+
+    /// The monitor's events change only the destinations they touch (a longer destination
+    /// carries a shorter one's rules); a withdrawal while a session is down is held; an
+    /// action the filter lacks takes the rule out and says why.
+    #[test]
+    fn monitor_events_change_the_filter_without_reading_the_table() {
+        use crate::datapath::MemoryMitigator;
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Follower::new(
+            MemoryMitigator::new(),
+            fake_gobgp(dir.path(), false),
+            Duration::from_secs(90),
+        );
+        let (net_key, net) = rule("198.51.100.0/24", vec![17], FlowAction::Discard);
+        let (host_key, host) = rule("198.51.100.7/32", vec![6], FlowAction::Discard);
+        let net_id = mitigation_id(&net.matches.destination.unwrap());
+        let host_id = mitigation_id(&host.matches.destination.unwrap());
+        let entries =
+            |f: &Follower<MemoryMitigator>, id| f.mitigator().spec(id).map(|s| s.acl.len());
+
+        let problems = f.learn(vec![RibEvent::Learned(net), RibEvent::Learned(host)]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            (entries(&f, net_id), entries(&f, host_id)),
+            (Some(1), Some(2))
+        );
+
+        f.learn(vec![RibEvent::Withdrawn(net_key.clone())]);
+        assert_eq!(entries(&f, net_id), Some(1), "held: the session is down");
+
+        f.gobgp = fake_gobgp(dir.path(), true);
+        f.learn(vec![RibEvent::Withdrawn(net_key)]);
+        assert_eq!(entries(&f, net_id), None, "withdrawn with the session up");
+        assert_eq!(
+            entries(&f, host_id),
+            Some(1),
+            "the longer one lost the shorter's rule"
+        );
+
+        let problems = f.learn(vec![RibEvent::Unusable(
+            Some(host_key),
+            "no traffic-rate".into(),
+        )]);
+        assert_eq!(entries(&f, host_id), None);
+        assert!(problems[0].contains("no traffic-rate"), "{problems:?}");
     }
 }

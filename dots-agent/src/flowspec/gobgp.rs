@@ -282,8 +282,7 @@ pub enum RibEvent {
 /// one family: gobgp 3.10 ignores `-a` here and prints every family on every monitor
 /// (../shared/reference/flowspec-bgp.md §5), so the family is told by the destination.
 pub fn parse_monitor_line(line: &str, ipv6: bool) -> Result<Vec<RibEvent>, String> {
-    let v: Value =
-        serde_json::from_str(line.trim()).map_err(|e| format!("gobgp monitor: {e}"))?;
+    let v: Value = serde_json::from_str(line.trim()).map_err(|e| format!("gobgp monitor: {e}"))?;
     let paths = v.as_array().ok_or("gobgp monitor: not an array of paths")?;
     let mut out = Vec::new();
     for path in paths {
@@ -296,7 +295,10 @@ pub fn parse_monitor_line(line: &str, ipv6: bool) -> Result<Vec<RibEvent>, Strin
                 continue;
             }
         };
-        if matches.destination.is_some_and(|d| d.addr().is_ipv6() != ipv6) {
+        if matches
+            .destination
+            .is_some_and(|d| d.addr().is_ipv6() != ipv6)
+        {
             continue;
         }
         let key = matches.gobgp_args().join(" ");
@@ -439,7 +441,10 @@ mod tests {
             parse_monitor_line(&withdrawn, false).unwrap(),
             vec![RibEvent::Withdrawn(rule.matches.gobgp_args().join(" "))]
         );
-        let redirect = learned.replace(r#""subtype":6,"as":0,"rate":0"#, r#""subtype":8,"value":"64514:100""#);
+        let redirect = learned.replace(
+            r#""subtype":6,"as":0,"rate":0"#,
+            r#""subtype":8,"value":"64514:100""#,
+        );
         assert!(matches!(
             &parse_monitor_line(&redirect, false).unwrap()[..],
             [RibEvent::Unusable(Some(k), why)] if *k == rule.matches.gobgp_args().join(" ") && why.contains("no traffic-rate")
