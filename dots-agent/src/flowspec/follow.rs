@@ -379,9 +379,15 @@ impl<M: Mitigator> Follower<M> {
             specs.insert(spec.id, spec);
         }
         problems.extend(refused);
-        let settled = self.sessions_up && now - self.started >= Duration::from_secs(2);
-        self.apply(specs, Some(&scope), settled, &mut problems);
+        // Adopted mitigations are left to the table's read: while a restarted node's table
+        // arrives, a rule not seen yet is not a rule withdrawn.
+        self.apply(specs, Some(&scope), false, &mut problems);
         problems
+    }
+
+    /// Whether mitigations adopted from the pins wait for the table to say they are gone.
+    pub fn settling(&self) -> bool {
+        !self.adopted.is_empty()
     }
 
     fn wanted(&self) -> BTreeMap<String, FlowRule> {
@@ -392,8 +398,8 @@ impl<M: Mitigator> Follower<M> {
     }
 
     /// Installs what changed first, then removes what is no longer wanted: of the
-    /// destinations in `scope` (all when None), and the adopted mitigations once the
-    /// sessions are up and had time to send the table, or after the hold time.
+    /// destinations in `scope` (all when None), and the adopted mitigations once `settled`
+    /// (the sessions are up and had time to send the table), or after the hold time.
     fn apply(
         &mut self,
         specs: BTreeMap<u64, MitigationSpec>,
@@ -551,7 +557,14 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
                 last_problems = problems;
             }
             last_step = Instant::now();
-            next_step = last_step + poll;
+            // A restarted node reads its table every second until it has settled what it
+            // adopted (withdrawn while it was down: removed then).
+            next_step = last_step
+                + if follower.settling() {
+                    poll.min(Duration::from_secs(1))
+                } else {
+                    poll
+                };
         }
         let wait = next_step.saturating_duration_since(Instant::now());
         let mut events = Vec::new();
