@@ -231,6 +231,8 @@ pub fn svg(sc: &Scenario, s: &ChainSummary) -> String {
     ];
     Chart {
         title: format!("{} (each hop)", sc.name),
+        unit: "packets per second".into(),
+        log_scale: true,
         t_max: sc.total_seconds(),
         shade: Some((a0, a0 + sc.phases.attack_seconds, "attack".into())),
         marks: marks
@@ -243,6 +245,7 @@ pub fn svg(sc: &Scenario, s: &ChainSummary) -> String {
                 name: name.into(),
                 colour,
                 dashed,
+                width: super::plot::LINE,
                 points: s.samples.iter().map(|p| (p.t, pick(p))).collect(),
             })
             .collect(),
