@@ -8,6 +8,8 @@
 //! - [`chain`]: a scenario's `[chain]`: the customer's gateway, the provider's recursive
 //!   scrubber and the upstream scrubber, each hop measured.
 //! - [`run`]: the scenario itself (server, guard, generators, receiver), progress, summary.
+//! - [`harness`]: what `run` and `chain` share around their topologies (state, certificates,
+//!   a filter's counter, flows by role, the guard's events, the end, the flow table).
 //! - [`plot`]: the SVG charts (the rates over time; also the fleet's drop counters).
 //! - [`bench`]: drop rates of our filter, an empty XDP_DROP, xdp-filter and nftables.
 //! - [`divert`]: `dots-lab divert`, diversion through BGP and re-injection, the loop closed.
@@ -18,6 +20,7 @@ pub mod bench_rates;
 pub mod bench_workloads;
 pub mod chain;
 pub mod divert;
+pub mod harness;
 pub mod plot;
 pub mod run;
 pub mod scenario;
