@@ -16,7 +16,8 @@ use crate::trafficgen::Backend;
 pub struct LabArgs {
     /// A scenario file (default: the embedded examples/scenarios/reflection-syn-udp.toml).
     pub scenario: Option<PathBuf>,
-    /// Where to write the plot of the rates over time (SVG).
+    /// Where to write the plot (SVG): the rates over time; for a fleet scenario, the drop
+    /// counters.
     #[arg(long, default_value = "lab.svg")]
     pub plot: PathBuf,
     /// Also write the summary (with the per-second samples) as JSON here.
