@@ -165,18 +165,6 @@ impl Chart {
             LEFT + pw / 2.0,
             H - 12.0
         );
-        for (i, (at, what)) in self.marks.iter().enumerate() {
-            // Labels of marks close together are stacked, not overprinted.
-            let ly = TOP + ph - 6.0 - 14.0 * (i % 3) as f64;
-            let _ = writeln!(
-                o,
-                r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{TOP}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/><text x="{:.1}" y="{ly:.1}" fill="#333">{}</text>"##,
-                TOP + ph,
-                x(*at) + 3.0,
-                esc(what),
-                xv = x(*at)
-            );
-        }
         for (i, l) in self.series.iter().enumerate() {
             let pts: Vec<String> = l
                 .points
@@ -204,6 +192,20 @@ impl Chart {
                 W - RIGHT + 42.0,
                 ly + 4.0,
                 esc(&l.name)
+            );
+        }
+        // Marks last, so their labels stay on top of the lines.
+        for (i, (at, what)) in self.marks.iter().enumerate() {
+            // Labels of marks close together are stacked, not overprinted; a white halo
+            // keeps them legible over the lines.
+            let ly = TOP + ph - 6.0 - 14.0 * (i % 3) as f64;
+            let _ = writeln!(
+                o,
+                r##"<line x1="{xv:.1}" x2="{xv:.1}" y1="{TOP}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/><text x="{:.1}" y="{ly:.1}" fill="#333" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"##,
+                TOP + ph,
+                x(*at) + 3.0,
+                esc(what),
+                xv = x(*at)
             );
         }
         o.push_str("</svg>\n");
@@ -284,6 +286,7 @@ mod tests {
         assert!(linear.contains(">250k</text>") && linear.contains(">50k</text>"));
         assert!(linear.contains("stroke-width=\"5\""));
         assert!(linear.contains("— packets</text>") && linear.contains(">2.01</text>"));
+        assert!(linear.contains("paint-order=\"stroke\">2.01</text>"));
         let log = chart(true);
         assert!(log.contains(">1M</text>") && !log.contains(">250k</text>"));
     }
