@@ -5,7 +5,8 @@
 //! - [`trafficgen`]: the generator's senders (XDP live frames, AF_PACKET), the bench's XDP
 //!   fan-out and the labelled receiver.
 //! - [`packet`]: the frame builder shared by tests, benchmarks and the traffic tools.
-//! - [`cli`]: `dots-lab traffic send|generate|count`.
+//! - [`cli`]: `dots-lab run` (a scenario to the lab, its chain or the fleet) and
+//!   `dots-lab traffic send|generate|count`.
 //! - [`testrun`]: BPF_PROG_TEST_RUN timing for the benchmarks.
 //! - [`proof`]: `dots-lab soak|loss|bounds`, the server binary under hostile conditions.
 //! - [`fleet`]: `dots-lab fleet measure|attack`, a scrubber fleet steered through BGP

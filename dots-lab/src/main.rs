@@ -15,7 +15,7 @@ struct Cli {
 enum Command {
     /// A DDoS signalled over DOTS and scrubbed by XDP, in network namespaces, from a scenario
     /// (runs the dots-agent binary for the server and the client).
-    Run(lab::LabArgs),
+    Run(cli::run::LabArgs),
     /// Packets per second the scrubber drops on a veth pair: our filter (with a realistic
     /// rule set), an empty XDP_DROP program, xdp-tools' xdp-filter, nftables netdev ingress.
     Bench(lab::bench::BenchArgs),
@@ -56,7 +56,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) => lab::cli(a),
+        Command::Run(a) => cli::run::run(a),
         Command::Bench(b) => lab::bench::run(&b),
         Command::Traffic(c) => cli::traffic::run(c),
         Command::Soak(a) => proof::soak::run(&a),

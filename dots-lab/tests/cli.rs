@@ -60,3 +60,29 @@ fn a_missing_agent_binary_is_named() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_fleet_scenario_is_checked_and_its_mistakes_named() {
+    let fleet = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/scenarios/fleet.toml"
+    );
+    let o = lab(&["run", "--check", fleet]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("\"fleet\": a fleet of 3 nodes"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("fleet.toml");
+    let text = std::fs::read_to_string(fleet).unwrap();
+    std::fs::write(&bad, text.replace("nodes = 3", "nodes = 20")).unwrap();
+    let o = lab(&["run", "--check", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("[fleet]: nodes 20: give 1 to 15"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lab(&["fleet", "attack", "--pps", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pps 0: give 3"), "{}", stderr(&o));
+}

@@ -4,72 +4,27 @@
 //! the customer's guard; the attack exceeds the provider's capacity, the request is
 //! escalated, both filters drop, the customer's status counts both, the guard withdraws,
 //! and nothing of the lab is left behind.
-//!
-//! Runs the `dots-agent` binary cargo builds beside `dots-lab` (`cargo test --workspace`).
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
 
-const LAB: &str = env!("CARGO_BIN_EXE_dots-lab");
+use std::time::Duration;
 
-fn leftovers(pid: u32) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("dchain{pid}-")))
-        .map(String::from)
-        .collect();
-    for p in [
-        format!("/sys/fs/bpf/dots-lab-{pid}-up"),
-        format!("/sys/fs/bpf/dots-lab-{pid}-prov"),
-        format!("/tmp/dots-lab-chain-{pid}"),
-    ] {
-        if Path::new(&p).exists() {
-            v.push(p);
-        }
-    }
-    v
-}
+use common::{leftovers, run_to_end};
 
 #[test]
 fn the_chain_escalates_and_both_filters_drop() {
-    let agent = Path::new(LAB).with_file_name("dots-agent");
-    assert!(
-        agent.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        agent.display()
-    );
     let dir = tempfile::tempdir().unwrap();
-    let scenario = dir.path().join("chain.toml");
-    let text = include_str!("../../examples/scenarios/chain.toml")
-        .replace("attack_seconds = 12", "attack_seconds = 8")
-        .replace("recovery_seconds = 6", "recovery_seconds = 5");
-    std::fs::write(&scenario, text).unwrap();
-    let json = dir.path().join("summary.json");
-    let plot = dir.path().join("chain.svg");
-    let child = Command::new(LAB)
-        .arg("run")
-        .arg("--agent")
-        .arg(&agent)
-        .arg(&scenario)
-        .arg("--json")
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "lab failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let scenario = common::scenario(
+        dir.path(),
+        "chain.toml",
+        include_str!("../../examples/scenarios/chain.toml"),
+        &[
+            ("attack_seconds = 12", "attack_seconds = 8"),
+            ("recovery_seconds = 6", "recovery_seconds = 5"),
+        ],
     );
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = run_to_end(dir.path(), &scenario, Duration::from_secs(180));
+    let (s, stdout, pid) = (&run.summary, &run.stdout, run.pid);
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
     assert_eq!(s["response_code"], "2.01", "{stdout}");
     let why = s["escalation"]
@@ -96,11 +51,14 @@ fn the_chain_escalates_and_both_filters_drop() {
         .collect();
     assert!(statuses.contains(&2), "{statuses:?}");
     assert_eq!(s["withdraw_code"], "2.02", "{stdout}");
-    let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.contains("dropped upstream") && svg.contains("dropped at provider"));
-    assert!(
-        leftovers(pid).is_empty(),
-        "left behind: {:?}",
-        leftovers(pid)
+    assert!(run.svg.contains("dropped upstream") && run.svg.contains("dropped at provider"));
+    let left = leftovers(
+        &format!("dchain{pid}-"),
+        &[
+            format!("/tmp/dots-lab-chain-{pid}"),
+            format!("/sys/fs/bpf/dots-lab-{pid}-up"),
+            format!("/sys/fs/bpf/dots-lab-{pid}-prov"),
+        ],
     );
+    assert_eq!(left, Vec::<String>::new(), "left behind");
 }

@@ -8,12 +8,14 @@
 //!   FlowSpec tests);
 //! - [`topology`]: the fleet's namespaces, links and processes;
 //! - [`measure`]: `dots-lab fleet measure`, bench-style figures (not a CI test);
-//! - [`attack`]: `dots-lab fleet attack`, the lab scenario: one attack spread over the
-//!   nodes, each node's drops and the summed DOTS status.
+//! - [`attack`]: the lab scenario (`dots-lab run examples/scenarios/fleet.toml`, or
+//!   `dots-lab fleet attack`): one attack spread over the nodes, each node's drops and the
+//!   summed DOTS status; [`report`]: its summary and plot.
 
 pub mod attack;
 pub mod daemons;
 pub mod measure;
+pub mod report;
 pub mod topology;
 
 use std::path::PathBuf;
@@ -33,8 +35,9 @@ pub enum FleetCommand {
     /// Times from the DOTS 2.01 to the rule live on every node and at the border router,
     /// withdrawal, the fleet's drops in the DOTS status, one node killed -9 and restarted.
     Measure(measure::MeasureArgs),
-    /// The lab scenario: an attack spread over the nodes, each node's drops and the DOTS
-    /// status that sums them, every second.
+    /// The lab scenario (as `dots-lab run examples/scenarios/fleet.toml`): an attack spread
+    /// over the nodes, each node's drops and the DOTS status that sums them, every second;
+    /// a plot of them.
     Attack(attack::AttackArgs),
 }
 
@@ -51,7 +54,7 @@ pub struct Common {
 pub fn run(c: FleetCommand) -> Result<()> {
     match c {
         FleetCommand::Measure(a) => measure::run(&a),
-        FleetCommand::Attack(a) => attack::run(&a),
+        FleetCommand::Attack(a) => attack::cli(&a),
     }
 }
 

@@ -210,7 +210,26 @@ pub(crate) fn start_generators(
     })
 }
 
+/// What each flow's generator has sent so far (readable after the generators have ended).
+pub(crate) struct Sent(Vec<Arc<AtomicU64>>);
+
+impl Sent {
+    pub fn now(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+}
+
 impl Generators {
+    pub fn sent(&self) -> Sent {
+        Sent(self.sent.clone())
+    }
+
+    /// When the traffic started on the wall clock (ms since the epoch, as the guard stamps
+    /// its events).
+    pub fn t0_unix_ms(&self) -> u64 {
+        dots_agent::client::guard::unix_ms() - self.t0.elapsed().as_millis() as u64
+    }
+
     /// Waits for every generator (stop them first).
     pub fn join(self) -> Result<()> {
         for g in self.threads {

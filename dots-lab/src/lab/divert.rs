@@ -276,25 +276,18 @@ impl Setup {
     }
 
     fn write_configs(&self, agent: &std::path::Path) -> Result<()> {
-        let pki = std::process::Command::new(agent)
-            .args(["pki", "init", "--dir"])
-            .arg(self.dir.join("pki"))
-            .args([
+        super::harness::pki_init(
+            agent,
+            &self.dir,
+            &[
                 "--server-name",
                 "dots.lab",
                 "--server-ip",
                 SERVER,
                 "--client",
                 "customer",
-            ])
-            .output()
-            .with_context(|| format!("running {} pki init", agent.display()))?;
-        if !pki.status.success() {
-            bail!(
-                "dots-agent pki init: {}",
-                String::from_utf8_lossy(&pki.stderr)
-            );
-        }
+            ],
+        )?;
         std::fs::write(
             self.dir.join("server.toml"),
             format!(

@@ -1,5 +1,6 @@
-//! `dots-lab run`: a DDoS signalled and scrubbed in network namespaces, from a scenario
-//! file, and `dots-lab bench`, the veth drop-rate benchmark.
+//! A DDoS signalled and scrubbed in network namespaces, from a scenario file (`dots-lab
+//! run`, dispatched in `crate::cli::run`), and `dots-lab bench`, the veth drop-rate
+//! benchmark.
 //!
 //! - [`scenario`]: the TOML scenario format and its checks.
 //! - [`topology`]: namespaces, veth pairs, processes inside namespaces, cleanup.
@@ -7,7 +8,9 @@
 //! - [`chain`]: a scenario's `[chain]`: the customer's gateway, the provider's recursive
 //!   scrubber and the upstream scrubber, each hop measured.
 //! - [`run`]: the scenario itself (server, guard, generators, receiver), progress, summary.
-//! - [`plot`]: the SVG of the rates over time.
+//! - [`harness`]: what `run` and `chain` share around their topologies (state, certificates,
+//!   a filter's counter, flows by role, the guard's events, the end, the flow table).
+//! - [`plot`]: the SVG charts (the rates over time; also the fleet's drop counters).
 //! - [`bench`]: drop rates of our filter, an empty XDP_DROP, xdp-filter and nftables.
 //! - [`divert`]: `dots-lab divert`, diversion through BGP and re-injection, the loop closed.
 
@@ -17,38 +20,15 @@ pub mod bench_rates;
 pub mod bench_workloads;
 pub mod chain;
 pub mod divert;
+pub mod harness;
 pub mod plot;
 pub mod run;
 pub mod scenario;
 pub mod topology;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
-
-#[derive(Args, Debug)]
-pub struct LabArgs {
-    /// A scenario file (default: the embedded examples/scenarios/reflection-syn-udp.toml).
-    pub scenario: Option<PathBuf>,
-    /// Where to write the plot of the rates over time (SVG).
-    #[arg(long, default_value = "lab.svg")]
-    pub plot: PathBuf,
-    /// Also write the summary (with the per-second samples) as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Check the scenario file and exit.
-    #[arg(long)]
-    pub check: bool,
-    /// How the generators send: XDP live frames, an AF_PACKET socket, or live frames where
-    /// the kernel allows them (auto).
-    #[arg(long, value_enum, default_value_t = crate::trafficgen::Backend::Auto)]
-    pub sender: crate::trafficgen::Backend,
-    /// The dots-agent binary that runs the server and the client (default: the one next to
-    /// this dots-lab binary).
-    #[arg(long)]
-    pub agent: Option<PathBuf>,
-}
 
 /// The dots-agent binary to run: `--agent`, else `dots-agent` beside this executable (where
 /// cargo puts both).
@@ -70,46 +50,20 @@ pub(crate) fn agent_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
     Ok(beside)
 }
 
-pub fn cli(a: LabArgs) -> Result<()> {
-    let scenario = match &a.scenario {
-        Some(p) => scenario::Scenario::load(p)?,
-        None => scenario::Scenario::parse(scenario::DEFAULT).context("the embedded scenario")?,
-    };
-    if a.check {
-        println!(
-            "scenario {:?}: {} flows, {:.0} s; ok",
-            scenario.name,
-            scenario.traffic.len(),
-            scenario.total_seconds()
-        );
-        return Ok(());
-    }
-    let opts = run::LabOptions {
-        scenario,
-        agent: agent_binary(a.agent.as_ref())?,
-        progress: true,
-        sender: a.sender,
-    };
-    if opts.scenario.chain.is_some() {
-        let summary = chain::run(&opts)?;
-        std::fs::write(&a.plot, chain::svg(&opts.scenario, &summary))
-            .with_context(|| format!("writing the plot to {}", a.plot.display()))?;
-        chain::print_summary(&summary);
-        println!("plot: {}", a.plot.display());
-        if let Some(j) = &a.json {
-            std::fs::write(j, serde_json::to_string_pretty(&summary)?)
-                .with_context(|| format!("writing {}", j.display()))?;
-        }
-        return Ok(());
-    }
-    let summary = run::run(&opts)?;
-    // Written here, not in run: the plot reads the run's summary, so run does not call it.
-    std::fs::write(&a.plot, plot::svg(&opts.scenario, &summary))
-        .with_context(|| format!("writing the plot to {}", a.plot.display()))?;
-    run::print_summary(&summary);
-    println!("plot: {}", a.plot.display());
-    if let Some(j) = &a.json {
-        std::fs::write(j, serde_json::to_string_pretty(&summary)?)
+/// How every lab run ends: the plot written, the summary printed (`print`), where the plot
+/// is, and the summary as JSON where asked.
+pub fn report<S: serde::Serialize>(
+    summary: &S,
+    svg: &str,
+    print: impl FnOnce(),
+    plot: &Path,
+    json: Option<&Path>,
+) -> Result<()> {
+    std::fs::write(plot, svg).with_context(|| format!("writing the plot to {}", plot.display()))?;
+    print();
+    println!("plot: {}", plot.display());
+    if let Some(j) = json {
+        std::fs::write(j, serde_json::to_string_pretty(summary)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
     Ok(())

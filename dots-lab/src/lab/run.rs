@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::actors::{start_generators, start_guard, start_receiver};
-use super::scenario::{Role, Scenario, CUSTOMER_PREFIXES};
+use super::harness::{self, Filter, Guard, GuardEvent, Roles};
+use super::scenario::{Scenario, CUSTOMER_PREFIXES};
 use super::topology::{self, interrupted, Netns, Proc, Topology};
 use crate::trafficgen::{self, Backend};
 use dots_agent::client::guard::unix_ms;
@@ -207,15 +208,8 @@ pub(crate) fn spawn_in(
 
 pub fn run(o: &LabOptions) -> Result<Summary> {
     let s = &o.scenario;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the lab needs root (network namespaces, XDP): run it with sudo");
-    }
-    topology::install_signal_handlers();
-    let pid = std::process::id();
+    let (pid, state) = harness::prepare("dots-lab")?;
     let tag = format!("dlab{pid}");
-    let state = TempDir(std::env::temp_dir().join(format!("dots-lab-{pid}")));
-    std::fs::create_dir_all(&state.0).with_context(|| format!("creating {}", state.0.display()))?;
     let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/dots-lab-{pid}")));
     let say = |m: String| {
         if o.progress {
@@ -236,26 +230,18 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         topo.neighbour(d)?;
     }
 
-    // Certificates, as a user would make them.
-    let pki = std::process::Command::new(&o.agent)
-        .args(["pki", "init", "--dir"])
-        .arg(state.0.join("pki"))
-        .args([
+    harness::pki_init(
+        &o.agent,
+        &state.0,
+        &[
             "--server-name",
             "dots.lab",
             "--server-ip",
             topology::SERVER_V4,
             "--client",
             "customer",
-        ])
-        .output()
-        .with_context(|| format!("running {} pki init", o.agent.display()))?;
-    if !pki.status.success() {
-        bail!(
-            "dots-agent pki init: {}",
-            String::from_utf8_lossy(&pki.stderr)
-        );
-    }
+        ],
+    )?;
     write_configs(&state.0, s, &pins.0)?;
 
     // The scrubber: the DOTS server attaches XDP to its ingress.
@@ -268,31 +254,13 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         &server_log,
         "server",
     )?;
-    let t = Instant::now();
-    while !XdpDatapath::attached(&pins.0)
-        .iter()
-        .any(|i| i == topology::SCR_IN)
-    {
-        if let Ok(Some(st)) = server.child.try_wait() {
-            bail!(
-                "the DOTS server exited ({st}) before attaching XDP:\n{}",
-                tail(&server_log)
-            );
-        }
-        if t.elapsed() > Duration::from_secs(20) || interrupted() {
-            bail!(
-                "the DOTS server did not attach XDP to {} within 20 s:\n{}",
-                topology::SCR_IN,
-                tail(&server_log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let datapath = XdpDatapath::open_pinned(&pins.0).context("reading the scrubber's counters")?;
-    let scr_ifindex = topo
-        .scrubber
-        .run_in(|| dots_agent::datapath::interface_index(topology::SCR_IN))?
-        .context("the scrubber's ingress interface vanished")?;
+    let filter = Filter::attached(
+        &topo.scrubber,
+        topology::SCR_IN,
+        &pins.0,
+        &mut server,
+        &server_log,
+    )?;
     say(format!(
         "lab: scrubber: dots-agent server on {}:4646 (DTLS), XDP on {} (log {})",
         topology::SERVER_V4,
@@ -338,32 +306,13 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         &stop,
         o.progress,
     )?;
-    let sent = gens.sent.clone();
-    let t0 = gens.t0;
-    let t0_ms = unix_ms() - t0.elapsed().as_millis() as u64;
+    let sent = gens.sent();
+    let (t0, t0_ms) = (gens.t0, gens.t0_unix_ms());
 
     // The run: sample the scrubber's drop counter every few ms (to time the first drop),
     // print and record rates every second.
-    let legit_idx: Vec<usize> = (0..s.traffic.len())
-        .filter(|&i| s.traffic[i].role == Role::Legit)
-        .collect();
-    let attack_idx: Vec<usize> = (0..s.traffic.len())
-        .filter(|&i| s.traffic[i].role == Role::Attack)
-        .collect();
-    let sum = |v: &[u64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<u64>();
-    let sent_now = || {
-        sent.iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect::<Vec<u64>>()
-    };
-    let dropped_now = || {
-        datapath
-            .interface_counters(scr_ifindex)
-            .map(|c| c.stats.dropped)
-            .unwrap_or(0)
-    };
-    let dropped_base = dropped_now();
-    let mut prev = (0.0f64, sent_now(), counts.snapshot(), dropped_base);
+    let roles = Roles::of(s);
+    let mut prev = (0.0f64, sent.now(), counts.snapshot(), filter.dropped());
     let mut samples = Vec::new();
     let mut requested_ms: Option<u64> = None;
     let mut response: Option<(String, u64)> = None;
@@ -388,21 +337,19 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         }
         let t = t0.elapsed().as_secs_f64();
         while let Ok(ev) = events.try_recv() {
-            let ms = ev["unix_ms"].as_u64().unwrap_or_else(unix_ms);
-            let at = (ms.saturating_sub(t0_ms)) as f64 / 1000.0;
-            match ev["event"].as_str().unwrap_or("") {
-                "threshold" => say(format!(
+            let GuardEvent { at, ms, what } = GuardEvent::parse(ev, t0_ms);
+            match what {
+                Guard::Threshold { rx_pps } => say(format!(
                     "{at:6.1}s  guard: received {} pps > threshold {}: requesting mitigation over DTLS",
-                    fmt_rate(ev["rx_pps"].as_f64().unwrap_or(0.0)),
+                    fmt_rate(rx_pps),
                     fmt_rate(s.guard.threshold_pps as f64)
                 )),
-                "request" => requested_ms = Some(ms),
-                "response" => {
-                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                Guard::Request => requested_ms = Some(ms),
+                Guard::Response { code } => {
                     say(format!("{at:6.1}s  guard: server answered {code}"));
                     response = Some((code, ms));
                 }
-                "status" if !ev["telemetry"].is_null() && at - telemetry_said >= 2.0 => {
+                Guard::Status(ev) if !ev["telemetry"].is_null() && at - telemetry_said >= 2.0 => {
                     let tm = &ev["telemetry"];
                     let pps = |k: &str| fmt_rate(tm[k].as_f64().unwrap_or(0.0));
                     say(format!(
@@ -415,15 +362,14 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
                     ));
                     telemetry_said = at;
                 }
-                "withdraw" => {
-                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                Guard::Withdraw { code } => {
                     say(format!("{at:6.1}s  guard: attack gone for {} s: withdrew the mitigation ({code})", s.guard.quiet_seconds));
                     withdrawn = Some((code, ms));
                 }
                 _ => {}
             }
         }
-        if first_drop_ms.is_none() && dropped_now() > dropped_base {
+        if first_drop_ms.is_none() && filter.dropped() > 0 {
             first_drop_ms = Some(unix_ms());
         }
         if !guard_done {
@@ -433,18 +379,18 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         }
         if t >= next_print {
             let (pt, psent, precv, pdrop) = &prev;
-            let now_sent = sent_now();
+            let now_sent = sent.now();
             let now_recv = counts.snapshot();
-            let now_drop = dropped_now();
+            let now_drop = filter.dropped();
             let dt = (t - pt).max(1e-3);
             let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
             let sample = Sample {
                 t,
                 phase: phase_at(t - 0.5),
-                offered_legit: rate(sum(&now_sent, &legit_idx), sum(psent, &legit_idx)),
-                offered_attack: rate(sum(&now_sent, &attack_idx), sum(psent, &attack_idx)),
-                delivered_legit: rate(sum(&now_recv, &legit_idx), sum(precv, &legit_idx)),
-                delivered_attack: rate(sum(&now_recv, &attack_idx), sum(precv, &attack_idx)),
+                offered_legit: rate(roles.legit(&now_sent), roles.legit(psent)),
+                offered_attack: rate(roles.attack(&now_sent), roles.attack(psent)),
+                delivered_legit: rate(roles.legit(&now_recv), roles.legit(precv)),
+                delivered_attack: rate(roles.attack(&now_recv), roles.attack(precv)),
                 dropped: rate(now_drop, *pdrop),
             };
             say(format!(
@@ -461,14 +407,18 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
             prev = (t, now_sent, now_recv, now_drop);
             next_print += 1.0;
         }
-        let traffic_over = t >= s.total_seconds();
-        // Done when the guard has withdrawn (or exited), or never asked at all.
-        if traffic_over && (withdrawn.is_some() || guard_done || requested_ms.is_none()) {
-            break;
-        }
-        if t >= s.total_seconds() + 20.0 {
-            say("lab: the guard has not withdrawn 20 s after the end; stopping".into());
-            break;
+        match harness::end(
+            s,
+            t,
+            withdrawn.is_some() || guard_done,
+            requested_ms.is_some(),
+        ) {
+            harness::End::Not => {}
+            harness::End::Done => break,
+            harness::End::Overrun => {
+                say("lab: the guard has not withdrawn 20 s after the end; stopping".into());
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(
             if requested_ms.is_some() && first_drop_ms.is_none() {
@@ -479,36 +429,14 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
         ));
     }
 
-    // Stop traffic, then the receiver's last counts.
-    stop.store(true, Ordering::SeqCst);
-    gens.join()?;
-    std::thread::sleep(Duration::from_millis(200));
-    match receiver.join() {
-        Ok(r) => r.context("the customer-side receiver")?,
-        Err(_) => bail!("the receiver thread panicked"),
-    }
-    guard.stop(Duration::from_secs(3));
+    harness::end_traffic(&stop, gens, receiver, &mut guard)?;
     server.stop(Duration::from_secs(5));
 
-    let offered = sent_now();
+    let offered = sent.now();
     let delivered = counts.snapshot();
-    let flows: Vec<FlowResult> = s
-        .traffic
-        .iter()
-        .enumerate()
-        .map(|(i, tr)| FlowResult {
-            name: tr.name.clone(),
-            role: if tr.role == Role::Legit {
-                "legit"
-            } else {
-                "attack"
-            },
-            offered: offered[i],
-            delivered: delivered[i],
-        })
-        .collect();
-    let legit_offered = sum(&offered, &legit_idx);
-    let legit_delivered = sum(&delivered, &legit_idx);
+    let flows = harness::flow_results(s, &offered, &delivered);
+    let legit_offered = roles.legit(&offered);
+    let legit_delivered = roles.legit(&delivered);
     let ms_since = |a: u64, b: u64| (b as f64 - a as f64).max(0.0);
     // Attack delivered between the first drop (+1 s for the sample in progress) and the end
     // of the attack phase, relative to what was offered then.
@@ -525,13 +453,13 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
     let summary = Summary {
         scenario: s.name.clone(),
         flows,
-        attack_offered: sum(&offered, &attack_idx),
-        attack_delivered: sum(&delivered, &attack_idx),
-        filter_dropped: dropped_now().saturating_sub(dropped_base),
+        attack_offered: roles.attack(&offered),
+        attack_delivered: roles.attack(&delivered),
+        filter_dropped: filter.dropped(),
         legit_offered,
         legit_delivered,
         legit_delivered_percent: if legit_offered > 0 {
-            100.0 * legit_delivered as f64 / legit_offered as f64
+            harness::percent(legit_delivered, legit_offered)
         } else {
             100.0
         },
@@ -553,31 +481,8 @@ pub fn run(o: &LabOptions) -> Result<Summary> {
 /// The summary table.
 pub fn print_summary(s: &Summary) {
     println!("\n== summary: {}", s.scenario);
-    println!(
-        "{:<20} {:<7} {:>12} {:>12} {:>10}",
-        "FLOW", "ROLE", "OFFERED", "DELIVERED", "DELIVERED%"
-    );
-    for f in &s.flows {
-        println!(
-            "{:<20} {:<7} {:>12} {:>12} {:>9.1}%",
-            f.name,
-            f.role,
-            f.offered,
-            f.delivered,
-            if f.offered > 0 {
-                100.0 * f.delivered as f64 / f.offered as f64
-            } else {
-                0.0
-            }
-        );
-    }
-    let pct = |a: u64, b: u64| {
-        if b > 0 {
-            100.0 * a as f64 / b as f64
-        } else {
-            0.0
-        }
-    };
+    harness::print_flows(&s.flows);
+    let pct = harness::percent;
     println!();
     println!("attack packets offered            {:>12}", s.attack_offered);
     println!(

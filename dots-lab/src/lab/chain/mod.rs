@@ -116,27 +116,8 @@ pub fn print_summary(s: &ChainSummary) {
         "\n== summary: {} (customer -> its gateway -> provider's scrubber -> upstream scrubber)",
         s.scenario
     );
-    println!(
-        "{:<20} {:<7} {:>12} {:>12} {:>10}",
-        "FLOW", "ROLE", "OFFERED", "DELIVERED", "DELIVERED%"
-    );
-    let pct = |a: u64, b: u64| {
-        if b > 0 {
-            100.0 * a as f64 / b as f64
-        } else {
-            0.0
-        }
-    };
-    for f in &s.flows {
-        println!(
-            "{:<20} {:<7} {:>12} {:>12} {:>9.1}%",
-            f.name,
-            f.role,
-            f.offered,
-            f.delivered,
-            pct(f.delivered, f.offered)
-        );
-    }
+    super::harness::print_flows(&s.flows);
+    let pct = super::harness::percent;
     println!();
     println!(
         "attack packets offered                 {:>10}",
@@ -231,6 +212,8 @@ pub fn svg(sc: &Scenario, s: &ChainSummary) -> String {
     ];
     Chart {
         title: format!("{} (each hop)", sc.name),
+        unit: "packets per second".into(),
+        log_scale: true,
         t_max: sc.total_seconds(),
         shade: Some((a0, a0 + sc.phases.attack_seconds, "attack".into())),
         marks: marks
@@ -243,6 +226,7 @@ pub fn svg(sc: &Scenario, s: &ChainSummary) -> String {
                 name: name.into(),
                 colour,
                 dashed,
+                width: super::plot::LINE,
                 points: s.samples.iter().map(|p| (p.t, pick(p))).collect(),
             })
             .collect(),

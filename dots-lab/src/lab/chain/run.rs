@@ -14,13 +14,9 @@ use serde::Serialize;
 use super::net::{self, Configs};
 use super::ChainSpec;
 use crate::lab::actors::{start_generators, start_guard, start_receiver};
-use crate::lab::run::{
-    fmt_rate, spawn_in, tail, FlowResult, LabOptions, Pins, StopOnDrop, TempDir,
-};
-use crate::lab::scenario::Role;
-use crate::lab::topology::{self, interrupted, Netns, Proc};
-use dots_agent::client::guard::unix_ms;
-use dots_agent::datapath::XdpDatapath;
+use crate::lab::harness::{self, Filter, Guard, GuardEvent, Roles};
+use crate::lab::run::{fmt_rate, spawn_in, tail, FlowResult, LabOptions, Pins, StopOnDrop};
+use crate::lab::topology::{interrupted, Netns, Proc};
 
 /// Rates over one second, at each hop.
 #[derive(Clone, Debug, Serialize)]
@@ -69,63 +65,6 @@ pub struct ChainSummary {
     pub samples: Vec<HopSample>,
 }
 
-/// One scrubber's XDP drop counter on its ingress.
-struct Filter {
-    datapath: XdpDatapath,
-    ifindex: u32,
-    base: u64,
-}
-
-impl Filter {
-    /// Waits (20 s at most) for the server in `ns` to attach XDP to `iface`.
-    fn attached(
-        ns: &Netns,
-        iface: &'static str,
-        pins: &Path,
-        server: &mut Proc,
-        log: &Path,
-    ) -> Result<Filter> {
-        let t = std::time::Instant::now();
-        while !XdpDatapath::attached(pins).iter().any(|i| i == iface) {
-            if let Ok(Some(st)) = server.child.try_wait() {
-                bail!(
-                    "the {} exited ({st}) before attaching XDP:\n{}",
-                    server.name,
-                    tail(log)
-                );
-            }
-            if t.elapsed() > Duration::from_secs(20) || interrupted() {
-                bail!(
-                    "the {} did not attach XDP to {iface} within 20 s:\n{}",
-                    server.name,
-                    tail(log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let datapath = XdpDatapath::open_pinned(pins).context("reading a scrubber's counters")?;
-        let ifindex = ns
-            .run_in(move || dots_agent::datapath::interface_index(iface))?
-            .with_context(|| format!("{iface} vanished"))?;
-        let mut f = Filter {
-            datapath,
-            ifindex,
-            base: 0,
-        };
-        f.base = f.dropped();
-        Ok(f)
-    }
-
-    /// Dropped since it was attached.
-    fn dropped(&self) -> u64 {
-        self.datapath
-            .interface_counters(self.ifindex)
-            .map(|c| c.stats.dropped)
-            .unwrap_or(0)
-            .saturating_sub(self.base)
-    }
-}
-
 /// Whether a UDP socket is bound to `addr` (an IPv4 host:port) in the calling thread's
 /// network namespace (its /proc/thread-self/net/udp).
 fn udp_listening(addr: &str) -> bool {
@@ -157,15 +96,8 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
         .chain
         .as_ref()
         .context("not a chain scenario (no [chain])")?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the lab needs root (network namespaces, XDP): run it with sudo");
-    }
-    topology::install_signal_handlers();
-    let pid = std::process::id();
+    let (pid, state) = harness::prepare("dots-lab-chain")?;
     let tag = format!("dchain{pid}");
-    let state = TempDir(std::env::temp_dir().join(format!("dots-lab-chain-{pid}")));
-    std::fs::create_dir_all(&state.0).with_context(|| format!("creating {}", state.0.display()))?;
     let up_pins = Pins(PathBuf::from(format!("/sys/fs/bpf/dots-lab-{pid}-up")));
     let prov_pins = Pins(PathBuf::from(format!("/sys/fs/bpf/dots-lab-{pid}-prov")));
     let say = |m: String| {
@@ -186,21 +118,20 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
     net::wire(&inet.name, &up.name, &prov.name, Some(&cust.name))?;
 
     // Certificates, as the operators would make them (one lab CA for all three here).
-    let pki = std::process::Command::new(&o.agent)
-        .args(["pki", "init", "--dir"])
-        .arg(state.0.join("pki"))
-        .args(["--server-name", "dots.lab"])
-        .args([
-            "--client", "customer", "--client", "gateway", "--client", "provider",
-        ])
-        .output()
-        .with_context(|| format!("running {} pki init", o.agent.display()))?;
-    if !pki.status.success() {
-        bail!(
-            "dots-agent pki init: {}",
-            String::from_utf8_lossy(&pki.stderr)
-        );
-    }
+    harness::pki_init(
+        &o.agent,
+        &state.0,
+        &[
+            "--server-name",
+            "dots.lab",
+            "--client",
+            "customer",
+            "--client",
+            "gateway",
+            "--client",
+            "provider",
+        ],
+    )?;
     let configs = Configs {
         pki: "pki/",
         server_name: "dots.lab",
@@ -313,24 +244,12 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
         &stop,
         o.progress,
     )?;
-    let sent = gens.sent.clone();
-    let t0 = gens.t0;
-    let t0_ms = unix_ms() - t0.elapsed().as_millis() as u64;
+    let sent = gens.sent();
+    let (t0, t0_ms) = (gens.t0, gens.t0_unix_ms());
 
-    let idx = |role: Role| -> Vec<usize> {
-        (0..s.traffic.len())
-            .filter(|&i| s.traffic[i].role == role)
-            .collect()
-    };
-    let (legit_idx, attack_idx) = (idx(Role::Legit), idx(Role::Attack));
-    let sum = |v: &[u64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<u64>();
-    let sent_now = || {
-        sent.iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect::<Vec<u64>>()
-    };
+    let roles = Roles::of(s);
     let drops = || (up_filter.dropped(), prov_filter.dropped());
-    let mut prev = (0.0f64, sent_now(), counts.snapshot(), drops());
+    let mut prev = (0.0f64, sent.now(), counts.snapshot(), drops());
     let mut sm = ChainSummary {
         scenario: s.name.clone(),
         flows: Vec::new(),
@@ -360,21 +279,19 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
         }
         let t = t0.elapsed().as_secs_f64();
         while let Ok(ev) = events.try_recv() {
-            let ms = ev["unix_ms"].as_u64().unwrap_or_else(unix_ms);
-            let at = (ms.saturating_sub(t0_ms)) as f64 / 1000.0;
-            match ev["event"].as_str().unwrap_or("") {
-                "threshold" => say(format!(
+            let GuardEvent { at, what, .. } = GuardEvent::parse(ev, t0_ms);
+            match what {
+                Guard::Threshold { rx_pps } => say(format!(
                     "{at:6.1}s  customer: received {} pps > threshold {}: asking its gateway for mitigation",
-                    fmt_rate(ev["rx_pps"].as_f64().unwrap_or(0.0)),
+                    fmt_rate(rx_pps),
                     fmt_rate(s.guard.threshold_pps as f64)
                 )),
-                "request" => sm.requested_at = Some(at),
-                "response" => {
-                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                Guard::Request => sm.requested_at = Some(at),
+                Guard::Response { code } => {
                     say(format!("{at:6.1}s  customer: its gateway answered {code}"));
                     sm.response_code = Some(code);
                 }
-                "status" => {
+                Guard::Status(ev) => {
                     let status = ev["status"].as_u64().unwrap_or(0);
                     let (upstream, provider) = drops();
                     let reading = StatusReading {
@@ -398,13 +315,12 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
                     }
                     sm.last_status = Some(reading);
                 }
-                "withdraw" => {
-                    let code = ev["code"].as_str().unwrap_or("?").to_string();
+                Guard::Withdraw { code } => {
                     say(format!("{at:6.1}s  customer: attack gone for {} s: withdrew the mitigation ({code})", s.guard.quiet_seconds));
                     sm.withdrawn_at = Some(at);
                     sm.withdraw_code = Some(code);
                 }
-                _ => {}
+                Guard::Other => {}
             }
         }
         if !guard_done {
@@ -419,17 +335,17 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
                 }
             }
             let (pt, psent, precv, pdrop) = &prev;
-            let (now_sent, now_recv, now_drop) = (sent_now(), counts.snapshot(), drops());
+            let (now_sent, now_recv, now_drop) = (sent.now(), counts.snapshot(), drops());
             let dt = (t - pt).max(1e-3);
             let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
             let x = HopSample {
                 t,
-                offered_attack: rate(sum(&now_sent, &attack_idx), sum(psent, &attack_idx)),
-                offered_legit: rate(sum(&now_sent, &legit_idx), sum(psent, &legit_idx)),
+                offered_attack: rate(roles.attack(&now_sent), roles.attack(psent)),
+                offered_legit: rate(roles.legit(&now_sent), roles.legit(psent)),
                 dropped_upstream: rate(now_drop.0, pdrop.0),
                 dropped_provider: rate(now_drop.1, pdrop.1),
-                delivered_attack: rate(sum(&now_recv, &attack_idx), sum(precv, &attack_idx)),
-                delivered_legit: rate(sum(&now_recv, &legit_idx), sum(precv, &legit_idx)),
+                delivered_attack: rate(roles.attack(&now_recv), roles.attack(precv)),
+                delivered_legit: rate(roles.legit(&now_recv), roles.legit(precv)),
             };
             say(format!(
                 "{t:6.1}s  attack offered {:>7} pps | dropped upstream {:>7} provider {:>7} | to the customer: attack {:>7} legit {:>7} pps",
@@ -443,46 +359,26 @@ pub fn run(o: &LabOptions) -> Result<ChainSummary> {
             prev = (t, now_sent, now_recv, now_drop);
             next_second += 1.0;
         }
-        let traffic_over = t >= s.total_seconds();
-        if traffic_over && (sm.withdrawn_at.is_some() || guard_done || sm.requested_at.is_none()) {
-            break;
-        }
-        if t >= s.total_seconds() + 20.0 {
-            say("lab: the customer has not withdrawn 20 s after the end; stopping".into());
-            break;
+        let guard_finished = sm.withdrawn_at.is_some() || guard_done;
+        match harness::end(s, t, guard_finished, sm.requested_at.is_some()) {
+            harness::End::Not => {}
+            harness::End::Done => break,
+            harness::End::Overrun => {
+                say("lab: the customer has not withdrawn 20 s after the end; stopping".into());
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    stop.store(true, Ordering::SeqCst);
-    gens.join()?;
-    std::thread::sleep(Duration::from_millis(200));
-    match receiver.join() {
-        Ok(r) => r.context("the customer-side receiver")?,
-        Err(_) => bail!("the receiver thread panicked"),
-    }
-    guard.stop(Duration::from_secs(3));
-    let (offered, delivered) = (sent_now(), counts.snapshot());
-    sm.flows = s
-        .traffic
-        .iter()
-        .enumerate()
-        .map(|(i, tr)| FlowResult {
-            name: tr.name.clone(),
-            role: if tr.role == Role::Legit {
-                "legit"
-            } else {
-                "attack"
-            },
-            offered: offered[i],
-            delivered: delivered[i],
-        })
-        .collect();
+    harness::end_traffic(&stop, gens, receiver, &mut guard)?;
+    let (offered, delivered) = (sent.now(), counts.snapshot());
+    sm.flows = harness::flow_results(s, &offered, &delivered);
     (sm.dropped_upstream, sm.dropped_provider) = drops();
-    sm.attack_offered = sum(&offered, &attack_idx);
-    sm.attack_delivered = sum(&delivered, &attack_idx);
-    sm.legit_offered = sum(&offered, &legit_idx);
-    sm.legit_delivered = sum(&delivered, &legit_idx);
+    sm.attack_offered = roles.attack(&offered);
+    sm.attack_delivered = roles.attack(&delivered);
+    sm.legit_offered = roles.legit(&offered);
+    sm.legit_delivered = roles.legit(&delivered);
     sm.receiver_drops = counts.socket_drops.load(Ordering::Relaxed);
     Ok(sm)
 }
