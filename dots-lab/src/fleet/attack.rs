@@ -293,7 +293,7 @@ pub fn run(scenario: &FleetScenario, agent: PathBuf) -> Result<FleetSummary> {
         samples.push(x);
         if equal {
             println!(
-                "the DOTS status equals the nodes' sum {} after the attack stopped (Prometheus scrapes every 1 s, the server asks it every 1 s)",
+                "the DOTS status equals the nodes' sum {} after the attack stopped (Prometheus scrapes every 1 s; the server asks it within 0.1 s of each scrape)",
                 human(stopped.elapsed())
             );
             status_equal_at = Some(t);
