@@ -10,50 +10,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use super::fleet::escape;
 use super::gobgp::Gobgp;
+use super::reconcile::{self, Change, Handle, Outcome};
 use super::rule::FlowRule;
 use super::translate::{translate, GuardRails, Translation};
 use super::FlowspecConfig;
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
 
-enum Change {
-    Active {
-        id: u64,
-        client: String,
-        prefixes: Vec<IpNet>,
-        spec: MitigationSpec,
-    },
-    Ended(u64),
-}
-
 /// What the announcer last achieved, for metrics and logs.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    /// Rules that should be in the daemon's table.
-    pub wanted: usize,
-    /// Rules in the daemon's table from this server at the last reconciliation.
-    pub announced: usize,
+    /// Rules wanted and announced, and how the daemon answered.
+    pub daemon: Outcome,
     /// Per client: parts of its mitigations kept on this box only.
     pub local_only: BTreeMap<String, usize>,
     /// Per client: mitigations whose rules the rule limits kept back.
     pub over_limit: BTreeMap<String, usize>,
-    pub daemon_up: bool,
-    pub daemon_errors: u64,
-    pub reconciliations: u64,
 }
 
 /// The engine's side: sends changes to the thread.
 pub struct Announcer {
-    tx: Sender<Change>,
-    report: Arc<Mutex<Report>>,
+    thread: Handle<Report>,
     /// The nodes' drop counters through Prometheus (None: not configured).
     fleet: Option<super::fleet::FleetCounts>,
 }
@@ -67,21 +50,17 @@ struct Worker {
     gobgp: Gobgp,
     rails: GuardRails,
     mitigations: BTreeMap<u64, Mitigation>,
-    report: Arc<Mutex<Report>>,
     /// What gobgpd holds of this server's rules, as far as the thread knows.
-    announced: super::reconcile::Known<FlowRule>,
+    announced: reconcile::Known<FlowRule>,
 }
 
 impl Announcer {
     /// Starts the thread (it runs until the engine drops the announcer).
     pub fn start(config: &FlowspecConfig) -> anyhow::Result<Announcer> {
-        let (tx, rx) = mpsc::channel();
-        let report = Arc::new(Mutex::new(Report::default()));
         let worker = Worker {
             gobgp: config.gobgp()?,
             rails: config.rails(),
             mitigations: BTreeMap::new(),
-            report: report.clone(),
             announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
@@ -93,32 +72,22 @@ impl Announcer {
             )?),
             None => None,
         };
-        std::thread::Builder::new()
-            .name("flowspec".into())
-            .spawn(move || super::reconcile::drive(worker, rx, every))?;
-        Ok(Announcer { tx, report, fleet })
+        let thread = Handle::start("flowspec", worker, every)?;
+        Ok(Announcer { thread, fleet })
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.thread.report()
     }
 }
 
 impl RuleAnnouncer for Announcer {
     fn active(&mut self, id: u64, client: &str, prefixes: &[IpNet], spec: &MitigationSpec) {
-        let _ = self.tx.send(Change::Active {
-            id,
-            client: client.into(),
-            prefixes: prefixes.to_vec(),
-            spec: spec.clone(),
-        });
+        self.thread.active(id, client, prefixes, spec);
     }
 
     fn ended(&mut self, id: u64) {
-        let _ = self.tx.send(Change::Ended(id));
+        self.thread.ended(id);
     }
 
     fn metrics(&self) -> String {
@@ -136,8 +105,8 @@ impl RuleAnnouncer for Announcer {
     }
 }
 
-impl super::reconcile::Worker for Worker {
-    type Change = Change;
+impl reconcile::Worker for Worker {
+    type Report = Report;
 
     fn apply(&mut self, change: Change) {
         match change {
@@ -165,11 +134,18 @@ impl super::reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool) {
+    fn reconcile(&mut self, read_back: bool, last: &Report) -> Report {
         if read_back {
             self.announced = None;
         }
-        Worker::reconcile(self)
+        let mut report = Report::default();
+        let wanted = self.wanted(&mut report);
+        let synced = reconcile::sync(&self.gobgp, &mut self.announced, &wanted);
+        if let Err(e) = &synced {
+            tracing::error!("flowspec: {e}; retried in the next reconciliation");
+        }
+        report.daemon = Outcome::after(&last.daemon, wanted.len(), &synced);
+        report
     }
 }
 
@@ -205,36 +181,10 @@ impl Worker {
         }
         out
     }
-
-    fn reconcile(&mut self) {
-        let mut report = Report::default();
-        let wanted = self.wanted(&mut report);
-        report.wanted = wanted.len();
-        let result = self.sync(&wanted);
-        let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.daemon_errors = shared.daemon_errors;
-        report.reconciliations = shared.reconciliations + 1;
-        match result {
-            Ok(announced) => {
-                report.daemon_up = true;
-                report.announced = announced;
-            }
-            Err(e) => {
-                tracing::error!("flowspec: {e}; retried in the next reconciliation");
-                report.daemon_errors += 1;
-                report.announced = shared.announced;
-            }
-        }
-        *shared = report;
-    }
-
-    fn sync(&mut self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
-        super::reconcile::sync(&self.gobgp, &mut self.announced, wanted)
-    }
 }
 
 /// The daemon's FlowSpec rules, as far as this server made them.
-impl super::reconcile::Table for Gobgp {
+impl reconcile::Table for Gobgp {
     type Route = FlowRule;
 
     fn read(&self) -> Result<BTreeMap<String, FlowRule>, String> {
@@ -278,13 +228,13 @@ fn render(r: &Report) -> String {
     let _ = writeln!(
         s,
         "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}",
-        r.wanted
+        r.daemon.wanted
     );
     let _ = writeln!(s, "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation");
     let _ = writeln!(
         s,
         "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}",
-        r.announced
+        r.daemon.announced
     );
     let _ = writeln!(
         s,
@@ -293,7 +243,7 @@ fn render(r: &Report) -> String {
     let _ = writeln!(
         s,
         "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}",
-        r.daemon_up as u8
+        r.daemon.daemon_up as u8
     );
     let _ = writeln!(
         s,
@@ -302,7 +252,7 @@ fn render(r: &Report) -> String {
     let _ = writeln!(
         s,
         "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}",
-        r.daemon_errors
+        r.daemon.daemon_errors
     );
     let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
     let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");

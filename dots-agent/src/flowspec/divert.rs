@@ -16,8 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -27,7 +25,7 @@ use serde_json::Value;
 
 use super::fleet::escape;
 use super::gobgp::Gobgp;
-use super::reconcile::{self, Table};
+use super::reconcile::{self, Change, Handle, Outcome, Table};
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
 
@@ -451,32 +449,17 @@ pub fn parse_unicast(text: &str) -> Result<Vec<DivertRoute>, String> {
     Ok(out)
 }
 
-enum Change {
-    Active {
-        id: u64,
-        client: String,
-        prefixes: Vec<IpNet>,
-        targets: Vec<IpNet>,
-    },
-    Ended(u64),
-}
-
 /// What the diverter last achieved, for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    pub wanted: usize,
-    pub announced: usize,
+    /// Routes wanted and announced, and how the daemon answered.
+    pub daemon: Outcome,
     /// (client, reason) -> targets (or routes) refused.
     pub refused: BTreeMap<(String, &'static str), usize>,
-    pub daemon_up: bool,
-    pub daemon_errors: u64,
 }
 
 /// The engine's side: sends changes to the thread.
-pub struct Diverter {
-    tx: Sender<Change>,
-    report: Arc<Mutex<Report>>,
-}
+pub struct Diverter(Handle<Report>);
 
 struct Worker {
     config: DiversionConfig,
@@ -484,7 +467,6 @@ struct Worker {
     communities: Vec<u32>,
     /// By datapath id, oldest first: client and plan.
     mitigations: BTreeMap<u64, (String, Plan)>,
-    report: Arc<Mutex<Report>>,
     /// What was refused at the last reconciliation (logged again only when it changes).
     logged: BTreeSet<String>,
     /// What gobgpd holds of this server's routes, as far as the thread knows.
@@ -494,8 +476,6 @@ struct Worker {
 impl Diverter {
     /// Starts the thread (it runs until the engine drops the diverter).
     pub fn start(config: &DiversionConfig) -> Result<Diverter> {
-        let (tx, rx) = mpsc::channel();
-        let report = Arc::new(Mutex::new(Report::default()));
         let mut communities = config.communities()?;
         communities.sort_unstable();
         let worker = Worker {
@@ -506,37 +486,25 @@ impl Diverter {
             communities,
             config: config.clone(),
             mitigations: BTreeMap::new(),
-            report: report.clone(),
             logged: BTreeSet::new(),
             announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
-        std::thread::Builder::new()
-            .name("diversion".into())
-            .spawn(move || reconcile::drive(worker, rx, every))?;
-        Ok(Diverter { tx, report })
+        Ok(Diverter(Handle::start("diversion", worker, every)?))
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.0.report()
     }
 }
 
 impl RuleAnnouncer for Diverter {
     fn active(&mut self, id: u64, client: &str, prefixes: &[IpNet], spec: &MitigationSpec) {
-        let _ = self.tx.send(Change::Active {
-            id,
-            client: client.into(),
-            prefixes: prefixes.to_vec(),
-            targets: spec.targets.clone(),
-        });
+        self.0.active(id, client, prefixes, spec);
     }
 
     fn ended(&mut self, id: u64) {
-        let _ = self.tx.send(Change::Ended(id));
+        self.0.ended(id);
     }
 
     fn metrics(&self) -> String {
@@ -545,7 +513,7 @@ impl RuleAnnouncer for Diverter {
 }
 
 impl reconcile::Worker for Worker {
-    type Change = Change;
+    type Report = Report;
 
     fn apply(&mut self, change: Change) {
         match change {
@@ -553,9 +521,9 @@ impl reconcile::Worker for Worker {
                 id,
                 client,
                 prefixes,
-                targets,
+                spec,
             } => {
-                let plan = self.config.plan(&targets, &prefixes);
+                let plan = self.config.plan(&spec.targets, &prefixes);
                 self.mitigations.insert(id, (client, plan));
             }
             Change::Ended(id) => {
@@ -564,28 +532,18 @@ impl reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool) {
+    fn reconcile(&mut self, read_back: bool, last: &Report) -> Report {
         if read_back {
             self.announced = None;
         }
         let mut report = Report::default();
         let wanted = self.wanted(&mut report);
-        report.wanted = wanted.len();
-        let result = reconcile::sync(&self.table, &mut self.announced, &wanted);
-        let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.daemon_errors = shared.daemon_errors;
-        match result {
-            Ok(n) => {
-                report.daemon_up = true;
-                report.announced = n;
-            }
-            Err(e) => {
-                tracing::error!("diversion: {e}; retried in the next reconciliation");
-                report.daemon_errors += 1;
-                report.announced = shared.announced;
-            }
+        let synced = reconcile::sync(&self.table, &mut self.announced, &wanted);
+        if let Err(e) = &synced {
+            tracing::error!("diversion: {e}; retried in the next reconciliation");
         }
-        *shared = report;
+        report.daemon = Outcome::after(&last.daemon, wanted.len(), &synced);
+        report
     }
 }
 
@@ -663,17 +621,17 @@ fn render(r: &Report) -> String {
         (
             "dots_diversion_routes_wanted",
             "Diversion routes the active mitigations should announce",
-            r.wanted as u64,
+            r.daemon.wanted as u64,
         ),
         (
             "dots_diversion_routes_announced",
             "Diversion routes of this server in gobgpd's tables at the last reconciliation",
-            r.announced as u64,
+            r.daemon.announced as u64,
         ),
         (
             "dots_diversion_daemon_up",
             "Whether the last reconciliation with gobgpd succeeded",
-            r.daemon_up as u64,
+            r.daemon.daemon_up as u64,
         ),
     ] {
         let _ = writeln!(
@@ -686,7 +644,7 @@ fn render(r: &Report) -> String {
         "# HELP dots_diversion_daemon_errors_total Reconciliations with gobgpd that failed\n\
          # TYPE dots_diversion_daemon_errors_total counter\n\
          dots_diversion_daemon_errors_total {}",
-        r.daemon_errors
+        r.daemon.daemon_errors
     );
     let _ = writeln!(s, "# HELP dots_diversion_refused Targets or routes of active mitigations not diverted, by reason\n# TYPE dots_diversion_refused gauge");
     for ((client, reason), n) in &r.refused {
