@@ -9,19 +9,18 @@
 //! (`reconcile.rs`, shared with the diverter).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::fleet::escape;
 use super::gobgp::Gobgp;
-use super::reconcile::{self, Change, Handle, Outcome};
+use super::reconcile::{self, Change, Handle, Outcome, OutcomeNames};
 use super::rule::FlowRule;
 use super::translate::{translate, GuardRails, Translation};
 use super::FlowspecConfig;
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
+use crate::metrics::Scrape;
 
 /// What the announcer last achieved, for metrics and logs.
 #[derive(Clone, Debug, Default)]
@@ -222,52 +221,74 @@ impl reconcile::Table for Gobgp {
     }
 }
 
+const OUTCOME: OutcomeNames = OutcomeNames {
+    wanted: (
+        "dots_flowspec_rules_wanted",
+        "FlowSpec rules the committed mitigations should announce",
+    ),
+    announced: (
+        "dots_flowspec_rules_announced",
+        "FlowSpec rules of this server in gobgpd's table at the last reconciliation",
+    ),
+    daemon_up: "dots_flowspec_daemon_up",
+    daemon_errors: "dots_flowspec_daemon_errors_total",
+};
+
 fn render(r: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce");
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}",
-        r.daemon.wanted
-    );
-    let _ = writeln!(s, "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation");
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}",
-        r.daemon.announced
-    );
-    let _ = writeln!(
-        s,
-        "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded"
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}",
-        r.daemon.daemon_up as u8
-    );
-    let _ = writeln!(
-        s,
-        "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed"
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}",
-        r.daemon.daemon_errors
-    );
-    let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
-    let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");
-    for (client, n) in &r.local_only {
-        let client = escape(client);
-        let _ = writeln!(s, "dots_flowspec_local_only{{client=\"{client}\"}} {n}");
+    let m = Scrape::default();
+    r.daemon.expose(&m, &OUTCOME);
+    for (name, help, per_client) in [
+        (
+            "dots_flowspec_local_only",
+            "Parts of mitigations FlowSpec cannot express, filtered on this box only",
+            &r.local_only,
+        ),
+        (
+            "dots_flowspec_over_limit_mitigations",
+            "Mitigations not announced: their rules would pass a rule limit",
+            &r.over_limit,
+        ),
+    ] {
+        let gauge = m.gauge(name, help, &["client"]);
+        for (client, n) in per_client {
+            gauge.with_label_values(&[client.as_str()]).set(*n as i64);
+        }
     }
-    let _ = writeln!(s, "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit");
-    let _ = writeln!(s, "# TYPE dots_flowspec_over_limit_mitigations gauge");
-    for (client, n) in &r.over_limit {
-        let client = escape(client);
-        let _ = writeln!(
-            s,
-            "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}"
-        );
+    m.text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series README and the tests name, with their HELP and TYPE lines; a client's name
+    /// escaped as a label value.
+    #[test]
+    fn metrics_name_the_rules_and_the_daemon() {
+        let r = Report {
+            daemon: Outcome::after(&Outcome::default(), 5, &Ok(4)),
+            local_only: [("client-\"a\"".to_string(), 3)].into(),
+            over_limit: [("client-b".to_string(), 1)].into(),
+        };
+        let text = render(&r);
+        for line in [
+            "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce",
+            "# TYPE dots_flowspec_rules_wanted gauge",
+            "dots_flowspec_rules_wanted 5",
+            "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation",
+            "dots_flowspec_rules_announced 4",
+            "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded",
+            "dots_flowspec_daemon_up 1",
+            "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed",
+            "# TYPE dots_flowspec_daemon_errors_total counter",
+            "dots_flowspec_daemon_errors_total 0",
+            "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only",
+            "# TYPE dots_flowspec_local_only gauge",
+            "dots_flowspec_local_only{client=\"client-\\\"a\\\"\"} 3",
+            "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit",
+            "dots_flowspec_over_limit_mitigations{client=\"client-b\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
-    s
 }

@@ -13,7 +13,6 @@
 //! `resync_seconds`, which re-announces them to a gobgpd that restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,11 +22,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fleet::escape;
 use super::gobgp::Gobgp;
-use super::reconcile::{self, Change, Handle, Outcome, Table};
+use super::reconcile::{self, Change, Handle, Outcome, OutcomeNames, Table};
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
+use crate::metrics::Scrape;
 
 /// The well-known NO_EXPORT community (RFC 1997).
 const NO_EXPORT: u32 = 0xFFFF_FF01;
@@ -615,46 +614,33 @@ impl Worker {
     }
 }
 
+const OUTCOME: OutcomeNames = OutcomeNames {
+    wanted: (
+        "dots_diversion_routes_wanted",
+        "Diversion routes the active mitigations should announce",
+    ),
+    announced: (
+        "dots_diversion_routes_announced",
+        "Diversion routes of this server in gobgpd's tables at the last reconciliation",
+    ),
+    daemon_up: "dots_diversion_daemon_up",
+    daemon_errors: "dots_diversion_daemon_errors_total",
+};
+
 fn render(r: &Report) -> String {
-    let mut s = String::new();
-    for (name, help, value) in [
-        (
-            "dots_diversion_routes_wanted",
-            "Diversion routes the active mitigations should announce",
-            r.daemon.wanted as u64,
-        ),
-        (
-            "dots_diversion_routes_announced",
-            "Diversion routes of this server in gobgpd's tables at the last reconciliation",
-            r.daemon.announced as u64,
-        ),
-        (
-            "dots_diversion_daemon_up",
-            "Whether the last reconciliation with gobgpd succeeded",
-            r.daemon.daemon_up as u64,
-        ),
-    ] {
-        let _ = writeln!(
-            s,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP dots_diversion_daemon_errors_total Reconciliations with gobgpd that failed\n\
-         # TYPE dots_diversion_daemon_errors_total counter\n\
-         dots_diversion_daemon_errors_total {}",
-        r.daemon.daemon_errors
+    let m = Scrape::default();
+    r.daemon.expose(&m, &OUTCOME);
+    let refused = m.gauge(
+        "dots_diversion_refused",
+        "Targets or routes of active mitigations not diverted, by reason",
+        &["client", "reason"],
     );
-    let _ = writeln!(s, "# HELP dots_diversion_refused Targets or routes of active mitigations not diverted, by reason\n# TYPE dots_diversion_refused gauge");
     for ((client, reason), n) in &r.refused {
-        let client = escape(client);
-        let _ = writeln!(
-            s,
-            "dots_diversion_refused{{client=\"{client}\",reason=\"{reason}\"}} {n}"
-        );
+        refused
+            .with_label_values(&[client.as_str(), reason])
+            .set(*n as i64);
     }
-    s
+    m.text()
 }
 
 #[cfg(test)]
@@ -723,6 +709,32 @@ mod tests {
         assert!(format!("{:#}", no_hop.check(&datapath).unwrap_err()).contains("next_hop"));
         let c = config("no_export = true");
         assert_eq!(c.communities().unwrap(), [64512 << 16 | 666, NO_EXPORT]);
+    }
+
+    /// The series README and the lab name, with their HELP and TYPE lines.
+    #[test]
+    fn metrics_name_the_routes_the_refusals_and_the_daemon() {
+        let ok = Outcome::after(&Outcome::default(), 2, &Ok(2));
+        let r = Report {
+            daemon: Outcome::after(&ok, 3, &Err("gobgp: connection refused".into())),
+            refused: [(("customer".to_string(), Refusal::Reinjection.label()), 1)].into(),
+        };
+        let text = render(&r);
+        for line in [
+            "# HELP dots_diversion_routes_wanted Diversion routes the active mitigations should announce",
+            "# TYPE dots_diversion_routes_wanted gauge",
+            "dots_diversion_routes_wanted 3",
+            "# HELP dots_diversion_routes_announced Diversion routes of this server in gobgpd's tables at the last reconciliation",
+            "dots_diversion_routes_announced 2",
+            "dots_diversion_daemon_up 0",
+            "# TYPE dots_diversion_daemon_errors_total counter",
+            "dots_diversion_daemon_errors_total 1",
+            "# HELP dots_diversion_refused Targets or routes of active mitigations not diverted, by reason",
+            "# TYPE dots_diversion_refused gauge",
+            "dots_diversion_refused{client=\"customer\",reason=\"no-reinjection-route\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
 
     /// What gobgpd 3.10 printed here for routes added by `gobgp global rib -a ipv4|ipv6 add

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::datapath::MitigationSpec;
+use crate::metrics::Scrape;
 
 /// One kind of route in the local daemon, as this server announces it.
 pub trait Table {
@@ -107,6 +108,35 @@ impl Outcome {
             daemon_errors: last.daemon_errors + u64::from(synced.is_err()),
             reconciliations: last.reconciliations + 1,
         }
+    }
+}
+
+/// The names an [`Outcome`] is exposed under in Prometheus: the route counts' (with their
+/// HELP texts) and the daemon's.
+pub struct OutcomeNames {
+    pub wanted: (&'static str, &'static str),
+    pub announced: (&'static str, &'static str),
+    pub daemon_up: &'static str,
+    pub daemon_errors: &'static str,
+}
+
+impl Outcome {
+    /// Its series, in `m`.
+    pub fn expose(&self, m: &Scrape, names: &OutcomeNames) {
+        let (name, help) = names.wanted;
+        m.gauge_value(name, help, self.wanted as i64);
+        let (name, help) = names.announced;
+        m.gauge_value(name, help, self.announced as i64);
+        m.gauge_value(
+            names.daemon_up,
+            "Whether the last reconciliation with gobgpd succeeded",
+            self.daemon_up.into(),
+        );
+        m.counter_value(
+            names.daemon_errors,
+            "Reconciliations with gobgpd that failed",
+            self.daemon_errors,
+        );
     }
 }
 
