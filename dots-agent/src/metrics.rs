@@ -539,7 +539,7 @@ fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::datapath::MemoryMitigator;
     use crate::engine::ClientPolicy;
     use crate::signal::message::{Lifetime, Scope};
     use xdp_common::Counter;
@@ -547,14 +547,7 @@ mod tests {
     fn engine_with(n: u32) -> Engine<MemoryMitigator> {
         let mut e = Engine::new(
             MemoryMitigator::new(),
-            vec![ClientPolicy {
-                name: "client-a".into(),
-                prefixes: vec!["198.51.100.0/24".parse().unwrap()],
-                countermeasures: Countermeasures::default(),
-                acl: Vec::new(),
-                allow_indefinite: false,
-                max_lifetime: 86_400,
-            }],
+            vec![ClientPolicy::fixture("client-a", &["198.51.100.0/24"])],
         );
         for mid in 1..=n {
             let target = format!("198.51.100.{mid}/32").parse().unwrap();
