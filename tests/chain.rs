@@ -238,6 +238,20 @@ fn customer_asks(ns: &Netns, cfg: &ClientConfig, method: RequestType, scope: Sco
     })
 }
 
+/// An agent started by `start_server`: its thread, and what stops it.
+type Agent = (
+    std::thread::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Stops the agents in this order, each ended cleanly before the next is told.
+fn stop<const N: usize>(agents: [Agent; N]) {
+    for (thread, stop) in agents {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
+}
+
 #[test]
 fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
     let chain = Chain::new();
@@ -284,8 +298,7 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
     });
 
     // The gateway restarts in the middle of the mitigation: the customer notices a pause.
-    let _ = stop_gw.send(());
-    gateway.join().unwrap().unwrap();
+    stop([(gateway, stop_gw)]);
     let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
     until(&chain.prov, &me, 1, "after the gateway's restart", |s| {
         s == Some((2, 600))
@@ -317,14 +330,11 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
         BTreeMap::from([(4444, 200), (9999, 200)])
     );
 
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }
 
 #[test]
@@ -360,14 +370,11 @@ fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
     assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
     until(&chain.prov, &me, 1, "summed", |s| s == Some((2, 900)));
 
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }
 
 #[test]
@@ -412,12 +419,9 @@ fn a_request_reporting_more_attack_than_the_scrubber_holds_is_escalated_at_once(
     until_within(&chain.prov, &me, 1, "upstream confirmed", 80, |s| {
         s.is_some_and(|s| s.0 == 2)
     });
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }
