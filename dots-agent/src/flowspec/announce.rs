@@ -49,8 +49,6 @@ struct Worker {
     gobgp: Gobgp,
     rails: GuardRails,
     mitigations: BTreeMap<u64, Mitigation>,
-    /// What gobgpd holds of this server's rules, as far as the thread knows.
-    announced: reconcile::Known<FlowRule>,
 }
 
 impl Announcer {
@@ -60,7 +58,6 @@ impl Announcer {
             gobgp: config.gobgp()?,
             rails: config.rails(),
             mitigations: BTreeMap::new(),
-            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
         let fleet = match &config.prometheus {
@@ -104,7 +101,15 @@ impl RuleAnnouncer for Announcer {
     }
 }
 
+impl reconcile::Report for Report {
+    fn daemon(&mut self) -> &mut Outcome {
+        &mut self.daemon
+    }
+}
+
 impl reconcile::Worker for Worker {
+    const NAME: &'static str = "flowspec";
+    type Table = Gobgp;
     type Report = Report;
 
     fn apply(&mut self, change: Change) {
@@ -133,26 +138,14 @@ impl reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool, last: &Report) -> Report {
-        if read_back {
-            self.announced = None;
-        }
-        let mut report = Report::default();
-        let wanted = self.wanted(&mut report);
-        let synced = reconcile::sync(&self.gobgp, &mut self.announced, &wanted);
-        if let Err(e) = &synced {
-            tracing::error!("flowspec: {e}; retried in the next reconciliation");
-        }
-        report.daemon = Outcome::after(&last.daemon, wanted.len(), &synced);
-        report
+    fn table(&self) -> &Gobgp {
+        &self.gobgp
     }
-}
 
-impl Worker {
     /// The rules to announce: each mitigation's, oldest first, unless its rules would take
     /// its client or the server past a limit (then none of them: a mitigation is announced
     /// whole or not at all).
-    fn wanted(&self, report: &mut Report) -> BTreeMap<String, FlowRule> {
+    fn wanted(&mut self, report: &mut Report) -> BTreeMap<String, FlowRule> {
         let mut out: BTreeMap<String, FlowRule> = BTreeMap::new();
         let mut per_client: BTreeMap<&str, usize> = BTreeMap::new();
         for (id, m) in &self.mitigations {

@@ -468,8 +468,6 @@ struct Worker {
     mitigations: BTreeMap<u64, (String, Plan)>,
     /// What was refused at the last reconciliation (logged again only when it changes).
     logged: BTreeSet<String>,
-    /// What gobgpd holds of this server's routes, as far as the thread knows.
-    announced: reconcile::Known<DivertRoute>,
 }
 
 impl Diverter {
@@ -486,7 +484,6 @@ impl Diverter {
             config: config.clone(),
             mitigations: BTreeMap::new(),
             logged: BTreeSet::new(),
-            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
         Ok(Diverter(Handle::start("diversion", worker, every)?))
@@ -511,7 +508,15 @@ impl RuleAnnouncer for Diverter {
     }
 }
 
+impl reconcile::Report for Report {
+    fn daemon(&mut self) -> &mut Outcome {
+        &mut self.daemon
+    }
+}
+
 impl reconcile::Worker for Worker {
+    const NAME: &'static str = "diversion";
+    type Table = Unicast;
     type Report = Report;
 
     fn apply(&mut self, change: Change) {
@@ -531,22 +536,10 @@ impl reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool, last: &Report) -> Report {
-        if read_back {
-            self.announced = None;
-        }
-        let mut report = Report::default();
-        let wanted = self.wanted(&mut report);
-        let synced = reconcile::sync(&self.table, &mut self.announced, &wanted);
-        if let Err(e) = &synced {
-            tracing::error!("diversion: {e}; retried in the next reconciliation");
-        }
-        report.daemon = Outcome::after(&last.daemon, wanted.len(), &synced);
-        report
+    fn table(&self) -> &Unicast {
+        &self.table
     }
-}
 
-impl Worker {
     /// The routes to announce: each mitigation's planned prefixes whose re-injection route
     /// exists, oldest mitigation first, unless they would pass `max_routes` (then none of
     /// that mitigation's).

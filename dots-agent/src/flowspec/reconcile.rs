@@ -140,14 +140,26 @@ impl Outcome {
     }
 }
 
+/// What a worker last achieved, for metrics and logs.
+pub trait Report: Clone + Default + Send + 'static {
+    /// How the daemon took it.
+    fn daemon(&mut self) -> &mut Outcome;
+}
+
 /// The side of a worker thread that [`drive`] runs.
 pub trait Worker {
-    /// What the worker last achieved, for metrics and logs.
-    type Report: Clone + Default + Send + 'static;
+    /// What its log lines start with.
+    const NAME: &'static str;
+    type Table: Table;
+    type Report: Report;
     fn apply(&mut self, change: Change);
-    /// Reconciles the daemon's table and says how it went; `last` is the report before.
-    /// `read_back`: compare with the daemon's table read back, not with what is known.
-    fn reconcile(&mut self, read_back: bool, last: &Self::Report) -> Self::Report;
+    /// The routes the daemon's table should hold now, by key; the report's own part (what
+    /// was refused, and why) is filled in.
+    fn wanted(
+        &mut self,
+        report: &mut Self::Report,
+    ) -> BTreeMap<String, <Self::Table as Table>::Route>;
+    fn table(&self) -> &Self::Table;
 }
 
 /// Runs `worker` until the sending side is dropped (the engine with it), each reconciliation's
@@ -159,6 +171,8 @@ pub fn drive<W: Worker>(
     report: &Mutex<W::Report>,
 ) {
     let mut last = W::Report::default();
+    // What the daemon holds of the worker's routes, as far as the thread knows.
+    let mut known = None;
     let mut read_back_at = Instant::now() + every;
     loop {
         let wait = read_back_at.saturating_duration_since(Instant::now());
@@ -171,11 +185,18 @@ pub fn drive<W: Worker>(
         for change in first.into_iter().chain(rx.try_iter()) {
             worker.apply(change);
         }
-        let read_back = Instant::now() >= read_back_at;
-        if read_back {
+        if Instant::now() >= read_back_at {
             read_back_at = Instant::now() + every;
+            known = None;
         }
-        last = worker.reconcile(read_back, &last);
+        let mut now = W::Report::default();
+        let wanted = worker.wanted(&mut now);
+        let synced = sync(worker.table(), &mut known, &wanted);
+        if let Err(e) = &synced {
+            tracing::error!("{}: {e}; retried in the next reconciliation", W::NAME);
+        }
+        *now.daemon() = Outcome::after(last.daemon(), wanted.len(), &synced);
+        last = now;
         *report.lock().unwrap_or_else(|p| p.into_inner()) = last.clone();
     }
 }
@@ -187,7 +208,7 @@ pub struct Handle<R> {
     report: Arc<Mutex<R>>,
 }
 
-impl<R: Clone + Default + Send + 'static> Handle<R> {
+impl<R: Report> Handle<R> {
     /// Starts `worker` on a thread called `name`, which reads the daemon's table back every
     /// `every`.
     pub fn start<W>(name: &str, worker: W, every: Duration) -> std::io::Result<Handle<R>>
@@ -293,12 +314,20 @@ mod tests {
     /// Applies changes to the fake table: what an active mitigation's targets are, by id.
     struct Mirror {
         table: Fake,
-        known: Known<(String, u32)>,
         active: BTreeMap<u64, Vec<IpNet>>,
         applied: usize,
     }
 
+    /// How the daemon took it, and how many changes were applied.
+    impl Report for (Outcome, usize) {
+        fn daemon(&mut self) -> &mut Outcome {
+            &mut self.0
+        }
+    }
+
     impl Worker for Mirror {
+        const NAME: &'static str = "mirror";
+        type Table = Fake;
         type Report = (Outcome, usize);
         fn apply(&mut self, change: Change) {
             self.applied += 1;
@@ -311,15 +340,16 @@ mod tests {
                 }
             }
         }
-        fn reconcile(&mut self, _read_back: bool, last: &(Outcome, usize)) -> (Outcome, usize) {
-            let wanted: BTreeMap<String, (String, u32)> = self
-                .active
+        fn wanted(&mut self, report: &mut (Outcome, usize)) -> BTreeMap<String, (String, u32)> {
+            report.1 = self.applied;
+            self.active
                 .iter()
                 .flat_map(|(id, targets)| targets.iter().map(move |t| (t.to_string(), *id as u32)))
                 .map(|(k, v)| (k.clone(), (k, v)))
-                .collect();
-            let synced = sync(&self.table, &mut self.known, &wanted);
-            (Outcome::after(&last.0, wanted.len(), &synced), self.applied)
+                .collect()
+        }
+        fn table(&self) -> &Fake {
+            &self.table
         }
     }
 
@@ -340,7 +370,6 @@ mod tests {
         drop(tx);
         let mirror = Mirror {
             table: Fake::default(),
-            known: None,
             active: BTreeMap::new(),
             applied: 0,
         };
