@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use coap_lite::RequestType;
 use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{Stats, Unit};
-use dots_e2e::dots::{connect, in_ns, start_server};
+use dots_e2e::dots::{ask_mid, start_server};
 use dots_e2e::{Netns, PinRoot};
 use dots_lab::lab::chain::net::{self, Configs};
 use dots_lab::packet::PacketSpec;
@@ -159,26 +159,15 @@ impl Chain {
 
 /// (status, pkts-dropped) of mid `mid` of `who` at `server`, asked from namespace `ns`.
 fn status(ns: &Netns, cfg: &ClientConfig, mid: u32) -> Option<(u64, u64)> {
-    let cfg = cfg.clone();
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                format!("mid={mid}"),
-            ];
-            let r = s.request(RequestType::Get, &path, None, false).await.ok()?;
-            if code_text(&r) != "2.05" {
-                return None;
-            }
-            let v = dots_agent::signal::diag::to_json(
-                &dots_agent::signal::cbor::parse_response(&r.payload).ok()?,
-            );
-            let scope = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
-            Some((scope["status"].as_u64()?, scope["pkts-dropped"].as_u64()?))
-        })
-    })
+    let r = ask_mid(ns, cfg, mid, RequestType::Get, None, false).ok()?;
+    if code_text(&r) != "2.05" {
+        return None;
+    }
+    let v = dots_agent::signal::diag::to_json(
+        &dots_agent::signal::cbor::parse_response(&r.payload).ok()?,
+    );
+    let scope = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+    Some((scope["status"].as_u64()?, scope["pkts-dropped"].as_u64()?))
 }
 
 /// Asks until `ok`, at most 40 times, 250 ms apart; the last answer.
@@ -222,20 +211,8 @@ fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
 
 /// The customer's request for mid 1 with `scope` (PUT), or its withdrawal (DELETE).
 fn customer_asks(ns: &Netns, cfg: &ClientConfig, method: RequestType, scope: Scope) -> String {
-    let cfg = cfg.clone();
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s: Session = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            let body =
-                (method == RequestType::Put).then(|| message::encode_mitigation_request(&scope));
-            code_text(&s.request(method, &path, body, false).await.unwrap())
-        })
-    })
+    let body = (method == RequestType::Put).then(|| message::encode_mitigation_request(&scope));
+    code_text(&ask_mid(ns, cfg, 1, method, body, false).unwrap())
 }
 
 /// An agent started by `start_server`: its thread, and what stops it.
