@@ -68,7 +68,7 @@ impl Announcer {
             )?),
             None => None,
         };
-        let thread = Handle::start("flowspec", worker, every)?;
+        let thread = Handle::start(worker, every)?;
         Ok(Announcer { thread, fleet })
     }
 

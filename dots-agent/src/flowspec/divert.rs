@@ -486,7 +486,7 @@ impl Diverter {
             logged: BTreeSet::new(),
         };
         let every = Duration::from_secs(config.resync_seconds);
-        Ok(Diverter(Handle::start("diversion", worker, every)?))
+        Ok(Diverter(Handle::start(worker, every)?))
     }
 
     pub fn report(&self) -> Report {

@@ -148,7 +148,7 @@ pub trait Report: Clone + Default + Send + 'static {
 
 /// The side of a worker thread that [`drive`] runs.
 pub trait Worker {
-    /// What its log lines start with.
+    /// Its thread's name, which its log lines start with.
     const NAME: &'static str;
     type Table: Table;
     type Report: Report;
@@ -209,9 +209,9 @@ pub struct Handle<R> {
 }
 
 impl<R: Report> Handle<R> {
-    /// Starts `worker` on a thread called `name`, which reads the daemon's table back every
+    /// Starts `worker` on a thread of its own, which reads the daemon's table back every
     /// `every`.
-    pub fn start<W>(name: &str, worker: W, every: Duration) -> std::io::Result<Handle<R>>
+    pub fn start<W>(worker: W, every: Duration) -> std::io::Result<Handle<R>>
     where
         W: Worker<Report = R> + Send + 'static,
     {
@@ -219,7 +219,7 @@ impl<R: Report> Handle<R> {
         let report = Arc::new(Mutex::new(R::default()));
         let shared = report.clone();
         std::thread::Builder::new()
-            .name(name.into())
+            .name(W::NAME.into())
             .spawn(move || drive(worker, rx, every, &shared))?;
         Ok(Handle { tx, report })
     }
