@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use coap_lite::RequestType;
 use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
-use dots_agent::client::{code_text, ClientConfig, ClientTls, Session, TransportChoice};
+use dots_agent::client::{code_text, ClientConfig, ClientTls, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_agent::signal::telemetry::{Stats, Unit};
-use dots_e2e::dots::{connect, in_ns, start_server};
+use dots_e2e::dots::{ask_mid, start_server};
 use dots_e2e::{Netns, PinRoot};
 use dots_lab::lab::chain::net::{self, Configs};
 use dots_lab::packet::PacketSpec;
@@ -159,26 +159,15 @@ impl Chain {
 
 /// (status, pkts-dropped) of mid `mid` of `who` at `server`, asked from namespace `ns`.
 fn status(ns: &Netns, cfg: &ClientConfig, mid: u32) -> Option<(u64, u64)> {
-    let cfg = cfg.clone();
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                format!("mid={mid}"),
-            ];
-            let r = s.request(RequestType::Get, &path, None, false).await.ok()?;
-            if code_text(&r) != "2.05" {
-                return None;
-            }
-            let v = dots_agent::signal::diag::to_json(
-                &dots_agent::signal::cbor::parse_response(&r.payload).ok()?,
-            );
-            let scope = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
-            Some((scope["status"].as_u64()?, scope["pkts-dropped"].as_u64()?))
-        })
-    })
+    let r = ask_mid(ns, cfg, mid, RequestType::Get, None, false).ok()?;
+    if code_text(&r) != "2.05" {
+        return None;
+    }
+    let v = dots_agent::signal::diag::to_json(
+        &dots_agent::signal::cbor::parse_response(&r.payload).ok()?,
+    );
+    let scope = &v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0];
+    Some((scope["status"].as_u64()?, scope["pkts-dropped"].as_u64()?))
 }
 
 /// Asks until `ok`, at most 40 times, 250 ms apart; the last answer.
@@ -222,20 +211,22 @@ fn customer(ns: &Netns, cfg: &ClientConfig, method: RequestType) -> String {
 
 /// The customer's request for mid 1 with `scope` (PUT), or its withdrawal (DELETE).
 fn customer_asks(ns: &Netns, cfg: &ClientConfig, method: RequestType, scope: Scope) -> String {
-    let cfg = cfg.clone();
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s: Session = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            let body =
-                (method == RequestType::Put).then(|| message::encode_mitigation_request(&scope));
-            code_text(&s.request(method, &path, body, false).await.unwrap())
-        })
-    })
+    let body = (method == RequestType::Put).then(|| message::encode_mitigation_request(&scope));
+    code_text(&ask_mid(ns, cfg, 1, method, body, false).unwrap())
+}
+
+/// An agent started by `start_server`: its thread, and what stops it.
+type Agent = (
+    std::thread::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Stops the agents in this order, each ended cleanly before the next is told.
+fn stop<const N: usize>(agents: [Agent; N]) {
+    for (thread, stop) in agents {
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+    }
 }
 
 #[test]
@@ -284,8 +275,7 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
     });
 
     // The gateway restarts in the middle of the mitigation: the customer notices a pause.
-    let _ = stop_gw.send(());
-    gateway.join().unwrap().unwrap();
+    stop([(gateway, stop_gw)]);
     let (gateway, stop_gw) = start_server(&chain.prov, &chain.gateway_config());
     until(&chain.prov, &me, 1, "after the gateway's restart", |s| {
         s == Some((2, 600))
@@ -317,14 +307,11 @@ fn a_request_through_a_gateway_and_a_recursive_scrubber_is_dropped_at_both() {
         BTreeMap::from([(4444, 200), (9999, 200)])
     );
 
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }
 
 #[test]
@@ -360,14 +347,11 @@ fn a_recursive_scrubber_escalates_once_the_attack_exceeds_its_capacity() {
     assert_eq!(chain.attack(300), BTreeMap::from([(4444, 0), (9999, 0)]));
     until(&chain.prov, &me, 1, "summed", |s| s == Some((2, 900)));
 
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }
 
 #[test]
@@ -412,12 +396,9 @@ fn a_request_reporting_more_attack_than_the_scrubber_holds_is_escalated_at_once(
     until_within(&chain.prov, &me, 1, "upstream confirmed", 80, |s| {
         s.is_some_and(|s| s.0 == 2)
     });
-    for (thread, stop) in [
+    stop([
         (gateway, stop_gw),
         (provider, stop_prov),
         (upstream, stop_up),
-    ] {
-        let _ = stop.send(());
-        thread.join().unwrap().unwrap();
-    }
+    ]);
 }

@@ -10,7 +10,7 @@ use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::bgp::{bird, gobgpd, wait_for, Neighbor};
-use dots_e2e::dots::{connect, http_get, in_ns, start_server};
+use dots_e2e::dots::{ask_mid, http_get, start_server};
 use dots_e2e::{Lab, Netns};
 
 const METRICS: &str = "127.0.0.1:9464";
@@ -24,24 +24,13 @@ fn ask(
     mid: u32,
     target: Option<&str>,
 ) -> String {
-    let cfg = cfg.clone();
     let body = target.map(|t| {
         message::encode_mitigation_request(&Scope::new(
             vec![t.parse().unwrap()],
             Lifetime::Seconds(600),
         ))
     });
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                format!("mid={mid}"),
-            ];
-            code_text(&s.request(method, &path, body, false).await.unwrap())
-        })
-    })
+    code_text(&ask_mid(ns, cfg, mid, method, body, false).unwrap())
 }
 
 fn metric(ns: &Netns, line_start: &str) -> Option<String> {

@@ -14,7 +14,7 @@ use dots_agent::client::{code_text, ClientConfig, TransportChoice};
 use dots_agent::flowspec::follow::{self, FollowConfig};
 use dots_agent::signal::message::{self, Lifetime, Scope};
 use dots_e2e::bgp::{gobgp, gobgpd, prometheus, wait_for, Daemon, Neighbor};
-use dots_e2e::dots::{arrived, attack, connect, http_get, in_ns, start_server};
+use dots_e2e::dots::{arrived, ask_mid, attack, http_get, start_server};
 use dots_e2e::{Lab, Netns, PinRoot, VethPair};
 
 const METRICS: &str = "127.0.0.1:9464";
@@ -118,20 +118,7 @@ fn node(i: usize, server: &Netns, dir: &std::path::Path) -> Node {
 }
 
 fn status_dropped(ns: &Netns, cfg: &ClientConfig) -> Option<u64> {
-    let cfg = cfg.clone();
-    let r = in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            s.request(RequestType::Get, &path, None, false)
-                .await
-                .unwrap()
-        })
-    });
+    let r = ask_mid(ns, cfg, 1, RequestType::Get, None, false).unwrap();
     let v = dots_agent::signal::diag::to_json(&dots_agent::signal::cbor::parse(&r.payload).ok()?);
     v["ietf-dots-signal-channel:mitigation-scope"]["scope"][0]["pkts-dropped"].as_u64()
 }
@@ -194,23 +181,8 @@ fn the_dots_status_counts_the_drops_of_every_node() {
         vec!["198.51.100.0/24".parse().unwrap()],
         Lifetime::Seconds(600),
     ));
-    let cfg = client.clone();
-    let created = in_ns(a, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            code_text(
-                &s.request(RequestType::Put, &path, Some(body), false)
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
-    assert_eq!(created, "2.01");
+    let created = ask_mid(a, &client, 1, RequestType::Put, Some(body), false).unwrap();
+    assert_eq!(code_text(&created), "2.01");
 
     // Every node drops the attack sent to it.
     for n in &nodes {

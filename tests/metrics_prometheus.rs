@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use dots_e2e::dots::{attack, connect, http_get, in_ns, start_server};
+use dots_e2e::dots::{ask_mid, attack, http_get, start_server};
 use dots_e2e::{Lab, Netns};
 
 const METRICS: &str = "127.0.0.1:9464";
@@ -110,18 +110,7 @@ fn prometheus_sees_the_drop_rate_the_dots_status_reports() {
 
     let client = lab.client(TransportChoice::Dtls);
     let ask_with = |method: RequestType, body: Option<Vec<u8>>, efficacy: bool| {
-        let cfg = client.clone();
-        in_ns(&pair.a, move |rt| {
-            rt.block_on(async {
-                let mut s = connect(&cfg).await;
-                let path = vec![
-                    "mitigate".into(),
-                    format!("cuid={}", s.cuid()),
-                    "mid=1".into(),
-                ];
-                s.request(method, &path, body, efficacy).await.unwrap()
-            })
-        })
+        ask_mid(&pair.a, &client, 1, method, body, efficacy).unwrap()
     };
     let ask = |method, body| ask_with(method, body, false);
     let body = message::encode_mitigation_request(&Scope::new(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use coap_lite::RequestType;
 use dots_agent::client::{code_text, ClientConfig, TransportChoice};
 use dots_agent::signal::message::{self, Lifetime, Scope};
-use dots_e2e::dots::{arrived, attack, connect, in_ns, start_server};
+use dots_e2e::dots::{arrived, ask_mid, attack, start_server};
 use dots_e2e::Lab;
 
 /// Sends one request on mitigation 1 from namespace `ns` (connecting afresh, as a client
@@ -19,18 +19,7 @@ fn ask(
     method: RequestType,
     body: Option<Vec<u8>>,
 ) -> coap_lite::Packet {
-    let cfg = cfg.clone();
-    in_ns(ns, move |rt| {
-        rt.block_on(async {
-            let mut s = connect(&cfg).await;
-            let path = vec![
-                "mitigate".into(),
-                format!("cuid={}", s.cuid()),
-                "mid=1".into(),
-            ];
-            s.request(method, &path, body, false).await.unwrap()
-        })
-    })
+    ask_mid(ns, cfg, 1, method, body, false).unwrap()
 }
 
 /// pkts-dropped of the first scope in a status response.

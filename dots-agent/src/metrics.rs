@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use coap_lite::{MessageClass, Packet, RequestType};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -242,133 +243,175 @@ fn code_label(p: &Packet) -> String {
 }
 
 /// Everything, in the Prometheus text format: the signal channel's counters and the
-/// datapath's, read now.
+/// datapath's, read now, and the announcers'.
 pub fn render<M: Mitigator>(engine: &Engine<M>, now: u64, per_mitigation_limit: usize) -> String {
     let mut families = SIGNAL.registry.gather();
     families.extend(datapath_families(engine, now, per_mitigation_limit));
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&families, &mut out)
-        .expect("text encoding of valid families");
-    let mut text = String::from_utf8(out).unwrap_or_default();
+    let mut text = encode(&families);
     text.push_str(&engine.announcer_metrics());
     text
 }
 
-/// The datapath's families, built afresh in a registry of their own at each scrape.
+fn encode(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(families, &mut out)
+        .expect("text encoding of valid families");
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Families built afresh at each scrape in a registry of their own, from what is known then
+/// (the datapath's counters, the announcers' reports).
+pub struct Scrape(Registry);
+
+impl Default for Scrape {
+    fn default() -> Self {
+        Scrape(Registry::new())
+    }
+}
+
+impl Scrape {
+    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("unique metric names");
+        c
+    }
+
+    pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("unique metric names");
+        g
+    }
+
+    /// A counter without labels, at `value`.
+    pub fn counter_value(&self, name: &str, help: &str, value: u64) {
+        self.counter(name, help, &[])
+            .with_label_values::<&str>(&[])
+            .inc_by(value);
+    }
+
+    /// A gauge without labels, at `value`.
+    pub fn gauge_value(&self, name: &str, help: &str, value: i64) {
+        self.gauge(name, help, &[])
+            .with_label_values::<&str>(&[])
+            .set(value);
+    }
+
+    /// The families with at least one series (the registry leaves out empty ones).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.0.gather()
+    }
+
+    /// In the Prometheus text format.
+    pub fn text(&self) -> String {
+        encode(&self.gather())
+    }
+}
+
+/// The datapath's families.
 fn datapath_families<M: Mitigator>(
     engine: &Engine<M>,
     now: u64,
     limit: usize,
-) -> Vec<prometheus::proto::MetricFamily> {
-    let r = Registry::new();
-    let counter = |name: &str, help: &str, labels: &[&str]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        r.register(Box::new(c.clone()))
-            .expect("unique metric names");
-        c
-    };
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        r.register(Box::new(g.clone()))
-            .expect("unique metric names");
-        g
-    };
-    counter(
+) -> Vec<MetricFamily> {
+    let r = Scrape::default();
+    r.counter_value(
         "dots_store_commit_failures_total",
         "Accepted changes the store could not record (the request refused and undone)",
-        &[],
-    )
-    .with_label_values::<&str>(&[])
-    .inc_by(engine.commit_failures());
+        engine.commit_failures(),
+    );
     let m = ["client", "mid"];
-    let passed_p = counter(
+    let passed_p = r.counter(
         "dots_mitigation_passed_packets_total",
         "Packets in a mitigation's scope let through",
         &m,
     );
-    let passed_b = counter(
+    let passed_b = r.counter(
         "dots_mitigation_passed_bytes_total",
         "Bytes in a mitigation's scope let through",
         &m,
     );
-    let accepted_p = counter(
+    let accepted_p = r.counter(
         "dots_mitigation_accepted_packets_total",
         "Packets let through by the accept-list or an ACL accept (part of passed)",
         &m,
     );
-    let dropped_p = counter(
+    let dropped_p = r.counter(
         "dots_mitigation_dropped_packets_total",
         "Packets dropped, by reason",
         &["client", "mid", "reason"],
     );
-    let dropped_b = counter(
+    let dropped_b = r.counter(
         "dots_mitigation_dropped_bytes_total",
         "Bytes dropped, by reason",
         &["client", "mid", "reason"],
     );
-    let limited_p = counter(
+    let limited_p = r.counter(
         "dots_mitigation_rate_limited_packets_total",
         "Packets dropped by a rate limit (ACL rate-limit, per-source, SYN, scope cap)",
         &m,
     );
-    let status = gauge(
+    let status = r.gauge(
         "dots_mitigation_status",
         "RFC 9132 mitigation status code (1-8)",
         &m,
     );
-    let acl_p = counter(
+    let acl_p = r.counter(
         "dots_acl_entry_matched_packets_total",
         "Packets that matched an ACL entry (data channel), over all of its client's rules",
         &["client", "acl"],
     );
-    let acl_b = counter(
+    let acl_b = r.counter(
         "dots_acl_entry_matched_bytes_total",
         "Bytes that matched an ACL entry (data channel), over all of its client's rules",
         &["client", "acl"],
     );
-    let client_attack = gauge(
+    let client_attack = r.gauge(
         "dots_mitigation_client_reported_attack_rate",
         "Attack traffic the client says still reaches it (RFC 9244 efficacy telemetry), per unit",
         &["client", "mid", "unit"],
     );
-    let by_status = gauge(
+    let by_status = r.gauge(
         "dots_mitigations",
         "Mitigations known to the server, by status",
         &["status"],
     );
-    let map_used = gauge(
+    let map_used = r.gauge(
         "dots_datapath_map_entries",
         "Entries in use in a datapath map",
         &["map"],
     );
-    let map_cap = gauge(
+    let map_cap = r.gauge(
         "dots_datapath_map_capacity",
         "Capacity of a datapath map",
         &["map"],
     );
-    let if_rx_p = counter(
+    let if_rx_p = r.counter(
         "dots_xdp_received_packets_total",
         "Packets the XDP filter saw on an interface",
         &["interface"],
     );
-    let if_rx_b = counter(
+    let if_rx_b = r.counter(
         "dots_xdp_received_bytes_total",
         "Bytes the XDP filter saw on an interface",
         &["interface"],
     );
-    let if_dropped = counter(
+    let if_dropped = r.counter(
         "dots_xdp_dropped_packets_total",
         "Packets the XDP filter dropped on an interface",
         &["interface"],
     );
-    let if_unparsed = counter(
+    let if_unparsed = r.counter(
         "dots_xdp_parse_errors_total",
         "Packets whose headers could not be parsed (passed on)",
         &["interface"],
     );
 
-    let cdid = gauge(
+    let cdid = r.gauge(
         "dots_mitigation_cdid",
         "1 for a mitigation a trusted gateway asked for a client domain (cdid, RFC 9132 \
          4.4.1.2); join on client and mid",
@@ -496,7 +539,7 @@ fn limit_series(views: Vec<MitigationView>, limit: usize) -> Vec<(String, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::datapath::MemoryMitigator;
     use crate::engine::ClientPolicy;
     use crate::signal::message::{Lifetime, Scope};
     use xdp_common::Counter;
@@ -504,14 +547,7 @@ mod tests {
     fn engine_with(n: u32) -> Engine<MemoryMitigator> {
         let mut e = Engine::new(
             MemoryMitigator::new(),
-            vec![ClientPolicy {
-                name: "client-a".into(),
-                prefixes: vec!["198.51.100.0/24".parse().unwrap()],
-                countermeasures: Countermeasures::default(),
-                acl: Vec::new(),
-                allow_indefinite: false,
-                max_lifetime: 86_400,
-            }],
+            vec![ClientPolicy::fixture("client-a", &["198.51.100.0/24"])],
         );
         for mid in 1..=n {
             let target = format!("198.51.100.{mid}/32").parse().unwrap();

@@ -222,6 +222,16 @@ fn put_body(prefix: &str) -> Vec<u8> {
     ))
 }
 
+/// Asks for a mitigation of `prefix` as `mid`: the response code.
+async fn put(s: &mut Session, mid: u32, prefix: &str) -> String {
+    let p = path(s, Some(mid));
+    let r = s
+        .request(RequestType::Put, &p, Some(put_body(prefix)), false)
+        .await
+        .unwrap();
+    code_text(&r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_relays_over_dtls() {
     chain(TransportChoice::Dtls, "dtls").await;
@@ -260,16 +270,7 @@ async fn chain(transport: TransportChoice, upstream_transport: &str) {
     let mut s = Session::connect(&client(d, &gw_addr, transport))
         .await
         .unwrap();
-    let r = s
-        .request(
-            RequestType::Put,
-            &path(&s, Some(7)),
-            Some(put_body("2001:db8:6401:1::/64")),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(put(&mut s, 7, "2001:db8:6401:1::/64").await, "2.01");
 
     // Relayed under the gateway's cuid, as its mid 1.
     wait_upstream(&up, &gw_cuid, "relayed", |v| {
@@ -319,17 +320,8 @@ async fn chain(transport: TransportChoice, upstream_transport: &str) {
 
     // Upstream refuses a target outside what it serves the gateway: reported as status 4
     // (nobody mitigates it), the refusal named, tried again.
-    let r = s
-        .request(
-            RequestType::Put,
-            &path(&s, Some(8)),
-            Some(put_body("2001:db8:6401:8000::/64")),
-            false,
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        code_text(&r),
+        put(&mut s, 8, "2001:db8:6401:8000::/64").await,
         "2.01",
         "the gateway accepts what its client may ask"
     );
@@ -372,16 +364,7 @@ async fn chain(transport: TransportChoice, upstream_transport: &str) {
 
     // The upstream server goes away: a relayed mitigation reports 4 and the session is
     // made again once it is back (its store kept the mitigation).
-    let r = s
-        .request(
-            RequestType::Put,
-            &path(&s, Some(9)),
-            Some(put_body("2001:db8:6401:2::/64")),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(put(&mut s, 9, "2001:db8:6401:2::/64").await, "2.01");
     let p = path(&s, Some(9));
     until(&mut s, p.clone(), "status 2", |r| statuses(r) == [(9, 2)]).await;
     drop(up);
@@ -469,16 +452,7 @@ async fn a_loop_of_gateways_ends() {
     .await;
 
     let mut s = Session::connect(&client_at(d, &a)).await.unwrap();
-    let r = s
-        .request(
-            RequestType::Put,
-            &path(&s, Some(1)),
-            Some(put_body("2001:db8:6401:1::/64")),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(put(&mut s, 1, "2001:db8:6401:1::/64").await, "2.01");
 
     let mut refusals = Vec::new();
     for _ in 0..80 {
@@ -602,11 +576,7 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
         let mut s = Session::connect(&client_as(d, name, &gw_addr, TransportChoice::Dtls))
             .await
             .unwrap();
-        let r = s
-            .request(RequestType::Put, &path(&s, Some(mid)), Some(put_body(prefix)), false)
-            .await
-            .unwrap();
-        assert_eq!(code_text(&r), "2.01", "{name}");
+        assert_eq!(put(&mut s, mid, prefix).await, "2.01", "{name}");
     }
     wait_upstream(&up, &gw_cuid, "both relayed", |v| {
         v.len() == 2 && v.iter().all(|(_, st, _)| *st == Status::SuccessfullyMitigated)
@@ -728,20 +698,16 @@ async fn an_upstream_conflict_comes_back_to_the_client() {
     let mut x = Session::connect(&client_as(d, "client-x", &up_addr, TransportChoice::Dtls))
         .await
         .unwrap();
-    let r = x
-        .request(RequestType::Put, &path(&x, Some(1)), Some(put_body("2001:db8:6401:1::/64")), false)
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(put(&mut x, 1, "2001:db8:6401:1::/64").await, "2.01");
 
     let mut s = Session::connect(&client(d, &gw_addr, TransportChoice::Dtls))
         .await
         .unwrap();
-    let r = s
-        .request(RequestType::Put, &path(&s, Some(4)), Some(put_body("2001:db8:6401:1::/64")), false)
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01", "accepted by the gateway");
+    assert_eq!(
+        put(&mut s, 4, "2001:db8:6401:1::/64").await,
+        "2.01",
+        "accepted by the gateway"
+    );
     let p = path(&s, Some(4));
     let r = until(&mut s, p.clone(), "status 7 with upstream's conflict", |r| {
         statuses(r) == [(4, 7)] && !conflict_of(r).is_null()
@@ -809,11 +775,7 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
         .unwrap();
     let a = s.cuid().to_string();
     let prefix = "2001:db8:6401:1::/64";
-    let r = s
-        .request(RequestType::Put, &path(&s, Some(7)), Some(put_body(prefix)), false)
-        .await
-        .unwrap();
-    assert_eq!(code_text(&r), "2.01");
+    assert_eq!(put(&mut s, 7, prefix).await, "2.01");
     let gw_cuid = cuid_of(d, "gateway");
     wait_upstream(&up, &gw_cuid, "relayed", |v| v.len() == 1).await;
 

@@ -25,17 +25,6 @@ pub const CLIENT: &str = "client-a";
 /// Seconds since the epoch at the start of every run (any fixed value: runs must repeat).
 pub const START_UNIX: u64 = 1_000_000;
 
-fn policy(name: &str, prefixes: &[&str]) -> ClientPolicy {
-    ClientPolicy {
-        name: name.into(),
-        prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
-        countermeasures: Default::default(),
-        acl: Vec::new(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
-    }
-}
-
 /// The signal channel's server side as the DTLS and TLS listeners drive it: the control
 /// plane (engine on the in-memory datapath, client-a with 198.51.100.0/24 and
 /// 2001:db8:6401::/48) with one session of client-a's, opened as after a handshake. The
@@ -52,7 +41,7 @@ impl SignalServer {
     pub fn open(framing: Framing, at: Instant) -> (Self, Vec<Vec<u8>>) {
         let engine = Engine::new(
             MemoryMitigator::new(),
-            vec![policy(CLIENT, &["198.51.100.0/24", "2001:db8:6401::/48"])],
+            vec![ClientPolicy::fixture(CLIENT, &["198.51.100.0/24", "2001:db8:6401::/48"])],
         );
         let mut control = Control::new(engine, SharedData::new(DataChannel::new(BTreeMap::new())));
         let outbox = Arc::new(Outbox::default());
@@ -107,8 +96,8 @@ pub fn data_control() -> Control<MemoryMitigator> {
     let engine = Engine::new(
         MemoryMitigator::new(),
         vec![
-            policy("a", &["198.51.100.0/24"]),
-            policy("b", &["203.0.113.0/24"]),
+            ClientPolicy::fixture("a", &["198.51.100.0/24"]),
+            ClientPolicy::fixture("b", &["203.0.113.0/24"]),
         ],
     )
     .with_terminating_period(0)

@@ -211,6 +211,7 @@ pub mod dots {
     use std::path::Path;
     use std::time::Duration;
 
+    use coap_lite::{Packet, RequestType};
     use dots_agent::af_packet::{FlowCount, FlowKey, PacketSocket};
     use dots_agent::client::{ClientConfig, Session};
     use dots_agent::server::ServerConfig;
@@ -267,6 +268,30 @@ pub mod dots {
         })
         .join()
         .expect("namespace thread")
+    }
+
+    /// Sends one request on mitigation `mid` from namespace `ns`, connecting afresh (as a
+    /// client that comes and goes would): the response.
+    pub fn ask_mid(
+        ns: &Netns,
+        cfg: &ClientConfig,
+        mid: u32,
+        method: RequestType,
+        body: Option<Vec<u8>>,
+        efficacy: bool,
+    ) -> anyhow::Result<Packet> {
+        let cfg = cfg.clone();
+        in_ns(ns, move |rt| {
+            rt.block_on(async {
+                let mut s = connect(&cfg).await;
+                let path = vec![
+                    "mitigate".into(),
+                    format!("cuid={}", s.cuid()),
+                    format!("mid={mid}"),
+                ];
+                s.request(method, &path, body, efficacy).await
+            })
+        })
     }
 
     pub fn attack(pair: &VethPair, count: u64, rate: u64) -> BTreeMap<FlowKey, FlowCount> {

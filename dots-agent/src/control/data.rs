@@ -111,14 +111,6 @@ mod tests {
     /// Clients a (198.51.100.0/24) and b (203.0.113.0/24), no terminating period; with a
     /// journal, what it holds is restored first and changes go to it.
     fn fixture(journal: Option<&MemoryJournal>) -> Control<MemoryMitigator> {
-        let policy = |name: &str, p: &str| ClientPolicy {
-            name: name.into(),
-            prefixes: vec![p.parse().unwrap()],
-            countermeasures: Default::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
         let prefixes: BTreeMap<String, Vec<IpNet>> = [
             ("a".to_string(), vec!["198.51.100.0/24".parse().unwrap()]),
             ("b".to_string(), vec!["203.0.113.0/24".parse().unwrap()]),
@@ -135,8 +127,8 @@ mod tests {
         let mut engine = Engine::new(
             MemoryMitigator::new(),
             vec![
-                policy("a", "198.51.100.0/24"),
-                policy("b", "203.0.113.0/24"),
+                ClientPolicy::fixture("a", &["198.51.100.0/24"]),
+                ClientPolicy::fixture("b", &["203.0.113.0/24"]),
             ],
         )
         .with_terminating_period(0)

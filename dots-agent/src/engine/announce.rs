@@ -91,7 +91,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::datapath::MemoryMitigator;
     use crate::engine::journal::MemoryJournal;
     use crate::engine::ClientPolicy;
     use crate::signal::message::{Lifetime, Scope};
@@ -126,14 +126,7 @@ mod tests {
     #[test]
     fn the_announcer_hears_only_committed_changes() {
         let journal = MemoryJournal::default();
-        let policy = ClientPolicy {
-            name: "a".into(),
-            prefixes: vec!["198.51.100.0/24".parse().unwrap()],
-            countermeasures: Countermeasures::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
+        let policy = ClientPolicy::fixture("a", &["198.51.100.0/24"]);
         let mut e = Engine::new(MemoryMitigator::new(), vec![policy])
             .with_terminating_period(30)
             .with_journal(Box::new(journal.clone()));

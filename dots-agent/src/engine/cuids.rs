@@ -103,24 +103,16 @@ impl<M: Mitigator> Engine<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::datapath::MemoryMitigator;
     use crate::engine::journal::MemoryJournal;
     use crate::engine::ClientPolicy;
 
     fn engine(journal: &MemoryJournal) -> Engine<MemoryMitigator> {
-        let policy = |name: &str, prefix: &str| ClientPolicy {
-            name: name.into(),
-            prefixes: vec![prefix.parse().unwrap()],
-            countermeasures: Countermeasures::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
         Engine::new(
             MemoryMitigator::new(),
             vec![
-                policy("client-a", "198.51.100.0/24"),
-                policy("client-b", "203.0.113.0/24"),
+                ClientPolicy::fixture("client-a", &["198.51.100.0/24"]),
+                ClientPolicy::fixture("client-b", &["203.0.113.0/24"]),
             ],
         )
         .with_journal(Box::new(journal.clone()))

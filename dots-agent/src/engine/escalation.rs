@@ -305,14 +305,7 @@ mod tests {
     }
 
     fn engine(noted: &Noted) -> Engine<MemoryMitigator> {
-        let policy = ClientPolicy {
-            name: "a".into(),
-            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
-            countermeasures: Default::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
+        let policy = ClientPolicy::fixture("a", &["203.0.113.0/24"]);
         Engine::new(MemoryMitigator::new(), vec![policy]).with_escalation(Box::new(noted.clone()))
     }
 

@@ -112,6 +112,27 @@ pub struct ClientPolicy {
     pub max_lifetime: u32,
 }
 
+impl ClientPolicy {
+    /// The fixture of the tests and fuzz targets: a client that may ask for mitigations of
+    /// `prefixes` and nothing more (no countermeasures or ACL of its own, lifetimes up to a
+    /// day). server.toml's clients come from `server::config` instead. Panics on a prefix
+    /// that does not parse: for fixed strings, never for input.
+    #[doc(hidden)]
+    pub fn fixture(name: &str, prefixes: &[&str]) -> ClientPolicy {
+        ClientPolicy {
+            name: name.into(),
+            prefixes: prefixes
+                .iter()
+                .map(|p| p.parse().expect("a fixture's prefix"))
+                .collect(),
+            countermeasures: Countermeasures::default(),
+            acl: Vec::new(),
+            allow_indefinite: false,
+            max_lifetime: 86_400,
+        }
+    }
+}
+
 /// A refusal, as the CoAP layer will send it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

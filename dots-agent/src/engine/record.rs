@@ -36,19 +36,6 @@ pub(super) struct Record {
     cdid: Option<String>,
 }
 
-fn status_from(n: u8) -> Status {
-    match n {
-        1 => Status::InProgress,
-        2 => Status::SuccessfullyMitigated,
-        3 => Status::Stopped,
-        4 => Status::ExceededCapability,
-        5 => Status::ClientWithdrawn,
-        6 => Status::Terminated,
-        7 => Status::Withdrawn,
-        _ => Status::SignalLoss,
-    }
-}
-
 impl Record {
     pub(super) fn of(client: &str, m: &Mitigation) -> Record {
         Record {
@@ -105,7 +92,8 @@ impl Record {
             .collect();
         let m = Mitigation {
             scope,
-            status: status_from(self.status),
+            // A stored code outside 1-8 (a damaged row) reads as signal loss.
+            status: Status::from_code(self.status.into()).unwrap_or(Status::SignalLoss),
             start: self.start,
             expires: self.expires,
             terminating_until: self.terminating_until,

@@ -30,15 +30,11 @@ fn setup_item(body: &[u8]) -> tm::SetupItem {
 
 fn engine() -> Engine<MemoryMitigator> {
     let policy = |name: &str, p: &str| ClientPolicy {
-        name: name.into(),
-        prefixes: vec![p.parse().unwrap()],
         countermeasures: Countermeasures {
             amplification: true,
             ..Default::default()
         },
-        acl: Vec::new(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
+        ..ClientPolicy::fixture(name, &[p])
     };
     Engine::new(
         MemoryMitigator::new(),
@@ -1022,14 +1018,7 @@ impl Counting {
 
 #[test]
 fn one_put_one_install_one_delete_one_remove_one_acl_edit_one_install_per_mitigation() {
-    let policy = ClientPolicy {
-        name: "a".into(),
-        prefixes: vec!["198.51.0.0/16".parse().unwrap()],
-        countermeasures: Default::default(),
-        acl: Vec::new(),
-        allow_indefinite: false,
-        max_lifetime: 86_400,
-    };
+    let policy = ClientPolicy::fixture("a", &["198.51.0.0/16"]);
     let mut e = Engine::new(Counting::default(), vec![policy]).with_terminating_period(0);
     let mut entries = vec![
         (ActivationType::Immediate, drop_from("now", "192.0.2.0/24")),

@@ -9,51 +9,33 @@
 //! (`reconcile.rs`, shared with the diverter).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::fleet::escape;
 use super::gobgp::Gobgp;
+use super::reconcile::{self, Change, Handle, Outcome, OutcomeNames};
 use super::rule::FlowRule;
 use super::translate::{translate, GuardRails, Translation};
 use super::FlowspecConfig;
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
-
-enum Change {
-    Active {
-        id: u64,
-        client: String,
-        prefixes: Vec<IpNet>,
-        spec: MitigationSpec,
-    },
-    Ended(u64),
-}
+use crate::metrics::Scrape;
 
 /// What the announcer last achieved, for metrics and logs.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    /// Rules that should be in the daemon's table.
-    pub wanted: usize,
-    /// Rules in the daemon's table from this server at the last reconciliation.
-    pub announced: usize,
+    /// Rules wanted and announced, and how the daemon answered.
+    pub daemon: Outcome,
     /// Per client: parts of its mitigations kept on this box only.
     pub local_only: BTreeMap<String, usize>,
     /// Per client: mitigations whose rules the rule limits kept back.
     pub over_limit: BTreeMap<String, usize>,
-    pub daemon_up: bool,
-    pub daemon_errors: u64,
-    pub reconciliations: u64,
 }
 
 /// The engine's side: sends changes to the thread.
 pub struct Announcer {
-    tx: Sender<Change>,
-    report: Arc<Mutex<Report>>,
+    thread: Handle<Report>,
     /// The nodes' drop counters through Prometheus (None: not configured).
     fleet: Option<super::fleet::FleetCounts>,
 }
@@ -67,22 +49,15 @@ struct Worker {
     gobgp: Gobgp,
     rails: GuardRails,
     mitigations: BTreeMap<u64, Mitigation>,
-    report: Arc<Mutex<Report>>,
-    /// What gobgpd holds of this server's rules, as far as the thread knows.
-    announced: super::reconcile::Known<FlowRule>,
 }
 
 impl Announcer {
     /// Starts the thread (it runs until the engine drops the announcer).
     pub fn start(config: &FlowspecConfig) -> anyhow::Result<Announcer> {
-        let (tx, rx) = mpsc::channel();
-        let report = Arc::new(Mutex::new(Report::default()));
         let worker = Worker {
             gobgp: config.gobgp()?,
             rails: config.rails(),
             mitigations: BTreeMap::new(),
-            report: report.clone(),
-            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
         let fleet = match &config.prometheus {
@@ -94,32 +69,22 @@ impl Announcer {
             )?),
             None => None,
         };
-        std::thread::Builder::new()
-            .name("flowspec".into())
-            .spawn(move || super::reconcile::drive(worker, rx, every))?;
-        Ok(Announcer { tx, report, fleet })
+        let thread = Handle::start(worker, every)?;
+        Ok(Announcer { thread, fleet })
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.thread.report()
     }
 }
 
 impl RuleAnnouncer for Announcer {
     fn active(&mut self, id: u64, client: &str, prefixes: &[IpNet], spec: &MitigationSpec) {
-        let _ = self.tx.send(Change::Active {
-            id,
-            client: client.into(),
-            prefixes: prefixes.to_vec(),
-            spec: spec.clone(),
-        });
+        self.thread.active(id, client, prefixes, spec);
     }
 
     fn ended(&mut self, id: u64) {
-        let _ = self.tx.send(Change::Ended(id));
+        self.thread.ended(id);
     }
 
     fn metrics(&self) -> String {
@@ -137,8 +102,16 @@ impl RuleAnnouncer for Announcer {
     }
 }
 
-impl super::reconcile::Worker for Worker {
-    type Change = Change;
+impl reconcile::Report for Report {
+    fn daemon(&mut self) -> &mut Outcome {
+        &mut self.daemon
+    }
+}
+
+impl reconcile::Worker for Worker {
+    const NAME: &'static str = "flowspec";
+    type Table = Gobgp;
+    type Report = Report;
 
     fn apply(&mut self, change: Change) {
         match change {
@@ -166,19 +139,14 @@ impl super::reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool) {
-        if read_back {
-            self.announced = None;
-        }
-        Worker::reconcile(self)
+    fn table(&self) -> &Gobgp {
+        &self.gobgp
     }
-}
 
-impl Worker {
     /// The rules to announce: each mitigation's, oldest first, unless its rules would take
     /// its client or the server past a limit (then none of them: a mitigation is announced
     /// whole or not at all).
-    fn wanted(&self, report: &mut Report) -> BTreeMap<String, FlowRule> {
+    fn wanted(&mut self, report: &mut Report) -> BTreeMap<String, FlowRule> {
         let mut out: BTreeMap<String, FlowRule> = BTreeMap::new();
         let mut per_client: BTreeMap<&str, usize> = BTreeMap::new();
         for (id, m) in &self.mitigations {
@@ -206,36 +174,10 @@ impl Worker {
         }
         out
     }
-
-    fn reconcile(&mut self) {
-        let mut report = Report::default();
-        let wanted = self.wanted(&mut report);
-        report.wanted = wanted.len();
-        let result = self.sync(&wanted);
-        let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.daemon_errors = shared.daemon_errors;
-        report.reconciliations = shared.reconciliations + 1;
-        match result {
-            Ok(announced) => {
-                report.daemon_up = true;
-                report.announced = announced;
-            }
-            Err(e) => {
-                tracing::error!("flowspec: {e}; retried in the next reconciliation");
-                report.daemon_errors += 1;
-                report.announced = shared.announced;
-            }
-        }
-        *shared = report;
-    }
-
-    fn sync(&mut self, wanted: &BTreeMap<String, FlowRule>) -> Result<usize, String> {
-        super::reconcile::sync(&self.gobgp, &mut self.announced, wanted)
-    }
 }
 
 /// The daemon's FlowSpec rules, as far as this server made them.
-impl super::reconcile::Table for Gobgp {
+impl reconcile::Table for Gobgp {
     type Route = FlowRule;
 
     fn read(&self) -> Result<BTreeMap<String, FlowRule>, String> {
@@ -273,52 +215,74 @@ impl super::reconcile::Table for Gobgp {
     }
 }
 
+const OUTCOME: OutcomeNames = OutcomeNames {
+    wanted: (
+        "dots_flowspec_rules_wanted",
+        "FlowSpec rules the committed mitigations should announce",
+    ),
+    announced: (
+        "dots_flowspec_rules_announced",
+        "FlowSpec rules of this server in gobgpd's table at the last reconciliation",
+    ),
+    daemon_up: "dots_flowspec_daemon_up",
+    daemon_errors: "dots_flowspec_daemon_errors_total",
+};
+
 fn render(r: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce");
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_rules_wanted gauge\ndots_flowspec_rules_wanted {}",
-        r.wanted
-    );
-    let _ = writeln!(s, "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation");
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_rules_announced gauge\ndots_flowspec_rules_announced {}",
-        r.announced
-    );
-    let _ = writeln!(
-        s,
-        "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded"
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_daemon_up gauge\ndots_flowspec_daemon_up {}",
-        r.daemon_up as u8
-    );
-    let _ = writeln!(
-        s,
-        "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed"
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE dots_flowspec_daemon_errors_total counter\ndots_flowspec_daemon_errors_total {}",
-        r.daemon_errors
-    );
-    let _ = writeln!(s, "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only");
-    let _ = writeln!(s, "# TYPE dots_flowspec_local_only gauge");
-    for (client, n) in &r.local_only {
-        let client = escape(client);
-        let _ = writeln!(s, "dots_flowspec_local_only{{client=\"{client}\"}} {n}");
+    let m = Scrape::default();
+    r.daemon.expose(&m, &OUTCOME);
+    for (name, help, per_client) in [
+        (
+            "dots_flowspec_local_only",
+            "Parts of mitigations FlowSpec cannot express, filtered on this box only",
+            &r.local_only,
+        ),
+        (
+            "dots_flowspec_over_limit_mitigations",
+            "Mitigations not announced: their rules would pass a rule limit",
+            &r.over_limit,
+        ),
+    ] {
+        let gauge = m.gauge(name, help, &["client"]);
+        for (client, n) in per_client {
+            gauge.with_label_values(&[client.as_str()]).set(*n as i64);
+        }
     }
-    let _ = writeln!(s, "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit");
-    let _ = writeln!(s, "# TYPE dots_flowspec_over_limit_mitigations gauge");
-    for (client, n) in &r.over_limit {
-        let client = escape(client);
-        let _ = writeln!(
-            s,
-            "dots_flowspec_over_limit_mitigations{{client=\"{client}\"}} {n}"
-        );
+    m.text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series README and the tests name, with their HELP and TYPE lines; a client's name
+    /// escaped as a label value.
+    #[test]
+    fn metrics_name_the_rules_and_the_daemon() {
+        let r = Report {
+            daemon: Outcome::after(&Outcome::default(), 5, &Ok(4)),
+            local_only: [("client-\"a\"".to_string(), 3)].into(),
+            over_limit: [("client-b".to_string(), 1)].into(),
+        };
+        let text = render(&r);
+        for line in [
+            "# HELP dots_flowspec_rules_wanted FlowSpec rules the committed mitigations should announce",
+            "# TYPE dots_flowspec_rules_wanted gauge",
+            "dots_flowspec_rules_wanted 5",
+            "# HELP dots_flowspec_rules_announced FlowSpec rules of this server in gobgpd's table at the last reconciliation",
+            "dots_flowspec_rules_announced 4",
+            "# HELP dots_flowspec_daemon_up Whether the last reconciliation with gobgpd succeeded",
+            "dots_flowspec_daemon_up 1",
+            "# HELP dots_flowspec_daemon_errors_total Reconciliations with gobgpd that failed",
+            "# TYPE dots_flowspec_daemon_errors_total counter",
+            "dots_flowspec_daemon_errors_total 0",
+            "# HELP dots_flowspec_local_only Parts of mitigations FlowSpec cannot express, filtered on this box only",
+            "# TYPE dots_flowspec_local_only gauge",
+            "dots_flowspec_local_only{client=\"client-\\\"a\\\"\"} 3",
+            "# HELP dots_flowspec_over_limit_mitigations Mitigations not announced: their rules would pass a rule limit",
+            "dots_flowspec_over_limit_mitigations{client=\"client-b\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
-    s
 }

@@ -13,11 +13,8 @@
 //! `resync_seconds`, which re-announces them to a gobgpd that restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -25,11 +22,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fleet::escape;
 use super::gobgp::Gobgp;
-use super::reconcile::{self, Table};
+use super::reconcile::{self, Change, Handle, Outcome, OutcomeNames, Table};
 use crate::datapath::MitigationSpec;
 use crate::engine::RuleAnnouncer;
+use crate::metrics::Scrape;
 
 /// The well-known NO_EXPORT community (RFC 1997).
 const NO_EXPORT: u32 = 0xFFFF_FF01;
@@ -451,32 +448,17 @@ pub fn parse_unicast(text: &str) -> Result<Vec<DivertRoute>, String> {
     Ok(out)
 }
 
-enum Change {
-    Active {
-        id: u64,
-        client: String,
-        prefixes: Vec<IpNet>,
-        targets: Vec<IpNet>,
-    },
-    Ended(u64),
-}
-
 /// What the diverter last achieved, for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    pub wanted: usize,
-    pub announced: usize,
+    /// Routes wanted and announced, and how the daemon answered.
+    pub daemon: Outcome,
     /// (client, reason) -> targets (or routes) refused.
     pub refused: BTreeMap<(String, &'static str), usize>,
-    pub daemon_up: bool,
-    pub daemon_errors: u64,
 }
 
 /// The engine's side: sends changes to the thread.
-pub struct Diverter {
-    tx: Sender<Change>,
-    report: Arc<Mutex<Report>>,
-}
+pub struct Diverter(Handle<Report>);
 
 struct Worker {
     config: DiversionConfig,
@@ -484,18 +466,13 @@ struct Worker {
     communities: Vec<u32>,
     /// By datapath id, oldest first: client and plan.
     mitigations: BTreeMap<u64, (String, Plan)>,
-    report: Arc<Mutex<Report>>,
     /// What was refused at the last reconciliation (logged again only when it changes).
     logged: BTreeSet<String>,
-    /// What gobgpd holds of this server's routes, as far as the thread knows.
-    announced: reconcile::Known<DivertRoute>,
 }
 
 impl Diverter {
     /// Starts the thread (it runs until the engine drops the diverter).
     pub fn start(config: &DiversionConfig) -> Result<Diverter> {
-        let (tx, rx) = mpsc::channel();
-        let report = Arc::new(Mutex::new(Report::default()));
         let mut communities = config.communities()?;
         communities.sort_unstable();
         let worker = Worker {
@@ -506,37 +483,24 @@ impl Diverter {
             communities,
             config: config.clone(),
             mitigations: BTreeMap::new(),
-            report: report.clone(),
             logged: BTreeSet::new(),
-            announced: None,
         };
         let every = Duration::from_secs(config.resync_seconds);
-        std::thread::Builder::new()
-            .name("diversion".into())
-            .spawn(move || reconcile::drive(worker, rx, every))?;
-        Ok(Diverter { tx, report })
+        Ok(Diverter(Handle::start(worker, every)?))
     }
 
     pub fn report(&self) -> Report {
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.0.report()
     }
 }
 
 impl RuleAnnouncer for Diverter {
     fn active(&mut self, id: u64, client: &str, prefixes: &[IpNet], spec: &MitigationSpec) {
-        let _ = self.tx.send(Change::Active {
-            id,
-            client: client.into(),
-            prefixes: prefixes.to_vec(),
-            targets: spec.targets.clone(),
-        });
+        self.0.active(id, client, prefixes, spec);
     }
 
     fn ended(&mut self, id: u64) {
-        let _ = self.tx.send(Change::Ended(id));
+        self.0.ended(id);
     }
 
     fn metrics(&self) -> String {
@@ -544,8 +508,16 @@ impl RuleAnnouncer for Diverter {
     }
 }
 
+impl reconcile::Report for Report {
+    fn daemon(&mut self) -> &mut Outcome {
+        &mut self.daemon
+    }
+}
+
 impl reconcile::Worker for Worker {
-    type Change = Change;
+    const NAME: &'static str = "diversion";
+    type Table = Unicast;
+    type Report = Report;
 
     fn apply(&mut self, change: Change) {
         match change {
@@ -553,9 +525,9 @@ impl reconcile::Worker for Worker {
                 id,
                 client,
                 prefixes,
-                targets,
+                spec,
             } => {
-                let plan = self.config.plan(&targets, &prefixes);
+                let plan = self.config.plan(&spec.targets, &prefixes);
                 self.mitigations.insert(id, (client, plan));
             }
             Change::Ended(id) => {
@@ -564,32 +536,10 @@ impl reconcile::Worker for Worker {
         }
     }
 
-    fn reconcile(&mut self, read_back: bool) {
-        if read_back {
-            self.announced = None;
-        }
-        let mut report = Report::default();
-        let wanted = self.wanted(&mut report);
-        report.wanted = wanted.len();
-        let result = reconcile::sync(&self.table, &mut self.announced, &wanted);
-        let mut shared = self.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.daemon_errors = shared.daemon_errors;
-        match result {
-            Ok(n) => {
-                report.daemon_up = true;
-                report.announced = n;
-            }
-            Err(e) => {
-                tracing::error!("diversion: {e}; retried in the next reconciliation");
-                report.daemon_errors += 1;
-                report.announced = shared.announced;
-            }
-        }
-        *shared = report;
+    fn table(&self) -> &Unicast {
+        &self.table
     }
-}
 
-impl Worker {
     /// The routes to announce: each mitigation's planned prefixes whose re-injection route
     /// exists, oldest mitigation first, unless they would pass `max_routes` (then none of
     /// that mitigation's).
@@ -657,46 +607,33 @@ impl Worker {
     }
 }
 
+const OUTCOME: OutcomeNames = OutcomeNames {
+    wanted: (
+        "dots_diversion_routes_wanted",
+        "Diversion routes the active mitigations should announce",
+    ),
+    announced: (
+        "dots_diversion_routes_announced",
+        "Diversion routes of this server in gobgpd's tables at the last reconciliation",
+    ),
+    daemon_up: "dots_diversion_daemon_up",
+    daemon_errors: "dots_diversion_daemon_errors_total",
+};
+
 fn render(r: &Report) -> String {
-    let mut s = String::new();
-    for (name, help, value) in [
-        (
-            "dots_diversion_routes_wanted",
-            "Diversion routes the active mitigations should announce",
-            r.wanted as u64,
-        ),
-        (
-            "dots_diversion_routes_announced",
-            "Diversion routes of this server in gobgpd's tables at the last reconciliation",
-            r.announced as u64,
-        ),
-        (
-            "dots_diversion_daemon_up",
-            "Whether the last reconciliation with gobgpd succeeded",
-            r.daemon_up as u64,
-        ),
-    ] {
-        let _ = writeln!(
-            s,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP dots_diversion_daemon_errors_total Reconciliations with gobgpd that failed\n\
-         # TYPE dots_diversion_daemon_errors_total counter\n\
-         dots_diversion_daemon_errors_total {}",
-        r.daemon_errors
+    let m = Scrape::default();
+    r.daemon.expose(&m, &OUTCOME);
+    let refused = m.gauge(
+        "dots_diversion_refused",
+        "Targets or routes of active mitigations not diverted, by reason",
+        &["client", "reason"],
     );
-    let _ = writeln!(s, "# HELP dots_diversion_refused Targets or routes of active mitigations not diverted, by reason\n# TYPE dots_diversion_refused gauge");
     for ((client, reason), n) in &r.refused {
-        let client = escape(client);
-        let _ = writeln!(
-            s,
-            "dots_diversion_refused{{client=\"{client}\",reason=\"{reason}\"}} {n}"
-        );
+        refused
+            .with_label_values(&[client.as_str(), reason])
+            .set(*n as i64);
     }
-    s
+    m.text()
 }
 
 #[cfg(test)]
@@ -765,6 +702,32 @@ mod tests {
         assert!(format!("{:#}", no_hop.check(&datapath).unwrap_err()).contains("next_hop"));
         let c = config("no_export = true");
         assert_eq!(c.communities().unwrap(), [64512 << 16 | 666, NO_EXPORT]);
+    }
+
+    /// The series README and the lab name, with their HELP and TYPE lines.
+    #[test]
+    fn metrics_name_the_routes_the_refusals_and_the_daemon() {
+        let ok = Outcome::after(&Outcome::default(), 2, &Ok(2));
+        let r = Report {
+            daemon: Outcome::after(&ok, 3, &Err("gobgp: connection refused".into())),
+            refused: [(("customer".to_string(), Refusal::Reinjection.label()), 1)].into(),
+        };
+        let text = render(&r);
+        for line in [
+            "# HELP dots_diversion_routes_wanted Diversion routes the active mitigations should announce",
+            "# TYPE dots_diversion_routes_wanted gauge",
+            "dots_diversion_routes_wanted 3",
+            "# HELP dots_diversion_routes_announced Diversion routes of this server in gobgpd's tables at the last reconciliation",
+            "dots_diversion_routes_announced 2",
+            "dots_diversion_daemon_up 0",
+            "# TYPE dots_diversion_daemon_errors_total counter",
+            "dots_diversion_daemon_errors_total 1",
+            "# HELP dots_diversion_refused Targets or routes of active mitigations not diverted, by reason",
+            "# TYPE dots_diversion_refused gauge",
+            "dots_diversion_refused{client=\"customer\",reason=\"no-reinjection-route\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
 
     /// What gobgpd 3.10 printed here for routes added by `gobgp global rib -a ipv4|ipv6 add

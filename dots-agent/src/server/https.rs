@@ -77,18 +77,9 @@ pub async fn serve(
     max_connections: usize,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("data channel accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((slot, tcp, peer)) =
+        super::limits::accept(&listener, &slots, "data channel accept").await
+    {
         let (acceptor, control, clients) = (acceptor.clone(), control.clone(), clients.clone());
         let span = tracing::info_span!(
             "data",

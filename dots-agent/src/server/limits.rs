@@ -3,6 +3,33 @@
 //! signal channel is what protection depends on: it gets the larger share (and DTLS needs
 //! no descriptor per session at all); the data channel and /metrics are capped below it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The next connection on `listener`, once one of `slots` is free (the slot goes with the
+/// connection); None once the slots are closed. A failed accept (descriptors run out, ...) is
+/// logged as `what: error` and tried again after a pause, so that failing does not spin.
+pub async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    what: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => return Some((slot, tcp, peer)),
+            Err(e) => {
+                tracing::warn!("{what}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Descriptors kept for everything that is not a connection: the store, BPF maps and
 /// links, listening sockets, logs, and a margin for accept().
 const RESERVED: u64 = 64;

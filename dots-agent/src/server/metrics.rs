@@ -95,18 +95,9 @@ fn acceptor(t: &super::config::MetricsTls) -> Result<SslAcceptor> {
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, control: ControlHandle, settings: MetricsSettings) {
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("metrics accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((slot, tcp, peer)) =
+        super::limits::accept(&listener, &slots, "metrics accept").await
+    {
         let (control, settings) = (control.clone(), settings.clone());
         tokio::spawn(async move {
             let served = tokio::time::timeout(CONNECTION_TIME, async {

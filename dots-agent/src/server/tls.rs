@@ -41,18 +41,7 @@ pub async fn serve_tls(
     max_connections: usize,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((slot, tcp, peer)) = super::limits::accept(&listener, &slots, "accept").await {
         let acceptor = acceptor.clone();
         let control = control.clone();
         let span = tracing::info_span!(

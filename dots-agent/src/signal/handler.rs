@@ -529,7 +529,7 @@ pub fn handle<M: Mitigator>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{Countermeasures, MemoryMitigator};
+    use crate::datapath::MemoryMitigator;
     use crate::engine::ClientPolicy;
 
     const FIG8: &[u8] = include_bytes!("../../tests/fixtures/rfc9132-fig8.cbor");
@@ -538,24 +538,10 @@ mod tests {
     fn engine() -> Engine<MemoryMitigator> {
         Engine::new(
             MemoryMitigator::new(),
-            vec![ClientPolicy {
-                name: "client-a".into(),
-                prefixes: vec![
-                    "2001:db8:6401::/48".parse().unwrap(),
-                    "198.51.100.0/24".parse().unwrap(),
-                ],
-                countermeasures: Countermeasures::default(),
-                acl: Vec::new(),
-                allow_indefinite: false,
-                max_lifetime: 86_400,
-            }, ClientPolicy {
-                name: "client-b".into(),
-                prefixes: vec!["203.0.113.0/24".parse().unwrap()],
-                countermeasures: Countermeasures::default(),
-                acl: Vec::new(),
-                allow_indefinite: false,
-                max_lifetime: 86_400,
-            }],
+            vec![
+                ClientPolicy::fixture("client-a", &["2001:db8:6401::/48", "198.51.100.0/24"]),
+                ClientPolicy::fixture("client-b", &["203.0.113.0/24"]),
+            ],
         )
     }
 

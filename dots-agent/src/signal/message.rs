@@ -341,6 +341,23 @@ pub enum Status {
     SignalLoss = 8,
 }
 
+impl Status {
+    /// The status of code `n`; None for a code RFC 9132 does not define.
+    pub fn from_code(n: u64) -> Option<Status> {
+        Some(match n {
+            1 => Status::InProgress,
+            2 => Status::SuccessfullyMitigated,
+            3 => Status::Stopped,
+            4 => Status::ExceededCapability,
+            5 => Status::ClientWithdrawn,
+            6 => Status::Terminated,
+            7 => Status::Withdrawn,
+            8 => Status::SignalLoss,
+            _ => return None,
+        })
+    }
+}
+
 /// One entry of a status reply or notification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MitigationStatus {
@@ -491,6 +508,15 @@ pub fn decode_redirect(body: &[u8]) -> Result<Redirect, CborError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_codes_round_trip_and_others_are_none() {
+        for code in 1..=8u64 {
+            assert_eq!(Status::from_code(code).map(|s| s as u64), Some(code));
+        }
+        assert_eq!(Status::from_code(0), None);
+        assert_eq!(Status::from_code(9), None);
+    }
 
     #[test]
     fn efficacy_telemetry_round_trips() {

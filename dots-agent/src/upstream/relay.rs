@@ -817,14 +817,7 @@ mod tests {
     const T: u64 = 1_000;
 
     fn engine(journal: &MemoryJournal) -> (Engine<MemoryMitigator>, watch::Receiver<Desired>) {
-        let policy = ClientPolicy {
-            name: "a".into(),
-            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
-            countermeasures: Default::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
+        let policy = ClientPolicy::fixture("a", &["203.0.113.0/24"]);
         let (relay, rx) = Relay::restore(
             &journal.snapshot().upstream_mappings,
             true,
@@ -1008,14 +1001,7 @@ mod exceeded {
 
     #[test]
     fn a_recursive_server_escalates_what_exceeds_its_capacity_and_says_so() {
-        let policy = ClientPolicy {
-            name: "a".into(),
-            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
-            countermeasures: Default::default(),
-            acl: Vec::new(),
-            allow_indefinite: false,
-            max_lifetime: 86_400,
-        };
+        let policy = ClientPolicy::fixture("a", &["203.0.113.0/24"]);
         let mode = Mode::Exceeded {
             pps: Some(1_000),
             bps: None,

@@ -18,20 +18,6 @@ pub struct UpStatus {
     pub pps_dropped: u64,
 }
 
-pub fn status_of(n: u64) -> Option<Status> {
-    Some(match n {
-        1 => Status::InProgress,
-        2 => Status::SuccessfullyMitigated,
-        3 => Status::Stopped,
-        4 => Status::ExceededCapability,
-        5 => Status::ClientWithdrawn,
-        6 => Status::Terminated,
-        7 => Status::Withdrawn,
-        8 => Status::SignalLoss,
-        _ => return None,
-    })
-}
-
 fn entries(v: Value) -> Vec<(u64, Value)> {
     match v {
         Value::Map(m) => m
@@ -82,7 +68,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<UpStatus>, String> {
                     u.mid = u32::try_from(n).map_err(|_| format!("mid {n} out of range"))?;
                     has_mid = true;
                 }
-                16 => u.status = status_of(n),
+                16 => u.status = Status::from_code(n),
                 25 => u.bytes_dropped = n,
                 26 => u.bps_dropped = n,
                 27 => u.pkts_dropped = n,

@@ -53,14 +53,7 @@ fn server() -> Server {
     Server {
         engine: Engine::new(
             MemoryMitigator::new(),
-            vec![ClientPolicy {
-                name: "client-a".into(),
-                prefixes: vec!["198.51.100.0/24".parse().unwrap()],
-                countermeasures: Default::default(),
-                acl: Vec::new(),
-                allow_indefinite: false,
-                max_lifetime: 86_400,
-            }],
+            vec![ClientPolicy::fixture("client-a", &["198.51.100.0/24"])],
         ),
         interval: 0,
         missed: 0,
