@@ -304,7 +304,10 @@ async fn every_operation_and_error_path_over_curl_and_our_client() {
     let (s, _) = curl
         .send("client-b", "GET", &format!("{c}/aliases"), None)
         .await;
-    assert_eq!(s, 409, "client-b may not read client-a's aliases (the cuid is a's)");
+    assert_eq!(
+        s, 409,
+        "client-b may not read client-a's aliases (the cuid is a's)"
+    );
     let web = r#"{"ietf-dots-data-channel:alias": [{"name": "web", "target-prefix": ["198.51.100.80/28"], "target-fqdn": ["www.example.com"]}]}"#;
     let (s, _) = curl
         .send(

@@ -464,7 +464,10 @@ async fn a_loop_of_gateways_ends() {
     }
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     let why = &refusals[0].2;
-    assert!(why.starts_with("5.08: loop of DOTS gateways: "), "{refusals:?}");
+    assert!(
+        why.starts_with("5.08: loop of DOTS gateways: "),
+        "{refusals:?}"
+    );
     for part in [
         format!("the DOTS gateway on {a} relayed mid 1 of client-a (2001:db8:6401:1::/64)"),
         format!("to the DOTS server at {b} with Hop-Limit 16"),
@@ -527,7 +530,11 @@ fn scrape(addr: std::net::SocketAddr) -> String {
         .args(["-sS", "--max-time", "10", &format!("http://{addr}/metrics")])
         .output()
         .expect("curl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -543,7 +550,11 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
     let d = dir.path();
     let names = ["client-a", "client-b", "gateway"].map(String::from);
     dots_agent::pki::init(d, "dots.example", &[], &names).unwrap();
-    let (a, b, gw_cuid) = (cuid_of(d, "client-a"), cuid_of(d, "client-b"), cuid_of(d, "gateway"));
+    let (a, b, gw_cuid) = (
+        cuid_of(d, "client-a"),
+        cuid_of(d, "client-b"),
+        cuid_of(d, "gateway"),
+    );
     let up = start(
         d,
         "upstream",
@@ -572,14 +583,19 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
 
     // client-a and client-b ask the gateway over DTLS; upstream gets both under the
     // gateway's cuid, each with its client's cdid.
-    for (name, mid, prefix) in [("client-a", 7, "2001:db8:6401:1::/64"), ("client-b", 3, "2001:db8:6401:2::/64")] {
+    for (name, mid, prefix) in [
+        ("client-a", 7, "2001:db8:6401:1::/64"),
+        ("client-b", 3, "2001:db8:6401:2::/64"),
+    ] {
         let mut s = Session::connect(&client_as(d, name, &gw_addr, TransportChoice::Dtls))
             .await
             .unwrap();
         assert_eq!(put(&mut s, mid, prefix).await, "2.01", "{name}");
     }
     wait_upstream(&up, &gw_cuid, "both relayed", |v| {
-        v.len() == 2 && v.iter().all(|(_, st, _)| *st == Status::SuccessfullyMitigated)
+        v.len() == 2
+            && v.iter()
+                .all(|(_, st, _)| *st == Status::SuccessfullyMitigated)
     })
     .await;
     let c = gw_cuid.clone();
@@ -599,7 +615,8 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
     // /metrics names the cdid of each relayed mitigation.
     let text = scrape(up.metrics[0]);
     for (mid, cdid) in [(1, &a), (2, &b)] {
-        let line = format!("dots_mitigation_cdid{{cdid=\"{cdid}\",client=\"gateway\",mid=\"{mid}\"}} 1");
+        let line =
+            format!("dots_mitigation_cdid{{cdid=\"{cdid}\",client=\"gateway\",mid=\"{mid}\"}} 1");
         assert!(text.contains(&line), "{line} not in\n{text}");
     }
 
@@ -610,7 +627,12 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
         .unwrap();
     for (cdid, want) in [(&a, vec![(1, 2)]), (&b, vec![(2, 2)])] {
         let r = g
-            .request(RequestType::Get, &cdid_path(Some(cdid), &gw_cuid, None), None, false)
+            .request(
+                RequestType::Get,
+                &cdid_path(Some(cdid), &gw_cuid, None),
+                None,
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(code_text(&r), "2.05");
@@ -618,25 +640,49 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
     }
     // Two cdids behind one gateway are two clients: an overlap is a conflict, not the
     // newer mid replacing the older as it would for one client.
-    let put = |cdid: &'static str, mid: u32| (cdid_path(Some(cdid), &gw_cuid, Some(mid)), put_body("2001:db8:6401:3::/64"));
+    let put = |cdid: &'static str, mid: u32| {
+        (
+            cdid_path(Some(cdid), &gw_cuid, Some(mid)),
+            put_body("2001:db8:6401:3::/64"),
+        )
+    };
     let (p, body) = put("domain-x", 10);
-    let r = g.request(RequestType::Put, &p, Some(body), false).await.unwrap();
+    let r = g
+        .request(RequestType::Put, &p, Some(body), false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "2.01");
     let (p, body) = put("domain-y", 11);
-    let r = g.request(RequestType::Put, &p, Some(body), false).await.unwrap();
+    let r = g
+        .request(RequestType::Put, &p, Some(body), false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "4.09", "another domain's overlap");
     // ... and one cdid may not change or withdraw the other's mitigation.
     let (p, body) = put("domain-y", 10);
-    let r = g.request(RequestType::Put, &p, Some(body), false).await.unwrap();
+    let r = g
+        .request(RequestType::Put, &p, Some(body), false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "4.03");
     let r = g
-        .request(RequestType::Delete, &cdid_path(Some("domain-y"), &gw_cuid, Some(10)), None, false)
+        .request(
+            RequestType::Delete,
+            &cdid_path(Some("domain-y"), &gw_cuid, Some(10)),
+            None,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(code_text(&r), "4.03");
     assert!(String::from_utf8_lossy(&r.payload).contains("cdid=domain-x"));
     let r = g
-        .request(RequestType::Delete, &cdid_path(Some("domain-x"), &gw_cuid, Some(10)), None, false)
+        .request(
+            RequestType::Delete,
+            &cdid_path(Some("domain-x"), &gw_cuid, Some(10)),
+            None,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(code_text(&r), "2.02");
@@ -656,8 +702,15 @@ async fn cdid_from_a_trusted_gateway_and_from_an_untrusted_one() {
         .unwrap();
     assert_eq!(code_text(&r), "4.03");
     let why = String::from_utf8(r.payload).unwrap();
-    assert!(why.contains("client-a is not a trusted DOTS gateway"), "{why}");
-    assert_eq!(upstream_view(&up, s.cuid()).await, vec![], "nothing created");
+    assert!(
+        why.contains("client-a is not a trusted DOTS gateway"),
+        "{why}"
+    );
+    assert_eq!(
+        upstream_view(&up, s.cuid()).await,
+        vec![],
+        "nothing created"
+    );
 }
 
 /// The conflict-information of the first scope of a 2.05, as JSON (Null without one).
@@ -691,7 +744,13 @@ async fn an_upstream_conflict_comes_back_to_the_client() {
     )
     .await;
     let up_addr = up.signal[0].to_string();
-    let gw = start(d, "gateway", "127.0.0.1:0", &gateway_config(&up_addr, "tls")).await;
+    let gw = start(
+        d,
+        "gateway",
+        "127.0.0.1:0",
+        &gateway_config(&up_addr, "tls"),
+    )
+    .await;
     let gw_addr = gw.signal[0].to_string();
 
     // client-x holds the targets at the upstream server.
@@ -709,9 +768,12 @@ async fn an_upstream_conflict_comes_back_to_the_client() {
         "accepted by the gateway"
     );
     let p = path(&s, Some(4));
-    let r = until(&mut s, p.clone(), "status 7 with upstream's conflict", |r| {
-        statuses(r) == [(4, 7)] && !conflict_of(r).is_null()
-    })
+    let r = until(
+        &mut s,
+        p.clone(),
+        "status 7 with upstream's conflict",
+        |r| statuses(r) == [(4, 7)] && !conflict_of(r).is_null(),
+    )
     .await;
     let info = conflict_of(&r);
     assert_eq!(info["conflict-status"], 1, "{info}");
@@ -739,7 +801,10 @@ async fn an_upstream_conflict_comes_back_to_the_client() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(last.is_some(), "upstream did not accept the retry within 40 s");
+    assert!(
+        last.is_some(),
+        "upstream did not accept the retry within 40 s"
+    );
 }
 
 /// Traffic of `pps` packets/s now and at its peak (RFC 9244 units).
@@ -768,7 +833,13 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
     dots_agent::pki::init(d, "dots.example", &[], &names).unwrap();
     let up = start(d, "upstream", "127.0.0.1:0", UPSTREAM_CLIENTS).await;
     let up_addr = up.signal[0].to_string();
-    let gw = start(d, "gateway", "127.0.0.1:0", &gateway_config(&up_addr, "dtls")).await;
+    let gw = start(
+        d,
+        "gateway",
+        "127.0.0.1:0",
+        &gateway_config(&up_addr, "dtls"),
+    )
+    .await;
     let gw_addr = gw.signal[0].to_string();
     let mut s = Session::connect(&client(d, &gw_addr, TransportChoice::Dtls))
         .await
@@ -789,9 +860,18 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
         attack: traffic(80_000),
         talkers: Vec::new(),
     };
-    let tm = |tmid: u32| vec!["tm".to_string(), format!("cuid={a}"), format!("tmid={tmid}")];
+    let tm = |tmid: u32| {
+        vec![
+            "tm".to_string(),
+            format!("cuid={a}"),
+            format!("tmid={tmid}"),
+        ]
+    };
     let body = encode_pre_mitigation(&[(None, report)]);
-    let r = s.request(RequestType::Put, &tm(5), Some(body), false).await.unwrap();
+    let r = s
+        .request(RequestType::Put, &tm(5), Some(body), false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "2.04");
     let upstream_reports = || async {
         up.control
@@ -815,14 +895,21 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(seen, vec![(1, vec![1])], "tmid 1 upstream, about the gateway's mid 1");
+    assert_eq!(
+        seen,
+        vec![(1, vec![1])],
+        "tmid 1 upstream, about the gateway's mid 1"
+    );
 
     // A restart of the gateway keeps the mapping.
     drop(s);
     drop(gw);
     let gw = start(d, "gateway", &gw_addr, &gateway_config(&up_addr, "dtls")).await;
     let c = a.clone();
-    assert_eq!(relay(&gw, move |r| r.telemetry_upstream(&c, 5)).await, Some((1, None)));
+    assert_eq!(
+        relay(&gw, move |r| r.telemetry_upstream(&c, 5)).await,
+        Some((1, None))
+    );
     let mut s = Session::connect(&client(d, &gw_addr, TransportChoice::Dtls))
         .await
         .unwrap();
@@ -861,7 +948,10 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
     assert!(reported, "the efficacy update did not reach upstream");
 
     // Deleted downstream: deleted upstream, the mapping ends.
-    let r = s.request(RequestType::Delete, &tm(5), None, false).await.unwrap();
+    let r = s
+        .request(RequestType::Delete, &tm(5), None, false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "2.02");
     for _ in 0..60 {
         if upstream_reports().await.is_empty() {
@@ -873,7 +963,10 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
     let c = a.clone();
     for _ in 0..60 {
         let c = c.clone();
-        if relay(&gw, move |r| r.telemetry_upstream(&c, 5)).await.is_none() {
+        if relay(&gw, move |r| r.telemetry_upstream(&c, 5))
+            .await
+            .is_none()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -882,7 +975,14 @@ async fn telemetry_and_efficacy_updates_are_relayed() {
 }
 
 /// curl as `who` against the data channel at `addr`: (HTTP status, JSON body or Null).
-fn curl(d: &Path, addr: std::net::SocketAddr, who: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+fn curl(
+    d: &Path,
+    addr: std::net::SocketAddr,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let port = addr.port();
     let mut c = std::process::Command::new("curl");
     c.args(["-sS", "--max-time", "10", "-X", method])
@@ -895,12 +995,23 @@ fn curl(d: &Path, addr: std::net::SocketAddr, who: &str, method: &str, path: &st
         .args(["--resolve", &format!("dots.example:{port}:127.0.0.1")])
         .args(["-w", "\n%{http_code}"]);
     if let Some(b) = body {
-        c.args(["-H", "Content-Type: application/yang-data+json", "--data-binary", b]);
+        c.args([
+            "-H",
+            "Content-Type: application/yang-data+json",
+            "--data-binary",
+            b,
+        ]);
     }
-    let out = c.arg(format!("https://dots.example:{port}{path}")).output().expect("curl runs");
+    let out = c
+        .arg(format!("https://dots.example:{port}{path}"))
+        .output()
+        .expect("curl runs");
     let text = String::from_utf8(out.stdout).unwrap();
     let (json, code) = text.rsplit_once('\n').expect("curl printed the status");
-    (code.trim().parse().unwrap(), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// A gateway's data channel over HTTPS (curl): aliases are kept on the gateway and a
@@ -926,18 +1037,43 @@ async fn a_gateway_serves_aliases_and_answers_acls_501() {
     let register = format!(r#"{{"ietf-dots-data-channel:dots-client": [{{"cuid": "{a}"}}]}}"#);
     assert_eq!(curl(d, data, "client-a", "POST", D, Some(&register)).0, 201);
     let alias = r#"{"ietf-dots-data-channel:alias": [{"name": "web", "target-prefix": ["2001:db8:6401:5::/64"]}]}"#;
-    let (status, _) = curl(d, data, "client-a", "PUT", &format!("{c}/aliases/alias=web"), Some(alias));
+    let (status, _) = curl(
+        d,
+        data,
+        "client-a",
+        "PUT",
+        &format!("{c}/aliases/alias=web"),
+        Some(alias),
+    );
     assert_eq!(status, 201);
     let acl = r#"{"ietf-dots-data-channel:acl": [{"name": "udp-9999", "type": "ipv6-acl-type",
         "aces": {"ace": [{"name": "a", "matches": {"udp": {"destination-port-range-or-operator":
         {"operator": "eq", "port": 9999}}}, "actions": {"forwarding": "drop"}}]}}]}"#;
-    let (status, v) = curl(d, data, "client-a", "PUT", &format!("{c}/acls/acl=udp-9999"), Some(acl));
+    let (status, v) = curl(
+        d,
+        data,
+        "client-a",
+        "PUT",
+        &format!("{c}/acls/acl=udp-9999"),
+        Some(acl),
+    );
     assert_eq!(status, 501, "{v}");
     let error = &v["ietf-restconf:errors"]["error"][0];
     assert_eq!(error["error-tag"], "operation-not-supported", "{v}");
     let message = error["error-message"].as_str().unwrap_or("");
     assert!(message.contains("does not relay data-channel ACLs"), "{v}");
-    assert_eq!(curl(d, data, "client-a", "GET", &format!("{c}/acls/acl=udp-9999"), None).0, 404);
+    assert_eq!(
+        curl(
+            d,
+            data,
+            "client-a",
+            "GET",
+            &format!("{c}/acls/acl=udp-9999"),
+            None
+        )
+        .0,
+        404
+    );
 
     // A mitigation request naming the alias: relayed with its targets.
     let mut s = Session::connect(&client(d, &gw_addr, TransportChoice::Dtls))
@@ -946,11 +1082,18 @@ async fn a_gateway_serves_aliases_and_answers_acls_501() {
     let mut scope = Scope::new(Vec::new(), Lifetime::Seconds(600));
     scope.alias_name = vec!["web".into()];
     let body = message::encode_mitigation_request(&scope);
-    let r = s.request(RequestType::Put, &path(&s, Some(2)), Some(body), false).await.unwrap();
+    let r = s
+        .request(RequestType::Put, &path(&s, Some(2)), Some(body), false)
+        .await
+        .unwrap();
     assert_eq!(code_text(&r), "2.01");
     let gw_cuid = cuid_of(d, "gateway");
     wait_upstream(&up, &gw_cuid, "the alias's targets upstream", |v| {
-        v == [(1, Status::SuccessfullyMitigated, "2001:db8:6401:5::/64".into())]
+        v == [(
+            1,
+            Status::SuccessfullyMitigated,
+            "2001:db8:6401:5::/64".into(),
+        )]
     })
     .await;
 }

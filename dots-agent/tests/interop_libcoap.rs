@@ -196,21 +196,37 @@ async fn two_clients(d: &Path) -> (dots_agent::app::Running, String) {
 
 /// Mitigations `mids` of client-a, each of `prefixes` /128 targets: a status far over
 /// one datagram.
-async fn many_mitigations(running: &dots_agent::app::Running, cuid: &str, mids: std::ops::Range<u32>, prefixes: u32) {
+async fn many_mitigations(
+    running: &dots_agent::app::Running,
+    cuid: &str,
+    mids: std::ops::Range<u32>,
+    prefixes: u32,
+) {
     let cuid = cuid.to_string();
     running
         .control
         .run(move |c| {
             for mid in mids {
                 let targets = (0..prefixes)
-                    .map(|i| format!("2001:db8:6401:{mid:x}::{:x}/128", i + 1).parse().unwrap())
+                    .map(|i| {
+                        format!("2001:db8:6401:{mid:x}::{:x}/128", i + 1)
+                            .parse()
+                            .unwrap()
+                    })
                     .collect();
                 let scope = dots_agent::signal::message::Scope::new(
                     targets,
                     dots_agent::signal::message::Lifetime::Seconds(3600),
                 );
                 c.engine
-                    .put("client-a", &cuid, mid, scope, false, dots_agent::clock::unix_now())
+                    .put(
+                        "client-a",
+                        &cuid,
+                        mid,
+                        scope,
+                        false,
+                        dots_agent::clock::unix_now(),
+                    )
                     .unwrap();
             }
         })
@@ -254,7 +270,13 @@ async fn libcoap_gets_and_observes_a_large_status_in_blocks_over_dtls() {
     let get = run_libcoap(
         d,
         "client-a",
-        vec!["-m".into(), "get".into(), "-o".into(), out.display().to_string(), uri.clone()],
+        vec![
+            "-m".into(),
+            "get".into(),
+            "-o".into(),
+            out.display().to_string(),
+            uri.clone(),
+        ],
     )
     .await;
     assert!(get.contains("Block2:1/"), "fetched in blocks: {get}");
@@ -272,7 +294,13 @@ async fn libcoap_gets_and_observes_a_large_status_in_blocks_over_dtls() {
     let out = d.join("observe.cbor");
     let observer = tokio::spawn({
         let d = d.to_path_buf();
-        let args = vec!["-s".into(), "8".into(), "-o".into(), out.display().to_string(), uri];
+        let args = vec![
+            "-s".into(),
+            "8".into(),
+            "-o".into(),
+            out.display().to_string(),
+            uri,
+        ];
         async move { run_libcoap(&d, "client-a", args).await }
     });
     for _ in 0..80 {
@@ -286,9 +314,14 @@ async fn libcoap_gets_and_observes_a_large_status_in_blocks_over_dtls() {
     let log = observer.await.unwrap();
     let got = outputs(&out);
     assert!(got.len() >= 2, "a notification: {log}");
-    assert_eq!(scopes(got.last().unwrap()), 7, "the notification, whole: {log}");
+    assert_eq!(
+        scopes(got.last().unwrap()),
+        7,
+        "the notification, whole: {log}"
+    );
     assert!(
-        log.lines().any(|l| l.contains("t:NON") && l.contains("Observe:") && l.contains("Block2:0/M/")),
+        log.lines()
+            .any(|l| l.contains("t:NON") && l.contains("Observe:") && l.contains("Block2:0/M/")),
         "the notification carried block 0: {log}"
     );
 }
@@ -347,8 +380,14 @@ async fn libcoap_puts_a_large_request_in_block1_blocks_over_dtls() {
     .await;
     // libcoap logs the first block it sends and the final answer (the 2.31 Continues in
     // between stay inside its block layer, which goes on only when it gets them).
-    assert!(log.contains("Block1:0/M/512, Size1:"), "sent in blocks: {log}");
-    assert!(log.contains(&format!("Block1:{last}/_/512")), "the last block: {log}");
+    assert!(
+        log.contains("Block1:0/M/512, Size1:"),
+        "sent in blocks: {log}"
+    );
+    assert!(
+        log.contains(&format!("Block1:{last}/_/512")),
+        "the last block: {log}"
+    );
     assert_eq!(last_code(&log).as_deref(), Some("2.01"), "{log}");
     let held = running
         .control
@@ -409,7 +448,11 @@ async fn libcoap_chosen_cuid_ping_and_critical_options_over_dtls() {
     );
     let holder = running
         .control
-        .run(|c| c.engine.cuid_holder("chosen-by-operator-1").map(String::from))
+        .run(|c| {
+            c.engine
+                .cuid_holder("chosen-by-operator-1")
+                .map(String::from)
+        })
         .await
         .unwrap();
     assert_eq!(holder.as_deref(), Some("client-a"));
@@ -429,7 +472,10 @@ async fn libcoap_chosen_cuid_ping_and_critical_options_over_dtls() {
         ],
     )
     .await;
-    assert!(log.contains("t:RST"), "the ping was answered with a Reset: {log}");
+    assert!(
+        log.contains("t:RST"),
+        "the ping was answered with a Reset: {log}"
+    );
 
     let log = run_libcoap(
         d,
@@ -458,7 +504,12 @@ async fn a_client_trying_q_block2_gets_the_whole_status_over_dtls() {
         .enumerate()
     {
         let out = d.join(format!("q{i}.cbor"));
-        let mut args = vec!["-L".into(), "5".into(), "-o".into(), out.display().to_string()];
+        let mut args = vec![
+            "-L".into(),
+            "5".into(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
         args.extend(extra);
         args.push(uri.clone());
         let log = run_libcoap(d, "client-a", args).await;
@@ -493,8 +544,24 @@ fn our_client_sends_telemetry_setup_as_con_to_a_libcoap_server() {
     let log_file = std::fs::File::create(&log_path).unwrap();
     let pki = |f: &str| d.join(f).display().to_string();
     let mut server = Command::new("coap-server-openssl")
-        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-v", "7", "-d", "10"])
-        .args(["-c", &pki("server.pem"), "-j", &pki("server.key"), "-C", &pki("ca.pem")])
+        .args([
+            "-A",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-v",
+            "7",
+            "-d",
+            "10",
+        ])
+        .args([
+            "-c",
+            &pki("server.pem"),
+            "-j",
+            &pki("server.key"),
+            "-C",
+            &pki("ca.pem"),
+        ])
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()
@@ -517,8 +584,20 @@ fn our_client_sends_telemetry_setup_as_con_to_a_libcoap_server() {
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_dots-agent"))
-        .args(["client", "--config", config.to_str().unwrap(), "--timeout", "3"])
-        .args(["telemetry", "configure", "--tsid", "1", "--server-originated"])
+        .args([
+            "client",
+            "--config",
+            config.to_str().unwrap(),
+            "--timeout",
+            "3",
+        ])
+        .args([
+            "telemetry",
+            "configure",
+            "--tsid",
+            "1",
+            "--server-originated",
+        ])
         .output()
         .unwrap();
     // The server's log is complete once it has exited.

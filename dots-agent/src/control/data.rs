@@ -3,7 +3,7 @@
 //! transaction) before the data channel makes it, so a refusal changes nothing.
 
 use super::Control;
-use crate::data::restconf::{self, ErrorTag, RestconfError, Resource};
+use crate::data::restconf::{self, ErrorTag, Resource, RestconfError};
 use crate::data::service::{self as data, Edit, Outcome};
 use crate::datapath::Mitigator;
 use crate::engine::Refusal;
@@ -79,7 +79,9 @@ fn acting_cuid(req: &data::Request) -> Option<String> {
 /// holds as many as it may, 503 when the binding could not be stored.
 fn cuid_refusal(r: Refusal) -> RestconfError {
     match r {
-        Refusal::Conflict { diagnostic, .. } => RestconfError::new(ErrorTag::DataExists, diagnostic),
+        Refusal::Conflict { diagnostic, .. } => {
+            RestconfError::new(ErrorTag::DataExists, diagnostic)
+        }
         Refusal::Forbidden(t) => RestconfError::new(ErrorTag::AccessDenied, t),
         other => data::engine_refusal(other),
     }
@@ -192,9 +194,21 @@ mod tests {
         let b = ("b", "cuid-b");
         let r = call(&mut f, b, "POST", D, reg("chosen-1"));
         assert_eq!((r.status, tag(&r)), (409, "data-exists".to_string()));
-        let r = call(&mut f, b, "GET", &format!("{D}/dots-client=chosen-1"), Value::Null);
+        let r = call(
+            &mut f,
+            b,
+            "GET",
+            &format!("{D}/dots-client=chosen-1"),
+            Value::Null,
+        );
         assert_eq!(r.status, 409);
-        let r = call(&mut f, A, "GET", &format!("{D}/dots-client=chosen-1"), Value::Null);
+        let r = call(
+            &mut f,
+            A,
+            "GET",
+            &format!("{D}/dots-client=chosen-1"),
+            Value::Null,
+        );
         assert_eq!(r.status, 200);
     }
 

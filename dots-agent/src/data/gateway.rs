@@ -34,9 +34,9 @@ pub fn not_relayed(resource: &Resource, method: &str, body: &[u8]) -> Option<Res
 fn holds_acls(v: &Value, depth: usize) -> bool {
     match v {
         _ if depth > 4 => false,
-        Value::Object(m) => m.iter().any(|(k, v)| {
-            k == "acls" || k.ends_with(":acls") || holds_acls(v, depth + 1)
-        }),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| k == "acls" || k.ends_with(":acls") || holds_acls(v, depth + 1)),
         Value::Array(a) => a.iter().any(|v| holds_acls(v, depth + 1)),
         _ => false,
     }

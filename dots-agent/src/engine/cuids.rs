@@ -132,7 +132,9 @@ mod tests {
         ));
         // A restart: the store's bindings come back.
         let mut again = engine(&journal);
-        again.restore(&journal.snapshot(), Vec::new(), Vec::new(), 0).unwrap();
+        again
+            .restore(&journal.snapshot(), Vec::new(), Vec::new(), 0)
+            .unwrap();
         assert_eq!(again.cuid_holder("uuid-2"), Some("client-a"));
         assert!(again.claim_cuid("client-b", "uuid-2").is_err());
         again.claim_cuid("client-b", "uuid-3").unwrap();
@@ -154,6 +156,10 @@ mod tests {
             e.claim_cuid("client-b", "unstored"),
             Err(Refusal::Unavailable(_))
         ));
-        assert_eq!(e.cuid_holder("unstored"), None, "not bound without its record");
+        assert_eq!(
+            e.cuid_holder("unstored"),
+            None,
+            "not bound without its record"
+        );
     }
 }

@@ -240,15 +240,9 @@ impl<M: Mitigator> Engine<M> {
         }
         // Other clients' active mitigations on overlapping targets: refused (policy), with
         // the contested targets and when the other mitigation's lifetime runs out.
-        if let Some((_, _, _, other)) = self
-            .ledger
-            .iter()
-            .find(|(c, _, _, m)| {
-                (*c != cuid || !self.same_domain(m))
-                    && m.installed
-                    && scopes_overlap(&m.scope, &scope)
-            })
-        {
+        if let Some((_, _, _, other)) = self.ledger.iter().find(|(c, _, _, m)| {
+            (*c != cuid || !self.same_domain(m)) && m.installed && scopes_overlap(&m.scope, &scope)
+        }) {
             let targets = scope
                 .target_prefix
                 .iter()

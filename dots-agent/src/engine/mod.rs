@@ -39,12 +39,12 @@ mod telemetry;
 mod writer;
 
 pub use announce::RuleAnnouncer;
+pub use cuids::MAX_CUIDS_PER_CLIENT;
 use journal::{Change, Journal, JournalError};
 pub use operator::{
     datapath_spec as operator_datapath_spec, operator_id, Added, OperatorView, OPERATOR_CLIENT,
 };
 pub use reload::PolicyChanges;
-pub use cuids::MAX_CUIDS_PER_CLIENT;
 pub use restore::unreadable;
 
 /// RFC 9132 §4.4.4: default active-but-terminating period, and its ceiling.

@@ -301,7 +301,11 @@ mod tests {
         t.log.borrow_mut().clear();
         assert_eq!(sync(&t, &mut known, &wanted), Ok(3));
         assert!(t.log.borrow().is_empty());
-        assert_eq!(*t.reads.borrow(), 1, "the second sync compared with what it knew");
+        assert_eq!(
+            *t.reads.borrow(),
+            1,
+            "the second sync compared with what it knew"
+        );
         // The daemon restarted empty: only a read-back notices.
         t.have.borrow_mut().clear();
         assert_eq!(sync(&t, &mut known, &wanted), Ok(3));

@@ -219,7 +219,10 @@ mod tests {
         // An Empty message is ignored whole, even with options and a payload (what a
         // re-encode of it as a Message lost: found by fuzzing, fuzz/found/).
         let empty_with_payload = [0x41, 0x00, 0xaa, 0x11, 0x41, 0xff, 0x01];
-        assert!(matches!(decode(&empty_with_payload), Ok(Some((Frame::Empty, 7)))));
+        assert!(matches!(
+            decode(&empty_with_payload),
+            Ok(Some((Frame::Empty, 7)))
+        ));
         // An option header promising bytes that are not there.
         assert!(matches!(
             decode(&[0x10, 0x45, 0xd0]),

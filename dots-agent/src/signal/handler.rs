@@ -115,7 +115,11 @@ fn refusal(req: &Packet, r: Refusal) -> Packet {
 /// lifetime beside conflict-information, as go-dots' server does and its client reads
 /// (`ScopePut`: mid, lifetime, conflict-information).
 fn put_refusal(req: &Packet, r: Refusal, mid: u32, lifetime: message::Lifetime) -> Packet {
-    refusal_of(req, r, vec![(5, uint(mid as u64)), (14, lifetime.to_cbor())])
+    refusal_of(
+        req,
+        r,
+        vec![(5, uint(mid as u64)), (14, lifetime.to_cbor())],
+    )
 }
 
 /// `entry`: what the 4.09 scope entry carries before conflict-information.
@@ -173,7 +177,10 @@ fn conflict_body(
     entry.push((17, cbor::map(info)));
     let body = cbor::map(vec![(
         1,
-        cbor::map(vec![(2, ciborium::value::Value::Array(vec![cbor::map(entry)]))]),
+        cbor::map(vec![(
+            2,
+            ciborium::value::Value::Array(vec![cbor::map(entry)]),
+        )]),
     )]);
     response(req, ResponseType::Conflict, cbor::encode(&body), true)
 }
@@ -665,7 +672,12 @@ mod tests {
             client: Some("client-b"),
             cuid: "cuid-of-b",
         };
-        let r = handle(&mut e, &client_b, &request(RequestType::Get, &other, &[]), 0);
+        let r = handle(
+            &mut e,
+            &client_b,
+            &request(RequestType::Get, &other, &[]),
+            0,
+        );
         assert_eq!(code(&r), ResponseType::NotFound, "taken, nothing there yet");
         let r = handle(&mut e, &PEER, &request(RequestType::Put, &other, FIG8), 0);
         assert_eq!(code(&r), ResponseType::Conflict);
@@ -693,7 +705,12 @@ mod tests {
         let r = handle(&mut e, &PEER, &request(RequestType::Put, &chosen, &v4), 0);
         assert_eq!(code(&r), ResponseType::Created);
         assert_eq!(e.cuid_holder("operator-chosen-1"), Some("client-a"));
-        let r = handle(&mut e, &client_b, &request(RequestType::Get, &chosen, &[]), 0);
+        let r = handle(
+            &mut e,
+            &client_b,
+            &request(RequestType::Get, &chosen, &[]),
+            0,
+        );
         assert_eq!(code(&r), ResponseType::Conflict, "and nobody else's");
         // No mid on PUT; unknown resource; GET with nothing there.
         let nomid = [".well-known", "dots", "mitigate", &format!("cuid={CUID}")];
@@ -1092,7 +1109,12 @@ mod tests {
             client: Some("client-b"),
             cuid: "cuid-of-b",
         };
-        let r = handle(&mut e, &client_b, &request(RequestType::Get, &wrong, &[]), 3);
+        let r = handle(
+            &mut e,
+            &client_b,
+            &request(RequestType::Get, &wrong, &[]),
+            3,
+        );
         assert_eq!(code(&r), ResponseType::NotFound);
         let r = handle(&mut e, &PEER, &request(RequestType::Put, &wrong, &pipe), 3);
         assert_eq!(code(&r), ResponseType::Conflict);

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::relay::{Desired, Relay, Session as State, Want};
-use super::telemetry::TmWant;
 use super::status;
+use super::telemetry::TmWant;
 use crate::client::{code_text, is_success, ClientConfig, Session};
 use crate::control::ControlHandle;
 
@@ -110,7 +110,11 @@ async fn serve(
         p
     };
     let wants = control
-        .run(|c| c.engine.escalation_mut::<Relay>().map(|r| r.telemetry_wants()))
+        .run(|c| {
+            c.engine
+                .escalation_mut::<Relay>()
+                .map(|r| r.telemetry_wants())
+        })
         .await;
     let Ok(Some(mut tm)) = wants else {
         return Ok(()); // the control plane stopped
@@ -302,9 +306,14 @@ async fn relay_telemetry(
         }
         TmWant::Absent { cdid } => {
             let p = tm_path(tmid, cdid.as_deref());
-            let r = session.request(RequestType::Delete, &p, None, false).await?;
+            let r = session
+                .request(RequestType::Delete, &p, None, false)
+                .await?;
             if !is_success(&r) && code_text(&r) != "4.04" {
-                tracing::warn!("upstream refused to delete telemetry {tmid}: {}", describe(&r));
+                tracing::warn!(
+                    "upstream refused to delete telemetry {tmid}: {}",
+                    describe(&r)
+                );
                 return Ok(Ok(()));
             }
             upstream.tm_sent.remove(&tmid);

@@ -224,7 +224,10 @@ mod tests {
             format!("{GOOD}transport = \"tls\"\ndomain = \"client\"\nescalate = \"always\"\n");
         assert_eq!(load_error(&all, ""), "ok");
         // A server-domain gateway (cdid).
-        assert_eq!(load_error(&format!("{GOOD}domain = \"server\"\n"), ""), "ok");
+        assert_eq!(
+            load_error(&format!("{GOOD}domain = \"server\"\n"), ""),
+            "ok"
+        );
         let bad = load_error(&format!("{GOOD}domain = \"isp\"\n"), "");
         assert!(bad.contains("unknown variant `isp`"), "{bad}");
     }

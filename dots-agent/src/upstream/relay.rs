@@ -14,13 +14,11 @@ use tokio::sync::watch;
 use super::hop;
 use super::status::UpStatus;
 use super::telemetry::{TmDesired, TmRelay, TmRow};
-use crate::signal::telemetry::PreMitigation;
 use crate::engine::escalation::triggers::{self, Capacity, Rate};
 use crate::engine::escalation::{Escalated, Escalation, InScope, UpstreamShare};
 use crate::engine::journal::{document, Change, JournalError};
-use crate::signal::message::{
-    decode_mitigation_request, encode_mitigation_request, Scope, Status,
-};
+use crate::signal::message::{decode_mitigation_request, encode_mitigation_request, Scope, Status};
+use crate::signal::telemetry::PreMitigation;
 
 /// One relayed mitigation, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,7 +290,10 @@ impl Relay {
     fn cdid_for(&self, cuid: &str) -> Option<String> {
         self.server_domain.then(|| {
             let a = &self.arrived;
-            a.cdid.clone().or_else(|| a.identity.clone()).unwrap_or_else(|| cuid.into())
+            a.cdid
+                .clone()
+                .or_else(|| a.identity.clone())
+                .unwrap_or_else(|| cuid.into())
         })
     }
 
@@ -312,7 +313,9 @@ impl Relay {
                 (t, p, s.target_port_range.len())
             };
             sorted(a) == sorted(scope)
-                && a.target_port_range.iter().all(|r| scope.target_port_range.contains(r))
+                && a.target_port_range
+                    .iter()
+                    .all(|r| scope.target_port_range.contains(r))
         };
         self.rows
             .values()
@@ -900,7 +903,10 @@ mod tests {
         e.tick(T + 2);
         assert_eq!(present(&rx), vec![(1, 1)], "still upstream for 5 s");
         e.tick(T + 7);
-        assert_eq!(*rx.borrow(), Desired::from([(1, Want::Absent { cdid: None })]));
+        assert_eq!(
+            *rx.borrow(),
+            Desired::from([(1, Want::Absent { cdid: None })])
+        );
         // Upstream confirms: the mapping ends, in the store too.
         e.escalation_event::<Relay, ()>(|r| ((), r.deleted(1)))
             .unwrap();
@@ -946,8 +952,8 @@ mod tests {
             r.answered(1, 1, Some("4.09".into()), Some(info));
             let shown = &e.status("cu", Some(7), T).unwrap()[0];
             assert_eq!(shown.status, Status::Withdrawn);
-            let got = crate::signal::cbor::parse(shown.conflict_information.as_ref().unwrap())
-                .unwrap();
+            let got =
+                crate::signal::cbor::parse(shown.conflict_information.as_ref().unwrap()).unwrap();
             let json = crate::signal::diag::to_json(&map(vec![(17, got)]));
             assert_eq!(json["conflict-information"]["conflict-status"], 1, "{json}");
             let mid = json["conflict-information"]["conflict-scope"]["mid"].as_u64();
@@ -957,7 +963,10 @@ mod tests {
         let r = e.escalation_mut::<Relay>().unwrap();
         r.answered(1, 1, None, None);
         let shown = &e.status("cu", Some(7), T).unwrap()[0];
-        assert_eq!((shown.status, shown.conflict_information.clone()), (Status::InProgress, None));
+        assert_eq!(
+            (shown.status, shown.conflict_information.clone()),
+            (Status::InProgress, None)
+        );
     }
 
     #[test]

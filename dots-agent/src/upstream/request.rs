@@ -11,8 +11,8 @@ use crate::datapath::Mitigator;
 use crate::engine::{Engine, Refusal};
 use crate::signal::handler::Peer;
 use crate::signal::message::decode_mitigation_request;
-use crate::signal::telemetry::decode_pre_mitigation;
 use crate::signal::session::Reply;
+use crate::signal::telemetry::decode_pre_mitigation;
 use crate::signal::uri::{self, Resource};
 
 /// The resource a request's Uri-Path names (None when it names none: the handler answers

@@ -354,31 +354,72 @@ mod tests {
         let mut r = Received::default();
         let b = |num, more| Block { num, more, szx: 0 };
         let key = || b"k".to_vec();
-        assert_eq!(r.add(now, key(), b(0, true), &[1; 16], Some(40), 64), Progress::Continue(b(0, true)));
-        assert_eq!(r.add(now, key(), b(1, true), &[2; 16], None, 64), Progress::Continue(b(1, true)));
-        let Progress::Complete(body, last) = r.add(now, key(), b(2, false), &[3; 8], None, 64) else {
+        assert_eq!(
+            r.add(now, key(), b(0, true), &[1; 16], Some(40), 64),
+            Progress::Continue(b(0, true))
+        );
+        assert_eq!(
+            r.add(now, key(), b(1, true), &[2; 16], None, 64),
+            Progress::Continue(b(1, true))
+        );
+        let Progress::Complete(body, last) = r.add(now, key(), b(2, false), &[3; 8], None, 64)
+        else {
             panic!("complete")
         };
-        assert_eq!((body.len(), body[16], body[39], last), (40, 2, 3, b(2, false)));
+        assert_eq!(
+            (body.len(), body[16], body[39], last),
+            (40, 2, 3, b(2, false))
+        );
         // Out of order: 4.08, and the body is gone.
         r.add(now, key(), b(0, true), &[1; 16], None, 64);
-        assert!(matches!(r.add(now, key(), b(2, false), &[1; 4], None, 64), Progress::Incomplete(_)));
-        assert!(matches!(r.add(now, key(), b(1, false), &[1; 4], None, 64), Progress::Incomplete(_)));
+        assert!(matches!(
+            r.add(now, key(), b(2, false), &[1; 4], None, 64),
+            Progress::Incomplete(_)
+        ));
+        assert!(matches!(
+            r.add(now, key(), b(1, false), &[1; 4], None, 64),
+            Progress::Incomplete(_)
+        ));
         // A last block alone, a short middle block.
-        assert!(matches!(r.add(now, key(), b(3, false), &[1; 4], None, 64), Progress::Incomplete(_)));
-        assert!(matches!(r.add(now, key(), b(0, true), &[1; 15], None, 64), Progress::Incomplete(_)));
+        assert!(matches!(
+            r.add(now, key(), b(3, false), &[1; 4], None, 64),
+            Progress::Incomplete(_)
+        ));
+        assert!(matches!(
+            r.add(now, key(), b(0, true), &[1; 15], None, 64),
+            Progress::Incomplete(_)
+        ));
         // Too large: announced, or reached.
-        assert_eq!(r.add(now, key(), b(0, true), &[1; 16], Some(65), 64), Progress::TooLarge { limit: 64 });
+        assert_eq!(
+            r.add(now, key(), b(0, true), &[1; 16], Some(65), 64),
+            Progress::TooLarge { limit: 64 }
+        );
         for n in 0..4 {
-            assert_eq!(r.add(now, key(), b(n, true), &[1; 16], None, 64), Progress::Continue(b(n, true)));
+            assert_eq!(
+                r.add(now, key(), b(n, true), &[1; 16], None, 64),
+                Progress::Continue(b(n, true))
+            );
         }
-        assert_eq!(r.add(now, key(), b(4, true), &[1; 16], None, 64), Progress::TooLarge { limit: 64 });
+        assert_eq!(
+            r.add(now, key(), b(4, true), &[1; 16], None, 64),
+            Progress::TooLarge { limit: 64 }
+        );
         // At most two bodies per session; forgotten after a while.
         for k in [b"a", b"b", b"c"] {
             r.add(now, k.to_vec(), b(0, true), &[1; 16], None, 64);
         }
         assert_eq!(r.bodies.len(), RECEIVING);
-        assert!(matches!(r.add(now + KEEP_FOR, b"c".to_vec(), b(1, false), &[1; 4], None, 64), Progress::Incomplete(_)));
+        assert!(matches!(
+            r.add(
+                now + KEEP_FOR,
+                b"c".to_vec(),
+                b(1, false),
+                &[1; 4],
+                None,
+                64
+            ),
+            Progress::Incomplete(_)
+        ));
     }
 
     #[test]

@@ -11,16 +11,28 @@ impl Session {
     /// Ok(Some) with the request carrying the whole body once its last block is in (and the
     /// Block1 its response echoes); Err with the answer otherwise (2.31 Continue, 4.08,
     /// 4.13 with Size1).
-    pub(super) fn block1(&mut self, now: Now, req: &Packet) -> Result<Option<(Packet, Block)>, Packet> {
+    pub(super) fn block1(
+        &mut self,
+        now: Now,
+        req: &Packet,
+    ) -> Result<Option<(Packet, Block)>, Packet> {
         let block = match Block::of(req, CoapOption::Block1) {
             Ok(None) => return Ok(None),
             Ok(Some(b)) => b,
             Err(_) => {
-                return Err(diagnostic(req, ResponseType::BadOption, "malformed Block1 option"))
+                return Err(diagnostic(
+                    req,
+                    ResponseType::BadOption,
+                    "malformed Block1 option",
+                ))
             }
         };
         let mut key = blockwise::resource_key(req);
-        key.extend(req.get_first_option(CoapOption::Unknown(REQUEST_TAG)).into_iter().flatten());
+        key.extend(
+            req.get_first_option(CoapOption::Unknown(REQUEST_TAG))
+                .into_iter()
+                .flatten(),
+        );
         let size1 = req
             .get_first_option(CoapOption::Size1)
             .filter(|v| v.len() <= 4)
@@ -28,7 +40,14 @@ impl Session {
         // Blocks of at most our largest size: a larger one is taken, and the answer asks
         // for smaller ones from then on (RFC 7959 §2.5).
         let ours = self.largest_block();
-        match self.received.add(now.at, key, block, &req.payload, size1, crate::signal::cbor::MAX_BODY) {
+        match self.received.add(
+            now.at,
+            key,
+            block,
+            &req.payload,
+            size1,
+            crate::signal::cbor::MAX_BODY,
+        ) {
             Progress::Continue(b) => {
                 let mut p = diagnostic(req, ResponseType::Continue, "");
                 Block {
@@ -46,11 +65,9 @@ impl Session {
                 whole.clear_option(CoapOption::Size1);
                 Ok(Some((whole, b)))
             }
-            Progress::Incomplete(why) => Err(diagnostic(
-                req,
-                ResponseType::RequestEntityIncomplete,
-                &why,
-            )),
+            Progress::Incomplete(why) => {
+                Err(diagnostic(req, ResponseType::RequestEntityIncomplete, &why))
+            }
             Progress::TooLarge { limit } => {
                 let mut p = diagnostic(
                     req,

@@ -411,7 +411,10 @@ impl Session {
         };
         // Q-Block2 (go-dots) asks for a block-wise answer: given in Block2 of our size,
         // only when the body does not fit one message (see options.rs).
-        let block2 = match (block2, Block::of(req, CoapOption::Unknown(options::Q_BLOCK2))) {
+        let block2 = match (
+            block2,
+            Block::of(req, CoapOption::Unknown(options::Q_BLOCK2)),
+        ) {
             (Some(b), _) => Some(b),
             (None, Ok(Some(q))) if q.num > 0 => Some(Block {
                 num: q.num,

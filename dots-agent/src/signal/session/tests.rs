@@ -405,7 +405,11 @@ fn datagram_server() -> (Now, Session, Server) {
         at: Instant::now(),
         unix: 0,
     };
-    (now, Session::new(Role::Server, Framing::Datagram, now.at, 1), server())
+    (
+        now,
+        Session::new(Role::Server, Framing::Datagram, now.at, 1),
+        server(),
+    )
 }
 
 /// Sends `p` to a server session; its one answer.
@@ -427,7 +431,12 @@ fn a_request_body_in_block1_blocks_is_put_together() {
         p.header.message_id = 40 + n as u16;
         p.payload = chunk.to_vec();
         let last = n + 1 == blocks.len();
-        Block { num: n as u32, more: !last, szx: 0 }.set(&mut p, CoapOption::Block1);
+        Block {
+            num: n as u32,
+            more: !last,
+            szx: 0,
+        }
+        .set(&mut p, CoapOption::Block1);
         p.add_option(CoapOption::Size1, vec![body.len() as u8]);
         p.add_option(CoapOption::Unknown(REQUEST_TAG), vec![0x82, 0xfb]);
         let r = answer(now, &mut s, &mut svc, &p);
@@ -444,11 +453,21 @@ fn a_request_body_in_block1_blocks_is_put_together() {
     // A block out of order: 4.08; a body over the limit: 4.13 with Size1.
     let mut p = whole.clone();
     p.payload = vec![0; 16];
-    Block { num: 3, more: true, szx: 0 }.set(&mut p, CoapOption::Block1);
+    Block {
+        num: 3,
+        more: true,
+        szx: 0,
+    }
+    .set(&mut p, CoapOption::Block1);
     p.header.message_id = 90;
     assert_eq!(code(&answer(now, &mut s, &mut svc, &p)), "4.08");
     p.header.message_id = 91;
-    Block { num: 0, more: true, szx: 0 }.set(&mut p, CoapOption::Block1);
+    Block {
+        num: 0,
+        more: true,
+        szx: 0,
+    }
+    .set(&mut p, CoapOption::Block1);
     p.add_option(CoapOption::Size1, vec![0x01, 0x00, 0x00, 0x00]);
     let r = answer(now, &mut s, &mut svc, &p);
     assert_eq!(code(&r), "4.13");
@@ -467,7 +486,10 @@ fn a_ping_gets_a_reset_and_a_con_without_answer_an_ack() {
     ping.header.set_type(MessageType::Confirmable);
     ping.header.message_id = 7;
     let r = answer(now, &mut s, &mut svc, &ping);
-    assert_eq!((r.header.get_type(), r.header.message_id), (MessageType::Reset, 7));
+    assert_eq!(
+        (r.header.get_type(), r.header.message_id),
+        (MessageType::Reset, 7)
+    );
     assert_eq!(r.header.code, MessageClass::Empty);
     // An efficacy update for a mid the server does not hold has no response (RFC 9132
     // §4.4.3), but a CON one is acknowledged.
@@ -476,14 +498,21 @@ fn a_ping_gets_a_reset_and_a_con_without_answer_an_ack() {
     eff.header.set_type(MessageType::Confirmable);
     eff.header.message_id = 8;
     let r = answer(now, &mut s, &mut svc, &eff);
-    assert_eq!((r.header.get_type(), r.header.message_id), (MessageType::Acknowledgement, 8));
+    assert_eq!(
+        (r.header.get_type(), r.header.message_id),
+        (MessageType::Acknowledgement, 8)
+    );
     assert_eq!(r.header.code, MessageClass::Empty);
     // Again (a retransmission): the same ACK.
     let again = answer(now, &mut s, &mut svc, &eff);
     assert_eq!(again.header.message_id, 8);
     eff.header.set_type(MessageType::NonConfirmable);
     eff.header.message_id = 9;
-    assert!(s.on_message(now, &eff.to_bytes().unwrap(), &mut svc).is_empty(), "NON: nothing");
+    assert!(
+        s.on_message(now, &eff.to_bytes().unwrap(), &mut svc)
+            .is_empty(),
+        "NON: nothing"
+    );
 }
 
 #[test]
@@ -521,7 +550,9 @@ impl Service for Oversized {
 #[test]
 fn a_response_that_cannot_be_sent_is_counted_and_replaced_by_5_00() {
     let (now, mut s, _) = datagram_server();
-    let mut svc = Oversized { unsendable: Vec::new() };
+    let mut svc = Oversized {
+        unsendable: Vec::new(),
+    };
     let r = answer(now, &mut s, &mut svc, &get(&["config"]));
     assert_eq!(code(&r), "5.00");
     assert_eq!(svc.unsendable.len(), 1, "{:?}", svc.unsendable);
