@@ -463,7 +463,7 @@ enum Wake {
 
 /// The shortest time between two reads of the table that a monitor asks for: a daemon that
 /// is down ends every monitor at once, which must not become a busy loop.
-const RESYNC_GAP: Duration = Duration::from_millis(500);
+const RESYNC_GAP: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the loop (busy reading the table, say) before it is served
 /// the last exposition.
 const SCRAPE_WAIT: Duration = Duration::from_secs(2);
