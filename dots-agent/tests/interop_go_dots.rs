@@ -56,8 +56,7 @@ fn send(dir: &Path, args: &[&str], body: Option<&[u8]>) -> (String, Option<Strin
                 .find_map(|w| w.strip_prefix("c:"))
                 .map(String::from)
         })
-        .filter(|c| c.starts_with(|ch: char| ch.is_ascii_digit()))
-        .last();
+        .rfind(|c| c.starts_with(|ch: char| ch.is_ascii_digit()));
     (log, code)
 }
 

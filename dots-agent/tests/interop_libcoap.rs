@@ -335,8 +335,7 @@ fn last_code(log: &str) -> Option<String> {
                 .find_map(|w| w.strip_prefix("c:"))
                 .map(String::from)
         })
-        .filter(|c| c.chars().next().is_some_and(|ch| ch.is_ascii_digit()))
-        .last()
+        .rfind(|c| c.chars().next().is_some_and(|ch| ch.is_ascii_digit()))
 }
 
 /// RFC 7959 §2.5: libcoap sends a mitigation request of 80 targets (about 2 KB) in
@@ -514,7 +513,11 @@ async fn a_client_trying_q_block2_gets_the_whole_status_over_dtls() {
         args.push(uri.clone());
         let log = run_libcoap(d, "client-a", args).await;
         let got = outputs(&out);
-        assert_eq!(got.iter().map(scopes).last(), Some(6), "run {i}: {log}");
+        assert_eq!(
+            got.iter().map(scopes).next_back(),
+            Some(6),
+            "run {i}: {log}"
+        );
     }
 }
 

@@ -77,7 +77,8 @@ pub enum Change {
         id: u64,
         client: String,
         prefixes: Vec<IpNet>,
-        spec: MitigationSpec,
+        /// Boxed: a spec is large and most changes in a queue are small.
+        spec: Box<MitigationSpec>,
     },
     /// It no longer filters.
     Ended(u64),
@@ -230,7 +231,7 @@ impl<R: Report> Handle<R> {
             id,
             client: client.into(),
             prefixes: prefixes.to_vec(),
-            spec: spec.clone(),
+            spec: Box::new(spec.clone()),
         });
     }
 
@@ -366,7 +367,7 @@ mod tests {
             id,
             client: "a".into(),
             prefixes: Vec::new(),
-            spec: MitigationSpec::new(id, vec![t.parse().unwrap()]),
+            spec: Box::new(MitigationSpec::new(id, vec![t.parse().unwrap()])),
         };
         tx.send(active(1, "198.51.100.0/28")).unwrap();
         tx.send(active(2, "198.51.100.16/28")).unwrap();

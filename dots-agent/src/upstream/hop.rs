@@ -41,6 +41,7 @@ pub(super) fn refuse(msg: &Packet, code: ResponseType, diagnostic: String) -> Re
 
 /// Checks the Hop-Limit of a request arriving at `here` from the client `from`: Ok with what
 /// arrived, or the reply that ends it (4.00 malformed, 5.08 when it must not go on).
+#[allow(clippy::result_large_err)] // a Reply is what the session sends; made once per refusal
 pub fn check(msg: &Packet, here: &str, from: &str) -> Result<Option<u8>, Reply> {
     match of(msg) {
         Err(e) => Err(refuse(msg, ResponseType::BadRequest, e)),

@@ -69,7 +69,9 @@ pub async fn run(cfg: ClientConfig, mut desired: watch::Receiver<Desired>, contr
 async fn report(control: &ControlHandle, s: State) -> Result<(), crate::control::Stopped> {
     control
         .run(move |c| {
-            c.engine.escalation_mut::<Relay>().map(|r| r.session(s));
+            if let Some(r) = c.engine.escalation_mut::<Relay>() {
+                r.session(s)
+            }
         })
         .await
 }
@@ -190,9 +192,9 @@ async fn serve(
                     }
                     let sent = control
                         .run(move |c| {
-                            c.engine
-                                .escalation_mut::<Relay>()
-                                .map(|r| r.answered(mid, version, refusal, conflict));
+                            if let Some(r) = c.engine.escalation_mut::<Relay>() {
+                                r.answered(mid, version, refusal, conflict)
+                            }
                         })
                         .await;
                     if sent.is_err() {
@@ -257,7 +259,9 @@ async fn serve(
             .retain(|mid, _| held.get(mid).copied().unwrap_or(false));
         let sent = control
             .run(move |c| {
-                c.engine.escalation_mut::<Relay>().map(|r| r.statuses(all));
+                if let Some(r) = c.engine.escalation_mut::<Relay>() {
+                    r.statuses(all)
+                }
             })
             .await;
         if sent.is_err() {
@@ -298,9 +302,9 @@ async fn relay_telemetry(
             upstream.tm_sent.insert(tmid, version);
             Ok(control
                 .run(move |c| {
-                    c.engine
-                        .escalation_mut::<Relay>()
-                        .map(|r| r.telemetry_answered(tmid, refusal));
+                    if let Some(r) = c.engine.escalation_mut::<Relay>() {
+                        r.telemetry_answered(tmid, refusal)
+                    }
                 })
                 .await)
         }

@@ -771,8 +771,8 @@ impl Relay {
                 None
             } else {
                 Some(Rate {
-                    pps: Some(t.packets.saturating_sub(then.1) / secs),
-                    bps: Some(t.bytes.saturating_sub(then.2) * 8 / secs),
+                    pps: t.packets.saturating_sub(then.1).checked_div(secs),
+                    bps: (t.bytes.saturating_sub(then.2) * 8).checked_div(secs),
                 })
             };
             // Pre-mitigation telemetry and pipe capacities arrive between requests.

@@ -39,6 +39,7 @@ fn path_cdid(msg: &Packet) -> Option<String> {
 
 /// Before the handler: Err with the reply that ends the request (4.03 for a cdid from a
 /// client not trusted with one, 4.00 or 5.08 for its Hop-Limit).
+#[allow(clippy::result_large_err)] // a Reply is what the session sends; made once per refusal
 pub fn admit<M: Mitigator>(
     engine: &mut Engine<M>,
     peer: &Peer<'_>,

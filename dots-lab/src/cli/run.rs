@@ -39,7 +39,7 @@ pub struct LabArgs {
 /// What a scenario file describes.
 enum Loaded {
     /// Traffic through the lab's scrubber, or through a chain of agents.
-    Traffic(Scenario),
+    Traffic(Box<Scenario>),
     Fleet(FleetScenario),
 }
 
@@ -49,7 +49,7 @@ fn parse(text: &str) -> Result<Loaded> {
     Ok(if table.contains_key("fleet") {
         Loaded::Fleet(FleetScenario::parse(text)?)
     } else {
-        Loaded::Traffic(Scenario::parse(text)?)
+        Loaded::Traffic(Box::new(Scenario::parse(text)?))
     })
 }
 
@@ -60,9 +60,9 @@ pub fn run(a: LabArgs) -> Result<()> {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             parse(&text).with_context(|| format!("scenario {}", p.display()))?
         }
-        None => Loaded::Traffic(
+        None => Loaded::Traffic(Box::new(
             Scenario::parse(lab::scenario::DEFAULT).context("the embedded scenario")?,
-        ),
+        )),
     };
     let json = a.json.as_deref();
     match loaded {
@@ -92,7 +92,7 @@ pub fn run(a: LabArgs) -> Result<()> {
         }
         Loaded::Traffic(scenario) => {
             let opts = run::LabOptions {
-                scenario,
+                scenario: *scenario,
                 agent: lab::agent_binary(a.agent.as_ref())?,
                 progress: true,
                 sender: a.sender,

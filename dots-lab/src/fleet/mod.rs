@@ -93,10 +93,13 @@ pub struct DotsClient {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A request to the client's thread and where its answer goes.
+type Asked = (Ask, Sender<Result<Answer>>);
+
 impl DotsClient {
     pub fn start(fleet: &Fleet) -> Result<DotsClient> {
         let cfg = fleet.scratch.client(TransportChoice::Dtls);
-        let (tx, rx): (Sender<(Ask, Sender<Result<Answer>>)>, Receiver<_>) = mpsc::channel();
+        let (tx, rx): (Sender<Asked>, Receiver<Asked>) = mpsc::channel();
         let thread = fleet.scratch.topo.customer.spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

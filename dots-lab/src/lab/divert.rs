@@ -558,7 +558,7 @@ fn request(s: &Setup, method: RequestType, mid: u32, targets: &[&str]) -> Result
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let mut c = session.context("no DOTS session with the server within 20 s")?;
-        let path = crate::proof::mitigate_path(&c.cuid().to_string(), mid);
+        let path = crate::proof::mitigate_path(c.cuid(), mid);
         let r = c.request(method, &path, body, false).await?;
         let mut dropped = 0;
         if method == RequestType::Get && code_text(&r) == "2.05" {

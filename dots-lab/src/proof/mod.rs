@@ -257,7 +257,7 @@ pub fn mitigate_path(cuid: &str, mid: u32) -> Vec<String> {
 pub async fn put(s: &mut Session, mid: u32, target: ipnet::IpNet) -> Result<String> {
     let body =
         message::encode_mitigation_request(&Scope::new(vec![target], Lifetime::Seconds(3600)));
-    let path = mitigate_path(&s.cuid().to_string(), mid);
+    let path = mitigate_path(s.cuid(), mid);
     let r = s
         .request(RequestType::Put, &path, Some(body), false)
         .await?;
@@ -265,7 +265,7 @@ pub async fn put(s: &mut Session, mid: u32, target: ipnet::IpNet) -> Result<Stri
 }
 
 pub async fn delete(s: &mut Session, mid: u32) -> Result<String> {
-    let path = mitigate_path(&s.cuid().to_string(), mid);
+    let path = mitigate_path(s.cuid(), mid);
     let r = s.request(RequestType::Delete, &path, None, false).await?;
     Ok(code_text(&r))
 }
@@ -372,14 +372,14 @@ impl Rng {
         Rng(seed | 1)
     }
     /// xorshift64*: plenty for picking mids and delays.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
