@@ -562,6 +562,8 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
     let mut next_step = last_step;
     // While a read of the table is under way: the events that came since it began.
     let mut reading: Option<Vec<RibEvent>> = None;
+    // A monitor asked for a read while one was under way: the next comes soon after.
+    let mut resync = false;
     while !stop() {
         if reading.is_none() && Instant::now() >= next_step {
             // A monitor that ended (the daemon restarted) is started again.
@@ -607,7 +609,7 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
                         Wake::Table(s) => snapshot = Some(s),
                         Wake::Resync(why) => {
                             tracing::debug!("follow: {why}: reading the table");
-                            next_step = next_step.min(last_step + RESYNC_GAP);
+                            resync = true;
                         }
                     }
                 }
@@ -641,6 +643,10 @@ pub fn run(config: &FollowConfig, dp: Box<dyn Mitigator>, stop: &dyn Fn() -> boo
                 } else {
                     poll
                 };
+        }
+        if resync && reading.is_none() {
+            next_step = next_step.min(last_step + RESYNC_GAP);
+            resync = false;
         }
         for reply in scrapes {
             let _ = reply.send(follower.exposition());
