@@ -465,18 +465,7 @@ fn mac_bytes(i: usize) -> [u8; 6] {
 }
 
 fn run_ip(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::lab::topology::run("ip", args).map(drop)
 }
 
 #[cfg(test)]

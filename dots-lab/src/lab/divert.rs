@@ -136,18 +136,13 @@ impl Drop for Setup {
 }
 
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
-        ])
-        .args(["netns", &b.name])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "ip link add {a_if}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    crate::lab::topology::run(
+        "ip",
+        &[
+            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+            &b.name,
+        ],
+    )?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
     Ok(())

@@ -48,18 +48,7 @@ fn mac_text(m: [u8; 6]) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (install iproute2: scripts/setup.sh)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::lab::topology::run("ip", args).map(drop)
 }
 
 fn sysctl(ns: &str, key: &str) -> Result<()> {
