@@ -126,12 +126,15 @@ fn rule_name(key: &str) -> String {
 /// every shorter prefix containing it (longer destinations take precedence, RFC 8955
 /// §5.1), as ACL entries. Rules that cannot become entries are returned with the reason.
 pub fn plan(rules: &BTreeMap<String, FlowRule>) -> (BTreeMap<u64, MitigationSpec>, Vec<String>) {
-    let by_dest = by_destination(rules);
+    plan_of(&by_destination(rules))
+}
+
+fn plan_of(by_dest: &ByDestination) -> (BTreeMap<u64, MitigationSpec>, Vec<String>) {
     let mut refused = Vec::new();
     let specs = by_dest
         .keys()
         .map(|dest| {
-            let spec = spec_for(&by_dest, dest, &mut refused);
+            let spec = spec_for(by_dest, dest, &mut refused);
             (spec.id, spec)
         })
         .collect();
@@ -140,7 +143,9 @@ pub fn plan(rules: &BTreeMap<String, FlowRule>) -> (BTreeMap<u64, MitigationSpec
 
 type ByDestination<'a> = BTreeMap<IpNet, Vec<(&'a String, &'a FlowRule)>>;
 
-fn by_destination(rules: &BTreeMap<String, FlowRule>) -> ByDestination<'_> {
+fn by_destination<'a>(
+    rules: impl IntoIterator<Item = (&'a String, &'a FlowRule)>,
+) -> ByDestination<'a> {
     let mut by_dest: ByDestination = BTreeMap::new();
     for (key, rule) in rules {
         if let Some(d) = rule.matches.destination {
@@ -326,8 +331,7 @@ impl<M: Mitigator> Follower<M> {
             self.rules
                 .retain(|_, h| h.missing_since.is_some_and(|t| now - t < hold));
         }
-        let wanted = self.wanted();
-        let (specs, refused) = plan(&wanted);
+        let (specs, refused) = plan_of(&self.held());
         problems.extend(refused);
         let settled = all_up && now - self.started >= Duration::from_secs(2);
         self.apply(specs, None, settled, &mut problems);
@@ -393,8 +397,7 @@ impl<M: Mitigator> Follower<M> {
         }
         // A destination's mitigation also carries the rules of every shorter one containing
         // it, so a change to a prefix touches the longer ones inside it.
-        let wanted = self.wanted();
-        let by_dest = by_destination(&wanted);
+        let by_dest = self.held();
         let scope: BTreeSet<IpNet> = by_dest
             .keys()
             .copied()
@@ -419,11 +422,9 @@ impl<M: Mitigator> Follower<M> {
         !self.adopted.is_empty()
     }
 
-    fn wanted(&self) -> BTreeMap<String, FlowRule> {
-        self.rules
-            .iter()
-            .map(|(k, h)| (k.clone(), h.rule.clone()))
-            .collect()
+    /// The held rules by destination, borrowed (no copy of the table per change).
+    fn held(&self) -> ByDestination<'_> {
+        by_destination(self.rules.iter().map(|(k, h)| (k, &h.rule)))
     }
 
     /// Installs what changed first, then removes what is no longer wanted: of the
